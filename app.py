@@ -1,0 +1,197 @@
+"""Gradio demo: the OVSeg-style baseline and PMP side by side on one image and one prompt list.
+
+    python app.py                                  # bundled checkpoints/baseline and checkpoints/pmp
+    python app.py --baseline user/ovseg --pmp ./my-pmp --host 0.0.0.0 --port 7860
+
+This file only lays out components and wires events; all logic (input checks, both models, the
+pictures, the downloads) is in :mod:`pmp.demo`. The comparison is also an HTTP API named
+``/compare`` (see the README): every input is checked in the handler, not in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before gradio is imported: no telemetry, no version check, nothing leaves the machine.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import argparse  # noqa: E402
+import atexit  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gradio as gr  # noqa: E402
+
+from pmp.demo import (  # noqa: E402
+    DIFF_HEADERS,
+    MODEL_NAMES,
+    MODEL_TITLES,
+    STAGE2_MODES,
+    TABLE_HEADERS,
+    UI_OUTPUTS,
+    DemoModels,
+    compare_for_ui,
+    pick_grids,
+    preview_prompts,
+    user_error,
+)
+from pmp.images import ACCEPTED  # noqa: E402
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+MAX_FILE_SIZE = "25mb"  # uploads above this are refused by Gradio before they reach the handler
+DEFAULT_QUEUE_SIZE = 16
+INTRO = """# PMP vs an OVSeg-style baseline
+Both models propose masks (stage 1) and let CLIP classify them (stage 2). PMP conditions the mask
+proposals on your prompts; the baseline does not. For each prompt, the proposal with the highest
+**p_out = p^λ · p_hat^(1-λ)** is picked, where **p** is the stage-1 probability and **p_hat** CLIP's.
+Type class names separated by commas (*sky, house, red car*) or a caption.
+"""
+
+
+class CheckedImage(gr.Image):
+    """gr.Image whose upload step turns unreadable files into a clear message.
+
+    Gradio opens the upload with PIL before any handler runs; a non-image or corrupt file would
+    otherwise surface as a bare "Error". ``is_template`` makes the browser use gr.Image's frontend.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception as error:  # PIL's UnidentifiedImageError, DecompressionBombError, OSError...
+            raise user_error(f"the uploaded file could not be read as an image ({type(error).__name__}); {ACCEPTED}") from None
+
+
+def read_examples(folder: Path = EXAMPLES_DIR) -> list[list[Any]]:
+    """[[image path, prompts], ...] from ``examples/*.json``; a missing or broken file is skipped.
+
+    Each JSON file holds one object or a list of objects {"image": "street.png", "prompts": "sky, car"}
+    with the image path relative to the JSON file.
+    """
+    rows = []
+    for spec in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entries = json.loads(spec.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            logging.getLogger(__name__).warning("skipping example file %s: %s", spec, error)
+            continue
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if not isinstance(entry, dict) or "image" not in entry:
+                continue
+            image = (spec.parent / str(entry["image"])).resolve()
+            if image.is_file():
+                rows.append([str(image), str(entry.get("prompts", ""))])
+    return rows
+
+
+def build_app(models: DemoModels, *, output_root: str | Path, examples: list[list[Any]] | None = None) -> gr.Blocks:
+    """The Blocks UI; queue limits are applied by :func:`launch`."""
+    examples = read_examples() if examples is None else examples
+    columns: dict[str, dict[str, Any]] = {}
+    with gr.Blocks(title="PMP vs OVSeg-style baseline", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = CheckedImage(label="Image", type="filepath", sources=["upload", "clipboard"], height=320, elem_id="image")
+                prompts = gr.Textbox(label="Prompts", lines=2, placeholder="sky, house, red car", elem_id="prompts")
+                parsed = gr.Markdown(preview_prompts(models, ""), label="Parsed prompts", elem_id="parsed-prompts")
+                with gr.Accordion("Settings", open=False):
+                    ensemble_lambda = gr.Slider(0.0, 1.0, value=0.65, step=0.05, label="λ: weight of stage-1 p in p_out")
+                    stage2_mode = gr.Radio(list(STAGE2_MODES), value="pool", label="Stage 2", info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops")
+                    mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
+                    sort_by_score = gr.Checkbox(value=True, label="Sort proposals by score")
+                run = gr.Button("Run", variant="primary", elem_id="run")
+                if examples:
+                    gr.Examples(examples=examples, inputs=[image, prompts], cache_examples=False, label="Examples")
+            for name in MODEL_NAMES:
+                with gr.Column(scale=1, elem_id=f"column-{name}"):
+                    gr.Markdown(f"## {MODEL_TITLES[name]}")
+                    col = columns[name] = {}
+                    short = "PMP" if name == "pmp" else "Baseline"
+                    col["overlay"] = gr.Image(label=f"{short} segmentation", type="pil", format="png", interactive=False, elem_id=f"{name}-overlay")
+                    col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
+                    col["masks"] = gr.Gallery(label=f"{short}: picked proposal per prompt", columns=3, height=260, object_fit="contain", elem_id=f"{name}-masks")
+                    col["table"] = gr.Dataframe(headers=TABLE_HEADERS, label=f"{short}: scores of the picked proposals", interactive=False, wrap=True, elem_id=f"{name}-table")
+                    col["grid"] = gr.Image(label=f"{short}: all proposals (best label, p_out)", type="pil", format="png", interactive=False, elem_id=f"{name}-grid")
+        with gr.Row():
+            with gr.Column():
+                gr.Markdown("## Where the two differ")
+                differences_text = gr.Markdown(label="Differences", elem_id="differences")
+                differences_table = gr.Dataframe(headers=DIFF_HEADERS, label="Picked masks per prompt: IoU between the models", interactive=False, elem_id="differences-table")
+            with gr.Column():
+                gr.Markdown(
+                    "## Downloads\nLabel maps: 8-bit PNG, pixel = prompt index, 255 = no label. `masks.zip`: per model and "
+                    "prompt, the picked proposal and the label's region. `scores.json`: p, p_hat and p_out of every proposal."
+                )
+                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+        grids_state = gr.State(None, time_to_live=int(models.limits.output_max_age_s))  # paths into the request folder
+
+        components = {"prompts": parsed, "differences_text": differences_text, "differences_table": differences_table, "downloads": downloads, "grids_state": grids_state}
+        for name in MODEL_NAMES:
+            for part in ("overlay", "masks", "table", "grid", "timings"):
+                components[f"{name}_{part}"] = columns[name][part]
+
+        def compare(image, prompts, ensemble_lambda, stage2_mode, mask_threshold, sort_by_score):
+            """Segment the image with both models; returns the views in UI_OUTPUTS order."""
+            return compare_for_ui(models, image, prompts, ensemble_lambda, stage2_mode, mask_threshold, sort_by_score, output_root=output_root)
+
+        def show_prompts(text):
+            return preview_prompts(models, text)
+
+        inputs = [image, prompts, ensemble_lambda, stage2_mode, mask_threshold, sort_by_score]
+        outputs = [components[key] for key in UI_OUTPUTS]
+        run.click(compare, inputs=inputs, outputs=outputs, api_name="compare")
+        prompts.change(show_prompts, inputs=prompts, outputs=parsed, api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_limit=4)
+        sort_by_score.change(pick_grids, inputs=[grids_state, sort_by_score], outputs=[columns["baseline"]["grid"], columns["pmp"]["grid"]], api_visibility="private", show_progress="hidden", concurrency_limit=4)
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Gradio demo comparing the OVSeg-style baseline with PMP.")
+    parser.add_argument("--baseline", default=None, help="baseline checkpoint: bundled name, local folder or Hub id (default: bundled baseline)")
+    parser.add_argument("--pmp", default=None, help="PMP checkpoint: bundled name, local folder or Hub id (default: bundled pmp)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--concurrency", type=int, default=1, help="comparisons run at once (each runs both models)")
+    parser.add_argument("--max-queue", type=int, default=DEFAULT_QUEUE_SIZE, help="waiting requests beyond this are refused")
+    return parser.parse_args(argv)
+
+
+def launch(demo: gr.Blocks, *, host: str, port: int, concurrency: int, max_queue: int, block: bool = True) -> gr.Blocks:
+    """Bounded queue, bounded uploads, no share link, no SSR (which needs Node), API docs kept."""
+    demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=MAX_FILE_SIZE,
+        ssr_mode=False,
+        show_error=False,  # only our own gr.Error messages reach users
+        prevent_thread_lock=not block,
+        quiet=not block,
+        footer_links=["api", "gradio"],
+    )
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models = DemoModels.load(args.baseline, args.pmp, device=args.device)
+    output_root = Path(tempfile.mkdtemp(prefix="pmp-demo-"))
+    atexit.register(shutil.rmtree, output_root, ignore_errors=True)
+    demo = build_app(models, output_root=output_root)
+    launch(demo, host=args.host, port=args.port, concurrency=args.concurrency, max_queue=args.max_queue)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from pmp.cli import main
+
+raise SystemExit(main())

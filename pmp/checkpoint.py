@@ -1,0 +1,164 @@
+"""Checkpoint folders: ``config.json`` + ``model.safetensors`` + ``README.md`` (the model card).
+
+Loading is strict and never unpickles anything. Every way a checkpoint can be broken (missing file,
+truncated or corrupt safetensors, a config that does not parse, weights that do not match the config)
+ends in one :class:`CheckpointError` naming the file and the problem, because a half-loaded model
+gives silently wrong segmentations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pmp.config import SegmenterConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be loaded; the message names the file and what is wrong with it."""
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike | None, default: str = "pmp") -> Path:
+    """Return a local folder for a bundled name, a local folder, or a Hugging Face Hub repo id.
+
+    Hub ids are fetched with ``snapshot_download``, which serves from the local cache when
+    ``HF_HUB_OFFLINE=1`` (or when the network is down and the files are cached).
+    """
+    if name_or_path is None:
+        name_or_path = default
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    bundled = BUNDLED_DIR / str(name_or_path)
+    if not path.is_absolute() and bundled.is_dir():
+        return bundled
+    text = str(name_or_path)
+    looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/")) and not path.exists()
+    if not looks_like_repo:
+        raise CheckpointError(
+            f"checkpoint {text!r} not found: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
+            f"a bundled name ({', '.join(sorted(p.name for p in BUNDLED_DIR.glob('*') if p.is_dir())) or 'none'}), "
+            "or a Hugging Face Hub repo id such as 'user/pmp-ovseg-swinb'"
+        )
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=text, allow_patterns=list(CHECKPOINT_FILES)))
+    except LocalEntryNotFoundError as error:
+        raise CheckpointError(
+            f"Hub checkpoint {text!r} is not in the local Hugging Face cache and the Hub cannot be reached "
+            f"(HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', '0')}): download it once with network access"
+        ) from error
+    except Exception as error:  # RepositoryNotFoundError, HTTP errors: all mean "cannot get it"
+        raise CheckpointError(f"could not fetch Hub checkpoint {text!r}: {error}") from error
+
+
+def load_config(folder: Path) -> SegmenterConfig:
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path}: missing; a checkpoint folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        return SegmenterConfig.from_dict(json.loads(config_path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{config_path}: not a valid segmenter config: {error}") from error
+
+
+def load_weights(module: "nn.Module", folder: Path) -> None:
+    """Load ``model.safetensors`` into ``module`` strictly, casting to the module's dtypes."""
+    weights_path = folder / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: missing; a checkpoint folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights_path}: truncated or corrupt safetensors file ({error})") from error
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights_path}: weights do not match {folder / CONFIG_NAME}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    for key, tensor in state.items():
+        if tensor.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{weights_path}: tensor {key!r} has shape {tuple(tensor.shape)} but the config builds "
+                f"{tuple(expected[key].shape)}"
+            )
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{weights_path}: tensor {key!r} holds NaN or inf values")
+        state[key] = tensor.to(expected[key].dtype)
+    module.load_state_dict(state, strict=True)
+
+
+def save_checkpoint(
+    module: "nn.Module",
+    config: SegmenterConfig,
+    folder: str | os.PathLike,
+    *,
+    model_card: str | None = None,
+    half_precision: bool = False,
+) -> Path:
+    """Write the three files atomically (each to a temp file, fsync, then rename).
+
+    ``half_precision`` stores floating tensors as float16 (the bundled models use it to stay under the
+    10 MB file limit); they are cast back to the module's dtype on load.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        if half_precision and tensor.is_floating_point():
+            tensor = tensor.half()
+        state[key] = tensor
+    _atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    _atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
+    card = model_card if model_card is not None else default_model_card(config)
+    _atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))
+    return folder
+
+
+def _atomic_write(target: Path, write) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp_name)
+        with open(tmp_name, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+
+
+def default_model_card(config: SegmenterConfig) -> str:
+    mode = config.decoder.text_mode
+    kind = "baseline (no text conditioning)" if mode == "none" else f"text conditioning `{mode}`"
+    return (
+        "---\nlibrary_name: pmp\ntags:\n- open-vocabulary-segmentation\n- image-segmentation\n---\n\n"
+        f"# {config.name or 'PMP segmenter'}\n\n"
+        f"Two-stage open-vocabulary segmenter, {kind}; backbone `{config.backbone.kind}:{config.backbone.name}`, "
+        f"pixel decoder `{config.pixel_decoder.kind}`, decoder `{config.decoder.kind}` with "
+        f"{config.decoder.num_queries} queries.\n\n"
+        "```python\nfrom pmp import Segmenter\nseg = Segmenter.from_pretrained(\"<this folder or repo id>\")\n"
+        "out = seg(\"image.jpg\", \"sky, house, red car\")\n```\n"
+    )

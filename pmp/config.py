@@ -1,0 +1,164 @@
+"""One dataclass config per model, saved as ``config.json`` beside ``model.safetensors``.
+
+Everything needed to rebuild a model lives here: ``SegmenterConfig.from_dict(json.load(...))`` followed
+by the plain constructors in :mod:`pmp.modeling` and :mod:`pmp.clip` gives the exact module tree the
+weights were saved from. There is no registry: a config field names a choice, and one ``if`` in the
+builder takes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+TextMode = Literal["none", "pmp", "concat", "concat_drop", "text_queries"]
+TEXT_MODES: tuple[str, ...] = ("none", "pmp", "concat", "concat_drop", "text_queries")
+PIXEL_DECODERS: tuple[str, ...] = ("fpn", "msdeform")
+DECODERS: tuple[str, ...] = ("mask2former", "maskformer")
+BACKBONES: tuple[str, ...] = ("timm", "clip")
+STAGE2_MODES: tuple[str, ...] = ("pool", "crop")
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class CLIPConfig:
+    """The CLIP used for text embeddings (both stages) and for stage-2 classification.
+
+    ``pretrained`` is only used when a model is first built for training: a saved Segmenter always
+    stores the CLIP weights in its own ``model.safetensors`` (keys ``clip.*``), so loading never needs
+    the original source.
+    """
+
+    model_name: str = "ViT-B-16"  # an open_clip model name, used when model_cfg is None
+    pretrained: str | None = None  # an open_clip pretrained tag or a local weights file
+    model_cfg: dict[str, Any] | None = None  # a custom open_clip config (embed_dim, vision_cfg, text_cfg)
+    templates: tuple[str, ...] = ("a photo of a {}.",)
+    text_cache_size: int = 4096  # bounded LRU of per-prompt text embeddings
+
+
+@dataclass
+class BackboneConfig:
+    """Stage-1 image features at strides 4, 8, 16, 32."""
+
+    kind: str = "timm"  # "timm": a timm features_only model; "clip": the frozen CLIP image tower (FC-CLIP)
+    name: str = "resnet50"  # timm model name (kind == "timm")
+    pretrained_file: str | None = None  # local weights file or a Hub id already in the cache; never downloads
+    freeze: bool = False  # kind == "clip" is always frozen
+
+
+@dataclass
+class PixelDecoderConfig:
+    kind: str = "fpn"  # "fpn": MaskFormer's FPN (OVSeg); "msdeform": Mask2Former's deformable encoder
+    conv_dim: int = 256
+    mask_dim: int = 256
+    num_layers: int = 6  # deformable encoder layers (msdeform only)
+    num_heads: int = 8
+    num_points: int = 4
+    dim_feedforward: int = 1024
+
+
+@dataclass
+class DecoderConfig:
+    kind: str = "mask2former"  # "mask2former": masked attention over 3 scales; "maskformer": OVSeg's
+    hidden_dim: int = 256
+    num_queries: int = 100
+    num_layers: int = 9
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    text_mode: str = "none"  # "none" = baseline, "pmp" = Eq. 5, or a Fig. 5 ablation (see TEXT_MODES)
+    pre_norm: bool = False
+
+
+@dataclass
+class SegmenterConfig:
+    """A two-stage open-vocabulary segmenter: stage-1 proposals + CLIP stage 2 (Eq. 1-3)."""
+
+    clip: CLIPConfig = field(default_factory=CLIPConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pixel_decoder: PixelDecoderConfig = field(default_factory=PixelDecoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    image_size: int = 640  # inference: the longer image side is resized to this (then padded to /32)
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN  # stage-1 normalisation (0-1 RGB)
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    ensemble_lambda: float = 0.65  # weight of the stage-1 probability p in p_out = p^l * p_hat^(1-l)
+    stage2_mode: str = "pool"  # "pool": mask-pooled dense CLIP features; "crop": OVSeg's masked crops
+    crop_top_k: int = 20  # crop mode: only the top-k proposals by stage-1 score are cropped
+    mask_threshold: float = 0.5
+    max_prompts: int = 100
+    max_prompt_chars: int = 120
+    name: str = ""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that holds an unsupported value."""
+        checks = [
+            ("backbone.kind", self.backbone.kind, BACKBONES),
+            ("pixel_decoder.kind", self.pixel_decoder.kind, PIXEL_DECODERS),
+            ("decoder.kind", self.decoder.kind, DECODERS),
+            ("decoder.text_mode", self.decoder.text_mode, TEXT_MODES),
+            ("stage2_mode", self.stage2_mode, STAGE2_MODES),
+        ]
+        for name, value, accepted in checks:
+            if value not in accepted:
+                raise ValueError(f"config field {name}={value!r} is not supported; accepted: {', '.join(accepted)}")
+        if not 0.0 <= self.ensemble_lambda <= 1.0:
+            raise ValueError(f"ensemble_lambda must be in [0, 1], got {self.ensemble_lambda}")
+        if self.image_size % 32:
+            raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SegmenterConfig":
+        """Build from a dict; unknown keys are an error so that a mismatched config.json is caught."""
+        sub = {"clip": CLIPConfig, "backbone": BackboneConfig, "pixel_decoder": PixelDecoderConfig, "decoder": DecoderConfig}
+        kwargs: dict[str, Any] = {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; accepted: {sorted(known)}")
+        for key, value in data.items():
+            if key in sub:
+                sub_known = {f.name for f in dataclasses.fields(sub[key])}
+                bad = set(value) - sub_known
+                if bad:
+                    raise ValueError(f"unknown keys {sorted(bad)} in config section {key!r}; accepted: {sorted(sub_known)}")
+                value = dict(value)
+                if key == "clip" and "templates" in value:
+                    value["templates"] = tuple(value["templates"])
+                kwargs[key] = sub[key](**value)
+            elif key in ("pixel_mean", "pixel_std"):
+                kwargs[key] = tuple(value)
+            else:
+                kwargs[key] = value
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SegmenterConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def tiny_clip_model_cfg() -> dict[str, Any]:
+    """The open_clip config of the bundled tiny CLIP (trained on the synthetic world by train.clip).
+
+    A narrow ModifiedResNet (its stages give the FC-CLIP backbone features at strides 4-32) and a
+    small text transformer. The text width is kept small because open_clip's 49,408-token embedding
+    table dominates the size of the file.
+    """
+    return {
+        "embed_dim": 128,
+        "vision_cfg": {"image_size": 128, "layers": [1, 1, 1, 1], "width": 16, "patch_size": None},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+    }

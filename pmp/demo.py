@@ -1,0 +1,476 @@
+"""Everything the Gradio demo does, as plain functions; ``app.py`` only lays out components.
+
+Every Gradio event is also a public HTTP API, so nothing here trusts the UI: image, prompts and
+every slider value are checked in :func:`run_comparison` itself. Bad input raises
+:class:`DemoInputError` (a ValueError) with a message for the user; :func:`compare_for_ui` turns it
+into ``gr.Error`` and turns anything unexpected into a generic message plus a log entry (never a
+stack trace to the user). Models are loaded once into :class:`DemoModels`; no request writes any
+shared state except the files of its own output folder.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pmp.images import ImageError, load_image
+from pmp.prompts import PromptError, parse_prompts
+from pmp.visualize import colour_for, label_map_png, mask_overlay, mask_png, overlay, proposal_grid, result_summary, slug
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAMES = ("baseline", "pmp")
+GALLERY_SIDE = 512  # per-prompt mask pictures are drawn at most this large
+MODEL_TITLES = {"baseline": "Baseline (OVSeg-style)", "pmp": "PMP"}
+STAGE2_MODES = ("pool", "crop")
+DIFFERENT_IOU = 0.5  # a prompt's picked masks "differ" between the models below this IoU
+TABLE_HEADERS = ["prompt", "proposal", "p", "p_hat", "p_out", "area %"]  # p: stage 1, p_hat: CLIP
+DIFF_HEADERS = ["prompt", "IoU", "baseline #", "PMP #", "baseline p_out", "PMP p_out"]
+TIMING_KEYS = ("text", "stage1", "stage2", "post")
+GENERIC_ERROR = "Something went wrong while segmenting (error id {}). Try another image or fewer prompts."
+
+
+class DemoInputError(ValueError):
+    """A request the demo cannot serve; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class DemoLimits:
+    """What one request may ask for. Prompt limits are capped by both models' own config limits."""
+
+    max_prompts: int = 30
+    max_prompt_chars: int = 80
+    max_pixels: int = 40_000_000
+    max_side: int = 1024  # results are drawn at this size at most; the model itself resizes to its image_size
+    output_max_age_s: float = 1800.0  # download folders older than this are deleted by later requests
+
+
+@dataclass
+class DemoModels:
+    """The two segmenters, loaded once when the app starts and shared (read-only) by all requests."""
+
+    baseline: Any
+    pmp: Any
+    limits: DemoLimits = field(default_factory=DemoLimits)
+
+    @classmethod
+    def load(cls, baseline: str | Path | None = None, pmp: str | Path | None = None, *, device: str | None = None) -> "DemoModels":
+        """Bundled names, local folders or Hub ids (None: bundled ``baseline`` / ``pmp``); cuda if available."""
+        from pmp.segmenter import Segmenter
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(
+            baseline=Segmenter.from_pretrained(baseline or "baseline", device=device),
+            pmp=Segmenter.from_pretrained(pmp or "pmp", device=device),
+        )
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [("baseline", self.baseline), ("pmp", self.pmp)]
+
+    def effective_limits(self) -> DemoLimits:
+        """The demo's limits, lowered to what both models' configs accept."""
+        configs = [getattr(model, "config", None) for _, model in self.items()]
+        max_prompts = min([self.limits.max_prompts] + [c.max_prompts for c in configs if c is not None])
+        max_chars = min([self.limits.max_prompt_chars] + [c.max_prompt_chars for c in configs if c is not None])
+        return DemoLimits(max_prompts, max_chars, self.limits.max_pixels, self.limits.max_side, self.limits.output_max_age_s)
+
+
+@dataclass
+class ModelView:
+    """One column of the demo: what one model made of the request."""
+
+    overlay: Image.Image
+    masks: list[tuple[Image.Image, str]]  # per prompt: the picked proposal drawn on the image, caption
+    table: list[list[Any]]  # rows of TABLE_HEADERS
+    grid_by_score: Image.Image
+    grid_by_index: Image.Image
+    timings: dict[str, float]  # seconds per stage, plus "total"
+    picked: list[np.ndarray] = field(repr=False)  # per prompt: (H, W) bool picked mask
+
+    def timings_markdown(self) -> str:
+        parts = [f"{key.replace('stage', 'stage ')} {1000 * self.timings.get(key, 0.0):.0f} ms" for key in TIMING_KEYS]
+        return " · ".join(parts) + f" · **total {1000 * self.timings.get('total', 0.0):.0f} ms**"
+
+
+@dataclass
+class ComparisonView:
+    """Everything one comparison request produced, ready for display or download."""
+
+    prompts: list[str]
+    views: dict[str, ModelView]
+    differences: list[list[Any]]  # rows of DIFF_HEADERS, most different first
+    agreement: float  # share of pixels that get the same label (or none) from both models
+    downloads: list[Path]
+    settings: dict[str, Any]
+    folder: Path  # this request's own folder: downloads, and the pictures the UI serves
+
+    def prompts_markdown(self) -> str:
+        return prompts_markdown(self.prompts)
+
+    def differences_markdown(self) -> str:
+        differing = [row[0] for row in self.differences if row[1] < DIFFERENT_IOU]
+        head = f"The two models label {100 * self.agreement:.0f}% of the pixels the same. "
+        if not differing:
+            return head + f"For every prompt the picked masks overlap with IoU >= {DIFFERENT_IOU}."
+        names = ", ".join(f"`{_markdown_safe(p)}`" for p in differing)
+        return head + f"**{len(differing)} of {len(self.prompts)}** prompt(s) get a different mask (IoU < {DIFFERENT_IOU}): {names}."
+
+
+def prompts_markdown(prompts: list[str]) -> str:
+    items = ", ".join(f"`{_markdown_safe(p)}`" for p in prompts)
+    return f"**{len(prompts)} prompt(s):** {items}"
+
+
+def _markdown_safe(text: str) -> str:
+    """Prompts are user text shown in Markdown: escape HTML and the backtick that would end the code span."""
+    return html.escape(text, quote=False).replace("`", "'")
+
+
+# --------------------------------------------------------------------------------- input checks
+
+
+def check_number(value: Any, name: str, low: float, high: float, *, open_interval: bool = False) -> float:
+    """A finite float within [low, high] (or (low, high)); the message says what is accepted."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DemoInputError(f"{name} must be a number between {low} and {high}, got {value!r}") from None
+    inside = low < number < high if open_interval else low <= number <= high
+    if not math.isfinite(number) or not inside:
+        bounds = f"strictly between {low} and {high}" if open_interval else f"between {low} and {high}"
+        raise DemoInputError(f"{name} must be {bounds}, got {value!r}")
+    return number
+
+
+def check_stage2_mode(value: Any) -> str:
+    if value not in STAGE2_MODES:
+        raise DemoInputError(f"stage-2 mode must be one of {', '.join(STAGE2_MODES)}, got {value!r}")
+    return value
+
+
+def check_token_limit(models: DemoModels, labels: list[str]) -> None:
+    """Every prompt, filled into every CLIP template, must fit each model's text tower."""
+    for _, model in models.items():
+        clip = getattr(model, "clip", None)
+        if clip is None or not hasattr(clip, "count_tokens"):
+            continue
+        templates = getattr(getattr(clip, "config", None), "templates", ("{}",))
+        for label in labels:
+            longest = max(clip.count_tokens(t.replace("{}", label)) for t in templates)
+            if longest > clip.context_length:
+                raise DemoInputError(
+                    f"prompt {label!r} is too long for CLIP: {longest} tokens with its template, "
+                    f"at most {clip.context_length} fit; shorten it"
+                )
+
+
+def read_prompts(text: Any, limits: DemoLimits) -> list[str]:
+    if text is None:
+        text = ""
+    try:
+        return parse_prompts(text, max_prompts=limits.max_prompts, max_chars=limits.max_prompt_chars)
+    except PromptError as error:
+        raise DemoInputError(str(error)) from None
+
+
+def read_image(image: Any, limits: DemoLimits) -> Image.Image:
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise DemoInputError("no image: upload an image (PNG, JPEG, WebP, GIF, BMP or TIFF) or pick an example")
+    try:
+        return load_image(image, max_pixels=limits.max_pixels, max_side=limits.max_side)
+    except ImageError as error:
+        raise DemoInputError(str(error)) from None
+
+
+# --------------------------------------------------------------------------------- the comparison
+
+
+def picked_masks(result: Any) -> list[np.ndarray]:
+    """Per label: the (H, W) bool mask of the proposal with the highest p_out, at the result's threshold."""
+    if hasattr(result, "picked_mask"):
+        return [np.asarray(result.picked_mask(k), dtype=bool) for k in range(len(result.labels))]
+    threshold = getattr(result, "mask_threshold", 0.5)
+    return [np.asarray(result.proposals[index]) >= threshold for index, _ in result.selected]
+
+
+def low_resolution_proposals(result: Any) -> np.ndarray:
+    """(N, h, w) proposals in [0, 1] at mask resolution when available: thumbnails need no more."""
+    logits = getattr(result, "mask_logits", None)
+    if logits is not None:
+        return torch.as_tensor(logits).float().sigmoid().numpy()
+    return np.asarray(result.proposals, dtype=np.float32)
+
+
+def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
+    """IoU of two bool masks; two empty masks agree perfectly (1.0)."""
+    union = np.logical_or(first, second).sum()
+    return 1.0 if union == 0 else float(np.logical_and(first, second).sum() / union)
+
+
+def model_view(result: Any, image: Image.Image) -> ModelView:
+    """Draw one model's result: overlay + legend, per-prompt masks, score table, proposal grids."""
+    labels = list(result.labels)
+    semantic = np.asarray(result.semantic)
+    area = np.bincount(semantic[semantic >= 0].ravel(), minlength=len(labels)) / max(semantic.size, 1)
+    picked = picked_masks(result)
+    small = image.copy()
+    small.thumbnail((GALLERY_SIDE, GALLERY_SIDE), Image.Resampling.BILINEAR)
+    masks, table = [], []
+    for k, (label, (index, score)) in enumerate(zip(labels, result.selected)):
+        p, p_hat = float(result.stage1_scores[index, k]), float(result.stage2_scores[index, k])
+        caption = f"{label} · #{index} · p={p:.2f} · p_hat={p_hat:.2f} · p_out={float(score):.2f}"
+        masks.append((mask_overlay(small, picked[k], colour_for(k)), caption))
+        table.append([label, int(index), round(p, 4), round(p_hat, 4), round(float(score), 4), round(100 * float(area[k]), 1)])
+    scores = np.asarray(result.scores)  # (N, K)
+    best = scores.argmax(1) if scores.size else np.zeros(0, int)
+    best_score = scores.max(1) if scores.size else np.zeros(0)
+    captions = [f"#{n} {labels[best[n]]} {best_score[n]:.2f}" for n in range(scores.shape[0])]
+    colours = [colour_for(int(k)) for k in best]
+    proposals = low_resolution_proposals(result)
+    columns = 5 if len(captions) <= 25 else 10  # few proposals: bigger thumbnails per row shown
+    timings = {key: float(value) for key, value in dict(result.timings).items()}
+    timings.setdefault("total", sum(timings.get(key, 0.0) for key in TIMING_KEYS))
+    return ModelView(
+        overlay=overlay(image, semantic, labels),
+        masks=masks,
+        table=table,
+        grid_by_score=proposal_grid(proposals, image, captions, sort_by_scores=best_score, columns=columns, colours=colours),
+        grid_by_index=proposal_grid(proposals, image, captions, columns=columns, colours=colours),
+        timings=timings,
+        picked=picked,
+    )
+
+
+def compare_results(prompts: list[str], results: dict[str, Any], views: dict[str, ModelView]) -> tuple[list[list[Any]], float]:
+    """Per prompt: IoU of the two picked masks (ascending), and the pixel agreement of the label maps."""
+    rows = []
+    for k, prompt in enumerate(prompts):
+        base_index, base_score = results["baseline"].selected[k]
+        pmp_index, pmp_score = results["pmp"].selected[k]
+        iou = mask_iou(views["baseline"].picked[k], views["pmp"].picked[k])
+        rows.append([prompt, round(iou, 3), int(base_index), int(pmp_index), round(float(base_score), 4), round(float(pmp_score), 4)])
+    rows.sort(key=lambda row: row[1])
+    agreement = float((np.asarray(results["baseline"].semantic) == np.asarray(results["pmp"].semantic)).mean())
+    return rows, agreement
+
+
+def write_downloads(folder: Path, prompts: list[str], results: dict[str, Any], views: dict[str, ModelView], settings: dict[str, Any]) -> list[Path]:
+    """Label maps (8-bit PNG, 255 = none), a zip of per-prompt masks, and a JSON of all scores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, result in results.items():
+        path = folder / f"{name}_labels.png"
+        label_map_png(np.asarray(result.semantic), len(prompts)).save(path)
+        files.append(path)
+    zip_path = folder / "masks.zip"
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, result in results.items():
+            semantic = np.asarray(result.semantic)
+            for k, prompt in enumerate(prompts):
+                stem = f"{k:02d}_{slug(prompt)}"
+                for kind, mask in (("picked", views[name].picked[k]), ("region", semantic == k)):
+                    buffer = _png_bytes(mask_png(mask))
+                    archive.writestr(f"{name}/{kind}_{stem}.png", buffer)
+    files.append(zip_path)
+    summary: dict[str, Any] = {"prompts": prompts, "settings": settings, "label_map_no_label_value": 255}
+    for name, result in results.items():
+        entry = result_summary(result)
+        entry["scores"] = {
+            "p": np.round(np.asarray(result.stage1_scores, dtype=np.float64), 5).tolist(),
+            "p_hat": np.round(np.asarray(result.stage2_scores, dtype=np.float64), 5).tolist(),
+            "p_out": np.round(np.asarray(result.scores, dtype=np.float64), 5).tolist(),
+        }
+        summary[name] = entry
+    json_path = folder / "scores.json"
+    json_path.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    files.append(json_path)
+    return files
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def prune_outputs(root: Path, max_age_s: float) -> None:
+    """Delete request folders under ``root`` older than ``max_age_s`` (downloads are short-lived)."""
+    cutoff = time.time() - max_age_s
+    for folder in root.glob("request-*"):
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # another request removed it first
+            continue
+
+
+def run_comparison(
+    models: DemoModels,
+    image: Any,
+    prompts_text: Any,
+    ensemble_lambda: Any = 0.65,
+    stage2_mode: Any = "pool",
+    mask_threshold: Any = 0.5,
+    *,
+    output_root: str | Path | None = None,
+) -> ComparisonView:
+    """Segment one image with both models and build every view of the comparison.
+
+    Raises DemoInputError for bad input (message for the user). Downloads are written to a fresh
+    ``request-*`` folder under ``output_root`` (default: the system temp dir).
+    """
+    limits = models.effective_limits()
+    lam = check_number(ensemble_lambda, "lambda", 0.0, 1.0)
+    mode = check_stage2_mode(stage2_mode)
+    threshold = check_number(mask_threshold, "mask threshold", 0.0, 1.0, open_interval=True)
+    prompts = read_prompts(prompts_text, limits)
+    check_token_limit(models, prompts)
+    picture = read_image(image, limits)
+    settings = {"ensemble_lambda": lam, "stage2_mode": mode, "mask_threshold": threshold}
+
+    results: dict[str, Any] = {}
+    with torch.inference_mode():
+        for name, model in models.items():
+            try:
+                results[name] = model.segment(picture, prompts, ensemble_lambda=lam, stage2_mode=mode, mask_threshold=threshold)
+            except ValueError as error:  # the Segmenter's own input checks
+                raise DemoInputError(str(error)) from None
+    views = {name: model_view(result, picture) for name, result in results.items()}
+    differences, agreement = compare_results(prompts, results, views)
+
+    root = Path(output_root) if output_root is not None else Path(tempfile.gettempdir()) / "pmp-demo"
+    root.mkdir(parents=True, exist_ok=True)
+    prune_outputs(root, limits.output_max_age_s)
+    folder = Path(tempfile.mkdtemp(prefix="request-", dir=root))
+    downloads = write_downloads(folder, prompts, results, views, settings)
+    return ComparisonView(prompts, views, differences, agreement, downloads, settings, folder)
+
+
+# --------------------------------------------------------------------------------- Gradio adapter
+
+# The order of the values returned by compare_for_ui; app.py wires its output components in this order.
+UI_OUTPUTS = (
+    "prompts",  # Markdown: the parsed prompts
+    "baseline_overlay", "baseline_masks", "baseline_table", "baseline_grid", "baseline_timings",
+    "pmp_overlay", "pmp_masks", "pmp_table", "pmp_grid", "pmp_timings",
+    "differences_text", "differences_table",
+    "downloads",
+    "grids_state",  # per-session: both grid orders per model, for the sort toggle (not part of the API)
+)  # fmt: skip
+
+
+def user_error(message: str):
+    """gr.Error with the message HTML-escaped (gr.Error renders HTML; prompts are user text)."""
+    import gradio as gr
+
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+def compare_for_ui(
+    models: DemoModels,
+    image: Any,
+    prompts_text: Any,
+    ensemble_lambda: Any,
+    stage2_mode: Any,
+    mask_threshold: Any,
+    sort_by_score: Any = True,
+    *,
+    output_root: str | Path | None = None,
+) -> tuple:
+    """The app's (and the ``/compare`` API's) handler: values in UI_OUTPUTS order, or gr.Error.
+
+    Pictures are returned as PNG paths in the request's own folder, not as PIL images: Gradio
+    re-writes a PIL output in place at a path named by its content hash, so two concurrent requests
+    with identical outputs (two users running the same example) could serve each other a half-written
+    file. A path is copied into Gradio's cache atomically instead.
+    """
+    try:
+        view = run_comparison(models, image, prompts_text, ensemble_lambda, stage2_mode, mask_threshold, output_root=output_root)
+        pictures = write_pictures(view)
+    except DemoInputError as error:
+        raise user_error(str(error)) from None
+    except Exception:  # anything else is a bug or a resource problem: log it, tell the user little
+        error_id = uuid.uuid4().hex[:8]
+        logger.exception("comparison failed (error id %s)", error_id)
+        raise user_error(GENERIC_ERROR.format(error_id)) from None
+    slot = 0 if sort_by_score else 1
+    values: list[Any] = [view.prompts_markdown()]
+    for name in MODEL_NAMES:
+        column, files = view.views[name], pictures[name]
+        values += [
+            files["overlay"],
+            [(path, caption) for path, (_, caption) in zip(files["masks"], column.masks)],
+            {"headers": TABLE_HEADERS, "data": column.table},
+            files["grids"][slot],
+            column.timings_markdown(),
+        ]
+    values += [
+        view.differences_markdown(),
+        {"headers": DIFF_HEADERS, "data": view.differences},
+        [str(path) for path in view.downloads],
+        {name: pictures[name]["grids"] for name in MODEL_NAMES},
+    ]
+    return tuple(values)
+
+
+def write_pictures(view: ComparisonView) -> dict[str, dict[str, Any]]:
+    """Save every picture of ``view`` as PNG in its request folder; per model: overlay, masks, grids."""
+    pictures: dict[str, dict[str, Any]] = {}
+    for name, column in view.views.items():
+
+        def save(picture: Image.Image, stem: str) -> str:
+            path = view.folder / f"{name}_{stem}.png"
+            picture.save(path, compress_level=1)  # speed over size: these are served once
+            return str(path)
+
+        pictures[name] = {
+            "overlay": save(column.overlay, "overlay"),
+            "masks": [save(picture, f"picked_{k:02d}") for k, (picture, _) in enumerate(column.masks)],
+            "grids": (save(column.grid_by_score, "proposals_by_score"), save(column.grid_by_index, "proposals_by_index")),
+        }
+    return pictures
+
+
+def preview_prompts(models: DemoModels, text: Any) -> str:
+    """Live feedback while typing: the prompts the Run button will use, or why there are none."""
+    if not isinstance(text, str) or not text.strip():
+        return "*Type class names separated by commas (sky, house, red car) or a caption.*"
+    try:
+        prompts = read_prompts(text, models.effective_limits())
+        check_token_limit(models, prompts)
+    except DemoInputError as error:
+        return f"**Cannot use these prompts:** {_markdown_safe(str(error))}"
+    return prompts_markdown(prompts)
+
+
+def pick_grids(grids: Any, sort_by_score: Any) -> tuple:
+    """The sort toggle: re-show the saved grids in the other order without running the models again.
+
+    ``grids`` is the per-session state {model: (by score path, by index path)}; when there is none
+    yet, or its request folder has been pruned, the grids shown are left as they are.
+    """
+    import gradio as gr
+
+    slot = 0 if sort_by_score else 1
+    if not isinstance(grids, dict) or not all(name in grids for name in MODEL_NAMES):
+        return (gr.skip(), gr.skip())
+    paths = [grids[name][slot] for name in MODEL_NAMES]
+    if not all(isinstance(path, str) and Path(path).is_file() for path in paths):
+        return (gr.skip(), gr.skip())
+    return tuple(paths)

@@ -1,0 +1,60 @@
+"""Prediction heads applied to every decoder layer's (LayerNorm-ed) query embeddings.
+
+* :class:`OpenVocabClassHead` - Eq. 1: cosine similarity between a query's embedding and the prompts'
+  CLIP text embeddings, divided by a learnable temperature, plus a learnable no-object class.
+* :class:`MaskHead` - Mask2Former's mask branch: an MLP per query, dotted with the per-pixel features.
+
+The LayerNorm of Eq. 1 is the decoder's ``decoder_norm``, shared by both heads as in Mask2Former: the
+decoders hand the heads already-normalised queries.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pmp.modeling.layers import MLP
+
+INITIAL_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: logits are at most 100 * cosine
+
+
+class OpenVocabClassHead(nn.Module):
+    """p(class m | query q) logits = cos(e_q, t_m) * exp(logit_scale), with t_{M} = the no-object embedding.
+
+    e_q = normalise(Linear(LN(x_q))) in the CLIP joint space (text_dim). The no-object embedding is a
+    learnable text_dim vector, L2-normalised like a text embedding and appended as the last column.
+    Padded prompts (``text_mask`` False) get -inf, so they take no probability mass in a softmax.
+    """
+
+    def __init__(self, hidden_dim: int, text_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_dim, text_dim)
+        self.no_object_embed = nn.Parameter(torch.randn(text_dim) * text_dim**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
+
+    def forward(self, queries: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """queries (B, P, hidden), text_embeds (B, M, text_dim), text_mask (B, M) -> logits (B, P, M+1)."""
+        query_embeds = F.normalize(self.proj(queries), dim=-1)
+        batch = text_embeds.shape[0]
+        no_object = F.normalize(self.no_object_embed, dim=-1).expand(batch, 1, -1)
+        classes = torch.cat([F.normalize(text_embeds, dim=-1), no_object.to(text_embeds.dtype)], dim=1)  # (B, M+1, C)
+        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        logits = scale * torch.einsum("bpc,bmc->bpm", query_embeds, classes)
+        padded = torch.cat([~text_mask, torch.zeros_like(text_mask[:, :1])], dim=1)  # (B, M+1); no-object is never padded
+        return logits.masked_fill(padded[:, None, :], float("-inf"))
+
+
+class MaskHead(nn.Module):
+    """Mask logits = MLP(query) . mask_features (a 3-layer MLP to mask_dim, then a per-pixel dot product)."""
+
+    def __init__(self, hidden_dim: int, mask_dim: int):
+        super().__init__()
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def forward(self, queries: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+        """queries (B, P, hidden), mask_features (B, mask_dim, h, w) -> (B, P, h, w)."""
+        return torch.einsum("bqc,bchw->bqhw", self.mask_embed(queries), mask_features)

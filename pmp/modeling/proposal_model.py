@@ -1,0 +1,120 @@
+"""Stage 1 of the two-stage segmenter: prompt-guided mask proposals with open-vocabulary class logits.
+
+backbone (strides 4-32) -> pixel decoder (mask features + 3 scales) -> transformer decoder (queries,
+optionally reading the prompts: ``decoder.text_mode``) -> per layer: class head (Eq. 1) and mask head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pmp.config import SegmenterConfig
+from pmp.modeling.backbone import build_backbone
+from pmp.modeling.heads import OpenVocabClassHead
+from pmp.modeling.pixel_decoder import build_pixel_decoder
+from pmp.modeling.transformer_decoder import build_transformer_decoder
+
+
+class MaskProposalModel(nn.Module):
+    """Mask proposals + Eq. 1 class logits for a set of prompts.
+
+    Args:
+        config: the full segmenter config; ``backbone``, ``pixel_decoder``, ``decoder`` and ``image_size``
+            are used here.
+        text_dim: the CLIP joint embedding dim C of the text embeddings the model is given.
+        clip_visual: the open_clip ``model.visual``; required iff ``config.backbone.kind == "clip"``. It is
+            held, frozen, outside this module's parameters and state dict (it belongs to the CLIP model).
+        load_backbone_weights: read ``config.backbone.pretrained_file``; pass False when the weights will
+            come from a saved checkpoint anyway (the file may not exist on the loading machine).
+
+    ``forward(images, text_embeds, text_mask=None)`` returns
+        "pred_logits": (B, P, M+1) Eq. 1 logits; column M is no-object; padded prompt columns are -inf;
+        "pred_masks": (B, P, H/4, W/4) mask logits;
+        "aux_outputs": the same two keys for every earlier prediction, first to last
+            (mask2former: the learnable queries before layer 1 + layers 1..L-1, i.e. L entries;
+            maskformer: layers 1..L-1, i.e. L-1 entries);
+        "proposal_mask": (B, P) bool, True = real proposal - only with ``text_mode="text_queries"``.
+    P = num_queries, except ``text_mode="text_queries"`` where P = num_queries + M (the learnable
+    queries first, then one proposal per prompt).
+    """
+
+    def __init__(
+        self,
+        config: SegmenterConfig,
+        text_dim: int,
+        clip_visual: nn.Module | None = None,
+        load_backbone_weights: bool = True,
+    ):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.text_dim = text_dim
+        self.backbone = build_backbone(config, clip_visual, load_weights=load_backbone_weights)
+        self.pixel_decoder = build_pixel_decoder(config.pixel_decoder, self.backbone.out_channels)
+        self.decoder = build_transformer_decoder(
+            config.decoder, config.pixel_decoder.conv_dim, config.pixel_decoder.mask_dim, text_dim
+        )
+        self.class_head = OpenVocabClassHead(config.decoder.hidden_dim, text_dim)
+
+    @property
+    def text_mode(self) -> str:
+        return self.config.decoder.text_mode
+
+    def forward(self, images: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor | None = None) -> dict:
+        """images: (B, 3, H, W) normalised, H and W multiples of 32; text_embeds: (B, M, C) or (M, C);
+        text_mask: (B, M) or (M,) bool, True = real prompt (None = all real)."""
+        self._check_images(images)
+        text_embeds, text_mask = self._batch_text(text_embeds, text_mask, images.shape[0])
+        features = self.backbone(images)
+        mask_features, multi_scale_features = self.pixel_decoder(features)
+        decoded = self.decoder(multi_scale_features, mask_features, text_embeds, text_mask)
+        predictions = [
+            {"pred_logits": self.class_head(p.queries, text_embeds, text_mask), "pred_masks": p.masks}
+            for p in decoded.predictions
+        ]
+        output = dict(predictions[-1])
+        output["aux_outputs"] = predictions[:-1]
+        if decoded.proposal_mask is not None:
+            output["proposal_mask"] = decoded.proposal_mask
+        return output
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Number of parameters per part (trainable or not), plus "total" and "trainable"."""
+        counts = {name: sum(p.numel() for p in child.parameters()) for name, child in self.named_children()}
+        counts["text"] = sum(p.numel() for p in self.decoder.text.parameters())
+        counts["total"] = sum(p.numel() for p in self.parameters())
+        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return counts
+
+    @staticmethod
+    def _check_images(images: torch.Tensor) -> None:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+        if images.shape[2] % 32 or images.shape[3] % 32:
+            raise ValueError(f"image height and width must be multiples of 32 (pad them), got {tuple(images.shape[2:])}")
+
+    def _batch_text(
+        self, text_embeds: torch.Tensor, text_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> text_embeds (B, M, C) and text_mask (B, M) bool, checked against the image batch."""
+        text_embeds = text_embeds.to(self.class_head.proj.weight.dtype)  # e.g. a half-precision CLIP's output
+        if text_embeds.dim() == 2:
+            text_embeds = text_embeds.unsqueeze(0).expand(batch, -1, -1)
+        if text_embeds.dim() != 3 or text_embeds.shape[0] != batch or text_embeds.shape[2] != self.text_dim:
+            raise ValueError(
+                f"text_embeds must be (M, {self.text_dim}) or ({batch}, M, {self.text_dim}), "
+                f"got shape {tuple(text_embeds.shape)}"
+            )
+        num_prompts = text_embeds.shape[1]
+        if num_prompts == 0:
+            raise ValueError("at least one prompt is needed (text_embeds has M = 0)")
+        if text_mask is None:
+            return text_embeds, torch.ones(batch, num_prompts, dtype=torch.bool, device=text_embeds.device)
+        if text_mask.dim() == 1:
+            text_mask = text_mask.unsqueeze(0).expand(batch, -1)
+        if tuple(text_mask.shape) != (batch, num_prompts):
+            raise ValueError(
+                f"text_mask must be ({batch}, {num_prompts}) like text_embeds, got shape {tuple(text_mask.shape)}"
+            )
+        return text_embeds, text_mask.to(device=text_embeds.device, dtype=torch.bool)

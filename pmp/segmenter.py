@@ -1,0 +1,294 @@
+"""The one inference API: ``Segmenter`` runs both stages of the paper and keeps everything for inspection.
+
+Eq. 1 (stage 1): every query q gives a mask M_q and a class embedding e_q; p[q, k] = softmax over the
+prompts and the no-object embedding of cos(e_q, t_k) / tau.
+Eq. 2 (stage 2): CLIP classifies each proposal, p_hat[q, k] = softmax_k(cos(f_q, t_k) * s) where f_q is
+the mask-pooled dense CLIP feature (``pool``) or the CLIP embedding of the masked crop (``crop``, OVSeg).
+Eq. 3 (ensemble): p_out = p^lambda * p_hat^(1 - lambda). As the paper writes it, lambda weights the
+stage-1 probability p; lambda = 1 is stage 1 alone, lambda = 0 is CLIP alone.
+The semantic map is Mask2Former's semantic inference, sum_q p_out[q, k] * sigmoid(M_q)(x, y), argmax
+over k, computed at mask resolution and upsampled once to the image.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from pmp.checkpoint import load_config, load_weights, resolve_checkpoint, save_checkpoint
+from pmp.clip import CLIPModel
+from pmp.config import SegmenterConfig
+from pmp.images import load_image
+from pmp.modeling import MaskProposalModel
+from pmp.prompts import PromptError, parse_prompts
+
+
+@dataclass
+class SegmentationResult:
+    """Everything both stages computed for one image, at the image's own size.
+
+    ``proposals`` are upsampled lazily from the mask-resolution logits: most callers only need the
+    semantic map and the picked masks, and N full-size float masks are large (100 x 512 x 512 x 4 B).
+    """
+
+    labels: list[str]
+    semantic: np.ndarray  # (H, W) int64 index into labels, -1 where no proposal claims the pixel
+    stage1_scores: np.ndarray  # (N, K) p, stage-1 probabilities (no-object column dropped)
+    stage2_scores: np.ndarray  # (N, K) p_hat, CLIP probabilities
+    scores: np.ndarray  # (N, K) p_out = p^lambda * p_hat^(1-lambda)
+    selected: list[tuple[int, float]]  # per label: (proposal index with the highest p_out, that p_out)
+    timings: dict[str, float]
+    ensemble_lambda: float
+    stage2_mode: str
+    mask_threshold: float
+    no_object: np.ndarray  # (N,) stage-1 probability of "no object" per proposal
+    mask_logits: torch.Tensor = field(repr=False)  # (N, h, w) at mask resolution, padding removed
+    image_size: tuple[int, int] = (0, 0)  # (H, W)
+    _proposals: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def proposals(self) -> np.ndarray:
+        """(N, H, W) float32 first-stage masks in [0, 1] at image size."""
+        if self._proposals is None:
+            self._proposals = upsample(self.mask_logits[None], self.image_size)[0].sigmoid().numpy()
+        return self._proposals
+
+    def picked_mask(self, label_index: int) -> np.ndarray:
+        """(H, W) bool: the proposal picked for one label, binarised at ``mask_threshold``."""
+        index = self.selected[label_index][0]
+        return upsample(self.mask_logits[index][None, None], self.image_size)[0, 0].sigmoid().numpy() >= self.mask_threshold
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary: labels, the picked proposal per label with p, p_hat, p_out, and timings."""
+        return {
+            "labels": self.labels,
+            "ensemble_lambda": self.ensemble_lambda,
+            "stage2_mode": self.stage2_mode,
+            "selected": [
+                {
+                    "label": label,
+                    "proposal": index,
+                    "p": float(self.stage1_scores[index, k]),
+                    "p_hat": float(self.stage2_scores[index, k]),
+                    "p_out": float(score),
+                    "pixels": int((self.semantic == k).sum()),
+                }
+                for k, (label, (index, score)) in enumerate(zip(self.labels, self.selected))
+            ],
+            "timings": self.timings,
+        }
+
+
+def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of (B, C, h, w) to (B, C, H, W)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def ensemble(p: torch.Tensor, p_hat: torch.Tensor, ensemble_lambda: float) -> torch.Tensor:
+    """Eq. 3: p_out = p^lambda * p_hat^(1 - lambda), computed in log space for stability."""
+    eps = torch.finfo(p.dtype).tiny
+    return torch.exp(ensemble_lambda * p.clamp_min(eps).log() + (1.0 - ensemble_lambda) * p_hat.clamp_min(eps).log())
+
+
+def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """Mask2Former's semantic inference: (N, K) scores, (N, h, w) mask logits -> (K, h, w) class maps."""
+    return torch.einsum("nk,nhw->khw", scores, mask_logits.sigmoid())
+
+
+class Segmenter(nn.Module):
+    """Stage 1 (``self.model``, a :class:`MaskProposalModel`) plus CLIP (``self.clip``) for both stages."""
+
+    def __init__(self, config: SegmenterConfig, clip: CLIPModel | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.clip = clip if clip is not None else CLIPModel.build(config.clip)
+        clip_visual = self.clip.model.visual if config.backbone.kind == "clip" else None
+        self.model = MaskProposalModel(config, text_dim=self.clip.embed_dim, clip_visual=clip_visual)
+        self.clip.requires_grad_(False)
+        self.eval()
+
+    # ----------------------------------------------------------------------------------------- I/O
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu") -> "Segmenter":
+        """Load a bundled name ('pmp', 'baseline'), a local folder, or a Hub repo id (None = bundled PMP)."""
+        folder = resolve_checkpoint(name_or_path)
+        config = load_config(folder)
+        segmenter = cls(config)
+        load_weights(segmenter, folder)
+        return segmenter.to(device).eval()
+
+    def save_pretrained(self, folder: str | Path, *, model_card: str | None = None, half_precision: bool = False) -> Path:
+        return save_checkpoint(self, self.config, folder, model_card=model_card, half_precision=half_precision)
+
+    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False, model_card: str | None = None) -> str:
+        """Upload config.json, model.safetensors and the model card to a Hub model repo; returns its URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, model_card=model_card)
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model", commit_message="Upload PMP segmenter")
+        return f"https://huggingface.co/{repo_id}"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ----------------------------------------------------------------------------------- inference
+    def forward(self, image: Any, prompts: str | list[str], **options: Any) -> SegmentationResult:
+        """Parse ``prompts`` (a comma/semicolon/newline list or a caption), enforce the limits, segment."""
+        started = time.perf_counter()
+        if isinstance(prompts, str):
+            labels = parse_prompts(prompts, max_prompts=self.config.max_prompts, max_chars=self.config.max_prompt_chars)
+        else:
+            labels = parse_prompts(
+                ", ".join(str(p) for p in prompts), max_prompts=self.config.max_prompts, max_chars=self.config.max_prompt_chars
+            )
+        self.check_token_limit(labels)
+        return self.segment(image, labels, _parse_seconds=time.perf_counter() - started, **options)
+
+    def check_token_limit(self, labels: list[str]) -> None:
+        """Every filled template must fit the text tower's context; say which prompt does not."""
+        limit = self.clip.context_length
+        for label in labels:
+            longest = max(self.clip.count_tokens(t.replace("{}", label)) for t in self.config.clip.templates)
+            if longest > limit:
+                raise PromptError(
+                    f"prompt {label!r} is too long for the text encoder: {longest} tokens with its template, "
+                    f"at most {limit} are accepted; shorten it"
+                )
+
+    @torch.inference_mode()
+    def segment(
+        self,
+        image: Any,
+        labels: list[str],
+        *,
+        ensemble_lambda: float | None = None,
+        stage2_mode: str | None = None,
+        mask_threshold: float | None = None,
+        image_size: int | None = None,
+        _parse_seconds: float = 0.0,
+    ) -> SegmentationResult:
+        """Segment ``image`` with ``labels`` used as given (no parsing, no prompt-count limit)."""
+        if not labels:
+            raise ValueError("no labels given: pass at least one class name")
+        cfg = self.config
+        ensemble_lambda = cfg.ensemble_lambda if ensemble_lambda is None else float(ensemble_lambda)
+        stage2_mode = stage2_mode or cfg.stage2_mode
+        mask_threshold = cfg.mask_threshold if mask_threshold is None else float(mask_threshold)
+        if not 0.0 <= ensemble_lambda <= 1.0:
+            raise ValueError(f"ensemble_lambda must be in [0, 1], got {ensemble_lambda}")
+        if stage2_mode not in ("pool", "crop"):
+            raise ValueError(f"stage2_mode must be 'pool' or 'crop', got {stage2_mode!r}")
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
+        timings = {"text": _parse_seconds}
+
+        start = time.perf_counter()
+        text = self.clip.encode_text(list(labels)).to(self.device)  # (K, C)
+        timings["text"] += time.perf_counter() - start
+
+        start = time.perf_counter()
+        pil = load_image(image)
+        pixels, valid_hw = self.preprocess(pil, image_size or cfg.image_size)  # (1, 3, Hp, Wp) in [0, 1]
+        outputs = self.model(self.normalize(pixels, cfg.pixel_mean, cfg.pixel_std), text[None])
+        probs = outputs["pred_logits"][0].float().softmax(-1)  # (N, K + 1)
+        p, no_object = probs[:, :-1], probs[:, -1]
+        mask_logits = outputs["pred_masks"][0].float()  # (N, Hp/4, Wp/4)
+        mask_h = round(mask_logits.shape[-2] * valid_hw[0] / pixels.shape[-2])
+        mask_w = round(mask_logits.shape[-1] * valid_hw[1] / pixels.shape[-1])
+        mask_logits = mask_logits[:, : max(mask_h, 1), : max(mask_w, 1)]  # drop the padding
+        timings["stage1"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        p_hat = self.classify_proposals(pixels, valid_hw, mask_logits, text, p, stage2_mode)
+        scores = ensemble(p, p_hat, ensemble_lambda)
+        timings["stage2"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        height, width = pil.height, pil.width
+        class_maps = upsample(semantic_inference(scores, mask_logits)[None], (height, width))[0]  # (K, H, W)
+        semantic = class_maps.argmax(0)
+        claimed = upsample(mask_logits.amax(0)[None, None], (height, width))[0, 0].sigmoid() >= mask_threshold
+        semantic = torch.where(claimed, semantic, torch.full_like(semantic, -1))
+        best_score, best_index = scores.max(0)  # per label: the proposal that represents it
+        selected = [(int(i), float(s)) for i, s in zip(best_index, best_score)]
+        timings["post"] = time.perf_counter() - start
+        timings["total"] = sum(timings.values())
+
+        return SegmentationResult(
+            labels=list(labels),
+            semantic=semantic.cpu().numpy().astype(np.int64),
+            stage1_scores=p.cpu().numpy(),
+            stage2_scores=p_hat.cpu().numpy(),
+            scores=scores.cpu().numpy(),
+            selected=selected,
+            timings=timings,
+            ensemble_lambda=ensemble_lambda,
+            stage2_mode=stage2_mode,
+            mask_threshold=mask_threshold,
+            no_object=no_object.cpu().numpy(),
+            mask_logits=mask_logits.cpu(),
+            image_size=(height, width),
+        )
+
+    def classify_proposals(
+        self,
+        pixels: torch.Tensor,
+        valid_hw: tuple[int, int],
+        mask_logits: torch.Tensor,
+        text: torch.Tensor,
+        p: torch.Tensor,
+        stage2_mode: str,
+    ) -> torch.Tensor:
+        """Stage 2 (Eq. 2): p_hat (N, K) from CLIP.
+
+        ``pool`` runs CLIP's image tower once and mask-pools its dense features. ``crop`` (OVSeg) runs
+        it once per proposal crop, so only the ``crop_top_k`` proposals with the highest stage-1 score
+        are cropped; the rest keep p_hat = p, which leaves their ensemble score equal to p.
+        """
+        image = pixels[..., : valid_hw[0], : valid_hw[1]]  # (1, 3, H, W) in [0, 1]
+        masks = upsample(mask_logits[None], valid_hw)[0].sigmoid()  # (N, H, W)
+        if stage2_mode == "pool":
+            dense = self.clip.dense_features(self.normalize(image, self.clip.mean, self.clip.std))  # (1, C, h, w)
+            return self.clip.pool_classify(dense, masks[None], text)[0].to(p.dtype)
+        top_k = min(self.config.crop_top_k, masks.shape[0])
+        indices = p.max(1).values.topk(top_k).indices
+        p_hat = p.clone()
+        p_hat[indices] = self.clip.crop_classify(image[0], masks, text, top_k_indices=indices).to(p.dtype)
+        return p_hat
+
+    def preprocess(self, image: Image.Image, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resize so the longer side is ``size``, to [0, 1] float, pad bottom/right to a multiple of 32.
+
+        Returns (1, 3, Hp, Wp) and the (H, W) of the image inside the padding.
+        """
+        scale = size / max(image.width, image.height)
+        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        resized = image.resize((width, height), Image.BILINEAR) if (width, height) != image.size else image
+        array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy())  # (H, W, 3)
+        pixels = array.permute(2, 0, 1).float().div_(255.0)[None]  # (1, 3, H, W)
+        pad_h, pad_w = (-height) % 32, (-width) % 32
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
+        return pixels.to(self.device), (height, width)
+
+    @staticmethod
+    def normalize(pixels: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+        mean_t = torch.tensor(mean, device=pixels.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=pixels.device).view(1, 3, 1, 1)
+        return (pixels - mean_t) / std_t

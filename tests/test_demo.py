@@ -1,0 +1,430 @@
+"""pmp.demo: the comparison handler on good and bad input (a clear gr.Error, never a crash).
+
+Most tests use a small fake segmenter with the Segmenter's interface (fast, deterministic masks);
+one test runs the real code path with tiny random-weight Segmenters.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import zipfile
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import pytest
+from PIL import Image
+
+from pmp.demo import (
+    DIFF_HEADERS,
+    TABLE_HEADERS,
+    UI_OUTPUTS,
+    DemoInputError,
+    DemoLimits,
+    DemoModels,
+    compare_for_ui,
+    mask_iou,
+    pick_grids,
+    prune_outputs,
+    run_comparison,
+)
+
+
+class FakeCLIP:
+    """count_tokens ~ one token per word plus start/end, like the real tokenizer for simple words."""
+
+    def __init__(self, context_length: int = 32) -> None:
+        self.context_length = context_length
+        self.config = SimpleNamespace(templates=("a photo of a {}.",))
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split()) + 2
+
+
+class FakeSegmenter:
+    """The Segmenter interface with deterministic output: N horizontal-band proposals.
+
+    ``shift`` moves the bands so that the baseline and PMP fakes pick different masks.
+    """
+
+    def __init__(self, shift: int = 0, num_proposals: int = 6, fail: bool = False) -> None:
+        self.shift, self.num_proposals, self.fail = shift, num_proposals, fail
+        self.config = SimpleNamespace(max_prompts=100, max_prompt_chars=120)
+        self.clip = FakeCLIP()
+        self.calls: list[dict] = []
+
+    def segment(self, image, labels, *, ensemble_lambda=None, stage2_mode=None, mask_threshold=None):
+        if self.fail:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        assert isinstance(image, Image.Image) and image.mode == "RGB"
+        self.calls.append({"size": image.size, "labels": list(labels), "lambda": ensemble_lambda, "mode": stage2_mode})
+        width, height = image.size
+        n, k = self.num_proposals, len(labels)
+        rows = (np.arange(height)[:, None] * n // max(height, 1) + self.shift) % n  # (H, 1) band index
+        proposals = (np.arange(n)[:, None, None] == np.broadcast_to(rows, (height, width))[None]).astype(np.float32)
+        rng = np.random.default_rng(len(labels) + self.shift)
+        p, p_hat = rng.random((n, k)), rng.random((n, k))
+        scores = p**ensemble_lambda * p_hat ** (1 - ensemble_lambda)
+        best = scores.argmax(0)
+        selected = [(int(best[j]), float(scores[best[j], j])) for j in range(k)]
+        semantic = np.full((height, width), -1, np.int64)
+        for j, (index, _) in enumerate(selected):
+            semantic[proposals[index] >= mask_threshold] = j
+        return SimpleNamespace(
+            labels=list(labels), semantic=semantic, proposals=proposals, stage1_scores=p, stage2_scores=p_hat,
+            scores=scores, selected=selected, mask_threshold=mask_threshold,
+            timings={"text": 0.001, "stage1": 0.02, "stage2": 0.01, "post": 0.002},
+        )  # fmt: skip
+
+
+@pytest.fixture()
+def models() -> DemoModels:
+    return DemoModels(baseline=FakeSegmenter(shift=0), pmp=FakeSegmenter(shift=2))
+
+
+def _compare(models, image, prompts="sky, house", tmp_path=None, **settings):
+    options = {"ensemble_lambda": 0.65, "stage2_mode": "pool", "mask_threshold": 0.5, **settings}
+    return compare_for_ui(models, image, prompts, options["ensemble_lambda"], options["stage2_mode"], options["mask_threshold"], True, output_root=tmp_path)
+
+
+def _error_message(models, image, prompts="sky, house", tmp_path=None, **settings) -> str:
+    with pytest.raises(gr.Error) as caught:
+        _compare(models, image, prompts, tmp_path, **settings)
+    return caught.value.message
+
+
+def _png(image: Image.Image, **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **params)
+    return buffer.getvalue()
+
+
+def _write(tmp_path, name: str, data: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+# ---------------------------------------------------------------- a good request
+
+
+def test_comparison_builds_every_view(models, tmp_path):
+    image = Image.new("RGB", (90, 60), (120, 130, 140))
+    view = run_comparison(models, image, "sky, house, red car", 0.3, "crop", 0.4, output_root=tmp_path)
+    assert view.prompts == ["sky", "house", "red car"]
+    assert models.baseline.calls[0] == {"size": (90, 60), "labels": view.prompts, "lambda": 0.3, "mode": "crop"}
+    for name in ("baseline", "pmp"):
+        column = view.views[name]
+        assert column.overlay.width >= 90 and column.overlay.height > 60  # legend below
+        assert len(column.masks) == 3 and column.masks[0][1].startswith("sky · #")
+        assert "p_hat=" in column.masks[0][1] and "p_out=" in column.masks[0][1]
+        assert [row[0] for row in column.table] == view.prompts and len(column.table[0]) == len(TABLE_HEADERS)
+        assert column.grid_by_score.size == column.grid_by_index.size
+        assert "stage 1 20 ms" in column.timings_markdown()
+    ious = [row[1] for row in view.differences]
+    assert ious == sorted(ious) and len(view.differences[0]) == len(DIFF_HEADERS)
+    assert 0.0 <= view.agreement <= 1.0
+    assert "label" in view.differences_markdown() and "`sky`" in view.prompts_markdown()
+
+
+def test_downloads_hold_label_maps_masks_and_scores(models, tmp_path):
+    view = run_comparison(models, Image.new("RGB", (40, 30)), "sky, house", output_root=tmp_path)
+    names = sorted(path.name for path in view.downloads)
+    assert names == ["baseline_labels.png", "masks.zip", "pmp_labels.png", "scores.json"]
+    folder = view.downloads[0].parent
+    assert folder.parent == tmp_path and folder.name.startswith("request-")
+    label_map = np.asarray(Image.open(folder / "pmp_labels.png"))
+    assert label_map.shape == (30, 40) and set(np.unique(label_map)) <= {0, 1, 255}
+    with zipfile.ZipFile(folder / "masks.zip") as archive:
+        assert sorted(archive.namelist()) == sorted(
+            f"{m}/{kind}_{k:02d}_{name}.png" for m in ("baseline", "pmp") for kind in ("picked", "region") for k, name in enumerate(["sky", "house"])
+        )
+    scores = json.loads((folder / "scores.json").read_text())
+    assert scores["prompts"] == ["sky", "house"] and scores["settings"]["stage2_mode"] == "pool"
+    assert np.asarray(scores["pmp"]["scores"]["p_out"]).shape == (6, 2)
+    assert scores["baseline"]["selected"][0]["label"] == "sky"
+
+
+def test_ui_values_follow_ui_outputs_order(models, tmp_path):
+    values = _compare(models, Image.new("RGB", (40, 30)), "sky, house", tmp_path)
+    assert len(values) == len(UI_OUTPUTS)
+    named = dict(zip(UI_OUTPUTS, values))
+    assert named["prompts"].startswith("**2 prompt(s):**")
+    folder = Path(named["downloads"][0]).parent
+    # Pictures are PNG files in the request's own folder (not PIL images: see compare_for_ui).
+    assert named["baseline_overlay"] == str(folder / "baseline_overlay.png")
+    assert Image.open(named["baseline_overlay"]).height > 30  # image + legend
+    assert [Path(path).name for path, _ in named["pmp_masks"]] == ["pmp_picked_00.png", "pmp_picked_01.png"]
+    assert named["pmp_masks"][1][1].startswith("house · #")
+    assert named["pmp_table"]["headers"] == TABLE_HEADERS and len(named["pmp_table"]["data"]) == 2
+    assert named["differences_table"]["headers"] == DIFF_HEADERS
+    assert len(named["downloads"]) == 4
+    by_score, by_index = named["grids_state"]["pmp"]
+    assert named["pmp_grid"] == by_score and Path(by_index).name == "pmp_proposals_by_index.png"
+    assert pick_grids(named["grids_state"], False) == (named["grids_state"]["baseline"][1], by_index)
+    assert pick_grids(named["grids_state"], True) == (named["grids_state"]["baseline"][0], by_score)
+
+
+def test_sort_toggle_without_a_run_or_after_pruning_keeps_the_grids(tmp_path):
+    skip = gr.skip()
+    assert pick_grids(None, True) == (skip, skip)
+    gone = {"baseline": (str(tmp_path / "a.png"),) * 2, "pmp": (str(tmp_path / "b.png"),) * 2}
+    assert pick_grids(gone, False) == (skip, skip)
+
+
+def test_identical_models_agree_everywhere(tmp_path):
+    same = DemoModels(baseline=FakeSegmenter(shift=1), pmp=FakeSegmenter(shift=1))
+    view = run_comparison(same, Image.new("RGB", (40, 30)), "sky, house", output_root=tmp_path)
+    assert view.agreement == 1.0 and all(row[1] == 1.0 for row in view.differences)
+    assert "IoU >= 0.5" in view.differences_markdown()
+
+
+def test_mask_iou():
+    a = np.array([[True, True, False, False]])
+    b = np.array([[False, True, True, False]])
+    assert mask_iou(a, b) == pytest.approx(1 / 3)
+    assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+
+
+# ---------------------------------------------------------------- images
+
+
+@pytest.mark.parametrize("image", [None, "", "   "])
+def test_no_image(models, tmp_path, image):
+    assert "no image: upload an image" in _error_message(models, image, tmp_path=tmp_path)
+
+
+def test_truncated_and_non_image_files(models, tmp_path):
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    data = _png(Image.fromarray(noise))
+    assert "truncated or corrupt" in _error_message(models, _write(tmp_path, "cut.png", data[: len(data) // 2]), tmp_path=tmp_path)
+    assert "not an image file" in _error_message(models, _write(tmp_path, "x.png", b"hello" * 100), tmp_path=tmp_path)
+
+
+def test_huge_image_is_rejected_before_decoding(models, tmp_path):
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"junk") + chunk(b"IEND", b"")
+    message = _error_message(models, _write(tmp_path, "huge.png", data), tmp_path=tmp_path)
+    assert "81,000,000 pixels; at most 40,000,000" in message
+
+
+def test_large_image_is_downscaled_for_display(models, tmp_path):
+    run_comparison(models, Image.new("RGB", (3000, 1500)), "sky", output_root=tmp_path)
+    assert models.pmp.calls[0]["size"] == (1024, 512)
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("RGB", (20, 10), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def _exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to view
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), (0, 200, 0)).save(buffer, "JPEG", exif=exif)
+    return buffer.getvalue()
+
+
+def _cmyk_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _palette_png() -> bytes:
+    palette = Image.new("P", (20, 10))
+    palette.putpalette([0, 0, 255, 0, 255, 0] + [0, 0, 0] * 254)
+    return _png(palette, transparency=0)
+
+
+@pytest.mark.parametrize(
+    "name, data, size",
+    [
+        ("grey.png", lambda: _png(Image.new("L", (20, 10), 99)), (20, 10)),
+        ("rgba.png", lambda: _png(Image.new("RGBA", (20, 10), (255, 0, 0, 0))), (20, 10)),
+        ("cmyk.jpg", _cmyk_jpeg, (20, 10)),
+        ("grey16.png", lambda: _png(Image.fromarray(np.full((10, 20), 40000, np.uint16))), (20, 10)),
+        ("palette.png", _palette_png, (20, 10)),
+        ("animated.gif", _animated_gif, (20, 10)),
+        ("rotated.jpg", _exif_rotated_jpeg, (20, 40)),
+        ("dot.png", lambda: _png(Image.new("RGB", (1, 1))), (1, 1)),
+        ("strip.png", lambda: _png(Image.new("RGB", (50, 1))), (50, 1)),
+    ],
+)
+def test_unusual_images_are_segmented(models, tmp_path, name, data, size):
+    values = _compare(models, _write(tmp_path, name, data()), "sky, house", tmp_path)
+    assert models.pmp.calls[0]["size"] == size
+    assert Image.open(values[UI_OUTPUTS.index("pmp_overlay")]).width >= 256  # drawn, legend included
+
+
+def test_extreme_aspect_ratio_is_rejected_clearly(models, tmp_path):
+    message = _error_message(models, _write(tmp_path, "line.png", _png(Image.new("RGB", (5000, 1)))), tmp_path=tmp_path)
+    assert "aspect ratio of 5000:1; at most 50:1" in message
+
+
+# ---------------------------------------------------------------- prompts and settings
+
+
+@pytest.mark.parametrize("prompts", ["", "   ", ", ;\n", None])
+def test_empty_prompts(models, tmp_path, prompts):
+    assert "no prompts" in _error_message(models, Image.new("RGB", (8, 8)), prompts, tmp_path)
+
+
+def test_too_many_and_too_long_prompts(models, tmp_path):
+    image = Image.new("RGB", (8, 8))
+    many = ", ".join(f"class {i}" for i in range(31))
+    assert "too many prompts: 31 given, at most 30" in _error_message(models, image, many, tmp_path)
+    assert "at most 80 are accepted" in _error_message(models, image, "x" * 81, tmp_path)
+
+
+def test_prompt_limits_follow_the_stricter_model_config(tmp_path):
+    strict = FakeSegmenter()
+    strict.config = SimpleNamespace(max_prompts=2, max_prompt_chars=10)
+    models = DemoModels(baseline=FakeSegmenter(), pmp=strict)
+    assert "at most 2 are accepted" in _error_message(models, Image.new("RGB", (8, 8)), "a, b, c", tmp_path)
+
+
+def test_clip_token_limit(models, tmp_path):
+    models.pmp.clip = FakeCLIP(context_length=8)
+    message = _error_message(models, Image.new("RGB", (8, 8)), "one two three four five, sky", tmp_path)
+    assert "too long for CLIP: 11 tokens" in message and "at most 8" in message
+
+
+def test_emoji_other_scripts_and_duplicates(models, tmp_path):
+    values = _compare(models, Image.new("RGB", (16, 16)), "\u732b, \U0001F697 car, \u0434\u043e\u043c, Sky, sky, SKY", tmp_path)
+    assert models.pmp.calls[0]["labels"] == ["\u732b", "\U0001F697 car", "\u0434\u043e\u043c", "Sky"]
+    assert "**4 prompt(s):**" in values[0]
+
+
+def test_html_in_prompts_is_escaped(models, tmp_path):
+    values = _compare(models, Image.new("RGB", (16, 16)), "<b>sky</b>, `tick`", tmp_path)
+    assert "<b>" not in values[0] and "&lt;b&gt;sky&lt;/b&gt;" in values[0] and "`'tick'`" in values[0]
+    message = _error_message(models, Image.new("RGB", (8, 8)), "<script>" + "x" * 90, tmp_path)
+    assert "<script>" not in message and "&lt;script&gt;" in message
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"ensemble_lambda": 1.5}, "lambda must be between 0.0 and 1.0"),
+        ({"ensemble_lambda": float("nan")}, "lambda must be between"),
+        ({"ensemble_lambda": "abc"}, "lambda must be a number"),
+        ({"ensemble_lambda": None}, "lambda must be a number"),
+        ({"stage2_mode": "slice"}, "stage-2 mode must be one of pool, crop"),
+        ({"mask_threshold": 0.0}, "mask threshold must be strictly between 0.0 and 1.0"),
+        ({"mask_threshold": 1}, "mask threshold must be strictly between"),
+    ],
+)
+def test_bad_settings(models, tmp_path, settings, message):
+    assert message in _error_message(models, Image.new("RGB", (8, 8)), "sky", tmp_path, **settings)
+
+
+def test_unexpected_failure_is_logged_and_reported_generically(tmp_path, caplog):
+    models = DemoModels(baseline=FakeSegmenter(), pmp=FakeSegmenter(fail=True))
+    with caplog.at_level(logging.ERROR, logger="pmp.demo"):
+        message = _error_message(models, Image.new("RGB", (8, 8)), "sky", tmp_path)
+    assert message.startswith("Something went wrong while segmenting (error id ")
+    assert "CUDA" not in message and "Traceback" not in message
+    error_id = message.split("error id ")[1][:8]
+    assert any(error_id in record.getMessage() and record.exc_info for record in caplog.records)
+
+
+def test_segmenter_value_errors_become_user_errors(models, tmp_path):
+    def refuse(*args, **kwargs):
+        raise ValueError("no labels given: pass at least one class name")
+
+    models.baseline.segment = refuse
+    assert _error_message(models, Image.new("RGB", (8, 8)), "sky", tmp_path) == "no labels given: pass at least one class name"
+
+
+# ---------------------------------------------------------------- no shared state between requests
+
+
+def test_concurrent_requests_get_their_own_outputs(models, tmp_path):
+    results: dict[int, tuple] = {}
+
+    def request(i: int) -> None:
+        results[i] = _compare(models, Image.new("RGB", (20 + i, 20)), f"thing {i}", tmp_path)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    folders = {Path(values[UI_OUTPUTS.index("downloads")][0]).parent for values in results.values()}
+    assert len(folders) == 4
+    for i, values in results.items():
+        assert f"`thing {i}`" in values[0]
+
+
+def test_old_request_folders_are_pruned(tmp_path):
+    old, fresh = tmp_path / "request-old", tmp_path / "request-new"
+    old.mkdir()
+    fresh.mkdir()
+    long_ago = time.time() - 7200
+    os.utime(old, (long_ago, long_ago))
+    prune_outputs(tmp_path, max_age_s=3600)
+    assert not old.exists() and fresh.exists()
+
+
+def test_demo_limits_defaults():
+    limits = DemoModels(baseline=FakeSegmenter(), pmp=FakeSegmenter()).effective_limits()
+    assert limits == DemoLimits()
+    assert issubclass(DemoInputError, ValueError)
+
+
+# ---------------------------------------------------------------- the real Segmenter, tiny random weights
+
+
+@pytest.fixture(scope="module")
+def tiny_models() -> DemoModels:
+    from pmp.config import BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+    from pmp.segmenter import Segmenter
+
+    def build(text_mode: str) -> Segmenter:
+        config = SegmenterConfig(
+            clip=CLIPConfig(model_cfg=tiny_clip_model_cfg()),
+            backbone=BackboneConfig(kind="clip"),
+            pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32),
+            decoder=DecoderConfig(hidden_dim=32, num_queries=10, num_layers=3, num_heads=4, dim_feedforward=64, text_mode=text_mode),
+            image_size=128,
+        )
+        return Segmenter(config)
+
+    return DemoModels(baseline=build("none"), pmp=build("pmp"))
+
+
+@pytest.mark.parametrize("mode", ["pool", "crop"])
+def test_real_tiny_segmenters(tiny_models, tmp_path, mode):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 100, 3), dtype=np.uint8))
+    view = run_comparison(tiny_models, image, "sky, house, red car", 0.65, mode, 0.5, output_root=tmp_path)
+    for name in ("baseline", "pmp"):
+        column = view.views[name]
+        assert [row[0] for row in column.table] == ["sky", "house", "red car"]
+        assert all(0.0 <= value <= 1.0 for row in column.table for value in row[2:5])
+        assert column.picked[0].shape == (70, 100) and column.picked[0].dtype == bool
+        assert column.grid_by_score.size == (5 * 100, 2 * (96 + 12 + 6 + 4))  # 10 proposals: 2 rows of 5
+        assert set(column.timings) >= {"text", "stage1", "stage2", "post", "total"}
+    scores = json.loads((view.folder / "scores.json").read_text())
+    assert np.asarray(scores["baseline"]["scores"]["p_hat"]).shape == (10, 3)
+
+
+def test_real_clip_token_limit(tiny_models, tmp_path):
+    too_many_tokens = "x1y2z3" * 13  # 78 characters (within the 80-character limit) but ~80 BPE tokens
+    message = _error_message(tiny_models, Image.new("RGB", (8, 8)), f"sky, {too_many_tokens}", tmp_path)
+    assert "too long for CLIP" in message and "at most 32 fit" in message
+    assert _compare(tiny_models, Image.new("RGB", (8, 8)), "sky, red car", tmp_path)[0].startswith("**2 prompt(s)")

@@ -1,0 +1,161 @@
+"""The evaluation loop (train/evaluate.py) with a stub segmenter: fields, CLI, and 2-rank gloo == 1 process."""
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from PIL import Image
+
+from train.evaluate import evaluate, format_table, load_benchmark, main, to_json
+
+NAMES = ("sky", "grass", "zebra", "kite")
+
+
+class StubSegmenter:
+    """Deterministic in the image: class = red channel bucket, -1 where green is low; proposals = class masks."""
+
+    def __init__(self) -> None:
+        self.options: list[dict[str, Any]] = []
+
+    def segment(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
+        self.options.append(options)
+        semantic = image[..., 0].astype(np.int64) * len(labels) // 256
+        semantic[image[..., 1] < 40] = -1
+        proposals = np.stack([(semantic == k) for k in range(len(labels))] + [image[..., 2] > 128]).astype(np.float32)
+        return SimpleNamespace(semantic=semantic, proposals=proposals)
+
+
+class TinyDataset:
+    """Seven deterministic 12x10 images whose labels mostly agree with the stub's predictions."""
+
+    name = "tiny"
+    class_names = NAMES
+    seen = np.array([True, True, False, False])
+    ignore_label = -1
+
+    def __len__(self) -> int:
+        return 7
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(index)
+        image = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+        label = image[..., 0].astype(np.int64) * len(NAMES) // 256
+        noise = rng.random((12, 10))
+        label[noise < 0.2] = (label[noise < 0.2] + 1) % len(NAMES)
+        label[noise > 0.9] = -1
+        return image, label
+
+
+def test_evaluate_reports_the_documented_fields() -> None:
+    stub = StubSegmenter()
+    result = evaluate(stub, TinyDataset(), limit=5, ensemble_lambda=0.65, stage2_mode="crop", show_progress=False)
+    for key in ("benchmark", "miou", "miou_seen", "miou_unseen", "proposal_recall", "per_class", "pixel_accuracy", "num_images", "seconds"):
+        assert key in result
+    assert result["benchmark"] == "tiny" and result["num_images"] == 5 and result["num_classes"] == 4
+    assert set(result["per_class"]) == set(NAMES) and result["seen_classes"] == ["sky", "grass"]
+    assert 0.3 < result["miou"] < 1.0 and 0.0 < result["pixel_accuracy"] < 1.0
+    assert result["miou_seen"] == pytest.approx(np.mean([result["per_class"]["sky"], result["per_class"]["grass"]]))
+    assert 0.0 < result["proposal_recall"] <= 1.0 and result["proposal_recall@0.5"] >= result["proposal_recall@0.75"]
+    assert stub.options == [{"ensemble_lambda": 0.65, "stage2_mode": "crop"}] * 5
+    assert json.loads(to_json(result))["miou"] == pytest.approx(result["miou"])
+    table = format_table(result)
+    assert "zebra" in table and "mIoU unseen" in table
+
+
+def test_evaluate_without_recall_and_undefined_values_become_null() -> None:
+    class SkyOnly(TinyDataset):
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            image, label = super().__getitem__(index)
+            return image, np.where(label >= 0, 0, -1)
+
+    result = evaluate(StubSegmenter(), SkyOnly(), limit=2, proposal_recall=False, show_progress=False)
+    assert math.isnan(result["proposal_recall"]) and math.isnan(result["miou_unseen"])
+    assert math.isnan(result["per_class"]["kite"])
+    decoded = json.loads(to_json(result))
+    assert decoded["miou_unseen"] is None and decoded["per_class"]["kite"] is None
+
+
+def test_evaluate_rejects_a_wrongly_sized_prediction() -> None:
+    class Shrinking(StubSegmenter):
+        def segment(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
+            return super().segment(image[:-1], labels)
+
+    with pytest.raises(ValueError, match=r"tiny\[0\]"):
+        evaluate(Shrinking(), TinyDataset(), limit=1, show_progress=False)
+
+
+def _rank_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        result = evaluate(StubSegmenter(), TinyDataset(), show_progress=False)
+    finally:
+        dist.destroy_process_group()
+    Path(out_dir, f"rank{rank}.json").write_text(to_json(result))
+
+
+def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
+    mp.spawn(_rank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    single = json.loads(to_json(evaluate(StubSegmenter(), TinyDataset(), show_progress=False)))
+    for rank in range(2):
+        distributed = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert distributed["num_images"] == single["num_images"] == 7
+        assert distributed["options"]["world_size"] == 2
+        for key in ("miou", "miou_seen", "miou_unseen", "pixel_accuracy", "proposal_recall", "proposal_recall@0.5", "num_segments"):
+            assert distributed[key] == pytest.approx(single[key], rel=1e-12), key
+        assert distributed["per_class"] == pytest.approx(single["per_class"], rel=1e-12)
+
+
+def test_cli_json_on_a_real_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image_dir = tmp_path / "VOCdevkit/VOC2012/JPEGImages"
+    label_dir = tmp_path / "VOCdevkit/VOC2012/annotations_detectron2/val"
+    image_dir.mkdir(parents=True)
+    label_dir.mkdir(parents=True)
+    for stem in ("2007_000033", "2007_000042"):
+        Image.fromarray(np.full((6, 8, 3), 200, dtype=np.uint8)).save(image_dir / f"{stem}.jpg")
+        Image.fromarray(np.array([[14] * 8] * 5 + [[255] * 8], dtype=np.uint8)).save(label_dir / f"{stem}.png")
+    factory_calls = []
+
+    def factory(checkpoint: str | None, device: torch.device) -> StubSegmenter:
+        factory_calls.append((checkpoint, device.type))
+        return StubSegmenter()
+
+    argv = ["--checkpoint", "my-ckpt", "--benchmark", "voc20", "--data-root", str(tmp_path), "--json", "--limit", "1"]
+    assert main(argv, segmenter_factory=factory) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert factory_calls == [("my-ckpt", "cpu")]
+    assert result["benchmark"] == "voc20" and result["num_images"] == 1 and result["checkpoint"] == "my-ckpt"
+    # red 200 of 256 over 20 labels -> class 15 everywhere, ground truth 14 ("person"): a clean miss.
+    assert result["miou"] == 0.0 and result["per_class"]["person"] == 0.0 and result["per_class"]["cat"] is None
+    assert "person" in result["seen_classes"] and "aeroplane" not in result["seen_classes"]
+
+
+def test_synthetic_benchmark_by_name() -> None:
+    dataset = load_benchmark("world-full", size=48)
+    result = evaluate(StubSegmenter(), dataset, limit=2, show_progress=False)
+    assert result["benchmark"] == "world-full" and result["num_images"] == 2
+    assert set(result["seen_classes"]) == {n for n, s in zip(dataset.class_names, dataset.seen) if s}
+    assert result["num_segments"] > 0
+
+
+def test_cli_reports_a_missing_dataset_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--benchmark", "pc459", "--data-root", str(tmp_path)], segmenter_factory=lambda c, d: StubSegmenter())
+    assert exit_info.value.code == 2
+    assert "VOCdevkit/VOC2010/annotations_detectron2/pc459_val" in capsys.readouterr().err
+
+
+def test_load_benchmark_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="real datasets: coco171"):
+        load_benchmark("world-nope")
+    with pytest.raises(ValueError, match="--data-root"):
+        load_benchmark("ade150")
+    with pytest.raises(FileNotFoundError):
+        load_benchmark("pc59", tmp_path)

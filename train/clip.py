@@ -1,0 +1,226 @@
+"""Contrastive pre-training of the tiny CLIP on the synthetic world, with open_clip's loss.
+
+    python -m train.clip --out runs/tiny-clip [--steps 3000] [--batch-size 128]
+    torchrun --nproc_per_node 2 -m train.clip --out runs/tiny-clip
+
+Why the CLIP sees the WHOLE vocabulary while the segmenters see only the seen classes: this is the
+open-vocabulary premise of the paper. CLIP was trained on web image-text pairs that name (nearly)
+everything; the segmenter's masks come from COCO-Stuff's 171 classes only. Here the CLIP is trained on
+scene captions and object crops of every class and part, and the segmenters on masks of seen classes.
+
+The output folder is in open_clip's own layout (``open_clip_config.json`` + ``open_clip_model.safetensors``),
+so ``open_clip.create_model("local-dir:runs/tiny-clip/model")`` and ``pmp`` both load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from safetensors.torch import save_file
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pmp.clip import CLIPModel
+from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig, tiny_clip_model_cfg
+from train.runtime import (
+    MetricsLog,
+    check_finite,
+    cleanup_distributed,
+    latest_valid_checkpoint,
+    load_training_state,
+    save_training_state,
+    seed_everything,
+    setup_distributed,
+)
+
+
+@dataclass
+class CLIPTrainConfig:
+    model_cfg: dict[str, Any] = field(default_factory=tiny_clip_model_cfg)
+    image_size: int = 128
+    batch_size: int = 96  # per rank; half scenes with one of their captions, half object crops
+    crop_fraction: float = 0.5
+    steps: int = 2000
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 20
+    eval_crops_per_class: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_pair(index: int, config: CLIPTrainConfig) -> tuple[np.ndarray, str]:
+    """One (image, caption) pair, deterministic by index: a scene with a caption or an object crop."""
+    from train import world
+
+    seed = config.seed * 1_000_003 + index
+    rng = np.random.default_rng(seed)
+    if rng.random() < config.crop_fraction:
+        image, caption, _ = world.render_object_crop(seed, config.image_size)
+        return image, caption
+    scene = world.render_scene(seed, config.image_size)
+    return scene.image, scene.captions[int(rng.integers(len(scene.captions)))]
+
+
+def to_clip_pixels(images: list[np.ndarray]) -> torch.Tensor:
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+@torch.no_grad()
+def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int | None = None) -> dict[str, float]:
+    """Top-1 accuracy on held-out object crops, classified among the WHOLE class vocabulary.
+
+    Crops come from seeds far from every training index, so none was seen in training.
+    """
+    from train import vocab, world
+
+    per_class = per_class or config.eval_crops_per_class
+    names = list(vocab.CLASS_NAMES)
+    text = clip.encode_text(names)  # (V, C)
+    seen = set(vocab.SEEN_CLASSES)
+    correct: dict[str, list[bool]] = {name: [] for name in names}
+    was_training = clip.training
+    clip.eval()
+    images, truths = [], []
+    for name in names:
+        for i in range(per_class):
+            image, _, class_name = world.render_object_crop(10_000_000 + 1_000 * names.index(name) + i, config.image_size, class_name=name)
+            images.append(image)
+            truths.append(class_name)
+    for start in range(0, len(images), 256):
+        feats = F.normalize(clip.model.encode_image(to_clip_pixels(images[start : start + 256])), dim=-1)
+        predictions = (feats @ text.T).argmax(-1)
+        for truth, prediction in zip(truths[start : start + 256], predictions.tolist()):
+            correct[truth].append(names[prediction] == truth)
+    clip.train(was_training)
+    per_class_acc = {name: float(np.mean(v)) for name, v in correct.items() if v}
+    seen_acc = [a for n, a in per_class_acc.items() if n in seen]
+    unseen_acc = [a for n, a in per_class_acc.items() if n not in seen]
+    return {
+        "zero_shot_top1": float(np.mean(list(per_class_acc.values()))),
+        "zero_shot_top1_seen": float(np.mean(seen_acc)) if seen_acc else float("nan"),
+        "zero_shot_top1_unseen": float(np.mean(unseen_acc)) if unseen_acc else float("nan"),
+        "chance": 1.0 / len(names),
+    }
+
+
+def save_open_clip_folder(clip: CLIPModel, config: CLIPTrainConfig, folder: Path, metrics: dict[str, float], command: str) -> None:
+    """open_clip's local-dir layout; weights in float16 to keep the bundled file small."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+             for k, v in clip.model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})
+    preprocess = {"size": config.image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config.model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n")
+    lines = ["---", "library_name: open_clip", "tags:", "- clip", "- synthetic", "---", "",
+             "# Tiny CLIP for the PMP synthetic world", "",
+             "Trained contrastively (open_clip's ClipLoss) on the synthetic world's scene captions and object crops.", "",
+             "```", command, "```", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
+    (folder / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, command: str = "") -> dict[str, float]:
+    ctx = setup_distributed()
+    try:
+        seed_everything(config.seed)
+        clip = CLIPModel.build(CLIPConfig(model_cfg=config.model_cfg)).to(ctx.device)
+        clip.train()
+        clip.requires_grad_(True)
+        model = clip.model
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+        )
+        loss_fn = ClipLoss(rank=ctx.rank, world_size=ctx.world_size)
+        checkpoint_dir = out_dir / "checkpoints"
+        log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
+        start = 0
+        if resume and (latest := latest_valid_checkpoint(checkpoint_dir)) is not None:
+            start, _ = load_training_state(latest, model, optimizer)
+            log.truncate_after(start)
+        ddp = DistributedDataParallel(model) if ctx.enabled else model
+        tokenizer = clip.tokenizer
+        started = time.perf_counter()
+        for step in tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train.clip",
+                         disable=not ctx.is_main or not sys.stderr.isatty()):
+            lr_factor = (step + 1) / config.warmup_steps if step < config.warmup_steps else 0.5 * (
+                1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * lr_factor
+            first = (step * ctx.world_size + ctx.rank) * config.batch_size
+            pairs = [make_pair(first + i, config) for i in range(config.batch_size)]
+            images = to_clip_pixels([p[0] for p in pairs]).to(ctx.device)
+            tokens = tokenizer([p[1] for p in pairs]).to(ctx.device)
+            image_features, text_features, logit_scale = ddp(images, tokens)
+            loss = loss_fn(image_features, text_features, logit_scale)
+            check_finite(loss, ctx, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                log.write({"step": done, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
+                           "logit_scale": float(model.logit_scale.detach().exp()), "seconds": round(time.perf_counter() - started, 2)})
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                if ctx.is_main:
+                    save_training_state(checkpoint_dir, done, model, optimizer, {"train_config": config.to_dict()})
+                if ctx.enabled:
+                    dist.barrier()
+        clip.eval()
+        clip.clear_cache()
+        metrics = zero_shot_accuracy(clip, config) if ctx.is_main else {}
+        if ctx.is_main:
+            log.write({"step": config.steps, **metrics})
+            log.plot(out_dir / "loss.png")
+            save_open_clip_folder(clip, config, out_dir / "model", metrics, command)
+            (out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-resume", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    config = dataclasses.replace(CLIPTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    command = "python -m train.clip " + " ".join(sys.argv[1:] if argv is None else argv)
+    metrics = train(config, args.out, resume=not args.no_resume, command=command)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

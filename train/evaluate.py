@@ -1,0 +1,278 @@
+"""Evaluate a Segmenter on a synthetic-world or real benchmark: mIoU (all / seen / unseen) and proposal recall.
+
+    python -m train.evaluate --checkpoint checkpoints/pmp --benchmark world-full --limit 200
+    python -m train.evaluate --checkpoint checkpoints/pmp --benchmark ade150 --data-root datasets --json
+    torchrun --nproc_per_node 4 -m train.evaluate --checkpoint checkpoints/pmp --benchmark pc459 --data-root datasets
+
+Every image is segmented with the benchmark's full class list as labels (``Segmenter.segment``, no
+prompt parsing or limits). Under torchrun (``WORLD_SIZE > 1``) rank r takes images r, r + W, ...; the
+confusion matrices and recall sums are all-reduced, so every rank ends with the numbers one process
+would compute (up to float summation order in the recall sums).
+
+Result (a dict, and ``--json``): fractions in [0, 1], NaN (``null`` in JSON) where undefined:
+``benchmark``, ``num_classes``, ``num_images``, ``seconds`` (wall time, slowest rank),
+``miou``, ``miou_seen``, ``miou_unseen``, ``pixel_accuracy``, ``mean_accuracy``,
+``proposal_recall`` (class-balanced mean best IoU of the first-stage proposals per ground-truth
+segment; NaN with ``--no-recall``), ``proposal_recall_seen``, ``proposal_recall_unseen``,
+``proposal_recall@0.5``, ``proposal_recall@0.75`` (fraction of segments whose best IoU reaches the
+threshold), ``num_segments``, ``per_class`` ({name: IoU}), ``seen_classes`` (names), ``options``.
+Definitions are in :mod:`train.metrics`. Seen classes: the synthetic benchmark's own flags; for real
+benchmarks, classes whose name matches COCO-Stuff-171 (:func:`train.datasets.coco_seen_mask`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from train.datasets import REAL_DATASETS, SyntheticBenchmarkDataset, build_dataset, describe_layouts
+from train.metrics import ProposalRecall, SemSegMetric
+
+RECALL_THRESHOLDS = (0.5, 0.75)
+
+
+class BenchmarkDataset(Protocol):
+    """What :func:`evaluate` needs from a dataset (``SemSegDataset`` and ``SyntheticBenchmarkDataset`` are ones)."""
+
+    name: str
+    class_names: tuple[str, ...]
+    seen: np.ndarray  # (K,) bool
+    ignore_label: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def load_benchmark(name: str, data_root: str | Path | None = None, split: str = "val", size: int = 128) -> Any:
+    """A real dataset (a :data:`train.datasets.REAL_DATASETS` key, needs ``data_root``) or a synthetic one.
+
+    ``size`` is the render size of synthetic images; real images keep their own size.
+    """
+    if name in REAL_DATASETS:
+        if data_root is None:
+            raise ValueError(f"benchmark {name!r} is a real dataset: pass --data-root (detectron2's datasets folder)")
+        return build_dataset(name, data_root, split)
+    try:
+        return SyntheticBenchmarkDataset(name, size=size)
+    except ValueError as error:
+        raise ValueError(f"{error}; real datasets: {', '.join(REAL_DATASETS)}") from None
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(array: np.ndarray, op: Any = None) -> np.ndarray:
+    """Sum (or ``op``) a numpy array over all ranks; on NCCL the tensor travels through the current GPU."""
+    rank, world_size = _distributed()
+    if world_size == 1:
+        return array
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor.cpu().numpy()
+
+
+def evaluate(
+    segmenter: Any,
+    dataset: BenchmarkDataset,
+    limit: int | None = None,
+    *,
+    ensemble_lambda: float | None = None,
+    stage2_mode: str | None = None,
+    image_size: int | None = None,
+    proposal_recall: bool = True,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Segment the first ``limit`` images (all when None) of ``dataset`` and score them; see the module docstring.
+
+    ``segmenter`` is anything with ``segment(image, labels, **options) -> result`` where
+    ``result.semantic`` is (H, W) ints indexing ``labels`` (-1 = nothing) and ``result.proposals`` is
+    (N, H, W) in [0, 1]; ``ensemble_lambda``, ``stage2_mode`` and ``image_size`` are passed on only when
+    given. ``show_progress`` None = a tqdm bar on stderr when it is a terminal, on rank 0 only.
+    """
+    rank, world_size = _distributed()
+    class_names = list(dataset.class_names)
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(f"{dataset.name}: class names must be unique to report per-class IoU")
+    seen = np.asarray(dataset.seen, dtype=bool)
+    count = len(dataset) if limit is None else min(int(limit), len(dataset))
+    if count < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    options = {
+        key: value
+        for key, value in (("ensemble_lambda", ensemble_lambda), ("stage2_mode", stage2_mode), ("image_size", image_size))
+        if value is not None
+    }
+    semseg = SemSegMetric(len(class_names), dataset.ignore_label, seen)
+    recall = ProposalRecall(len(class_names), dataset.ignore_label, RECALL_THRESHOLDS, seen_mask=seen)
+
+    if show_progress is None:
+        show_progress = sys.stderr.isatty()
+    indices = range(rank, count, world_size)
+    started = time.perf_counter()
+    for index in tqdm(indices, desc=f"eval {dataset.name}", file=sys.stderr, disable=not show_progress or rank != 0):
+        image, label = dataset[index]
+        result = segmenter.segment(image, class_names, **options)
+        semantic = np.asarray(result.semantic)
+        if semantic.shape != label.shape:
+            raise ValueError(f"segmenter returned a {semantic.shape} map for a {label.shape} image ({dataset.name}[{index}])")
+        semseg.update(semantic, label)
+        if proposal_recall:
+            recall.update(np.asarray(result.proposals), label)
+    seconds = time.perf_counter() - started
+
+    semseg.load_state(_all_reduce(semseg.state))
+    recall.load_state(_all_reduce(recall.state))
+    num_images = int(_all_reduce(np.array([len(indices)], dtype=np.int64))[0])
+    seconds = float(_all_reduce(np.array([seconds], dtype=np.float64), dist.ReduceOp.MAX if world_size > 1 else None)[0])
+
+    scores = semseg.compute()
+    nan = float("nan")
+    result_dict: dict[str, Any] = {
+        "benchmark": dataset.name,
+        "num_classes": len(class_names),
+        "num_images": num_images,
+        "seconds": seconds,
+        "miou": scores.miou,
+        "miou_seen": scores.miou_seen,
+        "miou_unseen": scores.miou_unseen,
+        "pixel_accuracy": scores.pixel_accuracy,
+        "mean_accuracy": scores.mean_accuracy,
+        "proposal_recall": nan,
+        "proposal_recall_seen": nan,
+        "proposal_recall_unseen": nan,
+        **{f"proposal_recall@{t}": nan for t in RECALL_THRESHOLDS},
+        "num_segments": 0,
+        "per_class": {name: float(iou) for name, iou in zip(class_names, scores.iou)},
+        "seen_classes": [name for name, flag in zip(class_names, seen) if flag],
+        "options": {"limit": limit, "world_size": world_size, "proposal_recall": proposal_recall, **options},
+    }
+    if proposal_recall:
+        covered = recall.compute()
+        result_dict.update(
+            {
+                "proposal_recall": covered.mean_best_iou,
+                "proposal_recall_seen": covered.mean_best_iou_seen,
+                "proposal_recall_unseen": covered.mean_best_iou_unseen,
+                **{f"proposal_recall@{t}": value for t, value in covered.recall.items()},
+                "num_segments": covered.num_segments,
+            }
+        )
+    return result_dict
+
+
+def to_json(result: dict[str, Any]) -> str:
+    """Strict JSON: NaN (undefined metrics) becomes null."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    return json.dumps(clean(result), indent=2, allow_nan=False)
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Per-class IoU sorted best first (classes without ground truth last), then the summary, in %."""
+
+    def pct(value: float) -> str:
+        return "   n/a" if value is None or math.isnan(value) else f"{100 * value:6.2f}"
+
+    seen = set(result["seen_classes"])
+    rows = sorted(result["per_class"].items(), key=lambda item: (math.isnan(item[1]), -np.nan_to_num(item[1], nan=0.0)))
+    width = max((len(name) for name, _ in rows), default=5)
+    lines = [f"{'class':<{width}}  IoU %   seen", "-" * (width + 15)]
+    lines += [f"{name:<{width}}  {pct(iou)}  {'yes' if name in seen else 'no'}" for name, iou in rows]
+    lines += [
+        "",
+        "summary (%)",
+        f"benchmark          {result['benchmark']} ({result['num_classes']} classes, {result['num_images']} images, "
+        f"{result['seconds']:.1f} s)",
+        f"mIoU               {pct(result['miou'])}",
+        f"mIoU seen          {pct(result['miou_seen'])}",
+        f"mIoU unseen        {pct(result['miou_unseen'])}",
+        f"pixel accuracy     {pct(result['pixel_accuracy'])}",
+        f"proposal recall    {pct(result['proposal_recall'])}  (mean best IoU; "
+        f"@0.5 {pct(result['proposal_recall@0.5']).strip()}, @0.75 {pct(result['proposal_recall@0.75']).strip()})",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.evaluate",
+        description=__doc__,
+        epilog="real dataset layouts under --data-root:\n" + describe_layouts(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", default=None, help="a Segmenter folder, Hub id or bundled name (default: bundled PMP)")
+    parser.add_argument("--benchmark", required=True, help=f"world-* synthetic benchmark or one of {', '.join(REAL_DATASETS)}")
+    parser.add_argument("--data-root", type=Path, default=None, help="detectron2 datasets folder (real benchmarks)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.add_argument("--stage2", choices=("pool", "crop"), default=None, help="stage-2 CLIP classification mode")
+    parser.add_argument("--lambda", dest="ensemble_lambda", type=float, default=None, help="ensemble lambda (Eq. 3)")
+    parser.add_argument("--size", type=int, default=128, help="render size of synthetic benchmark images")
+    parser.add_argument("--image-size", type=int, default=None, help="segmenter input size (default: its config)")
+    parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; one GPU per rank)")
+    parser.add_argument("--no-recall", action="store_true", help="skip the proposal-recall metric (saves memory)")
+    return parser
+
+
+def _load_segmenter(checkpoint: str | None, device: torch.device) -> Any:
+    from pmp.segmenter import Segmenter
+
+    return Segmenter.from_pretrained(checkpoint, device=device)
+
+
+def main(argv: list[str] | None = None, segmenter_factory: Callable[[str | None, torch.device], Any] | None = None) -> int:
+    """CLI entry; ``segmenter_factory(checkpoint, device)`` replaces ``Segmenter.from_pretrained`` (tests)."""
+    from train.runtime import cleanup_distributed, setup_distributed
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        dataset = load_benchmark(args.benchmark, args.data_root, args.split, args.size)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))  # exits with status 2 and the message, no traceback
+    context = setup_distributed(args.device)
+    try:
+        segmenter = (segmenter_factory or _load_segmenter)(args.checkpoint, context.device)
+        result = evaluate(
+            segmenter,
+            dataset,
+            args.limit,
+            ensemble_lambda=args.ensemble_lambda,
+            stage2_mode=args.stage2,
+            image_size=args.image_size,
+            proposal_recall=not args.no_recall,
+        )
+        result["checkpoint"] = args.checkpoint
+        if context.is_main:
+            print(to_json(result) if args.json else format_table(result))
+    finally:
+        cleanup_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Training recipes as plain functions returning configs: the bundled world models and the paper's runs.
+
+Paper-scale recipes follow OVSeg (MaskFormer FPN pixel decoder + a 6-layer MaskFormer decoder over the
+stride-32 features, 100 queries, CLIP ViT-B/16 or ViT-L/14 for stage 2 and text) and Mask2Former
+(multi-scale deformable pixel decoder + 9-layer masked-attention decoder), each with and without PMP,
+trained on COCO-Stuff-171 at 640 px crops with batch 32 (over all ranks) for 120k iterations.
+OVSeg's R101c is detectron2's ResNet-101 with a deep stem; timm's ``resnet101d`` is the same stem
+(plus average-pool downsampling) and is what we use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from pmp.config import (
+    CLIP_MEAN,
+    CLIP_STD,
+    BackboneConfig,
+    CLIPConfig,
+    DecoderConfig,
+    PixelDecoderConfig,
+    SegmenterConfig,
+    tiny_clip_model_cfg,
+)
+from train.seg import SegTrainConfig
+
+WORLD_TEMPLATES = ("a photo of a {}.", "a {} in the scene.", "there is a {}.")
+
+
+def world_model(text_mode: str) -> SegmenterConfig:
+    """The bundled tiny segmenter: frozen tiny-CLIP ResNet features (FC-CLIP style) at 128 px."""
+    return SegmenterConfig(
+        clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg(), templates=WORLD_TEMPLATES),
+        backbone=BackboneConfig(kind="clip", name="tiny-clip"),
+        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=64, mask_dim=64),
+        decoder=DecoderConfig(kind="mask2former", hidden_dim=64, num_queries=24, num_layers=6, num_heads=4,
+                              dim_feedforward=256, text_mode=text_mode),
+        image_size=128,
+        pixel_mean=CLIP_MEAN,
+        pixel_std=CLIP_STD,
+        crop_top_k=12,
+        max_prompts=50,
+        name=f"world-{'baseline' if text_mode == 'none' else text_mode}",
+    )
+
+
+def world_recipe(text_mode: str) -> SegTrainConfig:
+    return SegTrainConfig(model=world_model(text_mode), data="world", crop_size=128, batch_size=8, steps=2500,
+                          lr=3e-4, warmup_steps=100, clip_grad_norm=1.0, checkpoint_every=250, eval_limit=100,
+                          init_clip="checkpoints/tiny-clip")
+
+
+def paper_model(backbone: str, decoder: str, text_mode: str, clip_name: str = "ViT-B-16") -> SegmenterConfig:
+    """A paper-scale model; CLIP weights from open_clip's ``openai`` tag (resolved from the local cache)."""
+    return SegmenterConfig(
+        clip=CLIPConfig(model_name=clip_name, pretrained="openai", templates=("a photo of a {}.",)),
+        backbone=BackboneConfig(kind="timm", name=backbone),
+        pixel_decoder=PixelDecoderConfig(kind="fpn" if decoder == "maskformer" else "msdeform", conv_dim=256, mask_dim=256),
+        decoder=DecoderConfig(kind=decoder, hidden_dim=256, num_queries=100, num_layers=6 if decoder == "maskformer" else 9,
+                              num_heads=8, dim_feedforward=2048, text_mode=text_mode),
+        image_size=640,
+        name=f"{'ovseg' if decoder == 'maskformer' else 'm2f'}-{backbone}-{'pmp' if text_mode == 'pmp' else text_mode}",
+    )
+
+
+def paper_recipe(backbone: str, decoder: str, text_mode: str, clip_name: str = "ViT-B-16") -> SegTrainConfig:
+    return SegTrainConfig(model=paper_model(backbone, decoder, text_mode, clip_name), data="coco-stuff-171", crop_size=640,
+                          batch_size=4, steps=120_000, lr=1e-4, warmup_steps=1500, clip_grad_norm=0.01,
+                          checkpoint_every=5000, eval_every=0, eval_limit=0)
+
+
+RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
+    **{f"world-{'baseline' if m == 'none' else m}": (lambda m=m: world_recipe(m))
+       for m in ("none", "pmp", "concat", "concat_drop", "text_queries")},
+    **{f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
+       for b in ("resnet101d", "swin_base_patch4_window12_384") for tag, m in (("baseline", "none"), ("pmp", "pmp"))},
+    **{f"m2f-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "mask2former", m))
+       for b in ("resnet50", "swin_base_patch4_window12_384") for tag, m in (("baseline", "none"), ("pmp", "pmp"))},
+}
+
+
+def get_recipe(name: str) -> SegTrainConfig:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; accepted: {', '.join(RECIPES)}")
+    config = RECIPES[name]()
+    config.model.validate()
+    return dataclasses.replace(config)

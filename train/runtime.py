@@ -1,0 +1,251 @@
+"""What every training script shares: distributed set-up, atomic safetensors checkpoints, logging.
+
+Training state is saved as ONE safetensors file per checkpoint (model, optimizer moments and RNG
+states as tensors; step, optimizer hyper-parameters and the run config as JSON metadata), so resuming
+never unpickles anything. The file is written to a temp name, fsynced and renamed, and is validated
+(it must open, hold a ``complete`` marker and the step it is named after) before a resume uses it:
+a checkpoint killed mid-write is never chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.safetensors$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised on every rank when any rank's loss is NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str | None = None) -> DistributedContext:
+    """Join the process group torchrun describes (NCCL on GPU, gloo on CPU), or run single-process."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_finite(loss: torch.Tensor, ctx: DistributedContext, step: int) -> None:
+    """Stop every rank together when any rank sees a non-finite loss (no rank is left hanging in a collective)."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=ctx.device)
+    if ctx.enabled:
+        dist.all_reduce(bad)
+    if bad.item() > 0:
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step} (NaN or inf on at least one rank); training stopped and the "
+            "last good checkpoint was kept. Lower the learning rate, check the data, or resume from that checkpoint."
+        )
+
+
+def poly_lr_factor(step: int, total_steps: int, warmup_steps: int, power: float = 0.9) -> float:
+    """Linear warm-up, then Mask2Former's poly decay (1 - t/T)^0.9."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return (1.0 - progress) ** power
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def save_training_state(
+    folder: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra_metadata: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Atomically write ``step-XXXXXXXX.safetensors`` and prune older ones (keeping ``keep``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        tensors[f"model.{key}"] = value.detach().cpu().contiguous()
+    optim_state = optimizer.state_dict()
+    for param_id, state in optim_state["state"].items():
+        for name, value in state.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"optim.{param_id}.{name}"] = value.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    np_state = np.random.get_state()
+    tensors["rng.numpy_keys"] = torch.from_numpy(np_state[1].astype(np.int64))
+    metadata = {
+        "complete": "1",
+        "step": str(step),
+        "param_groups": json.dumps(optim_state["param_groups"]),
+        "numpy_pos": str(np_state[2]),
+        "python_rng": json.dumps(_python_rng_state()),
+        "extra": json.dumps(extra_metadata),
+    }
+    target = folder / f"step-{step:08d}.safetensors"
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name, metadata=metadata)
+        with open(tmp_name, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    finally:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+    for old in sorted(list_checkpoints(folder))[:-keep]:
+        old[1].unlink(missing_ok=True)
+    return target
+
+
+def _python_rng_state() -> list:
+    version, internal, gauss = random.getstate()
+    return [version, list(internal), gauss]
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def validate_checkpoint(path: Path) -> bool:
+    """True when the file opens as safetensors, is marked complete, and holds the step in its name."""
+    match = CHECKPOINT_PATTERN.match(path.name)
+    if not match:
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            keys = list(handle.keys())
+    except (SafetensorError, OSError, ValueError):
+        return False
+    return metadata.get("complete") == "1" and metadata.get("step") == str(int(match.group(1))) and bool(keys)
+
+
+def latest_valid_checkpoint(folder: Path) -> Path | None:
+    for _, path in reversed(list_checkpoints(folder)):
+        if validate_checkpoint(path):
+            return path
+    return None
+
+
+def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
+    """Restore model, optimizer and RNG states; returns (step, extra metadata)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    model_state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    model.load_state_dict(model_state, strict=True)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, param_id, name = key.split(".", 2)
+            state.setdefault(int(param_id), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    np.random.set_state(("MT19937", tensors["rng.numpy_keys"].numpy().astype(np.uint32), int(metadata["numpy_pos"]), 0, 0.0))
+    version, internal, gauss = json.loads(metadata["python_rng"])
+    random.setstate((version, tuple(internal), gauss))
+    return int(metadata["step"]), json.loads(metadata["extra"])
+
+
+# --------------------------------------------------------------------------------------- logging
+class MetricsLog:
+    """Appends one JSON object per line; draws the loss curve to PNG on demand (main rank only)."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop records from steps after the checkpoint so the log matches the run."""
+        if not (self.enabled and self.path.exists()):
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", -1) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def plot(self, png_path: Path, keys: tuple[str, ...] = ("loss",)) -> None:
+        if not self.enabled:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = [r for r in self.records() if "loss" in r]
+        if not records:
+            return
+        fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+            if points:
+                ax.plot(*zip(*points), label=key, linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(png_path)
+        plt.close(fig)

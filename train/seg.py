@@ -1,0 +1,392 @@
+"""Train a segmenter (baseline or PMP or an ablation) with Mask2Former's recipe; nanoGPT-style script.
+
+    python -m train.seg --recipe world-pmp --out runs/pmp
+    torchrun --nproc_per_node 2 -m train.seg --recipe world-pmp --out runs/pmp     # DDP, same result
+    python -m train.seg --recipe ovseg-swinb-pmp --data-root datasets --out runs/ovseg-pmp
+
+Prompt scheme during training (the paper leaves it open; baseline and PMP always share it):
+every class present in the image is prompted (so every labelled segment has a target), plus a random
+subset of the other training classes as negatives (each kept with probability ``negative_prob``),
+shuffled so the position of a prompt carries no information. This is the paper's setting (OVSeg
+trains against the whole COCO vocabulary) with a random prompt count, so the model sees prompt sets
+of every size it will meet at test time, and the text conditioning can not learn "prompt i is in the
+image" from the count or order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pmp.config import SegmenterConfig
+from pmp.segmenter import Segmenter
+from train.losses import SetCriterion
+from train.matcher import HungarianMatcher
+from train.runtime import (
+    DistributedContext,
+    MetricsLog,
+    check_finite,
+    cleanup_distributed,
+    latest_valid_checkpoint,
+    load_training_state,
+    poly_lr_factor,
+    save_training_state,
+    seed_everything,
+    setup_distributed,
+)
+
+
+@dataclass
+class SegTrainConfig:
+    model: SegmenterConfig = field(default_factory=SegmenterConfig)
+    data: str = "world"  # "world" (synthetic, on the fly) or "coco-stuff-171" (needs data_root)
+    data_root: str | None = None
+    crop_size: int = 128
+    batch_size: int = 8  # per rank
+    steps: int = 2000
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    backbone_lr_multiplier: float = 0.1
+    warmup_steps: int = 100
+    clip_grad_norm: float = 0.01  # Mask2Former clips the full model's gradient norm at 0.01
+    negative_prob: float = 0.5  # each absent training class is also prompted with this probability
+    no_object_weight: float = 0.1
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    checkpoint_every: int = 200
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    eval_benchmark: str = "world-full"
+    eval_limit: int = 100
+    init_clip: str | None = None  # a local open_clip folder (open_clip_config.json + weights) for the CLIP
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SegTrainConfig":
+        data = dict(data)
+        model = SegmenterConfig.from_dict(data.pop("model"))
+        return cls(model=model, **data)
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class Sample:
+    image: np.ndarray  # (H, W, 3) uint8
+    label: np.ndarray  # (H, W) int64 index into the training vocabulary, 255 = ignore
+
+
+class TrainingData:
+    """Deterministic samples by global index, so a resumed or multi-rank run sees exactly the same data."""
+
+    def __init__(self, config: SegTrainConfig) -> None:
+        self.config = config
+        if config.data == "world":
+            from train import vocab, world
+
+            self.class_names = list(vocab.SEEN_CLASSES)
+            self._world = world
+            self._dataset = None
+        else:
+            from train.datasets import SemSegTrainTransform, build_dataset
+
+            if config.data_root is None:
+                raise ValueError(f"--data-root is required for dataset {config.data!r}")
+            self._dataset = build_dataset(config.data, config.data_root, "train")
+            self._transform = SemSegTrainTransform(config.crop_size)
+            self.class_names = list(self._dataset.class_names)
+
+    def sample(self, index: int) -> Sample:
+        seed = self.config.seed * 1_000_003 + index
+        if self._dataset is None:
+            scene = self._world.render_training_scene(seed, self.config.crop_size)
+            return Sample(scene.image, self._world.training_target(scene).astype(np.int64))
+        rng = np.random.default_rng(seed)
+        permutation_seed, position = divmod(index, len(self._dataset))
+        order = np.random.default_rng(self.config.seed + permutation_seed).permutation(len(self._dataset))
+        image, label = self._dataset[int(order[position])]
+        image, label = self._transform(image, label, rng)
+        label = np.where(label == self._dataset.ignore_label, 255, label)
+        return Sample(image, label.astype(np.int64))
+
+
+def sample_prompts(present: np.ndarray, vocabulary_size: int, negative_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """The training prompt scheme (see the module docstring): present classes + random negatives, shuffled."""
+    absent = np.setdiff1d(np.arange(vocabulary_size), present)
+    negatives = absent[rng.random(absent.size) < negative_prob]
+    prompts = np.concatenate([present, negatives]).astype(np.int64)
+    if prompts.size == 0:  # an image with only ignored pixels still needs one prompt
+        prompts = rng.choice(vocabulary_size, size=1)
+    return rng.permutation(prompts)
+
+
+def build_batch(
+    samples: list[Sample],
+    step_seed: int,
+    class_embeddings: torch.Tensor,
+    config: SegTrainConfig,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Images (B,3,H,W) normalised, text (B,M,C) padded, text_mask (B,M), and per-image targets."""
+    rng = np.random.default_rng(step_seed)
+    vocabulary_size = class_embeddings.shape[0]
+    prompt_lists, targets = [], []
+    for sample in samples:
+        present = np.unique(sample.label[sample.label != 255])
+        prompts = sample_prompts(present, vocabulary_size, config.negative_prob, rng)
+        prompt_lists.append(prompts)
+        position = {int(c): i for i, c in enumerate(prompts)}
+        labels = torch.tensor([position[int(c)] for c in present], dtype=torch.int64)
+        masks = torch.from_numpy(np.stack([sample.label == c for c in present])) if present.size else torch.zeros(
+            (0, *sample.label.shape), dtype=torch.bool
+        )
+        targets.append({"labels": labels.to(device), "masks": masks.to(device)})
+    max_prompts = max(len(p) for p in prompt_lists)
+    text = class_embeddings.new_zeros((len(samples), max_prompts, class_embeddings.shape[1]))
+    text_mask = torch.zeros((len(samples), max_prompts), dtype=torch.bool)
+    for b, prompts in enumerate(prompt_lists):
+        text[b, : len(prompts)] = class_embeddings[torch.from_numpy(prompts)]
+        text_mask[b, : len(prompts)] = True
+    pixels = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
+    mean = torch.tensor(config.model.pixel_mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.model.pixel_std).view(1, 3, 1, 1)
+    images = ((pixels - mean) / std).to(device)
+    return images, text.to(device), text_mask.to(device), targets
+
+
+# -------------------------------------------------------------------------------------------- model
+def build_segmenter(config: SegTrainConfig) -> Segmenter:
+    """A fresh segmenter; the CLIP comes from ``init_clip`` (a trained local open_clip folder) when given."""
+    model_config = config.model
+    if config.init_clip:
+        clip_dir = Path(config.init_clip)
+        open_clip_cfg = json.loads((clip_dir / "open_clip_config.json").read_text())
+        model_config = dataclasses.replace(
+            model_config,
+            clip=dataclasses.replace(
+                model_config.clip, model_cfg=open_clip_cfg["model_cfg"], pretrained=str(clip_dir / "open_clip_model.safetensors")
+            ),
+        )
+    segmenter = Segmenter(model_config)
+    # The checkpoint stores the CLIP weights itself; pretrained only says where they first came from.
+    segmenter.config = dataclasses.replace(model_config, clip=dataclasses.replace(model_config.clip, pretrained=None))
+    return segmenter
+
+
+def parameter_groups(model: torch.nn.Module, config: SegTrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: backbone at lr x 0.1; no weight decay on norms, biases and embeddings (Mask2Former)."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_backbone = name.startswith("backbone.")
+        no_decay = param.ndim <= 1 or "embed" in name or "norm" in name
+        groups.setdefault((is_backbone, no_decay), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": config.lr * (config.backbone_lr_multiplier if is_backbone else 1.0),
+            "base_lr": config.lr * (config.backbone_lr_multiplier if is_backbone else 1.0),
+            "weight_decay": 0.0 if no_decay else config.weight_decay,
+        }
+        for (is_backbone, no_decay), params in sorted(groups.items())
+    ]
+
+
+# ------------------------------------------------------------------------------------------- train
+def train(config: SegTrainConfig, out_dir: Path, *, resume: bool = True, command: str = "", fail_at_step: int | None = None) -> dict[str, Any]:
+    """Run (or resume) one training; returns the final metrics. ``fail_at_step`` injects a NaN (tests)."""
+    ctx = setup_distributed()
+    try:
+        return _train(config, out_dir, ctx, resume=resume, command=command, fail_at_step=fail_at_step)
+    finally:
+        cleanup_distributed()
+
+
+def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, resume: bool, command: str, fail_at_step: int | None) -> dict[str, Any]:
+    seed_everything(config.seed)
+    segmenter = build_segmenter(config).to(ctx.device)
+    data = TrainingData(config)
+    with torch.no_grad():
+        class_embeddings = segmenter.clip.encode_text(data.class_names).to(ctx.device)  # (V, C), CLIP is frozen
+    model = segmenter.model
+    model.train()
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
+    # num_points=None: train.matcher.points_for_mask_size keeps Mask2Former's point density at any crop size.
+    criterion = SetCriterion(
+        HungarianMatcher(cost_class=config.class_weight, cost_mask=config.mask_weight, cost_dice=config.dice_weight),
+        no_object_weight=config.no_object_weight,
+        weight_ce=config.class_weight,
+        weight_mask=config.mask_weight,
+        weight_dice=config.dice_weight,
+    )
+    checkpoint_dir = out_dir / "checkpoints"
+    log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
+    start_step = 0
+    if resume:
+        latest = latest_valid_checkpoint(checkpoint_dir)
+        if latest is not None:
+            start_step, _ = load_training_state(latest, model, optimizer)
+            log.truncate_after(start_step)
+            if ctx.is_main:
+                print(f"resumed from {latest} at step {start_step}", file=sys.stderr)
+    if ctx.is_main:
+        (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
+    use_amp = config.amp and ctx.device.type == "cuda"
+    progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train.seg",
+                    disable=not ctx.is_main or not sys.stderr.isatty(), dynamic_ncols=True)
+    started = time.perf_counter()
+    for step in progress:
+        factor = poly_lr_factor(step, config.steps, config.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        first = (step * ctx.world_size + ctx.rank) * config.batch_size
+        samples = [data.sample(first + i) for i in range(config.batch_size)]
+        images, text, text_mask, targets = build_batch(samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device)
+        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+            outputs = ddp_model(images, text, text_mask)
+        losses = criterion(_to_float(outputs), targets)
+        loss = criterion.total_loss(losses)
+        if fail_at_step is not None and step == fail_at_step:
+            loss = loss * float("nan")
+        check_finite(loss, ctx, step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm) if config.clip_grad_norm > 0 else torch.tensor(0.0)
+        optimizer.step()
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            record = {"step": done, "loss": _mean_across_ranks(loss.detach(), ctx), "lr": optimizer.param_groups[0]["lr"],
+                      "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - started, 2)}
+            for key in ("loss_ce", "loss_mask", "loss_dice"):
+                if key in losses:
+                    record[key] = float(losses[key].detach())
+            log.write(record)
+            progress.set_postfix(loss=f"{record['loss']:.3f}")
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            if ctx.is_main:
+                save_training_state(checkpoint_dir, done, model, optimizer, {"train_config": config.to_dict()})
+            if ctx.enabled:
+                dist.barrier()
+        if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+            log.write({"step": done, **_evaluate(segmenter, config, ctx)})
+            model.train()
+    metrics = _evaluate(segmenter, config, ctx) if config.eval_limit > 0 else {}
+    if ctx.enabled:
+        metrics["ranks_agree"] = ranks_agree(model, ctx)
+    if ctx.is_main:
+        log.write({"step": config.steps, **metrics})
+        log.plot(out_dir / "loss.png", keys=("loss", "loss_ce", "loss_mask", "loss_dice"))
+        segmenter.save_pretrained(out_dir / "model", model_card=model_card(config, metrics, command))
+        (out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def ranks_agree(model: torch.nn.Module, ctx: DistributedContext) -> bool:
+    """DDP sanity check: every rank must end with the same weights; raises if they diverged."""
+    checksum = torch.stack([torch.cat([p.detach().double().flatten() for p in model.parameters()]).sum(),
+                            torch.cat([p.detach().double().flatten().abs() for p in model.parameters()]).sum()]).to(ctx.device)
+    gathered = [torch.zeros_like(checksum) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, checksum)
+    if not all(torch.allclose(g, gathered[0], rtol=1e-9, atol=0) for g in gathered):
+        raise RuntimeError(f"DDP ranks diverged: weight checksums {[g.tolist() for g in gathered]}")
+    return True
+
+
+def _to_float(outputs: dict[str, Any]) -> dict[str, Any]:
+    """Losses run in float32 even when the forward ran under bf16 autocast."""
+    converted = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items() if k != "aux_outputs"}
+    converted["aux_outputs"] = [{k: v.float() for k, v in aux.items()} for aux in outputs.get("aux_outputs", [])]
+    return converted
+
+
+def _mean_across_ranks(value: torch.Tensor, ctx: DistributedContext) -> float:
+    if ctx.enabled:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= ctx.world_size
+    return float(value)
+
+
+def _evaluate(segmenter: Segmenter, config: SegTrainConfig, ctx: DistributedContext) -> dict[str, Any]:
+    """The evaluator on the first ``eval_limit`` images of ``eval_benchmark`` (synthetic world only)."""
+    if config.data != "world" or config.eval_limit <= 0:
+        return {}
+    from train.evaluate import evaluate, load_benchmark
+
+    segmenter.eval()
+    result = evaluate(segmenter, load_benchmark(config.eval_benchmark), limit=config.eval_limit, image_size=config.crop_size, show_progress=False)
+    return {f"eval/{config.eval_benchmark}/{key}": result[key] for key in ("miou", "miou_seen", "miou_unseen", "proposal_recall")}
+
+
+def model_card(config: SegTrainConfig, metrics: dict[str, Any], command: str) -> str:
+    mode = config.model.decoder.text_mode
+    lines = [
+        "---", "library_name: pmp", "tags:", "- open-vocabulary-segmentation", "- image-segmentation", "---", "",
+        f"# {config.model.name or 'PMP segmenter'} (text mode `{mode}`)", "",
+        "Two-stage open-vocabulary segmenter trained with this project's `train.seg` "
+        "(Mask2Former recipe: Hungarian matching, CE + BCE + dice with weights 2/5/5, AdamW).", "",
+        "## Training command", "", "```", command or "python -m train.seg ...", "```", "",
+        f"Data: `{config.data}`, crop {config.crop_size} px, batch {config.batch_size} per rank, {config.steps} steps, seed {config.seed}.", "",
+    ]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float)]
+    lines += ["", "```python", "from pmp import Segmenter", "seg = Segmenter.from_pretrained(\"<folder or repo id>\")",
+              "out = seg(\"image.png\", \"sky, house, red car\")", "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.recipes import RECIPES, get_recipe
+
+    parser = argparse.ArgumentParser(prog="python -m train.seg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="world-pmp", help=f"one of: {', '.join(RECIPES)}")
+    parser.add_argument("--config", type=Path, default=None, help="a train_config.json instead of a recipe")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--text-mode", default=None, help="override decoder.text_mode (none, pmp, concat, concat_drop, text_queries)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--init-clip", default=None, help="a local open_clip folder (e.g. checkpoints/tiny-clip)")
+    parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the final model folder to this Hub repo")
+    args = parser.parse_args(argv)
+    config = SegTrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else get_recipe(args.recipe)
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "data_root": args.data_root,
+                 "init_clip": args.init_clip, "eval_limit": args.eval_limit}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if args.text_mode:
+        config.model = dataclasses.replace(config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode))
+        config.model.validate()
+    command = "python -m train.seg " + " ".join(sys.argv[1:] if argv is None else argv)
+    metrics = train(config, args.out, resume=not args.no_resume, command=command)
+    print(json.dumps(metrics, indent=2))
+    if args.push_to_hub and int(__import__("os").environ.get("RANK", "0")) == 0:
+        from pmp.segmenter import Segmenter as _Segmenter
+
+        url = _Segmenter.from_pretrained(args.out / "model").push_to_hub(args.push_to_hub)
+        print(f"pushed to {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
