@@ -52,32 +52,45 @@ Type class names separated by commas (*sky, house, red car*) or a caption.
 """
 
 
-class CheckedImage(gr.Image):
-    """gr.Image whose upload step turns unreadable files into a clear message.
+def with_clear_upload_errors(component: gr.Image) -> gr.Image:
+    """Make ``component``'s upload step turn unreadable files into a clear message.
 
-    Gradio opens the upload with PIL before any handler runs; a non-image or corrupt file would
-    otherwise surface as a bare "Error". ``is_template`` makes the browser use gr.Image's frontend.
+    Gradio opens an uploaded image with PIL before any handler runs; a non-image or corrupt file would
+    otherwise reach the user as a bare "Error". The instance's ``preprocess`` is wrapped rather than
+    gr.Image subclassed because Gradio writes a ``.pyi`` stub next to the module of every component
+    subclass at import time (which fails on a read-only deployment).
     """
+    original = component.preprocess
 
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
+    def preprocess(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return original(payload)
         except gr.Error:
             raise
         except Exception as error:  # PIL's UnidentifiedImageError, DecompressionBombError, OSError...
             raise user_error(f"the uploaded file could not be read as an image ({type(error).__name__}); {ACCEPTED}") from None
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def read_examples(folder: Path = EXAMPLES_DIR) -> list[list[Any]]:
     """[[image path, prompts], ...] from ``examples/*.json``; a missing or broken file is skipped.
 
     Each JSON file holds one object or a list of objects {"image": "street.png", "prompts": "sky, car"}
-    with the image path relative to the JSON file.
+    with the image path relative to the JSON file. Without any JSON file, every image in the folder
+    is an example with empty prompts.
     """
+    if not folder.is_dir():
+        return []
+    specs = sorted(folder.glob("*.json"))
+    if not specs:
+        return [[str(path.resolve()), ""] for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     rows = []
-    for spec in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for spec in specs:
         try:
             entries = json.loads(spec.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
@@ -100,8 +113,8 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
-                image = CheckedImage(label="Image", type="filepath", sources=["upload", "clipboard"], height=320, elem_id="image")
-                prompts = gr.Textbox(label="Prompts", lines=2, placeholder="sky, house, red car", elem_id="prompts")
+                image = with_clear_upload_errors(gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], height=320, elem_id="image"))
+                prompts = gr.Textbox(label="Prompts", lines=2, max_length=models.limits.max_text_chars, placeholder="sky, house, red car", elem_id="prompts")
                 parsed = gr.Markdown(preview_prompts(models, ""), label="Parsed prompts", elem_id="parsed-prompts")
                 with gr.Accordion("Settings", open=False):
                     ensemble_lambda = gr.Slider(0.0, 1.0, value=0.65, step=0.05, label="λ: weight of stage-1 p in p_out")

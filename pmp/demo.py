@@ -10,6 +10,7 @@ shared state except the files of its own output folder.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import logging
@@ -38,7 +39,7 @@ GALLERY_SIDE = 512  # per-prompt mask pictures are drawn at most this large
 MODEL_TITLES = {"baseline": "Baseline (OVSeg-style)", "pmp": "PMP"}
 STAGE2_MODES = ("pool", "crop")
 DIFFERENT_IOU = 0.5  # a prompt's picked masks "differ" between the models below this IoU
-TABLE_HEADERS = ["prompt", "proposal", "p", "p_hat", "p_out", "area %"]  # p: stage 1, p_hat: CLIP
+TABLE_HEADERS = ["prompt", "#", "p", "p_hat", "p_out", "area %"]  # #: picked proposal; p: stage 1; p_hat: CLIP
 DIFF_HEADERS = ["prompt", "IoU", "baseline #", "PMP #", "baseline p_out", "PMP p_out"]
 TIMING_KEYS = ("text", "stage1", "stage2", "post")
 GENERIC_ERROR = "Something went wrong while segmenting (error id {}). Try another image or fewer prompts."
@@ -54,6 +55,7 @@ class DemoLimits:
 
     max_prompts: int = 30
     max_prompt_chars: int = 80
+    max_text_chars: int = 4000  # the whole prompt box: bounds the caption parser's work before any limit above
     max_pixels: int = 40_000_000
     max_side: int = 1024  # results are drawn at this size at most; the model itself resizes to its image_size
     output_max_age_s: float = 1800.0  # download folders older than this are deleted by later requests
@@ -86,7 +88,7 @@ class DemoModels:
         configs = [getattr(model, "config", None) for _, model in self.items()]
         max_prompts = min([self.limits.max_prompts] + [c.max_prompts for c in configs if c is not None])
         max_chars = min([self.limits.max_prompt_chars] + [c.max_prompt_chars for c in configs if c is not None])
-        return DemoLimits(max_prompts, max_chars, self.limits.max_pixels, self.limits.max_side, self.limits.output_max_age_s)
+        return dataclasses.replace(self.limits, max_prompts=max_prompts, max_prompt_chars=max_chars)
 
 
 @dataclass
@@ -181,6 +183,10 @@ def check_token_limit(models: DemoModels, labels: list[str]) -> None:
 def read_prompts(text: Any, limits: DemoLimits) -> list[str]:
     if text is None:
         text = ""
+    if not isinstance(text, str):
+        raise DemoInputError(f"prompts must be text, got {type(text).__name__}")
+    if len(text) > limits.max_text_chars:
+        raise DemoInputError(f"the prompt text is {len(text):,} characters long; at most {limits.max_text_chars:,} are accepted")
     try:
         return parse_prompts(text, max_prompts=limits.max_prompts, max_chars=limits.max_prompt_chars)
     except PromptError as error:

@@ -130,7 +130,7 @@ def _decode(source, what: str, max_pixels: int, max_side: int, max_aspect: float
             return _to_rgb(decoded)
     except ImageError:
         raise
-    except Image.DecompressionBombError as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # the warning: under -W error
         raise ImageError(f"{what} has too many pixels ({error}); at most {max_pixels:,} are accepted") from None
     except UnidentifiedImageError:
         raise ImageError(f"{what} is not an image file PIL can read; {ACCEPTED}") from None

@@ -108,13 +108,15 @@ def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch
 class Segmenter(nn.Module):
     """Stage 1 (``self.model``, a :class:`MaskProposalModel`) plus CLIP (``self.clip``) for both stages."""
 
-    def __init__(self, config: SegmenterConfig, clip: CLIPModel | None = None) -> None:
+    def __init__(self, config: SegmenterConfig, clip: CLIPModel | None = None, *, load_backbone_weights: bool = True) -> None:
         super().__init__()
         config.validate()
         self.config = config
         self.clip = clip if clip is not None else CLIPModel.build(config.clip)
         clip_visual = self.clip.model.visual if config.backbone.kind == "clip" else None
-        self.model = MaskProposalModel(config, text_dim=self.clip.embed_dim, clip_visual=clip_visual)
+        self.model = MaskProposalModel(
+            config, text_dim=self.clip.embed_dim, clip_visual=clip_visual, load_backbone_weights=load_backbone_weights
+        )
         self.clip.requires_grad_(False)
         self.eval()
 
@@ -124,7 +126,7 @@ class Segmenter(nn.Module):
         """Load a bundled name ('pmp', 'baseline'), a local folder, or a Hub repo id (None = bundled PMP)."""
         folder = resolve_checkpoint(name_or_path)
         config = load_config(folder)
-        segmenter = cls(config)
+        segmenter = cls(config, load_backbone_weights=False)  # the checkpoint holds every weight
         load_weights(segmenter, folder)
         return segmenter.to(device).eval()
 

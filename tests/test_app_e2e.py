@@ -236,6 +236,7 @@ def test_load_8_clients_x_5_requests(server, sample_image):
     assert not unexpected, unexpected
     assert outcomes.count("ok") >= 8  # the queue serves while it is full for others
     rss_after_load = _rss_bytes(server.pid)
+    print(f"load: {outcomes.count('ok')} ok, {outcomes.count('busy')} busy; RSS {rss_after_first / 2**20:.0f} -> {rss_after_load / 2**20:.0f} MiB")
     assert rss_after_load <= 1.10 * rss_after_first, (rss_after_first / 2**20, rss_after_load / 2**20)
     try:
         import psutil
@@ -265,9 +266,6 @@ def test_browser_upload_type_run_and_screenshot(server, sample_image, workdir):
         try:
             page.goto(server.url, wait_until="domcontentloaded")
             page.locator("#run").wait_for(timeout=30_000)
-            # Run with nothing: the user sees a clear message, not a crash.
-            page.locator("#run").click()
-            page.get_by_text("no prompts: type class names").first.wait_for(timeout=30_000)
             page.locator("#image input[type=file]").set_input_files(str(sample_image))
             page.locator("#prompts textarea").fill(PROMPTS)
             page.locator("#parsed-prompts").get_by_text("3 prompt(s)").wait_for(timeout=30_000)
@@ -279,6 +277,10 @@ def test_browser_upload_type_run_and_screenshot(server, sample_image, workdir):
             expect(page.locator("#differences")).to_contain_text("pixels the same", timeout=30_000)
             expect(page.locator("#downloads")).to_contain_text("scores", timeout=30_000)  # shown as "scores .json"
             page.screenshot(path=str(screenshot), full_page=True)
+            # Bad input in the browser: a clear message, not a crash.
+            page.locator("#prompts textarea").fill("")
+            page.locator("#run").click()
+            page.get_by_text("no prompts: type class names").first.wait_for(timeout=30_000)
         except Exception:
             page.screenshot(path=str(workdir / "app_failure.png"), full_page=True)
             raise
@@ -295,3 +297,34 @@ def test_server_log_has_no_unexpected_errors(server):
     text = server.log.read_text()
     for marker in ("comparison failed", "Exception in ASGI application", "LocalProtocolError"):
         assert marker not in text, text[-3000:]
+
+
+# ---------------------------------------------------------------- examples (no server needed)
+
+
+def test_examples_are_read_from_json_and_bad_files_skipped(tmp_path):
+    import app
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
+    (tmp_path / "a.json").write_text(json.dumps({"image": "street.png", "prompts": "sky, road"}))
+    (tmp_path / "b.json").write_text(json.dumps([{"image": "street.png", "prompts": "car"}, {"image": "missing.png"}, "junk"]))
+    (tmp_path / "c.json").write_text("{not json")
+    assert app.read_examples(tmp_path) == [[str(tmp_path / "street.png"), "sky, road"], [str(tmp_path / "street.png"), "car"]]
+    assert app.read_examples(tmp_path / "absent") == []
+    images_only = tmp_path / "images_only"
+    images_only.mkdir()
+    Image.new("RGB", (8, 8)).save(images_only / "cat.jpg")
+    (images_only / "notes.txt").write_text("not an example")
+    assert app.read_examples(images_only) == [[str(images_only / "cat.jpg"), ""]]
+
+
+def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
+    import app
+    from tests.test_demo import FakeSegmenter
+    from pmp.demo import DemoModels
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
+    demo = app.build_app(DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)), output_root=tmp_path / "out", examples=[[str(tmp_path / "street.png"), "sky"]])
+    config = demo.get_config_file()
+    assert [dep["api_name"] for dep in config["dependencies"] if dep.get("api_visibility", "public") == "public"] == ["compare"]
+    assert not (REPO / "app.pyi").exists()  # Gradio writes one beside the module of any component subclass

@@ -291,6 +291,13 @@ def test_too_many_and_too_long_prompts(models, tmp_path):
     assert "at most 80 are accepted" in _error_message(models, image, "x" * 81, tmp_path)
 
 
+def test_huge_prompt_text_is_rejected_before_parsing(models, tmp_path):
+    caption = "a red car parked on a road under a blue sky " * 200  # a caption: would go to spaCy
+    message = _error_message(models, Image.new("RGB", (8, 8)), caption, tmp_path)
+    assert "8,800 characters long; at most 4,000" in message
+    assert "prompts must be text, got int" in _error_message(models, Image.new("RGB", (8, 8)), 5, tmp_path)
+
+
 def test_prompt_limits_follow_the_stricter_model_config(tmp_path):
     strict = FakeSegmenter()
     strict.config = SimpleNamespace(max_prompts=2, max_prompt_chars=10)

@@ -51,9 +51,9 @@ from train.runtime import (
 class CLIPTrainConfig:
     model_cfg: dict[str, Any] = field(default_factory=tiny_clip_model_cfg)
     image_size: int = 128
-    batch_size: int = 96  # per rank; half scenes with one of their captions, half object crops
+    batch_size: int = 64  # per rank (train.bundle runs 2 ranks x 32); about half scenes, half object crops
     crop_fraction: float = 0.5
-    steps: int = 2000
+    steps: int = 1500
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup_steps: int = 100

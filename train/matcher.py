@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+
+UNMATCHABLE_COST = 1e8  # finite, so scipy accepts it, and larger than any real cost
 from torch import Tensor, nn
 
 # Mask2Former samples 112 * 112 = 12544 points per mask; at its 512-px ADE20K crops the masks are
@@ -174,6 +176,8 @@ class HungarianMatcher(nn.Module):
                     indices.append((empty, empty.clone()))
                     continue
                 cost = self._cost(probs[b], pred_masks[b], labels, target["masks"], num_points)
+                if "proposal_mask" in outputs:  # text_queries mode: padded text queries are not proposals
+                    cost = cost.masked_fill(~outputs["proposal_mask"][b][:, None], UNMATCHABLE_COST)
                 cost_np = cost.cpu().numpy()
                 if not np.isfinite(cost_np).all():
                     raise ValueError(f"matching cost of image {b} is not finite: the predictions hold NaN or inf")

@@ -46,7 +46,12 @@ def world_model(text_mode: str) -> SegmenterConfig:
 
 
 def world_recipe(text_mode: str) -> SegTrainConfig:
-    return SegTrainConfig(model=world_model(text_mode), data="world", crop_size=128, batch_size=8, steps=2500,
+    """Mask2Former's recipe scaled to one CPU core for ~15 minutes.
+
+    Two deliberate departures, both because the model is tiny and trained from scratch (the CLIP
+    backbone is frozen): lr 3e-4 instead of 1e-4, and gradient clipping at norm 1.0 instead of 0.01.
+    """
+    return SegTrainConfig(model=world_model(text_mode), data="world", crop_size=128, batch_size=8, steps=3000,
                           lr=3e-4, warmup_steps=100, clip_grad_norm=1.0, checkpoint_every=250, eval_limit=100,
                           init_clip="checkpoints/tiny-clip")
 

@@ -311,10 +311,18 @@ def ranks_agree(model: torch.nn.Module, ctx: DistributedContext) -> bool:
 
 
 def _to_float(outputs: dict[str, Any]) -> dict[str, Any]:
-    """Losses run in float32 even when the forward ran under bf16 autocast."""
-    converted = {k: v.float() if torch.is_tensor(v) else v for k, v in outputs.items() if k != "aux_outputs"}
-    converted["aux_outputs"] = [{k: v.float() for k, v in aux.items()} for aux in outputs.get("aux_outputs", [])]
-    return converted
+    """Losses run in float32 even when the forward ran under bf16 autocast.
+
+    ``proposal_mask`` (text_queries mode: which proposals are real) is copied to every aux layer so the
+    matcher never assigns a target to a padded text query.
+    """
+    def convert(prediction: dict[str, Any]) -> dict[str, Any]:
+        converted = {k: v.float() for k, v in prediction.items() if k in ("pred_logits", "pred_masks")}
+        if "proposal_mask" in outputs:
+            converted["proposal_mask"] = outputs["proposal_mask"]
+        return converted
+
+    return {**convert(outputs), "aux_outputs": [convert(aux) for aux in outputs.get("aux_outputs", [])]}
 
 
 def _mean_across_ranks(value: torch.Tensor, ctx: DistributedContext) -> float:
