@@ -514,11 +514,33 @@ class CLIPModel(nn.Module):
             )
         return F.normalize(dense, dim=1)
 
-    @staticmethod
-    def _dense_resnet(visual: ModifiedResNet, images: Tensor) -> Tensor:
+    def dense_features_from_trunk(self, trunk: Tensor) -> Tensor:
+        """(B,D,h,w) layer-4 output of this CLIP's ModifiedResNet -> (B,C,h,w) like :meth:`dense_features`.
+
+        For a stage 1 that already ran this very image tower on the same pixels (FC-CLIP's frozen
+        backbone, ``backbone.kind="clip"``): only the MaskCLIP head is left to run, instead of the whole
+        tower a second time. Equal to ``dense_features(images)`` when ``trunk`` came from the same
+        CLIP-normalised ``images``.
+        """
+        visual = self.model.visual
+        if not isinstance(visual, ModifiedResNet):
+            raise NotImplementedError(
+                f"dense_features_from_trunk needs an open_clip ModifiedResNet image tower, not {type(visual).__name__}"
+            )
+        if trunk.ndim != 4:
+            raise ValueError(f"dense_features_from_trunk takes (B,D,h,w) layer-4 features, got shape {tuple(trunk.shape)}")
+        return F.normalize(self._maskclip_head(visual, trunk.to(device=self.device, dtype=visual.conv1.weight.dtype)), dim=1)
+
+    @classmethod
+    def _dense_resnet(cls, visual: ModifiedResNet, images: Tensor) -> Tensor:
         x = images.to(visual.conv1.weight.dtype)
         x = visual.stem(x)
         x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))  # (B, 32*width, h, w)
+        return cls._maskclip_head(visual, x)
+
+    @staticmethod
+    def _maskclip_head(visual: ModifiedResNet, x: Tensor) -> Tensor:
+        """(B, D, h, w) layer-4 features -> (B, C, h, w): the attention pool's value and output projections."""
         pool = visual.attnpool
         x = x.permute(0, 2, 3, 1)  # (B, h, w, D)
         x = pool.c_proj(pool.v_proj(x))  # (B, h, w, C)

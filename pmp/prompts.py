@@ -107,7 +107,12 @@ def noun_phrases(text: str, nlp: Any = None) -> list[str]:
     return phrases
 
 
-def parse_prompts(text: str, *, max_prompts: int = 100, max_chars: int = 120, nlp: Any = None) -> list[str]:
+MAX_TEXT_CHARS = 4000  # checked before spaCy sees a caption: parsing cost grows with the text
+
+
+def parse_prompts(
+    text: str, *, max_prompts: int = 100, max_chars: int = 120, max_text_chars: int = MAX_TEXT_CHARS, nlp: Any = None
+) -> list[str]:
     """User text -> prompts.
 
     * Text with commas, semicolons or newlines is a list: split on them, trim, collapse inner
@@ -120,6 +125,8 @@ def parse_prompts(text: str, *, max_prompts: int = 100, max_chars: int = 120, nl
     """
     if not isinstance(text, str):
         raise PromptError(f"prompts must be given as text, got {type(text).__name__}")
+    if len(text) > max_text_chars:
+        raise PromptError(f"the prompt text is {len(text)} characters long; at most {max_text_chars} are accepted")
     text = unicodedata.normalize("NFC", text)
     if SEPARATORS.search(text):
         prompts = [clean_text(item) for item in SEPARATORS.split(text)]

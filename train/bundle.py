@@ -84,7 +84,7 @@ def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | Non
 
 def evaluate_models(model_dirs: dict[str, Path], out_json: Path, limit: int | None) -> dict[str, dict[str, dict]]:
     from pmp.segmenter import Segmenter
-    from train.evaluate import evaluate, load_benchmark
+    from train.evaluate import evaluate, load_benchmark, to_json
 
     results: dict[str, dict[str, dict]] = {}
     for name, folder in model_dirs.items():
@@ -98,7 +98,7 @@ def evaluate_models(model_dirs: dict[str, Path], out_json: Path, limit: int | No
             print(f"{name:>14} {benchmark:>12}: mIoU {metrics['miou']:.3f} seen {metrics['miou_seen']:.3f} "
                   f"unseen {metrics['miou_unseen']:.3f} recall {metrics['proposal_recall']:.3f}", flush=True)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(results, indent=2) + "\n")
+    out_json.write_text(to_json(results) + "\n")
     return results
 
 
@@ -145,8 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_clip:
                 train_clip(args.runs, args.checkpoints, args.clip_steps)
             train_segmenters(MAIN_MODELS, args.runs, args.checkpoints, args.seg_steps)
-        results = evaluate_models({name: args.checkpoints / name for name in MAIN_MODELS}, args.results / "main.json", args.eval_limit)
+        dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
+        results = evaluate_models(dirs, args.results / "main.json", args.eval_limit)
         (args.results / "main.md").write_text(markdown_table(results))
+        # The fixed 50-image subset that tests/test_bundle.py re-evaluates against these numbers.
+        subset = evaluate_models(dirs, args.results / "subset50.json", 50)
+        (args.results / "subset50.md").write_text(markdown_table(subset))
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
     return 0
 

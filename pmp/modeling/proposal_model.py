@@ -34,7 +34,9 @@ class MaskProposalModel(nn.Module):
         "aux_outputs": the same two keys for every earlier prediction, first to last
             (mask2former: the learnable queries before layer 1 + layers 1..L-1, i.e. L entries;
             maskformer: layers 1..L-1, i.e. L-1 entries);
-        "proposal_mask": (B, P) bool, True = real proposal - only with ``text_mode="text_queries"``.
+        "proposal_mask": (B, P) bool, True = real proposal - only with ``text_mode="text_queries"``;
+        "backbone_features": [f4, f8, f16, f32] - only with ``return_features=True`` (the Segmenter reuses
+            a CLIP backbone's stride-32 map for stage 2 instead of running the CLIP tower again).
     P = num_queries, except ``text_mode="text_queries"`` where P = num_queries + M (the learnable
     queries first, then one proposal per prompt).
     """
@@ -61,9 +63,17 @@ class MaskProposalModel(nn.Module):
     def text_mode(self) -> str:
         return self.config.decoder.text_mode
 
-    def forward(self, images: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor | None = None) -> dict:
+    def forward(
+        self,
+        images: torch.Tensor,
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        *,
+        return_features: bool = False,
+    ) -> dict:
         """images: (B, 3, H, W) normalised, H and W multiples of 32; text_embeds: (B, M, C) or (M, C);
-        text_mask: (B, M) or (M,) bool, True = real prompt (None = all real)."""
+        text_mask: (B, M) or (M,) bool, True = real prompt (None = all real); ``return_features`` adds
+        the backbone's feature maps to the output."""
         self._check_images(images)
         text_embeds, text_mask = self._batch_text(text_embeds, text_mask, images.shape[0])
         features = self.backbone(images)
@@ -77,6 +87,8 @@ class MaskProposalModel(nn.Module):
         output["aux_outputs"] = predictions[:-1]
         if decoded.proposal_mask is not None:
             output["proposal_mask"] = decoded.proposal_mask
+        if return_features:
+            output["backbone_features"] = features
         return output
 
     def parameter_counts(self) -> dict[str, int]:

@@ -1,0 +1,103 @@
+"""Seconds per training iteration of the paper-scale models on this machine's CPU (random weights).
+
+    python benchmarks/train_step.py [--recipes ovseg-resnet101d-pmp,m2f-resnet50-pmp] [--batch 1] [--iters 2] [--json out.json]
+
+One iteration = forward + Hungarian matching + losses (with aux losses on every layer) + backward +
+AdamW step, at the recipe's crop size (640 px) with 171 prompts (COCO-Stuff's vocabulary) and a
+synthetic-world image upscaled to 640 px as data. The CLIP (ViT-B/16) is only used for text embeddings
+in training and is frozen, so random text embeddings stand in for it here. The README's GPU-hour
+estimate is derived from these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pmp.modeling import MaskProposalModel
+from train.losses import SetCriterion
+from train.matcher import HungarianMatcher
+from train.recipes import get_recipe
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def make_targets(batch: int, size: int, num_prompts: int, rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
+    from train import world
+
+    targets = []
+    for b in range(batch):
+        scene = world.render_training_scene(int(rng.integers(1 << 30)), 128)
+        label = torch.from_numpy(world.training_target(scene).astype(np.int64))
+        label = F.interpolate(label[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
+        present = [int(c) for c in label.unique() if c != 255]
+        targets.append({"labels": torch.tensor([c % num_prompts for c in present]), "masks": torch.stack([label == c for c in present])})
+    return targets
+
+
+def time_recipe(name: str, batch: int, iters: int, num_prompts: int) -> dict[str, float | str]:
+    config = get_recipe(name)
+    model_config = dataclasses.replace(config.model, clip=dataclasses.replace(config.model.clip, pretrained=None))
+    text_dim = 512 if "B-16" in model_config.clip.model_name or "B-32" in model_config.clip.model_name else 768
+    model = MaskProposalModel(model_config, text_dim=text_dim).train()
+    criterion = SetCriterion(HungarianMatcher())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    size = config.crop_size
+    rng = np.random.default_rng(0)
+    images = torch.randn(batch, 3, size, size)
+    text = F.normalize(torch.randn(num_prompts, text_dim), dim=-1)
+    targets = make_targets(batch, size, num_prompts, rng)
+    seconds = []
+    for _ in range(iters + 1):  # the first iteration warms up allocators and is not counted
+        start = time.perf_counter()
+        outputs = model(images, text)
+        loss = criterion.total_loss(criterion(outputs, targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    return {"recipe": name, "seconds_per_iter": statistics.median(seconds[1:]), "batch": batch, "crop": size,
+            "prompts": num_prompts, "params_m": round(params, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", default="ovseg-resnet101d-baseline,ovseg-resnet101d-pmp,m2f-resnet50-baseline,m2f-resnet50-pmp")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=171)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    hardware = f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    print(f"hardware: {hardware}")
+    rows = []
+    for name in args.recipes.split(","):
+        row = time_recipe(name.strip(), args.batch, args.iters, args.prompts)
+        rows.append(row)
+        print(f"{row['recipe']:>32}: {row['seconds_per_iter']:.2f} s/iter (batch {row['batch']}, {row['crop']} px, "
+              f"{row['prompts']} prompts, {row['params_m']} M params)", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"hardware": hardware, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""The bundled offline models: present, small enough, reproducing the README's numbers, running every example."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pmp.segmenter import Segmenter
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = ROOT / "checkpoints"
+SUBSET = ROOT / "results" / "subset50.json"
+TOLERANCE = 0.005  # absolute, on metrics in [0, 1]: the CPU kernels are deterministic, this covers BLAS differences
+MB = 1024 * 1024
+
+
+def test_bundle_files_are_within_the_size_limits() -> None:
+    files = [p for p in CHECKPOINTS.rglob("*") if p.is_file()]
+    assert {"baseline", "pmp", "tiny-clip"} <= {p.parent.name for p in files}
+    for path in files:
+        assert path.stat().st_size < 10 * MB, f"{path} is {path.stat().st_size / MB:.1f} MB"
+    assert sum(p.stat().st_size for p in files) < 40 * MB
+
+
+@pytest.mark.parametrize("name", ["baseline", "pmp"])
+def test_bundled_models_load_by_name_and_differ_only_in_text_mode(name: str) -> None:
+    segmenter = Segmenter.from_pretrained(name)
+    other = Segmenter.from_pretrained("pmp" if name == "baseline" else "baseline")
+    assert segmenter.config.decoder.text_mode == ("none" if name == "baseline" else "pmp")
+    mine, theirs = segmenter.config.to_dict(), other.config.to_dict()
+    for config in (mine, theirs):
+        config["decoder"].pop("text_mode")
+        config.pop("name")
+    assert mine == theirs
+
+
+def test_default_checkpoint_is_the_bundled_pmp() -> None:
+    assert Segmenter.from_pretrained().config.decoder.text_mode == "pmp"
+
+
+@pytest.mark.slow
+def test_subset_evaluation_reproduces_the_readme_numbers() -> None:
+    from train.evaluate import evaluate, load_benchmark
+
+    expected = json.loads(SUBSET.read_text())
+    readme = (ROOT / "README.md").read_text()
+    for name, per_benchmark in expected.items():
+        segmenter = Segmenter.from_pretrained(CHECKPOINTS / name)
+        for benchmark, metrics in per_benchmark.items():
+            measured = evaluate(segmenter, load_benchmark(benchmark), limit=50, show_progress=False)
+            for key in ("miou", "miou_unseen", "proposal_recall"):
+                if metrics[key] is None or (isinstance(metrics[key], float) and math.isnan(metrics[key])):
+                    continue
+                assert abs(measured[key] - metrics[key]) <= TOLERANCE, (name, benchmark, key, measured[key], metrics[key])
+                assert f"{100 * metrics[key]:.1f}" in readme, f"README lacks the subset figure {name} {benchmark} {key}"
+
+
+def test_every_example_runs_through_both_models() -> None:
+    examples = json.loads((ROOT / "examples" / "examples.json").read_text())
+    synthetic = [e for e in examples if e["image"].startswith("world_")]
+    photos = [e for e in examples if not e["image"].startswith("world_")]
+    assert len(synthetic) >= 6 and len(photos) >= 2
+    assert all(e.get("licence") for e in examples)
+    models = [Segmenter.from_pretrained("baseline"), Segmenter.from_pretrained("pmp")]
+    for example in examples:
+        for model in models:
+            out = model(ROOT / "examples" / example["image"], example["prompts"])
+            assert out.labels and out.semantic.shape == out.proposals.shape[1:]
