@@ -12,6 +12,7 @@ estimate is derived from these numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -19,9 +20,15 @@ import statistics
 import time
 from pathlib import Path
 
+import sys
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pmp.modeling import MaskProposalModel
 from train.losses import SetCriterion
@@ -65,17 +72,22 @@ def time_recipe(name: str, batch: int, iters: int, num_prompts: int) -> dict[str
     text = F.normalize(torch.randn(num_prompts, text_dim), dim=-1)
     targets = make_targets(batch, size, num_prompts, rng)
     seconds = []
-    for _ in range(iters + 1):  # the first iteration warms up allocators and is not counted
+    flops = 0
+    for i in range(iters + 1):  # the first iteration warms up allocators and counts FLOPs; it is not timed
+        counter = FlopCounterMode(display=False) if i == 0 else contextlib.nullcontext()
         start = time.perf_counter()
-        outputs = model(images, text)
-        loss = criterion.total_loss(criterion(outputs, targets))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with counter:
+            outputs = model(images, text)
+            loss = criterion.total_loss(criterion(outputs, targets))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         optimizer.step()
         seconds.append(time.perf_counter() - start)
+        if i == 0:
+            flops = counter.get_total_flops()
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return {"recipe": name, "seconds_per_iter": statistics.median(seconds[1:]), "batch": batch, "crop": size,
-            "prompts": num_prompts, "params_m": round(params, 1)}
+            "prompts": num_prompts, "params_m": round(params, 1), "tflops_per_iter": round(flops / 1e12, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         row = time_recipe(name.strip(), args.batch, args.iters, args.prompts)
         rows.append(row)
         print(f"{row['recipe']:>32}: {row['seconds_per_iter']:.2f} s/iter (batch {row['batch']}, {row['crop']} px, "
-              f"{row['prompts']} prompts, {row['params_m']} M params)", flush=True)
+              f"{row['prompts']} prompts, {row['params_m']} M params, {row['tflops_per_iter']} TFLOP per iteration "
+              "forward + backward)", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"hardware": hardware, "rows": rows}, indent=2) + "\n")
     return 0

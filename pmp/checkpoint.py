@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors.torch import load_file, save_file
 
 from pmp.config import SegmenterConfig
@@ -25,8 +26,10 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"  # Hugging Face's layout for weights split into shards
 CARD_NAME = "README.md"
-CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, "model-*-of-*.safetensors", CARD_NAME)
+MAX_SHARD_SIZE = "9MB"  # a Space refuses files over 10 MB without LFS
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
@@ -43,11 +46,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None, default: str = "p
     if name_or_path is None:
         name_or_path = default
     path = Path(name_or_path)
-    if path.is_dir():
-        return path
     bundled = BUNDLED_DIR / str(name_or_path)
+    # A folder with a config wins; then a bundled name (so "pmp" is the model even when run from the
+    # repository root, where ./pmp is the package); then any other existing folder (load_config explains).
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        return path
     if not path.is_absolute() and bundled.is_dir():
         return bundled
+    if path.is_dir():
+        return path
     text = str(name_or_path)
     looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/")) and not path.exists()
     if not looks_like_repo:
@@ -81,14 +88,14 @@ def load_config(folder: Path) -> SegmenterConfig:
 
 
 def load_weights(module: "nn.Module", folder: Path) -> None:
-    """Load ``model.safetensors`` into ``module`` strictly, casting to the module's dtypes."""
-    weights_path = folder / WEIGHTS_NAME
-    if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path}: missing; a checkpoint folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{weights_path}: truncated or corrupt safetensors file ({error})") from error
+    """Load ``model.safetensors`` (or its shards) into ``module`` strictly, casting to the module's dtypes."""
+    state: dict[str, torch.Tensor] = {}
+    for weights_path in weight_files(folder):
+        try:
+            state.update(load_file(str(weights_path)))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise CheckpointError(f"{weights_path}: truncated or corrupt safetensors file ({error})") from error
+    weights_path = folder / (INDEX_NAME if (folder / INDEX_NAME).is_file() else WEIGHTS_NAME)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -109,6 +116,24 @@ def load_weights(module: "nn.Module", folder: Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """``model.safetensors``, or the shards that ``model.safetensors.index.json`` lists."""
+    index_path = folder / INDEX_NAME
+    if index_path.is_file():
+        try:
+            shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"{index_path}: not a valid shard index ({error})") from error
+        missing = [name for name in shards if not (folder / name).is_file()]
+        if missing:
+            raise CheckpointError(f"{folder / missing[0]}: missing; {INDEX_NAME} lists it")
+        return [folder / name for name in shards]
+    weights_path = folder / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: missing; a checkpoint folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    return [weights_path]
+
+
 def save_checkpoint(
     module: "nn.Module",
     config: SegmenterConfig,
@@ -116,11 +141,14 @@ def save_checkpoint(
     *,
     model_card: str | None = None,
     half_precision: bool = False,
+    max_shard_size: int | str = MAX_SHARD_SIZE,
 ) -> Path:
-    """Write the three files atomically (each to a temp file, fsync, then rename).
+    """Write config, weights and card, each atomically (temp file, fsync, rename).
 
-    ``half_precision`` stores floating tensors as float16 (the bundled models use it to stay under the
-    10 MB file limit); they are cast back to the module's dtype on load.
+    Weights over ``max_shard_size`` are split into ``model-0000k-of-0000n.safetensors`` shards with a
+    ``model.safetensors.index.json``, Hugging Face's layout, so no file needs Git LFS on a Space.
+    ``half_precision`` stores floating tensors as float16 (the bundled models use it to stay small);
+    they are cast back to the module's dtype on load.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,7 +158,15 @@ def save_checkpoint(
         if half_precision and tensor.is_floating_point():
             tensor = tensor.half()
         state[key] = tensor
-    _atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    for stale in [folder / WEIGHTS_NAME, folder / INDEX_NAME, *folder.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
+    for filename, keys in split.filename_to_tensors.items():
+        shard = {key: state[key] for key in keys}
+        _atomic_write(folder / filename, lambda path, shard=shard: save_file(shard, str(path), metadata={"format": "pt"}))
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        _atomic_write(folder / INDEX_NAME, lambda path: Path(path).write_text(json.dumps(index, indent=2) + "\n"))
     _atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
     card = model_card if model_card is not None else default_model_card(config)
     _atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))
@@ -142,6 +178,7 @@ def _atomic_write(target: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp_name)
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; a checkpoint is meant to be shared
         with open(tmp_name, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)

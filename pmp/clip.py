@@ -475,6 +475,18 @@ class CLIPModel(nn.Module):
         # that autograd code (e.g. a decoder being trained) may use.
         return torch.stack([found[label].to(self.device) for label in labels])
 
+    def cached_labels(self, labels: Sequence[str]) -> set[str]:
+        """The labels whose embeddings the cache holds for the current weights and templates.
+
+        Such a label was encoded before, so it is known to fit the context length: callers that check
+        token limits up front (the Segmenter) skip re-tokenising it. Neither a hit nor a miss is counted.
+        """
+        if self.config.text_cache_size == 0:
+            return set()
+        weights_key = self._weights_key()
+        with self._cache_lock:
+            return {label for label in labels if (weights_key, self.config.templates, label) in self._cache}
+
     def cache_info(self) -> dict[str, int]:
         """Hits and misses counted per distinct prompt of each encode_text call; current and max size."""
         with self._cache_lock:

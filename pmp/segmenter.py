@@ -10,9 +10,10 @@ The semantic map is Mask2Former's semantic inference, sum_q p_out[q, k] * sigmoi
 over k: the K class maps are computed at mask resolution and their bilinear upsampling to the image is
 argmax-ed without materialising K full-size maps (:func:`upsampled_argmax`).
 
-Speed (benchmarks/latency.py measures each stage): text embeddings are cached by :class:`CLIPModel`;
-stage 2 ``pool`` runs one dense CLIP pass (reusing stage 1's CLIP-ResNet trunk when the backbone is that
-tower, ``backbone.kind="clip"``) and pools the soft masks at their own resolution; ``crop`` upsamples
+Speed (benchmarks/latency.py measures each stage; benchmarks/README.md has the figures): text
+embeddings are cached by :class:`CLIPModel` (and cached prompts skip the token-limit check); stage 2
+``pool`` runs one dense CLIP pass - none when stage 1's backbone is the same CLIP ResNet on the same
+pixels (its trunk is reused) - and a ViT tower sees the image at ``vit_dense_scale``; ``crop`` upsamples
 and crops only the ``crop_top_k`` proposals; ``autocast_dtype`` opts into bfloat16/float16 autocast.
 """
 
@@ -32,7 +33,7 @@ from torch import nn
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-from pmp.checkpoint import load_config, load_weights, resolve_checkpoint, save_checkpoint
+from pmp.checkpoint import MAX_SHARD_SIZE, load_config, load_weights, resolve_checkpoint, save_checkpoint
 from pmp.clip import CLIPModel
 from pmp.config import SegmenterConfig
 from pmp.images import load_image
@@ -125,33 +126,103 @@ def _bilinear_taps(size_in: int, size_out: int, device: torch.device) -> tuple[t
     return first, second, 1.0 - w1, w1
 
 
+# Post-processing path choices, measured on CPU (benchmarks/README.md).
+_PLAIN_MAX_CLASSES = 24  # up to this many classes the plain upsample + argmax is as fast (measured on CPU)
+_PLAIN_UPSAMPLE_SHARE = 0.1  # boundary work (pixels x candidates) above this share of K*H*W: plain upsample
+_NOISY_SHARE = 0.6  # more boundary pixels than this share of the image: plain upsample (trained models: ~5-30%)
+_RUNNING_MAX_FROM = 32  # classes: from here on a running maximum beats max(0) on CPU
+_CANDIDATE_BUCKETS = (2, 4, 8, 16, 32, 64, 128, 256, 1 << 62)  # upper candidate counts of the cell buckets
+
+
+def argmax_over_classes(scores: torch.Tensor) -> torch.Tensor:
+    """``scores.argmax(0)`` for (K, ...) scores, first index on ties, without a slow strided reduction.
+
+    On CPU ``argmax(0)`` over a leading dimension is several times slower than ``max(0)``, and for many
+    classes a running maximum over contiguous class slices is faster still.
+    """
+    if scores.shape[0] <= _RUNNING_MAX_FROM:
+        return scores.max(0).indices
+    best, index = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.int64, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best  # strict: the first maximal class keeps ties
+        best = torch.where(better, scores[k], best)
+        index.masked_fill_(better, k)
+    return index
+
+
 def upsampled_argmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``upsample(maps[None], size)[0].argmax(0)`` for (K, h, w) maps, without the (K, H, W) tensor.
 
-    A bilinear output pixel is a convex combination of its 4 source pixels, so where the 4 share one
-    argmax that class also wins the interpolated vector (a weighted sum of inequalities that all favour
-    it). Only pixels whose 4 sources disagree - the class boundaries - are interpolated in full, with
-    the same taps and weights as ``F.interpolate``; equal to the reference up to float rounding at ties.
-    Cost: O(H*W) plus O(K * boundary pixels) instead of O(K*H*W) time and memory.
+    Every output pixel is a convex combination of the 4 corners of one source cell (a 2x2 block).
+    * Where the 4 corners share one argmax, that class wins the whole cell: a weighted sum of
+      inequalities that all favour it.
+    * Elsewhere (class boundaries) only classes whose best corner reaches the cell's floor - the
+      largest worst-corner score of any class - can win, since some class scores at least the floor
+      everywhere in the cell: typically a few of K. Only those are interpolated per pixel, with the
+      same taps, weights and order of operations as ``F.interpolate``.
+    The result equals the reference up to float rounding at exact ties. Cost: O(K*h*w + H*W + C*boundary
+    pixels) instead of O(K*H*W) time and memory. Few classes or noise-like maps use the plain path
+    (upsample, then :func:`argmax_over_classes`), which is as fast there.
     """
     num_classes, height, width = maps.shape
-    if (height, width) == tuple(size) or num_classes == 1:
-        return upsample(maps[None], size)[0].argmax(0)
+    if (height, width) == tuple(size) or num_classes <= _PLAIN_MAX_CLASSES:
+        return argmax_over_classes(upsample(maps[None], size)[0])  # few classes: the plain path is as cheap
     y0, y1, wy0, wy1 = _bilinear_taps(height, size[0], maps.device)
     x0, x1, wx0, wx1 = _bilinear_taps(width, size[1], maps.device)
-    low = maps.argmax(0)  # (h, w)
-    top, bottom = low[y0], low[y1]  # (H, w)
-    result = top[:, x0]  # (H, W)
-    disagree = (result != top[:, x1]) | (result != bottom[:, x0]) | (result != bottom[:, x1])
-    ys, xs = torch.nonzero(disagree, as_tuple=True)
-    if ys.numel():
-        rows0, rows1, cols0, cols1 = y0[ys], y1[ys], x0[xs], x1[xs]
-        upper = maps[:, rows0, cols0] * wx0[xs] + maps[:, rows0, cols1] * wx1[xs]  # (K, P)
-        lower = maps[:, rows1, cols0] * wx0[xs] + maps[:, rows1, cols1] * wx1[xs]
-        result[ys, xs] = (upper * wy0[ys] + lower * wy1[ys]).argmax(0)
+    down = (torch.arange(height, device=maps.device) + 1).clamp_max(height - 1)
+    right = (torch.arange(width, device=maps.device) + 1).clamp_max(width - 1)
+    best = argmax_over_classes(maps)  # (h, w)
+    best_down = best[down]
+    resolved = (best == best[:, right]) & (best == best_down) & (best == best_down[:, right])  # (h, w) per cell
+    result = best[y0][:, x0]  # (H, W) right wherever the pixel's cell is resolved
+    boundary = (~resolved)[y0][:, x0]  # (H, W)
+    num_boundary = int(boundary.sum())
+    if num_boundary == 0:
+        return result
+    if num_boundary > _NOISY_SHARE * boundary.numel():
+        return argmax_over_classes(upsample(maps[None], size)[0])  # noise-like maps: the plain path is cheaper
+
+    cells = torch.nonzero(~resolved.flatten()).flatten()  # (U,) flat ids of the unresolved cells
+    rows, cols = cells // width, cells % width
+    flat = maps.flatten(1)  # (K, h*w)
+    corner_values = flat[:, torch.stack([rows * width + cols, rows * width + right[cols],
+                                         down[rows] * width + cols, down[rows] * width + right[cols]])]  # (K, 4, U)
+    highest = corner_values.amax(1)  # (K, U)
+    candidate = highest >= corner_values.amin(1).amax(0)  # reaches the cell's floor: may win somewhere in it
+    counts = candidate.sum(0)  # (U,)
+    ranked = highest.masked_fill(~candidate, float("-inf"))
+    slot = torch.full((height * width,), -1, dtype=torch.int64, device=maps.device)
+    slot[cells] = torch.arange(cells.numel(), device=maps.device)
+    ys, xs = torch.nonzero(boundary, as_tuple=True)
+    pixel_cell = slot[y0[ys] * width + x0[xs]]  # (P,) index into the unresolved cells
+    if int(counts[pixel_cell].sum()) + 4 * num_boundary > _PLAIN_UPSAMPLE_SHARE * result.numel() * num_classes:
+        return argmax_over_classes(upsample(maps[None], size)[0])  # too many candidates: plain path is cheaper
+    # Cells are bucketed by candidate count so that a few crowded cells do not pad every other one.
+    low = 0
+    for high in _CANDIDATE_BUCKETS:
+        in_bucket = (counts > low) & (counts <= high)  # (U,)
+        low = high
+        if not bool(in_bucket.any()):
+            continue
+        bucket_cells = torch.nonzero(in_bucket).flatten()
+        num_candidates = min(int(counts[bucket_cells].max()), num_classes)
+        # (C, cells) candidate classes, ascending so that argmax resolves ties like the reference; cells
+        # with fewer candidates are padded with classes that cannot win
+        cell_classes = ranked[:, bucket_cells].topk(num_candidates, dim=0).indices.sort(dim=0).values
+        position = torch.full_like(counts, -1)
+        position[bucket_cells] = torch.arange(bucket_cells.numel(), device=maps.device)
+        pixels = torch.nonzero(in_bucket[pixel_cell]).flatten()
+        py, px = ys[pixels], xs[pixels]
+        classes = cell_classes[:, position[pixel_cell[pixels]]]  # (C, P_bucket)
+        row0, row1, col0, col1 = y0[py] * width, y1[py] * width, x0[px], x1[px]
+        upper = flat[classes, row0 + col0] * wx0[px] + flat[classes, row0 + col1] * wx1[px]  # F.interpolate's order
+        lower = flat[classes, row1 + col0] * wx0[px] + flat[classes, row1 + col1] * wx1[px]
+        winner = argmax_over_classes(upper * wy0[py] + lower * wy1[py])  # (P_bucket,)
+        result[py, px] = classes.gather(0, winner[None])[0]
     return result
 
 
+_MASK_CHUNK = 4  # proposals upsampled at a time in soft_masks_on_grid (cache-sized, measured on CPU)
 VIT_DENSE_SCALE = 0.5  # SAN-style: CLIP ViT sees half the stage-1 resolution (640 px -> 320 px, 20x20 tokens)
 
 
@@ -187,8 +258,13 @@ class Segmenter(nn.Module):
         load_weights(segmenter, folder)
         return segmenter.to(device).eval()
 
-    def save_pretrained(self, folder: str | Path, *, model_card: str | None = None, half_precision: bool = False) -> Path:
-        return save_checkpoint(self, self.config, folder, model_card=model_card, half_precision=half_precision)
+    def save_pretrained(
+        self, folder: str | Path, *, model_card: str | None = None, half_precision: bool = False, max_shard_size: int | str = MAX_SHARD_SIZE
+    ) -> Path:
+        """config.json + model.safetensors (split into shards over ``max_shard_size``) + README.md."""
+        return save_checkpoint(
+            self, self.config, folder, model_card=model_card, half_precision=half_precision, max_shard_size=max_shard_size
+        )
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False, model_card: str | None = None) -> str:
         """Upload config.json, model.safetensors and the model card to a Hub model repo; returns its URL."""
@@ -223,8 +299,13 @@ class Segmenter(nn.Module):
     def check_token_limit(self, labels: list[str]) -> None:
         """Every filled template must fit the text tower's context; say which prompt does not."""
         limit = self.clip.context_length
+        templates = tuple(self.config.clip.templates)
+        # labels the CLIP encoded before with these templates fit: no need to tokenise them again
+        known = self.clip.cached_labels(labels) if templates == tuple(self.clip.config.templates) else set()
         for label in labels:
-            longest = max(self.clip.count_tokens(t.replace("{}", label)) for t in self.config.clip.templates)
+            if label in known:
+                continue
+            longest = max(self.clip.count_tokens(t.replace("{}", label)) for t in templates)
             if longest > limit:
                 raise PromptError(
                     f"prompt {label!r} is too long for the text encoder: {longest} tokens with its template, "
@@ -260,7 +341,7 @@ class Segmenter(nn.Module):
 
         start = time.perf_counter()
         text = self.clip.encode_text(list(labels)).to(self.device)  # (K, C)
-        timings["text"] += time.perf_counter() - start
+        timings["text"] += self._elapsed(start)
 
         start = time.perf_counter()
         pil = load_image(image)
@@ -276,14 +357,14 @@ class Segmenter(nn.Module):
         mask_h = round(mask_logits.shape[-2] * valid_hw[0] / pixels.shape[-2])
         mask_w = round(mask_logits.shape[-1] * valid_hw[1] / pixels.shape[-1])
         mask_logits = mask_logits[:, : max(mask_h, 1), : max(mask_w, 1)]  # drop the padding
-        timings["stage1"] = time.perf_counter() - start
+        timings["stage1"] = self._elapsed(start)
 
         start = time.perf_counter()
         trunk = outputs["backbone_features"][-1] if reuse_trunk else None
         with self._autocast():
             p_hat = self.classify_proposals(pixels, valid_hw, mask_logits, text, p, stage2_mode, trunk=trunk)
         scores = ensemble(p, p_hat, ensemble_lambda)
-        timings["stage2"] = time.perf_counter() - start
+        timings["stage2"] = self._elapsed(start)
 
         start = time.perf_counter()
         height, width = pil.height, pil.width
@@ -292,7 +373,7 @@ class Segmenter(nn.Module):
         semantic = torch.where(claimed, semantic, torch.full_like(semantic, -1))
         best_score, best_index = scores.max(0)  # per label: the proposal that represents it
         selected = [(int(i), float(s)) for i, s in zip(best_index, best_score)]
-        timings["post"] = time.perf_counter() - start
+        timings["post"] = self._elapsed(start)
         timings["total"] = sum(timings.values())
 
         return SegmentationResult(
@@ -325,8 +406,7 @@ class Segmenter(nn.Module):
 
         ``pool`` runs CLIP's image tower once and mask-pools its dense features; ``trunk`` (the CLIP
         ResNet's layer-4 map that stage 1 already computed on the same pixels, see
-        :meth:`can_reuse_trunk`) replaces that pass. The soft masks are pooled from their own (mask)
-        resolution, which is finer than the dense grid, rather than from a full-size copy of all N.
+        :meth:`can_reuse_trunk`) replaces that pass.
         ``crop`` (OVSeg) runs the tower once per proposal crop, so only the ``crop_top_k`` proposals with
         the highest stage-1 score are upsampled and cropped; the rest keep p_hat = p, which leaves their
         ensemble score equal to p.
@@ -337,13 +417,30 @@ class Segmenter(nn.Module):
                 dense = self.clip.dense_features_from_trunk(trunk)  # (1, C, h, w)
             else:
                 dense = self.clip.dense_features(self.normalize(self.dense_input(image), self.clip.mean, self.clip.std))
-            return self.clip.pool_classify(dense, mask_logits.sigmoid()[None], text)[0].to(p.dtype)
+            masks = self.soft_masks_on_grid(mask_logits, valid_hw, tuple(dense.shape[-2:]))  # (N, h, w)
+            return self.clip.pool_classify(dense, masks[None], text)[0].to(p.dtype)
         top_k = min(self.config.crop_top_k, mask_logits.shape[0])
         indices = p.max(1).values.topk(top_k).indices
         masks = upsample(mask_logits[indices][None], valid_hw)[0].sigmoid()  # (top_k, H, W)
         p_hat = p.clone()
         p_hat[indices] = self.clip.crop_classify(image[0], masks, text).to(p.dtype)
         return p_hat
+
+    @staticmethod
+    def soft_masks_on_grid(mask_logits: torch.Tensor, valid_hw: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+        """(N, h', w') mask logits -> sigmoid of their image-size upsampling, area-averaged onto the (h, w) grid.
+
+        What :meth:`CLIPModel.pool_classify` does to full-size soft masks, a few proposals at a time: the
+        same values without the (N, H, W) tensor (100 x 640 x 640 floats = 164 MB), about 2x faster.
+        Returns the full-size masks when the grid is larger than the image (pool_classify grows them).
+        """
+        if grid[0] > valid_hw[0] or grid[1] > valid_hw[1]:
+            return upsample(mask_logits[None], valid_hw)[0].sigmoid()
+        pooled = []
+        for chunk in mask_logits.split(_MASK_CHUNK):
+            soft = upsample(chunk[None], valid_hw).sigmoid_()  # (1, n, H, W)
+            pooled.append(F.adaptive_avg_pool2d(soft, grid)[0] if tuple(valid_hw) != tuple(grid) else soft[0])
+        return torch.cat(pooled)
 
     def can_reuse_trunk(self, pixels: torch.Tensor, valid_hw: tuple[int, int]) -> bool:
         """True when stage 1's backbone is this CLIP's ResNet tower run on exactly the pixels (no padding,
@@ -374,6 +471,13 @@ class Segmenter(nn.Module):
             return image
         size = tuple(max(patch, round(side * target / longer / patch) * patch) for side in (height, width))
         return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def _elapsed(self, start: float) -> float:
+        """Seconds since ``start``; on a GPU after waiting for the queued kernels, so that each stage's
+        time is its own and not the next stage's."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
 
     def _autocast(self) -> torch.autocast:
         dtype = self.autocast_dtype

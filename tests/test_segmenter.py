@@ -108,7 +108,7 @@ def test_bad_options_are_clear_errors(segmenter: Segmenter, image: np.ndarray) -
 
 
 def test_save_load_gives_identical_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
-    segmenter.save_pretrained(tmp_path / "ckpt")
+    segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = Segmenter.from_pretrained(tmp_path / "ckpt")
     a, b = segmenter.segment(image, ["sky", "car"]), loaded.segment(image, ["sky", "car"])
@@ -126,7 +126,7 @@ def test_half_precision_checkpoint_loads_as_float32(segmenter: Segmenter, tmp_pa
 
 
 def test_truncated_checkpoint_is_a_clear_error(segmenter: Segmenter, tmp_path: Path) -> None:
-    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
@@ -134,7 +134,7 @@ def test_truncated_checkpoint_is_a_clear_error(segmenter: Segmenter, tmp_path: P
 
 
 def test_mismatched_checkpoint_is_a_clear_error(segmenter: Segmenter, tmp_path: Path) -> None:
-    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
     config = json.loads((folder / "config.json").read_text())
     config["decoder"]["num_layers"] = 2  # fewer layers than the weights hold
     (folder / "config.json").write_text(json.dumps(config))
@@ -150,7 +150,7 @@ def test_mismatched_checkpoint_is_a_clear_error(segmenter: Segmenter, tmp_path: 
 def test_missing_files_and_bad_config_are_clear_errors(segmenter: Segmenter, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         Segmenter.from_pretrained(tmp_path / "nowhere")
-    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
     (folder / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json.*not a valid"):
         Segmenter.from_pretrained(folder)
@@ -191,7 +191,7 @@ def test_baseline_proposals_ignore_prompts_and_pmp_proposals_follow_them(image: 
 def test_cli_writes_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
     from pmp.cli import main
 
-    folder = segmenter.save_pretrained(tmp_path / "ckpt")
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(image).save(images / "one.png")
@@ -202,3 +202,32 @@ def test_cli_writes_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: P
         assert any(name.startswith(stem) and name.endswith(".json") for name in written), written
         assert sum(name.startswith(stem) and name.endswith(".png") for name in written) >= 4  # overlay, label map, 2 masks
     assert main(["segment", str(tmp_path / "missing.png"), "--prompts", "sky", "--checkpoint", str(folder), "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_large_weights_are_sharded_and_load_identically(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
+    folder = segmenter.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
+    shards = sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 2 and (folder / "model.safetensors.index.json").is_file()
+    assert not (folder / "model.safetensors").exists()
+    loaded = Segmenter.from_pretrained(folder)
+    # allclose, not equal: the text cache may hold "sky" encoded in a batch truncated to another length.
+    assert np.allclose(loaded.segment(image, ["sky"]).scores, segmenter.segment(image, ["sky"]).scores, atol=1e-5)
+    # Re-saving unsharded removes the shards, so a folder never mixes two layouts.
+    segmenter.save_pretrained(folder, max_shard_size="1GB")
+    assert not list(folder.glob("model-*-of-*.safetensors")) and (folder / "model.safetensors").is_file()
+    segmenter.save_pretrained(folder, max_shard_size="1MB")
+    (folder / shards[-1]).unlink()
+    with pytest.raises(CheckpointError, match=f"{shards[-1]}: missing"):
+        Segmenter.from_pretrained(folder)
+
+
+def test_bundled_names_win_over_same_named_folders_without_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pmp import checkpoint
+
+    bundled = tmp_path / "bundled"
+    (bundled / "pmp").mkdir(parents=True)
+    (bundled / "pmp" / "config.json").write_text("{}")
+    (tmp_path / "cwd" / "pmp").mkdir(parents=True)  # like the package folder seen from the repository root
+    monkeypatch.setattr(checkpoint, "BUNDLED_DIR", bundled)
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert checkpoint.resolve_checkpoint("pmp") == bundled / "pmp"

@@ -102,6 +102,38 @@ def evaluate_models(model_dirs: dict[str, Path], out_json: Path, limit: int | No
     return results
 
 
+STAGE2_VARIANTS = {  # name: (stage2_mode, lambda); lambda weights the stage-1 probability p (Eq. 3)
+    "pool, lambda 0.65 (default)": ("pool", 0.65),
+    "crop (OVSeg), lambda 0.65": ("crop", 0.65),
+    "stage 1 only (lambda 1)": ("pool", 1.0),
+    "CLIP only, pool (lambda 0)": ("pool", 0.0),
+}
+
+
+def investigate_stage2(model_dirs: dict[str, Path], out_json: Path, limit: int) -> str:
+    """mIoU (all / unseen) of each model under each stage-2 variant; the proposals are the same in all."""
+    from pmp.segmenter import Segmenter
+    from train.evaluate import evaluate, load_benchmark, to_json
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    lines = ["| model | stage 2 | " + " | ".join(f"{b} mIoU (all / unseen)" for b in BENCHMARKS) + " |",
+             "|---|---|" + "---|" * len(BENCHMARKS)]
+    for name, folder in model_dirs.items():
+        segmenter = Segmenter.from_pretrained(folder)
+        for variant, (mode, lam) in STAGE2_VARIANTS.items():
+            cells = []
+            for benchmark in BENCHMARKS:
+                m = evaluate(segmenter, load_benchmark(benchmark), limit=limit, ensemble_lambda=lam, stage2_mode=mode,
+                             proposal_recall=False, show_progress=False)
+                results.setdefault(name, {}).setdefault(variant, {})[benchmark] = {"miou": m["miou"], "miou_unseen": m["miou_unseen"]}
+                cells.append(f"{100 * m['miou']:.1f} / {_pct(m['miou_unseen'])}")
+            lines.append(f"| {name} | {variant} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(to_json(results) + "\n")
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     """One row per model, mIoU all / seen / unseen and proposal recall per benchmark (in %)."""
     header = "| model | " + " | ".join(f"{b} mIoU (all / seen / unseen) | {b} recall" for b in BENCHMARKS) + " |"
@@ -127,13 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--ablations", action="store_true", help="train and evaluate concat, concat_drop, text_queries")
     parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--investigate", action="store_true", help="stage-2 mode and lambda variants of the bundled models")
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
     parser.add_argument("--seg-steps", type=int, default=None)
     parser.add_argument("--eval-limit", type=int, default=None, help="images per benchmark (default: all 500)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    if args.ablations:
+    if args.investigate:
+        dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
+        table = investigate_stage2(dirs, args.results / "stage2.json", args.eval_limit or 100)
+        (args.results / "stage2.md").write_text(table)
+    elif args.ablations:
         if not args.evaluate_only:
             train_segmenters(ABLATIONS, args.runs, None, args.seg_steps)
         dirs = {"baseline": args.checkpoints / "baseline", "pmp": args.checkpoints / "pmp",

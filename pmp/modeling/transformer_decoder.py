@@ -141,26 +141,32 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         predictions = [prediction]
         for layer in range(self.num_layers):
             level = layer % self.num_feature_levels
-            # Mask2Former's fix: a query whose mask covers no pixel at this scale attends to every pixel
-            attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
             seq.x = self.text.before_cross_attention(layer, seq, text)
             seq.x = self.cross_attention_layers[layer](
                 seq.x, sources[level], pos=positions[level], query_pos=seq.pos, attn_mask=attn_mask
             )
             seq.x = self.text.self_attend(self.self_attention_layers[layer], seq, text)
             seq.x = self.ffn_layers[layer](seq.x)
-            prediction, attn_mask = self._predict(seq, mask_features, sizes[(layer + 1) % self.num_feature_levels])
+            last = layer == self.num_layers - 1  # the final prediction needs no attention mask
+            target_size = None if last else sizes[(layer + 1) % self.num_feature_levels]
+            prediction, attn_mask = self._predict(seq, mask_features, target_size)
             predictions.append(prediction)
         return DecoderOutput(predictions, seq.proposal_mask)
 
     def _predict(
-        self, seq: QuerySequence, mask_features: torch.Tensor, target_size: torch.Size
-    ) -> tuple[LayerPrediction, torch.Tensor]:
-        """Masks of the proposals, and the next layer's attention mask (B*heads, N, h*w), True = blocked."""
+        self, seq: QuerySequence, mask_features: torch.Tensor, target_size: torch.Size | None
+    ) -> tuple[LayerPrediction, torch.Tensor | None]:
+        """Masks of the proposals, and the next layer's attention mask (B*heads, N, h*w), True = blocked
+        (None when ``target_size`` is None: after the last layer)."""
         queries = self.decoder_norm(seq.x[:, : seq.num_proposals])
         masks = self.mask_head(queries, mask_features)
+        if target_size is None:
+            return LayerPrediction(queries, masks), None
         attn_mask = F.interpolate(masks, size=target_size, mode="bilinear", align_corners=False)
         attn_mask = attn_mask.sigmoid().flatten(2) < 0.5  # (B, P, h*w)
+        # Mask2Former's fix: a query whose mask covers no pixel at this scale attends to every pixel
+        # (applied before the per-head copies below: the same result on 1/heads of the elements)
+        attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
         extra_tokens = seq.x.shape[1] - seq.num_proposals
         if extra_tokens:  # "concat": text tokens have no mask and attend to every pixel
             attn_mask = torch.cat([attn_mask, attn_mask.new_zeros(attn_mask.shape[0], extra_tokens, attn_mask.shape[2])], 1)
