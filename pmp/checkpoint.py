@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -163,17 +163,18 @@ def save_checkpoint(
     split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
     for filename, keys in split.filename_to_tensors.items():
         shard = {key: state[key] for key in keys}
-        _atomic_write(folder / filename, lambda path, shard=shard: save_file(shard, str(path), metadata={"format": "pt"}))
+        atomic_write(folder / filename, lambda path, shard=shard: save_file(shard, str(path), metadata={"format": "pt"}))
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
-        _atomic_write(folder / INDEX_NAME, lambda path: Path(path).write_text(json.dumps(index, indent=2) + "\n"))
-    _atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
+        atomic_write(folder / INDEX_NAME, lambda path: Path(path).write_text(json.dumps(index, indent=2) + "\n"))
+    atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
     card = model_card if model_card is not None else default_model_card(config)
-    _atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))
+    atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))
     return folder
 
 
-def _atomic_write(target: Path, write) -> None:
+def atomic_write(target: Path, write: Callable[[str], object]) -> None:
+    """Call ``write(temp_path)``, fsync, then rename onto ``target``: readers see the old file or the new one."""
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:

@@ -19,29 +19,20 @@ from PIL import Image
 
 import pmp.clip as clip_module
 import pmp.segmenter as segmenter_module
-from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, SegmenterConfig
 from pmp.modeling.deform_gather import ms_deform_attn_gather
 from pmp.modeling.pixel_decoder import MSDeformAttn
 from pmp.ops import ms_deform_attn
 from pmp.segmenter import Segmenter, argmax_over_classes, semantic_inference, upsample, upsampled_argmax
+from tiny import tiny_segmenter_config
 from train.world import benchmark_sample
 
 LABELS = ["sky", "road", "car", "tree", "house", "person"]
 
 
 def tiny_config(**overrides) -> SegmenterConfig:
-    settings = dict(
-        clip=CLIPConfig(model_name="tiny", model_cfg=tiny_clip_model_cfg(), templates=("a photo of a {}.", "a {} in the scene.")),
-        backbone=BackboneConfig(kind="clip"),
-        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=32, mask_dim=32),
-        decoder=DecoderConfig(hidden_dim=32, num_queries=12, num_layers=2, num_heads=2, dim_feedforward=64, text_mode="pmp"),
-        image_size=64,
-        pixel_mean=CLIP_MEAN,
-        pixel_std=CLIP_STD,
-        crop_top_k=6,
-    )
-    settings.update(overrides)
-    return SegmenterConfig(**settings)
+    return tiny_segmenter_config(num_queries=12, num_layers=2, templates=("a photo of a {}.", "a {} in the scene."),
+                                 crop_top_k=6, **overrides)
 
 
 @pytest.fixture(scope="module")

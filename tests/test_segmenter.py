@@ -12,23 +12,13 @@ import torch
 from PIL import Image
 
 from pmp.checkpoint import CheckpointError
-from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+from pmp.config import CLIP_MEAN, CLIP_STD, SegmenterConfig
 from pmp.segmenter import Segmenter, ensemble, semantic_inference
+from tiny import tiny_segmenter_config
 
 
 def tiny_config(text_mode: str = "pmp", **overrides) -> SegmenterConfig:
-    settings = dict(
-        clip=CLIPConfig(model_name="tiny", model_cfg=tiny_clip_model_cfg()),
-        backbone=BackboneConfig(kind="clip"),
-        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=32, mask_dim=32),
-        decoder=DecoderConfig(hidden_dim=32, num_queries=8, num_layers=3, num_heads=2, dim_feedforward=64, text_mode=text_mode),
-        image_size=64,
-        pixel_mean=CLIP_MEAN,
-        pixel_std=CLIP_STD,
-        crop_top_k=4,
-    )
-    settings.update(overrides)
-    return SegmenterConfig(**settings)
+    return tiny_segmenter_config(text_mode, crop_top_k=4, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+from tiny import tiny_segmenter_config
 from train.runtime import NonFiniteLossError, latest_valid_checkpoint, list_checkpoints
 from train.seg import SegTrainConfig, train
 
@@ -20,15 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def tiny_train_config(text_mode: str = "pmp", **overrides) -> SegTrainConfig:
-    model = SegmenterConfig(
-        clip=CLIPConfig(model_name="tiny", model_cfg=tiny_clip_model_cfg()),
-        backbone=BackboneConfig(kind="clip"),
-        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=32, mask_dim=32),
-        decoder=DecoderConfig(hidden_dim=32, num_queries=8, num_layers=3, num_heads=2, dim_feedforward=64, text_mode=text_mode),
-        image_size=64,
-        pixel_mean=CLIP_MEAN,
-        pixel_std=CLIP_STD,
-    )
+    model = tiny_segmenter_config(text_mode)
     settings = dict(model=model, crop_size=64, batch_size=2, steps=6, lr=1e-3, warmup_steps=1, clip_grad_norm=1.0,
                     checkpoint_every=3, log_every=1, eval_limit=0, seed=3)
     settings.update(overrides)

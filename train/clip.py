@@ -138,6 +138,8 @@ def save_open_clip_folder(clip: CLIPModel, config: CLIPTrainConfig, folder: Path
              "```", command, "```", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
+    for path in folder.iterdir():
+        path.chmod(0o644)  # safetensors may create files private to the user; these are meant to be shared
 
 
 def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, command: str = "") -> dict[str, float]:

@@ -14,7 +14,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from pmp.checkpoint import atomic_write
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.safetensors$")
 
@@ -126,16 +127,7 @@ def save_training_state(
         "extra": json.dumps(extra_metadata),
     }
     target = folder / f"step-{step:08d}.safetensors"
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        with open(tmp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
+    atomic_write(target, lambda path: save_file(tensors, path, metadata=metadata))
     for old in sorted(list_checkpoints(folder))[:-keep]:
         old[1].unlink(missing_ok=True)
     return target
