@@ -62,6 +62,7 @@ class SegTrainConfig:
     warmup_steps: int = 100
     clip_grad_norm: float = 0.01  # Mask2Former clips the full model's gradient norm at 0.01
     negative_prob: float = 0.5  # each absent training class is also prompted with this probability
+    present_prob: float = 1.0  # each present class is prompted with this probability (1: always)
     no_object_weight: float = 0.1
     class_weight: float = 2.0
     mask_weight: float = 5.0
@@ -126,9 +127,20 @@ class TrainingData:
         return Sample(image, label.astype(np.int64))
 
 
-def sample_prompts(present: np.ndarray, vocabulary_size: int, negative_prob: float, rng: np.random.Generator) -> np.ndarray:
-    """The training prompt scheme (see the module docstring): present classes + random negatives, shuffled."""
+def sample_prompts(
+    present: np.ndarray, vocabulary_size: int, negative_prob: float, rng: np.random.Generator, present_prob: float = 1.0
+) -> np.ndarray:
+    """The training prompt scheme (see the module docstring): present classes + random negatives, shuffled.
+
+    ``present_prob`` < 1 (an investigated variant) also leaves out each present class with probability
+    1 - present_prob (keeping at least one); its pixels then get no target, so a proposal for an
+    unprompted class should be "no object": the prompts decide what to segment.
+    """
     absent = np.setdiff1d(np.arange(vocabulary_size), present)
+    if present_prob < 1.0 and present.size > 1:
+        keep = rng.random(present.size) < present_prob
+        keep[rng.integers(present.size)] = True
+        present = present[keep]
     negatives = absent[rng.random(absent.size) < negative_prob]
     prompts = np.concatenate([present, negatives]).astype(np.int64)
     if prompts.size == 0:  # an image with only ignored pixels still needs one prompt
@@ -148,9 +160,10 @@ def build_batch(
     vocabulary_size = class_embeddings.shape[0]
     prompt_lists, targets = [], []
     for sample in samples:
-        present = np.unique(sample.label[sample.label != 255])
-        prompts = sample_prompts(present, vocabulary_size, config.negative_prob, rng)
+        labelled = np.unique(sample.label[sample.label != 255])
+        prompts = sample_prompts(labelled, vocabulary_size, config.negative_prob, rng, config.present_prob)
         prompt_lists.append(prompts)
+        present = labelled[np.isin(labelled, prompts)]  # the labelled classes that were prompted get targets
         position = {int(c): i for i, c in enumerate(prompts)}
         labels = torch.tensor([position[int(c)] for c in present], dtype=torch.int64)
         masks = torch.from_numpy(np.stack([sample.label == c for c in present])) if present.size else torch.zeros(
@@ -375,12 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--init-clip", default=None, help="a local open_clip folder (e.g. checkpoints/tiny-clip)")
     parser.add_argument("--eval-limit", type=int, default=None)
+    parser.add_argument("--present-prob", type=float, default=None, help="prompt each present class with this probability")
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the final model folder to this Hub repo")
     args = parser.parse_args(argv)
     config = SegTrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else get_recipe(args.recipe)
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "data_root": args.data_root,
-                 "init_clip": args.init_clip, "eval_limit": args.eval_limit}
+                 "init_clip": args.init_clip, "eval_limit": args.eval_limit,
+                 "present_prob": args.present_prob}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.text_mode:
         config.model = dataclasses.replace(config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode))
