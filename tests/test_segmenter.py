@@ -221,3 +221,27 @@ def test_bundled_names_win_over_same_named_folders_without_a_config(tmp_path: Pa
     monkeypatch.setattr(checkpoint, "BUNDLED_DIR", bundled)
     monkeypatch.chdir(tmp_path / "cwd")
     assert checkpoint.resolve_checkpoint("pmp") == bundled / "pmp"
+
+
+def test_push_to_hub_uploads_the_checkpoint_folder(segmenter: Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    calls: dict[str, object] = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, **kwargs):
+            calls["repo"] = (repo_id, kwargs)
+
+        def upload_folder(self, *, repo_id, folder_path, **kwargs):
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            loaded = Segmenter.from_pretrained(folder_path)  # what lands on the Hub loads back
+            calls["text_mode"] = loaded.config.decoder.text_mode
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = segmenter.push_to_hub("someone/pmp-tiny", token="t0k")
+    assert url == "https://huggingface.co/someone/pmp-tiny"
+    assert calls["repo"][0] == "someone/pmp-tiny" and calls["token"] == "t0k"
+    assert "config.json" in calls["files"] and "README.md" in calls["files"] and calls["text_mode"] == "pmp"
