@@ -123,7 +123,7 @@ def build_pair(key: str, device: torch.device) -> tuple[dict[str, Segmenter], st
         pair, notes = {}, []
         for name, mode in (("baseline", "none"), ("pmp", "pmp")):
             folder = BUNDLED_DIR / name
-            if (folder / "model.safetensors").is_file() and (folder / "config.json").is_file():
+            if (folder / "config.json").is_file():  # weights may be one file or shards
                 pair[name] = Segmenter.from_pretrained(folder, device=device)
                 notes.append(f"{name}: {folder}")
             else:
