@@ -557,15 +557,25 @@ def end_to_end_targets(key: str, entry: dict[str, Any], pair: dict[str, Segmente
         return [target_line(title, "SKIP", f"measured on {device}, not on the CPU")]
     if entry["image_side"] != side or str(count) not in entry["results"]:
         return [target_line(title, "SKIP", f"not measured: needs --models {key} --prompts {count} --image-size {side}")]
+    breakdowns = {name: entry["results"][str(count)][name]["warm_median"] for name in ("baseline", "pmp")}
+    return latency_target_lines(title, breakdowns, limit, "", pair, image, count, stage1_size, args, entry, "{name}/" + str(count))
+
+
+def latency_target_lines(title: str, breakdowns: dict[str, dict[str, float]], limit: float, where: str,
+                         pair: dict[str, Segmenter], image: np.ndarray, count: int, side: int,
+                         args: argparse.Namespace, entry: dict[str, Any], profile_key: str) -> list[dict[str, str]]:
+    """PASS/MISS per model for a warm end-to-end latency limit; each miss prints and stores a profile.
+
+    ``profile_key`` names the stored profile, with ``{name}`` standing for the model (baseline / pmp).
+    """
     lines = []
-    for name in ("baseline", "pmp"):
-        breakdown = entry["results"][str(count)][name]["warm_median"]
+    for name, breakdown in breakdowns.items():
         status = "PASS" if breakdown["total"] <= limit else "MISS"
-        lines.append(target_line(f"{title} [{name}]", status, f"{breakdown['total']:.3f} s warm median ("
-                                 + ", ".join(f"{s} {breakdown[s]:.3f}" for s in STAGES[:-1]) + ")"))
+        lines.append(target_line(f"{title} [{name}]", status, f"{breakdown['total']:.3f} s warm median{where} ("
+                                 + ", ".join(f"{st} {breakdown[st]:.3f}" for st in STAGES[:-1]) + ")"))
         if status == "MISS" and not args.no_profile:
-            table = profile_request(pair[name], image, prompt_text(count), stage1_size)
-            entry.setdefault("profiles", {})[f"{name}/{count}"] = table
+            table = profile_request(pair[name], image, prompt_text(count), side)
+            entry.setdefault("profiles", {})[profile_key.format(name=name)] = table
             print(f"   MISS {title} [{name}]: {breakdown['total']:.3f} s; profile of one warm request:\n{table}")
     return lines
 
@@ -576,17 +586,9 @@ def gpu_target(pair: dict[str, Segmenter], image: np.ndarray, side: int, args: a
     title = f"GPU {side} px, {GPU_PROMPTS} prompts <= 0.10 s, paper R50"
     series = measure_pair(pair, image, [GPU_PROMPTS], max(args.repeats, 5), side, False)[GPU_PROMPTS]
     entry["gpu_20_prompts"] = {name: s.to_json() for name, s in series.items()}
-    lines = []
-    for name, s in series.items():
-        breakdown = s.warm_median()
-        status = "PASS" if breakdown["total"] <= GPU_LIMIT_S else "MISS"
-        lines.append(target_line(f"{title} [{name}]", status, f"{breakdown['total']:.3f} s warm median on {gpu_name} ("
-                                 + ", ".join(f"{st} {breakdown[st]:.3f}" for st in STAGES[:-1]) + ")"))
-        if status == "MISS" and not args.no_profile:
-            table = profile_request(pair[name], image, prompt_text(GPU_PROMPTS), side)
-            entry.setdefault("profiles", {})[f"gpu/{name}"] = table
-            print(f"   MISS {title} [{name}]: {breakdown['total']:.3f} s; profile of one warm request:\n{table}")
-    return lines
+    breakdowns = {name: s.warm_median() for name, s in series.items()}
+    return latency_target_lines(title, breakdowns, GPU_LIMIT_S, f" on {gpu_name}", pair, image, GPU_PROMPTS, side, args, entry,
+                                "gpu/{name}")
 
 
 def benchmark_model(key: str, args: argparse.Namespace, device: torch.device, autocast: torch.dtype | None,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -403,10 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m train.seg " + " ".join(sys.argv[1:] if argv is None else argv)
     metrics = train(config, args.out, resume=not args.no_resume, command=command)
     print(json.dumps(metrics, indent=2))
-    if args.push_to_hub and int(__import__("os").environ.get("RANK", "0")) == 0:
-        from pmp.segmenter import Segmenter as _Segmenter
-
-        url = _Segmenter.from_pretrained(args.out / "model").push_to_hub(args.push_to_hub)
+    if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        url = Segmenter.from_pretrained(args.out / "model").push_to_hub(args.push_to_hub)
         print(f"pushed to {url}")
     return 0
 
