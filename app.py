@@ -32,7 +32,7 @@ import gradio as gr  # noqa: E402
 from pmp.demo import (  # noqa: E402
     DIFF_HEADERS,
     MODEL_NAMES,
-    MODEL_TITLES,
+    column_title,
     STAGE2_MODES,
     TABLE_HEADERS,
     UI_OUTPUTS,
@@ -50,7 +50,8 @@ DEFAULT_QUEUE_SIZE = 16
 INTRO = """# PMP vs an OVSeg-style baseline
 Both models propose masks (stage 1) and let CLIP classify them (stage 2). PMP conditions the mask
 proposals on your prompts; the baseline does not. For each prompt, the proposal with the highest
-**p_out = p^λ · p_hat^(1-λ)** is picked, where **p** is the stage-1 probability and **p_hat** CLIP's.
+**p_out = p^(1-w) · p_hat^w** is picked, where **p** is the stage-1 probability, **p_hat** CLIP's and
+w the CLIP weight (0.65, as OVSeg and ODISE weight CLIP; the paper's Eq. 3 writes λ = 1 - w).
 Type class names separated by commas (*sky, house, red car*) or a caption.
 """
 
@@ -120,7 +121,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
                 prompts = gr.Textbox(label="Prompts", lines=2, max_length=models.limits.max_text_chars, placeholder="sky, house, red car", elem_id="prompts")
                 parsed = gr.Markdown(preview_prompts(models, ""), label="Parsed prompts", elem_id="parsed-prompts")
                 with gr.Accordion("Settings", open=False):
-                    ensemble_lambda = gr.Slider(0.0, 1.0, value=0.65, step=0.05, label="λ: weight of stage-1 p in p_out")
+                    clip_weight = gr.Slider(0.0, 1.0, value=0.65, step=0.05, label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)", elem_id="clip-weight")
                     stage2_mode = gr.Radio(list(STAGE2_MODES), value="pool", label="Stage 2", info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops")
                     mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
                     sort_by_score = gr.Checkbox(value=True, label="Sort proposals by score")
@@ -129,8 +130,8 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
                     gr.Examples(examples=examples, inputs=[image, prompts], cache_examples=False, label="Examples")
             for name in MODEL_NAMES:
                 with gr.Column(scale=1, elem_id=f"column-{name}"):
-                    gr.Markdown(f"## {MODEL_TITLES[name]}")
                     col = columns[name] = {}
+                    col["title"] = gr.Markdown(column_title(name, "pool"), elem_id=f"{name}-title")
                     short = "PMP" if name == "pmp" else "Baseline"
                     col["overlay"] = gr.Image(label=f"{short} segmentation", type="pil", format="png", interactive=False, elem_id=f"{name}-overlay")
                     col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
@@ -155,16 +156,21 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
             for part in ("overlay", "masks", "table", "grid", "timings"):
                 components[f"{name}_{part}"] = columns[name][part]
 
-        def compare(image, prompts, ensemble_lambda, stage2_mode, mask_threshold, sort_by_score):
+        def compare(image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score):
             """Segment the image with both models; returns the views in UI_OUTPUTS order."""
-            return compare_for_ui(models, image, prompts, ensemble_lambda, stage2_mode, mask_threshold, sort_by_score, output_root=output_root)
+            return compare_for_ui(models, image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, output_root=output_root)
+
+        def titles(stage2_mode):
+            return [column_title(name, stage2_mode) for name in MODEL_NAMES]
 
         def show_prompts(text):
             return preview_prompts(models, text)
 
-        inputs = [image, prompts, ensemble_lambda, stage2_mode, mask_threshold, sort_by_score]
+        inputs = [image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score]
         outputs = [components[key] for key in UI_OUTPUTS]
-        run.click(compare, inputs=inputs, outputs=outputs, api_name="compare")
+        run.click(compare, inputs=inputs, outputs=outputs, api_name="compare").success(
+            titles, inputs=stage2_mode, outputs=[columns[name]["title"] for name in MODEL_NAMES], api_visibility="private", show_progress="hidden"
+        )
         prompts.change(show_prompts, inputs=prompts, outputs=parsed, api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_limit=4)
         sort_by_score.change(pick_grids, inputs=[grids_state, sort_by_score], outputs=[columns["baseline"]["grid"], columns["pmp"]["grid"]], api_visibility="private", show_progress="hidden", concurrency_limit=4)
     return demo

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--checkpoint", default=None, help="bundled name (pmp, baseline), local folder or Hub repo id; default: bundled pmp")
     segment.add_argument("--out", type=Path, required=True, help="output folder")
     segment.add_argument("--stage2", choices=("pool", "crop"), default=None, help="stage-2 mode (default: the checkpoint's)")
-    segment.add_argument("--lambda", dest="ensemble_lambda", type=float, default=None, help="weight of stage-1 p in Eq. 3 (default 0.65)")
+    segment.add_argument("--clip-weight", type=float, default=None,
+                         help="Eq. 3: exponent w of CLIP's p_hat in p_out = p^(1-w) * p_hat^w (default: the checkpoint's, 0.65)")
     segment.add_argument("--mask-threshold", type=float, default=None)
     segment.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser
@@ -56,7 +57,7 @@ def run_segment(args: argparse.Namespace) -> int:
         try:
             image = load_image(path)
             result = segmenter(
-                image, args.prompts, ensemble_lambda=args.ensemble_lambda, stage2_mode=args.stage2, mask_threshold=args.mask_threshold
+                image, args.prompts, clip_weight=args.clip_weight, stage2_mode=args.stage2, mask_threshold=args.mask_threshold
             )
         except ValueError as error:  # bad image or prompts: report and go on with the folder
             print(f"{path}: {error}", file=sys.stderr)

@@ -411,12 +411,33 @@ class CLIPModel(nn.Module):
                 )
         return self.tokenizer(list(prompts))
 
+    def _fits(self, phrase: str) -> bool:
+        """Every template filled with ``phrase`` fits the text tower's context."""
+        return all(self.count_tokens(t.replace("{}", phrase)) <= self.context_length for t in self.config.templates)
+
+    def phrases(self, label: str) -> list[str]:
+        """What a label is encoded by: the label itself, or - when a filled template would not fit the text
+        tower and the label is a comma-separated synonym list (ADE-847's "bus, autobus, coach, ...") - each
+        synonym that fits, whose embeddings are averaged like the templates' are. Any other label that does
+        not fit is left whole, and :meth:`_tokenize` names it in its error."""
+        if "," not in label or self._fits(label):
+            return [label]
+        synonyms = [word.strip() for word in label.split(",") if word.strip()]
+        fitting = [word for word in synonyms if self._fits(word)]
+        return fitting or [label]
+
     def _embed_labels(self, labels: Sequence[str]) -> Tensor:
-        """(M,) labels -> (M, C) template-averaged, normalised embeddings; one batched pass."""
+        """(M,) labels -> (M, C) normalised embeddings averaged over templates (and synonyms, see
+        :meth:`phrases`); one batched pass."""
         templates = self.config.templates
-        prompts = [template.replace("{}", label) for label in labels for template in templates]
-        owners = [label for label in labels for _ in templates]
-        tokens = self._tokenize(owners, prompts)  # (M*T, context)
+        prompts, owners, owner_index = [], [], []
+        for index, label in enumerate(labels):
+            for phrase in self.phrases(label):
+                for template in templates:
+                    prompts.append(template.replace("{}", phrase))
+                    owners.append(label)
+                    owner_index.append(index)
+        tokens = self._tokenize(owners, prompts)  # (P, context), P = sum over labels of phrases x templates
         # Sort by length so that each chunk is truncated to similar lengths; scatter back afterwards.
         order = torch.argsort(_real_lengths(tokens))
         embeds = []
@@ -424,15 +445,17 @@ class CLIPModel(nn.Module):
             chunk = order[start:start + TEXT_BATCH]
             embeds.append(F.normalize(self.text_forward(tokens[chunk]), dim=-1))
         flat = torch.cat(embeds)
-        flat = flat[torch.argsort(order.to(flat.device))]  # undo the sort: (M*T, C)
-        per_template = flat.view(len(labels), len(templates), -1)  # (M, T, C)
-        return F.normalize(per_template.mean(dim=1), dim=-1)
+        flat = flat[torch.argsort(order.to(flat.device))]  # undo the sort: (P, C)
+        owner = torch.tensor(owner_index, device=flat.device)
+        summed = flat.new_zeros(len(labels), flat.shape[1]).index_add_(0, owner, flat)  # (M, C)
+        return F.normalize(summed, dim=-1)  # the normalised mean
 
     def encode_text(self, labels: Sequence[str]) -> Tensor:
         """Prompts -> (M, C) L2-normalised CLIP text embeddings, averaged over ``config.templates``.
 
-        Uncached prompts are encoded in one batched pass (chunks of TEXT_BATCH strings). Prompts whose
-        filled template exceeds the context length raise ValueError naming the prompt. The cache is
+        Uncached prompts are encoded in one batched pass (chunks of TEXT_BATCH strings). A synonym list too
+        long for the context is encoded by its synonyms (:meth:`phrases`); any other prompt whose filled
+        template exceeds the context length raises ValueError naming the prompt. The cache is
         used only when no gradient can reach the text tower: run inference under ``torch.no_grad()`` /
         ``torch.inference_mode()`` or with the text parameters frozen.
         """

@@ -12,10 +12,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-TextMode = Literal["none", "pmp", "concat", "concat_drop", "text_queries"]
-TEXT_MODES: tuple[str, ...] = ("none", "pmp", "concat", "concat_drop", "text_queries")
+# "none" = baseline; "pmp" = Eq. 5 as written; "pmp_residual" = Eq. 5 with a residual around Q';
+# "concat", "concat_drop", "text_queries" = the Fig. 5 ablations (a), (b), (c). See pmp.modeling.text_conditioning.
+TEXT_MODES: tuple[str, ...] = ("none", "pmp", "pmp_residual", "concat", "concat_drop", "text_queries")
 PIXEL_DECODERS: tuple[str, ...] = ("fpn", "msdeform")
 DECODERS: tuple[str, ...] = ("mask2former", "maskformer")
 BACKBONES: tuple[str, ...] = ("timm", "clip")
@@ -72,7 +73,7 @@ class DecoderConfig:
     num_layers: int = 9
     num_heads: int = 8
     dim_feedforward: int = 2048
-    text_mode: str = "none"  # "none" = baseline, "pmp" = Eq. 5, or a Fig. 5 ablation (see TEXT_MODES)
+    text_mode: str = "none"  # "none" = baseline, "pmp" = Eq. 5, or a variant / Fig. 5 ablation (see TEXT_MODES)
     pre_norm: bool = False
 
 
@@ -87,7 +88,10 @@ class SegmenterConfig:
     image_size: int = 640  # inference: the longer image side is resized to this (then padded to /32)
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN  # stage-1 normalisation (0-1 RGB)
     pixel_std: tuple[float, float, float] = IMAGENET_STD
-    ensemble_lambda: float = 0.65  # weight of the stage-1 probability p in p_out = p^l * p_hat^(1-l)
+    # Eq. 3's ensemble as OVSeg (CLIP_ENSEMBLE_WEIGHT) and ODISE (beta) use the paper's 0.65: the exponent
+    # of the CLIP probability p_hat, p_out = p^(1 - clip_weight) * p_hat^clip_weight. In Eq. 3's own
+    # typography (p_out = p^lambda * p_hat^(1 - lambda)) this is lambda = 1 - clip_weight.
+    clip_weight: float = 0.65
     stage2_mode: str = "pool"  # "pool": mask-pooled dense CLIP features; "crop": OVSeg's masked crops
     crop_top_k: int = 20  # crop mode: only the top-k proposals by stage-1 score are cropped
     mask_threshold: float = 0.5
@@ -107,8 +111,8 @@ class SegmenterConfig:
         for name, value, accepted in checks:
             if value not in accepted:
                 raise ValueError(f"config field {name}={value!r} is not supported; accepted: {', '.join(accepted)}")
-        if not 0.0 <= self.ensemble_lambda <= 1.0:
-            raise ValueError(f"ensemble_lambda must be in [0, 1], got {self.ensemble_lambda}")
+        if not 0.0 <= self.clip_weight <= 1.0:
+            raise ValueError(f"clip_weight must be in [0, 1], got {self.clip_weight}")
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
 
@@ -122,6 +126,11 @@ class SegmenterConfig:
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
+        if "ensemble_lambda" in unknown:
+            raise ValueError(
+                "config key 'ensemble_lambda' (the exponent of the stage-1 p in Eq. 3) is now 'clip_weight', the "
+                "exponent of CLIP's p_hat: replace it by \"clip_weight\": 1 - ensemble_lambda (0.65 is the paper's value)"
+            )
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; accepted: {sorted(known)}")
         for key, value in data.items():

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pmp.config import STAGE2_MODES
 from pmp.images import ImageError, load_image
 from pmp.prompts import PromptError, parse_prompts
 from pmp.visualize import colour_for, label_map_png, mask_overlay, mask_png, overlay, proposal_grid, result_summary, slug
@@ -37,7 +38,13 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = ("baseline", "pmp")
 GALLERY_SIDE = 512  # per-prompt mask pictures are drawn at most this large
 MODEL_TITLES = {"baseline": "Baseline (OVSeg-style)", "pmp": "PMP"}
-STAGE2_MODES = ("pool", "crop")
+
+
+def column_title(name: str, stage2_mode: str) -> str:
+    """A model column's heading, naming the second stage it ran."""
+    mode = stage2_mode if stage2_mode in STAGE2_DESCRIPTIONS else "pool"
+    return f"## {MODEL_TITLES[name]}\nstage 2: **{mode}** ({STAGE2_DESCRIPTIONS[mode]})"
+STAGE2_DESCRIPTIONS = {"pool": "mask-pooled dense CLIP features", "crop": "OVSeg's masked crops"}
 DIFFERENT_IOU = 0.5  # a prompt's picked masks "differ" between the models below this IoU
 TABLE_HEADERS = ["prompt", "#", "p", "p_hat", "p_out", "area %"]  # #: picked proposal; p: stage 1; p_hat: CLIP
 DIFF_HEADERS = ["prompt", "IoU", "baseline #", "PMP #", "baseline p_out", "PMP p_out"]
@@ -330,7 +337,7 @@ def run_comparison(
     models: DemoModels,
     image: Any,
     prompts_text: Any,
-    ensemble_lambda: Any = 0.65,
+    clip_weight: Any = 0.65,
     stage2_mode: Any = "pool",
     mask_threshold: Any = 0.5,
     *,
@@ -342,19 +349,19 @@ def run_comparison(
     ``request-*`` folder under ``output_root`` (default: the system temp dir).
     """
     limits = models.effective_limits()
-    lam = check_number(ensemble_lambda, "lambda", 0.0, 1.0)
+    weight = check_number(clip_weight, "CLIP weight", 0.0, 1.0)
     mode = check_stage2_mode(stage2_mode)
     threshold = check_number(mask_threshold, "mask threshold", 0.0, 1.0, open_interval=True)
     prompts = read_prompts(prompts_text, limits)
     check_token_limit(models, prompts)
     picture = read_image(image, limits)
-    settings = {"ensemble_lambda": lam, "stage2_mode": mode, "mask_threshold": threshold}
+    settings = {"clip_weight": weight, "stage2_mode": mode, "mask_threshold": threshold}
 
     results: dict[str, Any] = {}
     with torch.inference_mode():
         for name, model in models.items():
             try:
-                results[name] = model.segment(picture, prompts, ensemble_lambda=lam, stage2_mode=mode, mask_threshold=threshold)
+                results[name] = model.segment(picture, prompts, clip_weight=weight, stage2_mode=mode, mask_threshold=threshold)
             except ValueError as error:  # the Segmenter's own input checks
                 raise DemoInputError(str(error)) from None
     views = {name: model_view(result, picture) for name, result in results.items()}
@@ -392,7 +399,7 @@ def compare_for_ui(
     models: DemoModels,
     image: Any,
     prompts_text: Any,
-    ensemble_lambda: Any,
+    clip_weight: Any,
     stage2_mode: Any,
     mask_threshold: Any,
     sort_by_score: Any = True,
@@ -407,7 +414,7 @@ def compare_for_ui(
     file. A path is copied into Gradio's cache atomically instead.
     """
     try:
-        view = run_comparison(models, image, prompts_text, ensemble_lambda, stage2_mode, mask_threshold, output_root=output_root)
+        view = run_comparison(models, image, prompts_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root)
         pictures = write_pictures(view)
     except DemoInputError as error:
         raise user_error(str(error)) from None

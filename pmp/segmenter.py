@@ -4,11 +4,20 @@ Eq. 1 (stage 1): every query q gives a mask M_q and a class embedding e_q; p[q, 
 prompts and the no-object embedding of cos(e_q, t_k) / tau.
 Eq. 2 (stage 2): CLIP classifies each proposal, p_hat[q, k] = softmax_k(cos(f_q, t_k) * s) where f_q is
 the mask-pooled dense CLIP feature (``pool``) or the CLIP embedding of the masked crop (``crop``, OVSeg).
-Eq. 3 (ensemble): p_out = p^lambda * p_hat^(1 - lambda). As the paper writes it, lambda weights the
-stage-1 probability p; lambda = 1 is stage 1 alone, lambda = 0 is CLIP alone.
+Eq. 3 (ensemble): p_out = p^(1 - w) * p_hat^w with w = ``clip_weight`` = 0.65. The paper writes
+p^lambda * p_hat^(1 - lambda) with lambda = 0.65 "following ODISE", but in the codebases whose values it
+takes (OVSeg's ``CLIP_ENSEMBLE_WEIGHT``: ``pow(mask_cls, 1 - w) * pow(clip_cls, w)``; ODISE's beta) that
+number is the exponent of the CLIP term, so we apply it there: Eq. 3's lambda is 1 - clip_weight.
+w = 0 is stage 1 alone, w = 1 is CLIP alone.
 The semantic map is Mask2Former's semantic inference, sum_q p_out[q, k] * sigmoid(M_q)(x, y), argmax
-over k: the K class maps are computed at mask resolution and their bilinear upsampling to the image is
-argmax-ed without materialising K full-size maps (:func:`upsampled_argmax`).
+over k at every pixel (as Mask2Former and OVSeg do: no pixel is left unlabelled); the K class maps are
+computed at mask resolution and their bilinear upsampling to the image is argmax-ed without
+materialising K full-size maps (:func:`upsampled_argmax`). ``unclaimed_threshold`` optionally marks
+pixels no proposal covers (a display option, off for every reported number).
+
+:meth:`Segmenter.segment` is :meth:`Segmenter.run_stages` (both stages: p, p_hat, mask logits) followed
+by :meth:`Segmenter.combine` (Eq. 3 and post-processing), so a sweep over ``clip_weight`` reuses one
+pass of both stages.
 
 Speed (benchmarks/latency.py measures each stage; benchmarks/README.md has the figures): text
 embeddings are cached by :class:`CLIPModel` (and cached prompts skip the token-limit check); stage 2
@@ -35,7 +44,7 @@ from open_clip.transformer import VisionTransformer
 
 from pmp.checkpoint import MAX_SHARD_SIZE, load_config, load_weights, resolve_checkpoint, save_checkpoint
 from pmp.clip import CLIPModel
-from pmp.config import SegmenterConfig
+from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import load_image
 from pmp.modeling import MaskProposalModel
 from pmp.prompts import PromptError, parse_prompts
@@ -50,13 +59,13 @@ class SegmentationResult:
     """
 
     labels: list[str]
-    semantic: np.ndarray  # (H, W) int64 index into labels, -1 where no proposal claims the pixel
+    semantic: np.ndarray  # (H, W) int64 index into labels (-1 only for unclaimed pixels, when asked for)
     stage1_scores: np.ndarray  # (N, K) p, stage-1 probabilities (no-object column dropped)
     stage2_scores: np.ndarray  # (N, K) p_hat, CLIP probabilities
-    scores: np.ndarray  # (N, K) p_out = p^lambda * p_hat^(1-lambda)
+    scores: np.ndarray  # (N, K) p_out = p^(1 - clip_weight) * p_hat^clip_weight
     selected: list[tuple[int, float]]  # per label: (proposal index with the highest p_out, that p_out)
     timings: dict[str, float]
-    ensemble_lambda: float
+    clip_weight: float
     stage2_mode: str
     mask_threshold: float
     no_object: np.ndarray  # (N,) stage-1 probability of "no object" per proposal
@@ -80,7 +89,7 @@ class SegmentationResult:
         """A JSON-ready summary: labels, the picked proposal per label with p, p_hat, p_out, and timings."""
         return {
             "labels": self.labels,
-            "ensemble_lambda": self.ensemble_lambda,
+            "clip_weight": self.clip_weight,
             "stage2_mode": self.stage2_mode,
             "selected": [
                 {
@@ -97,6 +106,20 @@ class SegmentationResult:
         }
 
 
+@dataclass
+class StageOutputs:
+    """What both stages computed for one image, before Eq. 3: the input of :meth:`Segmenter.combine`."""
+
+    labels: list[str]
+    p: torch.Tensor  # (N, K) stage-1 probabilities (Eq. 1), no-object column dropped
+    p_hat: torch.Tensor  # (N, K) CLIP probabilities (Eq. 2)
+    no_object: torch.Tensor  # (N,)
+    mask_logits: torch.Tensor  # (N, h, w) at mask resolution, padding removed
+    image_size: tuple[int, int]  # (H, W) of the input image
+    stage2_mode: str
+    timings: dict[str, float]
+
+
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (B, C, h, w) to (B, C, H, W)."""
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -104,10 +127,13 @@ def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def ensemble(p: torch.Tensor, p_hat: torch.Tensor, ensemble_lambda: float) -> torch.Tensor:
-    """Eq. 3: p_out = p^lambda * p_hat^(1 - lambda), computed in log space for stability."""
+def ensemble(p: torch.Tensor, p_hat: torch.Tensor, clip_weight: float) -> torch.Tensor:
+    """Eq. 3 as OVSeg and ODISE weight it: p_out = p^(1 - clip_weight) * p_hat^clip_weight, in log space.
+
+    ``clip_weight`` is the exponent of CLIP's p_hat (Eq. 3's lambda is 1 - clip_weight).
+    """
     eps = torch.finfo(p.dtype).tiny
-    return torch.exp(ensemble_lambda * p.clamp_min(eps).log() + (1.0 - ensemble_lambda) * p_hat.clamp_min(eps).log())
+    return torch.exp((1.0 - clip_weight) * p.clamp_min(eps).log() + clip_weight * p_hat.clamp_min(eps).log())
 
 
 def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
@@ -312,36 +338,46 @@ class Segmenter(nn.Module):
                     f"at most {limit} are accepted; shorten it"
                 )
 
-    @torch.inference_mode()
     def segment(
         self,
         image: Any,
         labels: list[str],
         *,
-        ensemble_lambda: float | None = None,
+        clip_weight: float | None = None,
         stage2_mode: str | None = None,
         mask_threshold: float | None = None,
+        unclaimed_threshold: float | None = None,
         image_size: int | None = None,
         _parse_seconds: float = 0.0,
     ) -> SegmentationResult:
-        """Segment ``image`` with ``labels`` used as given (no parsing, no prompt-count limit)."""
+        """Segment ``image`` with ``labels`` used as given (no parsing, no prompt-count limit).
+
+        ``clip_weight``: Eq. 3's exponent of CLIP's p_hat (default: the config's, 0.65).
+        ``mask_threshold``: binarises the picked masks (:meth:`SegmentationResult.picked_mask`).
+        ``unclaimed_threshold``: None (default, Mask2Former's inference) labels every pixel by the argmax;
+        a value in (0, 1) marks pixels whose best proposal probability is below it as -1 (a display option).
+        """
+        self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold)
+        stages = self.run_stages(image, labels, stage2_mode=stage2_mode, image_size=image_size)
+        stages.timings["text"] += _parse_seconds
+        return self.combine(stages, clip_weight=clip_weight, mask_threshold=mask_threshold, unclaimed_threshold=unclaimed_threshold)
+
+    @torch.inference_mode()
+    def run_stages(
+        self, image: Any, labels: list[str], *, stage2_mode: str | None = None, image_size: int | None = None
+    ) -> "StageOutputs":
+        """Both stages for one image: stage-1 p and mask logits (Eq. 1), CLIP's p_hat (Eq. 2)."""
         if not labels:
             raise ValueError("no labels given: pass at least one class name")
         cfg = self.config
-        ensemble_lambda = cfg.ensemble_lambda if ensemble_lambda is None else float(ensemble_lambda)
         stage2_mode = stage2_mode or cfg.stage2_mode
-        mask_threshold = cfg.mask_threshold if mask_threshold is None else float(mask_threshold)
-        if not 0.0 <= ensemble_lambda <= 1.0:
-            raise ValueError(f"ensemble_lambda must be in [0, 1], got {ensemble_lambda}")
-        if stage2_mode not in ("pool", "crop"):
-            raise ValueError(f"stage2_mode must be 'pool' or 'crop', got {stage2_mode!r}")
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
-        timings = {"text": _parse_seconds}
+        if stage2_mode not in STAGE2_MODES:
+            raise ValueError(f"stage2_mode must be one of {', '.join(STAGE2_MODES)}, got {stage2_mode!r}")
+        timings: dict[str, float] = {}
 
         start = time.perf_counter()
         text = self.clip.encode_text(list(labels)).to(self.device)  # (K, C)
-        timings["text"] += self._elapsed(start)
+        timings["text"] = self._elapsed(start)
 
         start = time.perf_counter()
         pil = load_image(image)
@@ -363,34 +399,59 @@ class Segmenter(nn.Module):
         trunk = outputs["backbone_features"][-1] if reuse_trunk else None
         with self._autocast():
             p_hat = self.classify_proposals(pixels, valid_hw, mask_logits, text, p, stage2_mode, trunk=trunk)
-        scores = ensemble(p, p_hat, ensemble_lambda)
         timings["stage2"] = self._elapsed(start)
+        return StageOutputs(list(labels), p, p_hat.float(), no_object, mask_logits, (pil.height, pil.width), stage2_mode, timings)
 
+    @torch.inference_mode()
+    def combine(
+        self,
+        stages: "StageOutputs",
+        *,
+        clip_weight: float | None = None,
+        mask_threshold: float | None = None,
+        unclaimed_threshold: float | None = None,
+    ) -> SegmentationResult:
+        """Eq. 3 and Mask2Former's semantic inference on the outputs of :meth:`run_stages` (see :meth:`segment`)."""
+        self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold)
+        clip_weight = self.config.clip_weight if clip_weight is None else float(clip_weight)
+        mask_threshold = self.config.mask_threshold if mask_threshold is None else float(mask_threshold)
         start = time.perf_counter()
-        height, width = pil.height, pil.width
-        semantic = upsampled_argmax(semantic_inference(scores, mask_logits), (height, width))  # (H, W)
-        claimed = upsample(mask_logits.amax(0)[None, None], (height, width))[0, 0].sigmoid() >= mask_threshold
-        semantic = torch.where(claimed, semantic, torch.full_like(semantic, -1))
+        scores = ensemble(stages.p, stages.p_hat, clip_weight)
+        height, width = stages.image_size
+        semantic = upsampled_argmax(semantic_inference(scores, stages.mask_logits), (height, width))  # (H, W)
+        if unclaimed_threshold is not None:
+            best_mask = upsample(stages.mask_logits.amax(0)[None, None], (height, width))[0, 0].sigmoid()
+            semantic = torch.where(best_mask >= unclaimed_threshold, semantic, torch.full_like(semantic, -1))
         best_score, best_index = scores.max(0)  # per label: the proposal that represents it
         selected = [(int(i), float(s)) for i, s in zip(best_index, best_score)]
+        timings = dict(stages.timings)
         timings["post"] = self._elapsed(start)
         timings["total"] = sum(timings.values())
 
         return SegmentationResult(
-            labels=list(labels),
+            labels=list(stages.labels),
             semantic=semantic.cpu().numpy().astype(np.int64),
-            stage1_scores=p.cpu().numpy(),
-            stage2_scores=p_hat.cpu().numpy(),
+            stage1_scores=stages.p.cpu().numpy(),
+            stage2_scores=stages.p_hat.cpu().numpy(),
             scores=scores.cpu().numpy(),
             selected=selected,
             timings=timings,
-            ensemble_lambda=ensemble_lambda,
-            stage2_mode=stage2_mode,
+            clip_weight=clip_weight,
+            stage2_mode=stages.stage2_mode,
             mask_threshold=mask_threshold,
-            no_object=no_object.cpu().numpy(),
-            mask_logits=mask_logits.cpu(),
+            no_object=stages.no_object.cpu().numpy(),
+            mask_logits=stages.mask_logits.cpu(),
             image_size=(height, width),
         )
+
+    @staticmethod
+    def _check_combine_options(clip_weight: float | None, mask_threshold: float | None, unclaimed_threshold: float | None) -> None:
+        if clip_weight is not None and not 0.0 <= float(clip_weight) <= 1.0:
+            raise ValueError(f"clip_weight must be in [0, 1], got {clip_weight}")
+        if mask_threshold is not None and not 0.0 < float(mask_threshold) < 1.0:
+            raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
+        if unclaimed_threshold is not None and not 0.0 < float(unclaimed_threshold) < 1.0:
+            raise ValueError(f"unclaimed_threshold must be None or in (0, 1), got {unclaimed_threshold}")
 
     def classify_proposals(
         self,

@@ -133,10 +133,10 @@ def _client(server, download: bool = True):
     return Client(server.url, verbose=False, download_files=str(server.downloads) if download else False)
 
 
-def _compare(client, image: Path, prompts: str = PROMPTS, ensemble_lambda=0.65, stage2_mode="pool", mask_threshold=0.5):
+def _compare(client, image: Path, prompts: str = PROMPTS, clip_weight=0.65, stage2_mode="pool", mask_threshold=0.5):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(image)), prompts, ensemble_lambda, stage2_mode, mask_threshold, True, api_name="/compare")
+    return client.predict(handle_file(str(image)), prompts, clip_weight, stage2_mode, mask_threshold, True, api_name="/compare")
 
 
 # ---------------------------------------------------------------- the API
@@ -146,7 +146,7 @@ def test_api_lists_only_the_compare_endpoint(server):
     info = _client(server).view_api(return_format="dict", print_info=False)
     assert list(info["named_endpoints"]) == ["/compare"]
     names = [parameter["parameter_name"] for parameter in info["named_endpoints"]["/compare"]["parameters"]]
-    assert names == ["image", "prompts", "ensemble_lambda", "stage2_mode", "mask_threshold", "sort_by_score"]
+    assert names == ["image", "prompts", "clip_weight", "stage2_mode", "mask_threshold", "sort_by_score"]
 
 
 def test_api_compare_returns_both_models_views(server, sample_image):

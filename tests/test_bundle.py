@@ -29,7 +29,7 @@ def test_bundle_files_are_within_the_size_limits() -> None:
 def test_bundled_models_load_by_name_and_differ_only_in_text_mode(name: str) -> None:
     segmenter = Segmenter.from_pretrained(name)
     other = Segmenter.from_pretrained("pmp" if name == "baseline" else "baseline")
-    assert segmenter.config.decoder.text_mode == ("none" if name == "baseline" else "pmp")
+    assert segmenter.config.decoder.text_mode == ("none" if name == "baseline" else "pmp_residual")
     mine, theirs = segmenter.config.to_dict(), other.config.to_dict()
     for config in (mine, theirs):
         config["decoder"].pop("text_mode")
@@ -38,7 +38,7 @@ def test_bundled_models_load_by_name_and_differ_only_in_text_mode(name: str) -> 
 
 
 def test_default_checkpoint_is_the_bundled_pmp() -> None:
-    assert Segmenter.from_pretrained().config.decoder.text_mode == "pmp"
+    assert Segmenter.from_pretrained().config.decoder.text_mode == "pmp_residual"
 
 
 @pytest.mark.slow

@@ -61,18 +61,18 @@ class FakeSegmenter:
         self.clip = FakeCLIP()
         self.calls: list[dict] = []
 
-    def segment(self, image, labels, *, ensemble_lambda=None, stage2_mode=None, mask_threshold=None):
+    def segment(self, image, labels, *, clip_weight=None, stage2_mode=None, mask_threshold=None):
         if self.fail:
             raise RuntimeError("CUDA out of memory (simulated)")
         assert isinstance(image, Image.Image) and image.mode == "RGB"
-        self.calls.append({"size": image.size, "labels": list(labels), "lambda": ensemble_lambda, "mode": stage2_mode})
+        self.calls.append({"size": image.size, "labels": list(labels), "clip_weight": clip_weight, "mode": stage2_mode})
         width, height = image.size
         n, k = self.num_proposals, len(labels)
         rows = (np.arange(height)[:, None] * n // max(height, 1) + self.shift) % n  # (H, 1) band index
         proposals = (np.arange(n)[:, None, None] == np.broadcast_to(rows, (height, width))[None]).astype(np.float32)
         rng = np.random.default_rng(len(labels) + self.shift)
         p, p_hat = rng.random((n, k)), rng.random((n, k))
-        scores = p**ensemble_lambda * p_hat ** (1 - ensemble_lambda)
+        scores = p ** (1 - clip_weight) * p_hat**clip_weight
         best = scores.argmax(0)
         selected = [(int(best[j]), float(scores[best[j], j])) for j in range(k)]
         semantic = np.full((height, width), -1, np.int64)
@@ -91,8 +91,8 @@ def models() -> DemoModels:
 
 
 def _compare(models, image, prompts="sky, house", tmp_path=None, **settings):
-    options = {"ensemble_lambda": 0.65, "stage2_mode": "pool", "mask_threshold": 0.5, **settings}
-    return compare_for_ui(models, image, prompts, options["ensemble_lambda"], options["stage2_mode"], options["mask_threshold"], True, output_root=tmp_path)
+    options = {"clip_weight": 0.65, "stage2_mode": "pool", "mask_threshold": 0.5, **settings}
+    return compare_for_ui(models, image, prompts, options["clip_weight"], options["stage2_mode"], options["mask_threshold"], True, output_root=tmp_path)
 
 
 def _error_message(models, image, prompts="sky, house", tmp_path=None, **settings) -> str:
@@ -120,7 +120,7 @@ def test_comparison_builds_every_view(models, tmp_path):
     image = Image.new("RGB", (90, 60), (120, 130, 140))
     view = run_comparison(models, image, "sky, house, red car", 0.3, "crop", 0.4, output_root=tmp_path)
     assert view.prompts == ["sky", "house", "red car"]
-    assert models.baseline.calls[0] == {"size": (90, 60), "labels": view.prompts, "lambda": 0.3, "mode": "crop"}
+    assert models.baseline.calls[0] == {"size": (90, 60), "labels": view.prompts, "clip_weight": 0.3, "mode": "crop"}
     for name in ("baseline", "pmp"):
         column = view.views[name]
         assert column.overlay.width >= 90 and column.overlay.height > 60  # legend below
@@ -327,10 +327,10 @@ def test_html_in_prompts_is_escaped(models, tmp_path):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"ensemble_lambda": 1.5}, "lambda must be between 0.0 and 1.0"),
-        ({"ensemble_lambda": float("nan")}, "lambda must be between"),
-        ({"ensemble_lambda": "abc"}, "lambda must be a number"),
-        ({"ensemble_lambda": None}, "lambda must be a number"),
+        ({"clip_weight": 1.5}, "CLIP weight must be between 0.0 and 1.0"),
+        ({"clip_weight": float("nan")}, "CLIP weight must be between"),
+        ({"clip_weight": "abc"}, "CLIP weight must be a number"),
+        ({"clip_weight": None}, "CLIP weight must be a number"),
         ({"stage2_mode": "slice"}, "stage-2 mode must be one of pool, crop"),
         ({"mask_threshold": 0.0}, "mask threshold must be strictly between 0.0 and 1.0"),
         ({"mask_threshold": 1}, "mask threshold must be strictly between"),

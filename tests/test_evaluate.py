@@ -55,7 +55,7 @@ class TinyDataset:
 
 def test_evaluate_reports_the_documented_fields() -> None:
     stub = StubSegmenter()
-    result = evaluate(stub, TinyDataset(), limit=5, ensemble_lambda=0.65, stage2_mode="crop", show_progress=False)
+    result = evaluate(stub, TinyDataset(), limit=5, clip_weight=0.65, stage2_mode="crop", show_progress=False)
     for key in ("benchmark", "miou", "miou_seen", "miou_unseen", "proposal_recall", "per_class", "pixel_accuracy", "num_images", "seconds"):
         assert key in result
     assert result["benchmark"] == "tiny" and result["num_images"] == 5 and result["num_classes"] == 4
@@ -63,7 +63,7 @@ def test_evaluate_reports_the_documented_fields() -> None:
     assert 0.3 < result["miou"] < 1.0 and 0.0 < result["pixel_accuracy"] < 1.0
     assert result["miou_seen"] == pytest.approx(np.mean([result["per_class"]["sky"], result["per_class"]["grass"]]))
     assert 0.0 < result["proposal_recall"] <= 1.0 and result["proposal_recall@0.5"] >= result["proposal_recall@0.75"]
-    assert stub.options == [{"ensemble_lambda": 0.65, "stage2_mode": "crop"}] * 5
+    assert stub.options == [{"clip_weight": 0.65, "stage2_mode": "crop"}] * 5
     assert json.loads(to_json(result))["miou"] == pytest.approx(result["miou"])
     table = format_table(result)
     assert "zebra" in table and "mIoU unseen" in table
@@ -134,7 +134,7 @@ def test_cli_json_on_a_real_layout(tmp_path: Path, capsys: pytest.CaptureFixture
     assert result["benchmark"] == "voc20" and result["num_images"] == 1 and result["checkpoint"] == "my-ckpt"
     # red 200 of 256 over 20 labels -> class 15 everywhere, ground truth 14 ("person"): a clean miss.
     assert result["miou"] == 0.0 and result["per_class"]["person"] == 0.0 and result["per_class"]["cat"] is None
-    assert "person" in result["seen_classes"] and "aeroplane" not in result["seen_classes"]
+    assert "person" in result["seen_classes"] and "aeroplane" in result["seen_classes"]  # COCO spells it "airplane"
 
 
 def test_synthetic_benchmark_by_name() -> None:
@@ -159,3 +159,43 @@ def test_load_benchmark_errors(tmp_path: Path) -> None:
         load_benchmark("ade150")
     with pytest.raises(FileNotFoundError):
         load_benchmark("pc59", tmp_path)
+
+
+class SweepStub(StubSegmenter):
+    """run_stages + combine: the clip weight picks between the stub's map and an all-sky map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage_calls = 0
+
+    def run_stages(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
+        self.stage_calls += 1
+        return self.segment(image, labels, **options)
+
+    def combine(self, stages: SimpleNamespace, *, clip_weight: float | None = None) -> SimpleNamespace:
+        if clip_weight is not None and clip_weight >= 0.5:
+            return SimpleNamespace(semantic=np.zeros_like(stages.semantic), proposals=stages.proposals)
+        return stages
+
+
+def test_clip_weight_sweep_reuses_one_stage_pass_per_image() -> None:
+    stub = SweepStub()
+    result = evaluate(stub, TinyDataset(), limit=4, clip_weight_sweep=(0.0, 0.5, 1.0), show_progress=False)
+    assert stub.stage_calls == 4  # one pass of both stages per image, whatever the number of weights
+    sweep = result["clip_weight_sweep"]
+    assert [row["clip_weight"] for row in sweep] == [0.0, 0.5, 1.0]
+    assert sweep[0]["miou"] == pytest.approx(result["miou"])  # the default (None) is the stub's own map
+    assert sweep[1]["miou"] == pytest.approx(sweep[2]["miou"]) and sweep[1]["miou"] < sweep[0]["miou"]
+    assert "clip weight 0.50" in format_table(result)
+    with pytest.raises(ValueError, match="clip weight"):
+        evaluate(stub, TinyDataset(), limit=1, clip_weight_sweep=(1.5,), show_progress=False)
+
+
+def test_clip_weight_sweep_flag_is_parsed_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from train.evaluate import build_parser
+
+    args = build_parser().parse_args(["--benchmark", "world-voc", "--clip-weight-sweep", "0,0.35,1"])
+    assert args.clip_weight_sweep == (0.0, 0.35, 1.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--benchmark", "world-voc", "--clip-weight-sweep", "0,2"])
+    assert "comma-separated numbers in [0, 1]" in capsys.readouterr().err

@@ -78,6 +78,29 @@ def test_ce_equals_hand_computed_value_with_padded_prompts_and_no_object_weight(
     assert losses["loss_ce"].item() == pytest.approx(numerator / denominator, rel=1e-6)
 
 
+def test_proposals_made_from_padded_prompts_never_enter_the_loss() -> None:
+    """text_queries with padding: image 1 has one real prompt of two, so its proposal 1 is padding."""
+    torch.manual_seed(0)
+    from tests.test_modeling import TEXT_DIM, tiny_model, unit
+
+    model = tiny_model(text_mode="text_queries").train()
+    images = torch.randn(2, 3, 64, 64)
+    outputs = model(images, unit(2, 2, TEXT_DIM), torch.tensor([[True, True], [True, False]]))
+    assert outputs["proposal_mask"].tolist() == [[True, True], [True, False]]
+    targets = [
+        {"labels": torch.tensor([0]), "masks": torch.ones(1, 64, 64)},
+        {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 64, 64)},
+    ]
+    criterion = SetCriterion(HungarianMatcher(num_points=16), num_points=16)
+    layer = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"], "proposal_mask": outputs["proposal_mask"]}
+    base = criterion(layer, targets)["loss_ce"]
+    garbage = dict(layer, pred_logits=layer["pred_logits"].clone())
+    garbage["pred_logits"][1, 1] = torch.tensor([50.0, float("-inf"), -50.0])  # the padded proposal: far from no-object
+    assert criterion(garbage, targets)["loss_ce"].item() == pytest.approx(base.item(), rel=1e-6)
+    grads = torch.autograd.grad(base, outputs["pred_logits"])[0]
+    assert torch.all(grads[1, 1] == 0) and grads[1, 0].abs().sum() > 0
+
+
 def test_classification_targets_put_no_object_in_the_last_padded_column_for_every_image() -> None:
     none = torch.tensor([], dtype=torch.int64)
     indices = [(torch.tensor([1]), torch.tensor([0])), (none, none), (torch.tensor([0, 2]), torch.tensor([1, 0]))]

@@ -54,7 +54,8 @@ def unit(*shape) -> torch.Tensor:
 
 
 def num_proposals(text_mode: str, num_prompts: int) -> int:
-    return NUM_QUERIES + num_prompts if text_mode == "text_queries" else NUM_QUERIES
+    """Fig. 5: (a) concat N+M, (c) text_queries M; every other mode N."""
+    return {"concat": NUM_QUERIES + num_prompts, "text_queries": num_prompts}.get(text_mode, NUM_QUERIES)
 
 
 @pytest.mark.parametrize("text_mode", TEXT_MODES)
@@ -79,16 +80,18 @@ def test_output_contract(pixel_decoder, decoder, text_mode):
             assert aux["pred_logits"].shape == out["pred_logits"].shape
             assert aux["pred_masks"].shape == out["pred_masks"].shape
         assert torch.isfinite(out["pred_masks"]).all()
-        assert ("proposal_mask" in out) == (text_mode == "text_queries")
+        assert ("proposal_mask" in out) == (text_mode in ("concat", "text_queries"))
 
     logits = batched["pred_logits"]
     assert torch.isinf(logits[0, :, 2]).all() and (logits[0, :, 2] < 0).all()
     assert torch.isinf(logits[1, :, 1:3]).all()
     assert torch.isfinite(logits[0, :, [0, 1, 3]]).all() and torch.isfinite(logits[1, :, [0, 3]]).all()
     assert torch.isfinite(shared["pred_logits"]).all()
-    if text_mode == "text_queries":
-        expected = torch.tensor([[True] * NUM_QUERIES + [True, True, False], [True] * NUM_QUERIES + [True, False, False]])
+    if text_mode in ("concat", "text_queries"):
+        learnable = NUM_QUERIES if text_mode == "concat" else 0
+        expected = torch.tensor([[True] * learnable + [True, True, False], [True] * learnable + [True, False, False]])
         assert torch.equal(batched["proposal_mask"], expected)
+        assert shared["proposal_mask"].all()
 
 
 @pytest.mark.parametrize("text_mode", TEXT_MODES)
@@ -120,8 +123,9 @@ def test_padded_prompts_change_nothing(text_mode):
     torch.testing.assert_close(padded["pred_logits"][:, :real, [0, 1, 3]], plain["pred_logits"], atol=1e-5, rtol=1e-5)
 
 
-def test_pmp_text_block_ignores_padding_and_survives_all_padding():
-    block = TextCrossAttention(dim=32, num_heads=4).eval()
+@pytest.mark.parametrize("residual", [False, True])
+def test_pmp_text_block_ignores_padding_and_survives_all_padding(residual):
+    block = TextCrossAttention(dim=32, num_heads=4, residual=residual).eval()
     queries, pos = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     tokens = torch.randn(2, 3, 32)
     padding = torch.tensor([[False, False, True], [True, True, True]])  # row 1: no real prompt at all
@@ -131,8 +135,9 @@ def test_pmp_text_block_ignores_padding_and_survives_all_padding():
     out_changed = block(queries, pos, TextTokens(changed, padding))
     torch.testing.assert_close(out, out_changed)
     assert torch.isfinite(out).all()
-    # no real prompt: no text update, only the post-norm of the residual
-    torch.testing.assert_close(out[1], block.norm(queries[1]))
+    # no real prompt: no text update (literal Eq. 5: Q' = 0; residual variant: the post-norm of the residual)
+    expected = block.norm(queries[1]) if residual else torch.zeros_like(queries[1])
+    torch.testing.assert_close(out[1], expected)
 
 
 def test_baseline_has_no_text_parameters_and_pmp_has_one_block_per_layer():

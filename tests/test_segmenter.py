@@ -13,7 +13,7 @@ from PIL import Image
 
 from pmp.checkpoint import CheckpointError
 from pmp.config import CLIP_MEAN, CLIP_STD, SegmenterConfig
-from pmp.segmenter import Segmenter, ensemble, semantic_inference
+from pmp.segmenter import Segmenter, StageOutputs, ensemble, semantic_inference
 from tiny import tiny_segmenter_config
 
 
@@ -33,13 +33,45 @@ def image() -> np.ndarray:
     return rng.integers(0, 256, size=(48, 80, 3), dtype=np.uint8)
 
 
-def test_ensemble_is_eq3_with_lambda_on_stage1() -> None:
+def test_ensemble_weights_the_clip_term_as_ovseg_and_odise_do() -> None:
+    """p_out = p^(1 - w) * p_hat^w with w = 0.65 (OVSeg: pow(mask_cls, 1 - w) * pow(clip_cls, w))."""
     p = torch.tensor([[0.8, 0.2], [0.5, 0.5]])
     p_hat = torch.tensor([[0.1, 0.9], [0.25, 0.75]])
     out = ensemble(p, p_hat, 0.65)
-    expected = torch.tensor([[0.8**0.65 * 0.1**0.35, 0.2**0.65 * 0.9**0.35], [0.5**0.65 * 0.25**0.35, 0.5**0.65 * 0.75**0.35]])
+    expected = torch.tensor([[0.8**0.35 * 0.1**0.65, 0.2**0.35 * 0.9**0.65], [0.5**0.35 * 0.25**0.65, 0.5**0.35 * 0.75**0.65]])
     assert torch.allclose(out, expected, atol=1e-6)
-    assert torch.allclose(ensemble(p, p_hat, 1.0), p) and torch.allclose(ensemble(p, p_hat, 0.0), p_hat)
+    assert torch.allclose(ensemble(p, p_hat, 0.0), p) and torch.allclose(ensemble(p, p_hat, 1.0), p_hat)
+    assert SegmenterConfig().clip_weight == 0.65
+
+
+def test_old_ensemble_key_is_refused_with_the_mapping() -> None:
+    data = SegmenterConfig().to_dict()
+    data["ensemble_lambda"] = data.pop("clip_weight")
+    with pytest.raises(ValueError, match="clip_weight.*1 - ensemble_lambda"):
+        SegmenterConfig.from_dict(data)
+
+
+def test_every_pixel_takes_the_argmax_even_where_no_mask_is_confident(segmenter: Segmenter) -> None:
+    """Mask2Former / OVSeg inference: no 'unclaimed' threshold unless asked for (the old rule gave -1 here)."""
+    mask_logits = torch.full((2, 4, 4), -3.0)  # every proposal below 0.5 everywhere
+    mask_logits[0, :, :2] = -1.0  # proposal 0 a little stronger on the left
+    mask_logits[1, :, 2:] = -1.0
+    p = torch.tensor([[0.9, 0.05], [0.05, 0.9]])
+    stages = StageOutputs(["left", "right"], p, p.clone(), torch.zeros(2), mask_logits, (4, 4), "pool", {"text": 0.0})
+    semantic = segmenter.combine(stages).semantic
+    assert (semantic[:, :2] == 0).all() and (semantic[:, 2:] == 1).all()
+    marked = segmenter.combine(stages, unclaimed_threshold=0.5).semantic
+    assert (marked == -1).all()
+    with pytest.raises(ValueError, match="unclaimed_threshold"):
+        segmenter.combine(stages, unclaimed_threshold=1.0)
+
+
+def test_one_stage_pass_serves_every_clip_weight(segmenter: Segmenter, image: np.ndarray) -> None:
+    stages = segmenter.run_stages(image, ["a", "b", "c"])
+    for weight in (0.0, 0.65, 1.0):
+        direct = segmenter.segment(image, ["a", "b", "c"], clip_weight=weight)
+        combined = segmenter.combine(stages, clip_weight=weight)
+        assert np.array_equal(direct.semantic, combined.semantic) and np.allclose(direct.scores, combined.scores)
 
 
 def test_semantic_inference_is_mask2former_sum() -> None:
@@ -89,8 +121,8 @@ def test_crop_mode_keeps_stage1_scores_outside_the_top_k(segmenter: Segmenter, i
 
 
 def test_bad_options_are_clear_errors(segmenter: Segmenter, image: np.ndarray) -> None:
-    with pytest.raises(ValueError, match="ensemble_lambda"):
-        segmenter.segment(image, ["a"], ensemble_lambda=1.5)
+    with pytest.raises(ValueError, match="clip_weight"):
+        segmenter.segment(image, ["a"], clip_weight=1.5)
     with pytest.raises(ValueError, match="stage2_mode"):
         segmenter.segment(image, ["a"], stage2_mode="fast")
     with pytest.raises(ValueError, match="no labels"):

@@ -1,7 +1,7 @@
 """Reproduce the bundled offline models from scratch: tiny CLIP, then baseline and PMP, then the tables.
 
     python -m train.bundle                      # tiny CLIP + baseline + PMP -> checkpoints/, results/
-    python -m train.bundle --ablations          # concat, concat_drop, text_queries at the same budget
+    python -m train.bundle --ablations          # Eq. 5 literal and the Fig. 5 ablations at the same budget
     python -m train.bundle --evaluate-only      # re-run only the evaluation tables
 
 The baseline and PMP are the same recipe (``train.recipes.world_recipe``) with one field changed,
@@ -23,8 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("world-voc", "world-full", "world-parts")
-MAIN_MODELS = {"baseline": "none", "pmp": "pmp"}
-ABLATIONS = {"concat": "concat", "concat_drop": "concat_drop", "text_queries": "text_queries"}
+# The bundled PMP was trained with the residual variant of Eq. 5 (see pmp.modeling.text_conditioning).
+MAIN_MODELS = {"baseline": "none", "pmp": "pmp_residual"}
+ABLATIONS = {"pmp_literal": "pmp", "concat": "concat", "concat_drop": "concat_drop", "text_queries": "text_queries"}
+CLIP_WEIGHT_SWEEP = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # Eq. 3's exponent of p_hat; 0 = stage 1 alone
 
 
 def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int) -> None:
@@ -82,7 +84,9 @@ def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | Non
                 Segmenter.from_pretrained(runs / name / "model").save_pretrained(checkpoints / name, model_card=card, half_precision=True)
 
 
-def evaluate_models(model_dirs: dict[str, Path], out_json: Path, limit: int | None) -> dict[str, dict[str, dict]]:
+def evaluate_models(
+    model_dirs: dict[str, Path], out_json: Path, limit: int | None, sweep: tuple[float, ...] = ()
+) -> dict[str, dict[str, dict]]:
     from pmp.segmenter import Segmenter
     from train.evaluate import evaluate, load_benchmark, to_json
 
@@ -92,7 +96,7 @@ def evaluate_models(model_dirs: dict[str, Path], out_json: Path, limit: int | No
         results[name] = {}
         for benchmark in BENCHMARKS:
             started = time.perf_counter()
-            metrics = evaluate(segmenter, load_benchmark(benchmark), limit=limit, show_progress=False)
+            metrics = evaluate(segmenter, load_benchmark(benchmark), limit=limit, clip_weight_sweep=sweep, show_progress=False)
             metrics["seconds"] = round(time.perf_counter() - started, 1)
             results[name][benchmark] = metrics
             print(f"{name:>14} {benchmark:>12}: mIoU {metrics['miou']:.3f} seen {metrics['miou_seen']:.3f} "
@@ -102,11 +106,11 @@ def evaluate_models(model_dirs: dict[str, Path], out_json: Path, limit: int | No
     return results
 
 
-STAGE2_VARIANTS = {  # name: (stage2_mode, lambda); lambda weights the stage-1 probability p (Eq. 3)
-    "pool, lambda 0.65 (default)": ("pool", 0.65),
-    "crop (OVSeg), lambda 0.65": ("crop", 0.65),
-    "stage 1 only (lambda 1)": ("pool", 1.0),
-    "CLIP only, pool (lambda 0)": ("pool", 0.0),
+STAGE2_VARIANTS = {  # name: (stage2_mode, clip_weight); clip_weight is Eq. 3's exponent of CLIP's p_hat
+    "pool, clip weight 0.65 (default)": ("pool", 0.65),
+    "crop (OVSeg), clip weight 0.65": ("crop", 0.65),
+    "stage 1 only (clip weight 0)": ("pool", 0.0),
+    "CLIP only, pool (clip weight 1)": ("pool", 1.0),
 }
 
 
@@ -120,10 +124,10 @@ def investigate_stage2(model_dirs: dict[str, Path], out_json: Path, limit: int) 
              "|---|---|" + "---|" * len(BENCHMARKS)]
     for name, folder in model_dirs.items():
         segmenter = Segmenter.from_pretrained(folder)
-        for variant, (mode, lam) in STAGE2_VARIANTS.items():
+        for variant, (mode, weight) in STAGE2_VARIANTS.items():
             cells = []
             for benchmark in BENCHMARKS:
-                m = evaluate(segmenter, load_benchmark(benchmark), limit=limit, ensemble_lambda=lam, stage2_mode=mode,
+                m = evaluate(segmenter, load_benchmark(benchmark), limit=limit, clip_weight=weight, stage2_mode=mode,
                              proposal_recall=False, show_progress=False)
                 results.setdefault(name, {}).setdefault(variant, {})[benchmark] = {"miou": m["miou"], "miou_unseen": m["miou_unseen"]}
                 cells.append(f"{100 * m['miou']:.1f} / {_pct(m['miou_unseen'])}")
@@ -146,6 +150,35 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
             cells.append(f"{100 * m['proposal_recall']:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -> None:
+    """mIoU (all / seen / unseen) against Eq. 3's clip weight, one panel per benchmark, both models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(4.2 * len(BENCHMARKS), 3.4), sharey=True)
+    styles = {"miou": "-", "miou_seen": "--", "miou_unseen": ":"}
+    for axis, benchmark in zip(axes, BENCHMARKS):
+        for index, (name, per_benchmark) in enumerate(results.items()):
+            rows = per_benchmark[benchmark].get("clip_weight_sweep", [])
+            weights = [row["clip_weight"] for row in rows]
+            for key, style in styles.items():
+                values = [100 * row[key] if row[key] is not None else float("nan") for row in rows]
+                axis.plot(weights, values, style, color=f"C{index}", marker="o", markersize=3,
+                          label=f"{name} {key.replace('miou', 'mIoU').replace('_', ' ')}")
+        axis.axvline(0.65, color="grey", linewidth=0.8)
+        axis.set_title(benchmark)
+        axis.set_xlabel("clip weight w (Eq. 3's lambda = 1 - w)")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU (%)")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
 
 
 def _pct(value: float | None) -> str:
@@ -183,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                 train_clip(args.runs, args.checkpoints, args.clip_steps)
             train_segmenters(MAIN_MODELS, args.runs, args.checkpoints, args.seg_steps)
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
-        results = evaluate_models(dirs, args.results / "main.json", args.eval_limit)
+        results = evaluate_models(dirs, args.results / "main.json", args.eval_limit, CLIP_WEIGHT_SWEEP)
         (args.results / "main.md").write_text(markdown_table(results))
+        plot_clip_weight_sweep(results, ROOT / "docs" / "clip_weight.png")
         # The fixed 50-image subset that tests/test_bundle.py re-evaluates against these numbers.
         subset = evaluate_models(dirs, args.results / "subset50.json", 50)
         (args.results / "subset50.md").write_text(markdown_table(subset))

@@ -293,3 +293,24 @@ PASCAL_VOC_20_NAMES: tuple[str, ...] = (
     'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow', 'diningtable',
     'dog', 'horse', 'motorbike', 'person', 'pottedplant', 'sheep', 'sofa', 'train', 'tvmonitor',
 )
+
+# Names that a benchmark spells differently from COCO-Stuff-171 for the same thing: benchmark word ->
+# COCO-Stuff name. Used by ``train.datasets.coco_seen_mask`` so that "seen" means "in the training
+# vocabulary by meaning", not by spelling. Only true synonyms and spelling variants are listed; classes
+# that are merely related (ADE's "van" vs COCO's "truck", "ship" vs "boat", "monitor" vs "tv") stay
+# unseen, as they would with a hand-curated split. Keys are single comma-separated synonyms, lower-case.
+COCO_SYNONYMS: dict[str, str] = {
+    "aeroplane": "airplane",  # VOC, PC-59, PC-459
+    "plane": "airplane",  # ADE-150 ("plane"), ADE-847 ("airplane, aeroplane, plane")
+    "motorbike": "motorcycle",  # VOC, PC-59; ADE-150's "minibike, motorbike"
+    "sofa": "couch",  # VOC, PC-59, ADE-150
+    "tvmonitor": "tv",  # VOC, PC-59
+    "pottedplant": "potted plant",  # VOC, PC-59
+    "diningtable": "dining table",  # VOC
+    "shelves": "shelf",  # PC-59
+    "sidewalk": "pavement",  # PC-59 (COCO-Stuff's "pavement" is the sidewalk)
+    "track": "railroad",  # PC-59's "track" is the railway track
+    "stairway": "stairs",  # ADE-150 "stairway, staircase"
+    "staircase": "stairs",
+    "stair": "stairs",  # ADE-150 "step, stair"
+}

@@ -56,6 +56,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from train.class_names import (
+    COCO_SYNONYMS,
     ADE20K_150_NAMES,
     ADE20K_847_NAMES,
     COCO_STUFF_171_NAMES,
@@ -174,16 +175,29 @@ def _coco_stuff_vocabulary() -> frozenset[str]:
 def coco_seen_mask(class_names: tuple[str, ...] | list[str]) -> np.ndarray:
     """(K,) bool: which classes of a real benchmark count as *seen* (in the COCO-Stuff-171 training set).
 
-    A class is seen when any of its comma-separated synonyms, lower-cased and stripped, equals a
-    COCO-Stuff-171 name or that name without its "-other"/"-stuff"/"-merged" suffix. So ADE's "rock,
-    stone", "sky" and "windowpane, window" (COCO "window-other") are seen, "painting, picture" is not.
-    This is a name match, not the semantic overlap some papers hand-curate (Pascal's "aeroplane" is
-    unseen because COCO spells it "airplane"); it is only used to split mIoU into seen/unseen parts.
+    A class is seen when any of its comma-separated synonyms (lower-cased, stripped; the first one of
+    ADE-847's lists included) is a COCO-Stuff-171 name, that name without its "-other"/"-stuff"/"-merged"
+    suffix, or a word that :data:`train.class_names.COCO_SYNONYMS` maps to a COCO-Stuff name (Pascal's
+    "aeroplane" is COCO's "airplane", ADE's "sofa" its "couch"). So ADE's "rock, stone", "sky" and
+    "windowpane, window" (COCO "window-other") are seen, "painting, picture" is not. The per-benchmark
+    counts are in the README (``python -m train.datasets --seen-counts`` prints them).
     """
     vocabulary = _coco_stuff_vocabulary()
-    return np.array(
-        [any(word.strip().lower() in vocabulary for word in name.split(",")) for name in class_names], dtype=bool
-    )
+
+    def seen(word: str) -> bool:
+        word = word.strip().lower()
+        return word in vocabulary or COCO_SYNONYMS.get(word) in vocabulary
+
+    return np.array([any(seen(word) for word in name.split(",")) for name in class_names], dtype=bool)
+
+
+def seen_counts() -> dict[str, tuple[int, int]]:
+    """{benchmark: (seen, unseen)} class counts under :func:`coco_seen_mask`."""
+    counts = {}
+    for name, spec in REAL_DATASETS.items():
+        mask = coco_seen_mask(spec.class_names)
+        counts[name] = (int(mask.sum()), int((~mask).sum()))
+    return counts
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -280,6 +294,8 @@ class SemSegDataset(Dataset):
         except (UnidentifiedImageError, OSError) as error:
             raise ValueError(f"{self.name}: cannot read label {path}: {error}") from error
         expected_dtype = _LABEL_DTYPES[self.label_ext]
+        if raw.ndim == 2 and raw.dtype.newbyteorder("=") == expected_dtype.newbyteorder("="):
+            raw = raw.astype(expected_dtype, copy=False)  # any byte order (big-endian TIFFs), as detectron2 reads them
         if raw.ndim != 2 or raw.dtype != expected_dtype:
             raise ValueError(
                 f"{self.name}: label {path} is {raw.dtype} with shape {raw.shape}; expected a single-channel "
@@ -315,6 +331,12 @@ def build_dataset(name: str, root: str | Path, split: str = "val") -> SemSegData
         raise FileNotFoundError(f"datasets root {root} does not exist (it is detectron2's $DETECTRON2_DATASETS)")
     image_sub, label_sub = spec.splits[split]
     base = root / spec.base
+    if name in ("pc59", "pc459") and not (base / label_sub).is_dir() and (root / "pcontext").is_dir():
+        raise FileNotFoundError(
+            f"{root}/pcontext is SAN's Pascal Context layout, which is not supported: SAN numbers the PC-59 "
+            f"classes in its own (alphabetical) order, so its label ids would name the wrong classes here. "
+            f"Prepare {base}/{label_sub} with OVSeg's datasets/prepare_pascal_context.py instead"
+        )
     layout = (
         f"{base}/{image_sub}/*.jpg with labels {base}/{label_sub}/*.{spec.label_ext} "
         f"(ids 0..{len(spec.class_names) - 1}, ignore {spec.raw_ignore_label}), made by {spec.prepare_script}"
@@ -498,3 +520,22 @@ __all__ = [
     "describe_layouts",
     "read_image",
 ]
+
+
+def seen_counts_table() -> str:
+    """The README's table of seen / unseen classes per real benchmark (Markdown)."""
+    lines = ["| benchmark | classes | seen (in COCO-Stuff-171) | unseen |", "|---|---|---|---|"]
+    for name, (seen, unseen) in seen_counts().items():
+        lines.append(f"| {REAL_DATASETS[name].title} (`{name}`) | {seen + unseen} | {seen} | {unseen} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m train.datasets", description="facts about the real benchmarks")
+    parser.add_argument("--seen-counts", action="store_true", help="print the seen / unseen class counts (Markdown)")
+    if parser.parse_args().seen_counts:
+        print(seen_counts_table(), end="")
+    else:
+        print(describe_layouts())

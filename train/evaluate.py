@@ -15,9 +15,11 @@ Result (a dict, and ``--json``): fractions in [0, 1], NaN (``null`` in JSON) whe
 ``proposal_recall`` (class-balanced mean best IoU of the first-stage proposals per ground-truth
 segment; NaN with ``--no-recall``), ``proposal_recall_seen``, ``proposal_recall_unseen``,
 ``proposal_recall@0.5``, ``proposal_recall@0.75`` (fraction of segments whose best IoU reaches the
-threshold), ``num_segments``, ``per_class`` ({name: IoU}), ``seen_classes`` (names), ``options``.
+threshold), ``num_segments``, ``per_class`` ({name: IoU}), ``seen_classes`` (names), ``options``, and with
+``--clip-weight-sweep`` ``clip_weight_sweep``: [{clip_weight, miou, miou_seen, miou_unseen}, ...], every
+weight scored on the same pass of both stages per image (Eq. 3 is the only thing that changes).
 Definitions are in :mod:`train.metrics`. Seen classes: the synthetic benchmark's own flags; for real
-benchmarks, classes whose name matches COCO-Stuff-171 (:func:`train.datasets.coco_seen_mask`).
+benchmarks, classes that are in COCO-Stuff-171 by name or documented synonym (:func:`train.datasets.coco_seen_mask`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -91,7 +94,8 @@ def evaluate(
     dataset: BenchmarkDataset,
     limit: int | None = None,
     *,
-    ensemble_lambda: float | None = None,
+    clip_weight: float | None = None,
+    clip_weight_sweep: Sequence[float] = (),
     stage2_mode: str | None = None,
     image_size: int | None = None,
     proposal_recall: bool = True,
@@ -101,8 +105,10 @@ def evaluate(
 
     ``segmenter`` is anything with ``segment(image, labels, **options) -> result`` where
     ``result.semantic`` is (H, W) ints indexing ``labels`` (-1 = nothing) and ``result.proposals`` is
-    (N, H, W) in [0, 1]; ``ensemble_lambda``, ``stage2_mode`` and ``image_size`` are passed on only when
-    given. ``show_progress`` None = a tqdm bar on stderr when it is a terminal, on rank 0 only.
+    (N, H, W) in [0, 1]; ``clip_weight``, ``stage2_mode`` and ``image_size`` are passed on only when
+    given. ``clip_weight_sweep`` (needs a :class:`pmp.segmenter.Segmenter`: ``run_stages`` + ``combine``)
+    also scores every listed weight on the same stage outputs. ``show_progress`` None = a tqdm bar on
+    stderr when it is a terminal, on rank 0 only.
     """
     rank, world_size = _distributed()
     class_names = list(dataset.class_names)
@@ -114,10 +120,15 @@ def evaluate(
         raise ValueError(f"limit must be >= 0, got {limit}")
     options = {
         key: value
-        for key, value in (("ensemble_lambda", ensemble_lambda), ("stage2_mode", stage2_mode), ("image_size", image_size))
+        for key, value in (("clip_weight", clip_weight), ("stage2_mode", stage2_mode), ("image_size", image_size))
         if value is not None
     }
+    sweep = [float(w) for w in clip_weight_sweep]
+    if any(not 0.0 <= w <= 1.0 for w in sweep):
+        raise ValueError(f"every clip weight of the sweep must be in [0, 1], got {sweep}")
+    stage_options = {key: value for key, value in options.items() if key != "clip_weight"}
     semseg = SemSegMetric(len(class_names), dataset.ignore_label, seen)
+    swept = [SemSegMetric(len(class_names), dataset.ignore_label, seen) for _ in sweep]
     recall = ProposalRecall(len(class_names), dataset.ignore_label, RECALL_THRESHOLDS, seen_mask=seen)
 
     if show_progress is None:
@@ -126,7 +137,13 @@ def evaluate(
     started = time.perf_counter()
     for index in tqdm(indices, desc=f"eval {dataset.name}", file=sys.stderr, disable=not show_progress or rank != 0):
         image, label = dataset[index]
-        result = segmenter.segment(image, class_names, **options)
+        if sweep:
+            stages = segmenter.run_stages(image, class_names, **stage_options)
+            result = segmenter.combine(stages, clip_weight=clip_weight)
+            for weight, metric in zip(sweep, swept):
+                metric.update(np.asarray(segmenter.combine(stages, clip_weight=weight).semantic), label)
+        else:
+            result = segmenter.segment(image, class_names, **options)
         semantic = np.asarray(result.semantic)
         if semantic.shape != label.shape:
             raise ValueError(f"segmenter returned a {semantic.shape} map for a {label.shape} image ({dataset.name}[{index}])")
@@ -136,6 +153,8 @@ def evaluate(
     seconds = time.perf_counter() - started
 
     semseg.load_state(_all_reduce(semseg.state))
+    for metric in swept:
+        metric.load_state(_all_reduce(metric.state))
     recall.load_state(_all_reduce(recall.state))
     num_images = int(_all_reduce(np.array([len(indices)], dtype=np.int64))[0])
     seconds = float(_all_reduce(np.array([seconds], dtype=np.float64), dist.ReduceOp.MAX if world_size > 1 else None)[0])
@@ -161,6 +180,11 @@ def evaluate(
         "seen_classes": [name for name, flag in zip(class_names, seen) if flag],
         "options": {"limit": limit, "world_size": world_size, "proposal_recall": proposal_recall, **options},
     }
+    if sweep:
+        result_dict["clip_weight_sweep"] = [
+            {"clip_weight": weight, "miou": m.miou, "miou_seen": m.miou_seen, "miou_unseen": m.miou_unseen}
+            for weight, m in zip(sweep, (metric.compute() for metric in swept))
+        ]
     if proposal_recall:
         covered = recall.compute()
         result_dict.update(
@@ -213,7 +237,21 @@ def format_table(result: dict[str, Any]) -> str:
         f"proposal recall    {pct(result['proposal_recall'])}  (mean best IoU; "
         f"@0.5 {pct(result['proposal_recall@0.5']).strip()}, @0.75 {pct(result['proposal_recall@0.75']).strip()})",
     ]
+    for row in result.get("clip_weight_sweep", []):
+        lines.append(f"clip weight {row['clip_weight']:.2f}   mIoU {pct(row['miou'])}  seen {pct(row['miou_seen'])}  "
+                     f"unseen {pct(row['miou_unseen'])}")
     return "\n".join(lines)
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    """'0,0.35,1' -> (0.0, 0.35, 1.0); argparse turns the ValueError into a usage error."""
+    try:
+        weights = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}") from None
+    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}")
+    return weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.add_argument("--stage2", choices=("pool", "crop"), default=None, help="stage-2 CLIP classification mode")
-    parser.add_argument("--lambda", dest="ensemble_lambda", type=float, default=None, help="ensemble lambda (Eq. 3)")
+    parser.add_argument("--clip-weight", type=float, default=None,
+                        help="Eq. 3: exponent w of CLIP's p_hat, p_out = p^(1-w) * p_hat^w (default: the checkpoint's, 0.65)")
+    parser.add_argument("--clip-weight-sweep", type=_weights, default=(), metavar="W,W,...",
+                        help="also score these clip weights on the same stage outputs, e.g. 0,0.2,0.35,0.5,0.65,0.8,1")
     parser.add_argument("--size", type=int, default=128, help="render size of synthetic benchmark images")
     parser.add_argument("--image-size", type=int, default=None, help="segmenter input size (default: its config)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; one GPU per rank)")
@@ -261,7 +302,8 @@ def main(argv: list[str] | None = None, segmenter_factory: Callable[[str | None,
             segmenter,
             dataset,
             args.limit,
-            ensemble_lambda=args.ensemble_lambda,
+            clip_weight=args.clip_weight,
+            clip_weight_sweep=args.clip_weight_sweep,
             stage2_mode=args.stage2,
             image_size=args.image_size,
             proposal_recall=not args.no_recall,

@@ -38,6 +38,7 @@ from train.matcher import (
 )
 
 _LAYER_SUFFIX = re.compile(r"_\d+$")
+IGNORE_INDEX = -100  # CE target of proposals that are padding
 
 
 def sigmoid_ce_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float) -> Tensor:
@@ -187,18 +188,26 @@ class SetCriterion(nn.Module):
         if len(indices) != len(targets):
             raise ValueError(f"the matcher returned {len(indices)} index pairs for {len(targets)} targets")
         return {
-            "loss_ce": self.loss_ce(layer["pred_logits"], targets, indices),
+            "loss_ce": self.loss_ce(layer["pred_logits"], targets, indices, layer.get("proposal_mask")),
             **self.loss_masks(layer["pred_masks"], targets, indices, num_masks),
         }
 
-    def loss_ce(self, pred_logits: Tensor, targets: Targets, indices: Indices) -> Tensor:
-        """Weighted CE over the M_max + 1 columns, no-object (last column) weighted ``no_object_weight``."""
+    def loss_ce(
+        self, pred_logits: Tensor, targets: Targets, indices: Indices, proposal_mask: Tensor | None = None
+    ) -> Tensor:
+        """Weighted CE over the M_max + 1 columns, no-object (last column) weighted ``no_object_weight``.
+
+        ``proposal_mask`` (B, Q), False = a proposal made from a padded prompt (``concat`` and
+        ``text_queries``): such proposals are not predictions at all, so they get no target and no loss.
+        """
         logits = pred_logits.float()  # (B, Q, M + 1)
         num_queries, num_columns = logits.shape[1:]
         classes = classification_targets(indices, targets, num_queries, num_columns, logits.device)  # (B, Q)
+        if proposal_mask is not None:
+            classes = classes.masked_fill(~proposal_mask.to(classes.device), IGNORE_INDEX)
         class_weight = torch.ones(num_columns, device=logits.device)
         class_weight[-1] = self.no_object_weight
-        return F.cross_entropy(logits.transpose(1, 2), classes, weight=class_weight)  # (B, M + 1, Q) vs (B, Q)
+        return F.cross_entropy(logits.transpose(1, 2), classes, weight=class_weight, ignore_index=IGNORE_INDEX)  # (B, M+1, Q)
 
     def loss_masks(self, pred_masks: Tensor, targets: Targets, indices: Indices, num_masks: float) -> dict[str, Tensor]:
         """BCE and dice of every matched query's mask on importance-sampled points."""

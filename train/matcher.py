@@ -176,7 +176,7 @@ class HungarianMatcher(nn.Module):
                     indices.append((empty, empty.clone()))
                     continue
                 cost = self._cost(probs[b], pred_masks[b], labels, target["masks"], num_points)
-                if "proposal_mask" in outputs:  # text_queries mode: padded text queries are not proposals
+                if "proposal_mask" in outputs:  # concat / text_queries: proposals made from padded prompts are not proposals
                     cost = cost.masked_fill(~outputs["proposal_mask"][b][:, None], UNMATCHABLE_COST)
                 cost_np = cost.cpu().numpy()
                 if not np.isfinite(cost_np).all():

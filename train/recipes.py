@@ -14,6 +14,7 @@ import dataclasses
 from typing import Callable
 
 from pmp.config import (
+    TEXT_MODES,
     CLIP_MEAN,
     CLIP_STD,
     BackboneConfig,
@@ -57,7 +58,13 @@ def world_recipe(text_mode: str) -> SegTrainConfig:
 
 
 def paper_model(backbone: str, decoder: str, text_mode: str, clip_name: str = "ViT-B-16") -> SegmenterConfig:
-    """A paper-scale model; CLIP weights from open_clip's ``openai`` tag (resolved from the local cache)."""
+    """A paper-scale model; CLIP weights from open_clip's ``openai`` tag (resolved from the local cache).
+
+    The OVSeg recipes (``decoder="maskformer"``) use OVSeg's own second stage: CLIP on the masked crop of
+    every proposal (``stage2_mode="crop"``, ``crop_top_k`` = all queries). The Mask2Former recipes use
+    mask pooling on dense CLIP features, which is far cheaper (see README, Speed).
+    """
+    ovseg = decoder == "maskformer"
     return SegmenterConfig(
         clip=CLIPConfig(model_name=clip_name, pretrained="openai", templates=("a photo of a {}.",)),
         backbone=BackboneConfig(kind="timm", name=backbone),
@@ -65,7 +72,9 @@ def paper_model(backbone: str, decoder: str, text_mode: str, clip_name: str = "V
         decoder=DecoderConfig(kind=decoder, hidden_dim=256, num_queries=100, num_layers=6 if decoder == "maskformer" else 9,
                               num_heads=8, dim_feedforward=2048, text_mode=text_mode),
         image_size=640,
-        name=f"{'ovseg' if decoder == 'maskformer' else 'm2f'}-{backbone}-{'pmp' if text_mode == 'pmp' else text_mode}",
+        stage2_mode="crop" if ovseg else "pool",
+        crop_top_k=100,
+        name=f"{'ovseg' if ovseg else 'm2f'}-{backbone}-{'baseline' if text_mode == 'none' else text_mode}",
     )
 
 
@@ -77,7 +86,7 @@ def paper_recipe(backbone: str, decoder: str, text_mode: str, clip_name: str = "
 
 RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
     **{f"world-{'baseline' if m == 'none' else m}": (lambda m=m: world_recipe(m))
-       for m in ("none", "pmp", "concat", "concat_drop", "text_queries")},
+       for m in TEXT_MODES},
     **{f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
        for b in ("resnet101d", "swin_base_patch4_window12_384") for tag, m in (("baseline", "none"), ("pmp", "pmp"))},
     **{f"m2f-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "mask2former", m))

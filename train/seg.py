@@ -327,7 +327,7 @@ def ranks_agree(model: torch.nn.Module, ctx: DistributedContext) -> bool:
 def _to_float(outputs: dict[str, Any]) -> dict[str, Any]:
     """Losses run in float32 even when the forward ran under bf16 autocast.
 
-    ``proposal_mask`` (text_queries mode: which proposals are real) is copied to every aux layer so the
+    ``proposal_mask`` (concat and text_queries: which proposals are real) is copied to every aux layer so the
     matcher never assigns a target to a padded text query.
     """
     def convert(prediction: dict[str, Any]) -> dict[str, Any]:

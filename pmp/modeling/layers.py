@@ -132,9 +132,15 @@ class CrossAttentionLayer(nn.Module):
         query_pos: torch.Tensor | None,
         attn_mask: torch.Tensor | None = None,
         key_padding_mask: torch.Tensor | None = None,
+        query: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x: (B, N, C); memory, pos: (B, S, C); attn_mask: (B*heads, N, S) True = not attended."""
-        query = self.norm(x) if self.pre_norm else x
+        """x: (B, N, C); memory, pos: (B, S, C); attn_mask: (B*heads, N, S) True = not attended.
+
+        ``query`` (B, N, C): what attends, when it is not the residual stream ``x`` itself - PMP's Q'
+        (Eq. 5: X_l = softmax(Q' K^T) V + X_{l-1}); it is used as given (no pre-norm).
+        """
+        if query is None:
+            query = self.norm(x) if self.pre_norm else x
         attended = self.multihead_attn(
             with_pos(query, query_pos),
             with_pos(memory, pos),

@@ -34,11 +34,12 @@ class MaskProposalModel(nn.Module):
         "aux_outputs": the same two keys for every earlier prediction, first to last
             (mask2former: the learnable queries before layer 1 + layers 1..L-1, i.e. L entries;
             maskformer: layers 1..L-1, i.e. L-1 entries);
-        "proposal_mask": (B, P) bool, True = real proposal - only with ``text_mode="text_queries"``;
+        "proposal_mask": (B, P) bool, True = real proposal - only with ``text_mode`` "concat" or "text_queries",
+            whose proposals include one per prompt (padded prompts give padded proposals);
         "backbone_features": [f4, f8, f16, f32] - only with ``return_features=True`` (the Segmenter reuses
             a CLIP backbone's stride-32 map for stage 2 instead of running the CLIP tower again).
-    P = num_queries, except ``text_mode="text_queries"`` where P = num_queries + M (the learnable
-    queries first, then one proposal per prompt).
+    P = num_queries (N), except for the Fig. 5 ablations "concat" (P = N + M: the learnable queries first,
+    then one proposal per prompt) and "text_queries" (P = M, no learnable queries).
     """
 
     def __init__(

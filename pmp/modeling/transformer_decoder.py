@@ -10,10 +10,13 @@
   queries start at zero, so a prediction is made after every layer only (num_layers predictions).
 
 Where the text enters (``decoder.text_mode``), in layer order:
-    start of the decoder  -> ``concat`` / ``text_queries`` extend the query sequence;
-    each self-attention   -> ``concat_drop`` appends the text tokens for that attention only;
-    each image cross-attn -> ``pmp`` first computes Q' (Eq. 5) and the image cross-attention takes Q'.
-With ``text_mode="none"`` every hook returns its input untouched, which is the original decoder.
+    start of the decoder  -> ``concat`` appends the text tokens to the queries, ``text_queries`` replaces them;
+    start of each layer   -> ``concat_drop`` appends the text tokens for that layer only (dropped at its end);
+    each image cross-attn -> ``pmp`` / ``pmp_residual`` first compute Q' (Eq. 5), which drives the image
+                             cross-attention.
+With ``text_mode="none"`` every hook returns its input untouched, which is the original decoder: the
+Mask2Former decoder layer is Eq. 4, X_l = softmax(M_{l-1} + Q_l K_l^T) V_l + X_{l-1}, then
+self-attention and FFN.
 
 Both decoders return a :class:`DecoderOutput`: per prediction, the LayerNorm-ed proposal embeddings
 (for the class head of Eq. 1) and their mask logits at stride 4.
@@ -30,7 +33,7 @@ from torch import nn
 from pmp.config import DecoderConfig
 from pmp.modeling.heads import MaskHead
 from pmp.modeling.layers import CrossAttentionLayer, FFNLayer, PositionEmbeddingSine, SelfAttentionLayer, c2_xavier_fill
-from pmp.modeling.text_conditioning import QuerySequence, TextConditioning
+from pmp.modeling.text_conditioning import QuerySequence, TextConditioning, self_attend, side_stream
 
 
 @dataclass
@@ -42,7 +45,7 @@ class LayerPrediction:
 @dataclass
 class DecoderOutput:
     predictions: list[LayerPrediction]  # first to last; the last is the final prediction
-    proposal_mask: torch.Tensor | None  # (B, P) True = real proposal ("text_queries" with padding), else None
+    proposal_mask: torch.Tensor | None  # (B, P) True = real proposal ("concat"/"text_queries" with padding), else None
 
 
 def build_transformer_decoder(config: DecoderConfig, in_channels: int, mask_dim: int, text_dim: int) -> nn.Module:
@@ -109,8 +112,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         )
         self.ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, dim_feedforward, pre_norm) for _ in range(num_layers))
         self.decoder_norm = nn.LayerNorm(hidden_dim)
-        self.query_feat = nn.Embedding(num_queries, hidden_dim)  # learnable query content
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)  # learnable query position
+        if text_mode != "text_queries":  # Fig. 5c has no learnable queries; the side stream keeps other inits equal
+            with side_stream("learnable_queries"):
+                self.query_feat = nn.Embedding(num_queries, hidden_dim)  # learnable query content
+                self.query_embed = nn.Embedding(num_queries, hidden_dim)  # learnable query position
         self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
         self.input_proj = nn.ModuleList(_input_projection(in_channels, hidden_dim) for _ in range(self.num_feature_levels))
         self.mask_head = MaskHead(hidden_dim, mask_dim)
@@ -132,8 +137,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             positions.append(_flatten(self.pe_layer(feature)))
             sources.append(_flatten(self.input_proj[level](feature)) + self.level_embed.weight[level])
         batch = mask_features.shape[0]
-        queries = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+        queries = query_pos = None
+        if hasattr(self, "query_feat"):
+            queries = self.query_feat.weight.unsqueeze(0).expand(batch, -1, -1)
+            query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
 
         text = self.text.encode(text_embeds, text_mask)
         seq = self.text.start(queries, query_pos, text)
@@ -141,12 +148,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         predictions = [prediction]
         for layer in range(self.num_layers):
             level = layer % self.num_feature_levels
-            seq.x = self.text.before_cross_attention(layer, seq, text)
-            seq.x = self.cross_attention_layers[layer](
-                seq.x, sources[level], pos=positions[level], query_pos=seq.pos, attn_mask=attn_mask
+            inside = self.text.enter_layer(seq, text)  # concat_drop: + M text tokens for this layer
+            stream, query = self.text.before_cross_attention(layer, inside, text)
+            inside.x = self.cross_attention_layers[layer](
+                stream, sources[level], pos=positions[level], query_pos=inside.pos,
+                attn_mask=_per_head(attn_mask, inside.num_extra, self.num_heads), query=query,
             )
-            seq.x = self.text.self_attend(self.self_attention_layers[layer], seq, text)
-            seq.x = self.ffn_layers[layer](seq.x)
+            inside.x = self_attend(self.self_attention_layers[layer], inside)
+            inside.x = self.ffn_layers[layer](inside.x)
+            seq = self.text.leave_layer(seq, inside)
             last = layer == self.num_layers - 1  # the final prediction needs no attention mask
             target_size = None if last else sizes[(layer + 1) % self.num_feature_levels]
             prediction, attn_mask = self._predict(seq, mask_features, target_size)
@@ -156,7 +166,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     def _predict(
         self, seq: QuerySequence, mask_features: torch.Tensor, target_size: torch.Size | None
     ) -> tuple[LayerPrediction, torch.Tensor | None]:
-        """Masks of the proposals, and the next layer's attention mask (B*heads, N, h*w), True = blocked
+        """Masks of the proposals, and the next layer's attention mask (B, P, h*w), True = blocked
         (None when ``target_size`` is None: after the last layer)."""
         queries = self.decoder_norm(seq.x[:, : seq.num_proposals])
         masks = self.mask_head(queries, mask_features)
@@ -167,11 +177,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         # Mask2Former's fix: a query whose mask covers no pixel at this scale attends to every pixel
         # (applied before the per-head copies below: the same result on 1/heads of the elements)
         attn_mask = attn_mask & ~attn_mask.all(dim=-1, keepdim=True)
-        extra_tokens = seq.x.shape[1] - seq.num_proposals
-        if extra_tokens:  # "concat": text tokens have no mask and attend to every pixel
-            attn_mask = torch.cat([attn_mask, attn_mask.new_zeros(attn_mask.shape[0], extra_tokens, attn_mask.shape[2])], 1)
-        attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()  # (B*heads, N, h*w)
-        return LayerPrediction(queries, masks), attn_mask
+        return LayerPrediction(queries, masks), attn_mask.detach()
+
+
+def _per_head(attn_mask: torch.Tensor, extra_tokens: int, num_heads: int) -> torch.Tensor:
+    """(B, P, S) mask -> (B*heads, P+extra, S) for nn.MultiheadAttention; extra tokens (``concat_drop``'s
+    text tokens, which have no mask of their own) attend to every pixel."""
+    if extra_tokens:
+        attn_mask = torch.cat([attn_mask, attn_mask.new_zeros(attn_mask.shape[0], extra_tokens, attn_mask.shape[2])], 1)
+    return attn_mask.unsqueeze(1).repeat(1, num_heads, 1, 1).flatten(0, 1)  # (B*heads, P+extra, S)
 
 
 class DetrDecoderLayer(nn.Module):
@@ -208,7 +222,9 @@ class StandardTransformerDecoder(nn.Module):
         self.num_queries = num_queries
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
         self.input_proj = _input_projection(in_channels, hidden_dim)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if text_mode != "text_queries":  # Fig. 5c has no learnable queries; the side stream keeps other inits equal
+            with side_stream("learnable_queries"):
+                self.query_embed = nn.Embedding(num_queries, hidden_dim)
         self.layers = nn.ModuleList(
             DetrDecoderLayer(hidden_dim, num_heads, dim_feedforward, pre_norm) for _ in range(num_layers)
         )
@@ -228,17 +244,21 @@ class StandardTransformerDecoder(nn.Module):
         memory = _flatten(self.input_proj(feature))  # (B, HW, C)
         pos = _flatten(self.pe_layer(feature))
         batch = mask_features.shape[0]
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
-        queries = torch.zeros_like(query_pos)  # DETR: query content starts at zero
+        queries = query_pos = None
+        if hasattr(self, "query_embed"):
+            query_pos = self.query_embed.weight.unsqueeze(0).expand(batch, -1, -1)
+            queries = torch.zeros_like(query_pos)  # DETR: query content starts at zero
 
         text = self.text.encode(text_embeds, text_mask)
         seq = self.text.start(queries, query_pos, text)
         predictions = []
         for index, layer in enumerate(self.layers):
-            seq.x = self.text.self_attend(layer.self_attn, seq, text)
-            seq.x = self.text.before_cross_attention(index, seq, text)
-            seq.x = layer.cross_attn(seq.x, memory, pos=pos, query_pos=seq.pos)
-            seq.x = layer.ffn(seq.x)
+            inside = self.text.enter_layer(seq, text)  # concat_drop: + M text tokens for this layer
+            inside.x = self_attend(layer.self_attn, inside)
+            stream, query = self.text.before_cross_attention(index, inside, text)
+            inside.x = layer.cross_attn(stream, memory, pos=pos, query_pos=inside.pos, query=query)
+            inside.x = layer.ffn(inside.x)
+            seq = self.text.leave_layer(seq, inside)
             proposals = self.decoder_norm(seq.x[:, : seq.num_proposals])
             predictions.append(LayerPrediction(proposals, self.mask_head(proposals, mask_features)))
         return DecoderOutput(predictions, seq.proposal_mask)
