@@ -124,3 +124,17 @@ def test_two_models_built_after_one_seed_get_different_text_weights() -> None:
     second = tiny_model(text_mode="pmp").state_dict()
     key = "decoder.text.cross_attention.0.attn.in_proj_weight"
     assert not torch.equal(first[key], second[key])
+
+
+def test_ovseg_recipes_run_ovsegs_own_second_stage_and_the_demo_says_which_ran() -> None:
+    from pmp.demo import column_title
+    from train.recipes import RECIPES, get_recipe
+
+    for name in RECIPES:
+        model = get_recipe(name).model
+        if name.startswith("ovseg-"):
+            assert model.stage2_mode == "crop" and model.crop_top_k >= model.decoder.num_queries, name
+        if name.endswith("-pmp"):
+            assert model.decoder.text_mode == "pmp", name  # the paper-scale PMP recipes are Eq. 5 as written
+    assert "crop" in column_title("baseline", "crop") and "OVSeg's masked crops" in column_title("pmp", "crop")
+    assert "pool" in column_title("pmp", "pool")
