@@ -42,10 +42,14 @@ from pmp.demo import (  # noqa: E402
     preview_prompts,
     user_error,
 )
-from pmp.images import ACCEPTED  # noqa: E402
+from pmp.images import ACCEPTED, ImageError, check_image_header  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "25mb"  # uploads above this are refused by Gradio before they reach the handler
+MAX_UPLOAD_BODY_BYTES = 26 * 1024 * 1024  # an upload request: the 25 MB file plus its multipart framing
+# Every other request is a small JSON event; an image sent inline as a data URL must fit in it too.
+MAX_API_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 16
 INTRO = """# PMP vs an OVSeg-style baseline
 Both models propose masks (stage 1) and let CLIP classify them (stage 2). PMP conditions the mask
@@ -56,8 +60,96 @@ Type class names separated by commas (*sky, house, red car*) or a caption.
 """
 
 
-def with_clear_upload_errors(component: gr.Image) -> gr.Image:
-    """Make ``component``'s upload step turn unreadable files into a clear message.
+class RequestBodyLimit:
+    """ASGI middleware: refuse a request whose body is over its limit, before the body is read.
+
+    The declared Content-Length is checked first; a body sent without one (chunked) is counted as it
+    arrives and cut off at the limit, so memory stays flat whatever the client sends. Uploads
+    (``.../upload``) get :data:`MAX_UPLOAD_BODY_BYTES`, every other route :data:`MAX_API_BODY_BYTES`.
+    """
+
+    def __init__(self, app: Any, api_limit: int = MAX_API_BODY_BYTES, upload_limit: int = MAX_UPLOAD_BODY_BYTES) -> None:
+        self.app = app
+        self.api_limit = api_limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = self.upload_limit if scope["path"].rstrip("/").endswith("/upload") else self.api_limit
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await self._refuse(send, limit)
+        received = 0
+        started = refused = False
+
+        async def counted_receive() -> dict:
+            nonlocal received, refused, started
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # answer now; the app sees a client that went away
+                    refused = True
+                    if not started:
+                        started = True
+                        await self._refuse(send, limit)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            if refused:
+                return  # the 413 is the answer; whatever the app says after the disconnect is dropped
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted_receive, tracked_send)
+
+    @staticmethod
+    async def _refuse(send: Any, limit: int) -> None:
+        body = json.dumps({"error": f"request body too large: at most {limit:,} bytes are accepted here; "
+                                    "send images as file uploads (gradio_client's handle_file does)"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def data_url_to_file(url: str, folder: str | Path, max_pixels: int) -> str:
+    """An image sent inline as ``data:image/...;base64,...`` -> a file holding its bytes, checked first.
+
+    Gradio would decode such an image in full (and re-encode it) before any handler runs; here only its
+    header is read: a 27 KB PNG that claims 13000 x 13000 pixels is refused in milliseconds. The bytes
+    are written as they are, and the handler's own image intake decodes them.
+    """
+    import base64
+    import binascii
+    import io
+
+    header, _, data = url.partition(",")
+    if not header.startswith("data:") or not header.endswith(";base64"):
+        raise user_error(f"an inline image must be a base64 data URL (data:image/png;base64,...); {ACCEPTED}")
+    if len(data) > MAX_API_BODY_BYTES:
+        raise user_error(f"the inline image is over {MAX_API_BODY_BYTES:,} bytes; send it as a file upload")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise user_error(f"the inline image is not valid base64; {ACCEPTED}") from None
+    try:
+        check_image_header(io.BytesIO(raw), max_pixels=max_pixels, what="the inline image")
+    except ImageError as error:
+        raise user_error(str(error)) from None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="inline-", suffix=".img", delete=False) as handle:
+        handle.write(raw)
+    return handle.name
+
+
+def with_clear_upload_errors(component: gr.Image, max_pixels: int) -> gr.Image:
+    """Make ``component``'s upload step turn unreadable files into a clear message, and check images
+    sent inline as data URLs from their header (:func:`data_url_to_file`) instead of decoding them.
 
     Gradio opens an uploaded image with PIL before any handler runs; a non-image or corrupt file would
     otherwise reach the user as a bare "Error". The instance's ``preprocess`` is wrapped rather than
@@ -67,12 +159,35 @@ def with_clear_upload_errors(component: gr.Image) -> gr.Image:
     original = component.preprocess
 
     def preprocess(payload: Any) -> Any:
+        url = getattr(payload, "url", None)
+        if isinstance(url, str) and url.startswith("data:"):
+            return data_url_to_file(url, component.GRADIO_CACHE, max_pixels)
         try:
             return original(payload)
         except gr.Error:
             raise
         except Exception as error:  # PIL's UnidentifiedImageError, DecompressionBombError, OSError...
             raise user_error(f"the uploaded file could not be read as an image ({type(error).__name__}); {ACCEPTED}") from None
+
+    component.preprocess = preprocess  # type: ignore[method-assign]
+    return component
+
+
+def with_list_prompts(component: gr.Textbox) -> gr.Textbox:
+    """Let the prompts box take a list of strings through the API, as the library does.
+
+    Gradio's Textbox turns any payload into ``str(payload)``, so a list sent to ``/compare`` would
+    become the labels "['sky'" and "'car']". A list (or tuple) reaches the handler as it is and is
+    checked there; any other non-text payload is refused with a message.
+    """
+    original = component.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        if isinstance(payload, (list, tuple)):
+            return list(payload)
+        if payload is not None and not isinstance(payload, str):
+            raise user_error(f"prompts must be text or a list of strings, got {type(payload).__name__}")
+        return original(payload)
 
     component.preprocess = preprocess  # type: ignore[method-assign]
     return component
@@ -117,8 +232,9 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
-                image = with_clear_upload_errors(gr.Image(label="Image", type="filepath", sources=["upload", "clipboard"], height=320, elem_id="image"))
-                prompts = gr.Textbox(label="Prompts", lines=2, max_length=models.limits.max_text_chars, placeholder="sky, house, red car", elem_id="prompts")
+                # image_mode=None: the handler gets the file as uploaded (16-bit, RGBA, ...), not Gradio's RGB copy
+                image = with_clear_upload_errors(gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=320, elem_id="image"), models.limits.max_pixels)
+                prompts = with_list_prompts(gr.Textbox(label="Prompts", lines=2, max_length=models.limits.max_text_chars, placeholder="sky, house, red car", elem_id="prompts"))
                 parsed = gr.Markdown(preview_prompts(models, ""), label="Parsed prompts", elem_id="parsed-prompts")
                 with gr.Accordion("Settings", open=False):
                     clip_weight = gr.Slider(0.0, 1.0, value=0.65, step=0.05, label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)", elem_id="clip-weight")
@@ -201,6 +317,7 @@ def launch(demo: gr.Blocks, *, host: str, port: int, concurrency: int, max_queue
         prevent_thread_lock=not block,
         quiet=not block,
         footer_links=["api", "gradio"],
+        app_kwargs={"middleware": [Middleware(RequestBodyLimit)]},
     )
     return demo
 

@@ -114,6 +114,14 @@ def paper_config(key: str, text_mode: str) -> SegmenterConfig:
     return config
 
 
+def _repo_relative(path: Path) -> str:
+    """A path as the results files may record it: relative to the repository, never the machine's."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return Path(path).name
+
+
 def build_pair(key: str, device: torch.device) -> tuple[dict[str, Segmenter], str]:
     """The baseline and PMP segmenters of one model key, and a note on where their weights came from."""
     if key == "bundled":
@@ -125,11 +133,11 @@ def build_pair(key: str, device: torch.device) -> tuple[dict[str, Segmenter], st
             folder = BUNDLED_DIR / name
             if (folder / "config.json").is_file():  # weights may be one file or shards
                 pair[name] = Segmenter.from_pretrained(folder, device=device)
-                notes.append(f"{name}: {folder}")
+                notes.append(f"{name}: {_repo_relative(folder)}")
             else:
                 torch.manual_seed(0)
                 pair[name] = Segmenter(world_model(mode)).to(device).eval()
-                notes.append(f"{name}: RANDOM weights (train.recipes.world_model; {folder} missing)")
+                notes.append(f"{name}: RANDOM weights (train.recipes.world_model; {_repo_relative(folder)} missing)")
         return pair, "; ".join(notes)
     pair = {}
     for name, mode in (("baseline", "none"), ("pmp", "pmp")):

@@ -40,6 +40,25 @@ def list_images(path: Path) -> list[Path]:
     return [path]
 
 
+def output_stems(images: list[Path]) -> dict[Path, str]:
+    """The name each input's outputs start with: its stem, or stem + suffix where stems collide
+    (``a.png`` and ``a.jpg`` -> ``a_png`` and ``a_jpg``), so no input overwrites another's results."""
+    counts: dict[str, int] = {}
+    for path in images:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    stems: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in images:
+        stem = path.stem if counts[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.').lower()}"
+        candidate, number = stem, 1
+        while candidate in taken:  # e.g. "a.PNG" and "a.png"
+            number += 1
+            candidate = f"{stem}_{number}"
+        taken.add(candidate)
+        stems[path] = candidate
+    return stems
+
+
 def run_segment(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -53,6 +72,7 @@ def run_segment(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_pretrained(args.checkpoint, device=device)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
+    stems = output_stems(images)
     for path in tqdm(images, desc="segment", unit="image", disable=len(images) == 1 or not sys.stderr.isatty()):
         try:
             image = load_image(path)
@@ -63,7 +83,7 @@ def run_segment(args: argparse.Namespace) -> int:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
             continue
-        save_outputs(result, image, args.out, path.stem)
+        save_outputs(result, image, args.out, stems[path])
     print(f"wrote results for {len(images) - failures} of {len(images)} image(s) to {args.out}")
     return 1 if failures else 0
 

@@ -145,8 +145,12 @@ def prompts_markdown(prompts: list[str]) -> str:
 
 
 def _markdown_safe(text: str) -> str:
-    """Prompts are user text shown in Markdown: escape HTML and the backtick that would end the code span."""
-    return html.escape(text, quote=False).replace("`", "'")
+    """A prompt shown in a Markdown code span: only the backtick that would end the span is replaced.
+
+    No HTML escaping: a code span shows its text literally (Markdown escapes it), so "&lt;" there would
+    be seen as the four characters it is made of.
+    """
+    return text.replace("`", "'")
 
 
 # --------------------------------------------------------------------------------- input checks
@@ -190,9 +194,9 @@ def check_token_limit(models: DemoModels, labels: list[str]) -> None:
 def read_prompts(text: Any, limits: DemoLimits) -> list[str]:
     if text is None:
         text = ""
-    if not isinstance(text, str):
-        raise DemoInputError(f"prompts must be text, got {type(text).__name__}")
-    if len(text) > limits.max_text_chars:
+    if not isinstance(text, (str, list, tuple)):
+        raise DemoInputError(f"prompts must be text or a list of strings, got {type(text).__name__}")
+    if isinstance(text, str) and len(text) > limits.max_text_chars:
         raise DemoInputError(f"the prompt text is {len(text):,} characters long; at most {limits.max_text_chars:,} are accepted")
     try:
         return parse_prompts(text, max_prompts=limits.max_prompts, max_chars=limits.max_prompt_chars)
@@ -468,7 +472,7 @@ def preview_prompts(models: DemoModels, text: Any) -> str:
         prompts = read_prompts(text, models.effective_limits())
         check_token_limit(models, prompts)
     except DemoInputError as error:
-        return f"**Cannot use these prompts:** {_markdown_safe(str(error))}"
+        return f"**Cannot use these prompts:** {html.escape(str(error), quote=False)}"
     return prompts_markdown(prompts)
 
 

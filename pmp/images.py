@@ -28,6 +28,7 @@ Policy (each line is tested in tests/test_images.py):
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -81,6 +82,26 @@ def load_image(
     else:
         raise ImageError(f"cannot read an image from a {type(image).__name__}; {ACCEPTED}")
     return _limit_side(rgb, max_side)
+
+
+def check_image_header(
+    source: str | Path | Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = DEFAULT_MAX_ASPECT,
+    what: str = "the image",
+) -> tuple[int, int]:
+    """(width, height) from the file header alone, refused like :func:`load_image` refuses it; no pixel
+    is decoded, so a small file that claims a huge size costs nothing. ``source``: a path or a binary file."""
+    try:
+        with Image.open(source) as opened:
+            _check_size(opened.size, max_pixels, max_aspect, what)
+            return opened.size
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{what} has too many pixels ({error}); at most {max_pixels:,} are accepted") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{what} is not an image file PIL can read; {ACCEPTED}") from None
+    except (OSError, SyntaxError, EOFError, ValueError) as error:
+        raise ImageError(f"{what} could not be read ({error}); is it truncated or corrupt? {ACCEPTED}") from None
 
 
 def _check_size(size: tuple[int, int], max_pixels: int, max_aspect: float, what: str) -> None:

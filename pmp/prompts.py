@@ -57,12 +57,37 @@ def spacy_model_name() -> str:
     return _load_spacy_with_name()[1]
 
 
+# Invisible characters that change how text looks or reads but name nothing: zero-width space, word
+# joiner, byte-order mark, and the bidirectional marks, embeddings, overrides and isolates (a prompt
+# "\u202egod" would display as "dog"). Zero-width (non-)joiners stay inside words: emoji sequences
+# and some scripts need them.
+INVISIBLE = frozenset("\u200b\u2060\ufeff\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+JOINERS = "\u200c\u200d"
+
+
 def clean_text(text: str) -> str:
-    """NFC-normalise, drop control characters and collapse whitespace; emoji and any script stay."""
+    """NFC-normalise, drop control and invisible characters, collapse whitespace; emoji and any script stay."""
     text = unicodedata.normalize("NFC", text)
     # Whitespace controls (tab, newline) become spaces; other control characters (category Cc) go.
-    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc")
-    return " ".join(text.split())
+    text = "".join(
+        " " if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or (unicodedata.category(ch) != "Cc" and ch not in INVISIBLE)
+    )
+    return " ".join(word.strip(JOINERS) for word in text.split() if word.strip(JOINERS))
+
+
+def check_encodable(text: str) -> None:
+    """Text that cannot be written as UTF-8 (a lone surrogate, e.g. from a JSON "\\ud800") is refused
+    up front: it would pass every other check and fail later, when results are written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = text[error.start]
+        raise PromptError(
+            f"the prompt text holds U+{ord(bad):04X} at position {error.start}, a lone surrogate that is not a "
+            "character; send the text as valid Unicode (UTF-8)"
+        ) from None
 
 
 def _dedupe(prompts: list[str]) -> list[str]:
@@ -111,7 +136,7 @@ MAX_TEXT_CHARS = 4000  # checked before spaCy sees a caption: parsing cost grows
 
 
 def parse_prompts(
-    text: str, *, max_prompts: int = 100, max_chars: int = 120, max_text_chars: int = MAX_TEXT_CHARS, nlp: Any = None
+    text: str | list[str], *, max_prompts: int = 100, max_chars: int = 120, max_text_chars: int = MAX_TEXT_CHARS, nlp: Any = None
 ) -> list[str]:
     """User text -> prompts.
 
@@ -119,14 +144,20 @@ def parse_prompts(
       whitespace, drop empty items and case-insensitive duplicates (the first spelling wins).
     * Otherwise a caption (see :func:`is_caption`) gives its noun phrases (spaCy, loaded only here).
     * Otherwise the whole text is one class name ("sky", "red car").
+    * A list (or tuple) of strings is taken as the prompts themselves, each cleaned like a list item.
 
     Raises PromptError (a ValueError) when nothing is left, when there are more than ``max_prompts``
     prompts, or when a prompt is longer than ``max_chars`` characters.
     """
+    if isinstance(text, (list, tuple)):
+        return _check_prompts([_list_item(item) for item in text], max_prompts, max_chars, max_text_chars)
     if not isinstance(text, str):
-        raise PromptError(f"prompts must be given as text, got {type(text).__name__}")
+        raise PromptError(
+            f"prompts must be given as text or a list of strings, got {type(text).__name__}"
+        )
     if len(text) > max_text_chars:
         raise PromptError(f"the prompt text is {len(text)} characters long; at most {max_text_chars} are accepted")
+    check_encodable(text)
     text = unicodedata.normalize("NFC", text)
     if SEPARATORS.search(text):
         prompts = [clean_text(item) for item in SEPARATORS.split(text)]
@@ -141,6 +172,21 @@ def parse_prompts(
                 )
         else:
             prompts = [cleaned]
+    return _check_prompts(prompts, max_prompts, max_chars, max_text_chars)
+
+
+def _list_item(item: Any) -> str:
+    """One entry of a list of prompts: a string, used as one class name (its commas are kept)."""
+    if not isinstance(item, str):
+        raise PromptError(f"a list of prompts must hold strings only, got {type(item).__name__}: {item!r:.60}")
+    check_encodable(item)
+    return clean_text(item)
+
+
+def _check_prompts(prompts: list[str], max_prompts: int, max_chars: int, max_text_chars: int) -> list[str]:
+    """Dedupe, then enforce the limits on count, characters per prompt and characters in all."""
+    if sum(len(p) for p in prompts) > max_text_chars:
+        raise PromptError(f"the prompts are {sum(len(p) for p in prompts)} characters long in all; at most {max_text_chars} are accepted")
     prompts = _dedupe(prompts)
     if not prompts:
         raise PromptError("no prompts: type class names separated by commas, or a caption")

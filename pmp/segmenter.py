@@ -313,12 +313,7 @@ class Segmenter(nn.Module):
     def forward(self, image: Any, prompts: str | list[str], **options: Any) -> SegmentationResult:
         """Parse ``prompts`` (a comma/semicolon/newline list or a caption), enforce the limits, segment."""
         started = time.perf_counter()
-        if isinstance(prompts, str):
-            labels = parse_prompts(prompts, max_prompts=self.config.max_prompts, max_chars=self.config.max_prompt_chars)
-        else:
-            labels = parse_prompts(
-                ", ".join(str(p) for p in prompts), max_prompts=self.config.max_prompts, max_chars=self.config.max_prompt_chars
-            )
+        labels = parse_prompts(prompts, max_prompts=self.config.max_prompts, max_chars=self.config.max_prompt_chars)
         self.check_token_limit(labels)
         return self.segment(image, labels, _parse_seconds=time.perf_counter() - started, **options)
 

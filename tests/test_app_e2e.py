@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +27,6 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-NOTES_SCREENSHOT = Path("/work/notes/app_screenshot.png")
 SERVER_START_TIMEOUT_S = 90
 PROMPTS = "sky, house, red car"
 MAX_QUEUE = 6  # small, so that the load test also meets the queue's "full" answer
@@ -200,6 +198,72 @@ def test_api_bad_input_gets_clear_messages(server, sample_image, workdir):
         assert "Traceback" not in str(caught.value)
 
 
+def _queue_event(server, data: list, session: str) -> dict:
+    """Send one /compare event as a browser does (queue/join, then the event stream); the final message."""
+    config = httpx.get(server.url + "config", timeout=10).json()
+    fn_index = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "compare")
+    payload = {"data": data, "event_data": None, "fn_index": fn_index, "trigger_id": None, "session_hash": session}
+    joined = httpx.post(server.url + "gradio_api/queue/join", json=payload, timeout=30)
+    assert joined.status_code == 200, joined.text
+    with httpx.stream("GET", server.url + "gradio_api/queue/data", params={"session_hash": session}, timeout=60) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the event stream ended without a result")
+
+
+def test_inline_pixel_bomb_is_refused_from_its_header(server):
+    """A 13000 x 13000 PNG of a few KB sent as a data URL in the event payload: Gradio would decode all
+    169 Mpixel (about 1.7 GB and 15 s); the header check refuses it with flat memory."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("1", (13000, 13000)).save(buffer, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    before = _rss_bytes(server.pid)
+    started = time.monotonic()
+    message = _queue_event(server, [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True], "bomb")
+    seconds = time.monotonic() - started
+    grown = _rss_bytes(server.pid) - before
+    print(f"pixel bomb refused in {seconds:.2f} s, server memory {grown / 2**20:+.0f} MB")
+    assert message["success"] is False
+    assert "13000x13000 = 169,000,000 pixels; at most 40,000,000" in json.dumps(message["output"])
+    assert grown < 150 * 2**20  # decoding it would take > 500 MB (1 byte per pixel, 3 for RGB)
+
+
+def test_inline_image_within_the_limits_still_works(server, sample_image):
+    import base64
+
+    url = "data:image/png;base64," + base64.b64encode(sample_image.read_bytes()).decode()
+    message = _queue_event(server, [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True], "inline")
+    assert message["success"] is True, message
+
+
+def test_oversized_event_payload_is_refused_before_it_is_read(server):
+    body = json.dumps({"data": ["x" * (41 * 1024 * 1024)], "fn_index": 0, "session_hash": "big"})
+    before = _rss_bytes(server.pid)
+    answer = httpx.post(server.url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert answer.status_code == 413 and "at most 2,097,152 bytes" in answer.text
+    assert _rss_bytes(server.pid) - before < 100 * 2**20
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(41):
+            yield b"x" * (1024 * 1024)
+
+    answer = httpx.post(server.url + "gradio_api/queue/join", content=chunks(), timeout=60)
+    assert answer.status_code == 413
+
+
+def test_api_takes_prompts_as_a_list_of_strings(server, sample_image):
+    from gradio_client import handle_file
+
+    result = _client(server).predict(handle_file(str(sample_image)), ["sky", "red car"], 0.65, "pool", 0.5, True, api_name="/compare")
+    assert "**2 prompt(s):** `sky`, `red car`" in result[0]
+
+
 # ---------------------------------------------------------------- load
 
 
@@ -287,8 +351,6 @@ def test_browser_upload_type_run_and_screenshot(server, sample_image, workdir):
         finally:
             browser.close()
     assert Image.open(screenshot).size[0] >= 1000
-    if NOTES_SCREENSHOT.parent.is_dir():
-        shutil.copy(screenshot, NOTES_SCREENSHOT)
 
 
 def test_server_log_has_no_unexpected_errors(server):
@@ -328,3 +390,28 @@ def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
     config = demo.get_config_file()
     assert [dep["api_name"] for dep in config["dependencies"] if dep.get("api_visibility", "public") == "public"] == ["compare"]
     assert not (REPO / "app.pyi").exists()  # Gradio writes one beside the module of any component subclass
+
+
+def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path):
+    """Gradio's default image_mode="RGB" would give the handler an RGB copy: a 16-bit grey PNG as all
+    white, an RGBA image with its hidden colours. The app passes the original file on."""
+    import app
+    from gradio.data_classes import ImageData
+
+    from pmp.demo import DemoModels
+    from pmp.images import load_image
+    from tests.test_demo import FakeSegmenter
+
+    demo = app.build_app(DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)), output_root=tmp_path / "out", examples=[])
+    image_box = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "image")
+    grey16 = tmp_path / "grey16.png"
+    Image.fromarray(np.full((10, 20), 40000, np.uint16)).save(grey16)
+    rgba = np.zeros((10, 20, 4), np.uint8)
+    rgba[..., :3] = (255, 0, 0)  # red under fully transparent pixels
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    for path in (grey16, tmp_path / "rgba.png"):
+        handed = image_box.preprocess(ImageData(path=str(path), orig_name=path.name))
+        assert Path(handed) == path, "the handler must get the uploaded file itself"
+    grey = np.asarray(load_image(grey16))
+    assert grey.max() < 200  # 40000 / 65535 of full scale, not the all-white 8-bit copy
+    assert (np.asarray(load_image(tmp_path / "rgba.png")) == 255).all()  # transparent over white, not the hidden red

@@ -295,7 +295,7 @@ def test_huge_prompt_text_is_rejected_before_parsing(models, tmp_path):
     caption = "a red car parked on a road under a blue sky " * 200  # a caption: would go to spaCy
     message = _error_message(models, Image.new("RGB", (8, 8)), caption, tmp_path)
     assert "8,800 characters long; at most 4,000" in message
-    assert "prompts must be text, got int" in _error_message(models, Image.new("RGB", (8, 8)), 5, tmp_path)
+    assert "prompts must be text or a list of strings, got int" in _error_message(models, Image.new("RGB", (8, 8)), 5, tmp_path)
 
 
 def test_prompt_limits_follow_the_stricter_model_config(tmp_path):
@@ -319,7 +319,8 @@ def test_emoji_other_scripts_and_duplicates(models, tmp_path):
 
 def test_html_in_prompts_is_escaped(models, tmp_path):
     values = _compare(models, Image.new("RGB", (16, 16)), "<b>sky</b>, `tick`", tmp_path)
-    assert "<b>" not in values[0] and "&lt;b&gt;sky&lt;/b&gt;" in values[0] and "`'tick'`" in values[0]
+    # inside a code span Markdown shows the text literally: escaping it again would show "&lt;b&gt;"
+    assert "`<b>sky</b>`" in values[0] and "&lt;" not in values[0] and "`'tick'`" in values[0]
     message = _error_message(models, Image.new("RGB", (8, 8)), "<script>" + "x" * 90, tmp_path)
     assert "<script>" not in message and "&lt;script&gt;" in message
 
@@ -435,3 +436,17 @@ def test_real_clip_token_limit(tiny_models, tmp_path):
     message = _error_message(tiny_models, Image.new("RGB", (8, 8)), f"sky, {too_many_tokens}", tmp_path)
     assert "too long for CLIP" in message and "at most 32 fit" in message
     assert _compare(tiny_models, Image.new("RGB", (8, 8)), "sky, red car", tmp_path)[0].startswith("**2 prompt(s)")
+
+
+def test_prompt_text_attacks_are_refused_or_cleaned_before_any_model_runs(models, tmp_path):
+    message = _error_message(models, Image.new("RGB", (8, 8)), "sky, car\ud800", tmp_path)
+    assert "lone surrogate" in message and not models.baseline.calls and not models.pmp.calls
+    _compare(models, Image.new("RGB", (16, 16)), "\u200bsky, \u202ecar, \u200b\u2066, \u200d", tmp_path)
+    assert models.pmp.calls[-1]["labels"] == ["sky", "car"]  # invisible-only prompts are gone
+
+
+def test_prompts_as_a_list_of_strings(models, tmp_path):
+    _compare(models, Image.new("RGB", (16, 16)), ["sky", "red car"], tmp_path)
+    assert models.pmp.calls[-1]["labels"] == ["sky", "red car"]
+    assert "a list of prompts must hold strings only" in _error_message(models, Image.new("RGB", (8, 8)), ["sky", 3], tmp_path)
+    assert "prompts must be text or a list of strings" in _error_message(models, Image.new("RGB", (8, 8)), {"a": 1}, tmp_path)

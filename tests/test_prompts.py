@@ -96,3 +96,26 @@ def test_overlong_text_is_rejected_before_parsing() -> None:
 
     with pytest.raises(PromptError, match="at most 4000"):
         parse_prompts("a dog " * 1000, nlp=ExplodingNLP())
+
+
+def test_lone_surrogates_are_refused_before_parsing() -> None:
+    with pytest.raises(PromptError, match="U\\+D800 at position 5, a lone surrogate"):
+        parse_prompts("sky, \ud800car")
+    with pytest.raises(PromptError, match="lone surrogate"):
+        parse_prompts(["sky", "\udfffcar"])
+
+
+def test_zero_width_and_bidi_characters_are_dropped_but_emoji_joiners_stay() -> None:
+    assert parse_prompts("\u200bsky\u200b, \u202egod\u202c, \u2066\u2069, \ufeffcar") == ["sky", "god", "car"]
+    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    assert parse_prompts(f"{family}, \u200ddog\u200c") == [family, "dog"]
+
+
+def test_a_list_of_strings_is_taken_as_the_prompts() -> None:
+    assert parse_prompts(["sky", " red  car ", "Sky", "bus, autobus"]) == ["sky", "red car", "bus, autobus"]
+    with pytest.raises(PromptError, match="must hold strings only"):
+        parse_prompts(["sky", None])
+    with pytest.raises(PromptError, match="too many prompts"):
+        parse_prompts([f"c{i}" for i in range(5)], max_prompts=4)
+    with pytest.raises(PromptError, match="text or a list of strings"):
+        parse_prompts(42)

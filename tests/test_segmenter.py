@@ -226,6 +226,23 @@ def test_cli_writes_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: P
     assert main(["segment", str(tmp_path / "missing.png"), "--prompts", "sky", "--checkpoint", str(folder), "--out", str(tmp_path / "o2")]) == 2
 
 
+def test_cli_gives_inputs_with_one_stem_their_own_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path, capsys) -> None:
+    from pmp.cli import main
+
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(image).save(images / "a.png")
+    Image.fromarray(image[::-1].copy()).save(images / "a.jpg")
+    Image.fromarray(image).save(images / "b.png")
+    assert main(["segment", str(images), "--prompts", "sky, car", "--checkpoint", str(folder), "--out", str(tmp_path / "out")]) == 0
+    jsons = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
+    assert jsons == ["a_jpg.json", "a_png.json", "b.json"]
+    summaries = {name: json.loads((tmp_path / "out" / name).read_text()) for name in jsons}
+    assert summaries["a_jpg.json"]["files"]["overlay"] == "a_jpg_overlay.png"
+    assert "wrote results for 3 of 3 image(s)" in capsys.readouterr().out
+
+
 def test_large_weights_are_sharded_and_load_identically(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
     folder = segmenter.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
     shards = sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))

@@ -109,3 +109,30 @@ def test_prompt_scheme_keeps_present_classes_and_shuffles() -> None:
     dropped = [sample_prompts(present, 15, 0.0, rng, present_prob=0.5) for _ in range(50)]
     assert all(1 <= len(p) <= 3 and set(p.tolist()) <= set(present.tolist()) for p in dropped)
     assert any(len(p) < 3 for p in dropped)
+
+
+def test_model_cards_record_no_path_of_the_training_machine(tmp_path) -> None:
+    from train.seg import portable_arguments
+
+    inside = tmp_path / "runs" / "pmp"
+    argv = ["--out", str(inside), "--init-clip", "/somewhere/else/tiny-clip", "--steps", "10", "relative/dir"]
+    assert portable_arguments(argv, root=tmp_path) == ["--out", "runs/pmp", "--init-clip", "<...>/tiny-clip", "--steps", "10", "relative/dir"]
+
+
+def test_no_committed_text_file_holds_an_absolute_path_of_a_machine() -> None:
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"(?<![\w.])/(?:work|root|home|Users|tmp)/[\w.-]+/")
+    offenders = []
+    for name in files:
+        path = root / name
+        if path.suffix not in {".py", ".md", ".json", ".txt", ".toml", ".ini", ".cfg", ".yml", ".yaml"} or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if pattern.search(line) and "test_no_committed_text_file" not in line and "pattern = re.compile" not in line:
+                offenders.append(f"{name}:{number}: {line.strip()[:100]}")
+    assert not offenders, "\n".join(offenders)

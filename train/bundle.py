@@ -73,7 +73,7 @@ def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | Non
         commands = []
         for name in group:
             command = [sys.executable, "-m", "train.seg", "--recipe", f"world-{'baseline' if models[name] == 'none' else models[name]}",
-                       "--out", str(runs / name), "--init-clip", str(ROOT / "checkpoints" / "tiny-clip")]
+                       "--out", os.path.relpath(runs / name, ROOT), "--init-clip", "checkpoints/tiny-clip"]
             if steps:
                 command += ["--steps", str(steps)]
             commands.append(command)

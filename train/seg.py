@@ -358,6 +358,23 @@ def _evaluate(segmenter: Segmenter, config: SegTrainConfig, ctx: DistributedCont
     return {f"eval/{config.eval_benchmark}/{key}": result[key] for key in ("miou", "miou_seen", "miou_unseen", "proposal_recall")}
 
 
+def portable_arguments(argv: list[str], root: Path | None = None) -> list[str]:
+    """Command-line arguments as a model card may record them: no path of the machine they ran on.
+
+    Absolute paths inside ``root`` (default: the working directory) become relative to it; other
+    absolute paths keep only their last part, as ``<...>/name``.
+    """
+    root = (root or Path.cwd()).resolve()
+    portable = []
+    for argument in argv:
+        path = Path(argument)
+        if path.is_absolute():
+            resolved = path.resolve()
+            argument = str(resolved.relative_to(root)) if resolved.is_relative_to(root) else f"<...>/{path.name}"
+        portable.append(argument)
+    return portable
+
+
 def model_card(config: SegTrainConfig, metrics: dict[str, Any], command: str) -> str:
     mode = config.model.decoder.text_mode
     lines = [
@@ -401,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.text_mode:
         config.model = dataclasses.replace(config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode))
         config.model.validate()
-    command = "python -m train.seg " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m train.seg " + " ".join(portable_arguments(sys.argv[1:] if argv is None else argv))
     metrics = train(config, args.out, resume=not args.no_resume, command=command)
     print(json.dumps(metrics, indent=2))
     if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
