@@ -23,6 +23,7 @@ import atexit  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -292,6 +293,44 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
     return demo
 
 
+OUTPUT_PREFIX = "pmp-demo-"  # output folders are named pmp-demo-<pid>-<random>
+
+
+def make_output_root(base: str | Path | None = None) -> Path:
+    """A fresh folder for this instance's downloads, after removing those of instances that died
+    without cleaning up (killed, or the machine restarted): their PID no longer runs."""
+    base = Path(base or tempfile.gettempdir())
+    for folder in base.glob(f"{OUTPUT_PREFIX}*"):
+        pid = folder.name[len(OUTPUT_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{OUTPUT_PREFIX}{os.getpid()}-", dir=base))
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_on_exit(folder: Path) -> None:
+    """Remove ``folder`` at a normal exit and on SIGTERM / SIGINT (``atexit`` alone does not run when a
+    signal ends the process, which is how hosts stop a server)."""
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # end as the signal would have, with its exit status
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Gradio demo comparing the OVSeg-style baseline with PMP.")
     parser.add_argument("--baseline", default=None, help="baseline checkpoint: bundled name, local folder or Hub id (default: bundled baseline)")
@@ -326,8 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     models = DemoModels.load(args.baseline, args.pmp, device=args.device)
-    output_root = Path(tempfile.mkdtemp(prefix="pmp-demo-"))
-    atexit.register(shutil.rmtree, output_root, ignore_errors=True)
+    output_root = make_output_root()
+    remove_on_exit(output_root)
     demo = build_app(models, output_root=output_root)
     launch(demo, host=args.host, port=args.port, concurrency=args.concurrency, max_queue=args.max_queue)
 

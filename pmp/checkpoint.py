@@ -8,6 +8,7 @@ gives silently wrong segmentations.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"  # Hugging Face's layout for weights split into shards
+CHECKSUMS_NAME = "checksums.json"  # {weight file name: sha256}, written at save time, verified at load
 CARD_NAME = "README.md"
-CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, "model-*-of-*.safetensors", CARD_NAME)
+CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, "model-*-of-*.safetensors", CHECKSUMS_NAME, CARD_NAME)
 MAX_SHARD_SIZE = "9MB"  # a Space refuses files over 10 MB without LFS
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -88,8 +90,14 @@ def load_config(folder: Path) -> SegmenterConfig:
 
 
 def load_weights(module: "nn.Module", folder: Path) -> None:
-    """Load ``model.safetensors`` (or its shards) into ``module`` strictly, casting to the module's dtypes."""
+    """Load ``model.safetensors`` (or its shards) into ``module`` strictly, casting to the module's dtypes.
+
+    Each weight file is checked against ``checksums.json`` first: safetensors validates its header, not
+    the tensor bytes, so without the checksum a flipped bit would load silently and change the outputs.
+    A folder without ``checksums.json`` (saved by other tools) loads unchecked.
+    """
     state: dict[str, torch.Tensor] = {}
+    verify_checksums(folder)
     for weights_path in weight_files(folder):
         try:
             state.update(load_file(str(weights_path)))
@@ -114,6 +122,33 @@ def load_weights(module: "nn.Module", folder: Path) -> None:
             raise CheckpointError(f"{weights_path}: tensor {key!r} holds NaN or inf values")
         state[key] = tensor.to(expected[key].dtype)
     module.load_state_dict(state, strict=True)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksums(folder: Path) -> None:
+    """Raise CheckpointError when a weight file's bytes differ from the checksum recorded at save time."""
+    path = folder / CHECKSUMS_NAME
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+        items = [(str(name), str(digest)) for name, digest in recorded.items()]
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise CheckpointError(f"{path}: not a valid checksum file ({error})") from error
+    for name, digest in items:
+        weights_path = folder / name
+        if weights_path.is_file() and file_sha256(weights_path) != digest:
+            raise CheckpointError(
+                f"{weights_path}: corrupt: its bytes do not match the sha256 recorded in {CHECKSUMS_NAME} at save "
+                "time (a damaged download or disk); download or copy the checkpoint again"
+            )
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -158,7 +193,7 @@ def save_checkpoint(
         if half_precision and tensor.is_floating_point():
             tensor = tensor.half()
         state[key] = tensor
-    for stale in [folder / WEIGHTS_NAME, folder / INDEX_NAME, *folder.glob("model-*-of-*.safetensors")]:
+    for stale in [folder / WEIGHTS_NAME, folder / INDEX_NAME, folder / CHECKSUMS_NAME, *folder.glob("model-*-of-*.safetensors")]:
         stale.unlink(missing_ok=True)
     split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
     for filename, keys in split.filename_to_tensors.items():
@@ -167,6 +202,8 @@ def save_checkpoint(
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         atomic_write(folder / INDEX_NAME, lambda path: Path(path).write_text(json.dumps(index, indent=2) + "\n"))
+    checksums = {name: file_sha256(folder / name) for name in sorted(split.filename_to_tensors)}
+    atomic_write(folder / CHECKSUMS_NAME, lambda path: Path(path).write_text(json.dumps(checksums, indent=2) + "\n"))
     atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
     card = model_card if model_card is not None else default_model_card(config)
     atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))

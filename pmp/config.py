@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,12 +135,14 @@ class SegmenterConfig:
             )
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; accepted: {sorted(known)}")
+        _check_types(cls, data, "")
         for key, value in data.items():
             if key in sub:
                 sub_known = {f.name for f in dataclasses.fields(sub[key])}
                 bad = set(value) - sub_known
                 if bad:
                     raise ValueError(f"unknown keys {sorted(bad)} in config section {key!r}; accepted: {sorted(sub_known)}")
+                _check_types(sub[key], value, f"{key}.")
                 value = dict(value)
                 if key == "clip" and "templates" in value:
                     value["templates"] = tuple(value["templates"])
@@ -157,6 +161,49 @@ class SegmenterConfig:
     @classmethod
     def load(cls, path: str | Path) -> "SegmenterConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _check_types(cls: type, data: dict[str, Any], prefix: str) -> None:
+    """Raise ValueError naming the first field of ``data`` whose JSON value does not fit ``cls``'s annotation
+    (a config.json with ``"num_queries": "lots"`` must fail here, not deep inside a constructor)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        hint = hints.get(key)
+        if hint is not None and not _fits(value, hint):
+            shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            raise ValueError(f"config field {prefix}{key}={value!r} has the wrong type: expected {shown}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a type annotation of this module (int, float, str, bool, None, tuple,
+    dict, unions of them, and the config dataclasses, which are checked field by field elsewhere)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            return False
+        item_hints = [args[0]] * len(value) if (origin is list or (args and args[-1] is Ellipsis)) else list(args)
+        return all(_fits(item, item_hint) for item, item_hint in zip(value, item_hints)) if args else True
+    if origin is dict:
+        return isinstance(value, dict)
+    return True
 
 
 def tiny_clip_model_cfg() -> dict[str, Any]:

@@ -415,3 +415,51 @@ def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path):
     grey = np.asarray(load_image(grey16))
     assert grey.max() < 200  # 40000 / 65535 of full scale, not the all-white 8-bit copy
     assert (np.asarray(load_image(tmp_path / "rgba.png")) == 255).all()  # transparent over white, not the hidden red
+
+
+def test_sigterm_removes_the_output_folder_and_start_removes_dead_instances_folders(tmp_path, sample_image):
+    """A host stops the server with SIGTERM: its downloads must not stay behind (atexit does not run),
+    and folders left by instances that died anyway are removed when the next one starts."""
+    import signal
+
+    from gradio_client import Client, handle_file
+
+    from pmp.segmenter import Segmenter
+
+    base = tmp_path / "tmp"
+    stale = base / "pmp-demo-999999999-dead"  # no such PID
+    stale.mkdir(parents=True)
+    (stale / "labels.png").write_bytes(b"old")
+    folders = {}
+    for name, text_mode in (("baseline", "none"), ("pmp", "pmp")):
+        folders[name] = tmp_path / name
+        Segmenter(_tiny_config(text_mode)).save_pretrained(folders[name])
+    port = _free_port()
+    env = {**os.environ, "TMPDIR": str(base), "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "app.py", "--baseline", str(folders["baseline"]), "--pmp", str(folders["pmp"]), "--port", str(port)]
+    log = open(tmp_path / "server.log", "w")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            assert process.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the app did not start"
+            time.sleep(0.3)
+        assert not stale.exists()
+        Client(url, verbose=False).predict(handle_file(str(sample_image)), PROMPTS, 0.65, "pool", 0.5, True, api_name="/compare")
+        ours = [p for p in base.glob("pmp-demo-*") if p.is_dir()]
+        assert len(ours) == 1 and any(ours[0].rglob("*.png"))  # the request's downloads are there
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+        assert process.returncode == -signal.SIGTERM
+        assert not ours[0].exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()

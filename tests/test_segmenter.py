@@ -131,7 +131,7 @@ def test_bad_options_are_clear_errors(segmenter: Segmenter, image: np.ndarray) -
 
 def test_save_load_gives_identical_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
     segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "checksums.json", "config.json", "model.safetensors"]
     loaded = Segmenter.from_pretrained(tmp_path / "ckpt")
     a, b = segmenter.segment(image, ["sky", "car"]), loaded.segment(image, ["sky", "car"])
     assert np.array_equal(a.semantic, b.semantic)
@@ -151,6 +151,9 @@ def test_truncated_checkpoint_is_a_clear_error(segmenter: Segmenter, tmp_path: P
     folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt"):  # caught by the checksum
+        Segmenter.from_pretrained(folder)
+    (folder / "checksums.json").unlink()  # a folder saved by another tool: safetensors' own check
     with pytest.raises(CheckpointError, match=r"model\.safetensors.*truncated or corrupt"):
         Segmenter.from_pretrained(folder)
 
@@ -294,3 +297,31 @@ def test_push_to_hub_uploads_the_checkpoint_folder(segmenter: Segmenter, monkeyp
     assert url == "https://huggingface.co/someone/pmp-tiny"
     assert calls["repo"][0] == "someone/pmp-tiny" and calls["token"] == "t0k"
     assert "config.json" in calls["files"] and "README.md" in calls["files"] and calls["text_mode"] == "pmp"
+
+
+def test_a_flipped_bit_in_tensor_data_is_a_clear_error(segmenter: Segmenter, tmp_path: Path) -> None:
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
+    assert (folder / "checksums.json").is_file()
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-64] ^= 0x04  # inside the last tensor's bytes: the safetensors header still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt: its bytes do not match the sha256"):
+        Segmenter.from_pretrained(folder)
+
+
+def test_a_config_value_of_the_wrong_type_names_the_field(segmenter: Segmenter, tmp_path: Path) -> None:
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
+    config = json.loads((folder / "config.json").read_text())
+    config["decoder"]["num_queries"] = "lots"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"decoder\.num_queries='lots' has the wrong type: expected int"):
+        Segmenter.from_pretrained(folder)
+
+
+def test_bundled_checkpoints_carry_matching_checksums() -> None:
+    from pmp.checkpoint import BUNDLED_DIR, verify_checksums
+
+    for name in ("baseline", "pmp"):
+        assert (BUNDLED_DIR / name / "checksums.json").is_file()
+        verify_checksums(BUNDLED_DIR / name)

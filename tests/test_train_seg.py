@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tiny import tiny_segmenter_config
-from train.runtime import NonFiniteLossError, latest_valid_checkpoint, list_checkpoints
-from train.seg import SegTrainConfig, train
+from train.losses import SetCriterion
+from train.runtime import NonFiniteLossError, checkpoint_problem, latest_valid_checkpoint, list_checkpoints
+from train.seg import ResumeError, SegTrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,8 +50,18 @@ def test_nan_stops_training_and_resume_matches_an_uninterrupted_run(tmp_path: Pa
     reference = losses(tmp_path / "straight")
 
     interrupted = tmp_path / "interrupted"
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 4"):
-        train(config, interrupted, fail_at_step=4)
+    real_total = SetCriterion.total_loss
+    calls = []
+
+    def nan_at_step_4(self, losses):
+        calls.append(1)
+        total = real_total(self, losses)
+        return total * float("nan") if len(calls) == 5 else total  # the fifth step is step 4
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SetCriterion, "total_loss", nan_at_step_4)
+        with pytest.raises(NonFiniteLossError, match="non-finite loss at step 4"):
+            train(config, interrupted)
     # The NaN step saved nothing: the step-3 checkpoint is the newest and it is intact.
     assert [step for step, _ in list_checkpoints(interrupted / "checkpoints")] == [3]
     assert latest_valid_checkpoint(interrupted / "checkpoints").name == "step-00000003.safetensors"
@@ -136,3 +147,64 @@ def test_no_committed_text_file_holds_an_absolute_path_of_a_machine() -> None:
             if pattern.search(line) and "test_no_committed_text_file" not in line and "pattern = re.compile" not in line:
                 offenders.append(f"{name}:{number}: {line.strip()[:100]}")
     assert not offenders, "\n".join(offenders)
+
+
+# ------------------------------------------------------------------------ divergence, corruption, resume
+def test_divergence_stops_with_the_step_and_never_saves_or_resumes_broken_weights(tmp_path: Path) -> None:
+    """lr 1e9 without clipping: the weights blow up, the predictions go NaN. Training must stop with
+    one message naming the step, before the matcher sees NaN, and keep only finite checkpoints."""
+    config = tiny_train_config(lr=1e9, clip_grad_norm=0.0, steps=8, checkpoint_every=1, warmup_steps=0)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite (predictions|loss|weights) at step \d+"):
+        train(config, tmp_path)
+    for _, path in list_checkpoints(tmp_path / "checkpoints"):
+        assert checkpoint_problem(path) is None, path  # whatever was saved is finite and intact
+    with pytest.raises(NonFiniteLossError):  # resuming runs into the divergence again, with the same clear stop
+        train(config, tmp_path)
+
+
+def test_a_checkpoint_with_a_nan_weight_or_a_flipped_bit_is_not_resumed_from(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    config = tiny_train_config(steps=3, checkpoint_every=3)
+    train(config, tmp_path)
+    path = latest_valid_checkpoint(tmp_path / "checkpoints")
+    original = path.read_bytes()
+    flipped = bytearray(original)
+    flipped[-100] ^= 0x10  # inside the tensor data, past the header
+    path.write_bytes(bytes(flipped))
+    assert "do not match the checksum" in checkpoint_problem(path)
+    path.write_bytes(original)
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.startswith("model.") and tensors[k].is_floating_point())
+    tensors[key].view(-1)[0] = float("nan")
+    save_file(tensors, str(path), metadata={"complete": "1", "step": "3"})
+    from train.runtime import file_sha256
+
+    path.with_name(path.name + ".sha256").write_text(file_sha256(path))  # a valid checksum of NaN weights
+    assert "holds NaN or inf" in checkpoint_problem(path)
+    assert latest_valid_checkpoint(tmp_path / "checkpoints") is None
+
+
+def test_a_run_without_any_valid_checkpoint_is_not_restarted_silently(tmp_path: Path) -> None:
+    config = tiny_train_config(steps=3, checkpoint_every=3)
+    train(config, tmp_path)
+    rows = losses(tmp_path)
+    for _, path in list_checkpoints(tmp_path / "checkpoints"):
+        path.write_bytes(path.read_bytes()[:100])  # every checkpoint damaged
+    killed = tmp_path / "checkpoints" / ".step-00000006.safetensors.abc123.tmp"
+    killed.write_bytes(b"partial")
+    with pytest.raises(ResumeError, match="no valid checkpoint to resume from .*pass --restart"):
+        train(config, tmp_path)
+    assert losses(tmp_path) == rows  # nothing appended
+    assert not killed.exists()  # the killed save's temporary file is gone
+    train(config, tmp_path, restart=True)
+    assert len(losses(tmp_path)) == len(rows)  # rows of the old run dropped, not duplicated
+    assert [step for step, _ in list_checkpoints(tmp_path / "checkpoints")] == [3]
+
+
+def test_resuming_with_another_config_says_what_differs(tmp_path: Path) -> None:
+    train(tiny_train_config(steps=3, checkpoint_every=3), tmp_path)
+    with pytest.raises(ResumeError, match=r"lr: 0\.001 -> 0\.002"):
+        train(tiny_train_config(steps=6, checkpoint_every=3, lr=2e-3), tmp_path)
+    train(tiny_train_config(steps=6, checkpoint_every=3), tmp_path)  # only a longer schedule: resumes
+    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r] == list(range(1, 7))

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from pmp.checkpoint import atomic_write
+from pmp.checkpoint import atomic_write, file_sha256
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})\.safetensors$")
 
@@ -76,16 +76,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_finite(loss: torch.Tensor, ctx: DistributedContext, step: int) -> None:
-    """Stop every rank together when any rank sees a non-finite loss (no rank is left hanging in a collective)."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=ctx.device)
+def stop_unless_finite(finite: bool, ctx: DistributedContext, step: int, what: str) -> None:
+    """Stop every rank together, with one message naming the step, when any rank saw a non-finite value.
+
+    The flag is all-reduced, so no rank is left waiting in a collective while another has stopped.
+    """
+    bad = torch.tensor([0.0 if finite else 1.0], device=ctx.device)
     if ctx.enabled:
         dist.all_reduce(bad)
     if bad.item() > 0:
         raise NonFiniteLossError(
-            f"non-finite loss at step {step} (NaN or inf on at least one rank); training stopped and the "
+            f"non-finite {what} at step {step} (NaN or inf on at least one rank); training stopped and the "
             "last good checkpoint was kept. Lower the learning rate, check the data, or resume from that checkpoint."
         )
+
+
+def check_finite(loss: torch.Tensor, ctx: DistributedContext, step: int) -> None:
+    """Stop every rank together when any rank sees a non-finite loss."""
+    stop_unless_finite(bool(torch.isfinite(loss.detach()).all()), ctx, step, "loss")
+
+
+def predictions_are_finite(outputs: dict[str, Any]) -> bool:
+    """True when no prediction of any layer holds NaN or +inf (padded prompt columns are -inf by design)."""
+    for layer in [outputs, *outputs.get("aux_outputs", [])]:
+        logits, masks = layer["pred_logits"].detach(), layer["pred_masks"].detach()
+        if torch.isnan(logits).any() or torch.isposinf(logits).any() or not torch.isfinite(masks).all():
+            return False
+    return True
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(p.detach()).all()) for p in model.parameters() if p.is_floating_point())
 
 
 def poly_lr_factor(step: int, total_steps: int, warmup_steps: int, power: float = 0.9) -> float:
@@ -127,10 +148,27 @@ def save_training_state(
         "extra": json.dumps(extra_metadata),
     }
     target = folder / f"step-{step:08d}.safetensors"
+    remove_partial_writes(folder)
     atomic_write(target, lambda path: save_file(tensors, path, metadata=metadata))
+    atomic_write(_checksum_path(target), lambda path: Path(path).write_text(file_sha256(target) + "\n"))
     for old in sorted(list_checkpoints(folder))[:-keep]:
         old[1].unlink(missing_ok=True)
+        _checksum_path(old[1]).unlink(missing_ok=True)
     return target
+
+
+def _checksum_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".sha256")
+
+
+def remove_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes that were killed before their rename (``.name.*.tmp``)."""
+    removed = []
+    if folder.is_dir():
+        for path in folder.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _python_rng_state() -> list:
@@ -149,18 +187,39 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def validate_checkpoint(path: Path) -> bool:
-    """True when the file opens as safetensors, is marked complete, and holds the step in its name."""
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a training checkpoint cannot be resumed from, or None when it can.
+
+    It must open as safetensors, be marked complete with the step of its name, match the checksum
+    written beside it at save time (``.sha256``; a bit flip inside tensor data is caught only so), and
+    hold finite model weights (a run that diverged must not be resumed into the same divergence).
+    """
     match = CHECKPOINT_PATTERN.match(path.name)
     if not match:
-        return False
+        return "not a step-XXXXXXXX.safetensors file"
+    checksum = _checksum_path(path)
+    if checksum.is_file():
+        if checksum.read_text().strip() != file_sha256(path):
+            return "its bytes do not match the checksum written at save time (corrupt)"
+    else:
+        return f"no checksum file {checksum.name} (written with every checkpoint; a killed save or an old run)"
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-            keys = list(handle.keys())
-    except (SafetensorError, OSError, ValueError):
-        return False
-    return metadata.get("complete") == "1" and metadata.get("step") == str(int(match.group(1))) and bool(keys)
+            if not (metadata.get("complete") == "1" and metadata.get("step") == str(int(match.group(1)))):
+                return "not marked complete for its step"
+            for key in handle.keys():
+                if key.startswith("model."):
+                    tensor = handle.get_tensor(key)
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        return f"weight {key[len('model.'):]!r} holds NaN or inf"
+    except (SafetensorError, OSError, ValueError) as error:
+        return f"unreadable ({error})"
+    return None
+
+
+def validate_checkpoint(path: Path) -> bool:
+    return checkpoint_problem(path) is None
 
 
 def latest_valid_checkpoint(folder: Path) -> Path | None:
@@ -206,7 +265,8 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop records from steps after the checkpoint so the log matches the run."""
+        """Drop records from steps after ``step`` (the resumed checkpoint's, or 0 for a restart), so no
+        step is ever logged twice."""
         if not (self.enabled and self.path.exists()):
             return
         kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", -1) <= step]

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from safetensors import safe_open
 from tqdm import tqdm
 
 from pmp.config import SegmenterConfig
@@ -38,14 +39,21 @@ from train.matcher import HungarianMatcher
 from train.runtime import (
     DistributedContext,
     MetricsLog,
+    NonFiniteLossError,
     check_finite,
+    checkpoint_problem,
     cleanup_distributed,
     latest_valid_checkpoint,
+    list_checkpoints,
     load_training_state,
     poly_lr_factor,
+    predictions_are_finite,
+    remove_partial_writes,
     save_training_state,
     seed_everything,
     setup_distributed,
+    stop_unless_finite,
+    weights_are_finite,
 )
 
 
@@ -224,16 +232,72 @@ def parameter_groups(model: torch.nn.Module, config: SegTrainConfig) -> list[dic
 
 
 # ------------------------------------------------------------------------------------------- train
-def train(config: SegTrainConfig, out_dir: Path, *, resume: bool = True, command: str = "", fail_at_step: int | None = None) -> dict[str, Any]:
-    """Run (or resume) one training; returns the final metrics. ``fail_at_step`` injects a NaN (tests)."""
+def train(config: SegTrainConfig, out_dir: Path, *, resume: bool = True, restart: bool = False, command: str = "") -> dict[str, Any]:
+    """Run (or resume) one training; returns the final metrics.
+
+    ``resume``: continue from the newest valid checkpoint in ``out_dir``. When ``out_dir`` holds a run
+    but none of its checkpoints is valid, training refuses to start again from step 0 unless
+    ``restart`` is given (then the old log rows are dropped, never duplicated).
+    """
     ctx = setup_distributed()
     try:
-        return _train(config, out_dir, ctx, resume=resume, command=command, fail_at_step=fail_at_step)
+        return _train(config, out_dir, ctx, resume=resume, restart=restart, command=command)
     finally:
         cleanup_distributed()
 
 
-def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, resume: bool, command: str, fail_at_step: int | None) -> dict[str, Any]:
+class ResumeError(RuntimeError):
+    """An output folder that cannot be resumed as asked; the message says why and what to do."""
+
+
+# Fields that may change between a run and its resumption: they do not change what a step computes.
+RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "eval_every", "eval_limit"})
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """'field: saved -> current' for every (nested) field that differs."""
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += config_differences(old, new, f"{prefix}{key}.")
+        elif old != new and not (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and list(old) == list(new)):
+            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return differences
+
+
+def _resume_point(checkpoint_dir: Path, log: MetricsLog, config: SegTrainConfig, resume: bool, restart: bool) -> Path | None:
+    """The checkpoint to resume from (None: start at step 0), or ResumeError when the folder holds a run
+    that cannot be continued as asked."""
+    remove_partial_writes(checkpoint_dir)
+    if restart or not resume:
+        for _, path in list_checkpoints(checkpoint_dir):  # else the old run's later steps would outrank the new ones
+            path.unlink(missing_ok=True)
+            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
+        return None
+    latest = latest_valid_checkpoint(checkpoint_dir)
+    found = list_checkpoints(checkpoint_dir)
+    if latest is None and (found or log.records()):
+        reasons = "; ".join(f"{path.name}: {checkpoint_problem(path)}" for _, path in found) or "no checkpoint was written"
+        raise ResumeError(
+            f"{checkpoint_dir.parent} holds a training run ({len(log.records())} logged rows) but no valid checkpoint to "
+            f"resume from ({reasons}). Starting again from step 0 would overwrite it: pass --restart to do so, "
+            "or choose another --out"
+        )
+    if latest is not None:
+        with safe_open(str(latest), framework="pt") as handle:
+            saved = json.loads((handle.metadata() or {}).get("extra", "{}")).get("train_config")
+        if saved is not None:
+            differences = [d for d in config_differences(saved, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES]
+            if differences:
+                raise ResumeError(
+                    f"{latest} was written with another training config; resuming would mix two runs. Differences: "
+                    + "; ".join(differences) + ". Use the same config, pass --restart, or choose another --out"
+                )
+    return latest
+
+
+def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, resume: bool, restart: bool, command: str) -> dict[str, Any]:
     seed_everything(config.seed)
     segmenter = build_segmenter(config).to(ctx.device)
     data = TrainingData(config)
@@ -253,13 +317,14 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
     checkpoint_dir = out_dir / "checkpoints"
     log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
     start_step = 0
-    if resume:
-        latest = latest_valid_checkpoint(checkpoint_dir)
-        if latest is not None:
-            start_step, _ = load_training_state(latest, model, optimizer)
-            log.truncate_after(start_step)
-            if ctx.is_main:
-                print(f"resumed from {latest} at step {start_step}", file=sys.stderr)
+    latest = _resume_point(checkpoint_dir, log, config, resume, restart)
+    if latest is not None:
+        start_step, _ = load_training_state(latest, model, optimizer)
+        if ctx.is_main:
+            print(f"resumed from {latest} at step {start_step}", file=sys.stderr)
+    elif restart and ctx.is_main and log.records():
+        print(f"--restart: starting {out_dir} again from step 0; its old log rows are dropped", file=sys.stderr)
+    log.truncate_after(start_step)  # no step is ever logged twice
     if ctx.is_main:
         (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
@@ -276,10 +341,10 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
         images, text, text_mask, targets = build_batch(samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device)
         with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
             outputs = ddp_model(images, text, text_mask)
+        # Diverged weights give NaN predictions; the matcher would fail on them with no step in the message.
+        stop_unless_finite(predictions_are_finite(outputs), ctx, step, "predictions")
         losses = criterion(_to_float(outputs), targets)
         loss = criterion.total_loss(losses)
-        if fail_at_step is not None and step == fail_at_step:
-            loss = loss * float("nan")
         check_finite(loss, ctx, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -295,6 +360,7 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
             log.write(record)
             progress.set_postfix(loss=f"{record['loss']:.3f}")
         if done % config.checkpoint_every == 0 or done == config.steps:
+            stop_unless_finite(weights_are_finite(model), ctx, done, "weights")  # never save a diverged model
             if ctx.is_main:
                 save_training_state(checkpoint_dir, done, model, optimizer, {"train_config": config.to_dict()})
             if ctx.enabled:
@@ -407,7 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-clip", default=None, help="a local open_clip folder (e.g. checkpoints/tiny-clip)")
     parser.add_argument("--eval-limit", type=int, default=None)
     parser.add_argument("--present-prob", type=float, default=None, help="prompt each present class with this probability")
-    parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--no-resume", action="store_true", help="start at step 0 in a fresh --out")
+    parser.add_argument("--restart", action="store_true",
+                        help="start again from step 0 in an --out that holds a run (its checkpoints and log rows are replaced)")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the final model folder to this Hub repo")
     args = parser.parse_args(argv)
     config = SegTrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else get_recipe(args.recipe)
@@ -419,7 +487,11 @@ def main(argv: list[str] | None = None) -> int:
         config.model = dataclasses.replace(config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode))
         config.model.validate()
     command = "python -m train.seg " + " ".join(portable_arguments(sys.argv[1:] if argv is None else argv))
-    metrics = train(config, args.out, resume=not args.no_resume, command=command)
+    try:
+        metrics = train(config, args.out, resume=not args.no_resume, restart=args.restart, command=command)
+    except (ResumeError, NonFiniteLossError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(json.dumps(metrics, indent=2))
     if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
         url = Segmenter.from_pretrained(args.out / "model").push_to_hub(args.push_to_hub)
