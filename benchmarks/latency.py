@@ -374,7 +374,7 @@ def stage2_pool_vs_crop(segmenter: Segmenter, image: np.ndarray, count: int, rep
     pixels, valid_hw = segmenter.preprocess(load_image(image), image_size or segmenter.config.image_size)
     mask_logits = result.mask_logits.to(segmenter.device)
     text = segmenter.clip.encode_text(result.labels).to(segmenter.device)
-    p = torch.from_numpy(result.stage1_scores).to(segmenter.device)
+    p = torch.from_numpy(result.p).to(segmenter.device)
     num = mask_logits.shape[0]
 
     def stage2(mode: str) -> float:
@@ -431,7 +431,7 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
     pixels, valid_hw = segmenter.preprocess(load_image(image), image_size or segmenter.config.image_size)
     mask_logits = result.mask_logits.to(segmenter.device)
     text = segmenter.clip.encode_text(result.labels).to(segmenter.device)
-    p = torch.from_numpy(result.stage1_scores).to(segmenter.device)
+    p = torch.from_numpy(result.p).to(segmenter.device)
     full = max(valid_hw)
     default_side = max(segmenter.dense_input(pixels[..., : valid_hw[0], : valid_hw[1]]).shape[-2:])
     sides = sorted({side for side in (segmenter.clip.image_size, 320, 448, default_side, full) if side <= full})
@@ -476,7 +476,7 @@ def autocast_comparison(segmenter: Segmenter, image: np.ndarray, count: int, rep
         "prompts": count,
         "warm_median": {label: {s: statistics.median(t[s] for t in ts) for s in STAGES} for label, ts in runs.items()},
         "semantic_pixel_agreement": float((a.semantic == b.semantic).mean()),
-        "max_abs_diff_p_out": float(np.abs(a.scores - b.scores).max()),
+        "max_abs_diff_p_out": float(np.abs(a.p_out - b.p_out).max()),
         "picked_proposals_equal": [i for i, _ in a.selected] == [i for i, _ in b.selected],
     }
 

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pmp.modeling import MaskProposalModel
+from pmp.modeling import build_mask_proposal_model
 from train.losses import SetCriterion
 from train.matcher import HungarianMatcher
 from train.recipes import get_recipe
@@ -63,7 +63,7 @@ def time_recipe(name: str, batch: int, iters: int, num_prompts: int) -> dict[str
     config = get_recipe(name)
     model_config = dataclasses.replace(config.model, clip=dataclasses.replace(config.model.clip, pretrained=None))
     text_dim = 512 if "B-16" in model_config.clip.model_name or "B-32" in model_config.clip.model_name else 768
-    model = MaskProposalModel(model_config, text_dim=text_dim).train()
+    model = build_mask_proposal_model(model_config, text_dim=text_dim).train()
     criterion = SetCriterion(HungarianMatcher())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     size = config.crop_size

@@ -248,11 +248,11 @@ def model_view(result: Any, image: Image.Image) -> ModelView:
     small.thumbnail((GALLERY_SIDE, GALLERY_SIDE), Image.Resampling.BILINEAR)
     masks, table = [], []
     for k, (label, (index, score)) in enumerate(zip(labels, result.selected)):
-        p, p_hat = float(result.stage1_scores[index, k]), float(result.stage2_scores[index, k])
+        p, p_hat = float(result.p[index, k]), float(result.p_hat[index, k])
         caption = f"{label} · #{index} · p={p:.2f} · p_hat={p_hat:.2f} · p_out={float(score):.2f}"
         masks.append((mask_overlay(small, picked[k], colour_for(k)), caption))
         table.append([label, int(index), round(p, 4), round(p_hat, 4), round(float(score), 4), round(100 * float(area[k]), 1)])
-    scores = np.asarray(result.scores)  # (N, K)
+    scores = np.asarray(result.p_out)  # (N, K)
     best = scores.argmax(1) if scores.size else np.zeros(0, int)
     best_score = scores.max(1) if scores.size else np.zeros(0)
     captions = [f"#{n} {labels[best[n]]} {best_score[n]:.2f}" for n in range(scores.shape[0])]
@@ -307,9 +307,9 @@ def write_downloads(folder: Path, prompts: list[str], results: dict[str, Any], v
     for name, result in results.items():
         entry = result_summary(result)
         entry["scores"] = {
-            "p": np.round(np.asarray(result.stage1_scores, dtype=np.float64), 5).tolist(),
-            "p_hat": np.round(np.asarray(result.stage2_scores, dtype=np.float64), 5).tolist(),
-            "p_out": np.round(np.asarray(result.scores, dtype=np.float64), 5).tolist(),
+            "p": np.round(np.asarray(result.p, dtype=np.float64), 5).tolist(),
+            "p_hat": np.round(np.asarray(result.p_hat, dtype=np.float64), 5).tolist(),
+            "p_out": np.round(np.asarray(result.p_out, dtype=np.float64), 5).tolist(),
         }
         summary[name] = entry
     json_path = folder / "scores.json"

@@ -46,7 +46,7 @@ from pmp.checkpoint import MAX_SHARD_SIZE, load_config, load_weights, resolve_ch
 from pmp.clip import CLIPModel
 from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import load_image
-from pmp.modeling import MaskProposalModel
+from pmp.modeling import build_mask_proposal_model
 from pmp.prompts import PromptError, parse_prompts
 
 
@@ -60,9 +60,9 @@ class SegmentationResult:
 
     labels: list[str]
     semantic: np.ndarray  # (H, W) int64 index into labels (-1 only for unclaimed pixels, when asked for)
-    stage1_scores: np.ndarray  # (N, K) p, stage-1 probabilities (no-object column dropped)
-    stage2_scores: np.ndarray  # (N, K) p_hat, CLIP probabilities
-    scores: np.ndarray  # (N, K) p_out = p^(1 - clip_weight) * p_hat^clip_weight
+    p: np.ndarray  # (N, K) stage-1 probabilities, Eq. 1 (no-object column dropped)
+    p_hat: np.ndarray  # (N, K) CLIP probabilities, Eq. 2
+    p_out: np.ndarray  # (N, K) Eq. 3: p^(1 - clip_weight) * p_hat^clip_weight
     selected: list[tuple[int, float]]  # per label: (proposal index with the highest p_out, that p_out)
     timings: dict[str, float]
     clip_weight: float
@@ -95,8 +95,8 @@ class SegmentationResult:
                 {
                     "label": label,
                     "proposal": index,
-                    "p": float(self.stage1_scores[index, k]),
-                    "p_hat": float(self.stage2_scores[index, k]),
+                    "p": float(self.p[index, k]),
+                    "p_hat": float(self.p_hat[index, k]),
                     "p_out": float(score),
                     "pixels": int((self.semantic == k).sum()),
                 }
@@ -261,7 +261,7 @@ class Segmenter(nn.Module):
         self.config = config
         self.clip = clip if clip is not None else CLIPModel.build(config.clip)
         clip_visual = self.clip.model.visual if config.backbone.kind == "clip" else None
-        self.model = MaskProposalModel(
+        self.model = build_mask_proposal_model(
             config, text_dim=self.clip.embed_dim, clip_visual=clip_visual, load_backbone_weights=load_backbone_weights
         )
         self.clip.requires_grad_(False)
@@ -426,9 +426,9 @@ class Segmenter(nn.Module):
         return SegmentationResult(
             labels=list(stages.labels),
             semantic=semantic.cpu().numpy().astype(np.int64),
-            stage1_scores=stages.p.cpu().numpy(),
-            stage2_scores=stages.p_hat.cpu().numpy(),
-            scores=scores.cpu().numpy(),
+            p=stages.p.cpu().numpy(),
+            p_hat=stages.p_hat.cpu().numpy(),
+            p_out=scores.cpu().numpy(),
             selected=selected,
             timings=timings,
             clip_weight=clip_weight,

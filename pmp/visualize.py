@@ -274,8 +274,8 @@ def result_summary(result: Any) -> dict[str, Any]:
             {
                 "label": label,
                 "proposal": int(index),
-                "p": float(result.stage1_scores[index, k]),
-                "p_hat": float(result.stage2_scores[index, k]),
+                "p": float(result.p[index, k]),
+                "p_hat": float(result.p_hat[index, k]),
                 "p_out": float(score),
                 "pixels": int((np.asarray(result.semantic) == k).sum()),
             }

@@ -79,8 +79,8 @@ class FakeSegmenter:
         for j, (index, _) in enumerate(selected):
             semantic[proposals[index] >= mask_threshold] = j
         return SimpleNamespace(
-            labels=list(labels), semantic=semantic, proposals=proposals, stage1_scores=p, stage2_scores=p_hat,
-            scores=scores, selected=selected, mask_threshold=mask_threshold,
+            labels=list(labels), semantic=semantic, proposals=proposals, p=p, p_hat=p_hat,
+            p_out=scores, selected=selected, mask_threshold=mask_threshold,
             timings={"text": 0.001, "stage1": 0.02, "stage2": 0.01, "post": 0.002},
         )  # fmt: skip
 

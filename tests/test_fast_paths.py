@@ -120,14 +120,14 @@ def test_top_k_crops_equal_all_crops_within_the_top_k(segmenter: Segmenter, worl
             full = segmenter.segment(image, LABELS, stage2_mode="crop")
         finally:
             segmenter.config = dataclasses.replace(everything, crop_top_k=top_k)
-        top = np.argsort(-some.stage1_scores.max(1), kind="stable")[:top_k]
+        top = np.argsort(-some.p.max(1), kind="stable")[:top_k]
         rest = np.setdiff1d(np.arange(num), top)
         # the cropped proposals get exactly the CLIP scores they get when every proposal is cropped ...
-        np.testing.assert_allclose(some.stage2_scores[top], full.stage2_scores[top], rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(some.stage2_scores[rest], some.stage1_scores[rest])  # ... the others keep p
+        np.testing.assert_allclose(some.p_hat[top], full.p_hat[top], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(some.p_hat[rest], some.p[rest])  # ... the others keep p
         # so among the cropped proposals both runs rank every label the same way
-        np.testing.assert_allclose(some.scores[top], full.scores[top], rtol=1e-5, atol=1e-6)
-        np.testing.assert_array_equal(some.scores[top].argmax(0), full.scores[top].argmax(0))
+        np.testing.assert_allclose(some.p_out[top], full.p_out[top], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(some.p_out[top].argmax(0), full.p_out[top].argmax(0))
 
 
 def test_reused_clip_trunk_gives_the_separate_dense_pass(segmenter: Segmenter, world_images: list[np.ndarray]) -> None:
@@ -174,7 +174,7 @@ def test_vit_dense_input_is_scaled_to_patch_multiples() -> None:
     assert segmenter.dense_input(image) is image
     with torch.inference_mode():
         out = segmenter.segment((np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8), ["sky", "car"])
-    assert out.stage2_scores.shape == (config.decoder.num_queries, 2)
+    assert out.p_hat.shape == (config.decoder.num_queries, 2)
 
 
 # ---------------------------------------------------------------------------------------- stage 1
@@ -239,7 +239,7 @@ def test_argmax_over_classes_keeps_the_first_maximum() -> None:
 def test_semantic_map_equals_the_full_size_computation(segmenter: Segmenter, world_images: list[np.ndarray]) -> None:
     image = np.ascontiguousarray(np.concatenate([world_images[1]] * 3, axis=1))  # 64 x 192: padded, upsampled 6x
     out = segmenter.segment(image, LABELS, image_size=128)
-    maps = semantic_inference(torch.from_numpy(out.scores), out.mask_logits)
+    maps = semantic_inference(torch.from_numpy(out.p_out), out.mask_logits)
     expected = upsample(maps[None], out.image_size)[0].argmax(0)
     claimed = upsample(out.mask_logits.amax(0)[None, None], out.image_size)[0, 0].sigmoid() >= out.mask_threshold
     np.testing.assert_array_equal(out.semantic, torch.where(claimed, expected, -1).numpy())
@@ -252,6 +252,6 @@ def test_bfloat16_autocast_stays_close_and_keeps_text_float32(segmenter: Segment
         fast = segmenter.segment(world_images[2], LABELS)
     finally:
         segmenter.autocast_dtype = None
-    assert fast.scores.dtype == np.float32 and segmenter.clip.encode_text(LABELS[:1]).dtype == torch.float32
-    np.testing.assert_allclose(fast.scores, reference.scores, atol=0.05)
+    assert fast.p_out.dtype == np.float32 and segmenter.clip.encode_text(LABELS[:1]).dtype == torch.float32
+    np.testing.assert_allclose(fast.p_out, reference.p_out, atol=0.05)
     assert (fast.semantic == reference.semantic).mean() > 0.9

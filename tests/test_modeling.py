@@ -16,7 +16,7 @@ from pmp.config import (
     SegmenterConfig,
     tiny_clip_model_cfg,
 )
-from pmp.modeling import MaskProposalModel, TextCrossAttention
+from pmp.modeling import MaskProposalModel, TextCrossAttention, build_mask_proposal_model
 from pmp.modeling.backbone import TimmBackbone
 from pmp.modeling.text_conditioning import TextTokens
 
@@ -46,7 +46,7 @@ def tiny_config(pixel_decoder="fpn", decoder="mask2former", text_mode="pmp", bac
 
 
 def tiny_model(**kwargs) -> MaskProposalModel:
-    return MaskProposalModel(tiny_config(**kwargs), text_dim=TEXT_DIM).eval()
+    return build_mask_proposal_model(tiny_config(**kwargs), text_dim=TEXT_DIM).eval()
 
 
 def unit(*shape) -> torch.Tensor:
@@ -153,7 +153,7 @@ def test_gradients_reach_the_text_projection_in_pmp_mode():
     model = tiny_model(text_mode="pmp").train()
     out = model(torch.randn(1, 3, SIZE, SIZE), unit(2, TEXT_DIM))
     out["pred_masks"].square().mean().backward()  # masks depend on the prompts only through the decoder
-    for parameter in (model.decoder.text.project.linear.weight, model.decoder.text.cross_attention[0].attn.in_proj_weight):
+    for parameter in (model.decoder.text.project.linear.weight, model.decoder.text.cross_attention[0].multihead_attn.in_proj_weight):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
 
 
@@ -198,7 +198,7 @@ def test_clip_backbone_is_frozen_and_outside_the_state_dict(vision_cfg):
     clip = _tiny_clip(vision_cfg)
     clip_params = {id(p) for p in clip.visual.parameters()}
     clip_before = {k: v.clone() for k, v in clip.visual.state_dict().items()}
-    model = MaskProposalModel(tiny_config(backbone="clip"), text_dim=clip.text_projection.shape[1], clip_visual=clip.visual)
+    model = build_mask_proposal_model(tiny_config(backbone="clip"), text_dim=clip.text_projection.shape[1], clip_visual=clip.visual)
     model.train()
     assert not clip.visual.training  # the tower stays in eval mode (frozen BatchNorm)
     assert not clip_params & {id(p) for p in model.parameters()}
@@ -218,7 +218,7 @@ def test_clip_backbone_is_frozen_and_outside_the_state_dict(vision_cfg):
 
 def test_clip_backbone_needs_the_tower():
     with pytest.raises(ValueError, match="clip_visual"):
-        MaskProposalModel(tiny_config(backbone="clip"), text_dim=TEXT_DIM)
+        build_mask_proposal_model(tiny_config(backbone="clip"), text_dim=TEXT_DIM)
 
 
 @pytest.mark.parametrize("name", ["convnext_atto", "swin_tiny_patch4_window7_224"])
@@ -284,7 +284,7 @@ def test_masked_attention_unmasks_queries_whose_mask_is_empty():
 def test_pre_norm_variant_respects_padding(text_mode):
     config = tiny_config(text_mode=text_mode)
     config.decoder.pre_norm = True
-    model = MaskProposalModel(config, text_dim=TEXT_DIM).eval()
+    model = build_mask_proposal_model(config, text_dim=TEXT_DIM).eval()
     images, text = torch.randn(1, 3, SIZE, SIZE), unit(1, 2, TEXT_DIM)
     with torch.no_grad():
         plain = model(images, text)["pred_masks"]

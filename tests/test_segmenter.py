@@ -71,7 +71,7 @@ def test_one_stage_pass_serves_every_clip_weight(segmenter: Segmenter, image: np
     for weight in (0.0, 0.65, 1.0):
         direct = segmenter.segment(image, ["a", "b", "c"], clip_weight=weight)
         combined = segmenter.combine(stages, clip_weight=weight)
-        assert np.array_equal(direct.semantic, combined.semantic) and np.allclose(direct.scores, combined.scores)
+        assert np.array_equal(direct.semantic, combined.semantic) and np.allclose(direct.p_out, combined.p_out)
 
 
 def test_semantic_inference_is_mask2former_sum() -> None:
@@ -91,9 +91,9 @@ def test_eq1_stage1_scores_are_softmax_of_model_logits(segmenter: Segmenter, ima
     with torch.inference_mode():
         logits = segmenter.model(segmenter.normalize(pixels, CLIP_MEAN, CLIP_STD), text[None])["pred_logits"][0]
     probs = logits.softmax(-1)
-    assert np.allclose(out.stage1_scores, probs[:, :-1].numpy(), atol=1e-6)
+    assert np.allclose(out.p, probs[:, :-1].numpy(), atol=1e-6)
     assert np.allclose(out.no_object, probs[:, -1].numpy(), atol=1e-6)
-    assert np.allclose(out.scores, ensemble(torch.from_numpy(out.stage1_scores), torch.from_numpy(out.stage2_scores), 0.65).numpy(), atol=1e-6)
+    assert np.allclose(out.p_out, ensemble(torch.from_numpy(out.p), torch.from_numpy(out.p_hat), 0.65).numpy(), atol=1e-6)
 
 
 def test_result_fields_and_shapes(segmenter: Segmenter, image: np.ndarray) -> None:
@@ -103,10 +103,10 @@ def test_result_fields_and_shapes(segmenter: Segmenter, image: np.ndarray) -> No
     assert out.semantic.shape == (48, 80) and out.semantic.dtype == np.int64
     assert out.semantic.min() >= -1 and out.semantic.max() < 3
     assert out.proposals.shape == (n, 48, 80) and 0 <= out.proposals.min() and out.proposals.max() <= 1
-    for scores in (out.stage1_scores, out.stage2_scores, out.scores):
+    for scores in (out.p, out.p_hat, out.p_out):
         assert scores.shape == (n, 3)
-    assert np.allclose(out.stage2_scores.sum(1), 1, atol=1e-5)
-    assert [i for i, _ in out.selected] == out.scores.argmax(0).tolist()
+    assert np.allclose(out.p_hat.sum(1), 1, atol=1e-5)
+    assert [i for i, _ in out.selected] == out.p_out.argmax(0).tolist()
     assert set(out.timings) >= {"text", "stage1", "stage2", "post"}
     assert json.loads(json.dumps(out.to_json()))["labels"] == out.labels
     assert out.picked_mask(0).shape == (48, 80)
@@ -114,10 +114,10 @@ def test_result_fields_and_shapes(segmenter: Segmenter, image: np.ndarray) -> No
 
 def test_crop_mode_keeps_stage1_scores_outside_the_top_k(segmenter: Segmenter, image: np.ndarray) -> None:
     out = segmenter.segment(image, ["sky", "car", "tree"], stage2_mode="crop")
-    top = set(np.argsort(-out.stage1_scores.max(1))[: segmenter.config.crop_top_k].tolist())
-    rest = [i for i in range(out.scores.shape[0]) if i not in top]
-    assert np.allclose(out.stage2_scores[rest], out.stage1_scores[rest])
-    assert not np.allclose(out.stage2_scores[list(top)], out.stage1_scores[list(top)])
+    top = set(np.argsort(-out.p.max(1))[: segmenter.config.crop_top_k].tolist())
+    rest = [i for i in range(out.p_out.shape[0]) if i not in top]
+    assert np.allclose(out.p_hat[rest], out.p[rest])
+    assert not np.allclose(out.p_hat[list(top)], out.p[list(top)])
 
 
 def test_bad_options_are_clear_errors(segmenter: Segmenter, image: np.ndarray) -> None:
@@ -135,7 +135,7 @@ def test_save_load_gives_identical_outputs(segmenter: Segmenter, image: np.ndarr
     loaded = Segmenter.from_pretrained(tmp_path / "ckpt")
     a, b = segmenter.segment(image, ["sky", "car"]), loaded.segment(image, ["sky", "car"])
     assert np.array_equal(a.semantic, b.semantic)
-    assert np.array_equal(a.scores, b.scores)
+    assert np.array_equal(a.p_out, b.p_out)
 
 
 def test_half_precision_checkpoint_loads_as_float32(segmenter: Segmenter, tmp_path: Path) -> None:
@@ -199,7 +199,7 @@ def test_from_pretrained_reads_a_prepopulated_hub_cache_offline(segmenter: Segme
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     loaded = Segmenter.from_pretrained("someone/pmp-tiny")
-    assert np.allclose(loaded.segment(image, ["sky"]).scores, segmenter.segment(image, ["sky"]).scores, atol=1e-5)
+    assert np.allclose(loaded.segment(image, ["sky"]).p_out, segmenter.segment(image, ["sky"]).p_out, atol=1e-5)
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         Segmenter.from_pretrained("someone/not-cached")
 
@@ -253,7 +253,7 @@ def test_large_weights_are_sharded_and_load_identically(segmenter: Segmenter, im
     assert not (folder / "model.safetensors").exists()
     loaded = Segmenter.from_pretrained(folder)
     # allclose, not equal: the text cache may hold "sky" encoded in a batch truncated to another length.
-    assert np.allclose(loaded.segment(image, ["sky"]).scores, segmenter.segment(image, ["sky"]).scores, atol=1e-5)
+    assert np.allclose(loaded.segment(image, ["sky"]).p_out, segmenter.segment(image, ["sky"]).p_out, atol=1e-5)
     # Re-saving unsharded removes the shards, so a folder never mixes two layouts.
     segmenter.save_pretrained(folder, max_shard_size="1GB")
     assert not list(folder.glob("model-*-of-*.safetensors")) and (folder / "model.safetensors").is_file()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pmp.config import TEXT_MODES
 from pmp.modeling.layers import CrossAttentionLayer
 from pmp.modeling.text_conditioning import QuerySequence, TextConditioning, TextTokens
-from pmp.modeling import MaskProposalModel
+from pmp.modeling import build_mask_proposal_model
 from tests.test_modeling import NUM_QUERIES, SIZE, TEXT_DIM, tiny_config, tiny_model, unit
 
 DIM = 8
@@ -38,7 +38,7 @@ def test_pmp_is_eq5_literally() -> None:
     stream, query = conditioning.before_cross_attention(0, QuerySequence(x, pos, None, 5), text)
     out = image_layer(stream, memory, pos=memory_pos, query_pos=pos, query=query)
 
-    q_prime = single_head_attention(x + pos, text.tokens, text.tokens, conditioning.cross_attention[0].attn)
+    q_prime = single_head_attention(x + pos, text.tokens, text.tokens, conditioning.cross_attention[0].multihead_attn)
     attended = single_head_attention(q_prime + pos, memory + memory_pos, memory, image_layer.multihead_attn)
     expected = F.layer_norm(x + attended, (DIM,), image_layer.norm.weight, image_layer.norm.bias)
     torch.testing.assert_close(query, q_prime, atol=1e-6, rtol=1e-5)
@@ -54,7 +54,7 @@ def test_pmp_residual_keeps_the_earlier_placement() -> None:
     x, pos = torch.randn(1, 5, DIM), torch.randn(1, 5, DIM)
     text = TextTokens(torch.randn(1, 3, DIM), torch.zeros(1, 3, dtype=torch.bool), all_real=True)
     stream, query = conditioning.before_cross_attention(0, QuerySequence(x, pos, None, 5), text)
-    expected = F.layer_norm(x + single_head_attention(x + pos, text.tokens, text.tokens, block.attn), (DIM,),
+    expected = F.layer_norm(x + single_head_attention(x + pos, text.tokens, text.tokens, block.multihead_attn), (DIM,),
                             block.norm.weight, block.norm.bias)
     assert query is None
     torch.testing.assert_close(stream, expected, atol=1e-6, rtol=1e-5)
@@ -109,7 +109,7 @@ def test_every_shared_parameter_starts_equal_across_text_modes(decoder) -> None:
     states = {}
     for mode in TEXT_MODES:
         torch.manual_seed(123)
-        states[mode] = MaskProposalModel(tiny_config(decoder=decoder, text_mode=mode), text_dim=TEXT_DIM).state_dict()
+        states[mode] = build_mask_proposal_model(tiny_config(decoder=decoder, text_mode=mode), text_dim=TEXT_DIM).state_dict()
     baseline = states["none"]
     for mode, state in states.items():
         shared = set(state) & set(baseline)
@@ -122,7 +122,7 @@ def test_two_models_built_after_one_seed_get_different_text_weights() -> None:
     torch.manual_seed(0)
     first = tiny_model(text_mode="pmp").state_dict()
     second = tiny_model(text_mode="pmp").state_dict()
-    key = "decoder.text.cross_attention.0.attn.in_proj_weight"
+    key = "decoder.text.cross_attention.0.multihead_attn.in_proj_weight"
     assert not torch.equal(first[key], second[key])
 
 

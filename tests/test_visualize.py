@@ -157,8 +157,8 @@ def test_save_outputs_writes_every_file(tmp_path):
     result = SimpleNamespace(
         labels=["sky", "red car", "cat"],
         semantic=semantic,
-        stage1_scores=np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]]),
-        stage2_scores=np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1]]),
+        p=np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1]]),
+        p_hat=np.array([[0.8, 0.1, 0.1], [0.3, 0.6, 0.1]]),
         selected=[(0, 0.85), (1, 0.65), (1, 0.1)],
         timings={"text": 0.1, "stage1": 0.2, "stage2": 0.3, "post": 0.01},
     )

@@ -6,7 +6,7 @@ The text modes (PMP's Eq. 5 and the Fig. 5 ablations) live in :mod:`pmp.modeling
 from pmp.modeling.backbone import build_backbone
 from pmp.modeling.heads import MaskHead, OpenVocabClassHead
 from pmp.modeling.pixel_decoder import build_pixel_decoder
-from pmp.modeling.proposal_model import MaskProposalModel
+from pmp.modeling.proposal_model import MaskProposalModel, build_mask_proposal_model
 from pmp.modeling.text_conditioning import TextConditioning, TextCrossAttention
 from pmp.modeling.transformer_decoder import build_transformer_decoder
 
@@ -17,6 +17,7 @@ __all__ = [
     "TextConditioning",
     "TextCrossAttention",
     "build_backbone",
+    "build_mask_proposal_model",
     "build_pixel_decoder",
     "build_transformer_decoder",
 ]

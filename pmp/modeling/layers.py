@@ -115,14 +115,41 @@ class SelfAttentionLayer(nn.Module):
 
 
 class CrossAttentionLayer(nn.Module):
-    """Residual cross-attention from queries to a memory: x = LN(x + MHA(x+qpos, mem+pos, mem))."""
+    """Residual cross-attention from queries to a memory: x = LN(x + MHA(x+qpos, mem+pos, mem)).
+
+    In Mask2Former's decoder this is Eq. 4's image attention (the attention mask M_{l-1} comes in as
+    ``attn_mask``); PMP's text attention (Eq. 5's Q') is the same layer with the prompts as its memory
+    (:class:`pmp.modeling.text_conditioning.TextCrossAttention`).
+    """
 
     def __init__(self, dim: int, num_heads: int, pre_norm: bool = False):
         super().__init__()
         self.multihead_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.norm = nn.LayerNorm(dim)
+        self.norm: nn.LayerNorm | None = nn.LayerNorm(dim)
         self.pre_norm = pre_norm
         xavier_init(self)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor | None,
+        query_pos: torch.Tensor | None,
+        attn_mask: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The attention alone, softmax((query+qpos) K^T) V with K = memory+pos, V = memory: (B, N, C)."""
+        return self.multihead_attn(
+            with_pos(query, query_pos),
+            with_pos(memory, pos),
+            memory,
+            attn_mask=attn_mask,
+            key_padding_mask=key_padding_mask,
+            need_weights=False,
+        )[0]
+
+    def add_residual(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        return x + attended if self.pre_norm else self.norm(x + attended)
 
     def forward(
         self,
@@ -141,15 +168,7 @@ class CrossAttentionLayer(nn.Module):
         """
         if query is None:
             query = self.norm(x) if self.pre_norm else x
-        attended = self.multihead_attn(
-            with_pos(query, query_pos),
-            with_pos(memory, pos),
-            memory,
-            attn_mask=attn_mask,
-            key_padding_mask=key_padding_mask,
-            need_weights=False,
-        )[0]
-        return x + attended if self.pre_norm else self.norm(x + attended)
+        return self.add_residual(x, self.attend(query, memory, pos, query_pos, attn_mask, key_padding_mask))
 
 
 class FFNLayer(nn.Module):

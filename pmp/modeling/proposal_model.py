@@ -1,7 +1,9 @@
 """Stage 1 of the two-stage segmenter: prompt-guided mask proposals with open-vocabulary class logits.
 
 backbone (strides 4-32) -> pixel decoder (mask features + 3 scales) -> transformer decoder (queries,
-optionally reading the prompts: ``decoder.text_mode``) -> per layer: class head (Eq. 1) and mask head.
+optionally reading the prompts: ``decoder.text_mode``, Eq. 5 / Fig. 5) -> per layer: class head (Eq. 1)
+and mask head. Built from its parts, like segment-anything's ``Sam(image_encoder, prompt_encoder,
+mask_decoder)``.
 """
 
 from __future__ import annotations
@@ -16,17 +18,32 @@ from pmp.modeling.pixel_decoder import build_pixel_decoder
 from pmp.modeling.transformer_decoder import build_transformer_decoder
 
 
-class MaskProposalModel(nn.Module):
-    """Mask proposals + Eq. 1 class logits for a set of prompts.
+def build_mask_proposal_model(
+    config: SegmenterConfig, text_dim: int, clip_visual: nn.Module | None = None, load_backbone_weights: bool = True
+) -> "MaskProposalModel":
+    """Stage 1 from the config: the one builder (as segment-anything's ``build_sam``).
 
     Args:
-        config: the full segmenter config; ``backbone``, ``pixel_decoder``, ``decoder`` and ``image_size``
-            are used here.
+        config: the segmenter config; ``backbone``, ``pixel_decoder`` and ``decoder`` are used here.
         text_dim: the CLIP joint embedding dim C of the text embeddings the model is given.
         clip_visual: the open_clip ``model.visual``; required iff ``config.backbone.kind == "clip"``. It is
-            held, frozen, outside this module's parameters and state dict (it belongs to the CLIP model).
+            held, frozen, outside the model's parameters and state dict (it belongs to the CLIP model).
         load_backbone_weights: read ``config.backbone.pretrained_file``; pass False when the weights will
             come from a saved checkpoint anyway (the file may not exist on the loading machine).
+    """
+    config.validate()
+    backbone = build_backbone(config, clip_visual, load_weights=load_backbone_weights)
+    pixel_decoder = build_pixel_decoder(config.pixel_decoder, backbone.out_channels)
+    decoder = build_transformer_decoder(config.decoder, config.pixel_decoder.conv_dim, config.pixel_decoder.mask_dim, text_dim)
+    return MaskProposalModel(backbone, pixel_decoder, decoder, OpenVocabClassHead(config.decoder.hidden_dim, text_dim))
+
+
+class MaskProposalModel(nn.Module):
+    """Mask proposals + Eq. 1 class logits for a set of prompts, from its four parts.
+
+    backbone (features at strides 4-32) -> pixel decoder (mask features + 3 scales) -> transformer
+    decoder (queries; the prompts enter here, ``decoder.text``) -> per layer: class head (Eq. 1) and
+    the decoder's mask head. Build it with :func:`build_mask_proposal_model`.
 
     ``forward(images, text_embeds, text_mask=None)`` returns
         "pred_logits": (B, P, M+1) Eq. 1 logits; column M is no-object; padded prompt columns are -inf;
@@ -42,27 +59,20 @@ class MaskProposalModel(nn.Module):
     then one proposal per prompt) and "text_queries" (P = M, no learnable queries).
     """
 
-    def __init__(
-        self,
-        config: SegmenterConfig,
-        text_dim: int,
-        clip_visual: nn.Module | None = None,
-        load_backbone_weights: bool = True,
-    ):
+    def __init__(self, backbone: nn.Module, pixel_decoder: nn.Module, decoder: nn.Module, class_head: OpenVocabClassHead):
         super().__init__()
-        config.validate()
-        self.config = config
-        self.text_dim = text_dim
-        self.backbone = build_backbone(config, clip_visual, load_weights=load_backbone_weights)
-        self.pixel_decoder = build_pixel_decoder(config.pixel_decoder, self.backbone.out_channels)
-        self.decoder = build_transformer_decoder(
-            config.decoder, config.pixel_decoder.conv_dim, config.pixel_decoder.mask_dim, text_dim
-        )
-        self.class_head = OpenVocabClassHead(config.decoder.hidden_dim, text_dim)
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.decoder = decoder
+        self.class_head = class_head
+
+    @property
+    def text_dim(self) -> int:
+        return self.class_head.proj.out_features
 
     @property
     def text_mode(self) -> str:
-        return self.config.decoder.text_mode
+        return self.decoder.text.mode
 
     def forward(
         self,
@@ -91,14 +101,6 @@ class MaskProposalModel(nn.Module):
         if return_features:
             output["backbone_features"] = features
         return output
-
-    def parameter_counts(self) -> dict[str, int]:
-        """Number of parameters per part (trainable or not), plus "total" and "trainable"."""
-        counts = {name: sum(p.numel() for p in child.parameters()) for name, child in self.named_children()}
-        counts["text"] = sum(p.numel() for p in self.decoder.text.parameters())
-        counts["total"] = sum(p.numel() for p in self.parameters())
-        counts["trainable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return counts
 
     @staticmethod
     def _check_images(images: torch.Tensor) -> None:

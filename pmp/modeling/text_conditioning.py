@@ -65,7 +65,7 @@ import torch
 from torch import nn
 
 from pmp.config import TEXT_MODES
-from pmp.modeling.layers import SelfAttentionLayer, with_pos, xavier_init
+from pmp.modeling.layers import CrossAttentionLayer, SelfAttentionLayer
 
 
 
@@ -129,8 +129,9 @@ class TextProjection(nn.Module):
         return self.norm(self.linear(text_embeds))
 
 
-class TextCrossAttention(nn.Module):
-    """PMP's text cross-attention, the Q' of Eq. 5, placed right before an image cross-attention.
+class TextCrossAttention(CrossAttentionLayer):
+    """PMP's text cross-attention, the Q' of Eq. 5: the decoder's own cross-attention layer with the
+    prompts as its memory, placed right before an image cross-attention.
 
     ``residual=False`` (``text_mode="pmp"``, Eq. 5 literally):
         Q' = MHA(Q + pos, T, T)                      (no residual, no norm: Q' = softmax(Q K_t^T) V_t)
@@ -151,29 +152,22 @@ class TextCrossAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, pre_norm: bool = False, residual: bool = False):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        super().__init__(dim, num_heads, pre_norm)
         self.residual = residual
-        self.pre_norm = pre_norm
-        self.norm = nn.LayerNorm(dim) if residual or pre_norm else None
-        xavier_init(self)
+        if not (residual or pre_norm):
+            self.norm = None  # the literal Q' has no norm
 
-    def forward(self, x: torch.Tensor, query_pos: torch.Tensor | None, text: TextTokens) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, query_pos: torch.Tensor | None, text: TextTokens) -> torch.Tensor:  # type: ignore[override]
         """x, query_pos: (B, N, C) -> Q' (B, N, C)."""
         query = self.norm(x) if self.pre_norm else x
         if text.all_real:  # the common case at inference: no masks to build or apply
-            attended = self.attn(with_pos(query, query_pos), text.tokens, text.tokens, need_weights=False)[0]
+            attended = self.attend(query, text.tokens, pos=None, query_pos=query_pos)
         else:
-            padding = text.padding_mask
-            has_text = ~padding.all(dim=1)  # (B,)
-            padding = padding & has_text[:, None]  # all-padding rows: attend to anything, zeroed below
-            attended = self.attn(
-                with_pos(query, query_pos), text.tokens, text.tokens, key_padding_mask=padding, need_weights=False
-            )[0]
+            has_text = ~text.padding_mask.all(dim=1)  # (B,)
+            padding = text.padding_mask & has_text[:, None]  # all-padding rows: attend to anything, zeroed below
+            attended = self.attend(query, text.tokens, pos=None, query_pos=query_pos, key_padding_mask=padding)
             attended = attended * has_text[:, None, None].to(attended.dtype)
-        if not self.residual:
-            return attended
-        return x + attended if self.pre_norm else self.norm(x + attended)
+        return self.add_residual(x, attended) if self.residual else attended
 
 
 class TextConditioning(nn.Module):

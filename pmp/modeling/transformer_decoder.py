@@ -50,22 +50,10 @@ class DecoderOutput:
 
 def build_transformer_decoder(config: DecoderConfig, in_channels: int, mask_dim: int, text_dim: int) -> nn.Module:
     """``in_channels``: channels of the pixel decoder's multi-scale features (its conv_dim)."""
-    kwargs = dict(
-        in_channels=in_channels,
-        mask_dim=mask_dim,
-        text_dim=text_dim,
-        hidden_dim=config.hidden_dim,
-        num_queries=config.num_queries,
-        num_layers=config.num_layers,
-        num_heads=config.num_heads,
-        dim_feedforward=config.dim_feedforward,
-        text_mode=config.text_mode,
-        pre_norm=config.pre_norm,
-    )
     if config.kind == "mask2former":
-        return MultiScaleMaskedTransformerDecoder(**kwargs)
+        return MultiScaleMaskedTransformerDecoder(config, in_channels, mask_dim, text_dim)
     if config.kind == "maskformer":
-        return StandardTransformerDecoder(**kwargs)
+        return StandardTransformerDecoder(config, in_channels, mask_dim, text_dim)
     raise ValueError(f"config field decoder.kind={config.kind!r} is not supported; accepted: mask2former, maskformer")
 
 
@@ -87,20 +75,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
 
     num_feature_levels = 3
 
-    def __init__(
-        self,
-        in_channels: int,
-        mask_dim: int,
-        text_dim: int,
-        hidden_dim: int,
-        num_queries: int,
-        num_layers: int,
-        num_heads: int,
-        dim_feedforward: int,
-        text_mode: str = "none",
-        pre_norm: bool = False,
-    ):
+    def __init__(self, config: DecoderConfig, in_channels: int, mask_dim: int, text_dim: int):
         super().__init__()
+        hidden_dim, num_heads, pre_norm = config.hidden_dim, config.num_heads, config.pre_norm
+        num_layers, text_mode = config.num_layers, config.text_mode
         self.num_heads = num_heads
         self.num_layers = num_layers
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
@@ -110,12 +88,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.cross_attention_layers = nn.ModuleList(
             CrossAttentionLayer(hidden_dim, num_heads, pre_norm) for _ in range(num_layers)
         )
-        self.ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, dim_feedforward, pre_norm) for _ in range(num_layers))
+        self.ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, config.dim_feedforward, pre_norm) for _ in range(num_layers))
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         if text_mode != "text_queries":  # Fig. 5c has no learnable queries; the side stream keeps other inits equal
             with side_stream("learnable_queries"):
-                self.query_feat = nn.Embedding(num_queries, hidden_dim)  # learnable query content
-                self.query_embed = nn.Embedding(num_queries, hidden_dim)  # learnable query position
+                self.query_feat = nn.Embedding(config.num_queries, hidden_dim)  # learnable query content
+                self.query_embed = nn.Embedding(config.num_queries, hidden_dim)  # learnable query position
         self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
         self.input_proj = nn.ModuleList(_input_projection(in_channels, hidden_dim) for _ in range(self.num_feature_levels))
         self.mask_head = MaskHead(hidden_dim, mask_dim)
@@ -205,28 +183,17 @@ class StandardTransformerDecoder(nn.Module):
     embedding. No encoder layers (MaskFormer's default ``ENC_LAYERS=0``) and no dropout.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        mask_dim: int,
-        text_dim: int,
-        hidden_dim: int,
-        num_queries: int,
-        num_layers: int,
-        num_heads: int,
-        dim_feedforward: int,
-        text_mode: str = "none",
-        pre_norm: bool = False,
-    ):
+    def __init__(self, config: DecoderConfig, in_channels: int, mask_dim: int, text_dim: int):
         super().__init__()
-        self.num_queries = num_queries
+        hidden_dim, num_heads, pre_norm = config.hidden_dim, config.num_heads, config.pre_norm
+        num_layers, text_mode = config.num_layers, config.text_mode
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
         self.input_proj = _input_projection(in_channels, hidden_dim)
         if text_mode != "text_queries":  # Fig. 5c has no learnable queries; the side stream keeps other inits equal
             with side_stream("learnable_queries"):
-                self.query_embed = nn.Embedding(num_queries, hidden_dim)
+                self.query_embed = nn.Embedding(config.num_queries, hidden_dim)
         self.layers = nn.ModuleList(
-            DetrDecoderLayer(hidden_dim, num_heads, dim_feedforward, pre_norm) for _ in range(num_layers)
+            DetrDecoderLayer(hidden_dim, num_heads, config.dim_feedforward, pre_norm) for _ in range(num_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.mask_head = MaskHead(hidden_dim, mask_dim)
