@@ -3,9 +3,9 @@
 Usage (from the repository root; the defaults run everything: about 4-5 minutes on 2 quiet CPU cores,
 11 minutes on a 2-core machine at load average 6-11):
 
-    python benchmarks/latency.py
-    python benchmarks/latency.py --models bundled --prompts 10 --repeats 5 --json latency.json
-    python benchmarks/latency.py --models r50 --prompts 10 --autocast bfloat16
+    python -m benchmarks.latency
+    python -m benchmarks.latency --models bundled --prompts 10 --repeats 5 --json latency.json
+    python -m benchmarks.latency --models r50 --prompts 10 --autocast bfloat16
 
 Models (``--models``, comma-separated):
     bundled  checkpoints/baseline and checkpoints/pmp; random-weight ``train.recipes.world_model`` when a
@@ -55,15 +55,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 import torch
 
 from pmp.config import SegmenterConfig
 from pmp.prompts import parse_prompts
+from pmp.images import normalize_pixels
 from pmp.segmenter import Segmenter
+from pmp.stage2 import classify_proposals, dense_input
 
 MODEL_KEYS = ("bundled", "r50", "swinb")
 PAPER_BACKBONES = {"r50": "resnet50", "swinb": "swin_base_patch4_window12_384"}
@@ -294,7 +293,7 @@ def stage1_inputs(segmenter: Segmenter, image: np.ndarray, count: int, image_siz
     labels = parse_prompts(prompt_text(count), max_prompts=count)
     with torch.inference_mode():
         text = segmenter.clip.encode_text(labels).to(segmenter.device)
-    return segmenter.normalize(pixels, config.pixel_mean, config.pixel_std), text[None]
+    return normalize_pixels(pixels, config.pixel_mean, config.pixel_std), text[None]
 
 
 def stage1_overhead(pair: dict[str, Segmenter], image: np.ndarray, count: int, repeats: int,
@@ -381,7 +380,8 @@ def stage2_pool_vs_crop(segmenter: Segmenter, image: np.ndarray, count: int, rep
         synchronize(segmenter.device)
         start = time.perf_counter()
         with torch.inference_mode(), segmenter._autocast():
-            segmenter.classify_proposals(pixels, valid_hw, mask_logits, text, p, mode)
+            classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, mode,
+                               crop_top_k=segmenter.config.crop_top_k, vit_dense_scale=segmenter.vit_dense_scale)
         synchronize(segmenter.device)
         return time.perf_counter() - start
 
@@ -433,7 +433,7 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
     text = segmenter.clip.encode_text(result.labels).to(segmenter.device)
     p = torch.from_numpy(result.p).to(segmenter.device)
     full = max(valid_hw)
-    default_side = max(segmenter.dense_input(pixels[..., : valid_hw[0], : valid_hw[1]]).shape[-2:])
+    default_side = max(dense_input(segmenter.clip, pixels[..., : valid_hw[0], : valid_hw[1]], segmenter.vit_dense_scale).shape[-2:])
     sides = sorted({side for side in (segmenter.clip.image_size, 320, 448, default_side, full) if side <= full})
     patch = segmenter.clip.model.visual.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
@@ -445,7 +445,8 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
             synchronize(segmenter.device)
             start = time.perf_counter()
             with torch.inference_mode(), segmenter._autocast():
-                segmenter.classify_proposals(pixels, valid_hw, mask_logits, text, p, "pool")
+                classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool",
+                                   crop_top_k=segmenter.config.crop_top_k, vit_dense_scale=segmenter.vit_dense_scale)
             synchronize(segmenter.device)
             rows.append({"side": side, "tokens": (side // patch) ** 2, "stage2_s": time.perf_counter() - start,
                          "default": side == default_side})

@@ -1,6 +1,6 @@
 """Seconds per training iteration of the paper-scale models on this machine's CPU (random weights).
 
-    python benchmarks/train_step.py [--recipes ovseg-resnet101d-pmp,m2f-resnet50-pmp] [--batch 1] [--iters 2] [--json out.json]
+    python -m benchmarks.train_step [--recipes ovseg-resnet101d-pmp,m2f-resnet50-pmp] [--batch 1] [--iters 2] [--json out.json]
 
 One iteration = forward + Hungarian matching + losses (with aux losses on every layer) + backward +
 AdamW step, at the recipe's crop size (640 px) with 171 prompts (COCO-Stuff's vocabulary) and a
@@ -20,15 +20,11 @@ import statistics
 import time
 from pathlib import Path
 
-import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pmp.modeling import build_mask_proposal_model
 from train.losses import SetCriterion

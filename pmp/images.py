@@ -28,10 +28,13 @@ Policy (each line is tested in tests/test_images.py):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_SIDE = 2048
@@ -52,6 +55,13 @@ class ImageError(ValueError):
 
 class ImageNotFoundError(ImageError, FileNotFoundError):
     """A path that does not exist (both a ValueError and a FileNotFoundError, for either handler)."""
+
+
+def normalize_pixels(pixels: "torch.Tensor", mean: tuple[float, ...], std: tuple[float, ...]) -> "torch.Tensor":
+    """(B, 3, H, W) RGB in [0, 1] -> (pixels - mean) / std per channel (stage 1 and CLIP each have theirs)."""
+    mean_t = pixels.new_tensor(mean).view(1, 3, 1, 1)
+    std_t = pixels.new_tensor(std).view(1, 3, 1, 1)
+    return (pixels - mean_t) / std_t
 
 
 def load_image(

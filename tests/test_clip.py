@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from pmp.clip import CLIPModel, resolve_pretrained_tag
+from pmp.stage2 import crop_classify, pool_classify
 from pmp.config import CLIPConfig, tiny_clip_model_cfg
 
 TEMPLATES = ("a photo of a {}.", "{} in the picture")
@@ -248,7 +249,7 @@ def test_pool_classify_hand_case(resnet_clip: CLIPModel) -> None:
     masks[:, 1] = 1.0  # everything
     masks[1, 2, 3, 3] = 0.7  # one soft pixel; masks[0, 2] stays empty
     with torch.no_grad():
-        probs = resnet_clip.pool_classify(dense, masks, text)
+        probs = pool_classify(resnet_clip, dense, masks, text)
     scale = resnet_clip.logit_scale.detach()
     assert probs.shape == (2, 3, 5)
     torch.testing.assert_close(probs[0, 0], (scale * feature @ text.T).softmax(-1))
@@ -268,11 +269,11 @@ def test_pool_classify_resizes_masks(resnet_clip: CLIPModel) -> None:
     tiny = torch.zeros(1, 1, 32, 32)
     tiny[..., 9, 30] = 1.0  # one pixel inside dense cell (1, 3)
     with torch.no_grad():
-        from_small = resnet_clip.pool_classify(dense, small, text)
-        from_big = resnet_clip.pool_classify(dense, big, text)
-        from_tiny = resnet_clip.pool_classify(dense, tiny, text)
+        from_small = pool_classify(resnet_clip, dense, small, text)
+        from_big = pool_classify(resnet_clip, dense, big, text)
+        from_tiny = pool_classify(resnet_clip, dense, tiny, text)
         expected_tiny = (resnet_clip.logit_scale * dense[0, :, 1, 3] @ text.T).softmax(-1)
-        full = resnet_clip.pool_classify(dense, torch.ones(1, 1, 64, 64), text)
+        full = pool_classify(resnet_clip, dense, torch.ones(1, 1, 64, 64), text)
         expected_full = (resnet_clip.logit_scale * F.normalize(dense.mean(dim=(2, 3)), dim=-1) @ text.T).softmax(-1)
     # Shrinking averages areas: a mask aligned with the dense grid pools exactly as at grid resolution,
     # and a one-pixel mask still selects the cell it lies in.
@@ -302,7 +303,7 @@ def test_crop_classify_matches_manual_crops(resnet_clip: CLIPModel) -> None:
     left = torch.zeros_like(normalised)
     left[..., 32:96] = normalised[..., :64]
     with torch.no_grad():
-        probs = resnet_clip.crop_classify(image, masks, text)
+        probs = crop_classify(resnet_clip, image, masks, text)
         feats = F.normalize(resnet_clip.model.encode_image(torch.cat([normalised, left])), dim=-1)
         expected = (resnet_clip.logit_scale * feats @ text.T).softmax(-1)
     assert probs.shape == (4, 4)
@@ -315,16 +316,16 @@ def test_crop_classify_top_k_and_tensor_input(resnet_clip: CLIPModel) -> None:
     image, masks = _image_and_masks()
     text = F.normalize(torch.randn(3, 128), dim=-1)
     with torch.no_grad():
-        full = resnet_clip.crop_classify(image, masks, text)
-        picked = resnet_clip.crop_classify(image, masks, text, top_k_indices=[2, 3, 0])
-        as_tensor = resnet_clip.crop_classify(torch.from_numpy(image).permute(2, 0, 1).float() / 255, masks, text)
+        full = crop_classify(resnet_clip, image, masks, text)
+        picked = crop_classify(resnet_clip, image, masks, text, top_k_indices=[2, 3, 0])
+        as_tensor = crop_classify(resnet_clip, torch.from_numpy(image).permute(2, 0, 1).float() / 255, masks, text)
     assert picked.shape == (3, 3)
     torch.testing.assert_close(picked, full[[2, 3, 0]])
     torch.testing.assert_close(as_tensor, full)
     with pytest.raises(ValueError, match="top_k_indices"):
-        resnet_clip.crop_classify(image, masks, text, top_k_indices=[4])
+        crop_classify(resnet_clip, image, masks, text, top_k_indices=[4])
     with pytest.raises(ValueError, match="uint8"):
-        resnet_clip.crop_classify(image.astype(np.float32), masks, text)
+        crop_classify(resnet_clip, image.astype(np.float32), masks, text)
 
 
 # ------------------------------------------------------------------------------------------------ weights

@@ -17,13 +17,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import pmp.clip as clip_module
-import pmp.segmenter as segmenter_module
+import pmp.clip.text as clip_text_module
+import pmp.postprocess as postprocess_module
 from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, SegmenterConfig
 from pmp.modeling.deform_gather import ms_deform_attn_gather
 from pmp.modeling.pixel_decoder import MSDeformAttn
 from pmp.ops import ms_deform_attn
-from pmp.segmenter import Segmenter, argmax_over_classes, semantic_inference, upsample, upsampled_argmax
+from pmp.images import normalize_pixels
+from pmp.postprocess import argmax_over_classes, semantic_inference, upsample, upsampled_argmax
+from pmp.segmenter import Segmenter
+from pmp.stage2 import classify_proposals, dense_input, pool_classify, soft_masks_on_grid
 from tiny import tiny_segmenter_config
 from train.world import benchmark_sample
 
@@ -66,7 +69,7 @@ def test_cached_embeddings_equal_freshly_encoded_ones(segmenter: Segmenter) -> N
 def test_batched_truncated_text_equals_one_padded_prompt_at_a_time(segmenter: Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prompts of very different lengths, in chunks of 3 strings: each chunk runs only up to its own longest
     # prompt, after sorting by length; the scatter back must restore the prompt order.
-    monkeypatch.setattr(clip_module, "TEXT_BATCH", 3)
+    monkeypatch.setattr(clip_text_module, "TEXT_BATCH", 3)
     clip = segmenter.clip
     labels = ["a very long and detailed name of a red double decker bus", "sky", "wow! dog", "tree", "big old house"]
     with torch.inference_mode():
@@ -102,7 +105,7 @@ def stage1(segmenter: Segmenter, image: np.ndarray, labels: list[str]) -> tuple:
     pixels, valid_hw = segmenter.preprocess(Image.fromarray(image), segmenter.config.image_size)
     with torch.inference_mode():
         text = segmenter.clip.encode_text(labels)
-        out = segmenter.model(segmenter.normalize(pixels, CLIP_MEAN, CLIP_STD), text[None], return_features=True)
+        out = segmenter.model(normalize_pixels(pixels, CLIP_MEAN, CLIP_STD), text[None], return_features=True)
     p = out["pred_logits"][0].softmax(-1)[:, :-1]
     mask_h = round(out["pred_masks"].shape[-2] * valid_hw[0] / pixels.shape[-2])
     mask_w = round(out["pred_masks"].shape[-1] * valid_hw[1] / pixels.shape[-1])
@@ -134,9 +137,9 @@ def test_reused_clip_trunk_gives_the_separate_dense_pass(segmenter: Segmenter, w
     pixels, valid_hw, mask_logits, text, p, features = stage1(segmenter, world_images[0], LABELS)
     assert segmenter.can_reuse_trunk(pixels, valid_hw)  # square 64 px: no padding, CLIP normalisation
     with torch.inference_mode():
-        reused = segmenter.classify_proposals(pixels, valid_hw, mask_logits, text, p, "pool", trunk=features[-1])
-        separate = segmenter.classify_proposals(pixels, valid_hw, mask_logits, text, p, "pool")
-        image = segmenter.normalize(pixels, CLIP_MEAN, CLIP_STD)
+        reused = classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4, trunk=features[-1])
+        separate = classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4)
+        image = normalize_pixels(pixels, CLIP_MEAN, CLIP_STD)
         torch.testing.assert_close(segmenter.clip.dense_features_from_trunk(features[-1]),
                                    segmenter.clip.dense_features(image), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(reused, separate, rtol=1e-5, atol=1e-6)
@@ -149,12 +152,12 @@ def test_reused_clip_trunk_gives_the_separate_dense_pass(segmenter: Segmenter, w
 def test_pooled_soft_masks_equal_pooling_full_size_masks(segmenter: Segmenter, world_images: list[np.ndarray]) -> None:
     pixels, valid_hw, mask_logits, text, p, _ = stage1(segmenter, world_images[1], LABELS)
     with torch.inference_mode():
-        dense = segmenter.clip.dense_features(segmenter.normalize(pixels[..., : valid_hw[0], : valid_hw[1]], CLIP_MEAN, CLIP_STD))
+        dense = segmenter.clip.dense_features(normalize_pixels(pixels[..., : valid_hw[0], : valid_hw[1]], CLIP_MEAN, CLIP_STD))
         full_masks = upsample(mask_logits[None], valid_hw)[0].sigmoid()  # (N, H, W): what pool_classify used to get
-        expected = segmenter.clip.pool_classify(dense, full_masks[None], text)[0]
-        grid = segmenter.soft_masks_on_grid(mask_logits, valid_hw, tuple(dense.shape[-2:]))
+        expected = pool_classify(segmenter.clip, dense, full_masks[None], text)[0]
+        grid = soft_masks_on_grid(mask_logits, valid_hw, tuple(dense.shape[-2:]))
         assert grid.shape == (mask_logits.shape[0], *dense.shape[-2:])
-        torch.testing.assert_close(segmenter.classify_proposals(pixels, valid_hw, mask_logits, text, p, "pool"), expected,
+        torch.testing.assert_close(classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4), expected,
                                    rtol=0, atol=1e-7)
 
 
@@ -166,12 +169,13 @@ def test_vit_dense_input_is_scaled_to_patch_multiples() -> None:
     }), backbone=BackboneConfig(kind="timm", name="resnet18"), image_size=128)
     segmenter = Segmenter(config)
     image = torch.rand(1, 3, 128, 96)
-    assert segmenter.dense_input(image).shape[-2:] == (64, 48)  # half the size, multiples of 16
-    assert segmenter.dense_input(torch.rand(1, 3, 48, 32)).shape[-2:] == (32, 16)  # the longer side never below 32 px
+    clip = segmenter.clip
+    assert dense_input(clip, image).shape[-2:] == (64, 48)  # half the size, multiples of 16
+    assert dense_input(clip, torch.rand(1, 3, 48, 32)).shape[-2:] == (32, 16)  # the longer side never below 32 px
     small = torch.rand(1, 3, 32, 16)
-    assert segmenter.dense_input(small) is small  # already at the native size
+    assert dense_input(clip, small) is small  # already at the native size
+    assert dense_input(clip, image, vit_dense_scale=1.0) is image
     segmenter.vit_dense_scale = 1.0
-    assert segmenter.dense_input(image) is image
     with torch.inference_mode():
         out = segmenter.segment((np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8), ["sky", "car"])
     assert out.p_hat.shape == (config.decoder.num_queries, 2)
@@ -215,16 +219,16 @@ def test_deformable_attention_module_uses_the_same_values_with_and_without_grad(
 def test_upsampled_argmax_equals_full_upsample_then_argmax(classes: int, low: tuple[int, int], size: tuple[int, int],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     plain_calls = []
-    monkeypatch.setattr(segmenter_module, "upsample", lambda *args: plain_calls.append(1) or upsample(*args))
+    monkeypatch.setattr(postprocess_module, "upsample", lambda *args: plain_calls.append(1) or upsample(*args))
     torch.manual_seed(classes)
     smooth = F.interpolate(torch.randn(1, classes, 3, 3), size=low, mode="bicubic", align_corners=False)[0]
     for maps in (smooth, torch.rand(classes, *low)):  # few boundaries and noise
         expected = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0].argmax(0)
         assert torch.equal(upsampled_argmax(maps, size), expected)  # whichever path the defaults choose
         with monkeypatch.context() as forced:  # the boundary path, whatever it costs
-            forced.setattr(segmenter_module, "_PLAIN_MAX_CLASSES", 1)
-            forced.setattr(segmenter_module, "_NOISY_SHARE", 1.0)
-            forced.setattr(segmenter_module, "_PLAIN_UPSAMPLE_SHARE", float("inf"))
+            forced.setattr(postprocess_module, "_PLAIN_MAX_CLASSES", 1)
+            forced.setattr(postprocess_module, "_NOISY_SHARE", 1.0)
+            forced.setattr(postprocess_module, "_PLAIN_UPSAMPLE_SHARE", float("inf"))
             plain_calls.clear()
             assert torch.equal(upsampled_argmax(maps, size), expected)
             assert not plain_calls

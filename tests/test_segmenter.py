@@ -13,7 +13,10 @@ from PIL import Image
 
 from pmp.checkpoint import CheckpointError
 from pmp.config import CLIP_MEAN, CLIP_STD, SegmenterConfig
-from pmp.segmenter import Segmenter, StageOutputs, ensemble, semantic_inference
+from pmp.images import normalize_pixels
+from pmp.postprocess import semantic_inference
+from pmp.segmenter import Segmenter, StageOutputs
+from pmp.stage2 import ensemble
 from tiny import tiny_segmenter_config
 
 
@@ -89,7 +92,7 @@ def test_eq1_stage1_scores_are_softmax_of_model_logits(segmenter: Segmenter, ima
     text = segmenter.clip.encode_text(["sky", "car"])
     pixels, _ = segmenter.preprocess(Image.fromarray(image), segmenter.config.image_size)
     with torch.inference_mode():
-        logits = segmenter.model(segmenter.normalize(pixels, CLIP_MEAN, CLIP_STD), text[None])["pred_logits"][0]
+        logits = segmenter.model(normalize_pixels(pixels, CLIP_MEAN, CLIP_STD), text[None])["pred_logits"][0]
     probs = logits.softmax(-1)
     assert np.allclose(out.p, probs[:, :-1].numpy(), atol=1e-6)
     assert np.allclose(out.no_object, probs[:, -1].numpy(), atol=1e-6)

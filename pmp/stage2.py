@@ -1,0 +1,233 @@
+"""Stage 2 of the paper: CLIP classifies every proposal (Eq. 2), then the two stages are ensembled (Eq. 3).
+
+Eq. 2 has two implementations, because the paper's stage 2 and its OVSeg baseline differ in exactly this:
+
+* ``pool``: one dense CLIP pass (:mod:`pmp.clip.dense`), then each proposal is the mask-weighted mean of
+  the per-pixel embeddings (:func:`pool_classify`). Its cost does not grow with the number of proposals.
+* ``crop``: OVSeg's masked crops, one CLIP image forward per proposal on its box with the background
+  filled with CLIP's mean colour (:func:`crop_classify`). Its cost grows with the number of proposals.
+
+Eq. 3 (:func:`ensemble`) is p_out = p^(1 - w) * p_hat^w, with w = ``clip_weight`` = 0.65 on the CLIP
+term, as OVSeg (``CLIP_ENSEMBLE_WEIGHT``) and ODISE apply the paper's value; Eq. 3's lambda is 1 - w.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import Tensor
+from torchvision.ops import roi_align
+
+from pmp.clip import CLIPModel
+from pmp.postprocess import upsample
+
+CROP_BATCH = 64  # masked crops per image-tower forward
+MASK_CHUNK = 4  # proposals upsampled at a time in soft_masks_on_grid (cache-sized, measured on CPU)
+VIT_DENSE_SCALE = 0.5  # SAN-style: CLIP ViT sees half the stage-1 resolution (640 px -> 320 px, 20x20 tokens)
+_EPS = 1e-6
+
+
+def ensemble(p: torch.Tensor, p_hat: torch.Tensor, clip_weight: float) -> torch.Tensor:
+    """Eq. 3 as OVSeg and ODISE weight it: p_out = p^(1 - clip_weight) * p_hat^clip_weight, in log space.
+
+    ``clip_weight`` is the exponent of CLIP's p_hat (Eq. 3's lambda is 1 - clip_weight).
+    """
+    eps = torch.finfo(p.dtype).tiny
+    return torch.exp((1.0 - clip_weight) * p.clamp_min(eps).log() + clip_weight * p_hat.clamp_min(eps).log())
+
+
+def classify_proposals(
+    clip: CLIPModel,
+    pixels: torch.Tensor,
+    valid_hw: tuple[int, int],
+    mask_logits: torch.Tensor,
+    text: torch.Tensor,
+    p: torch.Tensor,
+    stage2_mode: str,
+    *,
+    crop_top_k: int,
+    vit_dense_scale: float = VIT_DENSE_SCALE,
+    trunk: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Eq. 2: p_hat (N, K) from CLIP, for the proposals' ``mask_logits`` (N, h, w) on ``pixels`` (1, 3, Hp, Wp).
+
+    ``pool`` runs CLIP's image tower once and mask-pools its dense features; ``trunk`` (the CLIP
+    ResNet's layer-4 map that stage 1 already computed on the same pixels) replaces that pass.
+    ``crop`` (OVSeg) runs the tower once per proposal crop, so only the ``crop_top_k`` proposals with
+    the highest stage-1 score are upsampled and cropped; the rest keep p_hat = p, which leaves their
+    ensemble score equal to p.
+    """
+    image = pixels[..., : valid_hw[0], : valid_hw[1]]  # (1, 3, H, W) in [0, 1]
+    if stage2_mode == "pool":
+        if trunk is not None:
+            dense = clip.dense_features_from_trunk(trunk)  # (1, C, h, w)
+        else:
+            dense = clip.dense_features(clip.normalize(dense_input(clip, image, vit_dense_scale)))
+        masks = soft_masks_on_grid(mask_logits, valid_hw, tuple(dense.shape[-2:]))  # (N, h, w)
+        return pool_classify(clip, dense, masks[None], text)[0].to(p.dtype)
+    top_k = min(crop_top_k, mask_logits.shape[0])
+    indices = p.max(1).values.topk(top_k).indices
+    masks = upsample(mask_logits[indices][None], valid_hw)[0].sigmoid()  # (top_k, H, W)
+    p_hat = p.clone()
+    p_hat[indices] = crop_classify(clip, image[0], masks, text).to(p.dtype)
+    return p_hat
+
+
+def soft_masks_on_grid(mask_logits: torch.Tensor, valid_hw: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """(N, h', w') mask logits -> sigmoid of their image-size upsampling, area-averaged onto the (h, w) grid.
+
+    What :func:`pool_classify` does to full-size soft masks, a few proposals at a time: the same values
+    without the (N, H, W) tensor (100 x 640 x 640 floats = 164 MB), about 2x faster. Returns the
+    full-size masks when the grid is larger than the image (pool_classify grows them).
+    """
+    if grid[0] > valid_hw[0] or grid[1] > valid_hw[1]:
+        return upsample(mask_logits[None], valid_hw)[0].sigmoid()
+    pooled = []
+    for chunk in mask_logits.split(MASK_CHUNK):
+        soft = upsample(chunk[None], valid_hw).sigmoid_()  # (1, n, H, W)
+        pooled.append(F.adaptive_avg_pool2d(soft, grid)[0] if tuple(valid_hw) != tuple(grid) else soft[0])
+    return torch.cat(pooled)
+
+
+def dense_input(clip: CLIPModel, image: torch.Tensor, vit_dense_scale: float = VIT_DENSE_SCALE) -> torch.Tensor:
+    """(1, 3, H, W) image in [0, 1] -> the image CLIP's dense pass sees.
+
+    ResNet towers get it as is. A ViT tower's cost grows with the square of its token count, so the
+    image is scaled by ``vit_dense_scale`` (never below the tower's native size) to a multiple of the
+    patch size.
+    """
+    visual = clip.model.visual
+    if not isinstance(visual, VisionTransformer) or vit_dense_scale >= 1.0:
+        return image
+    patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else int(visual.patch_size)
+    height, width = image.shape[-2:]
+    longer = max(height, width)
+    target = max(clip.image_size, round(longer * vit_dense_scale))
+    if target >= longer:
+        return image
+    size = tuple(max(patch, round(side * target / longer / patch) * patch) for side in (height, width))
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def pool_classify(clip: CLIPModel, dense: Tensor, masks: Tensor, text: Tensor) -> Tensor:
+    """Mask-pooled dense features -> (B,N,M) class probabilities.
+
+    dense (B,C,h,w) from :meth:`pmp.clip.CLIPModel.dense_features`; masks (B,N,H',W') soft in [0,1], shrunk to (h,w) by
+    area averaging (bilinear where they must grow); text (M,C) normalised.
+    Each proposal's embedding is the mask-weighted mean of the dense features, re-normalised; an
+    empty mask pools to zero and so gets uniform probabilities.
+    """
+    if dense.ndim != 4 or masks.ndim != 4 or text.ndim != 2:
+        raise ValueError(
+            f"pool_classify takes dense (B,C,h,w), masks (B,N,H,W), text (M,C); got "
+            f"{tuple(dense.shape)}, {tuple(masks.shape)}, {tuple(text.shape)}"
+        )
+    if masks.shape[0] != dense.shape[0] or text.shape[1] != dense.shape[1]:
+        raise ValueError(
+            f"pool_classify shapes disagree: dense {tuple(dense.shape)}, masks {tuple(masks.shape)}, "
+            f"text {tuple(text.shape)}"
+        )
+    batch, num, _, _ = masks.shape
+    h, w = dense.shape[-2:]
+    masks = masks.to(device=dense.device, dtype=dense.dtype)
+    if masks.shape[-2] >= h and masks.shape[-1] >= w and masks.shape[-2:] != (h, w):
+        # Area averaging: each dense cell is weighted by the share of it the mask covers, so small
+        # masks never fall between the sampling points of a plain bilinear shrink.
+        masks = F.adaptive_avg_pool2d(masks, (h, w))
+    elif masks.shape[-2:] != (h, w):
+        masks = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    masks = masks.clamp(0, 1)
+    pooled = torch.einsum("bnhw,bchw->bnc", masks, dense) / (masks.sum(dim=(2, 3))[..., None] + _EPS)
+    pooled = F.normalize(pooled, dim=-1)  # (B, N, C); zero stays zero
+    logits = clip.logit_scale.to(dense.dtype) * pooled @ text.to(dense).T  # (B, N, M)
+    return logits.softmax(dim=-1)
+
+
+def crop_classify(
+    clip: CLIPModel,
+    image: np.ndarray | Tensor,
+    masks: np.ndarray | Tensor,
+    text: Tensor,
+    top_k_indices: Sequence[int] | Tensor | None = None,
+) -> Tensor:
+    """OVSeg's masked-crop classification -> (N,M) probabilities, or (K,M) for ``top_k_indices``.
+
+    image: (H,W,3) uint8 numpy or (3,H,W) float tensor in [0,1]; masks (N,H,W) in [0,1] (resized to
+    the image if their size differs); text (M,C) normalised. Each mask is binarised at 0.5; its tight
+    box is grown to a square about its centre (aspect kept, as padding with the mean colour would);
+    the square is cropped and resized to ``image_size`` with one batched ``roi_align`` on the
+    normalised image, and every pixel outside the (equally roi_aligned) mask — including outside the
+    image — is set to CLIP's mean colour, which is zero after normalisation. With
+    ``top_k_indices`` only those proposals are cropped and rows come back in that order. Empty
+    masks get uniform probabilities.
+    """
+    img = _image_tensor(clip, image)  # (3, H, W) float in [0, 1]
+    masks = torch.as_tensor(masks).to(device=img.device, dtype=torch.float32)
+    if masks.ndim != 3:
+        raise ValueError(f"crop_classify takes masks (N,H,W), got shape {tuple(masks.shape)}")
+    if text.ndim != 2:
+        raise ValueError(f"crop_classify takes text (M,C), got shape {tuple(text.shape)}")
+    if top_k_indices is not None:
+        index = torch.as_tensor(top_k_indices, dtype=torch.long, device=masks.device).reshape(-1)
+        if index.numel() and (index.min() < 0 or index.max() >= masks.shape[0]):
+            raise ValueError(f"top_k_indices must lie in [0, {masks.shape[0]}), got {index.tolist()}")
+        masks = masks[index]
+    height, width = img.shape[-2:]
+    if masks.shape[-2:] != (height, width) and masks.shape[0]:
+        masks = F.interpolate(masks[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    num, num_classes = masks.shape[0], text.shape[0]
+    probs = torch.full((num, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
+    binary = masks > 0.5  # (N, H, W)
+    rows, cols = binary.any(dim=2), binary.any(dim=1)  # (N, H), (N, W)
+    nonempty = torch.nonzero(rows.any(dim=1)).flatten()
+    if nonempty.numel() == 0 or num_classes == 0:
+        return probs
+    rows, cols, binary = rows[nonempty], cols[nonempty], binary[nonempty]
+    y0 = rows.float().argmax(dim=1)
+    y1 = height - rows.flip(1).float().argmax(dim=1)  # exclusive pixel edge
+    x0 = cols.float().argmax(dim=1)
+    x1 = width - cols.flip(1).float().argmax(dim=1)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    half = torch.maximum(x1 - x0, y1 - y0).float() / 2
+    boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=1).float()  # (K, 4)
+    size = (clip.image_size, clip.image_size)
+    # A zero border (zero = the mean colour after normalisation) stops roi_align from repeating the
+    # edge pixel for samples in [-1, 0); boxes move by the border width.
+    normalised = F.pad(clip.normalize(img[None].float()), (1, 1, 1, 1))  # (1, 3, H+2, W+2)
+    inside = F.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
+    boxes = boxes + 1.0
+
+    features = []
+    for start in range(0, len(boxes), CROP_BATCH):
+        box = boxes[start:start + CROP_BATCH]
+        k = len(box)
+        own = torch.arange(start, start + k, device=box.device, dtype=box.dtype)[:, None]
+        crops = roi_align(normalised, torch.cat([torch.zeros_like(own), box], 1), size, 1.0, -1, True)
+        fill = roi_align(inside[start:start + k], torch.cat([own - start, box], 1),
+                         size, 1.0, -1, True)  # (k, 1, S, S) share of mask pixels
+        crops = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
+        crops = crops.to(device=clip.device, dtype=clip.model.logit_scale.dtype)
+        features.append(F.normalize(clip.model.encode_image(crops), dim=-1))
+    feats = torch.cat(features)  # (K, C)
+    logits = clip.logit_scale * feats @ text.to(feats).T
+    probs[nonempty.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)
+    return probs
+
+def _image_tensor(clip: CLIPModel, image: np.ndarray | Tensor) -> Tensor:
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"crop_classify takes an (H,W,3) uint8 image or a (3,H,W) float tensor in [0,1]; got "
+                f"a numpy array {image.shape} {image.dtype}"
+            )
+        return torch.from_numpy(np.ascontiguousarray(image)).to(clip.device).permute(2, 0, 1).float() / 255.0
+    if isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3 and image.is_floating_point():
+        return image.to(clip.device)
+    raise ValueError(
+        f"crop_classify takes an (H,W,3) uint8 image or a (3,H,W) float tensor in [0,1]; got "
+        f"{type(image).__name__} {tuple(getattr(image, 'shape', ()))}"
+    )
