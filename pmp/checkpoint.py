@@ -174,7 +174,7 @@ def save_checkpoint(
     config: SegmenterConfig,
     folder: str | os.PathLike,
     *,
-    model_card: str | None = None,
+    model_card_text: str | None = None,
     half_precision: bool = False,
     max_shard_size: int | str = MAX_SHARD_SIZE,
 ) -> Path:
@@ -205,7 +205,7 @@ def save_checkpoint(
     checksums = {name: file_sha256(folder / name) for name in sorted(split.filename_to_tensors)}
     atomic_write(folder / CHECKSUMS_NAME, lambda path: Path(path).write_text(json.dumps(checksums, indent=2) + "\n"))
     atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
-    card = model_card if model_card is not None else default_model_card(config)
+    card = model_card_text if model_card_text is not None else model_card(config)
     atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))
     return folder
 
@@ -225,15 +225,27 @@ def atomic_write(target: Path, write: Callable[[str], object]) -> None:
             os.remove(tmp_name)
 
 
-def default_model_card(config: SegmenterConfig) -> str:
+def model_card(
+    config: SegmenterConfig, *, training: str | None = None, command: str | None = None, metrics: dict | None = None
+) -> str:
+    """A Hugging Face model card (``README.md``) for a saved segmenter; the training paragraph, command
+    and metrics are added when the checkpoint comes from a training run."""
     mode = config.decoder.text_mode
     kind = "baseline (no text conditioning)" if mode == "none" else f"text conditioning `{mode}`"
-    return (
-        "---\nlibrary_name: pmp\ntags:\n- open-vocabulary-segmentation\n- image-segmentation\n---\n\n"
-        f"# {config.name or 'PMP segmenter'}\n\n"
+    lines = [
+        "---", "library_name: pmp", "tags:", "- open-vocabulary-segmentation", "- image-segmentation", "---", "",
+        f"# {config.name or 'PMP segmenter'} (text mode `{mode}`)", "",
         f"Two-stage open-vocabulary segmenter, {kind}; backbone `{config.backbone.kind}:{config.backbone.name}`, "
         f"pixel decoder `{config.pixel_decoder.kind}`, decoder `{config.decoder.kind}` with "
-        f"{config.decoder.num_queries} queries.\n\n"
-        "```python\nfrom pmp import Segmenter\nseg = Segmenter.from_pretrained(\"<this folder or repo id>\")\n"
-        "out = seg(\"image.jpg\", \"sky, house, red car\")\n```\n"
-    )
+        f"{config.decoder.num_queries} queries.", "",
+    ]
+    if training:
+        lines += [training, ""]
+    if command:
+        lines += ["## Training command", "", "```", command, "```", ""]
+    floats = {key: value for key, value in (metrics or {}).items() if isinstance(value, float)}
+    if floats:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in floats.items()] + [""]
+    lines += ["```python", "from pmp import Segmenter", 'seg = Segmenter.from_pretrained("<this folder or repo id>")',
+              'out = seg("image.jpg", "sky, house, red car")', "```", ""]
+    return "\n".join(lines)

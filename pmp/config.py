@@ -207,7 +207,7 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def tiny_clip_model_cfg() -> dict[str, Any]:
-    """The open_clip config of the bundled tiny CLIP (trained on the synthetic world by train.clip).
+    """The open_clip config of the bundled tiny CLIP (trained on the synthetic world by train.train_clip).
 
     A narrow ModifiedResNet (its stages give the FC-CLIP backbone features at strides 4-32) and a
     small text transformer. The text width is kept small because open_clip's 49,408-token embedding

@@ -156,7 +156,7 @@ class Segmenter(nn.Module):
     ) -> Path:
         """config.json + model.safetensors (split into shards over ``max_shard_size``) + README.md."""
         return save_checkpoint(
-            self, self.config, folder, model_card=model_card, half_precision=half_precision, max_shard_size=max_shard_size
+            self, self.config, folder, model_card_text=model_card, half_precision=half_precision, max_shard_size=max_shard_size
         )
 
     def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False, model_card: str | None = None) -> str:

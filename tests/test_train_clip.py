@@ -11,7 +11,8 @@ import torch
 
 from pmp.clip import CLIPModel
 from pmp.config import CLIPConfig
-from train.clip import CLIPTrainConfig, train
+from train.configs import CLIPTrainConfig
+from train.train_clip import train
 
 
 def test_clip_training_lowers_the_loss_and_saves_an_open_clip_folder(tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ import pytest
 from tiny import tiny_segmenter_config
 from train.losses import SetCriterion
 from train.runtime import NonFiniteLossError, checkpoint_problem, latest_valid_checkpoint, list_checkpoints
-from train.seg import ResumeError, SegTrainConfig, train
+from train.configs import SegTrainConfig
+from train.train_segmenter import ResumeError, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,7 +90,7 @@ def test_two_process_gloo_run_agrees_on_weights(tmp_path: Path) -> None:
     config_path.write_text(json.dumps(config.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "train.seg", "--config", str(config_path), "--out", str(tmp_path / "run")]
+               "-m", "train.train_segmenter", "--config", str(config_path), "--out", str(tmp_path / "run")]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
@@ -107,7 +108,7 @@ def test_config_round_trips_through_json() -> None:
 def test_prompt_scheme_keeps_present_classes_and_shuffles() -> None:
     import numpy as np
 
-    from train.seg import sample_prompts
+    from train.batches import sample_prompts
 
     rng = np.random.default_rng(0)
     present = np.array([2, 5, 7])
@@ -123,7 +124,7 @@ def test_prompt_scheme_keeps_present_classes_and_shuffles() -> None:
 
 
 def test_model_cards_record_no_path_of_the_training_machine(tmp_path) -> None:
-    from train.seg import portable_arguments
+    from train.train_segmenter import portable_arguments
 
     inside = tmp_path / "runs" / "pmp"
     argv = ["--out", str(inside), "--init-clip", "/somewhere/else/tiny-clip", "--steps", "10", "relative/dir"]

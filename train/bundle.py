@@ -13,7 +13,6 @@ stays under 10 MB and the bundle under 40 MB.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -50,7 +49,7 @@ def train_clip(runs: Path, checkpoints: Path, steps: int | None) -> None:
     """DDP over one process per core (gloo): small convolutions use one core far better than two threads."""
     processes = max(1, min(2, os.cpu_count() or 1))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "train.clip", "--out", str(runs / "clip"), "--batch-size", str(64 // processes)]
+               "-m", "train.train_clip", "--out", str(runs / "clip"), "--batch-size", str(64 // processes)]
     if steps:
         command += ["--steps", str(steps)]
     run_parallel([command], [runs / "clip.log"], threads_each=1)
@@ -72,7 +71,7 @@ def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | Non
         group = names[start : start + 2]
         commands = []
         for name in group:
-            command = [sys.executable, "-m", "train.seg", "--recipe", f"world-{'baseline' if models[name] == 'none' else models[name]}",
+            command = [sys.executable, "-m", "train.train_segmenter", "--recipe", f"world-{'baseline' if models[name] == 'none' else models[name]}",
                        "--out", os.path.relpath(runs / name, ROOT), "--init-clip", "checkpoints/tiny-clip"]
             if steps:
                 command += ["--steps", str(steps)]

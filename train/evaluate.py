@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from train.datasets import REAL_DATASETS, SyntheticBenchmarkDataset, build_dataset, describe_layouts
 from train.metrics import ProposalRecall, SemSegMetric
+from train.runtime import all_reduce, rank_and_world_size
 
 RECALL_THRESHOLDS = (0.5, 0.75)
 
@@ -72,21 +73,9 @@ def load_benchmark(name: str, data_root: str | Path | None = None, split: str = 
         raise ValueError(f"{error}; real datasets: {', '.join(REAL_DATASETS)}") from None
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _all_reduce(array: np.ndarray, op: Any = None) -> np.ndarray:
-    """Sum (or ``op``) a numpy array over all ranks; on NCCL the tensor travels through the current GPU."""
-    rank, world_size = _distributed()
-    if world_size == 1:
-        return array
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
-    dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
-    return tensor.cpu().numpy()
+    """:func:`train.runtime.all_reduce` for the metrics' numpy state."""
+    return all_reduce(torch.from_numpy(np.ascontiguousarray(array)), op).numpy()
 
 
 def evaluate(
@@ -110,7 +99,7 @@ def evaluate(
     also scores every listed weight on the same stage outputs. ``show_progress`` None = a tqdm bar on
     stderr when it is a terminal, on rank 0 only.
     """
-    rank, world_size = _distributed()
+    rank, world_size = rank_and_world_size()
     class_names = list(dataset.class_names)
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"{dataset.name}: class names must be unique to report per-class IoU")

@@ -24,7 +24,7 @@ from pmp.config import (
     SegmenterConfig,
     tiny_clip_model_cfg,
 )
-from train.seg import SegTrainConfig
+from train.configs import SegTrainConfig
 
 WORLD_TEMPLATES = ("a photo of a {}.", "a {} in the scene.", "there is a {}.")
 

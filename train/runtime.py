@@ -65,6 +65,24 @@ def setup_distributed(device: str | None = None) -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) of the current torch.distributed group, (0, 1) when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce(tensor: torch.Tensor, op: Any = None) -> torch.Tensor:
+    """The sum (or ``op``) of ``tensor`` over all ranks, as a new CPU tensor; the input itself when not
+    distributed. On NCCL the values travel through the current GPU."""
+    if rank_and_world_size()[1] == 1:
+        return tensor
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    reduced = tensor.detach().clone().to(device)
+    dist.all_reduce(reduced, op=op or dist.ReduceOp.SUM)
+    return reduced.cpu()
+
+
 def cleanup_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,8 +1,8 @@
 """Train a segmenter (baseline or PMP or an ablation) with Mask2Former's recipe; nanoGPT-style script.
 
-    python -m train.seg --recipe world-pmp --out runs/pmp
-    torchrun --nproc_per_node 2 -m train.seg --recipe world-pmp --out runs/pmp     # DDP, same result
-    python -m train.seg --recipe ovseg-swinb-pmp --data-root datasets --out runs/ovseg-pmp
+    python -m train.train_segmenter --recipe world-pmp --out runs/pmp
+    torchrun --nproc_per_node 2 -m train.train_segmenter --recipe world-pmp --out runs/pmp     # DDP, same result
+    python -m train.train_segmenter --recipe ovseg-swinb-pmp --data-root datasets --out runs/ovseg-pmp
 
 Prompt scheme during training (the paper leaves it open; baseline and PMP always share it):
 every class present in the image is prompted (so every labelled segment has a target), plus a random
@@ -21,25 +21,27 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from safetensors import safe_open
 from tqdm import tqdm
 
-from pmp.config import SegmenterConfig
+from pmp.checkpoint import model_card
 from pmp.segmenter import Segmenter
+from train.batches import TrainingData, build_batch
+from train.configs import SegTrainConfig
 from train.losses import SetCriterion
+from train.recipes import RECIPES, get_recipe
 from train.matcher import HungarianMatcher
 from train.runtime import (
     DistributedContext,
     MetricsLog,
     NonFiniteLossError,
+    all_reduce,
     check_finite,
     checkpoint_problem,
     cleanup_distributed,
@@ -55,141 +57,6 @@ from train.runtime import (
     stop_unless_finite,
     weights_are_finite,
 )
-
-
-@dataclass
-class SegTrainConfig:
-    model: SegmenterConfig = field(default_factory=SegmenterConfig)
-    data: str = "world"  # "world" (synthetic, on the fly) or "coco-stuff-171" (needs data_root)
-    data_root: str | None = None
-    crop_size: int = 128
-    batch_size: int = 8  # per rank
-    steps: int = 2000
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    backbone_lr_multiplier: float = 0.1
-    warmup_steps: int = 100
-    clip_grad_norm: float = 0.01  # Mask2Former clips the full model's gradient norm at 0.01
-    negative_prob: float = 0.5  # each absent training class is also prompted with this probability
-    present_prob: float = 1.0  # each present class is prompted with this probability (1: always)
-    no_object_weight: float = 0.1
-    class_weight: float = 2.0
-    mask_weight: float = 5.0
-    dice_weight: float = 5.0
-    seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-    checkpoint_every: int = 200
-    log_every: int = 10
-    eval_every: int = 0  # 0: only at the end
-    eval_benchmark: str = "world-full"
-    eval_limit: int = 100
-    init_clip: str | None = None  # a local open_clip folder (open_clip_config.json + weights) for the CLIP
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SegTrainConfig":
-        data = dict(data)
-        model = SegmenterConfig.from_dict(data.pop("model"))
-        return cls(model=model, **data)
-
-
-# --------------------------------------------------------------------------------------------- data
-@dataclass
-class Sample:
-    image: np.ndarray  # (H, W, 3) uint8
-    label: np.ndarray  # (H, W) int64 index into the training vocabulary, 255 = ignore
-
-
-class TrainingData:
-    """Deterministic samples by global index, so a resumed or multi-rank run sees exactly the same data."""
-
-    def __init__(self, config: SegTrainConfig) -> None:
-        self.config = config
-        if config.data == "world":
-            from train import vocab, world
-
-            self.class_names = list(vocab.SEEN_CLASSES)
-            self._world = world
-            self._dataset = None
-        else:
-            from train.datasets import SemSegTrainTransform, build_dataset
-
-            if config.data_root is None:
-                raise ValueError(f"--data-root is required for dataset {config.data!r}")
-            self._dataset = build_dataset(config.data, config.data_root, "train")
-            self._transform = SemSegTrainTransform(config.crop_size)
-            self.class_names = list(self._dataset.class_names)
-
-    def sample(self, index: int) -> Sample:
-        seed = self.config.seed * 1_000_003 + index
-        if self._dataset is None:
-            scene = self._world.render_training_scene(seed, self.config.crop_size)
-            return Sample(scene.image, self._world.training_target(scene).astype(np.int64))
-        rng = np.random.default_rng(seed)
-        permutation_seed, position = divmod(index, len(self._dataset))
-        order = np.random.default_rng(self.config.seed + permutation_seed).permutation(len(self._dataset))
-        image, label = self._dataset[int(order[position])]
-        image, label = self._transform(image, label, rng)
-        label = np.where(label == self._dataset.ignore_label, 255, label)
-        return Sample(image, label.astype(np.int64))
-
-
-def sample_prompts(
-    present: np.ndarray, vocabulary_size: int, negative_prob: float, rng: np.random.Generator, present_prob: float = 1.0
-) -> np.ndarray:
-    """The training prompt scheme (see the module docstring): present classes + random negatives, shuffled.
-
-    ``present_prob`` < 1 (an investigated variant) also leaves out each present class with probability
-    1 - present_prob (keeping at least one); its pixels then get no target, so a proposal for an
-    unprompted class should be "no object": the prompts decide what to segment.
-    """
-    absent = np.setdiff1d(np.arange(vocabulary_size), present)
-    if present_prob < 1.0 and present.size > 1:
-        keep = rng.random(present.size) < present_prob
-        keep[rng.integers(present.size)] = True
-        present = present[keep]
-    negatives = absent[rng.random(absent.size) < negative_prob]
-    prompts = np.concatenate([present, negatives]).astype(np.int64)
-    if prompts.size == 0:  # an image with only ignored pixels still needs one prompt
-        prompts = rng.choice(vocabulary_size, size=1)
-    return rng.permutation(prompts)
-
-
-def build_batch(
-    samples: list[Sample],
-    step_seed: int,
-    class_embeddings: torch.Tensor,
-    config: SegTrainConfig,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Images (B,3,H,W) normalised, text (B,M,C) padded, text_mask (B,M), and per-image targets."""
-    rng = np.random.default_rng(step_seed)
-    vocabulary_size = class_embeddings.shape[0]
-    prompt_lists, targets = [], []
-    for sample in samples:
-        labelled = np.unique(sample.label[sample.label != 255])
-        prompts = sample_prompts(labelled, vocabulary_size, config.negative_prob, rng, config.present_prob)
-        prompt_lists.append(prompts)
-        present = labelled[np.isin(labelled, prompts)]  # the labelled classes that were prompted get targets
-        position = {int(c): i for i, c in enumerate(prompts)}
-        labels = torch.tensor([position[int(c)] for c in present], dtype=torch.int64)
-        masks = torch.from_numpy(np.stack([sample.label == c for c in present])) if present.size else torch.zeros(
-            (0, *sample.label.shape), dtype=torch.bool
-        )
-        targets.append({"labels": labels.to(device), "masks": masks.to(device)})
-    max_prompts = max(len(p) for p in prompt_lists)
-    text = class_embeddings.new_zeros((len(samples), max_prompts, class_embeddings.shape[1]))
-    text_mask = torch.zeros((len(samples), max_prompts), dtype=torch.bool)
-    for b, prompts in enumerate(prompt_lists):
-        text[b, : len(prompts)] = class_embeddings[torch.from_numpy(prompts)]
-        text_mask[b, : len(prompts)] = True
-    pixels = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
-    mean = torch.tensor(config.model.pixel_mean).view(1, 3, 1, 1)
-    std = torch.tensor(config.model.pixel_std).view(1, 3, 1, 1)
-    images = ((pixels - mean) / std).to(device)
-    return images, text.to(device), text_mask.to(device), targets
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -329,7 +196,7 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
         (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
     use_amp = config.amp and ctx.device.type == "cuda"
-    progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train.seg",
+    progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train.train_segmenter",
                     disable=not ctx.is_main or not sys.stderr.isatty(), dynamic_ncols=True)
     started = time.perf_counter()
     for step in progress:
@@ -352,7 +219,7 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
         optimizer.step()
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            record = {"step": done, "loss": _mean_across_ranks(loss.detach(), ctx), "lr": optimizer.param_groups[0]["lr"],
+            record = {"step": done, "loss": float(all_reduce(loss.detach())) / ctx.world_size, "lr": optimizer.param_groups[0]["lr"],
                       "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - started, 2)}
             for key in ("loss_ce", "loss_mask", "loss_dice"):
                 if key in losses:
@@ -374,7 +241,7 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
     if ctx.is_main:
         log.write({"step": config.steps, **metrics})
         log.plot(out_dir / "loss.png", keys=("loss", "loss_ce", "loss_mask", "loss_dice"))
-        segmenter.save_pretrained(out_dir / "model", model_card=model_card(config, metrics, command))
+        segmenter.save_pretrained(out_dir / "model", model_card=training_card(config, metrics, command))
         (out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -405,14 +272,6 @@ def _to_float(outputs: dict[str, Any]) -> dict[str, Any]:
     return {**convert(outputs), "aux_outputs": [convert(aux) for aux in outputs.get("aux_outputs", [])]}
 
 
-def _mean_across_ranks(value: torch.Tensor, ctx: DistributedContext) -> float:
-    if ctx.enabled:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= ctx.world_size
-    return float(value)
-
-
 def _evaluate(segmenter: Segmenter, config: SegTrainConfig, ctx: DistributedContext) -> dict[str, Any]:
     """The evaluator on the first ``eval_limit`` images of ``eval_benchmark`` (synthetic world only)."""
     if config.data != "world" or config.eval_limit <= 0:
@@ -441,27 +300,18 @@ def portable_arguments(argv: list[str], root: Path | None = None) -> list[str]:
     return portable
 
 
-def model_card(config: SegTrainConfig, metrics: dict[str, Any], command: str) -> str:
-    mode = config.model.decoder.text_mode
-    lines = [
-        "---", "library_name: pmp", "tags:", "- open-vocabulary-segmentation", "- image-segmentation", "---", "",
-        f"# {config.model.name or 'PMP segmenter'} (text mode `{mode}`)", "",
-        "Two-stage open-vocabulary segmenter trained with this project's `train.seg` "
-        "(Mask2Former recipe: Hungarian matching, CE + BCE + dice with weights 2/5/5, AdamW).", "",
-        "## Training command", "", "```", command or "python -m train.seg ...", "```", "",
-        f"Data: `{config.data}`, crop {config.crop_size} px, batch {config.batch_size} per rank, {config.steps} steps, seed {config.seed}.", "",
-    ]
-    if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float)]
-    lines += ["", "```python", "from pmp import Segmenter", "seg = Segmenter.from_pretrained(\"<folder or repo id>\")",
-              "out = seg(\"image.png\", \"sky, house, red car\")", "```", ""]
-    return "\n".join(lines)
+def training_card(config: SegTrainConfig, metrics: dict[str, Any], command: str) -> str:
+    """The model card of a trained segmenter: :func:`pmp.checkpoint.model_card` with how it was trained."""
+    training = (
+        "Trained with this project's `train.train_segmenter` (Mask2Former recipe: Hungarian matching, CE + BCE + dice "
+        f"with weights 2/5/5, AdamW) on `{config.data}`, crop {config.crop_size} px, batch {config.batch_size} per rank, "
+        f"{config.steps} steps, seed {config.seed}."
+    )
+    return model_card(config.model, training=training, command=command or "python -m train.train_segmenter ...", metrics=metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.recipes import RECIPES, get_recipe
-
-    parser = argparse.ArgumentParser(prog="python -m train.seg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m train.train_segmenter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="world-pmp", help=f"one of: {', '.join(RECIPES)}")
     parser.add_argument("--config", type=Path, default=None, help="a train_config.json instead of a recipe")
     parser.add_argument("--out", type=Path, required=True)
@@ -486,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.text_mode:
         config.model = dataclasses.replace(config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode))
         config.model.validate()
-    command = "python -m train.seg " + " ".join(portable_arguments(sys.argv[1:] if argv is None else argv))
+    command = "python -m train.train_segmenter " + " ".join(portable_arguments(sys.argv[1:] if argv is None else argv))
     try:
         metrics = train(config, args.out, resume=not args.no_resume, restart=args.restart, command=command)
     except (ResumeError, NonFiniteLossError) as error:

@@ -1,7 +1,7 @@
 """Contrastive pre-training of the tiny CLIP on the synthetic world, with open_clip's loss.
 
-    python -m train.clip --out runs/tiny-clip [--steps 3000] [--batch-size 128]
-    torchrun --nproc_per_node 2 -m train.clip --out runs/tiny-clip
+    python -m train.train_clip --out runs/tiny-clip [--steps 3000] [--batch-size 128]
+    torchrun --nproc_per_node 2 -m train.train_clip --out runs/tiny-clip
 
 Why the CLIP sees the WHOLE vocabulary while the segmenters see only the seen classes: this is the
 open-vocabulary premise of the paper. CLIP was trained on web image-text pairs that name (nearly)
@@ -20,9 +20,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pmp.clip import CLIPModel
-from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig, tiny_clip_model_cfg
+from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig
+from train.configs import CLIPTrainConfig
 from train.runtime import (
     MetricsLog,
     check_finite,
@@ -45,25 +44,6 @@ from train.runtime import (
     seed_everything,
     setup_distributed,
 )
-
-
-@dataclass
-class CLIPTrainConfig:
-    model_cfg: dict[str, Any] = field(default_factory=tiny_clip_model_cfg)
-    image_size: int = 128
-    batch_size: int = 64  # per rank (train.bundle runs 2 ranks x 32); about half scenes, half object crops
-    crop_fraction: float = 0.5
-    steps: int = 1500
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 100
-    seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 20
-    eval_crops_per_class: int = 20
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def make_pair(index: int, config: CLIPTrainConfig) -> tuple[np.ndarray, str]:
@@ -166,7 +146,7 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
         ddp = DistributedDataParallel(model) if ctx.enabled else model
         tokenizer = clip.tokenizer
         started = time.perf_counter()
-        for step in tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train.clip",
+        for step in tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train.train_clip",
                          disable=not ctx.is_main or not sys.stderr.isatty()):
             lr_factor = (step + 1) / config.warmup_steps if step < config.warmup_steps else 0.5 * (
                 1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
@@ -208,7 +188,7 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m train.train_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -218,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     config = dataclasses.replace(CLIPTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
-    command = "python -m train.clip " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m train.train_clip " + " ".join(sys.argv[1:] if argv is None else argv)
     metrics = train(config, args.out, resume=not args.no_resume, command=command)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -1,0 +1,71 @@
+"""Training configs as dataclasses, saved beside every run (``train_config.json``) and in its checkpoints.
+
+:class:`SegTrainConfig` is what :mod:`train.train_segmenter` runs (the segmenter's own
+:class:`pmp.config.SegmenterConfig` inside it); :class:`CLIPTrainConfig` is what :mod:`train.train_clip`
+runs. The recipes (:mod:`train.recipes`) are plain functions returning these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pmp.config import SegmenterConfig, tiny_clip_model_cfg
+
+
+@dataclass
+class SegTrainConfig:
+    model: SegmenterConfig = field(default_factory=SegmenterConfig)
+    data: str = "world"  # "world" (synthetic, on the fly) or "coco-stuff-171" (needs data_root)
+    data_root: str | None = None
+    crop_size: int = 128
+    batch_size: int = 8  # per rank
+    steps: int = 2000
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    backbone_lr_multiplier: float = 0.1
+    warmup_steps: int = 100
+    clip_grad_norm: float = 0.01  # Mask2Former clips the full model's gradient norm at 0.01
+    negative_prob: float = 0.5  # each absent training class is also prompted with this probability
+    present_prob: float = 1.0  # each present class is prompted with this probability (1: always)
+    no_object_weight: float = 0.1
+    class_weight: float = 2.0
+    mask_weight: float = 5.0
+    dice_weight: float = 5.0
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    checkpoint_every: int = 200
+    log_every: int = 10
+    eval_every: int = 0  # 0: only at the end
+    eval_benchmark: str = "world-full"
+    eval_limit: int = 100
+    init_clip: str | None = None  # a local open_clip folder (open_clip_config.json + weights) for the CLIP
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SegTrainConfig":
+        data = dict(data)
+        model = SegmenterConfig.from_dict(data.pop("model"))
+        return cls(model=model, **data)
+
+
+@dataclass
+class CLIPTrainConfig:
+    model_cfg: dict[str, Any] = field(default_factory=tiny_clip_model_cfg)
+    image_size: int = 128
+    batch_size: int = 64  # per rank (train.bundle runs 2 ranks x 32); about half scenes, half object crops
+    crop_fraction: float = 0.5
+    steps: int = 1500
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 20
+    eval_crops_per_class: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
