@@ -155,7 +155,7 @@ def test_image(side: int) -> np.ndarray:
 
 def prompt_text(count: int) -> str:
     """``count`` distinct class names as the comma list a user would type."""
-    from train.vocab import CLASS_NAMES, PART_NAMES
+    from train.world.vocabulary import CLASS_NAMES, PART_NAMES
 
     names = list(dict.fromkeys(CLASS_NAMES + PART_NAMES))
     names += [f"{colour} {name}" for colour in COLOURS for name in CLASS_NAMES]

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import render_world, vocab, world
+from train import render_world, world
+from train.world import vocabulary as vocab
 
 SEEN_IDS = {vocab.CLASS_ID[c] for c in vocab.SEEN_CLASSES}
 
@@ -29,7 +30,7 @@ def test_same_seed_gives_same_bytes_and_other_seeds_differ() -> None:
 
 def test_texture_cache_does_not_change_pixels() -> None:
     before = world.render_scene(11, 80).image.copy()
-    world._texture_bank.cache_clear()
+    world.textures._texture_bank.cache_clear()
     assert np.array_equal(world.render_scene(11, 80).image, before)
 
 

@@ -28,7 +28,8 @@ class TrainingData:
     def __init__(self, config: SegTrainConfig) -> None:
         self.config = config
         if config.data == "world":
-            from train import vocab, world
+            from train import world
+            from train.world import vocabulary as vocab
 
             self.class_names = list(vocab.SEEN_CLASSES)
             self._world = world

@@ -42,7 +42,7 @@ VOC2010 holds ~10k images but only the 5k validation images have a Pascal Contex
 ``<stem>.<ext>`` needs the image ``<stem>.jpg``.
 
 The class names are in :mod:`train.class_names`. :class:`SyntheticBenchmarkDataset` wraps the synthetic
-world benchmarks (``train.world`` / ``train.vocab``) behind the same interface, and
+world benchmarks (``train.world`` / ``train.world.vocabulary``) behind the same interface, and
 :class:`SemSegTrainTransform` is Mask2Former's semantic-segmentation training augmentation.
 """
 
@@ -353,7 +353,7 @@ def build_dataset(name: str, root: str | Path, split: str = "val") -> SemSegData
 
 
 class SyntheticBenchmarkDataset(Dataset):
-    """A synthetic-world benchmark (``train.vocab.BENCHMARKS[name]``) with the :class:`SemSegDataset` interface.
+    """A synthetic-world benchmark (``train.world.vocabulary.BENCHMARKS[name]``) with the :class:`SemSegDataset` interface.
 
     Images are rendered on demand and deterministically by index, so any subset of indices (one rank's
     share in distributed evaluation) gives the same pixels as a full pass. The world marks unlabelled
@@ -364,7 +364,7 @@ class SyntheticBenchmarkDataset(Dataset):
     raw_ignore_label: int = 255
 
     def __init__(self, name: str, size: int = 128) -> None:
-        from train.vocab import BENCHMARKS  # lazy: the world is only needed for synthetic benchmarks
+        from train.world.vocabulary import BENCHMARKS  # lazy: the world is only needed for synthetic benchmarks
 
         if name not in BENCHMARKS:
             raise ValueError(f"unknown synthetic benchmark {name!r}; available: {', '.join(BENCHMARKS)}")

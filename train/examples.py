@@ -36,7 +36,8 @@ PHOTO_NOTE = "needs full-scale checkpoints: the bundled models only know the syn
 
 
 def candidate_prompts(benchmark: str, index: int) -> tuple[np.ndarray, list[str]]:
-    from train import vocab, world
+    from train import world
+    from train.world import vocabulary as vocab
 
     scene, _ = world.benchmark_scene(vocab.get_benchmark(benchmark), index, size=256)
     if benchmark == "world-parts":

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from train import world
-from train.vocab import BENCHMARKS, CLASS_NAMES, PART_NAMES
+from train.world.vocabulary import BENCHMARKS, CLASS_NAMES, PART_NAMES
 
 _TEXT_H = 11  # pixel height of one line of PIL's default bitmap font
 

@@ -72,7 +72,8 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
 
     Crops come from seeds far from every training index, so none was seen in training.
     """
-    from train import vocab, world
+    from train import world
+    from train.world import vocabulary as vocab
 
     per_class = per_class or config.eval_crops_per_class
     names = list(vocab.CLASS_NAMES)
