@@ -43,7 +43,7 @@ from pmp.demo import (  # noqa: E402
     preview_prompts,
     user_error,
 )
-from pmp.images import ACCEPTED, ImageError, check_image_header  # noqa: E402
+from pmp.images import ACCEPTED, IMAGE_SUFFIXES, ImageError, check_image_header  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -192,9 +192,6 @@ def with_list_prompts(component: gr.Textbox) -> gr.Textbox:
 
     component.preprocess = preprocess  # type: ignore[method-assign]
     return component
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def read_examples(folder: Path = EXAMPLES_DIR) -> list[list[Any]]:

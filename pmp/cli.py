@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+from pmp.images import IMAGE_SUFFIXES
+
 
 
 def build_parser() -> argparse.ArgumentParser:

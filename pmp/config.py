@@ -9,11 +9,9 @@ builder takes it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 # "none" = baseline; "pmp" = Eq. 5 as written; "pmp_residual" = Eq. 5 with a residual around Q';
@@ -154,13 +152,6 @@ class SegmenterConfig:
         config = cls(**kwargs)
         config.validate()
         return config
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SegmenterConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def _check_types(cls: type, data: dict[str, Any], prefix: str) -> None:

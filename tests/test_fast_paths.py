@@ -20,9 +20,8 @@ from PIL import Image
 import pmp.clip.text as clip_text_module
 import pmp.postprocess as postprocess_module
 from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, SegmenterConfig
-from pmp.modeling.deform_gather import ms_deform_attn_gather
 from pmp.modeling.pixel_decoder import MSDeformAttn
-from pmp.ops import ms_deform_attn
+from pmp.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
 from pmp.images import normalize_pixels
 from pmp.postprocess import argmax_over_classes, semantic_inference, upsample, upsampled_argmax
 from pmp.segmenter import Segmenter

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pmp.demo import mask_iou
 from pmp.segmenter import Segmenter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,12 +51,8 @@ def candidate_prompts(benchmark: str, index: int) -> tuple[np.ndarray, list[str]
 
 
 def picked_mask_iou(a, b) -> float:
-    ious = []
-    for k in range(len(a.labels)):
-        ma, mb = a.picked_mask(k), b.picked_mask(k)
-        union = np.logical_or(ma, mb).sum()
-        ious.append(np.logical_and(ma, mb).sum() / union if union else 1.0)
-    return float(np.mean(ious))
+    """Mean over labels of the IoU between the masks the two results picked."""
+    return float(np.mean([mask_iou(a.picked_mask(k), b.picked_mask(k)) for k in range(len(a.labels))]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,9 +128,6 @@ class SemSegMetric:
             raise ValueError("cannot merge metrics with different numbers of classes")
         self.confusion += other.confusion
 
-    def reset(self) -> None:
-        self.confusion[:] = 0
-
     def compute(self) -> SemSegScores:
         k = self.num_classes
         tp = np.diagonal(self.confusion[:k]).astype(np.float64)

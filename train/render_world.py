@@ -11,7 +11,6 @@ pixels; this is the quickest way to check both after changing a drawer or a text
 from __future__ import annotations
 
 import argparse
-import colorsys
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from pmp.visualize import palette_array
 from train import world
 from train.world.vocabulary import BENCHMARKS, CLASS_NAMES, PART_NAMES
 
@@ -26,12 +26,10 @@ _TEXT_H = 11  # pixel height of one line of PIL's default bitmap font
 
 
 def palette(n: int) -> np.ndarray:
-    """(256, 3) uint8 colours: n well-separated hues for ids 0..n-1, black for everything else (255 = none)."""
+    """(256, 3) uint8 colours: the demo's label colours (:func:`pmp.visualize.palette_array`) for ids
+    0..n-1, black for everything else (255 = none)."""
     colours = np.zeros((256, 3), np.uint8)
-    for i in range(n):
-        hue = (i * 0.618033988749895) % 1.0
-        sat, val = (0.75, 0.95) if i % 2 == 0 else (0.55, 0.75)
-        colours[i] = [int(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, val)]
+    colours[:n] = palette_array(n)
     return colours
 
 

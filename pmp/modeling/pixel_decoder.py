@@ -7,8 +7,8 @@ Both return ``(mask_features, multi_scale_features)``:
 
 * :class:`FPNPixelDecoder` - MaskFormer's ``BasePixelDecoder`` (used by OVSeg).
 * :class:`MSDeformAttnPixelDecoder` - Mask2Former's deformable-attention encoder (used by FC-CLIP),
-  in pure PyTorch through :func:`pmp.ops.ms_deform_attn` (training) or its equal, faster gather form
-  :func:`pmp.modeling.deform_gather.ms_deform_attn_gather` (whenever no gradient is needed).
+  in pure PyTorch through :func:`pmp.modeling.ms_deform_attn.ms_deform_attn` (training) or its equal, faster gather form
+  :func:`pmp.modeling.ms_deform_attn.ms_deform_attn_gather` (whenever no gradient is needed).
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pmp.config import PixelDecoderConfig
-from pmp.modeling.deform_gather import ms_deform_attn_gather
 from pmp.modeling.layers import ConvNormAct, PositionEmbeddingSine, c2_xavier_fill, group_norm
-from pmp.ops import ms_deform_attn
+from pmp.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
 
 
 def build_pixel_decoder(config: PixelDecoderConfig, in_channels: list[int]) -> nn.Module:

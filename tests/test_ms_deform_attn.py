@@ -1,11 +1,11 @@
-"""pmp.ops.ms_deform_attn against a hand-written bilinear sampler (Deformable DETR semantics)."""
+"""pmp.modeling.ms_deform_attn.ms_deform_attn against a hand-written bilinear sampler (Deformable DETR semantics)."""
 
 import math
 
 import pytest
 import torch
 
-from pmp.ops import ms_deform_attn
+from pmp.modeling.ms_deform_attn import ms_deform_attn
 
 
 def _bilinear(feature: torch.Tensor, x: float, y: float) -> torch.Tensor:
