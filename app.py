@@ -3,8 +3,9 @@
     python app.py                                  # bundled checkpoints/baseline and checkpoints/pmp
     python app.py --baseline user/ovseg --pmp ./my-pmp --host 0.0.0.0 --port 7860
 
-This file only lays out components and wires events; all logic (input checks, both models, the
-pictures, the downloads) is in :mod:`pmp.demo`. The comparison is also an HTTP API named
+This file lays out the components, wires the events and holds the Gradio adapter (component values,
+``gr.Error``, the server's request limits); the comparison itself (input checks, both models, the
+pictures, the downloads) is in :mod:`pmp.demo`, which does not know Gradio. The comparison is also an HTTP API named
 ``/compare`` (see the README): every input is checked in the handler, not in the UI.
 """
 
@@ -19,12 +20,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
+import html  # noqa: E402
 import atexit  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -33,15 +36,16 @@ import gradio as gr  # noqa: E402
 from pmp.demo import (  # noqa: E402
     DIFF_HEADERS,
     MODEL_NAMES,
-    column_title,
+    MODEL_TITLES,
     STAGE2_MODES,
     TABLE_HEADERS,
-    UI_OUTPUTS,
+    DemoInputError,
     DemoModels,
-    compare_for_ui,
-    pick_grids,
-    preview_prompts,
-    user_error,
+    check_token_limit,
+    prompts_markdown,
+    read_prompts,
+    run_comparison,
+    write_pictures,
 )
 from pmp.images import ACCEPTED, IMAGE_SUFFIXES, ImageError, check_image_header  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
@@ -61,6 +65,111 @@ Type class names separated by commas (*sky, house, red car*) or a caption.
 """
 
 
+# ------------------------------------------------------------------------- the Gradio adapter
+# (pmp.demo builds the comparison; these functions turn it into component values and gr.Error)
+logger = logging.getLogger("app")
+STAGE2_DESCRIPTIONS = {"pool": "mask-pooled dense CLIP features", "crop": "OVSeg's masked crops"}
+GENERIC_ERROR = "Something went wrong while segmenting (error id {}). Try another image or fewer prompts."
+
+
+def column_title(name: str, stage2_mode: str) -> str:
+    """A model column's heading, naming the second stage it ran."""
+    mode = stage2_mode if stage2_mode in STAGE2_DESCRIPTIONS else "pool"
+    return f"## {MODEL_TITLES[name]}\nstage 2: **{mode}** ({STAGE2_DESCRIPTIONS[mode]})"
+
+
+# The order of the values returned by compare_for_ui; app.py wires its output components in this order.
+UI_OUTPUTS = (
+    "prompts",  # Markdown: the parsed prompts
+    "baseline_overlay", "baseline_masks", "baseline_table", "baseline_grid", "baseline_timings",
+    "pmp_overlay", "pmp_masks", "pmp_table", "pmp_grid", "pmp_timings",
+    "differences_text", "differences_table",
+    "downloads",
+    "grids_state",  # per-session: both grid orders per model, for the sort toggle (not part of the API)
+)  # fmt: skip
+
+
+def user_error(message: str) -> gr.Error:
+    """gr.Error with the message HTML-escaped (gr.Error renders HTML; prompts are user text)."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+def compare_for_ui(
+    models: DemoModels,
+    image: Any,
+    prompts_text: Any,
+    clip_weight: Any,
+    stage2_mode: Any,
+    mask_threshold: Any,
+    sort_by_score: Any = True,
+    *,
+    output_root: str | Path | None = None,
+) -> tuple:
+    """The app's (and the ``/compare`` API's) handler: values in UI_OUTPUTS order, or gr.Error.
+
+    Pictures are returned as PNG paths in the request's own folder, not as PIL images: Gradio
+    re-writes a PIL output in place at a path named by its content hash, so two concurrent requests
+    with identical outputs (two users running the same example) could serve each other a half-written
+    file. A path is copied into Gradio's cache atomically instead.
+    """
+    try:
+        view = run_comparison(models, image, prompts_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root)
+        pictures = write_pictures(view)
+    except DemoInputError as error:
+        raise user_error(str(error)) from None
+    except Exception:  # anything else is a bug or a resource problem: log it, tell the user little
+        error_id = uuid.uuid4().hex[:8]
+        logger.exception("comparison failed (error id %s)", error_id)
+        raise user_error(GENERIC_ERROR.format(error_id)) from None
+    slot = 0 if sort_by_score else 1
+    values: list[Any] = [view.prompts_markdown()]
+    for name in MODEL_NAMES:
+        column, files = view.views[name], pictures[name]
+        values += [
+            files["overlay"],
+            [(path, caption) for path, (_, caption) in zip(files["masks"], column.masks)],
+            {"headers": TABLE_HEADERS, "data": column.table},
+            files["grids"][slot],
+            column.timings_markdown(),
+        ]
+    values += [
+        view.differences_markdown(),
+        {"headers": DIFF_HEADERS, "data": view.differences},
+        [str(path) for path in view.downloads],
+        {name: pictures[name]["grids"] for name in MODEL_NAMES},
+    ]
+    return tuple(values)
+
+
+
+def preview_prompts(models: DemoModels, text: Any) -> str:
+    """Live feedback while typing: the prompts the Run button will use, or why there are none."""
+    if not isinstance(text, str) or not text.strip():
+        return "*Type class names separated by commas (sky, house, red car) or a caption.*"
+    try:
+        prompts = read_prompts(text, models.effective_limits())
+        check_token_limit(models, prompts)
+    except DemoInputError as error:
+        return f"**Cannot use these prompts:** {html.escape(str(error), quote=False)}"
+    return prompts_markdown(prompts)
+
+
+def pick_grids(grids: Any, sort_by_score: Any) -> tuple:
+    """The sort toggle: re-show the saved grids in the other order without running the models again.
+
+    ``grids`` is the per-session state {model: (by score path, by index path)}; when there is none
+    yet, or its request folder has been pruned, the grids shown are left as they are.
+    """
+    slot = 0 if sort_by_score else 1
+    if not isinstance(grids, dict) or not all(name in grids for name in MODEL_NAMES):
+        return (gr.skip(), gr.skip())
+    paths = [grids[name][slot] for name in MODEL_NAMES]
+    if not all(isinstance(path, str) and Path(path).is_file() for path in paths):
+        return (gr.skip(), gr.skip())
+    return tuple(paths)
+
+
+# --------------------------------------------------------------------------- the server's limits
 class RequestBodyLimit:
     """ASGI middleware: refuse a request whose body is over its limit, before the body is read.
 

@@ -1,24 +1,22 @@
-"""Everything the Gradio demo does, as plain functions; ``app.py`` only lays out components.
+"""The comparison the demo shows, as plain functions a notebook or script can call too.
 
-Every Gradio event is also a public HTTP API, so nothing here trusts the UI: image, prompts and
-every slider value are checked in :func:`run_comparison` itself. Bad input raises
-:class:`DemoInputError` (a ValueError) with a message for the user; :func:`compare_for_ui` turns it
-into ``gr.Error`` and turns anything unexpected into a generic message plus a log entry (never a
-stack trace to the user). Models are loaded once into :class:`DemoModels`; no request writes any
-shared state except the files of its own output folder.
+:func:`run_comparison` segments one image with both models and builds every view (overlays, picked
+masks, score tables, proposal grids, differences, downloads); nothing here knows Gradio (the adapter is
+in ``app.py``). Nothing trusts its caller either: image, prompts and every setting are checked here,
+because every Gradio event is also a public HTTP API. Bad input raises :class:`DemoInputError` (a
+ValueError) with a message for the user. Models are loaded once into :class:`DemoModels`; no request
+writes any shared state except the files of its own output folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import logging
 import math
 import shutil
 import tempfile
 import time
-import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +38,10 @@ GALLERY_SIDE = 512  # per-prompt mask pictures are drawn at most this large
 MODEL_TITLES = {"baseline": "Baseline (OVSeg-style)", "pmp": "PMP"}
 
 
-def column_title(name: str, stage2_mode: str) -> str:
-    """A model column's heading, naming the second stage it ran."""
-    mode = stage2_mode if stage2_mode in STAGE2_DESCRIPTIONS else "pool"
-    return f"## {MODEL_TITLES[name]}\nstage 2: **{mode}** ({STAGE2_DESCRIPTIONS[mode]})"
-STAGE2_DESCRIPTIONS = {"pool": "mask-pooled dense CLIP features", "crop": "OVSeg's masked crops"}
 DIFFERENT_IOU = 0.5  # a prompt's picked masks "differ" between the models below this IoU
 TABLE_HEADERS = ["prompt", "#", "p", "p_hat", "p_out", "area %"]  # #: picked proposal; p: stage 1; p_hat: CLIP
 DIFF_HEADERS = ["prompt", "IoU", "baseline #", "PMP #", "baseline p_out", "PMP p_out"]
 TIMING_KEYS = ("text", "stage1", "stage2", "post")
-GENERIC_ERROR = "Something went wrong while segmenting (error id {}). Try another image or fewer prompts."
 
 
 class DemoInputError(ValueError):
@@ -92,9 +84,9 @@ class DemoModels:
 
     def effective_limits(self) -> DemoLimits:
         """The demo's limits, lowered to what both models' configs accept."""
-        configs = [getattr(model, "config", None) for _, model in self.items()]
-        max_prompts = min([self.limits.max_prompts] + [c.max_prompts for c in configs if c is not None])
-        max_chars = min([self.limits.max_prompt_chars] + [c.max_prompt_chars for c in configs if c is not None])
+        configs = [model.config for _, model in self.items()]
+        max_prompts = min([self.limits.max_prompts] + [c.max_prompts for c in configs])
+        max_chars = min([self.limits.max_prompt_chars] + [c.max_prompt_chars for c in configs])
         return dataclasses.replace(self.limits, max_prompts=max_prompts, max_prompt_chars=max_chars)
 
 
@@ -178,17 +170,10 @@ def check_stage2_mode(value: Any) -> str:
 def check_token_limit(models: DemoModels, labels: list[str]) -> None:
     """Every prompt, filled into every CLIP template, must fit each model's text tower."""
     for _, model in models.items():
-        clip = getattr(model, "clip", None)
-        if clip is None or not hasattr(clip, "count_tokens"):
-            continue
-        templates = getattr(getattr(clip, "config", None), "templates", ("{}",))
-        for label in labels:
-            longest = max(clip.count_tokens(t.replace("{}", label)) for t in templates)
-            if longest > clip.context_length:
-                raise DemoInputError(
-                    f"prompt {label!r} is too long for CLIP: {longest} tokens with its template, "
-                    f"at most {clip.context_length} fit; shorten it"
-                )
+        try:
+            model.check_token_limit(labels)
+        except PromptError as error:
+            raise DemoInputError(str(error)) from None
 
 
 def read_prompts(text: Any, limits: DemoLimits) -> list[str]:
@@ -216,22 +201,6 @@ def read_image(image: Any, limits: DemoLimits) -> Image.Image:
 # --------------------------------------------------------------------------------- the comparison
 
 
-def picked_masks(result: Any) -> list[np.ndarray]:
-    """Per label: the (H, W) bool mask of the proposal with the highest p_out, at the result's threshold."""
-    if hasattr(result, "picked_mask"):
-        return [np.asarray(result.picked_mask(k), dtype=bool) for k in range(len(result.labels))]
-    threshold = getattr(result, "mask_threshold", 0.5)
-    return [np.asarray(result.proposals[index]) >= threshold for index, _ in result.selected]
-
-
-def low_resolution_proposals(result: Any) -> np.ndarray:
-    """(N, h, w) proposals in [0, 1] at mask resolution when available: thumbnails need no more."""
-    logits = getattr(result, "mask_logits", None)
-    if logits is not None:
-        return torch.as_tensor(logits).float().sigmoid().numpy()
-    return np.asarray(result.proposals, dtype=np.float32)
-
-
 def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
     """IoU of two bool masks; two empty masks agree perfectly (1.0)."""
     union = np.logical_or(first, second).sum()
@@ -243,7 +212,7 @@ def model_view(result: Any, image: Image.Image) -> ModelView:
     labels = list(result.labels)
     semantic = np.asarray(result.semantic)
     area = np.bincount(semantic[semantic >= 0].ravel(), minlength=len(labels)) / max(semantic.size, 1)
-    picked = picked_masks(result)
+    picked = [result.picked_mask(k) for k in range(len(labels))]  # per prompt: the picked proposal, binarised
     small = image.copy()
     small.thumbnail((GALLERY_SIDE, GALLERY_SIDE), Image.Resampling.BILINEAR)
     masks, table = [], []
@@ -257,10 +226,9 @@ def model_view(result: Any, image: Image.Image) -> ModelView:
     best_score = scores.max(1) if scores.size else np.zeros(0)
     captions = [f"#{n} {labels[best[n]]} {best_score[n]:.2f}" for n in range(scores.shape[0])]
     colours = [colour_for(int(k)) for k in best]
-    proposals = low_resolution_proposals(result)
+    proposals = result.mask_logits.float().sigmoid().numpy()  # (N, h, w) at mask resolution: thumbnails need no more
     columns = 5 if len(captions) <= 25 else 10  # few proposals: bigger thumbnails per row shown
-    timings = {key: float(value) for key, value in dict(result.timings).items()}
-    timings.setdefault("total", sum(timings.get(key, 0.0) for key in TIMING_KEYS))
+    timings = {key: float(value) for key, value in result.timings.items()}
     return ModelView(
         overlay=overlay(image, semantic, labels),
         masks=masks,
@@ -379,73 +347,6 @@ def run_comparison(
     return ComparisonView(prompts, views, differences, agreement, downloads, settings, folder)
 
 
-# --------------------------------------------------------------------------------- Gradio adapter
-
-# The order of the values returned by compare_for_ui; app.py wires its output components in this order.
-UI_OUTPUTS = (
-    "prompts",  # Markdown: the parsed prompts
-    "baseline_overlay", "baseline_masks", "baseline_table", "baseline_grid", "baseline_timings",
-    "pmp_overlay", "pmp_masks", "pmp_table", "pmp_grid", "pmp_timings",
-    "differences_text", "differences_table",
-    "downloads",
-    "grids_state",  # per-session: both grid orders per model, for the sort toggle (not part of the API)
-)  # fmt: skip
-
-
-def user_error(message: str):
-    """gr.Error with the message HTML-escaped (gr.Error renders HTML; prompts are user text)."""
-    import gradio as gr
-
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
-
-
-def compare_for_ui(
-    models: DemoModels,
-    image: Any,
-    prompts_text: Any,
-    clip_weight: Any,
-    stage2_mode: Any,
-    mask_threshold: Any,
-    sort_by_score: Any = True,
-    *,
-    output_root: str | Path | None = None,
-) -> tuple:
-    """The app's (and the ``/compare`` API's) handler: values in UI_OUTPUTS order, or gr.Error.
-
-    Pictures are returned as PNG paths in the request's own folder, not as PIL images: Gradio
-    re-writes a PIL output in place at a path named by its content hash, so two concurrent requests
-    with identical outputs (two users running the same example) could serve each other a half-written
-    file. A path is copied into Gradio's cache atomically instead.
-    """
-    try:
-        view = run_comparison(models, image, prompts_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root)
-        pictures = write_pictures(view)
-    except DemoInputError as error:
-        raise user_error(str(error)) from None
-    except Exception:  # anything else is a bug or a resource problem: log it, tell the user little
-        error_id = uuid.uuid4().hex[:8]
-        logger.exception("comparison failed (error id %s)", error_id)
-        raise user_error(GENERIC_ERROR.format(error_id)) from None
-    slot = 0 if sort_by_score else 1
-    values: list[Any] = [view.prompts_markdown()]
-    for name in MODEL_NAMES:
-        column, files = view.views[name], pictures[name]
-        values += [
-            files["overlay"],
-            [(path, caption) for path, (_, caption) in zip(files["masks"], column.masks)],
-            {"headers": TABLE_HEADERS, "data": column.table},
-            files["grids"][slot],
-            column.timings_markdown(),
-        ]
-    values += [
-        view.differences_markdown(),
-        {"headers": DIFF_HEADERS, "data": view.differences},
-        [str(path) for path in view.downloads],
-        {name: pictures[name]["grids"] for name in MODEL_NAMES},
-    ]
-    return tuple(values)
-
-
 def write_pictures(view: ComparisonView) -> dict[str, dict[str, Any]]:
     """Save every picture of ``view`` as PNG in its request folder; per model: overlay, masks, grids."""
     pictures: dict[str, dict[str, Any]] = {}
@@ -462,32 +363,3 @@ def write_pictures(view: ComparisonView) -> dict[str, dict[str, Any]]:
             "grids": (save(column.grid_by_score, "proposals_by_score"), save(column.grid_by_index, "proposals_by_index")),
         }
     return pictures
-
-
-def preview_prompts(models: DemoModels, text: Any) -> str:
-    """Live feedback while typing: the prompts the Run button will use, or why there are none."""
-    if not isinstance(text, str) or not text.strip():
-        return "*Type class names separated by commas (sky, house, red car) or a caption.*"
-    try:
-        prompts = read_prompts(text, models.effective_limits())
-        check_token_limit(models, prompts)
-    except DemoInputError as error:
-        return f"**Cannot use these prompts:** {html.escape(str(error), quote=False)}"
-    return prompts_markdown(prompts)
-
-
-def pick_grids(grids: Any, sort_by_score: Any) -> tuple:
-    """The sort toggle: re-show the saved grids in the other order without running the models again.
-
-    ``grids`` is the per-session state {model: (by score path, by index path)}; when there is none
-    yet, or its request folder has been pruned, the grids shown are left as they are.
-    """
-    import gradio as gr
-
-    slot = 0 if sort_by_score else 1
-    if not isinstance(grids, dict) or not all(name in grids for name in MODEL_NAMES):
-        return (gr.skip(), gr.skip())
-    paths = [grids[name][slot] for name in MODEL_NAMES]
-    if not all(isinstance(path, str) and Path(path).is_file() for path in paths):
-        return (gr.skip(), gr.skip())
-    return tuple(paths)

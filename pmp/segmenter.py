@@ -44,7 +44,7 @@ from pmp.images import load_image, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
 from pmp.postprocess import semantic_inference, upsample, upsampled_argmax
 from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble
-from pmp.prompts import PromptError, parse_prompts
+from pmp.prompts import parse_prompts
 
 
 @dataclass
@@ -185,20 +185,8 @@ class Segmenter(nn.Module):
         return self.segment(image, labels, _parse_seconds=time.perf_counter() - started, **options)
 
     def check_token_limit(self, labels: list[str]) -> None:
-        """Every filled template must fit the text tower's context; say which prompt does not."""
-        limit = self.clip.context_length
-        templates = tuple(self.config.clip.templates)
-        # labels the CLIP encoded before with these templates fit: no need to tokenise them again
-        known = self.clip.cached_labels(labels) if templates == tuple(self.clip.config.templates) else set()
-        for label in labels:
-            if label in known:
-                continue
-            longest = max(self.clip.count_tokens(t.replace("{}", label)) for t in templates)
-            if longest > limit:
-                raise PromptError(
-                    f"prompt {label!r} is too long for the text encoder: {longest} tokens with its template, "
-                    f"at most {limit} are accepted; shorten it"
-                )
+        """Every filled template must fit the text tower's context; PromptError says which prompt does not."""
+        self.clip.check_fits(labels)
 
     def segment(
         self,

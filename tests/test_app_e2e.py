@@ -148,7 +148,8 @@ def test_api_lists_only_the_compare_endpoint(server):
 
 
 def test_api_compare_returns_both_models_views(server, sample_image):
-    from pmp.demo import TABLE_HEADERS, UI_OUTPUTS
+    from app import UI_OUTPUTS
+    from pmp.demo import TABLE_HEADERS
 
     values = _compare(_client(server), sample_image)
     named = dict(zip([key for key in UI_OUTPUTS if key != "grids_state"], values))

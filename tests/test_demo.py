@@ -21,47 +21,48 @@ from types import SimpleNamespace
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from app import UI_OUTPUTS, compare_for_ui, pick_grids
+from pmp.prompts import PromptError
+from pmp.segmenter import SegmentationResult
 from pmp.demo import (
     DIFF_HEADERS,
     TABLE_HEADERS,
-    UI_OUTPUTS,
     DemoInputError,
     DemoLimits,
     DemoModels,
-    compare_for_ui,
     mask_iou,
-    pick_grids,
     prune_outputs,
     run_comparison,
 )
 
 
-class FakeCLIP:
-    """count_tokens ~ one token per word plus start/end, like the real tokenizer for simple words."""
-
-    def __init__(self, context_length: int = 32) -> None:
-        self.context_length = context_length
-        self.config = SimpleNamespace(templates=("a photo of a {}.",))
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split()) + 2
-
-
 class FakeSegmenter:
-    """The Segmenter interface with deterministic output: N horizontal-band proposals.
+    """The Segmenter interface with deterministic output: N horizontal-band proposals, returned as a real
+    :class:`SegmentationResult`. Prompts count one token per word plus start and end (like the real
+    tokenizer for simple words) against a ``context_length`` of 32 with the template "a photo of a {}.".
 
     ``shift`` moves the bands so that the baseline and PMP fakes pick different masks.
     """
 
-    def __init__(self, shift: int = 0, num_proposals: int = 6, fail: bool = False) -> None:
+    template = "a photo of a {}."
+
+    def __init__(self, shift: int = 0, num_proposals: int = 6, fail: bool = False, context_length: int = 32) -> None:
         self.shift, self.num_proposals, self.fail = shift, num_proposals, fail
         self.config = SimpleNamespace(max_prompts=100, max_prompt_chars=120)
-        self.clip = FakeCLIP()
+        self.context_length = context_length
         self.calls: list[dict] = []
 
-    def segment(self, image, labels, *, clip_weight=None, stage2_mode=None, mask_threshold=None):
+    def check_token_limit(self, labels: list[str]) -> None:
+        for label in labels:
+            tokens = len(self.template.replace("{}", label).split()) + 2
+            if tokens > self.context_length:
+                raise PromptError(f"prompt {label!r} is too long for CLIP: {tokens} tokens with its template, "
+                                  f"at most {self.context_length} fit; shorten it")
+
+    def segment(self, image, labels, *, clip_weight=None, stage2_mode=None, mask_threshold=None) -> SegmentationResult:
         if self.fail:
             raise RuntimeError("CUDA out of memory (simulated)")
         assert isinstance(image, Image.Image) and image.mode == "RGB"
@@ -69,19 +70,21 @@ class FakeSegmenter:
         width, height = image.size
         n, k = self.num_proposals, len(labels)
         rows = (np.arange(height)[:, None] * n // max(height, 1) + self.shift) % n  # (H, 1) band index
-        proposals = (np.arange(n)[:, None, None] == np.broadcast_to(rows, (height, width))[None]).astype(np.float32)
+        bands = np.arange(n)[:, None, None] == np.broadcast_to(rows, (height, width))[None]  # (N, H, W)
         rng = np.random.default_rng(len(labels) + self.shift)
         p, p_hat = rng.random((n, k)), rng.random((n, k))
-        scores = p ** (1 - clip_weight) * p_hat**clip_weight
-        best = scores.argmax(0)
-        selected = [(int(best[j]), float(scores[best[j], j])) for j in range(k)]
+        p_out = p ** (1 - clip_weight) * p_hat**clip_weight
+        best = p_out.argmax(0)
+        selected = [(int(best[j]), float(p_out[best[j], j])) for j in range(k)]
         semantic = np.full((height, width), -1, np.int64)
         for j, (index, _) in enumerate(selected):
-            semantic[proposals[index] >= mask_threshold] = j
-        return SimpleNamespace(
-            labels=list(labels), semantic=semantic, proposals=proposals, p=p, p_hat=p_hat,
-            p_out=scores, selected=selected, mask_threshold=mask_threshold,
-            timings={"text": 0.001, "stage1": 0.02, "stage2": 0.01, "post": 0.002},
+            semantic[bands[index]] = j
+        timings = {"text": 0.001, "stage1": 0.02, "stage2": 0.01, "post": 0.002}
+        return SegmentationResult(
+            labels=list(labels), semantic=semantic, p=p, p_hat=p_hat, p_out=p_out, selected=selected,
+            timings={**timings, "total": sum(timings.values())}, clip_weight=clip_weight, stage2_mode=stage2_mode,
+            mask_threshold=mask_threshold, no_object=np.zeros(n), image_size=(height, width),
+            mask_logits=torch.from_numpy(np.where(bands, 10.0, -10.0).astype(np.float32)),
         )  # fmt: skip
 
 
@@ -306,7 +309,7 @@ def test_prompt_limits_follow_the_stricter_model_config(tmp_path):
 
 
 def test_clip_token_limit(models, tmp_path):
-    models.pmp.clip = FakeCLIP(context_length=8)
+    models.pmp.context_length = 8
     message = _error_message(models, Image.new("RGB", (8, 8)), "one two three four five, sky", tmp_path)
     assert "too long for CLIP: 11 tokens" in message and "at most 8" in message
 

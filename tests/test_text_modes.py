@@ -127,7 +127,7 @@ def test_two_models_built_after_one_seed_get_different_text_weights() -> None:
 
 
 def test_ovseg_recipes_run_ovsegs_own_second_stage_and_the_demo_says_which_ran() -> None:
-    from pmp.demo import column_title
+    from app import column_title
     from train.recipes import RECIPES, get_recipe
 
     for name in RECIPES:

@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
+from pmp.prompts import PromptError
+
 TEXT_BATCH = 256  # (prompt, template) strings per text-tower forward
 
 
@@ -142,9 +144,30 @@ class TextEmbeddings:
                 )
         return self.tokenizer(list(prompts))
 
+    def longest_prompt(self, label: str) -> int:
+        """Tokens of the longest template filled with ``label``, start and end tokens included."""
+        return max(self.count_tokens(t.replace("{}", label)) for t in self.config.templates)
+
     def _fits(self, phrase: str) -> bool:
         """Every template filled with ``phrase`` fits the text tower's context."""
-        return all(self.count_tokens(t.replace("{}", phrase)) <= self.context_length for t in self.config.templates)
+        return self.longest_prompt(phrase) <= self.context_length
+
+    def check_fits(self, labels: Sequence[str]) -> None:
+        """Raise PromptError naming the first prompt whose filled templates do not fit the text tower.
+
+        The one check of user prompts against the context length (the Segmenter and the demo call it).
+        Labels the cache holds were encoded before, so they fit and are not tokenised again.
+        """
+        known = self.cached_labels(labels)
+        for label in labels:
+            if label in known:
+                continue
+            longest = self.longest_prompt(label)
+            if longest > self.context_length:
+                raise PromptError(
+                    f"prompt {label!r} is too long for CLIP: {longest} tokens with its template, at most "
+                    f"{self.context_length} fit; shorten it"
+                )
 
     def phrases(self, label: str) -> list[str]:
         """What a label is encoded by: the label itself, or - when a filled template would not fit the text
