@@ -97,7 +97,7 @@ def user_error(message: str) -> gr.Error:
 def compare_for_ui(
     models: DemoModels,
     image: Any,
-    prompts_text: Any,
+    prompt_text: Any,
     clip_weight: Any,
     stage2_mode: Any,
     mask_threshold: Any,
@@ -113,7 +113,7 @@ def compare_for_ui(
     file. A path is copied into Gradio's cache atomically instead.
     """
     try:
-        view = run_comparison(models, image, prompts_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root)
+        view = run_comparison(models, image, prompt_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root)
         pictures = write_pictures(view)
     except DemoInputError as error:
         raise user_error(str(error)) from None

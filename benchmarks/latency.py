@@ -305,13 +305,13 @@ def stage1_overhead(pair: dict[str, Segmenter], image: np.ndarray, count: int, r
     with torch.inference_mode():
         for segmenter in pair.values():  # warm-up
             with segmenter._autocast():
-                segmenter.model(pixels, text)
+                segmenter.proposal_model(pixels, text)
         for _ in range(repeats):
             for name, segmenter in pair.items():
                 synchronize(device)
                 start = time.perf_counter()
                 with segmenter._autocast():
-                    segmenter.model(pixels, text)
+                    segmenter.proposal_model(pixels, text)
                 synchronize(device)
                 times[name].append(time.perf_counter() - start)
     baseline, pmp = statistics.median(times["baseline"]), statistics.median(times["pmp"])
@@ -338,7 +338,7 @@ def text_path_time(segmenter: Segmenter, pixels: torch.Tensor, text: torch.Tenso
     """
     from pmp.modeling.text_conditioning import TextCrossAttention, TextProjection
 
-    modules = [m for m in segmenter.model.modules() if isinstance(m, (TextCrossAttention, TextProjection))]
+    modules = [m for m in segmenter.proposal_model.modules() if isinstance(m, (TextCrossAttention, TextProjection))]
     starts: dict[int, float] = {}
     spent: list[float] = []
 
@@ -355,7 +355,7 @@ def text_path_time(segmenter: Segmenter, pixels: torch.Tensor, text: torch.Tenso
         with torch.inference_mode(), segmenter._autocast():
             synchronize(pixels.device)
             start = time.perf_counter()
-            segmenter.model(pixels, text)
+            segmenter.proposal_model(pixels, text)
             synchronize(pixels.device)
             total = time.perf_counter() - start
     finally:
@@ -425,7 +425,7 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
     """
     from pmp.images import load_image
 
-    if not hasattr(segmenter.clip.model.visual, "patch_size"):
+    if not hasattr(segmenter.clip.open_clip.visual, "patch_size"):
         return []
     _, result = request(segmenter, image, prompt_text(10), image_size=image_size)
     pixels, valid_hw = segmenter.preprocess(load_image(image), image_size or segmenter.config.image_size)
@@ -435,7 +435,7 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
     full = max(valid_hw)
     default_side = max(dense_input(segmenter.clip, pixels[..., : valid_hw[0], : valid_hw[1]], segmenter.vit_dense_scale).shape[-2:])
     sides = sorted({side for side in (segmenter.clip.image_size, 320, 448, default_side, full) if side <= full})
-    patch = segmenter.clip.model.visual.patch_size
+    patch = segmenter.clip.open_clip.visual.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
     rows = []
     original = segmenter.vit_dense_scale

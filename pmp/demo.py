@@ -111,7 +111,7 @@ class ModelView:
 class ComparisonView:
     """Everything one comparison request produced, ready for display or download."""
 
-    prompts: list[str]
+    labels: list[str]  # the parsed prompts
     views: dict[str, ModelView]
     differences: list[list[Any]]  # rows of DIFF_HEADERS, most different first
     agreement: float  # share of pixels that get the same label (or none) from both models
@@ -120,7 +120,7 @@ class ComparisonView:
     folder: Path  # this request's own folder: downloads, and the pictures the UI serves
 
     def prompts_markdown(self) -> str:
-        return prompts_markdown(self.prompts)
+        return prompts_markdown(self.labels)
 
     def differences_markdown(self) -> str:
         differing = [row[0] for row in self.differences if row[1] < DIFFERENT_IOU]
@@ -128,12 +128,12 @@ class ComparisonView:
         if not differing:
             return head + f"For every prompt the picked masks overlap with IoU >= {DIFFERENT_IOU}."
         names = ", ".join(f"`{_markdown_safe(p)}`" for p in differing)
-        return head + f"**{len(differing)} of {len(self.prompts)}** prompt(s) get a different mask (IoU < {DIFFERENT_IOU}): {names}."
+        return head + f"**{len(differing)} of {len(self.labels)}** prompt(s) get a different mask (IoU < {DIFFERENT_IOU}): {names}."
 
 
-def prompts_markdown(prompts: list[str]) -> str:
-    items = ", ".join(f"`{_markdown_safe(p)}`" for p in prompts)
-    return f"**{len(prompts)} prompt(s):** {items}"
+def prompts_markdown(labels: list[str]) -> str:
+    items = ", ".join(f"`{_markdown_safe(label)}`" for label in labels)
+    return f"**{len(labels)} prompt(s):** {items}"
 
 
 def _markdown_safe(text: str) -> str:
@@ -240,38 +240,38 @@ def model_view(result: Any, image: Image.Image) -> ModelView:
     )
 
 
-def compare_results(prompts: list[str], results: dict[str, Any], views: dict[str, ModelView]) -> tuple[list[list[Any]], float]:
+def compare_results(labels: list[str], results: dict[str, Any], views: dict[str, ModelView]) -> tuple[list[list[Any]], float]:
     """Per prompt: IoU of the two picked masks (ascending), and the pixel agreement of the label maps."""
     rows = []
-    for k, prompt in enumerate(prompts):
+    for k, label in enumerate(labels):
         base_index, base_score = results["baseline"].selected[k]
         pmp_index, pmp_score = results["pmp"].selected[k]
         iou = mask_iou(views["baseline"].picked[k], views["pmp"].picked[k])
-        rows.append([prompt, round(iou, 3), int(base_index), int(pmp_index), round(float(base_score), 4), round(float(pmp_score), 4)])
+        rows.append([label, round(iou, 3), int(base_index), int(pmp_index), round(float(base_score), 4), round(float(pmp_score), 4)])
     rows.sort(key=lambda row: row[1])
     agreement = float((np.asarray(results["baseline"].semantic) == np.asarray(results["pmp"].semantic)).mean())
     return rows, agreement
 
 
-def write_downloads(folder: Path, prompts: list[str], results: dict[str, Any], views: dict[str, ModelView], settings: dict[str, Any]) -> list[Path]:
+def write_downloads(folder: Path, labels: list[str], results: dict[str, Any], views: dict[str, ModelView], settings: dict[str, Any]) -> list[Path]:
     """Label maps (8-bit PNG, 255 = none), a zip of per-prompt masks, and a JSON of all scores."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
     for name, result in results.items():
         path = folder / f"{name}_labels.png"
-        label_map_png(np.asarray(result.semantic), len(prompts)).save(path)
+        label_map_png(np.asarray(result.semantic), len(labels)).save(path)
         files.append(path)
     zip_path = folder / "masks.zip"
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, result in results.items():
             semantic = np.asarray(result.semantic)
-            for k, prompt in enumerate(prompts):
-                stem = f"{k:02d}_{slug(prompt)}"
+            for k, label in enumerate(labels):
+                stem = f"{k:02d}_{slug(label)}"
                 for kind, mask in (("picked", views[name].picked[k]), ("region", semantic == k)):
                     buffer = _png_bytes(mask_png(mask))
                     archive.writestr(f"{name}/{kind}_{stem}.png", buffer)
     files.append(zip_path)
-    summary: dict[str, Any] = {"prompts": prompts, "settings": settings, "label_map_no_label_value": 255}
+    summary: dict[str, Any] = {"prompts": labels, "settings": settings, "label_map_no_label_value": 255}
     for name, result in results.items():
         entry = result_summary(result)
         entry["scores"] = {
@@ -308,7 +308,7 @@ def prune_outputs(root: Path, max_age_s: float) -> None:
 def run_comparison(
     models: DemoModels,
     image: Any,
-    prompts_text: Any,
+    prompt_text: Any,
     clip_weight: Any = 0.65,
     stage2_mode: Any = "pool",
     mask_threshold: Any = 0.5,
@@ -324,8 +324,8 @@ def run_comparison(
     weight = check_number(clip_weight, "CLIP weight", 0.0, 1.0)
     mode = check_stage2_mode(stage2_mode)
     threshold = check_number(mask_threshold, "mask threshold", 0.0, 1.0, open_interval=True)
-    prompts = read_prompts(prompts_text, limits)
-    check_token_limit(models, prompts)
+    labels = read_prompts(prompt_text, limits)
+    check_token_limit(models, labels)
     picture = read_image(image, limits)
     settings = {"clip_weight": weight, "stage2_mode": mode, "mask_threshold": threshold}
 
@@ -333,18 +333,18 @@ def run_comparison(
     with torch.inference_mode():
         for name, model in models.items():
             try:
-                results[name] = model.segment(picture, prompts, clip_weight=weight, stage2_mode=mode, mask_threshold=threshold)
+                results[name] = model.segment(picture, labels, clip_weight=weight, stage2_mode=mode, mask_threshold=threshold)
             except ValueError as error:  # the Segmenter's own input checks
                 raise DemoInputError(str(error)) from None
     views = {name: model_view(result, picture) for name, result in results.items()}
-    differences, agreement = compare_results(prompts, results, views)
+    differences, agreement = compare_results(labels, results, views)
 
     root = Path(output_root) if output_root is not None else Path(tempfile.gettempdir()) / "pmp-demo"
     root.mkdir(parents=True, exist_ok=True)
     prune_outputs(root, limits.output_max_age_s)
     folder = Path(tempfile.mkdtemp(prefix="request-", dir=root))
-    downloads = write_downloads(folder, prompts, results, views, settings)
-    return ComparisonView(prompts, views, differences, agreement, downloads, settings, folder)
+    downloads = write_downloads(folder, labels, results, views, settings)
+    return ComparisonView(labels, views, differences, agreement, downloads, settings, folder)
 
 
 def write_pictures(view: ComparisonView) -> dict[str, dict[str, Any]]:

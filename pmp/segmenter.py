@@ -120,15 +120,16 @@ class StageOutputs:
 
 
 class Segmenter(nn.Module):
-    """Stage 1 (``self.model``, a :class:`MaskProposalModel`) plus CLIP (``self.clip``) for both stages."""
+    """Stage 1 (``self.proposal_model``, a :class:`MaskProposalModel`; state-dict keys ``proposal_model.*``) plus
+    CLIP (``self.clip``, keys ``clip.open_clip.*``) for both stages."""
 
     def __init__(self, config: SegmenterConfig, clip: CLIPModel | None = None, *, load_backbone_weights: bool = True) -> None:
         super().__init__()
         config.validate()
         self.config = config
         self.clip = clip if clip is not None else CLIPModel.build(config.clip)
-        clip_visual = self.clip.model.visual if config.backbone.kind == "clip" else None
-        self.model = build_mask_proposal_model(
+        clip_visual = self.clip.open_clip.visual if config.backbone.kind == "clip" else None
+        self.proposal_model = build_mask_proposal_model(
             config, text_dim=self.clip.embed_dim, clip_visual=clip_visual, load_backbone_weights=load_backbone_weights
         )
         self.clip.requires_grad_(False)
@@ -174,7 +175,7 @@ class Segmenter(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(self.proposal_model.parameters()).device
 
     # ----------------------------------------------------------------------------------- inference
     def forward(self, image: Any, prompts: str | list[str], **options: Any) -> SegmentationResult:
@@ -234,7 +235,7 @@ class Segmenter(nn.Module):
         pixels, valid_hw = self.preprocess(pil, image_size or cfg.image_size)  # (1, 3, Hp, Wp) in [0, 1]
         reuse_trunk = stage2_mode == "pool" and self.can_reuse_trunk(pixels, valid_hw)
         with self._autocast():
-            outputs = self.model(
+            outputs = self.proposal_model(
                 normalize_pixels(pixels, cfg.pixel_mean, cfg.pixel_std), text[None], return_features=reuse_trunk
             )
         probs = outputs["pred_logits"][0].float().softmax(-1)  # (N, K + 1)
@@ -311,7 +312,7 @@ class Segmenter(nn.Module):
         same normalisation) that the dense stage-2 pass would see, so its layer-4 map can be reused."""
         return (
             self.config.backbone.kind == "clip"
-            and isinstance(self.clip.model.visual, ModifiedResNet)
+            and isinstance(self.clip.open_clip.visual, ModifiedResNet)
             and tuple(pixels.shape[-2:]) == tuple(valid_hw)
             and tuple(self.config.pixel_mean) == tuple(self.clip.mean)
             and tuple(self.config.pixel_std) == tuple(self.clip.std)

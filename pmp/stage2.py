@@ -100,7 +100,7 @@ def dense_input(clip: CLIPModel, image: torch.Tensor, vit_dense_scale: float = V
     image is scaled by ``vit_dense_scale`` (never below the tower's native size) to a multiple of the
     patch size.
     """
-    visual = clip.model.visual
+    visual = clip.open_clip.visual
     if not isinstance(visual, VisionTransformer) or vit_dense_scale >= 1.0:
         return image
     patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else int(visual.patch_size)
@@ -210,8 +210,8 @@ def crop_classify(
         fill = roi_align(inside[start:start + k], torch.cat([own - start, box], 1),
                          size, 1.0, -1, True)  # (k, 1, S, S) share of mask pixels
         crops = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
-        crops = crops.to(device=clip.device, dtype=clip.model.logit_scale.dtype)
-        features.append(F.normalize(clip.model.encode_image(crops), dim=-1))
+        crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
+        features.append(F.normalize(clip.open_clip.encode_image(crops), dim=-1))
     feats = torch.cat(features)  # (K, C)
     logits = clip.logit_scale * feats @ text.to(feats).T
     probs[nonempty.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)

@@ -52,14 +52,14 @@ def test_build_attributes(resnet_clip: CLIPModel) -> None:
     assert resnet_clip.context_length == 32
     assert resnet_clip.tokenizer.context_length == 32
     assert resnet_clip.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
-    assert all(key.startswith("model.") for key in resnet_clip.state_dict())
-    assert torch.allclose(resnet_clip.logit_scale, resnet_clip.model.logit_scale.exp())
+    assert all(key.startswith("open_clip.") for key in resnet_clip.state_dict())
+    assert torch.allclose(resnet_clip.logit_scale, resnet_clip.open_clip.logit_scale.exp())
 
 
 def test_build_named_open_clip_model() -> None:
     clip = CLIPModel.build(CLIPConfig(model_name="ViT-S-32-alt"))
     assert (clip.embed_dim, clip.image_size, clip.context_length) == (256, 224, 77)
-    assert not clip.model.training
+    assert not clip.open_clip.training
     with pytest.raises(ValueError, match="unknown open_clip model name"):
         CLIPModel.build(CLIPConfig(model_name="ViT-Nope"))
     with pytest.raises(ValueError, match="hf-hub"):
@@ -79,11 +79,11 @@ def test_truncated_text_forward_equals_open_clip(resnet_clip: CLIPModel) -> None
     texts = ["a photo of a dog.", "sky", "wow! a very long description of a red car parked outside"]
     tokens = resnet_clip.tokenizer(texts)
     seen_lengths = []
-    hook = resnet_clip.model.transformer.register_forward_pre_hook(lambda m, args: seen_lengths.append(args[0].shape[1]))
+    hook = resnet_clip.open_clip.transformer.register_forward_pre_hook(lambda m, args: seen_lengths.append(args[0].shape[1]))
     try:
         with torch.no_grad():
             truncated = resnet_clip.text_forward(tokens)
-            padded = resnet_clip.model.encode_text(tokens)
+            padded = resnet_clip.open_clip.encode_text(tokens)
     finally:
         hook.remove()
     longest = max(resnet_clip.count_tokens(t) for t in texts)
@@ -97,7 +97,7 @@ def test_custom_text_tower_falls_back_to_full_length() -> None:
     assert not clip._can_truncate()
     with torch.no_grad():
         ours = clip.encode_text(["sky", "red car"])
-        expected = F.normalize(clip.model.encode_text(clip.tokenizer(["a photo of a sky.", "a photo of a red car."])), dim=-1)
+        expected = F.normalize(clip.open_clip.encode_text(clip.tokenizer(["a photo of a sky.", "a photo of a red car."])), dim=-1)
     torch.testing.assert_close(ours, expected)
 
 
@@ -120,7 +120,7 @@ def test_template_averaging_matches_hand_computation(resnet_clip: CLIPModel) -> 
         expected = []
         for label in labels:
             tokens = resnet_clip.tokenizer([t.replace("{}", label) for t in TEMPLATES])
-            per_template = F.normalize(resnet_clip.model.encode_text(tokens), dim=-1)  # (T, C)
+            per_template = F.normalize(resnet_clip.open_clip.encode_text(tokens), dim=-1)  # (T, C)
             expected.append(F.normalize(per_template.mean(0), dim=0))
     torch.testing.assert_close(ours, torch.stack(expected), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours.norm(dim=-1), torch.ones(3))
@@ -160,10 +160,10 @@ def test_cache_follows_weight_changes() -> None:
     clip = fresh_resnet_clip()
     with torch.no_grad():
         before = clip.encode_text(["boat"])
-        clip.model.ln_final.bias.add_(0.5)  # an in-place update, as an optimizer step makes
+        clip.open_clip.ln_final.bias.add_(0.5)  # an in-place update, as an optimizer step makes
         after_step = clip.encode_text(["boat"])
         state = copy.deepcopy(clip.state_dict())
-        state["model.text_projection"] = state["model.text_projection"].flip(1)
+        state["open_clip.text_projection"] = state["open_clip.text_projection"].flip(1)
         clip.load_state_dict(state)
         after_load = clip.encode_text(["boat"])
     assert clip.cache_info()["hits"] == 0 and clip.cache_info()["misses"] == 3
@@ -198,14 +198,14 @@ def test_resnet_dense_features_are_the_attnpool_value_path() -> None:
     # With uniform attention (zero query projection) and no positional embedding, the attention pool
     # returns c_proj(v_proj(mean of positions)) = the mean of the unnormalised dense features.
     clip = fresh_resnet_clip()
-    pool = clip.model.visual.attnpool
+    pool = clip.open_clip.visual.attnpool
     with torch.no_grad():
         pool.q_proj.weight.zero_()
         pool.q_proj.bias.zero_()
         pool.positional_embedding.zero_()
         images = torch.randn(2, 3, 128, 128)
-        dense = CLIPModel._dense_resnet(clip.model.visual, images)
-        pooled = clip.model.encode_image(images)
+        dense = CLIPModel._dense_resnet(clip.open_clip.visual, images)
+        pooled = clip.open_clip.encode_image(images)
     torch.testing.assert_close(dense.mean(dim=(2, 3)), pooled, atol=1e-5, rtol=1e-4)
 
 
@@ -225,13 +225,13 @@ def test_vit_dense_features_equal_global_embedding_on_identical_tokens() -> None
     # value path must reproduce the global image embedding at every patch.
     torch.manual_seed(3)
     clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_vit_model_cfg()))
-    visual = clip.model.visual
+    visual = clip.open_clip.visual
     image = torch.full((1, 3, 64, 64), 0.3)
     with torch.no_grad():
         visual.positional_embedding.zero_()
         visual.class_embedding.copy_(visual.conv1(image)[0, :, 0, 0])
         dense = clip.dense_features(image)  # (1, C, 4, 4)
-        pooled = F.normalize(clip.model.encode_image(image), dim=-1)  # (1, C)
+        pooled = F.normalize(clip.open_clip.encode_image(image), dim=-1)  # (1, C)
     torch.testing.assert_close(dense, pooled[:, :, None, None].expand_as(dense), atol=1e-5, rtol=1e-4)
 
 
@@ -304,7 +304,7 @@ def test_crop_classify_matches_manual_crops(resnet_clip: CLIPModel) -> None:
     left[..., 32:96] = normalised[..., :64]
     with torch.no_grad():
         probs = crop_classify(resnet_clip, image, masks, text)
-        feats = F.normalize(resnet_clip.model.encode_image(torch.cat([normalised, left])), dim=-1)
+        feats = F.normalize(resnet_clip.open_clip.encode_image(torch.cat([normalised, left])), dim=-1)
         expected = (resnet_clip.logit_scale * feats @ text.T).softmax(-1)
     assert probs.shape == (4, 4)
     torch.testing.assert_close(probs[:2], expected, atol=1e-5, rtol=1e-4)
@@ -359,22 +359,22 @@ def test_pretrained_tag_resolves_from_local_cache(tmp_path: Path, monkeypatch: p
 
 def test_local_weights_round_trip(tmp_path: Path, resnet_clip: CLIPModel) -> None:
     raw = tmp_path / "clip.safetensors"
-    save_file({k: v.contiguous() for k, v in resnet_clip.model.state_dict().items()}, str(raw))
-    wrapped = tmp_path / "wrapped.safetensors"  # keys "model.*", as CLIPModel.state_dict() gives them
+    save_file({k: v.contiguous() for k, v in resnet_clip.open_clip.state_dict().items()}, str(raw))
+    wrapped = tmp_path / "wrapped.safetensors"  # keys "open_clip.*", as CLIPModel.state_dict() gives them
     save_file({k: v.contiguous() for k, v in resnet_clip.state_dict().items()}, str(wrapped))
     images = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
-        reference = (resnet_clip.encode_text(["sky", "car"]), resnet_clip.model.encode_image(images))
+        reference = (resnet_clip.encode_text(["sky", "car"]), resnet_clip.open_clip.encode_image(images))
         for path in (raw, wrapped):
             torch.manual_seed(123)  # a different random init, overwritten by the file
             loaded = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=TEMPLATES, pretrained=str(path)))
             torch.testing.assert_close(loaded.encode_text(["sky", "car"]), reference[0])
-            torch.testing.assert_close(loaded.model.encode_image(images), reference[1])
+            torch.testing.assert_close(loaded.open_clip.encode_image(images), reference[1])
 
 
 def test_local_weights_for_another_model_are_rejected(tmp_path: Path, vit_clip: CLIPModel) -> None:
     path = tmp_path / "vit.safetensors"
-    save_file({k: v.contiguous() for k, v in vit_clip.model.state_dict().items()}, str(path))
+    save_file({k: v.contiguous() for k, v in vit_clip.open_clip.state_dict().items()}, str(path))
     with pytest.raises(ValueError, match="do not fit"):
         fresh_resnet_clip(pretrained=str(path))
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -122,14 +122,14 @@ def _write(tmp_path, name: str, data: bytes) -> str:
 def test_comparison_builds_every_view(models, tmp_path):
     image = Image.new("RGB", (90, 60), (120, 130, 140))
     view = run_comparison(models, image, "sky, house, red car", 0.3, "crop", 0.4, output_root=tmp_path)
-    assert view.prompts == ["sky", "house", "red car"]
-    assert models.baseline.calls[0] == {"size": (90, 60), "labels": view.prompts, "clip_weight": 0.3, "mode": "crop"}
+    assert view.labels == ["sky", "house", "red car"]
+    assert models.baseline.calls[0] == {"size": (90, 60), "labels": view.labels, "clip_weight": 0.3, "mode": "crop"}
     for name in ("baseline", "pmp"):
         column = view.views[name]
         assert column.overlay.width >= 90 and column.overlay.height > 60  # legend below
         assert len(column.masks) == 3 and column.masks[0][1].startswith("sky · #")
         assert "p_hat=" in column.masks[0][1] and "p_out=" in column.masks[0][1]
-        assert [row[0] for row in column.table] == view.prompts and len(column.table[0]) == len(TABLE_HEADERS)
+        assert [row[0] for row in column.table] == view.labels and len(column.table[0]) == len(TABLE_HEADERS)
         assert column.grid_by_score.size == column.grid_by_index.size
         assert "stage 1 20 ms" in column.timings_markdown()
     ious = [row[1] for row in view.differences]

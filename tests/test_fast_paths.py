@@ -76,7 +76,7 @@ def test_batched_truncated_text_equals_one_padded_prompt_at_a_time(segmenter: Se
         expected = []
         for label in labels:
             tokens = clip.tokenizer([t.replace("{}", label) for t in clip.config.templates])  # padded to the context
-            per_template = F.normalize(clip.model.encode_text(tokens), dim=-1)
+            per_template = F.normalize(clip.open_clip.encode_text(tokens), dim=-1)
             expected.append(F.normalize(per_template.mean(0), dim=0))
     torch.testing.assert_close(batched, torch.stack(expected), rtol=1e-5, atol=1e-5)
 
@@ -104,7 +104,7 @@ def stage1(segmenter: Segmenter, image: np.ndarray, labels: list[str]) -> tuple:
     pixels, valid_hw = segmenter.preprocess(Image.fromarray(image), segmenter.config.image_size)
     with torch.inference_mode():
         text = segmenter.clip.encode_text(labels)
-        out = segmenter.model(normalize_pixels(pixels, CLIP_MEAN, CLIP_STD), text[None], return_features=True)
+        out = segmenter.proposal_model(normalize_pixels(pixels, CLIP_MEAN, CLIP_STD), text[None], return_features=True)
     p = out["pred_logits"][0].softmax(-1)[:, :-1]
     mask_h = round(out["pred_masks"].shape[-2] * valid_hw[0] / pixels.shape[-2])
     mask_w = round(out["pred_masks"].shape[-1] * valid_hw[1] / pixels.shape[-1])

@@ -92,7 +92,7 @@ def test_eq1_stage1_scores_are_softmax_of_model_logits(segmenter: Segmenter, ima
     text = segmenter.clip.encode_text(["sky", "car"])
     pixels, _ = segmenter.preprocess(Image.fromarray(image), segmenter.config.image_size)
     with torch.inference_mode():
-        logits = segmenter.model(normalize_pixels(pixels, CLIP_MEAN, CLIP_STD), text[None])["pred_logits"][0]
+        logits = segmenter.proposal_model(normalize_pixels(pixels, CLIP_MEAN, CLIP_STD), text[None])["pred_logits"][0]
     probs = logits.softmax(-1)
     assert np.allclose(out.p, probs[:, :-1].numpy(), atol=1e-6)
     assert np.allclose(out.no_object, probs[:, -1].numpy(), atol=1e-6)

@@ -29,4 +29,4 @@ def test_clip_training_lowers_the_loss_and_saves_an_open_clip_folder(tmp_path: P
                                       pretrained=str(folder / "open_clip_model.safetensors")))
     tokens = ours.tokenizer(["a red car"])
     with torch.no_grad():
-        assert torch.allclose(reference.encode_text(tokens), ours.model.encode_text(tokens), atol=1e-5)
+        assert torch.allclose(reference.encode_text(tokens), ours.open_clip.encode_text(tokens), atol=1e-5)

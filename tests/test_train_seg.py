@@ -108,17 +108,17 @@ def test_config_round_trips_through_json() -> None:
 def test_prompt_scheme_keeps_present_classes_and_shuffles() -> None:
     import numpy as np
 
-    from train.batches import sample_prompts
+    from train.batches import sample_prompt_ids
 
     rng = np.random.default_rng(0)
     present = np.array([2, 5, 7])
     seen_orders = set()
     for _ in range(50):
-        prompts = sample_prompts(present, 15, 0.5, rng)
+        prompts = sample_prompt_ids(present, 15, 0.5, rng)
         assert set(present) <= set(prompts.tolist()) and len(set(prompts.tolist())) == len(prompts)
         seen_orders.add(tuple(prompts[np.isin(prompts, present)].tolist()))
     assert len(seen_orders) > 1  # positions carry no information
-    dropped = [sample_prompts(present, 15, 0.0, rng, present_prob=0.5) for _ in range(50)]
+    dropped = [sample_prompt_ids(present, 15, 0.0, rng, present_prob=0.5) for _ in range(50)]
     assert all(1 <= len(p) <= 3 and set(p.tolist()) <= set(present.tolist()) for p in dropped)
     assert any(len(p) < 3 for p in dropped)
 

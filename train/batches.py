@@ -57,10 +57,10 @@ class TrainingData:
         return Sample(image, label.astype(np.int64))
 
 
-def sample_prompts(
+def sample_prompt_ids(
     present: np.ndarray, vocabulary_size: int, negative_prob: float, rng: np.random.Generator, present_prob: float = 1.0
 ) -> np.ndarray:
-    """The training prompt scheme (see the module docstring): present classes + random negatives, shuffled.
+    """The training prompt scheme: class ids to prompt, present classes + random negatives, shuffled.
 
     ``present_prob`` < 1 (an investigated variant) also leaves out each present class with probability
     1 - present_prob (keeping at least one); its pixels then get no target, so a proposal for an
@@ -72,10 +72,10 @@ def sample_prompts(
         keep[rng.integers(present.size)] = True
         present = present[keep]
     negatives = absent[rng.random(absent.size) < negative_prob]
-    prompts = np.concatenate([present, negatives]).astype(np.int64)
-    if prompts.size == 0:  # an image with only ignored pixels still needs one prompt
-        prompts = rng.choice(vocabulary_size, size=1)
-    return rng.permutation(prompts)
+    prompt_ids = np.concatenate([present, negatives]).astype(np.int64)
+    if prompt_ids.size == 0:  # an image with only ignored pixels still needs one prompt
+        prompt_ids = rng.choice(vocabulary_size, size=1)
+    return rng.permutation(prompt_ids)
 
 
 def build_batch(
@@ -91,10 +91,10 @@ def build_batch(
     prompt_lists, targets = [], []
     for sample in samples:
         labelled = np.unique(sample.label[sample.label != 255])
-        prompts = sample_prompts(labelled, vocabulary_size, config.negative_prob, rng, config.present_prob)
-        prompt_lists.append(prompts)
-        present = labelled[np.isin(labelled, prompts)]  # the labelled classes that were prompted get targets
-        position = {int(c): i for i, c in enumerate(prompts)}
+        prompt_ids = sample_prompt_ids(labelled, vocabulary_size, config.negative_prob, rng, config.present_prob)
+        prompt_lists.append(prompt_ids)
+        present = labelled[np.isin(labelled, prompt_ids)]  # the labelled classes that were prompted get targets
+        position = {int(c): i for i, c in enumerate(prompt_ids)}
         labels = torch.tensor([position[int(c)] for c in present], dtype=torch.int64)
         masks = torch.from_numpy(np.stack([sample.label == c for c in present])) if present.size else torch.zeros(
             (0, *sample.label.shape), dtype=torch.bool
@@ -103,9 +103,9 @@ def build_batch(
     max_prompts = max(len(p) for p in prompt_lists)
     text = class_embeddings.new_zeros((len(samples), max_prompts, class_embeddings.shape[1]))
     text_mask = torch.zeros((len(samples), max_prompts), dtype=torch.bool)
-    for b, prompts in enumerate(prompt_lists):
-        text[b, : len(prompts)] = class_embeddings[torch.from_numpy(prompts)]
-        text_mask[b, : len(prompts)] = True
+    for b, prompt_ids in enumerate(prompt_lists):
+        text[b, : len(prompt_ids)] = class_embeddings[torch.from_numpy(prompt_ids)]
+        text_mask[b, : len(prompt_ids)] = True
     pixels = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
     images = normalize_pixels(pixels, config.model.pixel_mean, config.model.pixel_std).to(device)
     return images, text.to(device), text_mask.to(device), targets

@@ -89,7 +89,7 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
             images.append(image)
             truths.append(class_name)
     for start in range(0, len(images), 256):
-        feats = F.normalize(clip.model.encode_image(to_clip_pixels(images[start : start + 256])), dim=-1)
+        feats = F.normalize(clip.open_clip.encode_image(to_clip_pixels(images[start : start + 256])), dim=-1)
         predictions = (feats @ text.T).argmax(-1)
         for truth, prediction in zip(truths[start : start + 256], predictions.tolist()):
             correct[truth].append(names[prediction] == truth)
@@ -109,7 +109,7 @@ def save_open_clip_folder(clip: CLIPModel, config: CLIPTrainConfig, folder: Path
     """open_clip's local-dir layout; weights in float16 to keep the bundled file small."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-             for k, v in clip.model.state_dict().items()}
+             for k, v in clip.open_clip.state_dict().items()}
     save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})
     preprocess = {"size": config.image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config.model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n")
@@ -130,7 +130,7 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
         clip = CLIPModel.build(CLIPConfig(model_cfg=config.model_cfg)).to(ctx.device)
         clip.train()
         clip.requires_grad_(True)
-        model = clip.model
+        model = clip.open_clip
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
         optimizer = torch.optim.AdamW(

@@ -170,7 +170,7 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
     data = TrainingData(config)
     with torch.no_grad():
         class_embeddings = segmenter.clip.encode_text(data.class_names).to(ctx.device)  # (V, C), CLIP is frozen
-    model = segmenter.model
+    model = segmenter.proposal_model
     model.train()
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     # num_points=None: train.matcher.points_for_mask_size keeps Mask2Former's point density at any crop size.

@@ -30,7 +30,7 @@ class DenseFeatures:
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"dense_features takes (B,3,H,W) images, got shape {tuple(images.shape)}")
-        visual = self.model.visual
+        visual = self.open_clip.visual
         images = images.to(device=self.device)
         if isinstance(visual, ModifiedResNet):
             dense = self._dense_resnet(visual, images)
@@ -51,7 +51,7 @@ class DenseFeatures:
         tower a second time. Equal to ``dense_features(images)`` when ``trunk`` came from the same
         CLIP-normalised ``images``.
         """
-        visual = self.model.visual
+        visual = self.open_clip.visual
         if not isinstance(visual, ModifiedResNet):
             raise NotImplementedError(
                 f"dense_features_from_trunk needs an open_clip ModifiedResNet image tower, not {type(visual).__name__}"

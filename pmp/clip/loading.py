@@ -74,7 +74,7 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"CLIP weights file {str(path)!r} does not hold a state dict of tensors")
-    for prefix in ("module.", "clip.", "model."):
+    for prefix in ("module.", "clip.", "open_clip.", "model."):  # DDP, a Segmenter, CLIPModel, other wrappers
         if state and all(key.startswith(prefix) for key in state):
             state = {key[len(prefix):]: value for key, value in state.items()}
     return state

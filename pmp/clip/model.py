@@ -24,7 +24,7 @@ from pmp.images import normalize_pixels
 class CLIPModel(TextEmbeddings, DenseFeatures, nn.Module):
     """An open_clip CLIP plus what two-stage open-vocabulary segmentation needs from it.
 
-    ``.model`` is the open_clip model (state-dict keys ``model.*``). ``.mean``/``.std`` are the image
+    ``.open_clip`` is the open_clip model (state-dict keys ``open_clip.*``). ``.mean``/``.std`` are the image
     normalisation the weights expect, ``.image_size`` the image tower's native square size,
     ``.embed_dim`` the joint embedding width and ``.tokenizer`` open_clip's tokenizer.
 
@@ -55,7 +55,7 @@ class CLIPModel(TextEmbeddings, DenseFeatures, nn.Module):
             raise ValueError("CLIPConfig.templates is empty; give at least one template such as '{}'")
         if config.text_cache_size < 0:
             raise ValueError(f"CLIPConfig.text_cache_size must be >= 0, got {config.text_cache_size}")
-        self.model = model
+        self.open_clip = model
         self.config = config
         self.tokenizer = tokenizer
         self.embed_dim = int(embed_dim)
@@ -81,12 +81,12 @@ class CLIPModel(TextEmbeddings, DenseFeatures, nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.model.logit_scale.device
+        return self.open_clip.logit_scale.device
 
     @property
     def logit_scale(self) -> Tensor:
         """The CLIP's own logit multiplier, ``exp`` of its stored log-scale (a 0-d tensor)."""
-        return self.model.logit_scale.exp().reshape(())
+        return self.open_clip.logit_scale.exp().reshape(())
 
     def normalize(self, images: Tensor) -> Tensor:
         """(B,3,H,W) RGB in [0, 1] -> normalised with this CLIP's mean/std."""

@@ -91,11 +91,11 @@ class TextEmbeddings:
         return len(self.tokenizer.encode(text)) + 2
 
     def _text_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.model.named_parameters() if not name.startswith("visual.")]
+        return [p for name, p in self.open_clip.named_parameters() if not name.startswith("visual.")]
 
     def _weights_key(self) -> tuple:
         versions = sum(getattr(p, "_version", 0) for p in self._text_parameters())
-        return (self._weights_version, versions, str(self.device), str(self.model.logit_scale.dtype))
+        return (self._weights_version, versions, str(self.device), str(self.open_clip.logit_scale.dtype))
 
     def _can_truncate(self) -> bool:
         """True when running only the real tokens gives the same embedding as the padded forward.
@@ -103,7 +103,7 @@ class TextEmbeddings:
         Needs a causal mask (later padding cannot influence earlier tokens) and pooling at a real token
         (EOT/first). CustomTextCLIP towers and non-causal ones run the full context instead.
         """
-        m = self.model
+        m = self.open_clip
         return (
             isinstance(m, open_clip.CLIP)
             and getattr(m, "attn_mask", None) is not None
@@ -117,7 +117,7 @@ class TextEmbeddings:
         instead of the full context length, which equals ``model.encode_text`` because the mask is
         causal and pooling happens at the EOT; falls back to ``model.encode_text`` otherwise.
         """
-        m = self.model
+        m = self.open_clip
         tokens = tokens.to(self.device)
         if not self._can_truncate():
             return m.encode_text(tokens)
@@ -220,7 +220,7 @@ class TextEmbeddings:
             if not isinstance(label, str):
                 raise ValueError(f"prompts must be strings, got {type(label).__name__}: {label!r}")
         if not labels:
-            return torch.zeros(0, self.embed_dim, device=self.device, dtype=self.model.logit_scale.dtype)
+            return torch.zeros(0, self.embed_dim, device=self.device, dtype=self.open_clip.logit_scale.dtype)
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self._text_parameters())
         if needs_grad or self.cache.max_size == 0:
             return self._embed_labels(labels)
