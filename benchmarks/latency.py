@@ -1,4 +1,4 @@
-"""Per-stage latency of the baseline and PMP segmenters side by side, and the speed targets of issue 7.
+"""Per-stage latency of the baseline and PMP segmenters side by side, and the project's speed targets.
 
 Usage (from the repository root; the defaults run everything: about 4-5 minutes on 2 quiet CPU cores,
 11 minutes on a 2-core machine at load average 6-11):

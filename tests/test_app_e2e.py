@@ -354,9 +354,15 @@ def test_browser_upload_type_run_and_screenshot(server, sample_image, workdir):
     assert Image.open(screenshot).size[0] >= 1000
 
 
-def test_server_log_has_no_unexpected_errors(server):
-    """Nothing failed unexpectedly in the handler or in serving files (Gradio's own slider/radio
-    checks above do print a traceback for the rejected values; those are expected)."""
+def test_server_log_has_no_unexpected_errors(server, sample_image):
+    """A good request and a refused one leave nothing unexpected in the log: no handler failure, no error
+    serving files (Gradio's own slider/radio checks do print a traceback for rejected values; expected)."""
+    from gradio_client.exceptions import AppError
+
+    client = _client(server)
+    assert "**3 prompt(s):**" in _compare(client, sample_image)[0]
+    with pytest.raises(AppError, match="no prompts"):
+        _compare(client, sample_image, "")
     text = server.log.read_text()
     for marker in ("comparison failed", "Exception in ASGI application", "LocalProtocolError"):
         assert marker not in text, text[-3000:]

@@ -1,4 +1,4 @@
-"""The inference fast paths give what the plain computations give (issue 7).
+"""The inference fast paths give what the plain computations give.
 
 Each test puts a fast path next to the straightforward computation it replaces: the text cache, the
 length-truncated text tower and the token check of cached prompts; OVSeg crops of the top-k proposals
