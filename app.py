@@ -20,8 +20,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import html  # noqa: E402
 import atexit  # noqa: E402
+import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -32,6 +32,7 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+from starlette.middleware import Middleware  # noqa: E402
 
 from pmp.demo import (  # noqa: E402
     DIFF_HEADERS,
@@ -48,7 +49,6 @@ from pmp.demo import (  # noqa: E402
     write_pictures,
 )
 from pmp.images import ACCEPTED, IMAGE_SUFFIXES, ImageError, check_image_header  # noqa: E402
-from starlette.middleware import Middleware  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "25mb"  # uploads above this are refused by Gradio before they reach the handler
@@ -113,7 +113,9 @@ def compare_for_ui(
     file. A path is copied into Gradio's cache atomically instead.
     """
     try:
-        view = run_comparison(models, image, prompt_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root)
+        view = run_comparison(
+            models, image, prompt_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root
+        )
         pictures = write_pictures(view)
     except DemoInputError as error:
         raise user_error(str(error)) from None
@@ -139,7 +141,6 @@ def compare_for_ui(
         {name: pictures[name]["grids"] for name in MODEL_NAMES},
     ]
     return tuple(values)
-
 
 
 def preview_prompts(models: DemoModels, text: Any) -> str:
@@ -178,7 +179,9 @@ class RequestBodyLimit:
     (``.../upload``) get :data:`MAX_UPLOAD_BODY_BYTES`, every other route :data:`MAX_API_BODY_BYTES`.
     """
 
-    def __init__(self, app: Any, api_limit: int = MAX_API_BODY_BYTES, upload_limit: int = MAX_UPLOAD_BODY_BYTES) -> None:
+    def __init__(
+        self, app: Any, api_limit: int = MAX_API_BODY_BYTES, upload_limit: int = MAX_UPLOAD_BODY_BYTES
+    ) -> None:
         self.app = app
         self.api_limit = api_limit
         self.upload_limit = upload_limit
@@ -219,10 +222,19 @@ class RequestBodyLimit:
 
     @staticmethod
     async def _refuse(send: Any, limit: int) -> None:
-        body = json.dumps({"error": f"request body too large: at most {limit:,} bytes are accepted here; "
-                                    "send images as file uploads (gradio_client's handle_file does)"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {
+                "error": f"request body too large: at most {limit:,} bytes are accepted here; "
+                "send images as file uploads (gradio_client's handle_file does)"
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -277,7 +289,9 @@ def with_clear_upload_errors(component: gr.Image, max_pixels: int) -> gr.Image:
         except gr.Error:
             raise
         except Exception as error:  # PIL's UnidentifiedImageError, DecompressionBombError, OSError...
-            raise user_error(f"the uploaded file could not be read as an image ({type(error).__name__}); {ACCEPTED}") from None
+            raise user_error(
+                f"the uploaded file could not be read as an image ({type(error).__name__}); {ACCEPTED}"
+            ) from None
 
     component.preprocess = preprocess  # type: ignore[method-assign]
     return component
@@ -340,12 +354,42 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
         with gr.Row():
             with gr.Column(scale=1):
                 # image_mode=None: the handler gets the file as uploaded (16-bit, RGBA, ...), not Gradio's RGB copy
-                image = with_clear_upload_errors(gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"], height=320, elem_id="image"), models.limits.max_pixels)
-                prompts = with_list_prompts(gr.Textbox(label="Prompts", lines=2, max_length=models.limits.max_text_chars, placeholder="sky, house, red car", elem_id="prompts"))
+                image = with_clear_upload_errors(
+                    gr.Image(
+                        label="Image",
+                        type="filepath",
+                        image_mode=None,
+                        sources=["upload", "clipboard"],
+                        height=320,
+                        elem_id="image",
+                    ),
+                    models.limits.max_pixels,
+                )
+                prompts = with_list_prompts(
+                    gr.Textbox(
+                        label="Prompts",
+                        lines=2,
+                        max_length=models.limits.max_text_chars,
+                        placeholder="sky, house, red car",
+                        elem_id="prompts",
+                    )
+                )
                 parsed = gr.Markdown(preview_prompts(models, ""), label="Parsed prompts", elem_id="parsed-prompts")
                 with gr.Accordion("Settings", open=False):
-                    clip_weight = gr.Slider(0.0, 1.0, value=0.65, step=0.05, label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)", elem_id="clip-weight")
-                    stage2_mode = gr.Radio(list(STAGE2_MODES), value="pool", label="Stage 2", info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops")
+                    clip_weight = gr.Slider(
+                        0.0,
+                        1.0,
+                        value=0.65,
+                        step=0.05,
+                        label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)",
+                        elem_id="clip-weight",
+                    )
+                    stage2_mode = gr.Radio(
+                        list(STAGE2_MODES),
+                        value="pool",
+                        label="Stage 2",
+                        info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops",
+                    )
                     mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
                     sort_by_score = gr.Checkbox(value=True, label="Sort proposals by score")
                 run = gr.Button("Run", variant="primary", elem_id="run")
@@ -356,32 +400,70 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
                     col = columns[name] = {}
                     col["title"] = gr.Markdown(column_title(name, "pool"), elem_id=f"{name}-title")
                     short = "PMP" if name == "pmp" else "Baseline"
-                    col["overlay"] = gr.Image(label=f"{short} segmentation", type="pil", format="png", interactive=False, elem_id=f"{name}-overlay")
+                    col["overlay"] = gr.Image(
+                        label=f"{short} segmentation",
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        elem_id=f"{name}-overlay",
+                    )
                     col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
-                    col["masks"] = gr.Gallery(label=f"{short}: picked proposal per prompt", columns=3, height=260, object_fit="contain", elem_id=f"{name}-masks")
-                    col["table"] = gr.Dataframe(headers=TABLE_HEADERS, label=f"{short}: scores of the picked proposals", interactive=False, wrap=True, elem_id=f"{name}-table")
-                    col["grid"] = gr.Image(label=f"{short}: all proposals (best label, p_out)", type="pil", format="png", interactive=False, elem_id=f"{name}-grid")
+                    col["masks"] = gr.Gallery(
+                        label=f"{short}: picked proposal per prompt",
+                        columns=3,
+                        height=260,
+                        object_fit="contain",
+                        elem_id=f"{name}-masks",
+                    )
+                    col["table"] = gr.Dataframe(
+                        headers=TABLE_HEADERS,
+                        label=f"{short}: scores of the picked proposals",
+                        interactive=False,
+                        wrap=True,
+                        elem_id=f"{name}-table",
+                    )
+                    col["grid"] = gr.Image(
+                        label=f"{short}: all proposals (best label, p_out)",
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        elem_id=f"{name}-grid",
+                    )
         with gr.Row():
             with gr.Column():
                 gr.Markdown("## Where the two differ")
                 differences_text = gr.Markdown(label="Differences", elem_id="differences")
-                differences_table = gr.Dataframe(headers=DIFF_HEADERS, label="Picked masks per prompt: IoU between the models", interactive=False, elem_id="differences-table")
+                differences_table = gr.Dataframe(
+                    headers=DIFF_HEADERS,
+                    label="Picked masks per prompt: IoU between the models",
+                    interactive=False,
+                    elem_id="differences-table",
+                )
             with gr.Column():
                 gr.Markdown(
-                    "## Downloads\nLabel maps: 8-bit PNG, pixel = prompt index, 255 = no label. `masks.zip`: per model and "
-                    "prompt, the picked proposal and the label's region. `scores.json`: p, p_hat and p_out of every proposal."
+                    "## Downloads\nLabel maps: 8-bit PNG, pixel = prompt index, 255 = no label. "
+                    "`masks.zip`: per model and prompt, the picked proposal and the label's region. "
+                    "`scores.json`: p, p_hat and p_out of every proposal."
                 )
                 downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
         grids_state = gr.State(None, time_to_live=int(models.limits.output_max_age_s))  # paths into the request folder
 
-        components = {"prompts": parsed, "differences_text": differences_text, "differences_table": differences_table, "downloads": downloads, "grids_state": grids_state}
+        components = {
+            "prompts": parsed,
+            "differences_text": differences_text,
+            "differences_table": differences_table,
+            "downloads": downloads,
+            "grids_state": grids_state,
+        }
         for name in MODEL_NAMES:
             for part in ("overlay", "masks", "table", "grid", "timings"):
                 components[f"{name}_{part}"] = columns[name][part]
 
         def compare(image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score):
             """Segment the image with both models; returns the views in UI_OUTPUTS order."""
-            return compare_for_ui(models, image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, output_root=output_root)
+            return compare_for_ui(
+                models, image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, output_root=output_root
+            )
 
         def titles(stage2_mode):
             return [column_title(name, stage2_mode) for name in MODEL_NAMES]
@@ -392,10 +474,29 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
         inputs = [image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score]
         outputs = [components[key] for key in UI_OUTPUTS]
         run.click(compare, inputs=inputs, outputs=outputs, api_name="compare").success(
-            titles, inputs=stage2_mode, outputs=[columns[name]["title"] for name in MODEL_NAMES], api_visibility="private", show_progress="hidden"
+            titles,
+            inputs=stage2_mode,
+            outputs=[columns[name]["title"] for name in MODEL_NAMES],
+            api_visibility="private",
+            show_progress="hidden",
         )
-        prompts.change(show_prompts, inputs=prompts, outputs=parsed, api_visibility="private", trigger_mode="always_last", show_progress="hidden", concurrency_limit=4)
-        sort_by_score.change(pick_grids, inputs=[grids_state, sort_by_score], outputs=[columns["baseline"]["grid"], columns["pmp"]["grid"]], api_visibility="private", show_progress="hidden", concurrency_limit=4)
+        prompts.change(
+            show_prompts,
+            inputs=prompts,
+            outputs=parsed,
+            api_visibility="private",
+            trigger_mode="always_last",
+            show_progress="hidden",
+            concurrency_limit=4,
+        )
+        sort_by_score.change(
+            pick_grids,
+            inputs=[grids_state, sort_by_score],
+            outputs=[columns["baseline"]["grid"], columns["pmp"]["grid"]],
+            api_visibility="private",
+            show_progress="hidden",
+            concurrency_limit=4,
+        )
     return demo
 
 
@@ -407,7 +508,7 @@ def make_output_root(base: str | Path | None = None) -> Path:
     without cleaning up (killed, or the machine restarted): their PID no longer runs."""
     base = Path(base or tempfile.gettempdir())
     for folder in base.glob(f"{OUTPUT_PREFIX}*"):
-        pid = folder.name[len(OUTPUT_PREFIX):].split("-", 1)[0]
+        pid = folder.name[len(OUTPUT_PREFIX) :].split("-", 1)[0]
         if folder.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{OUTPUT_PREFIX}{os.getpid()}-", dir=base))
@@ -439,13 +540,21 @@ def remove_on_exit(folder: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Gradio demo comparing the OVSeg-style baseline with PMP.")
-    parser.add_argument("--baseline", default=None, help="baseline checkpoint: bundled name, local folder or Hub id (default: bundled baseline)")
-    parser.add_argument("--pmp", default=None, help="PMP checkpoint: bundled name, local folder or Hub id (default: bundled pmp)")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="baseline checkpoint: bundled name, local folder or Hub id (default: bundled baseline)",
+    )
+    parser.add_argument(
+        "--pmp", default=None, help="PMP checkpoint: bundled name, local folder or Hub id (default: bundled pmp)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all interfaces)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--concurrency", type=int, default=1, help="comparisons run at once (each runs both models)")
-    parser.add_argument("--max-queue", type=int, default=DEFAULT_QUEUE_SIZE, help="waiting requests beyond this are refused")
+    parser.add_argument(
+        "--max-queue", type=int, default=DEFAULT_QUEUE_SIZE, help="waiting requests beyond this are refused"
+    )
     return parser.parse_args(argv)
 
 

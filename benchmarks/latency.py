@@ -59,8 +59,8 @@ import numpy as np
 import torch
 
 from pmp.config import SegmenterConfig
-from pmp.prompts import parse_prompts
 from pmp.images import normalize_pixels
+from pmp.prompts import parse_prompts
 from pmp.segmenter import Segmenter
 from pmp.stage2 import classify_proposals, dense_input
 
@@ -142,7 +142,10 @@ def build_pair(key: str, device: torch.device) -> tuple[dict[str, Segmenter], st
     for name, mode in (("baseline", "none"), ("pmp", "pmp")):
         torch.manual_seed(0)
         pair[name] = Segmenter(paper_config(key, mode)).to(device).eval()
-    return pair, f"random weights: train.recipes.paper_model({PAPER_BACKBONES[key]!r}, 'mask2former', ...), CLIP ViT-B-16"
+    return (
+        pair,
+        f"random weights: train.recipes.paper_model({PAPER_BACKBONES[key]!r}, 'mask2former', ...), CLIP ViT-B-16",
+    )
 
 
 def test_image(side: int) -> np.ndarray:
@@ -218,8 +221,11 @@ def request(segmenter: Segmenter, image: np.ndarray, text: str, **options: Any) 
     device = segmenter.device
     synchronize(device)
     start = time.perf_counter()
-    labels = parse_prompts(text, max_prompts=max(segmenter.config.max_prompts, text.count(",") + 1),
-                           max_chars=segmenter.config.max_prompt_chars)
+    labels = parse_prompts(
+        text,
+        max_prompts=max(segmenter.config.max_prompts, text.count(",") + 1),
+        max_chars=segmenter.config.max_prompt_chars,
+    )
     segmenter.check_token_limit(labels)
     parse_seconds = time.perf_counter() - start
     result = segmenter.segment(image, labels, **options)
@@ -260,8 +266,14 @@ def measured(series: Series, memory: PeakMemory) -> None:
         series.cuda_peak_mb = max(series.cuda_peak_mb or 0.0, memory.cuda_peak_mb)
 
 
-def measure_pair(pair: dict[str, Segmenter], image: np.ndarray, prompt_counts: list[int], repeats: int,
-                 image_size: int | None, first: bool) -> dict[int, dict[str, Series]]:
+def measure_pair(
+    pair: dict[str, Segmenter],
+    image: np.ndarray,
+    prompt_counts: list[int],
+    repeats: int,
+    image_size: int | None,
+    first: bool,
+) -> dict[int, dict[str, Series]]:
     """Cold then warm requests for each prompt count, baseline and PMP interleaved."""
     device = next(iter(pair.values())).device
     results: dict[int, dict[str, Series]] = {}
@@ -284,7 +296,9 @@ def measure_pair(pair: dict[str, Segmenter], image: np.ndarray, prompt_counts: l
     return results
 
 
-def stage1_inputs(segmenter: Segmenter, image: np.ndarray, count: int, image_size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def stage1_inputs(
+    segmenter: Segmenter, image: np.ndarray, count: int, image_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised pixel batch and text embeddings stage 1 sees in a request."""
     from pmp.images import load_image
 
@@ -296,8 +310,9 @@ def stage1_inputs(segmenter: Segmenter, image: np.ndarray, count: int, image_siz
     return normalize_pixels(pixels, config.pixel_mean, config.pixel_std), text[None]
 
 
-def stage1_overhead(pair: dict[str, Segmenter], image: np.ndarray, count: int, repeats: int,
-                    image_size: int | None) -> dict[str, Any]:
+def stage1_overhead(
+    pair: dict[str, Segmenter], image: np.ndarray, count: int, repeats: int, image_size: int | None
+) -> dict[str, Any]:
     """PMP's stage-1 cost over the baseline's: interleaved forwards of both on identical inputs."""
     pixels, text = stage1_inputs(pair["baseline"], image, count, image_size)
     device = pixels.device
@@ -364,8 +379,9 @@ def text_path_time(segmenter: Segmenter, pixels: torch.Tensor, text: torch.Tenso
     return sum(spent), total
 
 
-def stage2_pool_vs_crop(segmenter: Segmenter, image: np.ndarray, count: int, repeats: int,
-                        image_size: int | None) -> dict[str, Any]:
+def stage2_pool_vs_crop(
+    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, image_size: int | None
+) -> dict[str, Any]:
     """Stage 2 alone on one set of stage-1 proposals: mask pooling vs OVSeg crops of every proposal."""
     _, result = request(segmenter, image, prompt_text(count), image_size=image_size)
     from pmp.images import load_image
@@ -380,8 +396,17 @@ def stage2_pool_vs_crop(segmenter: Segmenter, image: np.ndarray, count: int, rep
         synchronize(segmenter.device)
         start = time.perf_counter()
         with torch.inference_mode(), segmenter._autocast():
-            classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, mode,
-                               crop_top_k=segmenter.config.crop_top_k, vit_dense_scale=segmenter.vit_dense_scale)
+            classify_proposals(
+                segmenter.clip,
+                pixels,
+                valid_hw,
+                mask_logits,
+                text,
+                p,
+                mode,
+                crop_top_k=segmenter.config.crop_top_k,
+                vit_dense_scale=segmenter.vit_dense_scale,
+            )
         synchronize(segmenter.device)
         return time.perf_counter() - start
 
@@ -414,8 +439,13 @@ def text_cache(segmenter: Segmenter, count: int, repeats: int) -> dict[str, Any]
     encode(True)  # warm the text tower's kernels
     encoded = statistics.median(encode(True) for _ in range(max(repeats, 3)))
     cached = statistics.median(encode(False) for _ in range(20))
-    return {"prompts": count, "templates": len(clip.config.templates), "encode_s": encoded, "cached_s": cached,
-            "speedup": encoded / cached}
+    return {
+        "prompts": count,
+        "templates": len(clip.config.templates),
+        "encode_s": encoded,
+        "cached_s": cached,
+        "speedup": encoded / cached,
+    }
 
 
 def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_size: int | None) -> list[dict[str, Any]]:
@@ -433,7 +463,9 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
     text = segmenter.clip.encode_text(result.labels).to(segmenter.device)
     p = torch.from_numpy(result.p).to(segmenter.device)
     full = max(valid_hw)
-    default_side = max(dense_input(segmenter.clip, pixels[..., : valid_hw[0], : valid_hw[1]], segmenter.vit_dense_scale).shape[-2:])
+    default_side = max(
+        dense_input(segmenter.clip, pixels[..., : valid_hw[0], : valid_hw[1]], segmenter.vit_dense_scale).shape[-2:]
+    )
     sides = sorted({side for side in (segmenter.clip.image_size, 320, 448, default_side, full) if side <= full})
     patch = segmenter.clip.open_clip.visual.patch_size
     patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
@@ -445,18 +477,34 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
             synchronize(segmenter.device)
             start = time.perf_counter()
             with torch.inference_mode(), segmenter._autocast():
-                classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool",
-                                   crop_top_k=segmenter.config.crop_top_k, vit_dense_scale=segmenter.vit_dense_scale)
+                classify_proposals(
+                    segmenter.clip,
+                    pixels,
+                    valid_hw,
+                    mask_logits,
+                    text,
+                    p,
+                    "pool",
+                    crop_top_k=segmenter.config.crop_top_k,
+                    vit_dense_scale=segmenter.vit_dense_scale,
+                )
             synchronize(segmenter.device)
-            rows.append({"side": side, "tokens": (side // patch) ** 2, "stage2_s": time.perf_counter() - start,
-                         "default": side == default_side})
+            rows.append(
+                {
+                    "side": side,
+                    "tokens": (side // patch) ** 2,
+                    "stage2_s": time.perf_counter() - start,
+                    "default": side == default_side,
+                }
+            )
     finally:
         segmenter.vit_dense_scale = original
     return rows
 
 
-def autocast_comparison(segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, dtype: torch.dtype,
-                        image_size: int | None) -> dict[str, Any]:
+def autocast_comparison(
+    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, dtype: torch.dtype, image_size: int | None
+) -> dict[str, Any]:
     """One model with and without autocast: warm stage timings and how much the outputs move."""
     text = prompt_text(count)
     original = segmenter.autocast_dtype
@@ -498,21 +546,34 @@ def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:9.1f}"
 
 
-def print_table(key: str, note: str, side: int, results: dict[int, dict[str, Series]], build_s: dict[str, float]) -> None:
+def print_table(
+    key: str, note: str, side: int, results: dict[int, dict[str, Series]], build_s: dict[str, float]
+) -> None:
     print(f"\n== {key}: {note}")
     print(f"   image {side} px; build: " + ", ".join(f"{n} {s:.1f} s" for n, s in build_s.items()))
-    header = f"{'prompts':>7}  {'phase':<5}  {'model':<8}" + "".join(f"{s + ' ms':>10}" for s in STAGES) + f"{'peak RSS MB':>13}"
+    header = (
+        f"{'prompts':>7}  {'phase':<5}  {'model':<8}"
+        + "".join(f"{s + ' ms':>10}" for s in STAGES)
+        + f"{'peak RSS MB':>13}"
+    )
     print(header)
     for count, series in results.items():
         for phase in ("cold", "warm"):
             for name, s in series.items():
                 timings = s.cold if phase == "cold" else s.warm_median()
                 mark = "*" if phase == "cold" and s.first_call_after_construction else " "
-                memory = f"{s.peak_rss_mb:13.0f}" + (f"  cuda {s.cuda_peak_mb:.0f} MB" if s.cuda_peak_mb is not None else "")
-                print(f"{count:>7}  {phase:<4}{mark}  {name:<8}" + "".join(f"{ms(timings.get(st)):>10}" for st in STAGES)
-                      + (memory if phase == "warm" else ""))
-    print("   (* = first call after construction; warm = median; peak RSS = high-water mark over the model's requests,"
-          " both models' weights included)")
+                memory = f"{s.peak_rss_mb:13.0f}" + (
+                    f"  cuda {s.cuda_peak_mb:.0f} MB" if s.cuda_peak_mb is not None else ""
+                )
+                print(
+                    f"{count:>7}  {phase:<4}{mark}  {name:<8}"
+                    + "".join(f"{ms(timings.get(st)):>10}" for st in STAGES)
+                    + (memory if phase == "warm" else "")
+                )
+    print(
+        "   (* = first call after construction; warm = median; peak RSS = high-water mark over the model's requests,"
+        " both models' weights included)"
+    )
 
 
 def target_line(name: str, status: str, detail: str) -> dict[str, str]:
@@ -520,19 +581,35 @@ def target_line(name: str, status: str, detail: str) -> dict[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=",".join(MODEL_KEYS), help=f"comma list of {', '.join(MODEL_KEYS)}")
     parser.add_argument("--prompts", default="1,10,100", help="comma list of prompt counts")
     parser.add_argument("--repeats", type=int, default=3, help="warm requests per model and prompt count (median)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input image side in px (default: 512 bundled, 640 paper scale; paper models run stage 1 at it)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input image side in px (default: 512 bundled, 640 paper scale; paper models run stage 1 at it)",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
-    parser.add_argument("--autocast", default="none", choices=("none", "bfloat16", "float16"),
-                        help="Segmenter.autocast_dtype for every request (default none = float32)")
-    parser.add_argument("--overhead-repeats", type=int, default=None,
-                        help="interleaved stage-1 forward pairs (default 20 bundled, 4 paper scale)")
-    parser.add_argument("--no-extras", action="store_true", help="skip the ViT dense-resolution and bfloat16 comparisons")
+    parser.add_argument(
+        "--autocast",
+        default="none",
+        choices=("none", "bfloat16", "float16"),
+        help="Segmenter.autocast_dtype for every request (default none = float32)",
+    )
+    parser.add_argument(
+        "--overhead-repeats",
+        type=int,
+        default=None,
+        help="interleaved stage-1 forward pairs (default 20 bundled, 4 paper scale)",
+    )
+    parser.add_argument(
+        "--no-extras", action="store_true", help="skip the ViT dense-resolution and bfloat16 comparisons"
+    )
     parser.add_argument("--no-profile", action="store_true", help="do not profile missed targets")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
@@ -554,11 +631,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------- main
-def end_to_end_targets(key: str, entry: dict[str, Any], pair: dict[str, Segmenter], image: np.ndarray,
-                       stage1_size: int | None, device: torch.device, args: argparse.Namespace) -> list[dict[str, str]]:
+def end_to_end_targets(
+    key: str,
+    entry: dict[str, Any],
+    pair: dict[str, Segmenter],
+    image: np.ndarray,
+    stage1_size: int | None,
+    device: torch.device,
+    args: argparse.Namespace,
+) -> list[dict[str, str]]:
     """The CPU latency target of this model (bundled or r50), with a profile of each miss."""
-    wanted = {"bundled": (512, 10, BUNDLED_LIMIT_S, "bundled, warm, 512 px, 10 prompts <= 0.5 s on CPU"),
-              "r50": (640, 10, R50_LIMIT_S, "paper R50, 640 px, 10 prompts <= 2 s on CPU")}
+    wanted = {
+        "bundled": (512, 10, BUNDLED_LIMIT_S, "bundled, warm, 512 px, 10 prompts <= 0.5 s on CPU"),
+        "r50": (640, 10, R50_LIMIT_S, "paper R50, 640 px, 10 prompts <= 2 s on CPU"),
+    }
     if key not in wanted:
         return []
     side, count, limit, title = wanted[key]
@@ -567,12 +653,24 @@ def end_to_end_targets(key: str, entry: dict[str, Any], pair: dict[str, Segmente
     if entry["image_side"] != side or str(count) not in entry["results"]:
         return [target_line(title, "SKIP", f"not measured: needs --models {key} --prompts {count} --image-size {side}")]
     breakdowns = {name: entry["results"][str(count)][name]["warm_median"] for name in ("baseline", "pmp")}
-    return latency_target_lines(title, breakdowns, limit, "", pair, image, count, stage1_size, args, entry, "{name}/" + str(count))
+    return latency_target_lines(
+        title, breakdowns, limit, "", pair, image, count, stage1_size, args, entry, "{name}/" + str(count)
+    )
 
 
-def latency_target_lines(title: str, breakdowns: dict[str, dict[str, float]], limit: float, where: str,
-                         pair: dict[str, Segmenter], image: np.ndarray, count: int, side: int,
-                         args: argparse.Namespace, entry: dict[str, Any], profile_key: str) -> list[dict[str, str]]:
+def latency_target_lines(
+    title: str,
+    breakdowns: dict[str, dict[str, float]],
+    limit: float,
+    where: str,
+    pair: dict[str, Segmenter],
+    image: np.ndarray,
+    count: int,
+    side: int,
+    args: argparse.Namespace,
+    entry: dict[str, Any],
+    profile_key: str,
+) -> list[dict[str, str]]:
     """PASS/MISS per model for a warm end-to-end latency limit; each miss prints and stores a profile.
 
     ``profile_key`` names the stored profile, with ``{name}`` standing for the model (baseline / pmp).
@@ -580,8 +678,15 @@ def latency_target_lines(title: str, breakdowns: dict[str, dict[str, float]], li
     lines = []
     for name, breakdown in breakdowns.items():
         status = "PASS" if breakdown["total"] <= limit else "MISS"
-        lines.append(target_line(f"{title} [{name}]", status, f"{breakdown['total']:.3f} s warm median{where} ("
-                                 + ", ".join(f"{st} {breakdown[st]:.3f}" for st in STAGES[:-1]) + ")"))
+        lines.append(
+            target_line(
+                f"{title} [{name}]",
+                status,
+                f"{breakdown['total']:.3f} s warm median{where} ("
+                + ", ".join(f"{st} {breakdown[st]:.3f}" for st in STAGES[:-1])
+                + ")",
+            )
+        )
         if status == "MISS" and not args.no_profile:
             table = profile_request(pair[name], image, prompt_text(count), side)
             entry.setdefault("profiles", {})[profile_key.format(name=name)] = table
@@ -589,19 +694,33 @@ def latency_target_lines(title: str, breakdowns: dict[str, dict[str, float]], li
     return lines
 
 
-def gpu_target(pair: dict[str, Segmenter], image: np.ndarray, side: int, args: argparse.Namespace,
-               entry: dict[str, Any], gpu_name: str) -> list[dict[str, str]]:
+def gpu_target(
+    pair: dict[str, Segmenter],
+    image: np.ndarray,
+    side: int,
+    args: argparse.Namespace,
+    entry: dict[str, Any],
+    gpu_name: str,
+) -> list[dict[str, str]]:
     """Paper R50 on the GPU at 20 prompts: warm end-to-end latency, with a profile of each miss."""
     title = f"GPU {side} px, {GPU_PROMPTS} prompts <= 0.10 s, paper R50"
     series = measure_pair(pair, image, [GPU_PROMPTS], max(args.repeats, 5), side, False)[GPU_PROMPTS]
     entry["gpu_20_prompts"] = {name: s.to_json() for name, s in series.items()}
     breakdowns = {name: s.warm_median() for name, s in series.items()}
-    return latency_target_lines(title, breakdowns, GPU_LIMIT_S, f" on {gpu_name}", pair, image, GPU_PROMPTS, side, args, entry,
-                                "gpu/{name}")
+    return latency_target_lines(
+        title, breakdowns, GPU_LIMIT_S, f" on {gpu_name}", pair, image, GPU_PROMPTS, side, args, entry, "gpu/{name}"
+    )
 
 
-def benchmark_model(key: str, args: argparse.Namespace, device: torch.device, autocast: torch.dtype | None,
-                    first: bool, measure_clip: bool, hw: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]]]:
+def benchmark_model(
+    key: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    first: bool,
+    measure_clip: bool,
+    hw: dict[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Everything measured on one model pair; returns its JSON entry and its target lines."""
     side = args.image_size or (512 if key == "bundled" else 640)
     stage1_size = None if key == "bundled" else side
@@ -614,7 +733,10 @@ def benchmark_model(key: str, args: argparse.Namespace, device: torch.device, au
     results = measure_pair(pair, image, args.prompts, args.repeats, stage1_size, first)
     print_table(key, note, side, results, build_s)
     entry: dict[str, Any] = {
-        "note": note, "image_side": side, "stage1_side": stage1_size or pair["pmp"].config.image_size, "build_s": build_s,
+        "note": note,
+        "image_side": side,
+        "stage1_side": stage1_size or pair["pmp"].config.image_size,
+        "build_s": build_s,
         "results": {str(c): {n: s.to_json() for n, s in series.items()} for c, series in results.items()},
     }
     lines: list[dict[str, str]] = []
@@ -622,45 +744,75 @@ def benchmark_model(key: str, args: argparse.Namespace, device: torch.device, au
     count = 10 if 10 in args.prompts else args.prompts[0]
     repeats = args.overhead_repeats or (20 if key == "bundled" else 4)
     o = entry["stage1_overhead"] = stage1_overhead(pair, image, count, repeats, stage1_size)
-    print(f"   stage-1 forward, {repeats} interleaved pairs at {count} prompts: baseline {ms(o['baseline_s']).strip()} ms, "
-          f"PMP {ms(o['pmp_s']).strip()} ms (medians) -> overhead {o['overhead']:+.1%} (median of the pairs' ratios; "
-          f"ratio of the medians {o['overhead_of_medians']:+.1%})")
+    print(
+        f"   stage-1 forward, {repeats} interleaved pairs at {count} prompts: "
+        f"baseline {ms(o['baseline_s']).strip()} ms, "
+        f"PMP {ms(o['pmp_s']).strip()} ms (medians) -> overhead {o['overhead']:+.1%} (median of the pairs' ratios; "
+        f"ratio of the medians {o['overhead_of_medians']:+.1%})"
+    )
     status = "PASS" if o["overhead"] <= OVERHEAD_LIMIT else "MISS"
-    lines.append(target_line(f"PMP stage-1 overhead <= 3% ({key})", status,
-                             f"{o['overhead']:+.1%} (median ratio of {repeats} interleaved pairs at {count} prompts, "
-                             f"{ms(o['baseline_s']).strip()} -> {ms(o['pmp_s']).strip()} ms; text path "
-                             f"{o['pmp_text_path_s'] / o['pmp_forward_s']:.1%} of a PMP forward)"))
-    print(f"   PMP's text path (projection + {pair['pmp'].config.decoder.num_layers} text cross-attentions) in one "
-          f"forward: {ms(o['pmp_text_path_s']).strip()} of {ms(o['pmp_forward_s']).strip()} ms "
-          f"({o['pmp_text_path_s'] / o['pmp_forward_s']:.1%})" + ("  <- where the overhead goes" if status == "MISS" else ""))
+    lines.append(
+        target_line(
+            f"PMP stage-1 overhead <= 3% ({key})",
+            status,
+            f"{o['overhead']:+.1%} (median ratio of {repeats} interleaved pairs at {count} prompts, "
+            f"{ms(o['baseline_s']).strip()} -> {ms(o['pmp_s']).strip()} ms; text path "
+            f"{o['pmp_text_path_s'] / o['pmp_forward_s']:.1%} of a PMP forward)",
+        )
+    )
+    print(
+        f"   PMP's text path (projection + {pair['pmp'].config.decoder.num_layers} text cross-attentions) in one "
+        f"forward: {ms(o['pmp_text_path_s']).strip()} of {ms(o['pmp_forward_s']).strip()} ms "
+        f"({o['pmp_text_path_s'] / o['pmp_forward_s']:.1%})"
+        + ("  <- where the overhead goes" if status == "MISS" else "")
+    )
 
     if measure_clip:  # stage 2 and the text cache depend on the CLIP only: r50 and swinb share theirs
         c = entry["stage2_pool_vs_crop"] = stage2_pool_vs_crop(pair["pmp"], image, count, args.repeats, stage1_size)
-        print(f"   stage 2 at {c['proposals']} proposals, {c['prompts']} prompts: pool {ms(c['pool_s']).strip()} ms, "
-              f"crop (all proposals) {ms(c['crop_s']).strip()} ms -> {c['speedup']:.1f}x")
+        print(
+            f"   stage 2 at {c['proposals']} proposals, {c['prompts']} prompts: pool {ms(c['pool_s']).strip()} ms, "
+            f"crop (all proposals) {ms(c['crop_s']).strip()} ms -> {c['speedup']:.1f}x"
+        )
         name = f"pooled stage 2 >= 10x faster than crops of all proposals ({key}, {c['proposals']} proposals)"
-        lines.append(target_line(name + ("" if c["proposals"] >= 100 else " [the model has fewer than 100 queries]"),
-                                 "PASS" if c["speedup"] >= POOL_SPEEDUP else "MISS",
-                                 f"{c['speedup']:.1f}x ({ms(c['pool_s']).strip()} vs {ms(c['crop_s']).strip()} ms)"))
+        lines.append(
+            target_line(
+                name + ("" if c["proposals"] >= 100 else " [the model has fewer than 100 queries]"),
+                "PASS" if c["speedup"] >= POOL_SPEEDUP else "MISS",
+                f"{c['speedup']:.1f}x ({ms(c['pool_s']).strip()} vs {ms(c['crop_s']).strip()} ms)",
+            )
+        )
         t = entry["text_cache"] = text_cache(pair["pmp"], max(args.prompts), args.repeats)
-        print(f"   text: {t['prompts']} prompts x {t['templates']} templates encoded {ms(t['encode_s']).strip()} ms, "
-              f"from the cache {t['cached_s'] * 1e6:.0f} us -> {t['speedup']:.0f}x")
-        lines.append(target_line(f"cached prompts >= 50x faster than encoding them ({key}, {t['prompts']} prompts)",
-                                 "PASS" if t["speedup"] >= CACHE_SPEEDUP else "MISS",
-                                 f"{t['speedup']:.0f}x ({ms(t['encode_s']).strip()} ms vs {t['cached_s'] * 1e6:.0f} us)"))
+        print(
+            f"   text: {t['prompts']} prompts x {t['templates']} templates encoded {ms(t['encode_s']).strip()} ms, "
+            f"from the cache {t['cached_s'] * 1e6:.0f} us -> {t['speedup']:.0f}x"
+        )
+        lines.append(
+            target_line(
+                f"cached prompts >= 50x faster than encoding them ({key}, {t['prompts']} prompts)",
+                "PASS" if t["speedup"] >= CACHE_SPEEDUP else "MISS",
+                f"{t['speedup']:.0f}x ({ms(t['encode_s']).strip()} ms vs {t['cached_s'] * 1e6:.0f} us)",
+            )
+        )
 
     if key != "bundled" and not args.no_extras and measure_clip:
         rows = entry["vit_dense_resolution"] = dense_resolution_tradeoff(pair["pmp"], image, stage1_size)
         for row in rows:
-            print(f"   ViT dense pass at {row['side']:>4} px ({row['tokens']:>4} tokens): stage 2 {ms(row['stage2_s']).strip()} ms"
-                  f"{'  <- default (Segmenter.vit_dense_scale)' if row['default'] else ''}")
+            print(
+                f"   ViT dense pass at {row['side']:>4} px ({row['tokens']:>4} tokens): "
+                f"stage 2 {ms(row['stage2_s']).strip()} ms"
+                f"{'  <- default (Segmenter.vit_dense_scale)' if row['default'] else ''}"
+            )
     if key == "r50" and autocast is None and not args.no_extras:
         b = entry["bfloat16"] = autocast_comparison(pair["pmp"], image, 10, args.repeats, torch.bfloat16, stage1_size)
         f32, bf16 = b["warm_median"]["float32"], b["warm_median"]["bfloat16"]
-        print(f"   PMP 10 prompts, float32 vs bfloat16 autocast: total {ms(f32['total']).strip()} vs {ms(bf16['total']).strip()} ms "
-              f"(stage 1 {ms(f32['stage1']).strip()} vs {ms(bf16['stage1']).strip()}, stage 2 {ms(f32['stage2']).strip()} vs "
-              f"{ms(bf16['stage2']).strip()}); semantic agreement {b['semantic_pixel_agreement']:.2%}, "
-              f"max |d p_out| {b['max_abs_diff_p_out']:.3g}, same picks: {b['picked_proposals_equal']}")
+        print(
+            f"   PMP 10 prompts, float32 vs bfloat16 autocast: "
+            f"total {ms(f32['total']).strip()} vs {ms(bf16['total']).strip()} ms "
+            f"(stage 1 {ms(f32['stage1']).strip()} vs {ms(bf16['stage1']).strip()}, "
+            f"stage 2 {ms(f32['stage2']).strip()} vs "
+            f"{ms(bf16['stage2']).strip()}); semantic agreement {b['semantic_pixel_agreement']:.2%}, "
+            f"max |d p_out| {b['max_abs_diff_p_out']:.3g}, same picks: {b['picked_proposals_equal']}"
+        )
 
     lines += end_to_end_targets(key, entry, pair, image, stage1_size, device, args)
     if key == "r50" and device.type == "cuda":
@@ -681,14 +833,22 @@ def main(argv: list[str] | None = None) -> int:
     hw = hardware(device)
     report: dict[str, Any] = {
         "hardware": hw,
-        "settings": {"models": args.models, "prompts": args.prompts, "repeats": args.repeats,
-                     "image_size": args.image_size, "autocast": args.autocast},
+        "settings": {
+            "models": args.models,
+            "prompts": args.prompts,
+            "repeats": args.repeats,
+            "image_size": args.image_size,
+            "autocast": args.autocast,
+        },
         "models": {},
         "targets": [],
     }
-    print(f"CPU: {hw['cpu']} ({hw['cpu_cores']} cores, {hw['cpu_cores_usable']} usable), torch {hw['torch']} with "
-          f"{hw['torch_threads']} threads; device {hw['device']}" + (f" ({hw['gpu']})" if hw["gpu"] else "")
-          + f"; load average {hw['load_average_at_start']}; OMP_WAIT_POLICY={hw['env']['OMP_WAIT_POLICY']}")
+    print(
+        f"CPU: {hw['cpu']} ({hw['cpu_cores']} cores, {hw['cpu_cores_usable']} usable), torch {hw['torch']} with "
+        f"{hw['torch_threads']} threads; device {hw['device']}"
+        + (f" ({hw['gpu']})" if hw["gpu"] else "")
+        + f"; load average {hw['load_average_at_start']}; OMP_WAIT_POLICY={hw['env']['OMP_WAIT_POLICY']}"
+    )
 
     started = time.perf_counter()
     clip_measured = False
@@ -700,10 +860,17 @@ def main(argv: list[str] | None = None) -> int:
         report["targets"] += lines
         gc.collect()
     if device.type != "cuda":
-        report["targets"].append({"target": "GPU 640 px, 20 prompts <= 0.10 s", "status": "SKIP", "detail": "no GPU available"})
+        report["targets"].append(
+            {"target": "GPU 640 px, 20 prompts <= 0.10 s", "status": "SKIP", "detail": "no GPU available"}
+        )
     elif "r50" not in args.models:
-        report["targets"].append({"target": "GPU 640 px, 20 prompts <= 0.10 s", "status": "SKIP",
-                                  "detail": "not measured: needs --models r50"})
+        report["targets"].append(
+            {
+                "target": "GPU 640 px, 20 prompts <= 0.10 s",
+                "status": "SKIP",
+                "detail": "not measured: needs --models r50",
+            }
+        )
 
     print("\n== targets")
     for line in report["targets"]:

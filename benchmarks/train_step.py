@@ -1,6 +1,7 @@
 """Seconds per training iteration of the paper-scale models on this machine's CPU (random weights).
 
-    python -m benchmarks.train_step [--recipes ovseg-resnet101d-pmp,m2f-resnet50-pmp] [--batch 1] [--iters 2] [--json out.json]
+    python -m benchmarks.train_step [--recipes ovseg-resnet101d-pmp,m2f-resnet50-pmp] [--batch 1] [--iters 2]
+        [--json out.json]
 
 One iteration = forward + Hungarian matching + losses (with aux losses on every layer) + backward +
 AdamW step, at the recipe's crop size (640 px) with 171 prompts (COCO-Stuff's vocabulary) and a
@@ -19,7 +20,6 @@ import platform
 import statistics
 import time
 from pathlib import Path
-
 
 import numpy as np
 import torch
@@ -51,7 +51,12 @@ def make_targets(batch: int, size: int, num_prompts: int, rng: np.random.Generat
         label = torch.from_numpy(world.training_target(scene).astype(np.int64))
         label = F.interpolate(label[None, None].float(), size=(size, size), mode="nearest")[0, 0].long()
         present = [int(c) for c in label.unique() if c != 255]
-        targets.append({"labels": torch.tensor([c % num_prompts for c in present]), "masks": torch.stack([label == c for c in present])})
+        targets.append(
+            {
+                "labels": torch.tensor([c % num_prompts for c in present]),
+                "masks": torch.stack([label == c for c in present]),
+            }
+        )
     return targets
 
 
@@ -82,13 +87,22 @@ def time_recipe(name: str, batch: int, iters: int, num_prompts: int) -> dict[str
         if i == 0:
             flops = counter.get_total_flops()
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return {"recipe": name, "seconds_per_iter": statistics.median(seconds[1:]), "batch": batch, "crop": size,
-            "prompts": num_prompts, "params_m": round(params, 1), "tflops_per_iter": round(flops / 1e12, 3)}
+    return {
+        "recipe": name,
+        "seconds_per_iter": statistics.median(seconds[1:]),
+        "batch": batch,
+        "crop": size,
+        "prompts": num_prompts,
+        "params_m": round(params, 1),
+        "tflops_per_iter": round(flops / 1e12, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", default="ovseg-resnet101d-baseline,ovseg-resnet101d-pmp,m2f-resnet50-baseline,m2f-resnet50-pmp")
+    parser.add_argument(
+        "--recipes", default="ovseg-resnet101d-baseline,ovseg-resnet101d-pmp,m2f-resnet50-baseline,m2f-resnet50-pmp"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=171)
@@ -100,9 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.recipes.split(","):
         row = time_recipe(name.strip(), args.batch, args.iters, args.prompts)
         rows.append(row)
-        print(f"{row['recipe']:>32}: {row['seconds_per_iter']:.2f} s/iter (batch {row['batch']}, {row['crop']} px, "
-              f"{row['prompts']} prompts, {row['params_m']} M params, {row['tflops_per_iter']} TFLOP per iteration "
-              "forward + backward)", flush=True)
+        print(
+            f"{row['recipe']:>32}: {row['seconds_per_iter']:.2f} s/iter (batch {row['batch']}, {row['crop']} px, "
+            f"{row['prompts']} prompts, {row['params_m']} M params, {row['tflops_per_iter']} TFLOP per iteration "
+            "forward + backward)",
+            flush=True,
+        )
     if args.json:
         args.json.write_text(json.dumps({"hardware": hardware, "rows": rows}, indent=2) + "\n")
     return 0

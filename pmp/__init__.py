@@ -1,8 +1,8 @@
 """PMP: prompt-guided mask proposals for two-stage open-vocabulary segmentation (arXiv 2412.10292).
 
-    from pmp import Segmenter
-    seg = Segmenter.from_pretrained()            # bundled PMP model; or a folder, or a Hub repo id
-    out = seg("photo.jpg", "sky, house, red car")
+from pmp import Segmenter
+seg = Segmenter.from_pretrained()            # bundled PMP model; or a folder, or a Hub repo id
+out = seg("photo.jpg", "sky, house, red car")
 """
 
 from __future__ import annotations

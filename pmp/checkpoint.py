@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
-from safetensors import SafetensorError
 from huggingface_hub import split_torch_state_dict_into_shards
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from pmp.config import SegmenterConfig
@@ -193,18 +193,27 @@ def save_checkpoint(
         if half_precision and tensor.is_floating_point():
             tensor = tensor.half()
         state[key] = tensor
-    for stale in [folder / WEIGHTS_NAME, folder / INDEX_NAME, folder / CHECKSUMS_NAME, *folder.glob("model-*-of-*.safetensors")]:
+    for stale in [
+        folder / WEIGHTS_NAME,
+        folder / INDEX_NAME,
+        folder / CHECKSUMS_NAME,
+        *folder.glob("model-*-of-*.safetensors"),
+    ]:
         stale.unlink(missing_ok=True)
     split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
     for filename, keys in split.filename_to_tensors.items():
         shard = {key: state[key] for key in keys}
-        atomic_write(folder / filename, lambda path, shard=shard: save_file(shard, str(path), metadata={"format": "pt"}))
+        atomic_write(
+            folder / filename, lambda path, shard=shard: save_file(shard, str(path), metadata={"format": "pt"})
+        )
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         atomic_write(folder / INDEX_NAME, lambda path: Path(path).write_text(json.dumps(index, indent=2) + "\n"))
     checksums = {name: file_sha256(folder / name) for name in sorted(split.filename_to_tensors)}
     atomic_write(folder / CHECKSUMS_NAME, lambda path: Path(path).write_text(json.dumps(checksums, indent=2) + "\n"))
-    atomic_write(folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n"))
+    atomic_write(
+        folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    )
     card = model_card_text if model_card_text is not None else model_card(config)
     atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))
     return folder
@@ -233,11 +242,19 @@ def model_card(
     mode = config.decoder.text_mode
     kind = "baseline (no text conditioning)" if mode == "none" else f"text conditioning `{mode}`"
     lines = [
-        "---", "library_name: pmp", "tags:", "- open-vocabulary-segmentation", "- image-segmentation", "---", "",
-        f"# {config.name or 'PMP segmenter'} (text mode `{mode}`)", "",
+        "---",
+        "library_name: pmp",
+        "tags:",
+        "- open-vocabulary-segmentation",
+        "- image-segmentation",
+        "---",
+        "",
+        f"# {config.name or 'PMP segmenter'} (text mode `{mode}`)",
+        "",
         f"Two-stage open-vocabulary segmenter, {kind}; backbone `{config.backbone.kind}:{config.backbone.name}`, "
         f"pixel decoder `{config.pixel_decoder.kind}`, decoder `{config.decoder.kind}` with "
-        f"{config.decoder.num_queries} queries.", "",
+        f"{config.decoder.num_queries} queries.",
+        "",
     ]
     if training:
         lines += [training, ""]
@@ -245,7 +262,17 @@ def model_card(
         lines += ["## Training command", "", "```", command, "```", ""]
     floats = {key: value for key, value in (metrics or {}).items() if isinstance(value, float)}
     if floats:
-        lines += ["## Metrics", "", "| metric | value |", "|---|---|"] + [f"| {k} | {v:.4f} |" for k, v in floats.items()] + [""]
-    lines += ["```python", "from pmp import Segmenter", 'seg = Segmenter.from_pretrained("<this folder or repo id>")',
-              'out = seg("image.jpg", "sky, house, red car")', "```", ""]
+        lines += (
+            ["## Metrics", "", "| metric | value |", "|---|---|"]
+            + [f"| {k} | {v:.4f} |" for k, v in floats.items()]
+            + [""]
+        )
+    lines += [
+        "```python",
+        "from pmp import Segmenter",
+        'seg = Segmenter.from_pretrained("<this folder or repo id>")',
+        'out = seg("image.jpg", "sky, house, red car")',
+        "```",
+        "",
+    ]
     return "\n".join(lines)

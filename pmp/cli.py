@@ -13,18 +13,29 @@ from pathlib import Path
 from pmp.images import IMAGE_SUFFIXES
 
 
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pmp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pmp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     segment = commands.add_parser("segment", help="segment an image or every image in a folder")
     segment.add_argument("input", type=Path, help="an image file or a folder of images")
-    segment.add_argument("--prompts", required=True, help='class names separated by commas/semicolons, or a caption')
-    segment.add_argument("--checkpoint", default=None, help="bundled name (pmp, baseline), local folder or Hub repo id; default: bundled pmp")
+    segment.add_argument("--prompts", required=True, help="class names separated by commas/semicolons, or a caption")
+    segment.add_argument(
+        "--checkpoint",
+        default=None,
+        help="bundled name (pmp, baseline), local folder or Hub repo id; default: bundled pmp",
+    )
     segment.add_argument("--out", type=Path, required=True, help="output folder")
-    segment.add_argument("--stage2", choices=("pool", "crop"), default=None, help="stage-2 mode (default: the checkpoint's)")
-    segment.add_argument("--clip-weight", type=float, default=None,
-                         help="Eq. 3: exponent w of CLIP's p_hat in p_out = p^(1-w) * p_hat^w (default: the checkpoint's, 0.65)")
+    segment.add_argument(
+        "--stage2", choices=("pool", "crop"), default=None, help="stage-2 mode (default: the checkpoint's)"
+    )
+    segment.add_argument(
+        "--clip-weight",
+        type=float,
+        default=None,
+        help="Eq. 3: exponent w of CLIP's p_hat in p_out = p^(1-w) * p_hat^w (default: the checkpoint's, 0.65)",
+    )
     segment.add_argument("--mask-threshold", type=float, default=None)
     segment.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser
@@ -78,7 +89,11 @@ def run_segment(args: argparse.Namespace) -> int:
         try:
             image = load_image(path)
             result = segmenter(
-                image, args.prompts, clip_weight=args.clip_weight, stage2_mode=args.stage2, mask_threshold=args.mask_threshold
+                image,
+                args.prompts,
+                clip_weight=args.clip_weight,
+                stage2_mode=args.stage2,
+                mask_threshold=args.mask_threshold,
             )
         except ValueError as error:  # bad image or prompts: report and go on with the folder
             print(f"{path}: {error}", file=sys.stderr)

@@ -122,14 +122,20 @@ class SegmenterConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SegmenterConfig":
         """Build from a dict; unknown keys are an error so that a mismatched config.json is caught."""
-        sub = {"clip": CLIPConfig, "backbone": BackboneConfig, "pixel_decoder": PixelDecoderConfig, "decoder": DecoderConfig}
+        sub = {
+            "clip": CLIPConfig,
+            "backbone": BackboneConfig,
+            "pixel_decoder": PixelDecoderConfig,
+            "decoder": DecoderConfig,
+        }
         kwargs: dict[str, Any] = {}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if "ensemble_lambda" in unknown:
             raise ValueError(
-                "config key 'ensemble_lambda' (the exponent of the stage-1 p in Eq. 3) is now 'clip_weight', the "
-                "exponent of CLIP's p_hat: replace it by \"clip_weight\": 1 - ensemble_lambda (0.65 is the paper's value)"
+                "config key 'ensemble_lambda' (the exponent of the stage-1 p in Eq. 3) is now 'clip_weight', "
+                'the exponent of CLIP\'s p_hat: replace it by "clip_weight": 1 - ensemble_lambda '
+                "(0.65 is the paper's value)"
             )
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}; accepted: {sorted(known)}")
@@ -139,7 +145,9 @@ class SegmenterConfig:
                 sub_known = {f.name for f in dataclasses.fields(sub[key])}
                 bad = set(value) - sub_known
                 if bad:
-                    raise ValueError(f"unknown keys {sorted(bad)} in config section {key!r}; accepted: {sorted(sub_known)}")
+                    raise ValueError(
+                        f"unknown keys {sorted(bad)} in config section {key!r}; accepted: {sorted(sub_known)}"
+                    )
                 _check_types(sub[key], value, f"{key}.")
                 value = dict(value)
                 if key == "clip" and "templates" in value:

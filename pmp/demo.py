@@ -29,7 +29,16 @@ from PIL import Image
 from pmp.config import STAGE2_MODES
 from pmp.images import ImageError, load_image
 from pmp.prompts import PromptError, parse_prompts
-from pmp.visualize import colour_for, label_map_png, mask_overlay, mask_png, overlay, proposal_grid, result_summary, slug
+from pmp.visualize import (
+    colour_for,
+    label_map_png,
+    mask_overlay,
+    mask_png,
+    overlay,
+    proposal_grid,
+    result_summary,
+    slug,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +78,9 @@ class DemoModels:
     limits: DemoLimits = field(default_factory=DemoLimits)
 
     @classmethod
-    def load(cls, baseline: str | Path | None = None, pmp: str | Path | None = None, *, device: str | None = None) -> "DemoModels":
+    def load(
+        cls, baseline: str | Path | None = None, pmp: str | Path | None = None, *, device: str | None = None
+    ) -> "DemoModels":
         """Bundled names, local folders or Hub ids (None: bundled ``baseline`` / ``pmp``); cuda if available."""
         from pmp.segmenter import Segmenter
 
@@ -128,7 +139,10 @@ class ComparisonView:
         if not differing:
             return head + f"For every prompt the picked masks overlap with IoU >= {DIFFERENT_IOU}."
         names = ", ".join(f"`{_markdown_safe(p)}`" for p in differing)
-        return head + f"**{len(differing)} of {len(self.labels)}** prompt(s) get a different mask (IoU < {DIFFERENT_IOU}): {names}."
+        return (
+            head + f"**{len(differing)} of {len(self.labels)}** prompt(s) get a different mask "
+            f"(IoU < {DIFFERENT_IOU}): {names}."
+        )
 
 
 def prompts_markdown(labels: list[str]) -> str:
@@ -182,7 +196,9 @@ def read_prompts(text: Any, limits: DemoLimits) -> list[str]:
     if not isinstance(text, (str, list, tuple)):
         raise DemoInputError(f"prompts must be text or a list of strings, got {type(text).__name__}")
     if isinstance(text, str) and len(text) > limits.max_text_chars:
-        raise DemoInputError(f"the prompt text is {len(text):,} characters long; at most {limits.max_text_chars:,} are accepted")
+        raise DemoInputError(
+            f"the prompt text is {len(text):,} characters long; at most {limits.max_text_chars:,} are accepted"
+        )
     try:
         return parse_prompts(text, max_prompts=limits.max_prompts, max_chars=limits.max_prompt_chars)
     except PromptError as error:
@@ -220,7 +236,9 @@ def model_view(result: Any, image: Image.Image) -> ModelView:
         p, p_hat = float(result.p[index, k]), float(result.p_hat[index, k])
         caption = f"{label} · #{index} · p={p:.2f} · p_hat={p_hat:.2f} · p_out={float(score):.2f}"
         masks.append((mask_overlay(small, picked[k], colour_for(k)), caption))
-        table.append([label, int(index), round(p, 4), round(p_hat, 4), round(float(score), 4), round(100 * float(area[k]), 1)])
+        table.append(
+            [label, int(index), round(p, 4), round(p_hat, 4), round(float(score), 4), round(100 * float(area[k]), 1)]
+        )
     scores = np.asarray(result.p_out)  # (N, K)
     best = scores.argmax(1) if scores.size else np.zeros(0, int)
     best_score = scores.max(1) if scores.size else np.zeros(0)
@@ -233,27 +251,42 @@ def model_view(result: Any, image: Image.Image) -> ModelView:
         overlay=overlay(image, semantic, labels),
         masks=masks,
         table=table,
-        grid_by_score=proposal_grid(proposals, image, captions, sort_by_scores=best_score, columns=columns, colours=colours),
+        grid_by_score=proposal_grid(
+            proposals, image, captions, sort_by_scores=best_score, columns=columns, colours=colours
+        ),
         grid_by_index=proposal_grid(proposals, image, captions, columns=columns, colours=colours),
         timings=timings,
         picked=picked,
     )
 
 
-def compare_results(labels: list[str], results: dict[str, Any], views: dict[str, ModelView]) -> tuple[list[list[Any]], float]:
+def compare_results(
+    labels: list[str], results: dict[str, Any], views: dict[str, ModelView]
+) -> tuple[list[list[Any]], float]:
     """Per prompt: IoU of the two picked masks (ascending), and the pixel agreement of the label maps."""
     rows = []
     for k, label in enumerate(labels):
         base_index, base_score = results["baseline"].selected[k]
         pmp_index, pmp_score = results["pmp"].selected[k]
         iou = mask_iou(views["baseline"].picked[k], views["pmp"].picked[k])
-        rows.append([label, round(iou, 3), int(base_index), int(pmp_index), round(float(base_score), 4), round(float(pmp_score), 4)])
+        rows.append(
+            [
+                label,
+                round(iou, 3),
+                int(base_index),
+                int(pmp_index),
+                round(float(base_score), 4),
+                round(float(pmp_score), 4),
+            ]
+        )
     rows.sort(key=lambda row: row[1])
     agreement = float((np.asarray(results["baseline"].semantic) == np.asarray(results["pmp"].semantic)).mean())
     return rows, agreement
 
 
-def write_downloads(folder: Path, labels: list[str], results: dict[str, Any], views: dict[str, ModelView], settings: dict[str, Any]) -> list[Path]:
+def write_downloads(
+    folder: Path, labels: list[str], results: dict[str, Any], views: dict[str, ModelView], settings: dict[str, Any]
+) -> list[Path]:
     """Label maps (8-bit PNG, 255 = none), a zip of per-prompt masks, and a JSON of all scores."""
     folder.mkdir(parents=True, exist_ok=True)
     files = []
@@ -333,7 +366,9 @@ def run_comparison(
     with torch.inference_mode():
         for name, model in models.items():
             try:
-                results[name] = model.segment(picture, labels, clip_weight=weight, stage2_mode=mode, mask_threshold=threshold)
+                results[name] = model.segment(
+                    picture, labels, clip_weight=weight, stage2_mode=mode, mask_threshold=threshold
+                )
             except ValueError as error:  # the Segmenter's own input checks
                 raise DemoInputError(str(error)) from None
     views = {name: model_view(result, picture) for name, result in results.items()}
@@ -360,6 +395,9 @@ def write_pictures(view: ComparisonView) -> dict[str, dict[str, Any]]:
         pictures[name] = {
             "overlay": save(column.overlay, "overlay"),
             "masks": [save(picture, f"picked_{k:02d}") for k, (picture, _) in enumerate(column.masks)],
-            "grids": (save(column.grid_by_score, "proposals_by_score"), save(column.grid_by_index, "proposals_by_index")),
+            "grids": (
+                save(column.grid_by_score, "proposals_by_score"),
+                save(column.grid_by_index, "proposals_by_index"),
+            ),
         }
     return pictures

@@ -96,7 +96,10 @@ def load_image(
 
 
 def check_image_header(
-    source: str | Path | Any, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_aspect: float = DEFAULT_MAX_ASPECT,
+    source: str | Path | Any,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
     what: str = "the image",
 ) -> tuple[int, int]:
     """(width, height) from the file header alone, refused like :func:`load_image` refuses it; no pixel

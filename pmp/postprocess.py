@@ -24,7 +24,9 @@ def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch
     return torch.einsum("nk,nhw->khw", scores, mask_logits.sigmoid())
 
 
-def _bilinear_taps(size_in: int, size_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bilinear_taps(
+    size_in: int, size_out: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices i0, i1 and weights w0, w1 of each output position along one axis, exactly as
     ``F.interpolate(mode="bilinear", align_corners=False)`` computes them for a given output size."""
     scale = size_in / size_out
@@ -94,8 +96,17 @@ def upsampled_argmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     cells = torch.nonzero(~resolved.flatten()).flatten()  # (U,) flat ids of the unresolved cells
     rows, cols = cells // width, cells % width
     flat = maps.flatten(1)  # (K, h*w)
-    corner_values = flat[:, torch.stack([rows * width + cols, rows * width + right[cols],
-                                         down[rows] * width + cols, down[rows] * width + right[cols]])]  # (K, 4, U)
+    corner_values = flat[
+        :,
+        torch.stack(
+            [
+                rows * width + cols,
+                rows * width + right[cols],
+                down[rows] * width + cols,
+                down[rows] * width + right[cols],
+            ]
+        ),
+    ]  # (K, 4, U)
     highest = corner_values.amax(1)  # (K, U)
     candidate = highest >= corner_values.amin(1).amax(0)  # reaches the cell's floor: may win somewhere in it
     counts = candidate.sum(0)  # (U,)

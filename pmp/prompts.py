@@ -136,7 +136,12 @@ MAX_TEXT_CHARS = 4000  # checked before spaCy sees a caption: parsing cost grows
 
 
 def parse_prompts(
-    text: str | list[str], *, max_prompts: int = 100, max_chars: int = 120, max_text_chars: int = MAX_TEXT_CHARS, nlp: Any = None
+    text: str | list[str],
+    *,
+    max_prompts: int = 100,
+    max_chars: int = 120,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    nlp: Any = None,
 ) -> list[str]:
     """User text -> prompts.
 
@@ -152,9 +157,7 @@ def parse_prompts(
     if isinstance(text, (list, tuple)):
         return _check_prompts([_list_item(item) for item in text], max_prompts, max_chars, max_text_chars)
     if not isinstance(text, str):
-        raise PromptError(
-            f"prompts must be given as text or a list of strings, got {type(text).__name__}"
-        )
+        raise PromptError(f"prompts must be given as text or a list of strings, got {type(text).__name__}")
     if len(text) > max_text_chars:
         raise PromptError(f"the prompt text is {len(text)} characters long; at most {max_text_chars} are accepted")
     check_encodable(text)
@@ -186,7 +189,10 @@ def _list_item(item: Any) -> str:
 def _check_prompts(prompts: list[str], max_prompts: int, max_chars: int, max_text_chars: int) -> list[str]:
     """Dedupe, then enforce the limits on count, characters per prompt and characters in all."""
     if sum(len(p) for p in prompts) > max_text_chars:
-        raise PromptError(f"the prompts are {sum(len(p) for p in prompts)} characters long in all; at most {max_text_chars} are accepted")
+        raise PromptError(
+            f"the prompts are {sum(len(p) for p in prompts)} characters long in all; "
+            f"at most {max_text_chars} are accepted"
+        )
     prompts = _dedupe(prompts)
     if not prompts:
         raise PromptError("no prompts: type class names separated by commas, or a caption")

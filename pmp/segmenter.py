@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.modified_resnet import ModifiedResNet
 from PIL import Image
 from torch import nn
-
-from open_clip.modified_resnet import ModifiedResNet
 
 from pmp.checkpoint import MAX_SHARD_SIZE, load_config, load_weights, resolve_checkpoint, save_checkpoint
 from pmp.clip import CLIPModel
@@ -43,8 +42,8 @@ from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import load_image, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
 from pmp.postprocess import semantic_inference, upsample, upsampled_argmax
-from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble
 from pmp.prompts import parse_prompts
+from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble
 
 
 @dataclass
@@ -80,7 +79,10 @@ class SegmentationResult:
     def picked_mask(self, label_index: int) -> np.ndarray:
         """(H, W) bool: the proposal picked for one label, binarised at ``mask_threshold``."""
         index = self.selected[label_index][0]
-        return upsample(self.mask_logits[index][None, None], self.image_size)[0, 0].sigmoid().numpy() >= self.mask_threshold
+        return (
+            upsample(self.mask_logits[index][None, None], self.image_size)[0, 0].sigmoid().numpy()
+            >= self.mask_threshold
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary: labels, the picked proposal per label with p, p_hat, p_out, and timings."""
@@ -117,13 +119,13 @@ class StageOutputs:
     timings: dict[str, float]
 
 
-
-
 class Segmenter(nn.Module):
     """Stage 1 (``self.proposal_model``, a :class:`MaskProposalModel`; state-dict keys ``proposal_model.*``) plus
     CLIP (``self.clip``, keys ``clip.open_clip.*``) for both stages."""
 
-    def __init__(self, config: SegmenterConfig, clip: CLIPModel | None = None, *, load_backbone_weights: bool = True) -> None:
+    def __init__(
+        self, config: SegmenterConfig, clip: CLIPModel | None = None, *, load_backbone_weights: bool = True
+    ) -> None:
         super().__init__()
         config.validate()
         self.config = config
@@ -144,7 +146,9 @@ class Segmenter(nn.Module):
 
     # ----------------------------------------------------------------------------------------- I/O
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu") -> "Segmenter":
+    def from_pretrained(
+        cls, name_or_path: str | Path | None = None, *, device: str | torch.device = "cpu"
+    ) -> "Segmenter":
         """Load a bundled name ('pmp', 'baseline'), a local folder, or a Hub repo id (None = bundled PMP)."""
         folder = resolve_checkpoint(name_or_path)
         config = load_config(folder)
@@ -153,14 +157,26 @@ class Segmenter(nn.Module):
         return segmenter.to(device).eval()
 
     def save_pretrained(
-        self, folder: str | Path, *, model_card: str | None = None, half_precision: bool = False, max_shard_size: int | str = MAX_SHARD_SIZE
+        self,
+        folder: str | Path,
+        *,
+        model_card: str | None = None,
+        half_precision: bool = False,
+        max_shard_size: int | str = MAX_SHARD_SIZE,
     ) -> Path:
         """config.json + model.safetensors (split into shards over ``max_shard_size``) + README.md."""
         return save_checkpoint(
-            self, self.config, folder, model_card_text=model_card, half_precision=half_precision, max_shard_size=max_shard_size
+            self,
+            self.config,
+            folder,
+            model_card_text=model_card,
+            half_precision=half_precision,
+            max_shard_size=max_shard_size,
         )
 
-    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False, model_card: str | None = None) -> str:
+    def push_to_hub(
+        self, repo_id: str, *, token: str | None = None, private: bool = False, model_card: str | None = None
+    ) -> str:
         """Upload config.json, model.safetensors and the model card to a Hub model repo; returns its URL."""
         import tempfile
 
@@ -170,7 +186,9 @@ class Segmenter(nn.Module):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, model_card=model_card)
-            api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model", commit_message="Upload PMP segmenter")
+            api.upload_folder(
+                repo_id=repo_id, folder_path=tmp, repo_type="model", commit_message="Upload PMP segmenter"
+            )
         return f"https://huggingface.co/{repo_id}"
 
     @property
@@ -211,7 +229,9 @@ class Segmenter(nn.Module):
         self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold)
         stages = self.run_stages(image, labels, stage2_mode=stage2_mode, image_size=image_size)
         stages.timings["text"] += _parse_seconds
-        return self.combine(stages, clip_weight=clip_weight, mask_threshold=mask_threshold, unclaimed_threshold=unclaimed_threshold)
+        return self.combine(
+            stages, clip_weight=clip_weight, mask_threshold=mask_threshold, unclaimed_threshold=unclaimed_threshold
+        )
 
     @torch.inference_mode()
     def run_stages(
@@ -250,11 +270,21 @@ class Segmenter(nn.Module):
         trunk = outputs["backbone_features"][-1] if reuse_trunk else None
         with self._autocast():
             p_hat = classify_proposals(
-                self.clip, pixels, valid_hw, mask_logits, text, p, stage2_mode,
-                crop_top_k=cfg.crop_top_k, vit_dense_scale=self.vit_dense_scale, trunk=trunk,
+                self.clip,
+                pixels,
+                valid_hw,
+                mask_logits,
+                text,
+                p,
+                stage2_mode,
+                crop_top_k=cfg.crop_top_k,
+                vit_dense_scale=self.vit_dense_scale,
+                trunk=trunk,
             )
         timings["stage2"] = self._elapsed(start)
-        return StageOutputs(list(labels), p, p_hat.float(), no_object, mask_logits, (pil.height, pil.width), stage2_mode, timings)
+        return StageOutputs(
+            list(labels), p, p_hat.float(), no_object, mask_logits, (pil.height, pil.width), stage2_mode, timings
+        )
 
     @torch.inference_mode()
     def combine(
@@ -299,7 +329,9 @@ class Segmenter(nn.Module):
         )
 
     @staticmethod
-    def _check_combine_options(clip_weight: float | None, mask_threshold: float | None, unclaimed_threshold: float | None) -> None:
+    def _check_combine_options(
+        clip_weight: float | None, mask_threshold: float | None, unclaimed_threshold: float | None
+    ) -> None:
         if clip_weight is not None and not 0.0 <= float(clip_weight) <= 1.0:
             raise ValueError(f"clip_weight must be in [0, 1], got {clip_weight}")
         if mask_threshold is not None and not 0.0 < float(mask_threshold) < 1.0:

@@ -203,12 +203,13 @@ def crop_classify(
 
     features = []
     for start in range(0, len(boxes), CROP_BATCH):
-        box = boxes[start:start + CROP_BATCH]
+        box = boxes[start : start + CROP_BATCH]
         k = len(box)
         own = torch.arange(start, start + k, device=box.device, dtype=box.dtype)[:, None]
         crops = roi_align(normalised, torch.cat([torch.zeros_like(own), box], 1), size, 1.0, -1, True)
-        fill = roi_align(inside[start:start + k], torch.cat([own - start, box], 1),
-                         size, 1.0, -1, True)  # (k, 1, S, S) share of mask pixels
+        fill = roi_align(
+            inside[start : start + k], torch.cat([own - start, box], 1), size, 1.0, -1, True
+        )  # (k, 1, S, S) share of mask pixels
         crops = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
         crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
         features.append(F.normalize(clip.open_clip.encode_image(crops), dim=-1))
@@ -216,6 +217,7 @@ def crop_classify(
     logits = clip.logit_scale * feats @ text.to(feats).T
     probs[nonempty.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)
     return probs
+
 
 def _image_tensor(clip: CLIPModel, image: np.ndarray | Tensor) -> Tensor:
     if isinstance(image, np.ndarray):

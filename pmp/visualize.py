@@ -87,7 +87,9 @@ def _display_scale(width: int, height: int) -> int:
     return max(1, -(-MIN_DISPLAY_SIDE // max(width, height)))
 
 
-def colourise(image: Image.Image | np.ndarray, semantic: np.ndarray, alpha: float = 0.5, boundaries: bool = True) -> np.ndarray:
+def colourise(
+    image: Image.Image | np.ndarray, semantic: np.ndarray, alpha: float = 0.5, boundaries: bool = True
+) -> np.ndarray:
     """(H, W, 3) uint8: the image blended with label colours where ``semantic`` >= 0.
 
     ``semantic`` (h, w) int, -1 = no label, is resized (nearest) to the image when sizes differ.
@@ -133,7 +135,9 @@ def overlay(
         tinted = tinted.resize((tinted.width * scale, tinted.height * scale), Image.Resampling.NEAREST)
     if not legend:
         return tinted
-    counts = np.bincount(semantic[semantic >= 0].ravel(), minlength=len(labels)) if semantic.size else np.zeros(len(labels))
+    counts = (
+        np.bincount(semantic[semantic >= 0].ravel(), minlength=len(labels)) if semantic.size else np.zeros(len(labels))
+    )
     shares = counts / max(semantic.size, 1)
     entries = [(colour_for(k), f"{shorten(label)} {100 * shares[k]:.0f}%") for k, label in enumerate(labels)]
     return _with_legend(tinted, entries)
@@ -191,7 +195,9 @@ def mask_png(mask: np.ndarray, threshold: float = 0.5) -> Image.Image:
     return Image.fromarray(np.where(inside, 255, 0).astype(np.uint8), mode="L")
 
 
-def mask_overlay(image: Image.Image | np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float = 0.55) -> Image.Image:
+def mask_overlay(
+    image: Image.Image | np.ndarray, mask: np.ndarray, colour: tuple[int, int, int], alpha: float = 0.55
+) -> Image.Image:
     """The image with ``mask`` (H, W) tinted in ``colour`` and everything outside it dimmed."""
     pixels = _as_rgb_array(image).astype(np.float32)
     inside = _resize_labels(np.asarray(mask).astype(np.uint8), pixels.shape[:2]).astype(bool)[..., None]
@@ -227,17 +233,24 @@ def proposal_grid(
         raise ValueError(f"got {len(captions)} captions for {count} proposals")
     if columns < 1 or thumb < 8:
         raise ValueError(f"columns must be >= 1 and thumb >= 8, got {columns} and {thumb}")
-    order = np.arange(count) if sort_by_scores is None else np.argsort(-np.asarray(sort_by_scores, dtype=np.float64), kind="stable")
+    order = (
+        np.arange(count)
+        if sort_by_scores is None
+        else np.argsort(-np.asarray(sort_by_scores, dtype=np.float64), kind="stable")
+    )
     pixels = Image.fromarray(_as_rgb_array(image))
     scale = thumb / max(pixels.size)
     tile_w, tile_h = max(1, round(pixels.width * scale)), max(1, round(pixels.height * scale))
     small = np.asarray(pixels.resize((tile_w, tile_h), Image.Resampling.BILINEAR), dtype=np.float32)  # (th, tw, 3)
     masks = np.stack([
-        np.asarray(Image.fromarray(proposals[i]).resize((tile_w, tile_h), Image.Resampling.BILINEAR)) for i in range(count)
+        np.asarray(Image.fromarray(proposals[i]).resize((tile_w, tile_h), Image.Resampling.BILINEAR))
+        for i in range(count)
     ]) if count else np.zeros((0, tile_h, tile_w), np.float32)  # fmt: skip
     tint = np.asarray(colours, np.float32) if colours is not None else np.tile(np.float32([[230, 25, 75]]), (count, 1))
     weight = masks[..., None].clip(0, 1)  # (N, th, tw, 1)
-    tiles = small[None] * (0.3 + 0.7 * weight) * (1 - 0.45 * weight) + tint[:, None, None, :] * 0.45 * weight  # (N, th, tw, 3)
+    tiles = (
+        small[None] * (0.3 + 0.7 * weight) * (1 - 0.45 * weight) + tint[:, None, None, :] * 0.45 * weight
+    )  # (N, th, tw, 3)
     tiles = np.clip(tiles, 0, 255).astype(np.uint8)
 
     caption_size = max(10, thumb // 8)
@@ -294,7 +307,11 @@ def save_outputs(result: Any, image: Image.Image | np.ndarray, out_dir: str | Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     semantic = np.asarray(result.semantic)
-    paths: dict[str, Any] = {"overlay": out / f"{stem}_overlay.png", "label_map": out / f"{stem}_labels.png", "masks": []}
+    paths: dict[str, Any] = {
+        "overlay": out / f"{stem}_overlay.png",
+        "label_map": out / f"{stem}_labels.png",
+        "masks": [],
+    }
     overlay(image, semantic, result.labels).save(paths["overlay"])
     label_map_png(semantic, len(result.labels)).save(paths["label_map"])
     for k, label in enumerate(result.labels):

@@ -33,13 +33,22 @@ MAX_QUEUE = 6  # small, so that the load test also meets the queue's "full" answ
 
 
 def _tiny_config(text_mode: str):
-    from pmp.config import BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+    from pmp.config import (
+        BackboneConfig,
+        CLIPConfig,
+        DecoderConfig,
+        PixelDecoderConfig,
+        SegmenterConfig,
+        tiny_clip_model_cfg,
+    )
 
     return SegmenterConfig(
         clip=CLIPConfig(model_cfg=tiny_clip_model_cfg()),
         backbone=BackboneConfig(kind="clip"),
         pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32),
-        decoder=DecoderConfig(hidden_dim=32, num_queries=10, num_layers=3, num_heads=4, dim_feedforward=64, text_mode=text_mode),
+        decoder=DecoderConfig(
+            hidden_dim=32, num_queries=10, num_layers=3, num_heads=4, dim_feedforward=64, text_mode=text_mode
+        ),
         image_size=128,
     )
 
@@ -71,7 +80,9 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def sample_image(workdir) -> Path:
     """An example image from examples/ when there is one, else a small synthetic street scene."""
-    examples = sorted(p for p in (REPO / "examples").glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    examples = sorted(
+        p for p in (REPO / "examples").glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+    )
     if examples:
         return examples[0]
     pixels = np.zeros((120, 160, 3), np.uint8)
@@ -134,7 +145,9 @@ def _client(server, download: bool = True):
 def _compare(client, image: Path, prompts: str = PROMPTS, clip_weight=0.65, stage2_mode="pool", mask_threshold=0.5):
     from gradio_client import handle_file
 
-    return client.predict(handle_file(str(image)), prompts, clip_weight, stage2_mode, mask_threshold, True, api_name="/compare")
+    return client.predict(
+        handle_file(str(image)), prompts, clip_weight, stage2_mode, mask_threshold, True, api_name="/compare"
+    )
 
 
 # ---------------------------------------------------------------- the API
@@ -170,7 +183,10 @@ def test_api_compare_returns_both_models_views(server, sample_image):
     files = {Path(path).name: Path(path) for path in named["downloads"]}
     assert set(files) == {"baseline_labels.png", "pmp_labels.png", "masks.zip", "scores.json"}
     scores = json.loads(files["scores.json"].read_text())
-    assert scores["prompts"] == ["sky", "house", "red car"] and np.asarray(scores["pmp"]["scores"]["p_out"]).shape == (10, 3)
+    assert scores["prompts"] == ["sky", "house", "red car"] and np.asarray(scores["pmp"]["scores"]["p_out"]).shape == (
+        10,
+        3,
+    )
     assert np.asarray(Image.open(files["pmp_labels.png"])).shape == (height, width)
 
 
@@ -206,7 +222,9 @@ def _queue_event(server, data: list, session: str) -> dict:
     payload = {"data": data, "event_data": None, "fn_index": fn_index, "trigger_id": None, "session_hash": session}
     joined = httpx.post(server.url + "gradio_api/queue/join", json=payload, timeout=30)
     assert joined.status_code == 200, joined.text
-    with httpx.stream("GET", server.url + "gradio_api/queue/data", params={"session_hash": session}, timeout=60) as stream:
+    with httpx.stream(
+        "GET", server.url + "gradio_api/queue/data", params={"session_hash": session}, timeout=60
+    ) as stream:
         for line in stream.iter_lines():
             if line.startswith("data:"):
                 message = json.loads(line[5:])
@@ -226,7 +244,11 @@ def test_inline_pixel_bomb_is_refused_from_its_header(server):
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     before = _rss_bytes(server.pid)
     started = time.monotonic()
-    message = _queue_event(server, [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True], "bomb")
+    message = _queue_event(
+        server,
+        [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True],
+        "bomb",
+    )
     seconds = time.monotonic() - started
     grown = _rss_bytes(server.pid) - before
     print(f"pixel bomb refused in {seconds:.2f} s, server memory {grown / 2**20:+.0f} MB")
@@ -239,14 +261,20 @@ def test_inline_image_within_the_limits_still_works(server, sample_image):
     import base64
 
     url = "data:image/png;base64," + base64.b64encode(sample_image.read_bytes()).decode()
-    message = _queue_event(server, [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True], "inline")
+    message = _queue_event(
+        server,
+        [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True],
+        "inline",
+    )
     assert message["success"] is True, message
 
 
 def test_oversized_event_payload_is_refused_before_it_is_read(server):
     body = json.dumps({"data": ["x" * (41 * 1024 * 1024)], "fn_index": 0, "session_hash": "big"})
     before = _rss_bytes(server.pid)
-    answer = httpx.post(server.url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"}, timeout=60)
+    answer = httpx.post(
+        server.url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"}, timeout=60
+    )
     assert answer.status_code == 413 and "at most 2,097,152 bytes" in answer.text
     assert _rss_bytes(server.pid) - before < 100 * 2**20
 
@@ -261,7 +289,9 @@ def test_oversized_event_payload_is_refused_before_it_is_read(server):
 def test_api_takes_prompts_as_a_list_of_strings(server, sample_image):
     from gradio_client import handle_file
 
-    result = _client(server).predict(handle_file(str(sample_image)), ["sky", "red car"], 0.65, "pool", 0.5, True, api_name="/compare")
+    result = _client(server).predict(
+        handle_file(str(sample_image)), ["sky", "red car"], 0.65, "pool", 0.5, True, api_name="/compare"
+    )
     assert "**2 prompt(s):** `sky`, `red car`" in result[0]
 
 
@@ -301,7 +331,10 @@ def test_load_8_clients_x_5_requests(server, sample_image):
     assert not unexpected, unexpected
     assert outcomes.count("ok") >= 8  # the queue serves while it is full for others
     rss_after_load = _rss_bytes(server.pid)
-    print(f"load: {outcomes.count('ok')} ok, {outcomes.count('busy')} busy; RSS {rss_after_first / 2**20:.0f} -> {rss_after_load / 2**20:.0f} MiB")
+    print(
+        f"load: {outcomes.count('ok')} ok, {outcomes.count('busy')} busy; "
+        f"RSS {rss_after_first / 2**20:.0f} -> {rss_after_load / 2**20:.0f} MiB"
+    )
     assert rss_after_load <= 1.10 * rss_after_first, (rss_after_first / 2**20, rss_after_load / 2**20)
     try:
         import psutil
@@ -323,8 +356,9 @@ def test_browser_upload_type_run_and_screenshot(server, sample_image, workdir):
     except ImportError:
         pytest.skip("the playwright Python package is not installed (pip install playwright)")
     screenshot = workdir / "app.png"
-    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage",
-            "--disable-extensions", "--no-first-run", "--disable-component-update", "--disable-sync"]  # fmt: skip
+    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-dev-shm-usage", "--disable-extensions", "--no-first-run", "--disable-component-update",
+            "--disable-sync"]  # fmt: skip
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
@@ -376,9 +410,14 @@ def test_examples_are_read_from_json_and_bad_files_skipped(tmp_path):
 
     Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
     (tmp_path / "a.json").write_text(json.dumps({"image": "street.png", "prompts": "sky, road"}))
-    (tmp_path / "b.json").write_text(json.dumps([{"image": "street.png", "prompts": "car"}, {"image": "missing.png"}, "junk"]))
+    (tmp_path / "b.json").write_text(
+        json.dumps([{"image": "street.png", "prompts": "car"}, {"image": "missing.png"}, "junk"])
+    )
     (tmp_path / "c.json").write_text("{not json")
-    assert app.read_examples(tmp_path) == [[str(tmp_path / "street.png"), "sky, road"], [str(tmp_path / "street.png"), "car"]]
+    assert app.read_examples(tmp_path) == [
+        [str(tmp_path / "street.png"), "sky, road"],
+        [str(tmp_path / "street.png"), "car"],
+    ]
     assert app.read_examples(tmp_path / "absent") == []
     images_only = tmp_path / "images_only"
     images_only.mkdir()
@@ -389,22 +428,28 @@ def test_examples_are_read_from_json_and_bad_files_skipped(tmp_path):
 
 def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
     import app
-    from tests.test_demo import FakeSegmenter
     from pmp.demo import DemoModels
+    from tests.test_demo import FakeSegmenter
 
     Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
-    demo = app.build_app(DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)), output_root=tmp_path / "out", examples=[[str(tmp_path / "street.png"), "sky"]])
+    demo = app.build_app(
+        DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)),
+        output_root=tmp_path / "out",
+        examples=[[str(tmp_path / "street.png"), "sky"]],
+    )
     config = demo.get_config_file()
-    assert [dep["api_name"] for dep in config["dependencies"] if dep.get("api_visibility", "public") == "public"] == ["compare"]
+    assert [dep["api_name"] for dep in config["dependencies"] if dep.get("api_visibility", "public") == "public"] == [
+        "compare"
+    ]
     assert not (REPO / "app.pyi").exists()  # Gradio writes one beside the module of any component subclass
 
 
 def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path):
     """Gradio's default image_mode="RGB" would give the handler an RGB copy: a 16-bit grey PNG as all
     white, an RGBA image with its hidden colours. The app passes the original file on."""
-    import app
     from gradio.data_classes import ImageData
 
+    import app
     from pmp.demo import DemoModels
     from pmp.images import load_image
     from tests.test_demo import FakeSegmenter
@@ -442,8 +487,23 @@ def test_sigterm_removes_the_output_folder_and_start_removes_dead_instances_fold
         folders[name] = tmp_path / name
         Segmenter(_tiny_config(text_mode)).save_pretrained(folders[name])
     port = _free_port()
-    env = {**os.environ, "TMPDIR": str(base), "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "app.py", "--baseline", str(folders["baseline"]), "--pmp", str(folders["pmp"]), "--port", str(port)]
+    env = {
+        **os.environ,
+        "TMPDIR": str(base),
+        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [
+        sys.executable,
+        "app.py",
+        "--baseline",
+        str(folders["baseline"]),
+        "--pmp",
+        str(folders["pmp"]),
+        "--port",
+        str(port),
+    ]
     log = open(tmp_path / "server.log", "w")
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -459,7 +519,9 @@ def test_sigterm_removes_the_output_folder_and_start_removes_dead_instances_fold
             assert time.monotonic() < deadline, "the app did not start"
             time.sleep(0.3)
         assert not stale.exists()
-        Client(url, verbose=False).predict(handle_file(str(sample_image)), PROMPTS, 0.65, "pool", 0.5, True, api_name="/compare")
+        Client(url, verbose=False).predict(
+            handle_file(str(sample_image)), PROMPTS, 0.65, "pool", 0.5, True, api_name="/compare"
+        )
         ours = [p for p in base.glob("pmp-demo-*") if p.is_dir()]
         assert len(ours) == 1 and any(ours[0].rglob("*.png"))  # the request's downloads are there
         process.send_signal(signal.SIGTERM)

@@ -53,7 +53,13 @@ def test_subset_evaluation_reproduces_the_readme_numbers() -> None:
             for key in ("miou", "miou_unseen", "proposal_recall"):
                 if metrics[key] is None or (isinstance(metrics[key], float) and math.isnan(metrics[key])):
                     continue
-                assert abs(measured[key] - metrics[key]) <= TOLERANCE, (name, benchmark, key, measured[key], metrics[key])
+                assert abs(measured[key] - metrics[key]) <= TOLERANCE, (
+                    name,
+                    benchmark,
+                    key,
+                    measured[key],
+                    metrics[key],
+                )
 
 
 @pytest.mark.parametrize("results", ["main.json", "subset50.json"])
@@ -83,7 +89,9 @@ def test_bundled_outputs_are_bit_identical_to_the_reference() -> None:
     and state-dict keys changed, and converted once): a refactor must not change what the models compute."""
     reference = json.loads((ROOT / "tests" / "data" / "bundled_outputs.json").read_text())
     for name, expected in reference.items():
-        out = Segmenter.from_pretrained(name).segment(ROOT / "examples" / "world_full_002.png", ["sky", "house", "car", "road", "tree"])
+        out = Segmenter.from_pretrained(name).segment(
+            ROOT / "examples" / "world_full_002.png", ["sky", "house", "car", "road", "tree"]
+        )
         assert out.p_out.tolist() == expected["p_out"], name
         assert float(out.mask_logits.double().sum()) == expected["mask_logits_sum"], name
         assert out.semantic.flatten().tolist()[::7] == expected["semantic"], name

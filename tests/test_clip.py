@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from pmp.clip import CLIPModel, resolve_pretrained_tag
-from pmp.stage2 import crop_classify, pool_classify
 from pmp.config import CLIPConfig, tiny_clip_model_cfg
+from pmp.stage2 import crop_classify, pool_classify
 
 TEMPLATES = ("a photo of a {}.", "{} in the picture")
 
@@ -79,7 +79,9 @@ def test_truncated_text_forward_equals_open_clip(resnet_clip: CLIPModel) -> None
     texts = ["a photo of a dog.", "sky", "wow! a very long description of a red car parked outside"]
     tokens = resnet_clip.tokenizer(texts)
     seen_lengths = []
-    hook = resnet_clip.open_clip.transformer.register_forward_pre_hook(lambda m, args: seen_lengths.append(args[0].shape[1]))
+    hook = resnet_clip.open_clip.transformer.register_forward_pre_hook(
+        lambda m, args: seen_lengths.append(args[0].shape[1])
+    )
     try:
         with torch.no_grad():
             truncated = resnet_clip.text_forward(tokens)
@@ -97,7 +99,9 @@ def test_custom_text_tower_falls_back_to_full_length() -> None:
     assert not clip._can_truncate()
     with torch.no_grad():
         ours = clip.encode_text(["sky", "red car"])
-        expected = F.normalize(clip.open_clip.encode_text(clip.tokenizer(["a photo of a sky.", "a photo of a red car."])), dim=-1)
+        expected = F.normalize(
+            clip.open_clip.encode_text(clip.tokenizer(["a photo of a sky.", "a photo of a red car."])), dim=-1
+        )
     torch.testing.assert_close(ours, expected)
 
 
@@ -367,7 +371,9 @@ def test_local_weights_round_trip(tmp_path: Path, resnet_clip: CLIPModel) -> Non
         reference = (resnet_clip.encode_text(["sky", "car"]), resnet_clip.open_clip.encode_image(images))
         for path in (raw, wrapped):
             torch.manual_seed(123)  # a different random init, overwritten by the file
-            loaded = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=TEMPLATES, pretrained=str(path)))
+            loaded = CLIPModel.build(
+                CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=TEMPLATES, pretrained=str(path))
+            )
             torch.testing.assert_close(loaded.encode_text(["sky", "car"]), reference[0])
             torch.testing.assert_close(loaded.open_clip.encode_image(images), reference[1])
 

@@ -16,7 +16,9 @@ from train.datasets import (
 )
 
 
-def write_sample(root: Path, dataset: str, split: str, stem: str, label: np.ndarray, image_hw: tuple[int, int] | None = None) -> None:
+def write_sample(
+    root: Path, dataset: str, split: str, stem: str, label: np.ndarray, image_hw: tuple[int, int] | None = None
+) -> None:
     """Write ``<stem>.jpg`` and its label into ``dataset``'s prepared layout under ``root``."""
     spec = REAL_DATASETS[dataset]
     image_dir, label_dir = (root / spec.base / sub for sub in spec.splits[split])
@@ -51,7 +53,9 @@ def test_class_lists_match_their_benchmarks() -> None:
         ("voc20", "val", 255, np.uint8),
     ],
 )
-def test_loads_each_layout_with_ignore_mapped_to_minus_one(tmp_path: Path, dataset: str, split: str, raw_ignore: int, dtype: type) -> None:
+def test_loads_each_layout_with_ignore_mapped_to_minus_one(
+    tmp_path: Path, dataset: str, split: str, raw_ignore: int, dtype: type
+) -> None:
     top = len(REAL_DATASETS[dataset].class_names) - 1
     label_b = np.array([[0, top, raw_ignore], [1, 1, 0]], dtype=dtype)
     write_sample(tmp_path, dataset, split, "b", label_b)
@@ -153,7 +157,9 @@ def test_transform_flip() -> None:
 
 def test_transform_resizes_labels_nearest_and_pads_with_ignore() -> None:
     image, label = _aligned_pair(8, 12)
-    out_image, out_label = SemSegTrainTransform(32, scale_range=(0.5, 0.5), flip_prob=0.0)(image, label, np.random.default_rng(0))
+    out_image, out_label = SemSegTrainTransform(32, scale_range=(0.5, 0.5), flip_prob=0.0)(
+        image, label, np.random.default_rng(0)
+    )
     # short side 8 -> 16 (x2): the 16x24 result is smaller than the 32 crop, so it is padded.
     assert out_image.shape == (32, 32, 3)
     assert set(np.unique(out_label[:16, :24])) <= set(np.unique(label))
@@ -168,7 +174,9 @@ def test_transform_category_area_constraint_avoids_single_class_crops() -> None:
     label = np.zeros((8, 64), dtype=np.int64)
     label[:, 56:] = 1  # class 1 only in the last 8 columns
     image = np.zeros((8, 64, 3), dtype=np.uint8)
-    constrained = SemSegTrainTransform(8, scale_range=(1.0, 1.0), max_size_factor=8.0, single_category_max_area=0.99, flip_prob=0.0)
+    constrained = SemSegTrainTransform(
+        8, scale_range=(1.0, 1.0), max_size_factor=8.0, single_category_max_area=0.99, flip_prob=0.0
+    )
     mixed = sum(len(np.unique(constrained(image, label, np.random.default_rng(s))[1])) > 1 for s in range(20))
     plain = SemSegTrainTransform(8, scale_range=(1.0, 1.0), max_size_factor=8.0, flip_prob=0.0)
     mixed_plain = sum(len(np.unique(plain(image, label, np.random.default_rng(s))[1])) > 1 for s in range(20))
@@ -219,7 +227,9 @@ def test_every_synonym_maps_to_coco_and_is_used_by_some_benchmark() -> None:
     from train.datasets import _coco_stuff_vocabulary
 
     vocabulary = _coco_stuff_vocabulary()
-    words = {word.strip().lower() for spec in REAL_DATASETS.values() for name in spec.class_names for word in name.split(",")}
+    words = {
+        word.strip().lower() for spec in REAL_DATASETS.values() for name in spec.class_names for word in name.split(",")
+    }
     for word, coco in class_names.COCO_SYNONYMS.items():
         assert coco in vocabulary, (word, coco)
         assert word in words, f"{word!r} is in no benchmark's class list"
@@ -237,7 +247,10 @@ def test_readme_lists_the_seen_counts_of_every_benchmark() -> None:
 def test_big_endian_16_bit_labels_are_read_like_little_endian_ones(tmp_path: Path) -> None:
     label = np.array([[0, 846, 65535], [1, 2, 3]], dtype=">u2")
     write_sample(tmp_path, "ade847", "val", "big", label)
-    assert Image.open(next((tmp_path / "ADE20K_2021_17_01/annotations_detectron2/validation").glob("*.tif"))).mode == "I;16B"
+    assert (
+        Image.open(next((tmp_path / "ADE20K_2021_17_01/annotations_detectron2/validation").glob("*.tif"))).mode
+        == "I;16B"
+    )
     np.testing.assert_array_equal(build_dataset("ade847", tmp_path)[0][1], [[0, 846, -1], [1, 2, 3]])
 
 
@@ -253,7 +266,9 @@ def test_sans_pascal_context_layout_is_refused_not_misread(tmp_path: Path) -> No
 LONG_ADE847_NAMES = ("bus, autobus, coach", "ashcan, trash can", "baby buggy")
 
 
-def test_ade847_evaluates_with_the_bundled_models_although_some_names_exceed_the_context(tmp_path: Path, capsys) -> None:
+def test_ade847_evaluates_with_the_bundled_models_although_some_names_exceed_the_context(
+    tmp_path: Path, capsys
+) -> None:
     import json
 
     from pmp.segmenter import Segmenter

@@ -25,8 +25,6 @@ import torch
 from PIL import Image
 
 from app import UI_OUTPUTS, compare_for_ui, pick_grids
-from pmp.prompts import PromptError
-from pmp.segmenter import SegmentationResult
 from pmp.demo import (
     DIFF_HEADERS,
     TABLE_HEADERS,
@@ -37,6 +35,8 @@ from pmp.demo import (
     prune_outputs,
     run_comparison,
 )
+from pmp.prompts import PromptError
+from pmp.segmenter import SegmentationResult
 
 
 class FakeSegmenter:
@@ -59,8 +59,10 @@ class FakeSegmenter:
         for label in labels:
             tokens = len(self.template.replace("{}", label).split()) + 2
             if tokens > self.context_length:
-                raise PromptError(f"prompt {label!r} is too long for CLIP: {tokens} tokens with its template, "
-                                  f"at most {self.context_length} fit; shorten it")
+                raise PromptError(
+                    f"prompt {label!r} is too long for CLIP: {tokens} tokens with its template, "
+                    f"at most {self.context_length} fit; shorten it"
+                )
 
     def segment(self, image, labels, *, clip_weight=None, stage2_mode=None, mask_threshold=None) -> SegmentationResult:
         if self.fail:
@@ -95,7 +97,16 @@ def models() -> DemoModels:
 
 def _compare(models, image, prompts="sky, house", tmp_path=None, **settings):
     options = {"clip_weight": 0.65, "stage2_mode": "pool", "mask_threshold": 0.5, **settings}
-    return compare_for_ui(models, image, prompts, options["clip_weight"], options["stage2_mode"], options["mask_threshold"], True, output_root=tmp_path)
+    return compare_for_ui(
+        models,
+        image,
+        prompts,
+        options["clip_weight"],
+        options["stage2_mode"],
+        options["mask_threshold"],
+        True,
+        output_root=tmp_path,
+    )
 
 
 def _error_message(models, image, prompts="sky, house", tmp_path=None, **settings) -> str:
@@ -148,7 +159,10 @@ def test_downloads_hold_label_maps_masks_and_scores(models, tmp_path):
     assert label_map.shape == (30, 40) and set(np.unique(label_map)) <= {0, 1, 255}
     with zipfile.ZipFile(folder / "masks.zip") as archive:
         assert sorted(archive.namelist()) == sorted(
-            f"{m}/{kind}_{k:02d}_{name}.png" for m in ("baseline", "pmp") for kind in ("picked", "region") for k, name in enumerate(["sky", "house"])
+            f"{m}/{kind}_{k:02d}_{name}.png"
+            for m in ("baseline", "pmp")
+            for kind in ("picked", "region")
+            for k, name in enumerate(["sky", "house"])
         )
     scores = json.loads((folder / "scores.json").read_text())
     assert scores["prompts"] == ["sky", "house"] and scores["settings"]["stage2_mode"] == "pool"
@@ -208,7 +222,9 @@ def test_no_image(models, tmp_path, image):
 def test_truncated_and_non_image_files(models, tmp_path):
     noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     data = _png(Image.fromarray(noise))
-    assert "truncated or corrupt" in _error_message(models, _write(tmp_path, "cut.png", data[: len(data) // 2]), tmp_path=tmp_path)
+    assert "truncated or corrupt" in _error_message(
+        models, _write(tmp_path, "cut.png", data[: len(data) // 2]), tmp_path=tmp_path
+    )
     assert "not an image file" in _error_message(models, _write(tmp_path, "x.png", b"hello" * 100), tmp_path=tmp_path)
 
 
@@ -298,7 +314,9 @@ def test_huge_prompt_text_is_rejected_before_parsing(models, tmp_path):
     caption = "a red car parked on a road under a blue sky " * 200  # a caption: would go to spaCy
     message = _error_message(models, Image.new("RGB", (8, 8)), caption, tmp_path)
     assert "8,800 characters long; at most 4,000" in message
-    assert "prompts must be text or a list of strings, got int" in _error_message(models, Image.new("RGB", (8, 8)), 5, tmp_path)
+    assert "prompts must be text or a list of strings, got int" in _error_message(
+        models, Image.new("RGB", (8, 8)), 5, tmp_path
+    )
 
 
 def test_prompt_limits_follow_the_stricter_model_config(tmp_path):
@@ -315,8 +333,10 @@ def test_clip_token_limit(models, tmp_path):
 
 
 def test_emoji_other_scripts_and_duplicates(models, tmp_path):
-    values = _compare(models, Image.new("RGB", (16, 16)), "\u732b, \U0001F697 car, \u0434\u043e\u043c, Sky, sky, SKY", tmp_path)
-    assert models.pmp.calls[0]["labels"] == ["\u732b", "\U0001F697 car", "\u0434\u043e\u043c", "Sky"]
+    values = _compare(
+        models, Image.new("RGB", (16, 16)), "\u732b, \U0001f697 car, \u0434\u043e\u043c, Sky, sky, SKY", tmp_path
+    )
+    assert models.pmp.calls[0]["labels"] == ["\u732b", "\U0001f697 car", "\u0434\u043e\u043c", "Sky"]
     assert "**4 prompt(s):**" in values[0]
 
 
@@ -359,7 +379,10 @@ def test_segmenter_value_errors_become_user_errors(models, tmp_path):
         raise ValueError("no labels given: pass at least one class name")
 
     models.baseline.segment = refuse
-    assert _error_message(models, Image.new("RGB", (8, 8)), "sky", tmp_path) == "no labels given: pass at least one class name"
+    assert (
+        _error_message(models, Image.new("RGB", (8, 8)), "sky", tmp_path)
+        == "no labels given: pass at least one class name"
+    )
 
 
 # ---------------------------------------------------------------- no shared state between requests
@@ -403,7 +426,14 @@ def test_demo_limits_defaults():
 
 @pytest.fixture(scope="module")
 def tiny_models() -> DemoModels:
-    from pmp.config import BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+    from pmp.config import (
+        BackboneConfig,
+        CLIPConfig,
+        DecoderConfig,
+        PixelDecoderConfig,
+        SegmenterConfig,
+        tiny_clip_model_cfg,
+    )
     from pmp.segmenter import Segmenter
 
     def build(text_mode: str) -> Segmenter:
@@ -411,7 +441,9 @@ def tiny_models() -> DemoModels:
             clip=CLIPConfig(model_cfg=tiny_clip_model_cfg()),
             backbone=BackboneConfig(kind="clip"),
             pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32),
-            decoder=DecoderConfig(hidden_dim=32, num_queries=10, num_layers=3, num_heads=4, dim_feedforward=64, text_mode=text_mode),
+            decoder=DecoderConfig(
+                hidden_dim=32, num_queries=10, num_layers=3, num_heads=4, dim_feedforward=64, text_mode=text_mode
+            ),
             image_size=128,
         )
         return Segmenter(config)
@@ -451,5 +483,9 @@ def test_prompt_text_attacks_are_refused_or_cleaned_before_any_model_runs(models
 def test_prompts_as_a_list_of_strings(models, tmp_path):
     _compare(models, Image.new("RGB", (16, 16)), ["sky", "red car"], tmp_path)
     assert models.pmp.calls[-1]["labels"] == ["sky", "red car"]
-    assert "a list of prompts must hold strings only" in _error_message(models, Image.new("RGB", (8, 8)), ["sky", 3], tmp_path)
-    assert "prompts must be text or a list of strings" in _error_message(models, Image.new("RGB", (8, 8)), {"a": 1}, tmp_path)
+    assert "a list of prompts must hold strings only" in _error_message(
+        models, Image.new("RGB", (8, 8)), ["sky", 3], tmp_path
+    )
+    assert "prompts must be text or a list of strings" in _error_message(
+        models, Image.new("RGB", (8, 8)), {"a": 1}, tmp_path
+    )

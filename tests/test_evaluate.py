@@ -56,7 +56,17 @@ class TinyDataset:
 def test_evaluate_reports_the_documented_fields() -> None:
     stub = StubSegmenter()
     result = evaluate(stub, TinyDataset(), limit=5, clip_weight=0.65, stage2_mode="crop", show_progress=False)
-    for key in ("benchmark", "miou", "miou_seen", "miou_unseen", "proposal_recall", "per_class", "pixel_accuracy", "num_images", "seconds"):
+    for key in (
+        "benchmark",
+        "miou",
+        "miou_seen",
+        "miou_unseen",
+        "proposal_recall",
+        "per_class",
+        "pixel_accuracy",
+        "num_images",
+        "seconds",
+    ):
         assert key in result
     assert result["benchmark"] == "tiny" and result["num_images"] == 5 and result["num_classes"] == 4
     assert set(result["per_class"]) == set(NAMES) and result["seen_classes"] == ["sky", "grass"]
@@ -108,7 +118,15 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
         distributed = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert distributed["num_images"] == single["num_images"] == 7
         assert distributed["options"]["world_size"] == 2
-        for key in ("miou", "miou_seen", "miou_unseen", "pixel_accuracy", "proposal_recall", "proposal_recall@0.5", "num_segments"):
+        for key in (
+            "miou",
+            "miou_seen",
+            "miou_unseen",
+            "pixel_accuracy",
+            "proposal_recall",
+            "proposal_recall@0.5",
+            "num_segments",
+        ):
             assert distributed[key] == pytest.approx(single[key], rel=1e-12), key
         assert distributed["per_class"] == pytest.approx(single["per_class"], rel=1e-12)
 

@@ -16,25 +16,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tiny import tiny_segmenter_config
 
 import pmp.clip.text as clip_text_module
 import pmp.postprocess as postprocess_module
 from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, SegmenterConfig
-from pmp.modeling.pixel_decoder import MSDeformAttn
-from pmp.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
 from pmp.images import normalize_pixels
+from pmp.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
+from pmp.modeling.pixel_decoder import MSDeformAttn
 from pmp.postprocess import argmax_over_classes, semantic_inference, upsample, upsampled_argmax
 from pmp.segmenter import Segmenter
 from pmp.stage2 import classify_proposals, dense_input, pool_classify, soft_masks_on_grid
-from tiny import tiny_segmenter_config
 from train.world import benchmark_sample
 
 LABELS = ["sky", "road", "car", "tree", "house", "person"]
 
 
 def tiny_config(**overrides) -> SegmenterConfig:
-    return tiny_segmenter_config(num_queries=12, num_layers=2, templates=("a photo of a {}.", "a {} in the scene."),
-                                 crop_top_k=6, **overrides)
+    return tiny_segmenter_config(
+        num_queries=12, num_layers=2, templates=("a photo of a {}.", "a {} in the scene."), crop_top_k=6, **overrides
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +58,19 @@ def test_cached_embeddings_equal_freshly_encoded_ones(segmenter: Segmenter) -> N
         served = clip.encode_text(LABELS[::-1])
     assert clip.cache_info()["hits"] == len(LABELS)
     torch.testing.assert_close(served, encoded.flip(0), rtol=0, atol=0)
-    uncached = Segmenter(dataclasses.replace(segmenter.config, clip=dataclasses.replace(segmenter.config.clip, text_cache_size=0)),
-                         clip=None).clip
+    uncached = Segmenter(
+        dataclasses.replace(segmenter.config, clip=dataclasses.replace(segmenter.config.clip, text_cache_size=0)),
+        clip=None,
+    ).clip
     uncached.load_state_dict(clip.state_dict())
     with torch.inference_mode():
         torch.testing.assert_close(uncached.encode_text(LABELS), encoded, rtol=1e-6, atol=1e-6)
     assert uncached.cache_info()["size"] == 0
 
 
-def test_batched_truncated_text_equals_one_padded_prompt_at_a_time(segmenter: Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_batched_truncated_text_equals_one_padded_prompt_at_a_time(
+    segmenter: Segmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Prompts of very different lengths, in chunks of 3 strings: each chunk runs only up to its own longest
     # prompt, after sorting by length; the scatter back must restore the prompt order.
     monkeypatch.setattr(clip_text_module, "TEXT_BATCH", 3)
@@ -81,7 +86,9 @@ def test_batched_truncated_text_equals_one_padded_prompt_at_a_time(segmenter: Se
     torch.testing.assert_close(batched, torch.stack(expected), rtol=1e-5, atol=1e-5)
 
 
-def test_token_check_skips_only_prompts_the_cache_already_encoded(segmenter: Segmenter, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_check_skips_only_prompts_the_cache_already_encoded(
+    segmenter: Segmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pmp.prompts import PromptError
 
     clip = segmenter.clip
@@ -136,11 +143,17 @@ def test_reused_clip_trunk_gives_the_separate_dense_pass(segmenter: Segmenter, w
     pixels, valid_hw, mask_logits, text, p, features = stage1(segmenter, world_images[0], LABELS)
     assert segmenter.can_reuse_trunk(pixels, valid_hw)  # square 64 px: no padding, CLIP normalisation
     with torch.inference_mode():
-        reused = classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4, trunk=features[-1])
+        reused = classify_proposals(
+            segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4, trunk=features[-1]
+        )
         separate = classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4)
         image = normalize_pixels(pixels, CLIP_MEAN, CLIP_STD)
-        torch.testing.assert_close(segmenter.clip.dense_features_from_trunk(features[-1]),
-                                   segmenter.clip.dense_features(image), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            segmenter.clip.dense_features_from_trunk(features[-1]),
+            segmenter.clip.dense_features(image),
+            rtol=1e-5,
+            atol=1e-6,
+        )
     torch.testing.assert_close(reused, separate, rtol=1e-5, atol=1e-6)
     padded, padded_hw = segmenter.preprocess(Image.fromarray(world_images[0][:40]), 64)  # 64 x 40 -> padded to 64 x 64
     assert not segmenter.can_reuse_trunk(padded, padded_hw)
@@ -151,21 +164,34 @@ def test_reused_clip_trunk_gives_the_separate_dense_pass(segmenter: Segmenter, w
 def test_pooled_soft_masks_equal_pooling_full_size_masks(segmenter: Segmenter, world_images: list[np.ndarray]) -> None:
     pixels, valid_hw, mask_logits, text, p, _ = stage1(segmenter, world_images[1], LABELS)
     with torch.inference_mode():
-        dense = segmenter.clip.dense_features(normalize_pixels(pixels[..., : valid_hw[0], : valid_hw[1]], CLIP_MEAN, CLIP_STD))
+        dense = segmenter.clip.dense_features(
+            normalize_pixels(pixels[..., : valid_hw[0], : valid_hw[1]], CLIP_MEAN, CLIP_STD)
+        )
         full_masks = upsample(mask_logits[None], valid_hw)[0].sigmoid()  # (N, H, W): what pool_classify used to get
         expected = pool_classify(segmenter.clip, dense, full_masks[None], text)[0]
         grid = soft_masks_on_grid(mask_logits, valid_hw, tuple(dense.shape[-2:]))
         assert grid.shape == (mask_logits.shape[0], *dense.shape[-2:])
-        torch.testing.assert_close(classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4), expected,
-                                   rtol=0, atol=1e-7)
+        torch.testing.assert_close(
+            classify_proposals(segmenter.clip, pixels, valid_hw, mask_logits, text, p, "pool", crop_top_k=4),
+            expected,
+            rtol=0,
+            atol=1e-7,
+        )
 
 
 def test_vit_dense_input_is_scaled_to_patch_multiples() -> None:
-    config = tiny_config(clip=CLIPConfig(model_name="tiny-vit", model_cfg={
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }), backbone=BackboneConfig(kind="timm", name="resnet18"), image_size=128)
+    config = tiny_config(
+        clip=CLIPConfig(
+            model_name="tiny-vit",
+            model_cfg={
+                "embed_dim": 32,
+                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+                "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+            },
+        ),
+        backbone=BackboneConfig(kind="timm", name="resnet18"),
+        image_size=128,
+    )
     segmenter = Segmenter(config)
     image = torch.rand(1, 3, 128, 96)
     clip = segmenter.clip
@@ -191,10 +217,18 @@ def test_gather_deformable_attention_equals_the_grid_sample_reference() -> None:
     weights = torch.rand(batch, queries, heads, len(shapes), points).softmax(-1)
     expected = ms_deform_attn(value, torch.tensor(shapes), locations, weights)
     torch.testing.assert_close(ms_deform_attn_gather(value, shapes, locations, weights), expected, rtol=1e-5, atol=1e-5)
-    edges = torch.tensor([0.0, 1.0, 0.5 / 20, 1 - 0.5 / 20]).view(1, 1, 1, 1, 4, 1).expand(batch, queries, heads, len(shapes), 4, 2)
+    edges = (
+        torch.tensor([0.0, 1.0, 0.5 / 20, 1 - 0.5 / 20])
+        .view(1, 1, 1, 1, 4, 1)
+        .expand(batch, queries, heads, len(shapes), 4, 2)
+    )
     edge_weights = torch.rand(batch, queries, heads, len(shapes), 4)
-    torch.testing.assert_close(ms_deform_attn_gather(value, shapes, edges.contiguous(), edge_weights),
-                               ms_deform_attn(value, torch.tensor(shapes), edges.contiguous(), edge_weights), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        ms_deform_attn_gather(value, shapes, edges.contiguous(), edge_weights),
+        ms_deform_attn(value, torch.tensor(shapes), edges.contiguous(), edge_weights),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_deformable_attention_module_uses_the_same_values_with_and_without_grad() -> None:
@@ -213,10 +247,19 @@ def test_deformable_attention_module_uses_the_same_values_with_and_without_grad(
 
 
 # ------------------------------------------------------------------------------------------- post
-@pytest.mark.parametrize("classes,low,size", [(3, (8, 8), (64, 64)), (12, (16, 20), (61, 83)), (40, (10, 10), (40, 40)),
-                                              (100, (16, 16), (160, 144)), (5, (12, 12), (7, 9))])
-def test_upsampled_argmax_equals_full_upsample_then_argmax(classes: int, low: tuple[int, int], size: tuple[int, int],
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "classes,low,size",
+    [
+        (3, (8, 8), (64, 64)),
+        (12, (16, 20), (61, 83)),
+        (40, (10, 10), (40, 40)),
+        (100, (16, 16), (160, 144)),
+        (5, (12, 12), (7, 9)),
+    ],
+)
+def test_upsampled_argmax_equals_full_upsample_then_argmax(
+    classes: int, low: tuple[int, int], size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
     plain_calls = []
     monkeypatch.setattr(postprocess_module, "upsample", lambda *args: plain_calls.append(1) or upsample(*args))
     torch.manual_seed(classes)
@@ -248,7 +291,9 @@ def test_semantic_map_equals_the_full_size_computation(segmenter: Segmenter, wor
     np.testing.assert_array_equal(out.semantic, torch.where(claimed, expected, -1).numpy())
 
 
-def test_bfloat16_autocast_stays_close_and_keeps_text_float32(segmenter: Segmenter, world_images: list[np.ndarray]) -> None:
+def test_bfloat16_autocast_stays_close_and_keeps_text_float32(
+    segmenter: Segmenter, world_images: list[np.ndarray]
+) -> None:
     reference = segmenter.segment(world_images[2], LABELS)
     segmenter.autocast_dtype = torch.bfloat16
     try:

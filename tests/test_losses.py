@@ -92,7 +92,11 @@ def test_proposals_made_from_padded_prompts_never_enter_the_loss() -> None:
         {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 64, 64)},
     ]
     criterion = SetCriterion(HungarianMatcher(num_points=16), num_points=16)
-    layer = {"pred_logits": outputs["pred_logits"], "pred_masks": outputs["pred_masks"], "proposal_mask": outputs["proposal_mask"]}
+    layer = {
+        "pred_logits": outputs["pred_logits"],
+        "pred_masks": outputs["pred_masks"],
+        "proposal_mask": outputs["proposal_mask"],
+    }
     base = criterion(layer, targets)["loss_ce"]
     garbage = dict(layer, pred_logits=layer["pred_logits"].clone())
     garbage["pred_logits"][1, 1] = torch.tensor([50.0, float("-inf"), -50.0])  # the padded proposal: far from no-object

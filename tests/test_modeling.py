@@ -153,7 +153,10 @@ def test_gradients_reach_the_text_projection_in_pmp_mode():
     model = tiny_model(text_mode="pmp").train()
     out = model(torch.randn(1, 3, SIZE, SIZE), unit(2, TEXT_DIM))
     out["pred_masks"].square().mean().backward()  # masks depend on the prompts only through the decoder
-    for parameter in (model.decoder.text.project.linear.weight, model.decoder.text.cross_attention[0].multihead_attn.in_proj_weight):
+    for parameter in (
+        model.decoder.text.project.linear.weight,
+        model.decoder.text.cross_attention[0].multihead_attn.in_proj_weight,
+    ):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
 
 
@@ -198,7 +201,9 @@ def test_clip_backbone_is_frozen_and_outside_the_state_dict(vision_cfg):
     clip = _tiny_clip(vision_cfg)
     clip_params = {id(p) for p in clip.visual.parameters()}
     clip_before = {k: v.clone() for k, v in clip.visual.state_dict().items()}
-    model = build_mask_proposal_model(tiny_config(backbone="clip"), text_dim=clip.text_projection.shape[1], clip_visual=clip.visual)
+    model = build_mask_proposal_model(
+        tiny_config(backbone="clip"), text_dim=clip.text_projection.shape[1], clip_visual=clip.visual
+    )
     model.train()
     assert not clip.visual.training  # the tower stays in eval mode (frozen BatchNorm)
     assert not clip_params & {id(p) for p in model.parameters()}
@@ -288,7 +293,9 @@ def test_pre_norm_variant_respects_padding(text_mode):
     images, text = torch.randn(1, 3, SIZE, SIZE), unit(1, 2, TEXT_DIM)
     with torch.no_grad():
         plain = model(images, text)["pred_masks"]
-        padded = model(images, torch.cat([text, unit(1, 1, TEXT_DIM)], 1), torch.tensor([[True, True, False]]))["pred_masks"]
+        padded = model(images, torch.cat([text, unit(1, 1, TEXT_DIM)], 1), torch.tensor([[True, True, False]]))[
+            "pred_masks"
+        ]
         other = model(images, unit(1, 2, TEXT_DIM))["pred_masks"]
     torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
     assert (other - plain).abs().max() > 1e-4

@@ -9,7 +9,8 @@ from pmp.modeling.ms_deform_attn import ms_deform_attn
 
 
 def _bilinear(feature: torch.Tensor, x: float, y: float) -> torch.Tensor:
-    """Sample feature (H, W, D) at normalised (x, y); pixel (i, j) has its centre at ((j+.5)/W, (i+.5)/H); zeros outside."""
+    """Sample feature (H, W, D) at normalised (x, y); pixel (i, j) has its centre at ((j+.5)/W, (i+.5)/H);
+    zeros outside."""
     height, width, depth = feature.shape
     px, py = x * width - 0.5, y * height - 0.5
     x0, y0 = math.floor(px), math.floor(py)

@@ -107,7 +107,7 @@ def test_lone_surrogates_are_refused_before_parsing() -> None:
 
 def test_zero_width_and_bidi_characters_are_dropped_but_emoji_joiners_stay() -> None:
     assert parse_prompts("\u200bsky\u200b, \u202egod\u202c, \u2066\u2069, \ufeffcar") == ["sky", "god", "car"]
-    family = "\U0001F468\u200d\U0001F469\u200d\U0001F467"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
     assert parse_prompts(f"{family}, \u200ddog\u200c") == [family, "dog"]
 
 

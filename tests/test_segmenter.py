@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import tiny_segmenter_config
 
 from pmp.checkpoint import CheckpointError
 from pmp.config import CLIP_MEAN, CLIP_STD, SegmenterConfig
@@ -17,7 +18,6 @@ from pmp.images import normalize_pixels
 from pmp.postprocess import semantic_inference
 from pmp.segmenter import Segmenter, StageOutputs
 from pmp.stage2 import ensemble
-from tiny import tiny_segmenter_config
 
 
 def tiny_config(text_mode: str = "pmp", **overrides) -> SegmenterConfig:
@@ -41,7 +41,9 @@ def test_ensemble_weights_the_clip_term_as_ovseg_and_odise_do() -> None:
     p = torch.tensor([[0.8, 0.2], [0.5, 0.5]])
     p_hat = torch.tensor([[0.1, 0.9], [0.25, 0.75]])
     out = ensemble(p, p_hat, 0.65)
-    expected = torch.tensor([[0.8**0.35 * 0.1**0.65, 0.2**0.35 * 0.9**0.65], [0.5**0.35 * 0.25**0.65, 0.5**0.35 * 0.75**0.65]])
+    expected = torch.tensor(
+        [[0.8**0.35 * 0.1**0.65, 0.2**0.35 * 0.9**0.65], [0.5**0.35 * 0.25**0.65, 0.5**0.35 * 0.75**0.65]]
+    )
     assert torch.allclose(out, expected, atol=1e-6)
     assert torch.allclose(ensemble(p, p_hat, 0.0), p) and torch.allclose(ensemble(p, p_hat, 1.0), p_hat)
     assert SegmenterConfig().clip_weight == 0.65
@@ -96,7 +98,9 @@ def test_eq1_stage1_scores_are_softmax_of_model_logits(segmenter: Segmenter, ima
     probs = logits.softmax(-1)
     assert np.allclose(out.p, probs[:, :-1].numpy(), atol=1e-6)
     assert np.allclose(out.no_object, probs[:, -1].numpy(), atol=1e-6)
-    assert np.allclose(out.p_out, ensemble(torch.from_numpy(out.p), torch.from_numpy(out.p_hat), 0.65).numpy(), atol=1e-6)
+    assert np.allclose(
+        out.p_out, ensemble(torch.from_numpy(out.p), torch.from_numpy(out.p_hat), 0.65).numpy(), atol=1e-6
+    )
 
 
 def test_result_fields_and_shapes(segmenter: Segmenter, image: np.ndarray) -> None:
@@ -134,7 +138,12 @@ def test_bad_options_are_clear_errors(segmenter: Segmenter, image: np.ndarray) -
 
 def test_save_load_gives_identical_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
     segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["README.md", "checksums.json", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "README.md",
+        "checksums.json",
+        "config.json",
+        "model.safetensors",
+    ]
     loaded = Segmenter.from_pretrained(tmp_path / "ckpt")
     a, b = segmenter.segment(image, ["sky", "car"]), loaded.segment(image, ["sky", "car"])
     assert np.array_equal(a.semantic, b.semantic)
@@ -187,8 +196,9 @@ def test_missing_files_and_bad_config_are_clear_errors(segmenter: Segmenter, tmp
         Segmenter.from_pretrained(folder)
 
 
-def test_from_pretrained_reads_a_prepopulated_hub_cache_offline(segmenter: Segmenter, image: np.ndarray, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_pretrained_reads_a_prepopulated_hub_cache_offline(
+    segmenter: Segmenter, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "hub"
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = cache / "models--someone--pmp-tiny" / "snapshots" / commit
@@ -224,15 +234,47 @@ def test_cli_writes_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: P
     images.mkdir()
     Image.fromarray(image).save(images / "one.png")
     Image.fromarray(image[:, ::-1].copy()).save(images / "two.jpg")
-    assert main(["segment", str(images), "--prompts", "sky, car", "--checkpoint", str(folder), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(images),
+                "--prompts",
+                "sky, car",
+                "--checkpoint",
+                str(folder),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     written = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
     for stem in ("one", "two"):
         assert any(name.startswith(stem) and name.endswith(".json") for name in written), written
-        assert sum(name.startswith(stem) and name.endswith(".png") for name in written) >= 4  # overlay, label map, 2 masks
-    assert main(["segment", str(tmp_path / "missing.png"), "--prompts", "sky", "--checkpoint", str(folder), "--out", str(tmp_path / "o2")]) == 2
+        assert (
+            sum(name.startswith(stem) and name.endswith(".png") for name in written) >= 4
+        )  # overlay, label map, 2 masks
+    assert (
+        main(
+            [
+                "segment",
+                str(tmp_path / "missing.png"),
+                "--prompts",
+                "sky",
+                "--checkpoint",
+                str(folder),
+                "--out",
+                str(tmp_path / "o2"),
+            ]
+        )
+        == 2
+    )
 
 
-def test_cli_gives_inputs_with_one_stem_their_own_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: Path, capsys) -> None:
+def test_cli_gives_inputs_with_one_stem_their_own_outputs(
+    segmenter: Segmenter, image: np.ndarray, tmp_path: Path, capsys
+) -> None:
     from pmp.cli import main
 
     folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
@@ -241,7 +283,21 @@ def test_cli_gives_inputs_with_one_stem_their_own_outputs(segmenter: Segmenter, 
     Image.fromarray(image).save(images / "a.png")
     Image.fromarray(image[::-1].copy()).save(images / "a.jpg")
     Image.fromarray(image).save(images / "b.png")
-    assert main(["segment", str(images), "--prompts", "sky, car", "--checkpoint", str(folder), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(images),
+                "--prompts",
+                "sky, car",
+                "--checkpoint",
+                str(folder),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     jsons = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
     assert jsons == ["a_jpg.json", "a_png.json", "b.json"]
     summaries = {name: json.loads((tmp_path / "out" / name).read_text()) for name in jsons}
@@ -249,7 +305,9 @@ def test_cli_gives_inputs_with_one_stem_their_own_outputs(segmenter: Segmenter, 
     assert "wrote results for 3 of 3 image(s)" in capsys.readouterr().out
 
 
-def test_large_weights_are_sharded_and_load_identically(segmenter: Segmenter, image: np.ndarray, tmp_path: Path) -> None:
+def test_large_weights_are_sharded_and_load_identically(
+    segmenter: Segmenter, image: np.ndarray, tmp_path: Path
+) -> None:
     folder = segmenter.save_pretrained(tmp_path / "sharded", max_shard_size="1MB")
     shards = sorted(p.name for p in folder.glob("model-*-of-*.safetensors"))
     assert len(shards) >= 2 and (folder / "model.safetensors.index.json").is_file()
@@ -266,7 +324,9 @@ def test_large_weights_are_sharded_and_load_identically(segmenter: Segmenter, im
         Segmenter.from_pretrained(folder)
 
 
-def test_bundled_names_win_over_same_named_folders_without_a_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundled_names_win_over_same_named_folders_without_a_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pmp import checkpoint
 
     bundled = tmp_path / "bundled"

@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from pmp.config import TEXT_MODES
+from pmp.modeling import build_mask_proposal_model
 from pmp.modeling.layers import CrossAttentionLayer
 from pmp.modeling.text_conditioning import QuerySequence, TextConditioning, TextTokens
-from pmp.modeling import build_mask_proposal_model
 from tests.test_modeling import NUM_QUERIES, SIZE, TEXT_DIM, tiny_config, tiny_model, unit
 
 DIM = 8
 
 
-def single_head_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mha: torch.nn.MultiheadAttention) -> torch.Tensor:
+def single_head_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mha: torch.nn.MultiheadAttention
+) -> torch.Tensor:
     """softmax(Q W_q (K W_k)^T / sqrt(d)) V W_v W_o + biases, written out for one head."""
     w_q, w_k, w_v = mha.in_proj_weight.chunk(3)
     b_q, b_k, b_v = mha.in_proj_bias.chunk(3)
@@ -54,8 +56,12 @@ def test_pmp_residual_keeps_the_earlier_placement() -> None:
     x, pos = torch.randn(1, 5, DIM), torch.randn(1, 5, DIM)
     text = TextTokens(torch.randn(1, 3, DIM), torch.zeros(1, 3, dtype=torch.bool), all_real=True)
     stream, query = conditioning.before_cross_attention(0, QuerySequence(x, pos, None, 5), text)
-    expected = F.layer_norm(x + single_head_attention(x + pos, text.tokens, text.tokens, block.multihead_attn), (DIM,),
-                            block.norm.weight, block.norm.bias)
+    expected = F.layer_norm(
+        x + single_head_attention(x + pos, text.tokens, text.tokens, block.multihead_attn),
+        (DIM,),
+        block.norm.weight,
+        block.norm.bias,
+    )
     assert query is None
     torch.testing.assert_close(stream, expected, atol=1e-6, rtol=1e-5)
 
@@ -72,8 +78,13 @@ def test_joining_only_the_cross_attention_would_leave_the_queries_unchanged() ->
     mask[..., 0] = False  # every query sees at least one pixel
     text_rows = torch.zeros(2 * 2, 3, 11, dtype=torch.bool)
     alone = layer(queries, memory, pos=None, query_pos=pos, attn_mask=mask)
-    joined = layer(torch.cat([queries, text], 1), memory, pos=None, query_pos=torch.cat([pos, text_pos], 1),
-                   attn_mask=torch.cat([mask, text_rows], 1))
+    joined = layer(
+        torch.cat([queries, text], 1),
+        memory,
+        pos=None,
+        query_pos=torch.cat([pos, text_pos], 1),
+        attn_mask=torch.cat([mask, text_rows], 1),
+    )
     torch.testing.assert_close(joined[:, :5], alone, atol=1e-6, rtol=1e-5)
 
 
@@ -109,7 +120,9 @@ def test_every_shared_parameter_starts_equal_across_text_modes(decoder) -> None:
     states = {}
     for mode in TEXT_MODES:
         torch.manual_seed(123)
-        states[mode] = build_mask_proposal_model(tiny_config(decoder=decoder, text_mode=mode), text_dim=TEXT_DIM).state_dict()
+        states[mode] = build_mask_proposal_model(
+            tiny_config(decoder=decoder, text_mode=mode), text_dim=TEXT_DIM
+        ).state_dict()
     baseline = states["none"]
     for mode, state in states.items():
         shared = set(state) & set(baseline)

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiny import tiny_segmenter_config
+
+from train.configs import SegTrainConfig
 from train.losses import SetCriterion
 from train.runtime import NonFiniteLossError, checkpoint_problem, latest_valid_checkpoint, list_checkpoints
-from train.configs import SegTrainConfig
 from train.train_segmenter import ResumeError, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def tiny_train_config(text_mode: str = "pmp", **overrides) -> SegTrainConfig:
     model = tiny_segmenter_config(text_mode)
-    settings = dict(model=model, crop_size=64, batch_size=2, steps=6, lr=1e-3, warmup_steps=1, clip_grad_norm=1.0,
-                    checkpoint_every=3, log_every=1, eval_limit=0, seed=3)
+    settings = dict(
+        model=model,
+        crop_size=64,
+        batch_size=2,
+        steps=6,
+        lr=1e-3,
+        warmup_steps=1,
+        clip_grad_norm=1.0,
+        checkpoint_every=3,
+        log_every=1,
+        eval_limit=0,
+        seed=3,
+    )
     settings.update(overrides)
     return SegTrainConfig(**settings)
 
@@ -89,8 +100,20 @@ def test_two_process_gloo_run_agrees_on_weights(tmp_path: Path) -> None:
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "train.train_segmenter", "--config", str(config_path), "--out", str(tmp_path / "run")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "train.train_segmenter",
+        "--config",
+        str(config_path),
+        "--out",
+        str(tmp_path / "run"),
+    ]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     final = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
@@ -128,7 +151,15 @@ def test_model_cards_record_no_path_of_the_training_machine(tmp_path) -> None:
 
     inside = tmp_path / "runs" / "pmp"
     argv = ["--out", str(inside), "--init-clip", "/somewhere/else/tiny-clip", "--steps", "10", "relative/dir"]
-    assert portable_arguments(argv, root=tmp_path) == ["--out", "runs/pmp", "--init-clip", "<...>/tiny-clip", "--steps", "10", "relative/dir"]
+    assert portable_arguments(argv, root=tmp_path) == [
+        "--out",
+        "runs/pmp",
+        "--init-clip",
+        "<...>/tiny-clip",
+        "--steps",
+        "10",
+        "relative/dir",
+    ]
 
 
 def test_no_committed_text_file_holds_an_absolute_path_of_a_machine() -> None:
@@ -142,10 +173,17 @@ def test_no_committed_text_file_holds_an_absolute_path_of_a_machine() -> None:
     offenders = []
     for name in files:
         path = root / name
-        if path.suffix not in {".py", ".md", ".json", ".txt", ".toml", ".ini", ".cfg", ".yml", ".yaml"} or not path.is_file():
+        if (
+            path.suffix not in {".py", ".md", ".json", ".txt", ".toml", ".ini", ".cfg", ".yml", ".yaml"}
+            or not path.is_file()
+        ):
             continue
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            if pattern.search(line) and "test_no_committed_text_file" not in line and "pattern = re.compile" not in line:
+            if (
+                pattern.search(line)
+                and "test_no_committed_text_file" not in line
+                and "pattern = re.compile" not in line
+            ):
                 offenders.append(f"{name}:{number}: {line.strip()[:100]}")
     assert not offenders, "\n".join(offenders)
 
@@ -208,4 +246,6 @@ def test_resuming_with_another_config_says_what_differs(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match=r"lr: 0\.001 -> 0\.002"):
         train(tiny_train_config(steps=6, checkpoint_every=3, lr=2e-3), tmp_path)
     train(tiny_train_config(steps=6, checkpoint_every=3), tmp_path)  # only a longer schedule: resumes
-    assert [r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r] == list(range(1, 7))
+    assert [
+        r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r
+    ] == list(range(1, 7))

@@ -53,7 +53,10 @@ def test_colourise_tints_labelled_pixels_and_keeps_the_rest():
 def test_colourise_resizes_a_smaller_label_map():
     image, semantic = _scene()
     half = semantic[::2, ::2]
-    assert colourise(image, half, boundaries=False)[10, 5].tolist() == colourise(image, semantic, boundaries=False)[10, 5].tolist()
+    assert (
+        colourise(image, half, boundaries=False)[10, 5].tolist()
+        == colourise(image, semantic, boundaries=False)[10, 5].tolist()
+    )
 
 
 def test_overlay_adds_a_legend_below_the_image():
@@ -85,7 +88,7 @@ def test_overlay_rejects_inconsistent_inputs():
 
 def test_overlay_renders_long_and_non_latin_labels():
     image, semantic = _scene()
-    result = overlay(image, semantic, ["a very long label " * 10, "\u732b \U0001F408 \u0434\u043e\u043c"])
+    result = overlay(image, semantic, ["a very long label " * 10, "\u732b \U0001f408 \u0434\u043e\u043c"])
     assert result.height > 40
 
 
@@ -144,7 +147,7 @@ def test_proposal_grid_lays_out_100_proposals_in_ten_columns_in_score_order():
     by_score = proposal_grid(proposals, image, captions, sort_by_scores=np.arange(100))
     by_index = proposal_grid(proposals, image, captions)
     assert by_score.size == by_index.size == (10 * 100, 10 * (96 + 12 + 6 + 4))
-    columns, rows = by_score.size[0] // 100, by_score.size[1] // (96 + 12 + 6 + 4)
+    columns = by_score.size[0] // 100
 
     def highlighted(grid: Image.Image, cell: int) -> int:  # pixels of the mask colour in one thumbnail
         x, y = cell % columns * 100, cell // columns * (96 + 12 + 6 + 4)
@@ -173,11 +176,22 @@ def test_save_outputs_writes_every_file(tmp_path):
     )
     paths = save_outputs(result, image, tmp_path / "out", "photo")
     assert paths["overlay"].is_file() and paths["label_map"].is_file() and paths["json"].is_file()
-    assert [p.name for p in paths["masks"]] == ["photo_mask_00_sky.png", "photo_mask_01_red_car.png", "photo_mask_02_cat.png"]
+    assert [p.name for p in paths["masks"]] == [
+        "photo_mask_00_sky.png",
+        "photo_mask_01_red_car.png",
+        "photo_mask_02_cat.png",
+    ]
     assert np.asarray(Image.open(paths["masks"][1]))[0, 25] == 255
     assert not np.asarray(Image.open(paths["masks"][2])).any()
     summary = json.loads(paths["json"].read_text())
     assert summary["labels"] == ["sky", "red car", "cat"]
-    assert summary["selected"][1] == {"label": "red car", "proposal": 1, "p": 0.7, "p_hat": 0.6, "p_out": 0.65, "pixels": 800}
+    assert summary["selected"][1] == {
+        "label": "red car",
+        "proposal": 1,
+        "p": 0.7,
+        "p_hat": 0.6,
+        "p_out": 0.65,
+        "pixels": 800,
+    }
     assert summary["files"]["label_map_no_label_value"] == 255
     assert summary["files"]["masks"][0] == "photo_mask_00_sky.png"

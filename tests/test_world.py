@@ -13,8 +13,14 @@ SEEN_IDS = {vocab.CLASS_ID[c] for c in vocab.SEEN_CLASSES}
 
 
 def _scene_bytes(scene: world.Scene) -> tuple:
-    return (scene.image.tobytes(), scene.semantic.tobytes(), scene.parts.tobytes(), scene.instances.tobytes(),
-            tuple(scene.captions), [(o.instance_id, o.class_name, o.colour, o.bbox) for o in scene.objects])
+    return (
+        scene.image.tobytes(),
+        scene.semantic.tobytes(),
+        scene.parts.tobytes(),
+        scene.instances.tobytes(),
+        tuple(scene.captions),
+        [(o.instance_id, o.class_name, o.colour, o.bbox) for o in scene.objects],
+    )
 
 
 # -------------------------------------------------------------------------------------------- determinism
@@ -51,7 +57,9 @@ def test_every_class_a_caption_names_is_in_the_label_map(render) -> None:
         for caption in scene.captions:
             named = world.classes_named(caption)
             assert named, f"seed {seed}: caption names no class: {caption!r}"
-            assert named <= present, f"seed {seed}: {caption!r} names {sorted(named - present)} not in {sorted(present)}"
+            assert named <= present, (
+                f"seed {seed}: {caption!r} names {sorted(named - present)} not in {sorted(present)}"
+            )
 
 
 def test_large_visible_objects_are_named() -> None:
@@ -101,7 +109,9 @@ def test_training_scenes_contain_only_seen_classes() -> None:
 
 
 def test_training_target_ignores_unseen_classes() -> None:
-    scene = next(s for s in (world.render_scene(i, 64) for i in range(100)) if set(s.present_classes()) - set(vocab.SEEN_CLASSES))
+    scene = next(
+        s for s in (world.render_scene(i, 64) for i in range(100)) if set(s.present_classes()) - set(vocab.SEEN_CLASSES)
+    )
     target = world.training_target(scene)
     unseen = np.isin(scene.semantic, [vocab.CLASS_ID[c] for c in vocab.UNSEEN_CLASSES])
     assert unseen.any() and np.all(target[unseen] == 255)
@@ -148,7 +158,9 @@ def test_benchmark_granularity() -> None:
     for index in range(15):
         scene, label = world.benchmark_scene(voc, index, 64)
         assert np.all(label[np.isin(scene.semantic, stuff_ids)] == 255)
-        assert {vocab.CLASS_NAMES[i] for i in np.unique(scene.semantic)} <= set(vocab.STUFF_CLASSES) | set(voc.class_names)
+        assert {vocab.CLASS_NAMES[i] for i in np.unique(scene.semantic)} <= set(vocab.STUFF_CLASSES) | set(
+            voc.class_names
+        )
         scene, label = world.benchmark_scene(full, index, 64)
         assert not np.any(label == 255)
         unseen_in_full |= {full.class_names[i] for i in np.unique(label) if not full.seen[i]}

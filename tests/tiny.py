@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, DecoderConfig, PixelDecoderConfig, SegmenterConfig, tiny_clip_model_cfg
+from pmp.config import (
+    CLIP_MEAN,
+    CLIP_STD,
+    BackboneConfig,
+    CLIPConfig,
+    DecoderConfig,
+    PixelDecoderConfig,
+    SegmenterConfig,
+    tiny_clip_model_cfg,
+)
 
 
 def tiny_segmenter_config(
@@ -19,8 +28,14 @@ def tiny_segmenter_config(
         clip=CLIPConfig(model_name="tiny", model_cfg=tiny_clip_model_cfg(), templates=templates),
         backbone=BackboneConfig(kind="clip"),
         pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=32, mask_dim=32),
-        decoder=DecoderConfig(hidden_dim=32, num_queries=num_queries, num_layers=num_layers, num_heads=2, dim_feedforward=64,
-                              text_mode=text_mode),
+        decoder=DecoderConfig(
+            hidden_dim=32,
+            num_queries=num_queries,
+            num_layers=num_layers,
+            num_heads=2,
+            dim_feedforward=64,
+            text_mode=text_mode,
+        ),
         image_size=64,
         pixel_mean=CLIP_MEAN,
         pixel_std=CLIP_STD,

@@ -96,8 +96,10 @@ def build_batch(
         present = labelled[np.isin(labelled, prompt_ids)]  # the labelled classes that were prompted get targets
         position = {int(c): i for i, c in enumerate(prompt_ids)}
         labels = torch.tensor([position[int(c)] for c in present], dtype=torch.int64)
-        masks = torch.from_numpy(np.stack([sample.label == c for c in present])) if present.size else torch.zeros(
-            (0, *sample.label.shape), dtype=torch.bool
+        masks = (
+            torch.from_numpy(np.stack([sample.label == c for c in present]))
+            if present.size
+            else torch.zeros((0, *sample.label.shape), dtype=torch.bool)
         )
         targets.append({"labels": labels.to(device), "masks": masks.to(device)})
     max_prompts = max(len(p) for p in prompt_lists)

@@ -30,12 +30,24 @@ CLIP_WEIGHT_SWEEP = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # Eq. 3's exponent of
 
 def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int) -> None:
     """Run commands side by side with ``threads_each`` torch threads each; fail if any fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads_each), "MKL_NUM_THREADS": str(threads_each), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads_each),
+        "MKL_NUM_THREADS": str(threads_each),
+        "PYTHONPATH": str(ROOT),
+    }
     processes = []
     for command, log in zip(commands, logs):
         log.parent.mkdir(parents=True, exist_ok=True)
         handle = log.open("a")
-        processes.append((subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT), handle, command, log))
+        processes.append(
+            (
+                subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT),
+                handle,
+                command,
+                log,
+            )
+        )
     failed = []
     for process, handle, command, log in processes:
         if process.wait() != 0:
@@ -48,8 +60,20 @@ def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int)
 def train_clip(runs: Path, checkpoints: Path, steps: int | None) -> None:
     """DDP over one process per core (gloo): small convolutions use one core far better than two threads."""
     processes = max(1, min(2, os.cpu_count() or 1))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-               "-m", "train.train_clip", "--out", str(runs / "clip"), "--batch-size", str(64 // processes)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+        "-m",
+        "train.train_clip",
+        "--out",
+        str(runs / "clip"),
+        "--batch-size",
+        str(64 // processes),
+    ]
     if steps:
         command += ["--steps", str(steps)]
     run_parallel([command], [runs / "clip.log"], threads_each=1)
@@ -71,8 +95,17 @@ def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | Non
         group = names[start : start + 2]
         commands = []
         for name in group:
-            command = [sys.executable, "-m", "train.train_segmenter", "--recipe", f"world-{'baseline' if models[name] == 'none' else models[name]}",
-                       "--out", os.path.relpath(runs / name, ROOT), "--init-clip", "checkpoints/tiny-clip"]
+            command = [
+                sys.executable,
+                "-m",
+                "train.train_segmenter",
+                "--recipe",
+                f"world-{'baseline' if models[name] == 'none' else models[name]}",
+                "--out",
+                os.path.relpath(runs / name, ROOT),
+                "--init-clip",
+                "checkpoints/tiny-clip",
+            ]
             if steps:
                 command += ["--steps", str(steps)]
             commands.append(command)
@@ -80,7 +113,9 @@ def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | Non
         if checkpoints is not None:
             for name in group:
                 card = (runs / name / "model" / "README.md").read_text()
-                Segmenter.from_pretrained(runs / name / "model").save_pretrained(checkpoints / name, model_card=card, half_precision=True)
+                Segmenter.from_pretrained(runs / name / "model").save_pretrained(
+                    checkpoints / name, model_card=card, half_precision=True
+                )
 
 
 def evaluate_models(
@@ -95,11 +130,16 @@ def evaluate_models(
         results[name] = {}
         for benchmark in BENCHMARKS:
             started = time.perf_counter()
-            metrics = evaluate(segmenter, load_benchmark(benchmark), limit=limit, clip_weight_sweep=sweep, show_progress=False)
+            metrics = evaluate(
+                segmenter, load_benchmark(benchmark), limit=limit, clip_weight_sweep=sweep, show_progress=False
+            )
             metrics["seconds"] = round(time.perf_counter() - started, 1)
             results[name][benchmark] = metrics
-            print(f"{name:>14} {benchmark:>12}: mIoU {metrics['miou']:.3f} seen {metrics['miou_seen']:.3f} "
-                  f"unseen {metrics['miou_unseen']:.3f} recall {metrics['proposal_recall']:.3f}", flush=True)
+            print(
+                f"{name:>14} {benchmark:>12}: mIoU {metrics['miou']:.3f} seen {metrics['miou_seen']:.3f} "
+                f"unseen {metrics['miou_unseen']:.3f} recall {metrics['proposal_recall']:.3f}",
+                flush=True,
+            )
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(to_json(results) + "\n")
     return results
@@ -119,16 +159,28 @@ def investigate_stage2(model_dirs: dict[str, Path], out_json: Path, limit: int) 
     from train.evaluate import evaluate, load_benchmark, to_json
 
     results: dict[str, dict[str, dict[str, float]]] = {}
-    lines = ["| model | stage 2 | " + " | ".join(f"{b} mIoU (all / unseen)" for b in BENCHMARKS) + " |",
-             "|---|---|" + "---|" * len(BENCHMARKS)]
+    lines = [
+        "| model | stage 2 | " + " | ".join(f"{b} mIoU (all / unseen)" for b in BENCHMARKS) + " |",
+        "|---|---|" + "---|" * len(BENCHMARKS),
+    ]
     for name, folder in model_dirs.items():
         segmenter = Segmenter.from_pretrained(folder)
         for variant, (mode, weight) in STAGE2_VARIANTS.items():
             cells = []
             for benchmark in BENCHMARKS:
-                m = evaluate(segmenter, load_benchmark(benchmark), limit=limit, clip_weight=weight, stage2_mode=mode,
-                             proposal_recall=False, show_progress=False)
-                results.setdefault(name, {}).setdefault(variant, {})[benchmark] = {"miou": m["miou"], "miou_unseen": m["miou_unseen"]}
+                m = evaluate(
+                    segmenter,
+                    load_benchmark(benchmark),
+                    limit=limit,
+                    clip_weight=weight,
+                    stage2_mode=mode,
+                    proposal_recall=False,
+                    show_progress=False,
+                )
+                results.setdefault(name, {}).setdefault(variant, {})[benchmark] = {
+                    "miou": m["miou"],
+                    "miou_unseen": m["miou_unseen"],
+                }
                 cells.append(f"{100 * m['miou']:.1f} / {_pct(m['miou_unseen'])}")
             lines.append(f"| {name} | {variant} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
@@ -166,8 +218,15 @@ def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -
             weights = [row["clip_weight"] for row in rows]
             for key, style in styles.items():
                 values = [100 * row[key] if row[key] is not None else float("nan") for row in rows]
-                axis.plot(weights, values, style, color=f"C{index}", marker="o", markersize=3,
-                          label=f"{name} {key.replace('miou', 'mIoU').replace('_', ' ')}")
+                axis.plot(
+                    weights,
+                    values,
+                    style,
+                    color=f"C{index}",
+                    marker="o",
+                    markersize=3,
+                    label=f"{name} {key.replace('miou', 'mIoU').replace('_', ' ')}",
+                )
         axis.axvline(0.65, color="grey", linewidth=0.8)
         axis.set_title(benchmark)
         axis.set_xlabel("clip weight w (Eq. 3's lambda = 1 - w)")
@@ -185,13 +244,17 @@ def _pct(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.bundle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bundle")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--ablations", action="store_true", help="train and evaluate concat, concat_drop, text_queries")
     parser.add_argument("--evaluate-only", action="store_true")
-    parser.add_argument("--investigate", action="store_true", help="stage-2 mode and lambda variants of the bundled models")
+    parser.add_argument(
+        "--investigate", action="store_true", help="stage-2 mode and lambda variants of the bundled models"
+    )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
     parser.add_argument("--seg-steps", type=int, default=None)
@@ -205,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.ablations:
         if not args.evaluate_only:
             train_segmenters(ABLATIONS, args.runs, None, args.seg_steps)
-        dirs = {"baseline": args.checkpoints / "baseline", "pmp": args.checkpoints / "pmp",
-                **{name: args.runs / name / "model" for name in ABLATIONS}}
+        dirs = {
+            "baseline": args.checkpoints / "baseline",
+            "pmp": args.checkpoints / "pmp",
+            **{name: args.runs / name / "model" for name in ABLATIONS},
+        }
         results = evaluate_models(dirs, args.results / "ablations.json", args.eval_limit)
         (args.results / "ablations.md").write_text(markdown_table(results))
     else:

@@ -51,15 +51,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from train.class_names import (
-    COCO_SYNONYMS,
     ADE20K_150_NAMES,
     ADE20K_847_NAMES,
     COCO_STUFF_171_NAMES,
+    COCO_SYNONYMS,
     PASCAL_CONTEXT_59_NAMES,
     PASCAL_CONTEXT_459_NAMES,
     PASCAL_VOC_20_NAMES,
@@ -353,7 +354,8 @@ def build_dataset(name: str, root: str | Path, split: str = "val") -> SemSegData
 
 
 class SyntheticBenchmarkDataset(Dataset):
-    """A synthetic-world benchmark (``train.world.vocabulary.BENCHMARKS[name]``) with the :class:`SemSegDataset` interface.
+    """A synthetic-world benchmark (``train.world.vocabulary.BENCHMARKS[name]``) with the interface of
+    :class:`SemSegDataset`.
 
     Images are rendered on demand and deterministically by index, so any subset of indices (one rank's
     share in distributed evaluation) gives the same pixels as a full pass. The world marks unlabelled
@@ -374,7 +376,9 @@ class SyntheticBenchmarkDataset(Dataset):
         self.class_names = tuple(self.benchmark.class_names)
         self.seen = np.asarray(self.benchmark.seen, dtype=bool)
         if self.seen.shape != (len(self.class_names),):
-            raise ValueError(f"benchmark {name}: seen flags {self.seen.shape} do not match {len(self.class_names)} classes")
+            raise ValueError(
+                f"benchmark {name}: seen flags {self.seen.shape} do not match {len(self.class_names)} classes"
+            )
 
     @property
     def num_classes(self) -> int:

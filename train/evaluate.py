@@ -29,8 +29,8 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -135,7 +135,9 @@ def evaluate(
             result = segmenter.segment(image, class_names, **options)
         semantic = np.asarray(result.semantic)
         if semantic.shape != label.shape:
-            raise ValueError(f"segmenter returned a {semantic.shape} map for a {label.shape} image ({dataset.name}[{index}])")
+            raise ValueError(
+                f"segmenter returned a {semantic.shape} map for a {label.shape} image ({dataset.name}[{index}])"
+            )
         semseg.update(semantic, label)
         if proposal_recall:
             recall.update(np.asarray(result.proposals), label)
@@ -146,7 +148,9 @@ def evaluate(
         metric.load_state(_all_reduce(metric.state))
     recall.load_state(_all_reduce(recall.state))
     num_images = int(_all_reduce(np.array([len(indices)], dtype=np.int64))[0])
-    seconds = float(_all_reduce(np.array([seconds], dtype=np.float64), dist.ReduceOp.MAX if world_size > 1 else None)[0])
+    seconds = float(
+        _all_reduce(np.array([seconds], dtype=np.float64), dist.ReduceOp.MAX if world_size > 1 else None)[0]
+    )
 
     scores = semseg.compute()
     nan = float("nan")
@@ -227,8 +231,10 @@ def format_table(result: dict[str, Any]) -> str:
         f"@0.5 {pct(result['proposal_recall@0.5']).strip()}, @0.75 {pct(result['proposal_recall@0.75']).strip()})",
     ]
     for row in result.get("clip_weight_sweep", []):
-        lines.append(f"clip weight {row['clip_weight']:.2f}   mIoU {pct(row['miou'])}  seen {pct(row['miou_seen'])}  "
-                     f"unseen {pct(row['miou_unseen'])}")
+        lines.append(
+            f"clip weight {row['clip_weight']:.2f}   mIoU {pct(row['miou'])}  seen {pct(row['miou_seen'])}  "
+            f"unseen {pct(row['miou_unseen'])}"
+        )
     return "\n".join(lines)
 
 
@@ -250,17 +256,30 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="real dataset layouts under --data-root:\n" + describe_layouts(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", default=None, help="a Segmenter folder, Hub id or bundled name (default: bundled PMP)")
-    parser.add_argument("--benchmark", required=True, help=f"world-* synthetic benchmark or one of {', '.join(REAL_DATASETS)}")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a Segmenter folder, Hub id or bundled name (default: bundled PMP)"
+    )
+    parser.add_argument(
+        "--benchmark", required=True, help=f"world-* synthetic benchmark or one of {', '.join(REAL_DATASETS)}"
+    )
     parser.add_argument("--data-root", type=Path, default=None, help="detectron2 datasets folder (real benchmarks)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.add_argument("--stage2", choices=("pool", "crop"), default=None, help="stage-2 CLIP classification mode")
-    parser.add_argument("--clip-weight", type=float, default=None,
-                        help="Eq. 3: exponent w of CLIP's p_hat, p_out = p^(1-w) * p_hat^w (default: the checkpoint's, 0.65)")
-    parser.add_argument("--clip-weight-sweep", type=_weights, default=(), metavar="W,W,...",
-                        help="also score these clip weights on the same stage outputs, e.g. 0,0.2,0.35,0.5,0.65,0.8,1")
+    parser.add_argument(
+        "--clip-weight",
+        type=float,
+        default=None,
+        help="Eq. 3: exponent w of CLIP's p_hat, p_out = p^(1-w) * p_hat^w (default: the checkpoint's, 0.65)",
+    )
+    parser.add_argument(
+        "--clip-weight-sweep",
+        type=_weights,
+        default=(),
+        metavar="W,W,...",
+        help="also score these clip weights on the same stage outputs, e.g. 0,0.2,0.35,0.5,0.65,0.8,1",
+    )
     parser.add_argument("--size", type=int, default=128, help="render size of synthetic benchmark images")
     parser.add_argument("--image-size", type=int, default=None, help="segmenter input size (default: its config)")
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; one GPU per rank)")
@@ -274,7 +293,9 @@ def _load_segmenter(checkpoint: str | None, device: torch.device) -> Any:
     return Segmenter.from_pretrained(checkpoint, device=device)
 
 
-def main(argv: list[str] | None = None, segmenter_factory: Callable[[str | None, torch.device], Any] | None = None) -> int:
+def main(
+    argv: list[str] | None = None, segmenter_factory: Callable[[str | None, torch.device], Any] | None = None
+) -> int:
     """CLI entry; ``segmenter_factory(checkpoint, device)`` replaces ``Segmenter.from_pretrained`` (tests)."""
     from train.runtime import cleanup_distributed, setup_distributed
 

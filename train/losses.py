@@ -207,7 +207,9 @@ class SetCriterion(nn.Module):
             classes = classes.masked_fill(~proposal_mask.to(classes.device), IGNORE_INDEX)
         class_weight = torch.ones(num_columns, device=logits.device)
         class_weight[-1] = self.no_object_weight
-        return F.cross_entropy(logits.transpose(1, 2), classes, weight=class_weight, ignore_index=IGNORE_INDEX)  # (B, M+1, Q)
+        return F.cross_entropy(
+            logits.transpose(1, 2), classes, weight=class_weight, ignore_index=IGNORE_INDEX
+        )  # (B, M+1, Q)
 
     def loss_masks(self, pred_masks: Tensor, targets: Targets, indices: Indices, num_masks: float) -> dict[str, Tensor]:
         """BCE and dice of every matched query's mask on importance-sampled points."""

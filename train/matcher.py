@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
 
 UNMATCHABLE_COST = 1e8  # finite, so scipy accepts it, and larger than any real cost
-from torch import Tensor, nn
 
 # Mask2Former samples 112 * 112 = 12544 points per mask; at its 512-px ADE20K crops the masks are
 # predicted at 1/4 resolution, 128 x 128 pixels, i.e. 0.77 points per mask pixel.
@@ -107,9 +107,7 @@ def validate_outputs_and_targets(outputs: Mapping[str, Tensor], targets: Targets
         if labels.numel() == 0:
             continue
         if int(labels.min()) < 0 or int(labels.max()) >= num_prompts:
-            raise ValueError(
-                f"target {b} labels must index its prompts, 0..{num_prompts - 1}; got {labels.tolist()}"
-            )
+            raise ValueError(f"target {b} labels must index its prompts, 0..{num_prompts - 1}; got {labels.tolist()}")
         padded = torch.isneginf(logits[b][:, labels.to(logits.device)]).all(dim=0)  # (K,)
         if bool(padded.any()):
             raise ValueError(
@@ -176,7 +174,9 @@ class HungarianMatcher(nn.Module):
                     indices.append((empty, empty.clone()))
                     continue
                 cost = self._cost(probs[b], pred_masks[b], labels, target["masks"], num_points)
-                if "proposal_mask" in outputs:  # concat / text_queries: proposals made from padded prompts are not proposals
+                if (
+                    "proposal_mask" in outputs
+                ):  # concat / text_queries: proposals made from padded prompts are not proposals
                     cost = cost.masked_fill(~outputs["proposal_mask"][b][:, None], UNMATCHABLE_COST)
                 cost_np = cost.cpu().numpy()
                 if not np.isfinite(cost_np).all():

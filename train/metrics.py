@@ -170,7 +170,8 @@ class RecallScores:
 
 
 class ProposalRecall:
-    """How well the first-stage proposals cover the ground-truth segments, whatever their classes.
+    """Proposal recall, the paper's Table 4: how well the first-stage proposals cover the ground-truth
+    segments, whatever their classes.
 
     Per image, every ground-truth segment (each class present in the label map, or with an instance
     map each distinct (class, instance) pair) gets its *best IoU* against all proposals binarised at
@@ -249,7 +250,9 @@ class ProposalRecall:
 
         Counts are exact in float64 up to 2**53, far beyond any benchmark.
         """
-        return np.concatenate([self.best_iou_sum, self.segments.astype(np.float64), self.hits.astype(np.float64).ravel()])
+        return np.concatenate(
+            [self.best_iou_sum, self.segments.astype(np.float64), self.hits.astype(np.float64).ravel()]
+        )
 
     def load_state(self, state: np.ndarray) -> None:
         k, t = self.num_classes, len(self.thresholds)

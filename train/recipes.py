@@ -14,9 +14,9 @@ import dataclasses
 from typing import Callable
 
 from pmp.config import (
-    TEXT_MODES,
     CLIP_MEAN,
     CLIP_STD,
+    TEXT_MODES,
     BackboneConfig,
     CLIPConfig,
     DecoderConfig,
@@ -35,8 +35,15 @@ def world_model(text_mode: str) -> SegmenterConfig:
         clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg(), templates=WORLD_TEMPLATES),
         backbone=BackboneConfig(kind="clip", name="tiny-clip"),
         pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=64, mask_dim=64),
-        decoder=DecoderConfig(kind="mask2former", hidden_dim=64, num_queries=24, num_layers=6, num_heads=4,
-                              dim_feedforward=256, text_mode=text_mode),
+        decoder=DecoderConfig(
+            kind="mask2former",
+            hidden_dim=64,
+            num_queries=24,
+            num_layers=6,
+            num_heads=4,
+            dim_feedforward=256,
+            text_mode=text_mode,
+        ),
         image_size=128,
         pixel_mean=CLIP_MEAN,
         pixel_std=CLIP_STD,
@@ -52,9 +59,19 @@ def world_recipe(text_mode: str) -> SegTrainConfig:
     Two deliberate departures, both because the model is tiny and trained from scratch (the CLIP
     backbone is frozen): lr 3e-4 instead of 1e-4, and gradient clipping at norm 1.0 instead of 0.01.
     """
-    return SegTrainConfig(model=world_model(text_mode), data="world", crop_size=128, batch_size=8, steps=3000,
-                          lr=3e-4, warmup_steps=100, clip_grad_norm=1.0, checkpoint_every=250, eval_limit=100,
-                          init_clip="checkpoints/tiny-clip")
+    return SegTrainConfig(
+        model=world_model(text_mode),
+        data="world",
+        crop_size=128,
+        batch_size=8,
+        steps=3000,
+        lr=3e-4,
+        warmup_steps=100,
+        clip_grad_norm=1.0,
+        checkpoint_every=250,
+        eval_limit=100,
+        init_clip="checkpoints/tiny-clip",
+    )
 
 
 def paper_model(backbone: str, decoder: str, text_mode: str, clip_name: str = "ViT-B-16") -> SegmenterConfig:
@@ -68,9 +85,18 @@ def paper_model(backbone: str, decoder: str, text_mode: str, clip_name: str = "V
     return SegmenterConfig(
         clip=CLIPConfig(model_name=clip_name, pretrained="openai", templates=("a photo of a {}.",)),
         backbone=BackboneConfig(kind="timm", name=backbone),
-        pixel_decoder=PixelDecoderConfig(kind="fpn" if decoder == "maskformer" else "msdeform", conv_dim=256, mask_dim=256),
-        decoder=DecoderConfig(kind=decoder, hidden_dim=256, num_queries=100, num_layers=6 if decoder == "maskformer" else 9,
-                              num_heads=8, dim_feedforward=2048, text_mode=text_mode),
+        pixel_decoder=PixelDecoderConfig(
+            kind="fpn" if decoder == "maskformer" else "msdeform", conv_dim=256, mask_dim=256
+        ),
+        decoder=DecoderConfig(
+            kind=decoder,
+            hidden_dim=256,
+            num_queries=100,
+            num_layers=6 if decoder == "maskformer" else 9,
+            num_heads=8,
+            dim_feedforward=2048,
+            text_mode=text_mode,
+        ),
         image_size=640,
         stage2_mode="crop" if ovseg else "pool",
         crop_top_k=100,
@@ -79,18 +105,33 @@ def paper_model(backbone: str, decoder: str, text_mode: str, clip_name: str = "V
 
 
 def paper_recipe(backbone: str, decoder: str, text_mode: str, clip_name: str = "ViT-B-16") -> SegTrainConfig:
-    return SegTrainConfig(model=paper_model(backbone, decoder, text_mode, clip_name), data="coco-stuff-171", crop_size=640,
-                          batch_size=4, steps=120_000, lr=1e-4, warmup_steps=1500, clip_grad_norm=0.01,
-                          checkpoint_every=5000, eval_every=0, eval_limit=0)
+    return SegTrainConfig(
+        model=paper_model(backbone, decoder, text_mode, clip_name),
+        data="coco-stuff-171",
+        crop_size=640,
+        batch_size=4,
+        steps=120_000,
+        lr=1e-4,
+        warmup_steps=1500,
+        clip_grad_norm=0.01,
+        checkpoint_every=5000,
+        eval_every=0,
+        eval_limit=0,
+    )
 
 
 RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
-    **{f"world-{'baseline' if m == 'none' else m}": (lambda m=m: world_recipe(m))
-       for m in TEXT_MODES},
-    **{f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
-       for b in ("resnet101d", "swin_base_patch4_window12_384") for tag, m in (("baseline", "none"), ("pmp", "pmp"))},
-    **{f"m2f-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "mask2former", m))
-       for b in ("resnet50", "swin_base_patch4_window12_384") for tag, m in (("baseline", "none"), ("pmp", "pmp"))},
+    **{f"world-{'baseline' if m == 'none' else m}": (lambda m=m: world_recipe(m)) for m in TEXT_MODES},
+    **{
+        f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
+        for b in ("resnet101d", "swin_base_patch4_window12_384")
+        for tag, m in (("baseline", "none"), ("pmp", "pmp"))
+    },
+    **{
+        f"m2f-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "mask2former", m))
+        for b in ("resnet50", "swin_base_patch4_window12_384")
+        for tag, m in (("baseline", "none"), ("pmp", "pmp"))
+    },
 }
 
 

@@ -53,7 +53,9 @@ def _legend(draw: ImageDraw.ImageDraw, x: int, y: int, ids, names, colours: np.n
     return y + _TEXT_H + 2
 
 
-def scene_grid(n: int, size: int, benchmark: str | None = None, training: bool = False, first_seed: int = 0) -> Image.Image:
+def scene_grid(
+    n: int, size: int, benchmark: str | None = None, training: bool = False, first_seed: int = 0
+) -> Image.Image:
     """Rows of [image | semantic | parts (| benchmark label)] with the first caption and a legend under each."""
     zoom = max(1, 256 // size)
     tile = size * zoom
@@ -115,8 +117,11 @@ def measure_speed(size: int, n: int = 200) -> dict[str, float]:
     """Images per second on the calling core for scenes, training scenes and object crops of ``size`` px."""
     world.render_scene(0, size)  # builds the texture bank for this size outside the timing
     result = {}
-    for name, fn in (("scene", world.render_scene), ("training", world.render_training_scene),
-                     ("crop", world.render_object_crop)):
+    for name, fn in (
+        ("scene", world.render_scene),
+        ("training", world.render_training_scene),
+        ("crop", world.render_object_crop),
+    ):
         start = time.perf_counter()
         for seed in range(n):
             fn(seed, size)

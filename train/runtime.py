@@ -230,7 +230,7 @@ def checkpoint_problem(path: Path) -> str | None:
                 if key.startswith("model."):
                     tensor = handle.get_tensor(key)
                     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                        return f"weight {key[len('model.'):]!r} holds NaN or inf"
+                        return f"weight {key[len('model.') :]!r} holds NaN or inf"
     except (SafetensorError, OSError, ValueError) as error:
         return f"unreadable ({error})"
     return None
@@ -247,12 +247,14 @@ def latest_valid_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict[str, Any]]:
+def load_training_state(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[int, dict[str, Any]]:
     """Restore model, optimizer and RNG states; returns (step, extra metadata)."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    model_state = {key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")}
+    model_state = {key[len("model.") :]: value for key, value in tensors.items() if key.startswith("model.")}
     model.load_state_dict(model_state, strict=True)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -261,7 +263,9 @@ def load_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
             state.setdefault(int(param_id), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
-    np.random.set_state(("MT19937", tensors["rng.numpy_keys"].numpy().astype(np.uint32), int(metadata["numpy_pos"]), 0, 0.0))
+    np.random.set_state(
+        ("MT19937", tensors["rng.numpy_keys"].numpy().astype(np.uint32), int(metadata["numpy_pos"]), 0, 0.0)
+    )
     version, internal, gauss = json.loads(metadata["python_rng"])
     random.setstate((version, tuple(internal), gauss))
     return int(metadata["step"]), json.loads(metadata["extra"])
@@ -287,7 +291,9 @@ class MetricsLog:
         step is ever logged twice."""
         if not (self.enabled and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", -1) <= step]
+        kept = [
+            line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", -1) <= step
+        ]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def records(self) -> list[dict[str, Any]]:

@@ -85,7 +85,9 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
     images, truths = [], []
     for name in names:
         for i in range(per_class):
-            image, _, class_name = world.render_object_crop(10_000_000 + 1_000 * names.index(name) + i, config.image_size, class_name=name)
+            image, _, class_name = world.render_object_crop(
+                10_000_000 + 1_000 * names.index(name) + i, config.image_size, class_name=name
+            )
             images.append(image)
             truths.append(class_name)
     for start in range(0, len(images), 256):
@@ -105,18 +107,45 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
     }
 
 
-def save_open_clip_folder(clip: CLIPModel, config: CLIPTrainConfig, folder: Path, metrics: dict[str, float], command: str) -> None:
+def save_open_clip_folder(
+    clip: CLIPModel, config: CLIPTrainConfig, folder: Path, metrics: dict[str, float], command: str
+) -> None:
     """open_clip's local-dir layout; weights in float16 to keep the bundled file small."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
-             for k, v in clip.open_clip.state_dict().items()}
+    state = {
+        k: v.detach().cpu().half().contiguous() if v.is_floating_point() else v.detach().cpu().contiguous()
+        for k, v in clip.open_clip.state_dict().items()
+    }
     save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})
-    preprocess = {"size": config.image_size, "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic", "resize_mode": "shortest"}
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": config.model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n")
-    lines = ["---", "library_name: open_clip", "tags:", "- clip", "- synthetic", "---", "",
-             "# Tiny CLIP for the PMP synthetic world", "",
-             "Trained contrastively (open_clip's ClipLoss) on the synthetic world's scene captions and object crops.", "",
-             "```", command, "```", "", "| metric | value |", "|---|---|"]
+    preprocess = {
+        "size": config.image_size,
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": config.model_cfg, "preprocess_cfg": preprocess}, indent=2) + "\n"
+    )
+    lines = [
+        "---",
+        "library_name: open_clip",
+        "tags:",
+        "- clip",
+        "- synthetic",
+        "---",
+        "",
+        "# Tiny CLIP for the PMP synthetic world",
+        "",
+        "Trained contrastively (open_clip's ClipLoss) on the synthetic world's scene captions and object crops.",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.4f} |" for k, v in metrics.items()]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
     for path in folder.iterdir():
@@ -135,7 +164,9 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
         no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr, betas=(0.9, 0.98), eps=1e-6,
+            lr=config.lr,
+            betas=(0.9, 0.98),
+            eps=1e-6,
         )
         loss_fn = ClipLoss(rank=ctx.rank, world_size=ctx.world_size)
         checkpoint_dir = out_dir / "checkpoints"
@@ -147,10 +178,19 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
         ddp = DistributedDataParallel(model) if ctx.enabled else model
         tokenizer = clip.tokenizer
         started = time.perf_counter()
-        for step in tqdm(range(start, config.steps), initial=start, total=config.steps, desc="train.train_clip",
-                         disable=not ctx.is_main or not sys.stderr.isatty()):
-            lr_factor = (step + 1) / config.warmup_steps if step < config.warmup_steps else 0.5 * (
-                1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
+        for step in tqdm(
+            range(start, config.steps),
+            initial=start,
+            total=config.steps,
+            desc="train.train_clip",
+            disable=not ctx.is_main or not sys.stderr.isatty(),
+        ):
+            lr_factor = (
+                (step + 1) / config.warmup_steps
+                if step < config.warmup_steps
+                else 0.5
+                * (1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
+            )
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * lr_factor
             first = (step * ctx.world_size + ctx.rank) * config.batch_size
@@ -168,8 +208,15 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
                 model.logit_scale.clamp_(0, math.log(100))
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                log.write({"step": done, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
-                           "logit_scale": float(model.logit_scale.detach().exp()), "seconds": round(time.perf_counter() - started, 2)})
+                log.write(
+                    {
+                        "step": done,
+                        "loss": float(loss.detach()),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "logit_scale": float(model.logit_scale.detach().exp()),
+                        "seconds": round(time.perf_counter() - started, 2),
+                    }
+                )
             if done % config.checkpoint_every == 0 or done == config.steps:
                 if ctx.is_main:
                     save_training_state(checkpoint_dir, done, model, optimizer, {"train_config": config.to_dict()})
@@ -189,7 +236,9 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.train_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.train_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)

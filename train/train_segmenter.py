@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from safetensors import safe_open
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pmp.checkpoint import model_card
@@ -35,8 +35,8 @@ from pmp.segmenter import Segmenter
 from train.batches import TrainingData, build_batch
 from train.configs import SegTrainConfig
 from train.losses import SetCriterion
-from train.recipes import RECIPES, get_recipe
 from train.matcher import HungarianMatcher
+from train.recipes import RECIPES, get_recipe
 from train.runtime import (
     DistributedContext,
     MetricsLog,
@@ -69,7 +69,9 @@ def build_segmenter(config: SegTrainConfig) -> Segmenter:
         model_config = dataclasses.replace(
             model_config,
             clip=dataclasses.replace(
-                model_config.clip, model_cfg=open_clip_cfg["model_cfg"], pretrained=str(clip_dir / "open_clip_model.safetensors")
+                model_config.clip,
+                model_cfg=open_clip_cfg["model_cfg"],
+                pretrained=str(clip_dir / "open_clip_model.safetensors"),
             ),
         )
     segmenter = Segmenter(model_config)
@@ -99,7 +101,9 @@ def parameter_groups(model: torch.nn.Module, config: SegTrainConfig) -> list[dic
 
 
 # ------------------------------------------------------------------------------------------- train
-def train(config: SegTrainConfig, out_dir: Path, *, resume: bool = True, restart: bool = False, command: str = "") -> dict[str, Any]:
+def train(
+    config: SegTrainConfig, out_dir: Path, *, resume: bool = True, restart: bool = False, command: str = ""
+) -> dict[str, Any]:
     """Run (or resume) one training; returns the final metrics.
 
     ``resume``: continue from the newest valid checkpoint in ``out_dir``. When ``out_dir`` holds a run
@@ -128,12 +132,16 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if isinstance(old, dict) and isinstance(new, dict):
             differences += config_differences(old, new, f"{prefix}{key}.")
-        elif old != new and not (isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and list(old) == list(new)):
+        elif old != new and not (
+            isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and list(old) == list(new)
+        ):
             differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return differences
 
 
-def _resume_point(checkpoint_dir: Path, log: MetricsLog, config: SegTrainConfig, resume: bool, restart: bool) -> Path | None:
+def _resume_point(
+    checkpoint_dir: Path, log: MetricsLog, config: SegTrainConfig, resume: bool, restart: bool
+) -> Path | None:
     """The checkpoint to resume from (None: start at step 0), or ResumeError when the folder holds a run
     that cannot be continued as asked."""
     remove_partial_writes(checkpoint_dir)
@@ -145,26 +153,33 @@ def _resume_point(checkpoint_dir: Path, log: MetricsLog, config: SegTrainConfig,
     latest = latest_valid_checkpoint(checkpoint_dir)
     found = list_checkpoints(checkpoint_dir)
     if latest is None and (found or log.records()):
-        reasons = "; ".join(f"{path.name}: {checkpoint_problem(path)}" for _, path in found) or "no checkpoint was written"
+        reasons = (
+            "; ".join(f"{path.name}: {checkpoint_problem(path)}" for _, path in found) or "no checkpoint was written"
+        )
         raise ResumeError(
-            f"{checkpoint_dir.parent} holds a training run ({len(log.records())} logged rows) but no valid checkpoint to "
-            f"resume from ({reasons}). Starting again from step 0 would overwrite it: pass --restart to do so, "
-            "or choose another --out"
+            f"{checkpoint_dir.parent} holds a training run ({len(log.records())} logged rows) but no valid "
+            f"checkpoint to resume from ({reasons}). Starting again from step 0 would overwrite it: "
+            "pass --restart to do so, or choose another --out"
         )
     if latest is not None:
         with safe_open(str(latest), framework="pt") as handle:
             saved = json.loads((handle.metadata() or {}).get("extra", "{}")).get("train_config")
         if saved is not None:
-            differences = [d for d in config_differences(saved, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES]
+            differences = [
+                d for d in config_differences(saved, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES
+            ]
             if differences:
                 raise ResumeError(
                     f"{latest} was written with another training config; resuming would mix two runs. Differences: "
-                    + "; ".join(differences) + ". Use the same config, pass --restart, or choose another --out"
+                    + "; ".join(differences)
+                    + ". Use the same config, pass --restart, or choose another --out"
                 )
     return latest
 
 
-def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, resume: bool, restart: bool, command: str) -> dict[str, Any]:
+def _train(
+    config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, resume: bool, restart: bool, command: str
+) -> dict[str, Any]:
     seed_everything(config.seed)
     segmenter = build_segmenter(config).to(ctx.device)
     data = TrainingData(config)
@@ -196,8 +211,14 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
         (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
     use_amp = config.amp and ctx.device.type == "cuda"
-    progress = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="train.train_segmenter",
-                    disable=not ctx.is_main or not sys.stderr.isatty(), dynamic_ncols=True)
+    progress = tqdm(
+        range(start_step, config.steps),
+        initial=start_step,
+        total=config.steps,
+        desc="train.train_segmenter",
+        disable=not ctx.is_main or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
     started = time.perf_counter()
     for step in progress:
         factor = poly_lr_factor(step, config.steps, config.warmup_steps)
@@ -205,7 +226,9 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
             group["lr"] = group["base_lr"] * factor
         first = (step * ctx.world_size + ctx.rank) * config.batch_size
         samples = [data.sample(first + i) for i in range(config.batch_size)]
-        images, text, text_mask, targets = build_batch(samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device)
+        images, text, text_mask, targets = build_batch(
+            samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device
+        )
         with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
             outputs = ddp_model(images, text, text_mask)
         # Diverged weights give NaN predictions; the matcher would fail on them with no step in the message.
@@ -215,12 +238,21 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
         check_finite(loss, ctx, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm) if config.clip_grad_norm > 0 else torch.tensor(0.0)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
+            if config.clip_grad_norm > 0
+            else torch.tensor(0.0)
+        )
         optimizer.step()
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            record = {"step": done, "loss": float(all_reduce(loss.detach())) / ctx.world_size, "lr": optimizer.param_groups[0]["lr"],
-                      "grad_norm": float(grad_norm), "seconds": round(time.perf_counter() - started, 2)}
+            record = {
+                "step": done,
+                "loss": float(all_reduce(loss.detach())) / ctx.world_size,
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": float(grad_norm),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
             for key in ("loss_ce", "loss_mask", "loss_dice"):
                 if key in losses:
                     record[key] = float(losses[key].detach())
@@ -248,8 +280,12 @@ def _train(config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, re
 
 def ranks_agree(model: torch.nn.Module, ctx: DistributedContext) -> bool:
     """DDP sanity check: every rank must end with the same weights; raises if they diverged."""
-    checksum = torch.stack([torch.cat([p.detach().double().flatten() for p in model.parameters()]).sum(),
-                            torch.cat([p.detach().double().flatten().abs() for p in model.parameters()]).sum()]).to(ctx.device)
+    checksum = torch.stack(
+        [
+            torch.cat([p.detach().double().flatten() for p in model.parameters()]).sum(),
+            torch.cat([p.detach().double().flatten().abs() for p in model.parameters()]).sum(),
+        ]
+    ).to(ctx.device)
     gathered = [torch.zeros_like(checksum) for _ in range(ctx.world_size)]
     dist.all_gather(gathered, checksum)
     if not all(torch.allclose(g, gathered[0], rtol=1e-9, atol=0) for g in gathered):
@@ -263,6 +299,7 @@ def _to_float(outputs: dict[str, Any]) -> dict[str, Any]:
     ``proposal_mask`` (concat and text_queries: which proposals are real) is copied to every aux layer so the
     matcher never assigns a target to a padded text query.
     """
+
     def convert(prediction: dict[str, Any]) -> dict[str, Any]:
         converted = {k: v.float() for k, v in prediction.items() if k in ("pred_logits", "pred_masks")}
         if "proposal_mask" in outputs:
@@ -279,8 +316,17 @@ def _evaluate(segmenter: Segmenter, config: SegTrainConfig, ctx: DistributedCont
     from train.evaluate import evaluate, load_benchmark
 
     segmenter.eval()
-    result = evaluate(segmenter, load_benchmark(config.eval_benchmark), limit=config.eval_limit, image_size=config.crop_size, show_progress=False)
-    return {f"eval/{config.eval_benchmark}/{key}": result[key] for key in ("miou", "miou_seen", "miou_unseen", "proposal_recall")}
+    result = evaluate(
+        segmenter,
+        load_benchmark(config.eval_benchmark),
+        limit=config.eval_limit,
+        image_size=config.crop_size,
+        show_progress=False,
+    )
+    return {
+        f"eval/{config.eval_benchmark}/{key}": result[key]
+        for key in ("miou", "miou_seen", "miou_unseen", "proposal_recall")
+    }
 
 
 def portable_arguments(argv: list[str], root: Path | None = None) -> list[str]:
@@ -304,37 +350,61 @@ def training_card(config: SegTrainConfig, metrics: dict[str, Any], command: str)
     """The model card of a trained segmenter: :func:`pmp.checkpoint.model_card` with how it was trained."""
     training = (
         "Trained with this project's `train.train_segmenter` (Mask2Former recipe: Hungarian matching, CE + BCE + dice "
-        f"with weights 2/5/5, AdamW) on `{config.data}`, crop {config.crop_size} px, batch {config.batch_size} per rank, "
+        f"with weights 2/5/5, AdamW) on `{config.data}`, crop {config.crop_size} px, "
+        f"batch {config.batch_size} per rank, "
         f"{config.steps} steps, seed {config.seed}."
     )
-    return model_card(config.model, training=training, command=command or "python -m train.train_segmenter ...", metrics=metrics)
+    return model_card(
+        config.model, training=training, command=command or "python -m train.train_segmenter ...", metrics=metrics
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.train_segmenter", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m train.train_segmenter",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--recipe", default="world-pmp", help=f"one of: {', '.join(RECIPES)}")
     parser.add_argument("--config", type=Path, default=None, help="a train_config.json instead of a recipe")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--text-mode", default=None, help="override decoder.text_mode (none, pmp, concat, concat_drop, text_queries)")
+    parser.add_argument(
+        "--text-mode", default=None, help="override decoder.text_mode (none, pmp, concat, concat_drop, text_queries)"
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--init-clip", default=None, help="a local open_clip folder (e.g. checkpoints/tiny-clip)")
     parser.add_argument("--eval-limit", type=int, default=None)
-    parser.add_argument("--present-prob", type=float, default=None, help="prompt each present class with this probability")
+    parser.add_argument(
+        "--present-prob", type=float, default=None, help="prompt each present class with this probability"
+    )
     parser.add_argument("--no-resume", action="store_true", help="start at step 0 in a fresh --out")
-    parser.add_argument("--restart", action="store_true",
-                        help="start again from step 0 in an --out that holds a run (its checkpoints and log rows are replaced)")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the final model folder to this Hub repo")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start again from step 0 in an --out that holds a run (its checkpoints and log rows are replaced)",
+    )
+    parser.add_argument(
+        "--push-to-hub", default=None, metavar="REPO_ID", help="upload the final model folder to this Hub repo"
+    )
     args = parser.parse_args(argv)
     config = SegTrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else get_recipe(args.recipe)
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "data_root": args.data_root,
-                 "init_clip": args.init_clip, "eval_limit": args.eval_limit,
-                 "present_prob": args.present_prob}
+    overrides = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "data_root": args.data_root,
+        "init_clip": args.init_clip,
+        "eval_limit": args.eval_limit,
+        "present_prob": args.present_prob,
+    }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.text_mode:
-        config.model = dataclasses.replace(config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode))
+        config.model = dataclasses.replace(
+            config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode)
+        )
         config.model.validate()
     command = "python -m train.train_segmenter " + " ".join(portable_arguments(sys.argv[1:] if argv is None else argv))
     try:

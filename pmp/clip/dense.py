@@ -17,7 +17,6 @@ from torch import Tensor
 class DenseFeatures:
     """The dense-image half of :class:`pmp.clip.CLIPModel` (a mixin: it uses ``model`` and ``device``)."""
 
-
     def dense_features(self, images: Tensor) -> Tensor:
         """(B,3,H,W) CLIP-normalised images -> (B,C,h,w) per-pixel joint-space embeddings, L2-normalised.
 
@@ -57,8 +56,12 @@ class DenseFeatures:
                 f"dense_features_from_trunk needs an open_clip ModifiedResNet image tower, not {type(visual).__name__}"
             )
         if trunk.ndim != 4:
-            raise ValueError(f"dense_features_from_trunk takes (B,D,h,w) layer-4 features, got shape {tuple(trunk.shape)}")
-        return F.normalize(self._maskclip_head(visual, trunk.to(device=self.device, dtype=visual.conv1.weight.dtype)), dim=1)
+            raise ValueError(
+                f"dense_features_from_trunk takes (B,D,h,w) layer-4 features, got shape {tuple(trunk.shape)}"
+            )
+        return F.normalize(
+            self._maskclip_head(visual, trunk.to(device=self.device, dtype=visual.conv1.weight.dtype)), dim=1
+        )
 
     @classmethod
     def _dense_resnet(cls, visual: ModifiedResNet, images: Tensor) -> Tensor:
@@ -94,11 +97,14 @@ class DenseFeatures:
         for block in blocks[:-1]:
             x = block(x)
         last = blocks[-1]
-        if isinstance(last, ResidualAttentionBlock) and getattr(last.attn, "_qkv_same_embed_dim", False) \
-                and not hasattr(last, "ln_1_kv"):
+        if (
+            isinstance(last, ResidualAttentionBlock)
+            and getattr(last.attn, "_qkv_same_embed_dim", False)
+            and not hasattr(last, "ln_1_kv")
+        ):
             attn = last.attn
-            w_v = attn.in_proj_weight[2 * width:]
-            b_v = attn.in_proj_bias[2 * width:] if attn.in_proj_bias is not None else None
+            w_v = attn.in_proj_weight[2 * width :]
+            b_v = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
             v = F.linear(last.ln_1(x), w_v, b_v)
             x = x + last.ls_1(attn.out_proj(v))
             x = x + last.ls_2(last.mlp(last.ln_2(x)))

@@ -67,16 +67,14 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
         # weights_only=True: tensors and plain containers only, never arbitrary pickled objects.
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     else:
-        raise ValueError(
-            f"unsupported CLIP weights file {str(path)!r}; accepted: {', '.join(WEIGHT_SUFFIXES)}"
-        )
+        raise ValueError(f"unsupported CLIP weights file {str(path)!r}; accepted: {', '.join(WEIGHT_SUFFIXES)}")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"CLIP weights file {str(path)!r} does not hold a state dict of tensors")
     for prefix in ("module.", "clip.", "open_clip.", "model."):  # DDP, a Segmenter, CLIPModel, other wrappers
         if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix):]: value for key, value in state.items()}
+            state = {key[len(prefix) :]: value for key, value in state.items()}
     return state
 
 

@@ -133,17 +133,6 @@ class TextEmbeddings:
             x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
         return x
 
-    def _tokenize(self, labels: Sequence[str], prompts: Sequence[str]) -> Tensor:
-        # open_clip's tokenizer silently truncates; a cut-off prompt would be a different class.
-        for label, prompt in zip(labels, prompts):
-            count = self.count_tokens(prompt)
-            if count > self.context_length:
-                raise ValueError(
-                    f"prompt {label!r} is too long for CLIP: {prompt!r} has {count} tokens, the text "
-                    f"tower takes at most {self.context_length} (start and end tokens included)"
-                )
-        return self.tokenizer(list(prompts))
-
     def longest_prompt(self, label: str) -> int:
         """Tokens of the longest template filled with ``label``, start and end tokens included."""
         return max(self.count_tokens(t.replace("{}", label)) for t in self.config.templates)
@@ -173,7 +162,7 @@ class TextEmbeddings:
         """What a label is encoded by: the label itself, or - when a filled template would not fit the text
         tower and the label is a comma-separated synonym list (ADE-847's "bus, autobus, coach, ...") - each
         synonym that fits, whose embeddings are averaged like the templates' are. Any other label that does
-        not fit is left whole, and :meth:`_tokenize` names it in its error."""
+        not fit is left whole, and :meth:`check_fits` names it in its error."""
         if "," not in label or self._fits(label):
             return [label]
         synonyms = [word.strip() for word in label.split(",") if word.strip()]
@@ -184,19 +173,21 @@ class TextEmbeddings:
         """(M,) labels -> (M, C) normalised embeddings averaged over templates (and synonyms, see
         :meth:`phrases`); one batched pass."""
         templates = self.config.templates
-        prompts, owners, owner_index = [], [], []
-        for index, label in enumerate(labels):
-            for phrase in self.phrases(label):
+        phrases = [self.phrases(label) for label in labels]
+        # open_clip's tokenizer silently truncates, and a cut-off prompt would be a different class
+        self.check_fits([phrase for label_phrases in phrases for phrase in label_phrases])
+        prompts, owner_index = [], []
+        for index, label_phrases in enumerate(phrases):
+            for phrase in label_phrases:
                 for template in templates:
                     prompts.append(template.replace("{}", phrase))
-                    owners.append(label)
                     owner_index.append(index)
-        tokens = self._tokenize(owners, prompts)  # (P, context), P = sum over labels of phrases x templates
+        tokens = self.tokenizer(prompts)  # (P, context), P = sum over labels of phrases x templates
         # Sort by length so that each chunk is truncated to similar lengths; scatter back afterwards.
         order = torch.argsort(_real_lengths(tokens))
         embeds = []
         for start in range(0, len(prompts), TEXT_BATCH):
-            chunk = order[start:start + TEXT_BATCH]
+            chunk = order[start : start + TEXT_BATCH]
             embeds.append(F.normalize(self.text_forward(tokens[chunk]), dim=-1))
         flat = torch.cat(embeds)
         flat = flat[torch.argsort(order.to(flat.device))]  # undo the sort: (P, C)

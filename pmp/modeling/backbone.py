@@ -30,7 +30,9 @@ STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 _HUB_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 
 
-def build_backbone(config: SegmenterConfig, clip_visual: nn.Module | None = None, load_weights: bool = True) -> nn.Module:
+def build_backbone(
+    config: SegmenterConfig, clip_visual: nn.Module | None = None, load_weights: bool = True
+) -> nn.Module:
     """The backbone named by ``config.backbone``; ``load_weights=False`` skips ``pretrained_file``.
 
     Skipping is for rebuilding a saved model whose checkpoint already holds the backbone weights.
@@ -41,7 +43,9 @@ def build_backbone(config: SegmenterConfig, clip_visual: nn.Module | None = None
         return TimmBackbone(cfg.name, image_size=config.image_size, pretrained_file=pretrained, freeze=cfg.freeze)
     if cfg.kind == "clip":
         if clip_visual is None:
-            raise ValueError('backbone.kind="clip" needs the CLIP image tower: pass clip_visual=<open_clip model>.visual')
+            raise ValueError(
+                'backbone.kind="clip" needs the CLIP image tower: pass clip_visual=<open_clip model>.visual'
+            )
         if hasattr(clip_visual, "layer4") and hasattr(clip_visual, "layer1"):
             return CLIPResNetBackbone(clip_visual)
         if hasattr(clip_visual, "conv1") and hasattr(clip_visual, "transformer"):
@@ -67,12 +71,13 @@ def resolve_weights_file(source: str) -> Path:
             except Exception:  # noqa: BLE001 - any miss (not cached, offline, no such file) means "try the next name"
                 continue
         raise FileNotFoundError(
-            f"backbone weights {source!r} are not in the Hugging Face cache (looked for {', '.join(_HUB_WEIGHT_FILES)}); "
-            "this project never downloads at run time: fetch them first (e.g. `hf download {source}`) or give a local file"
+            f"backbone weights {source!r} are not in the Hugging Face cache "
+            f"(looked for {', '.join(_HUB_WEIGHT_FILES)}); this project never downloads at run time: "
+            f"fetch them first (e.g. `hf download {source}`) or give a local file"
         )
     raise FileNotFoundError(
-        f"backbone weights {source!r} not found; accepted: a local .safetensors/.pth file or a Hub repo id (owner/name) "
-        "already in the Hugging Face cache"
+        f"backbone weights {source!r} not found; accepted: a local .safetensors/.pth file or a Hub repo id "
+        "(owner/name) already in the Hugging Face cache"
     )
 
 
@@ -161,8 +166,8 @@ class _FrozenCLIPTower(nn.Module):
         weight = next(self.clip_visual.parameters())
         if images.device != weight.device:
             raise ValueError(
-                f"images are on {images.device} but the CLIP image tower is on {weight.device}: the tower is owned by the "
-                "CLIP model and is not moved with MaskProposalModel.to(); move both"
+                f"images are on {images.device} but the CLIP image tower is on {weight.device}: the tower is "
+                "owned by the CLIP model and is not moved with MaskProposalModel.to(); move both"
             )
         return images.to(weight.dtype)
 
@@ -176,9 +181,7 @@ class CLIPResNetBackbone(_FrozenCLIPTower):
 
     def __init__(self, clip_visual: nn.Module):
         super().__init__(clip_visual)
-        self.out_channels: list[int] = [
-            _last_out_channels(getattr(clip_visual, f"layer{i}")) for i in range(1, 5)
-        ]
+        self.out_channels: list[int] = [_last_out_channels(getattr(clip_visual, f"layer{i}")) for i in range(1, 5)]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -218,7 +221,9 @@ class CLIPViTBackbone(_FrozenCLIPTower):
         self.patch_size = patch
         width = clip_visual.conv1.out_channels
         self.out_channels = [max(width // 4, 1), max(width // 2, 1), width, width]
-        self.neck = nn.ModuleList(self._level(width, patch, stride, out) for stride, out in zip(STRIDES, self.out_channels))
+        self.neck = nn.ModuleList(
+            self._level(width, patch, stride, out) for stride, out in zip(STRIDES, self.out_channels)
+        )
 
     @staticmethod
     def _level(width: int, patch: int, stride: int, out_channels: int) -> nn.Sequential:

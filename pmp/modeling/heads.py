@@ -44,7 +44,9 @@ class OpenVocabClassHead(nn.Module):
         classes = torch.cat([F.normalize(text_embeds, dim=-1), no_object.to(text_embeds.dtype)], dim=1)  # (B, M+1, C)
         scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         logits = scale * torch.einsum("bpc,bmc->bpm", query_embeds, classes)
-        padded = torch.cat([~text_mask, torch.zeros_like(text_mask[:, :1])], dim=1)  # (B, M+1); no-object is never padded
+        padded = torch.cat(
+            [~text_mask, torch.zeros_like(text_mask[:, :1])], dim=1
+        )  # (B, M+1); no-object is never padded
         return logits.masked_fill(padded[:, None, :], float("-inf"))
 
 

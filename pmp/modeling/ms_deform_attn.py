@@ -48,7 +48,9 @@ def ms_deform_attn(
     if len(shapes) != num_levels:
         raise ValueError(f"spatial_shapes has {len(shapes)} levels but sampling_locations has {num_levels}")
     if sum(h * w for h, w in shapes) != value.shape[1]:
-        raise ValueError(f"value has {value.shape[1]} positions but spatial_shapes sum to {sum(h * w for h, w in shapes)}")
+        raise ValueError(
+            f"value has {value.shape[1]} positions but spatial_shapes sum to {sum(h * w for h, w in shapes)}"
+        )
 
     value_per_level = value.split([h * w for h, w in shapes], dim=1)
     sampling_grids = 2 * sampling_locations - 1  # grid_sample wants [-1, 1]; align_corners=False keeps pixel centres
@@ -80,7 +82,9 @@ def ms_deform_attn_gather(
     batch, total, heads, depth = value.shape
     _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
     if len(spatial_shapes) != num_levels or sum(h * w for h, w in spatial_shapes) != total:
-        raise ValueError(f"spatial_shapes {spatial_shapes} do not fit value {tuple(value.shape)} and {num_levels} levels")
+        raise ValueError(
+            f"spatial_shapes {spatial_shapes} do not fit value {tuple(value.shape)} and {num_levels} levels"
+        )
     device = value.device
     rows = batch * heads * (total + sum(3 * (h + w) + 9 for h, w in spatial_shapes))  # of the bordered table
     index_dtype = torch.int32 if rows < 2**31 else torch.int64  # int32 halves the index traffic
@@ -104,7 +108,9 @@ def ms_deform_attn_gather(
     corner = pixel.floor()
     frac = (pixel - corner).view(batch, num_queries, heads, level_points, 2)
     corner = corner.to(index_dtype).view(batch, num_queries, heads, level_points, 2) + 1  # (x0, y0) in the bordered map
-    row_length = torch.tensor([w + 3 for _, w in spatial_shapes], dtype=index_dtype, device=device).repeat_interleave(num_points)
+    row_length = torch.tensor([w + 3 for _, w in spatial_shapes], dtype=index_dtype, device=device).repeat_interleave(
+        num_points
+    )
     level_start = torch.tensor(starts, dtype=index_dtype, device=device).repeat_interleave(num_points)  # (L*P,)
     bag_start = (torch.arange(batch * heads, dtype=index_dtype, device=device) * padded_total).view(batch, 1, heads, 1)
     top_left = corner[..., 1] * row_length + corner[..., 0] + level_start + bag_start  # (B, Lq, heads, L*P)

@@ -119,7 +119,9 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
-        normaliser = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(query.dtype)  # (L, 2) as (W, H)
+        normaliser = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1).to(
+            query.dtype
+        )  # (L, 2) as (W, H)
         locations = reference_points[:, :, None, :, None, :] + offsets / normaliser[None, None, None, :, None, :]
         if torch.is_grad_enabled() and (value.requires_grad or locations.requires_grad or weights.requires_grad):
             sampled = ms_deform_attn(value, spatial_shapes, locations, weights)  # the reference, for training

@@ -34,7 +34,9 @@ def build_mask_proposal_model(
     config.validate()
     backbone = build_backbone(config, clip_visual, load_weights=load_backbone_weights)
     pixel_decoder = build_pixel_decoder(config.pixel_decoder, backbone.out_channels)
-    decoder = build_transformer_decoder(config.decoder, config.pixel_decoder.conv_dim, config.pixel_decoder.mask_dim, text_dim)
+    decoder = build_transformer_decoder(
+        config.decoder, config.pixel_decoder.conv_dim, config.pixel_decoder.mask_dim, text_dim
+    )
     return MaskProposalModel(backbone, pixel_decoder, decoder, OpenVocabClassHead(config.decoder.hidden_dim, text_dim))
 
 
@@ -59,7 +61,9 @@ class MaskProposalModel(nn.Module):
     then one proposal per prompt) and "text_queries" (P = M, no learnable queries).
     """
 
-    def __init__(self, backbone: nn.Module, pixel_decoder: nn.Module, decoder: nn.Module, class_head: OpenVocabClassHead):
+    def __init__(
+        self, backbone: nn.Module, pixel_decoder: nn.Module, decoder: nn.Module, class_head: OpenVocabClassHead
+    ):
         super().__init__()
         self.backbone = backbone
         self.pixel_decoder = pixel_decoder
@@ -107,7 +111,9 @@ class MaskProposalModel(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
         if images.shape[2] % 32 or images.shape[3] % 32:
-            raise ValueError(f"image height and width must be multiples of 32 (pad them), got {tuple(images.shape[2:])}")
+            raise ValueError(
+                f"image height and width must be multiples of 32 (pad them), got {tuple(images.shape[2:])}"
+            )
 
     def _batch_text(
         self, text_embeds: torch.Tensor, text_mask: torch.Tensor | None, batch: int

@@ -68,7 +68,6 @@ from pmp.config import TEXT_MODES
 from pmp.modeling.layers import CrossAttentionLayer, SelfAttentionLayer
 
 
-
 @contextmanager
 def side_stream(tag: str) -> Iterator[None]:
     """Run the block on a random stream of its own, leaving torch's global CPU stream where it was.
@@ -179,10 +178,14 @@ class TextConditioning(nn.Module):
         :meth:`before_cross_attention` - PMP's Q' right before the image cross-attention.
     """
 
-    def __init__(self, mode: str, text_dim: int, hidden_dim: int, num_heads: int, num_layers: int, pre_norm: bool = False):
+    def __init__(
+        self, mode: str, text_dim: int, hidden_dim: int, num_heads: int, num_layers: int, pre_norm: bool = False
+    ):
         super().__init__()
         if mode not in TEXT_MODES:
-            raise ValueError(f"config field decoder.text_mode={mode!r} is not supported; accepted: {', '.join(TEXT_MODES)}")
+            raise ValueError(
+                f"config field decoder.text_mode={mode!r} is not supported; accepted: {', '.join(TEXT_MODES)}"
+            )
         self.mode = mode
         if mode == "none":
             return  # the baseline: no text parameters at all
@@ -208,13 +211,17 @@ class TextConditioning(nn.Module):
         pos = self.text_pos.weight.expand(text.tokens.shape[0], text.tokens.shape[1], -1)
         return content, pos  # (B, M, C) each
 
-    def start(self, queries: torch.Tensor | None, query_pos: torch.Tensor | None, text: TextTokens | None) -> QuerySequence:
+    def start(
+        self, queries: torch.Tensor | None, query_pos: torch.Tensor | None, text: TextTokens | None
+    ) -> QuerySequence:
         """queries, query_pos: (B, N, C) learnable queries (None for ``text_queries``) -> the initial sequence."""
         if self.mode == "text_queries":
             assert text is not None
             content, pos = self._as_queries(text)
             padding = None if text.all_real else text.padding_mask
-            return QuerySequence(content, pos, padding, num_proposals=content.shape[1], proposal_mask=~text.padding_mask)
+            return QuerySequence(
+                content, pos, padding, num_proposals=content.shape[1], proposal_mask=~text.padding_mask
+            )
         assert queries is not None and query_pos is not None
         if self.mode == "concat":
             assert text is not None
@@ -222,7 +229,11 @@ class TextConditioning(nn.Module):
             x = torch.cat([queries, content], dim=1)  # (B, N+M, C)
             padding = _append_padding(None, queries.shape[1], text.padding_mask)  # (B, N+M)
             return QuerySequence(
-                x, torch.cat([query_pos, pos], dim=1), None if text.all_real else padding, x.shape[1], proposal_mask=~padding
+                x,
+                torch.cat([query_pos, pos], dim=1),
+                None if text.all_real else padding,
+                x.shape[1],
+                proposal_mask=~padding,
             )
         return QuerySequence(queries, query_pos, None, num_proposals=queries.shape[1])
 
@@ -234,7 +245,11 @@ class TextConditioning(nn.Module):
         content, pos = self._as_queries(text)
         padding = None if text.all_real else _append_padding(seq.key_padding_mask, seq.x.shape[1], text.padding_mask)
         return QuerySequence(
-            torch.cat([seq.x, content], dim=1), torch.cat([seq.pos, pos], dim=1), padding, seq.num_proposals, seq.proposal_mask
+            torch.cat([seq.x, content], dim=1),
+            torch.cat([seq.pos, pos], dim=1),
+            padding,
+            seq.num_proposals,
+            seq.proposal_mask,
         )
 
     def leave_layer(self, seq: QuerySequence, entered: QuerySequence) -> QuerySequence:
@@ -269,4 +284,3 @@ def _append_padding(own: torch.Tensor | None, num_own: int, text_padding: torch.
 def self_attend(layer: SelfAttentionLayer, seq: QuerySequence) -> torch.Tensor:
     """One self-attention layer over the whole sequence, padded tokens excluded as keys."""
     return layer(seq.x, seq.pos, key_padding_mask=seq.key_padding_mask)
-

@@ -88,14 +88,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.cross_attention_layers = nn.ModuleList(
             CrossAttentionLayer(hidden_dim, num_heads, pre_norm) for _ in range(num_layers)
         )
-        self.ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, config.dim_feedforward, pre_norm) for _ in range(num_layers))
+        self.ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, config.dim_feedforward, pre_norm) for _ in range(num_layers)
+        )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         if text_mode != "text_queries":  # Fig. 5c has no learnable queries; the side stream keeps other inits equal
             with side_stream("learnable_queries"):
                 self.query_feat = nn.Embedding(config.num_queries, hidden_dim)  # learnable query content
                 self.query_embed = nn.Embedding(config.num_queries, hidden_dim)  # learnable query position
         self.level_embed = nn.Embedding(self.num_feature_levels, hidden_dim)
-        self.input_proj = nn.ModuleList(_input_projection(in_channels, hidden_dim) for _ in range(self.num_feature_levels))
+        self.input_proj = nn.ModuleList(
+            _input_projection(in_channels, hidden_dim) for _ in range(self.num_feature_levels)
+        )
         self.mask_head = MaskHead(hidden_dim, mask_dim)
         self.text = TextConditioning(text_mode, text_dim, hidden_dim, num_heads, num_layers, pre_norm)
 
@@ -129,8 +133,12 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             inside = self.text.enter_layer(seq, text)  # concat_drop: + M text tokens for this layer
             stream, query = self.text.before_cross_attention(layer, inside, text)
             inside.x = self.cross_attention_layers[layer](
-                stream, sources[level], pos=positions[level], query_pos=inside.pos,
-                attn_mask=_per_head(attn_mask, inside.num_extra, self.num_heads), query=query,
+                stream,
+                sources[level],
+                pos=positions[level],
+                query_pos=inside.pos,
+                attn_mask=_per_head(attn_mask, inside.num_extra, self.num_heads),
+                query=query,
             )
             inside.x = self_attend(self.self_attention_layers[layer], inside)
             inside.x = self.ffn_layers[layer](inside.x)

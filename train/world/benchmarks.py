@@ -6,6 +6,8 @@ import re
 
 import numpy as np
 
+from train.world.canvas import IGNORE
+from train.world.scene import Scene, _check_args, _render
 from train.world.vocabulary import (
     CLASS_ID,
     CLASS_NAMES,
@@ -16,8 +18,6 @@ from train.world.vocabulary import (
     get_benchmark,
     plural,
 )
-from train.world.canvas import IGNORE
-from train.world.scene import Scene, _check_args, _render
 
 _SALT_BENCHMARK = 37
 
@@ -34,7 +34,8 @@ def benchmark_scene_classes(benchmark: Benchmark) -> tuple[str, ...]:
 
 
 def benchmark_scene(benchmark: Benchmark | str, index: int, size: int = 128) -> tuple[Scene, np.ndarray]:
-    """(scene, label) of image ``index`` of a benchmark; label (H, W) uint8 indexes benchmark.class_names, 255 = ignore."""
+    """(scene, label) of image ``index`` of a benchmark; label (H, W) uint8 indexes benchmark.class_names,
+    255 = ignore."""
     if isinstance(benchmark, str):
         benchmark = get_benchmark(benchmark)
     if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < benchmark.num_images:
@@ -55,7 +56,8 @@ def benchmark_scene(benchmark: Benchmark | str, index: int, size: int = 128) -> 
 
 
 def benchmark_sample(benchmark: Benchmark | str, index: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(image uint8 (H, W, 3), label uint8 (H, W)) of image ``index``; label indexes benchmark.class_names, 255 = ignore."""
+    """(image uint8 (H, W, 3), label uint8 (H, W)) of image ``index``; label indexes benchmark.class_names,
+    255 = ignore."""
     scene, label = benchmark_scene(benchmark, index, size)
     return scene.image, label
 
@@ -67,4 +69,3 @@ def classes_named(text: str) -> set[str]:
     """Class names a caption mentions (whole words, singular or plural)."""
     lowered = text.lower()
     return {name for name, pattern in _CLASS_PATTERN.items() if pattern.search(lowered)}
-

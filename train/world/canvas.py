@@ -9,11 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from train.world.vocabulary import CLASS_ID, COLOURS, PART_ID
 from train.world.textures import _TEX, _pixel_grid, _texture_bank
+from train.world.vocabulary import CLASS_ID, COLOURS, PART_ID
 
 IGNORE = 255
 MIN_SIZE, MAX_SIZE = 32, 1024
+
 
 @dataclass(frozen=True)
 class _Material:
@@ -36,11 +37,26 @@ class _Canvas:
         self.materials: list[_Material] = [_Material((0.0, 0.0, 0.0), 0, 0.0, 0.0, IGNORE, IGNORE, 0)]
         self._ids: dict[_Material, int] = {}
 
-    def mat(self, rgb: tuple[float, float, float], texture: str, amp: float, cls: str, part: str | None = None,
-            inst: int = 0, grad: float = 0.0) -> int:
+    def mat(
+        self,
+        rgb: tuple[float, float, float],
+        texture: str,
+        amp: float,
+        cls: str,
+        part: str | None = None,
+        inst: int = 0,
+        grad: float = 0.0,
+    ) -> int:
         """The id of a material (allocated on first use): its look and the labels its pixels get."""
-        m = _Material(tuple(float(c) for c in rgb), _TEX[texture], amp, grad, CLASS_ID[cls],
-                      IGNORE if part is None else PART_ID[part], inst)
+        m = _Material(
+            tuple(float(c) for c in rgb),
+            _TEX[texture],
+            amp,
+            grad,
+            CLASS_ID[cls],
+            IGNORE if part is None else PART_ID[part],
+            inst,
+        )
         if m not in self._ids:
             if len(self.materials) == 256:
                 raise RuntimeError("scene uses more than 255 materials; draw fewer things")

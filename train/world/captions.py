@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from train.world.stuff import _PREPOSITION, _Layout
 from train.world.vocabulary import CLASS_ID, STUFF_CLASSES, plural
-from train.world.stuff import _Layout, _PREPOSITION
 
 if TYPE_CHECKING:
     from train.world.scene import Scene, SceneObject
@@ -123,7 +123,9 @@ def _captions(rng: np.random.Generator, scene: Scene, layout: _Layout, class_cou
     s = scene.size
     min_object = max(16, int(0.003 * s * s))
     min_stuff = max(16, int(0.01 * s * s))
-    stuff = {c: layout.phrases[c] for c in STUFF_CLASSES if c in layout.phrases and class_counts[CLASS_ID[c]] >= min_stuff}
+    stuff = {
+        c: layout.phrases[c] for c in STUFF_CLASSES if c in layout.phrases and class_counts[CLASS_ID[c]] >= min_stuff
+    }
     objs = sorted((o for o in scene.objects if o.area >= min_object), key=lambda o: -o.area)
     groups: dict[str, list[SceneObject]] = {}
     for o in objs:
@@ -151,7 +153,11 @@ def _captions(rng: np.random.Generator, scene: Scene, layout: _Layout, class_cou
         first = f"{_join(clauses)} {tail}" if clauses else f"an empty room with {_join(room) or 'nothing in it'}"
     else:
         sky_named = "sky" in by_surface
-        rest = [stuff[c] for c in STUFF_CLASSES if c in stuff and c not in ("sky", "mountain", "forest") and c not in by_surface]
+        rest = [
+            stuff[c]
+            for c in STUFF_CLASSES
+            if c in stuff and c not in ("sky", "mountain", "forest") and c not in by_surface
+        ]
         first = _join(clauses) if clauses else _join(rest) or "an empty landscape"
         if clauses and rest:
             first += f" with {_join(rest)} around"
@@ -174,8 +180,16 @@ def _captions(rng: np.random.Generator, scene: Scene, layout: _Layout, class_cou
     if objs:
         main = objs[0]
         detail = _article(_noun(main)) + _with_parts(rng, main, int(rng.integers(1, 3)))
-        verb = {"car": "parked", "truck": "parked", "bus": "waiting", "boat": "floating", "bird": "flying",
-                "dog": "standing", "cat": "sitting", "person": "standing"}.get(main.class_name, "")
+        verb = {
+            "car": "parked",
+            "truck": "parked",
+            "bus": "waiting",
+            "boat": "floating",
+            "bird": "flying",
+            "dog": "standing",
+            "cat": "sitting",
+            "person": "standing",
+        }.get(main.class_name, "")
         where = ""
         if main.surface in stuff and main.surface != "sky":
             where = f" {_PREPOSITION.get(main.surface, 'on')} {stuff[main.surface]}"
@@ -206,7 +220,9 @@ def _captions(rng: np.random.Generator, scene: Scene, layout: _Layout, class_cou
 
     # 5. counting.
     if objs:
-        counted = _join([f"{_NUMBERS[min(len(v), 9)]} {cls if len(v) == 1 else plural(cls)}" for cls, v in groups.items()])
+        counted = _join(
+            [f"{_NUMBERS[min(len(v), 9)]} {cls if len(v) == 1 else plural(cls)}" for cls, v in groups.items()]
+        )
         total = len(objs)
         captions.append(f"{_NUMBERS[min(total, 9)]} {'thing' if total == 1 else 'things'} in this picture: {counted}")
     else:

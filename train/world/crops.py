@@ -6,22 +6,24 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from train.world.canvas import IGNORE, _Canvas
+from train.world.captions import _article, _fix_articles, _noun, _with_parts
+from train.world.scene import SceneObject, _check_args
+from train.world.stuff import _PREPOSITION, _draw_forest, _draw_mountains, _Layout, _stuff_mat
+from train.world.things import _DRAW, _EXTENT, SKY_THINGS, SURFACES
 from train.world.vocabulary import (
     CLASS_ID,
     CLASS_NAMES,
     PART_NAMES,
     STUFF_CLASSES,
 )
-from train.world.canvas import IGNORE, _Canvas
-from train.world.stuff import _Layout, _PREPOSITION, _draw_forest, _draw_mountains, _stuff_mat
-from train.world.things import SKY_THINGS, SURFACES, _DRAW, _EXTENT
-from train.world.scene import SceneObject, _check_args
-from train.world.captions import _article, _fix_articles, _noun, _with_parts
 
 _SALT_CROP = 23
 
-def render_object_crop(seed: int, size: int = 128, class_name: str | None = None,
-                       classes: Iterable[str] = CLASS_NAMES) -> tuple[np.ndarray, str, str]:
+
+def render_object_crop(
+    seed: int, size: int = 128, class_name: str | None = None, classes: Iterable[str] = CLASS_NAMES
+) -> tuple[np.ndarray, str, str]:
     """One thing centred and large (or a patch of stuff), like the object photos a web CLIP learns from.
 
     Returns (image uint8 (size, size, 3), caption, class name). ``class_name`` forces the class;
@@ -47,7 +49,9 @@ def render_object_crop(seed: int, size: int = 128, class_name: str | None = None
         m = _stuff_mat(cv, rng, layout, class_name)
         if class_name in ("mountain", "forest"):
             cv.rect(0, 0, s, s, _stuff_mat(cv, rng, layout, "sky"))
-            (_draw_mountains if class_name == "mountain" else _draw_forest)(cv, rng, layout, s, s * rng.uniform(0.75, 1.0))
+            (_draw_mountains if class_name == "mountain" else _draw_forest)(
+                cv, rng, layout, s, s * rng.uniform(0.75, 1.0)
+            )
             cv.rect(-1, s * 0.97, s + 1, s + 1, m)
         else:
             cv.rect(0, 0, s, s, m)
@@ -75,13 +79,28 @@ def render_object_crop(seed: int, size: int = 128, class_name: str | None = None
     drawn = _DRAW[class_name](cv, rng, 1, cx, y, fit, 1 if rng.random() < 0.5 else -1)
     image, _, parts, instances = cv.render(rng)
     present = np.unique(parts[instances == 1])
-    obj = SceneObject(1, class_name, drawn.colour, (0, 0, s, s), int((instances == 1).sum()), drawn.part_colours,
-                      tuple(PART_NAMES[p] for p in present if p != IGNORE), None, drawn.kind)
+    obj = SceneObject(
+        1,
+        class_name,
+        drawn.colour,
+        (0, 0, s, s),
+        int((instances == 1).sum()),
+        drawn.part_colours,
+        tuple(PART_NAMES[p] for p in present if p != IGNORE),
+        None,
+        drawn.kind,
+    )
     noun = _article(_noun(obj))
     templates = (
-        "a photo of {np}.", "{np}{parts}.", "a close-up photo of a {n}.", "a photo of a {n}.", "{np}{parts}{where}",
-        "a {n}", "{np}{where}.",
+        "a photo of {np}.",
+        "{np}{parts}.",
+        "a close-up photo of a {n}.",
+        "a photo of a {n}.",
+        "{np}{parts}{where}",
+        "a {n}",
+        "{np}{where}.",
     )
     caption = templates[int(rng.integers(len(templates)))].format(
-        np=noun, n=class_name, parts=_with_parts(rng, obj, int(rng.integers(1, 3))), where=where)
+        np=noun, n=class_name, parts=_with_parts(rng, obj, int(rng.integers(1, 3))), where=where
+    )
     return image, _fix_articles(caption), class_name

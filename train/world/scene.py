@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from train.world.canvas import IGNORE, MAX_SIZE, MIN_SIZE, _Canvas
+from train.world.captions import _captions
+from train.world.stuff import _Layout, _layout
+from train.world.things import _CLASS_WEIGHT, _DRAW, SKY_THINGS, SURFACES, _Drawn, _place, _Placed
 from train.world.vocabulary import (
     CLASS_ID,
     CLASS_NAMES,
@@ -15,13 +19,10 @@ from train.world.vocabulary import (
     STUFF_CLASSES,
     THING_CLASSES,
 )
-from train.world.canvas import IGNORE, MAX_SIZE, MIN_SIZE, _Canvas
-from train.world.stuff import _Layout, _layout
-from train.world.things import SKY_THINGS, SURFACES, _CLASS_WEIGHT, _DRAW, _Drawn, _Placed, _place
-from train.world.captions import _captions
 
 # Generator salts keep the streams of scenes, crops and benchmark images apart even for equal seeds.
 _SALT_SCENE = 11
+
 
 @dataclass
 class SceneObject:
@@ -74,12 +75,15 @@ def _check_classes(classes: Iterable[str]) -> set[str]:
     if unknown:
         raise ValueError(f"unknown classes {unknown}; accepted: {', '.join(CLASS_NAMES)}")
     if not chosen & set(STUFF_CLASSES):
-        raise ValueError(f"classes must include at least one stuff class to fill the background; stuff: {', '.join(STUFF_CLASSES)}")
+        raise ValueError(
+            f"classes must include at least one stuff class to fill the background; stuff: {', '.join(STUFF_CLASSES)}"
+        )
     return chosen
 
 
-def _draw_things(cv: _Canvas, rng: np.random.Generator, layout: _Layout, s: int, allowed: set[str],
-                 count: int) -> list[tuple[int, _Placed, _Drawn]]:
+def _draw_things(
+    cv: _Canvas, rng: np.random.Generator, layout: _Layout, s: int, allowed: set[str], count: int
+) -> list[tuple[int, _Placed, _Drawn]]:
     """Choose up to ``count`` things that fit the layout, place them, and draw them far to near."""
     labels = cv.labels_now()
     # stuff drawn so far (a region may be hidden by a later one: _place checks the pixels)
@@ -97,8 +101,10 @@ def _draw_things(cv: _Canvas, rng: np.random.Generator, layout: _Layout, s: int,
         placed.append(spot)
         if cls == "sun":
             candidates.remove("sun")
-    order = sorted(range(len(placed)), key=lambda i: (
-        (0, SKY_THINGS.index(placed[i].cls), i) if placed[i].cls in SKY_THINGS else (1, placed[i].y, i)))
+    order = sorted(
+        range(len(placed)),
+        key=lambda i: (0, SKY_THINGS.index(placed[i].cls), i) if placed[i].cls in SKY_THINGS else (1, placed[i].y, i),
+    )
     drawn = []
     for inst, i in enumerate(order, start=1):
         p = placed[i]
@@ -106,8 +112,9 @@ def _draw_things(cv: _Canvas, rng: np.random.Generator, layout: _Layout, s: int,
     return drawn
 
 
-def _finish(cv: _Canvas, rng: np.random.Generator, seed: int, layout: _Layout,
-            drawn: list[tuple[int, _Placed, _Drawn]]) -> tuple[Scene, dict]:
+def _finish(
+    cv: _Canvas, rng: np.random.Generator, seed: int, layout: _Layout, drawn: list[tuple[int, _Placed, _Drawn]]
+) -> tuple[Scene, dict]:
     """Render the canvas, drop invisible things, renumber instances 1..K and collect visibility facts."""
     s = cv.size
     image, semantic, parts, instances = cv.render(rng)
@@ -120,7 +127,9 @@ def _finish(cv: _Canvas, rng: np.random.Generator, seed: int, layout: _Layout,
     instances = remap[instances]
     n_parts = len(PART_NAMES)
     part_index = np.where(parts == IGNORE, n_parts, parts)
-    part_counts = np.bincount((instances * (n_parts + 1) + part_index).ravel(), minlength=(len(visible) + 1) * (n_parts + 1))
+    part_counts = np.bincount(
+        (instances * (n_parts + 1) + part_index).ravel(), minlength=(len(visible) + 1) * (n_parts + 1)
+    )
     part_counts = part_counts.reshape(len(visible) + 1, n_parts + 1)
     ys, xs = np.nonzero(instances)
     ids = instances[ys, xs]
@@ -132,8 +141,12 @@ def _finish(cv: _Canvas, rng: np.random.Generator, seed: int, layout: _Layout,
         mask = ids == new
         bbox = (int(xs[mask].min()), int(ys[mask].min()), int(xs[mask].max()) + 1, int(ys[mask].max()) + 1)
         seen_parts = tuple(PART_NAMES[j] for j in range(n_parts) if part_counts[new, j] >= min_part)
-        objects.append(SceneObject(new, p.cls, d.colour, bbox, int(counts[old]), d.part_colours, seen_parts, p.surface, d.kind))
-    class_counts = np.bincount(np.where(semantic == IGNORE, len(CLASS_NAMES), semantic).ravel(), minlength=len(CLASS_NAMES) + 1)
+        objects.append(
+            SceneObject(new, p.cls, d.colour, bbox, int(counts[old]), d.part_colours, seen_parts, p.surface, d.kind)
+        )
+    class_counts = np.bincount(
+        np.where(semantic == IGNORE, len(CLASS_NAMES), semantic).ravel(), minlength=len(CLASS_NAMES) + 1
+    )
     scene = Scene(seed, s, image, semantic, parts, instances, objects, [], layout.kind)
     return scene, {"class_counts": class_counts}
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from train.world.vocabulary import STUFF_CLASSES
 from train.world.canvas import _Canvas, _jitter
+from train.world.vocabulary import STUFF_CLASSES
 
 # (caption phrase, RGB, texture, texture strength, vertical shading) per stuff kind.
 STUFF_LOOKS: dict[str, list[tuple[str, tuple[int, int, int], str, float, float]]] = {
@@ -87,7 +87,9 @@ def _stuff_mat(cv: _Canvas, rng: np.random.Generator, layout: _Layout, name: str
     return cv.mat(_jitter(rng, rgb, 10), texture, amp, name, grad=grad)
 
 
-def _wavy(rng: np.random.Generator, s: float, y: float, amplitude: float, points: int = 10) -> list[tuple[float, float]]:
+def _wavy(
+    rng: np.random.Generator, s: float, y: float, amplitude: float, points: int = 10
+) -> list[tuple[float, float]]:
     phase, wavelength = rng.uniform(0, 2 * math.pi), rng.uniform(0.5, 1.2) * s
     xs = np.linspace(-2, s + 2, points)
     return [(float(x), float(y + amplitude * math.sin(2 * math.pi * x / wavelength + phase))) for x in xs]
@@ -237,7 +239,9 @@ def _layout_indoor(cv: _Canvas, rng: np.random.Generator, s: int) -> _Layout:
 
 def _layout_bands(cv: _Canvas, rng: np.random.Generator, s: int, stuff: list[str]) -> _Layout:
     """Fallback for a vocabulary with no sky+ground or wall+floor pair: horizontal bands of what is allowed."""
-    chosen = [stuff[int(i)] for i in rng.choice(len(stuff), size=min(len(stuff), int(rng.integers(1, 4))), replace=False)]
+    chosen = [
+        stuff[int(i)] for i in rng.choice(len(stuff), size=min(len(stuff), int(rng.integers(1, 4))), replace=False)
+    ]
     layout = _Layout("bands", s / 2, ground=chosen[-1])
     edges = np.sort(rng.uniform(0.25, 0.75, len(chosen) - 1)) * s
     tops = [0.0, *edges]

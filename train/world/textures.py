@@ -8,8 +8,26 @@ import numpy as np
 from PIL import Image
 
 TEXTURES: tuple[str, ...] = (
-    "flat", "sky", "grass", "water", "sand", "road", "brick", "snow", "forest", "field", "mountain", "planks",
-    "smooth", "foliage", "bark", "fur", "siding", "tiles", "cloud", "glass",
+    "flat",
+    "sky",
+    "grass",
+    "water",
+    "sand",
+    "road",
+    "brick",
+    "snow",
+    "forest",
+    "field",
+    "mountain",
+    "planks",
+    "smooth",
+    "foliage",
+    "bark",
+    "fur",
+    "siding",
+    "tiles",
+    "cloud",
+    "glass",
 )
 _TEX = {name: i for i, name in enumerate(TEXTURES)}
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.world.vocabulary import CLASS_ID, CLASS_NAMES, COLOURS
-from train.world.canvas import _Canvas, _Frame, _colour, _jitter, _shade
+from train.world.canvas import _Canvas, _colour, _Frame, _jitter, _shade
 from train.world.stuff import _Layout
+from train.world.vocabulary import CLASS_ID, CLASS_NAMES, COLOURS
+
 
 @dataclass
 class _Drawn:
@@ -44,7 +45,9 @@ def _draw_car(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: f
     return _Drawn(name, {"body": name, "wheel": "black", "window": "light blue"})
 
 
-def _draw_truck(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_truck(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
     name, rgb = _colour(rng, ("red", "blue", "yellow", "white", "green", "orange", "black"))
     cargo_name, cargo_rgb = _colour(rng, ("white", "gray", "red", "blue", "yellow", "orange", "green"))
@@ -93,7 +96,9 @@ def _draw_bus(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: f
     return _Drawn(name, {"body": name, "wheel": "black", "window": "light blue", "door": door_name})
 
 
-def _draw_bicycle(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_bicycle(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
     name, rgb = _colour(rng, ("red", "blue", "yellow", "green", "black", "orange", "purple", "white"))
     frame = cv.mat(rgb, "flat", 0.2, "bicycle", "frame", inst)
@@ -106,7 +111,15 @@ def _draw_bicycle(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, b
     for x, y in (rear, front):
         cv.ring(x, y, r * h, max(2.0, 0.08 * h), tyre)
         cv.circle(x, y, max(1.0, 0.04 * h), tyre)
-    tubes = ((rear, bracket), (rear, seat), (bracket, seat), (seat, head_low), (bracket, head_low), (head_low, front), (head_low, head_top))
+    tubes = (
+        (rear, bracket),
+        (rear, seat),
+        (bracket, seat),
+        (seat, head_low),
+        (bracket, head_low),
+        (head_low, front),
+        (head_low, head_top),
+    )
     for a, b in tubes:
         cv.line([a, b], w, frame)
     cv.line([fr.p(-0.32, 0.9), fr.p(-0.12, 0.9)], max(2.0, 0.08 * h), saddle)
@@ -152,7 +165,9 @@ def _draw_tree(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: 
     return _Drawn(colour, {"trunk": "brown", "foliage": colour}, kind="round")
 
 
-def _draw_house(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_house(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
     name, rgb = _colour(rng, ("white", "yellow", "red", "blue", "gray", "orange", "pink", "green"))
     roof_name, roof_rgb = _colour(rng, ("red", "brown", "gray", "black", "blue"))
@@ -170,7 +185,9 @@ def _draw_house(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by:
     if rng.random() < 0.7:
         cv.poly(fr.pts([(-half - 0.08, wall_top), (half + 0.08, wall_top), (0.0, 1.0)]), roof)
     else:
-        cv.poly(fr.pts([(-half - 0.06, wall_top), (half + 0.06, wall_top), (half * 0.6, 0.92), (-half * 0.6, 0.92)]), roof)
+        cv.poly(
+            fr.pts([(-half - 0.06, wall_top), (half + 0.06, wall_top), (half * 0.6, 0.92), (-half * 0.6, 0.92)]), roof
+        )
     door_u = rng.uniform(-half + 0.1, half - 0.22)
     cv.rect(*fr.box(door_u, 0.0, door_u + 0.16, 0.3), door)
     windows = 0
@@ -184,17 +201,29 @@ def _draw_house(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by:
         cv.rect(x0 + pad, y0 + pad, x1 - pad, y1 - pad, glass)
         cv.line([((x0 + x1) / 2, y0), ((x0 + x1) / 2, y1)], max(1.0, 0.015 * h), frame)
         windows += 1
-    return _Drawn(name, {"facade": name, "roof": roof_name, "door": door_name, "window": "light blue"}, kind=str(windows))
+    return _Drawn(
+        name, {"facade": name, "roof": roof_name, "door": door_name, "window": "light blue"}, kind=str(windows)
+    )
 
 
-def _draw_person(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_person(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
-    shirt_name, shirt_rgb = _colour(rng, ("red", "blue", "green", "yellow", "white", "black", "orange", "purple", "pink"))
+    shirt_name, shirt_rgb = _colour(
+        rng, ("red", "blue", "green", "yellow", "white", "black", "orange", "purple", "pink")
+    )
     trousers_name, trousers_rgb = _colour(rng, ("blue", "black", "brown", "gray", "blue"))
     skin = _jitter(rng, _SKIN[int(rng.integers(len(_SKIN)))], 8)
     head = cv.mat(skin, "smooth", 0.08, "person", "head", inst)
-    hair = cv.mat(_jitter(rng, ((40, 30, 25), (120, 80, 40), (210, 180, 110), (20, 20, 20))[int(rng.integers(4))], 8),
-                  "fur", 0.3, "person", "head", inst)
+    hair = cv.mat(
+        _jitter(rng, ((40, 30, 25), (120, 80, 40), (210, 180, 110), (20, 20, 20))[int(rng.integers(4))], 8),
+        "fur",
+        0.3,
+        "person",
+        "head",
+        inst,
+    )
     torso = cv.mat(shirt_rgb, "smooth", 0.15, "person", "torso", inst)
     arm = cv.mat(_shade(shirt_rgb, 0.85), "smooth", 0.15, "person", "arm", inst)
     leg = cv.mat(trousers_rgb, "fur", 0.2, "person", "leg", inst)
@@ -213,8 +242,9 @@ def _draw_person(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by
     return _Drawn(shirt_name, {"torso": shirt_name, "arm": shirt_name, "leg": trousers_name, "head": "round"})
 
 
-def _draw_animal(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int,
-                 cls: str) -> _Drawn:
+def _draw_animal(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int, cls: str
+) -> _Drawn:
     """Dog or cat: the same four-legged plan, told apart by ears, snout, tail and proportions."""
     fr = _Frame(cx, by, h, facing)
     dog = cls == "dog"
@@ -281,12 +311,16 @@ def _draw_bird(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, cy: 
     return _Drawn(name, {"body": name, "wing": name, "head": name, "tail": name, "beak": "orange"})
 
 
-def _draw_flower(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_flower(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
     name, rgb = _colour(rng, ("red", "yellow", "purple", "white", "pink", "orange", "blue"))
     stem = cv.mat(_jitter(rng, (50, 130, 45), 10), "flat", 0.2, "flower", "stem", inst)
     petal = cv.mat(rgb, "smooth", 0.15, "flower", "petal", inst)
-    centre = cv.mat(_jitter(rng, (230, 190, 40) if name != "yellow" else (110, 70, 30), 10), "fur", 0.2, "flower", None, inst)
+    centre = cv.mat(
+        _jitter(rng, (230, 190, 40) if name != "yellow" else (110, 70, 30), 10), "fur", 0.2, "flower", None, inst
+    )
     cv.line([fr.p(0.0, 0.0), fr.p(0.03, 0.72)], max(2.0, 0.06 * h), stem)
     cv.poly(fr.pts([(0.02, 0.3), (0.22, 0.44), (0.3, 0.38), (0.16, 0.3)]), stem)
     x, y = fr.p(0.03, 0.77)
@@ -299,7 +333,9 @@ def _draw_flower(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by
     return _Drawn(name, {"petal": name, "stem": "green"})
 
 
-def _draw_lamp_post(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_lamp_post(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
     name, rgb = _colour(rng, ("black", "gray", "green", "black"))
     pole = cv.mat(rgb, "smooth", 0.2, "lamp post", "pole", inst)
@@ -318,7 +354,9 @@ def _draw_lamp_post(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float,
     return _Drawn(name, {"pole": name, "lamp": glow_name})
 
 
-def _draw_fence(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_fence(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     name, rgb = _colour(rng, ("white", "brown", "gray", "white"))
     post = cv.mat(rgb, "planks" if name == "brown" else "smooth", 0.2, "fence", "post", inst)
     rail = cv.mat(_shade(rgb, 0.85), "smooth", 0.2, "fence", "rail", inst)
@@ -335,7 +373,9 @@ def _draw_fence(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by:
     return _Drawn(name, {"post": name, "rail": name})
 
 
-def _draw_cloud(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, cy: float, w: float, facing: int) -> _Drawn:
+def _draw_cloud(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, cy: float, w: float, facing: int
+) -> _Drawn:
     name = "white" if rng.random() < 0.7 else "gray"
     rgb = (245, 246, 250) if name == "white" else (185, 188, 196)
     m = cv.mat(_jitter(rng, rgb, 6), "cloud", 0.12, "cloud", None, inst, grad=-0.8)
@@ -356,13 +396,21 @@ def _draw_sun(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, cy: f
         n = int(rng.integers(8, 13))
         for k in range(n):
             a = 2 * math.pi * k / n
-            cv.line([(cx + 1.3 * r * math.cos(a), cy + 1.3 * r * math.sin(a)), (cx + 1.75 * r * math.cos(a), cy + 1.75 * r * math.sin(a))],
-                    max(1.0, 0.18 * r), m)
+            cv.line(
+                [
+                    (cx + 1.3 * r * math.cos(a), cy + 1.3 * r * math.sin(a)),
+                    (cx + 1.75 * r * math.cos(a), cy + 1.75 * r * math.sin(a)),
+                ],
+                max(1.0, 0.18 * r),
+                m,
+            )
     cv.circle(cx, cy, r, m)
     return _Drawn(name, {})
 
 
-def _draw_chair(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_chair(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
     name, rgb = _colour(rng, ("brown", "red", "blue", "black", "white", "green", "yellow"))
     seat = cv.mat(rgb, "planks" if name == "brown" else "smooth", 0.2, "chair", "seat", inst)
@@ -378,7 +426,9 @@ def _draw_chair(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by:
     return _Drawn(name, {"seat": name, "backrest": name, "leg": name})
 
 
-def _draw_table(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int) -> _Drawn:
+def _draw_table(
+    cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by: float, h: float, facing: int
+) -> _Drawn:
     fr = _Frame(cx, by, h, facing)
     name, rgb = _colour(rng, ("brown", "white", "black", "gray", "brown", "red"))
     top = cv.mat(rgb, "planks" if name == "brown" else "smooth", 0.2, "table", "tabletop", inst)
@@ -393,35 +443,88 @@ def _draw_table(cv: _Canvas, rng: np.random.Generator, inst: int, cx: float, by:
 
 
 _DRAW = {
-    "house": _draw_house, "car": _draw_car, "tree": _draw_tree, "person": _draw_person, "dog": _draw_dog,
-    "boat": _draw_boat, "chair": _draw_chair, "bird": _draw_bird, "cloud": _draw_cloud, "truck": _draw_truck,
-    "bus": _draw_bus, "bicycle": _draw_bicycle, "cat": _draw_cat, "flower": _draw_flower,
-    "lamp post": _draw_lamp_post, "fence": _draw_fence, "table": _draw_table, "sun": _draw_sun,
+    "house": _draw_house,
+    "car": _draw_car,
+    "tree": _draw_tree,
+    "person": _draw_person,
+    "dog": _draw_dog,
+    "boat": _draw_boat,
+    "chair": _draw_chair,
+    "bird": _draw_bird,
+    "cloud": _draw_cloud,
+    "truck": _draw_truck,
+    "bus": _draw_bus,
+    "bicycle": _draw_bicycle,
+    "cat": _draw_cat,
+    "flower": _draw_flower,
+    "lamp post": _draw_lamp_post,
+    "fence": _draw_fence,
+    "table": _draw_table,
+    "sun": _draw_sun,
 }
 SKY_THINGS = ("sun", "cloud", "bird")  # drawn centred at (cx, cy), far behind ground things
 # Where a thing may stand (the stuff under its base point).
 SURFACES: dict[str, tuple[str, ...]] = {
-    "house": ("grass", "sand", "snow", "field"), "tree": ("grass", "snow", "field"),
-    "fence": ("grass", "snow", "field", "sand"), "lamp post": ("grass", "snow", "sand", "road"),
-    "car": ("road", "grass", "sand", "snow"), "truck": ("road", "grass", "sand", "snow", "field"),
-    "bus": ("road", "grass", "snow"), "bicycle": ("road", "grass", "sand", "snow", "field"),
-    "person": ("grass", "sand", "snow", "road", "field", "floor"), "dog": ("grass", "sand", "snow", "road", "field", "floor"),
-    "cat": ("grass", "sand", "snow", "road", "field", "floor"), "flower": ("grass", "field", "floor"),
-    "chair": ("grass", "sand", "floor"), "table": ("grass", "sand", "floor"), "boat": ("water",),
-    "cloud": ("sky",), "sun": ("sky",), "bird": ("sky",),
+    "house": ("grass", "sand", "snow", "field"),
+    "tree": ("grass", "snow", "field"),
+    "fence": ("grass", "snow", "field", "sand"),
+    "lamp post": ("grass", "snow", "sand", "road"),
+    "car": ("road", "grass", "sand", "snow"),
+    "truck": ("road", "grass", "sand", "snow", "field"),
+    "bus": ("road", "grass", "snow"),
+    "bicycle": ("road", "grass", "sand", "snow", "field"),
+    "person": ("grass", "sand", "snow", "road", "field", "floor"),
+    "dog": ("grass", "sand", "snow", "road", "field", "floor"),
+    "cat": ("grass", "sand", "snow", "road", "field", "floor"),
+    "flower": ("grass", "field", "floor"),
+    "chair": ("grass", "sand", "floor"),
+    "table": ("grass", "sand", "floor"),
+    "boat": ("water",),
+    "cloud": ("sky",),
+    "sun": ("sky",),
+    "bird": ("sky",),
 }
 # Size at the front of the scene, as a fraction of the image side (height; wingspan/width/radius for sky things).
 NOMINAL_SIZE: dict[str, float] = {
-    "house": 0.56, "car": 0.26, "truck": 0.32, "bus": 0.32, "bicycle": 0.34, "boat": 0.42, "tree": 0.6,
-    "person": 0.5, "dog": 0.32, "cat": 0.28, "flower": 0.32, "lamp post": 0.62, "fence": 0.26, "chair": 0.4,
-    "table": 0.3, "cloud": 0.36, "sun": 0.075, "bird": 0.24,
+    "house": 0.56,
+    "car": 0.26,
+    "truck": 0.32,
+    "bus": 0.32,
+    "bicycle": 0.34,
+    "boat": 0.42,
+    "tree": 0.6,
+    "person": 0.5,
+    "dog": 0.32,
+    "cat": 0.28,
+    "flower": 0.32,
+    "lamp post": 0.62,
+    "fence": 0.26,
+    "chair": 0.4,
+    "table": 0.3,
+    "cloud": 0.36,
+    "sun": 0.075,
+    "bird": 0.24,
 }
 # (width, height) of the drawing per unit of size, for fitting an object crop.
 _EXTENT: dict[str, tuple[float, float]] = {
-    "house": (1.4, 1.0), "car": (2.4, 1.0), "truck": (2.6, 1.0), "bus": (3.1, 1.0), "bicycle": (1.7, 1.0),
-    "boat": (1.4, 1.0), "tree": (0.75, 1.0), "person": (0.45, 1.0), "dog": (1.45, 1.0), "cat": (1.5, 1.0),
-    "flower": (0.6, 1.0), "lamp post": (0.5, 1.05), "fence": (3.0, 1.0), "chair": (0.6, 1.0), "table": (2.0, 1.0),
-    "cloud": (1.0, 0.55), "sun": (3.5, 3.5), "bird": (0.85, 0.5),
+    "house": (1.4, 1.0),
+    "car": (2.4, 1.0),
+    "truck": (2.6, 1.0),
+    "bus": (3.1, 1.0),
+    "bicycle": (1.7, 1.0),
+    "boat": (1.4, 1.0),
+    "tree": (0.75, 1.0),
+    "person": (0.45, 1.0),
+    "dog": (1.45, 1.0),
+    "cat": (1.5, 1.0),
+    "flower": (0.6, 1.0),
+    "lamp post": (0.5, 1.05),
+    "fence": (3.0, 1.0),
+    "chair": (0.6, 1.0),
+    "table": (2.0, 1.0),
+    "cloud": (1.0, 0.55),
+    "sun": (3.5, 3.5),
+    "bird": (0.85, 0.5),
 }
 _PREFERRED = {"car": "road", "truck": "road", "bus": "road", "bicycle": "road"}
 _CLASS_WEIGHT = {"cloud": 0.7, "sun": 0.35, "bird": 0.8}

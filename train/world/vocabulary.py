@@ -60,19 +60,71 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 STUFF_CLASSES: tuple[str, ...] = (
-    "sky", "grass", "water", "road", "wall", "floor", "sand", "snow", "forest", "field", "mountain",
+    "sky",
+    "grass",
+    "water",
+    "road",
+    "wall",
+    "floor",
+    "sand",
+    "snow",
+    "forest",
+    "field",
+    "mountain",
 )
 THING_CLASSES: tuple[str, ...] = (
-    "house", "car", "tree", "person", "dog", "boat", "chair", "bird", "cloud",
-    "truck", "bus", "bicycle", "cat", "flower", "lamp post", "fence", "table", "sun",
+    "house",
+    "car",
+    "tree",
+    "person",
+    "dog",
+    "boat",
+    "chair",
+    "bird",
+    "cloud",
+    "truck",
+    "bus",
+    "bicycle",
+    "cat",
+    "flower",
+    "lamp post",
+    "fence",
+    "table",
+    "sun",
 )
 CLASS_NAMES: tuple[str, ...] = STUFF_CLASSES + THING_CLASSES
 CLASS_ID: dict[str, int] = {name: i for i, name in enumerate(CLASS_NAMES)}
 
 PART_NAMES: tuple[str, ...] = (
-    "roof", "facade", "door", "window", "body", "wheel", "cab", "cargo", "frame", "hull", "sail", "trunk",
-    "foliage", "head", "torso", "arm", "leg", "tail", "wing", "beak", "petal", "stem", "pole", "lamp",
-    "post", "rail", "seat", "backrest", "tabletop",
+    "roof",
+    "facade",
+    "door",
+    "window",
+    "body",
+    "wheel",
+    "cab",
+    "cargo",
+    "frame",
+    "hull",
+    "sail",
+    "trunk",
+    "foliage",
+    "head",
+    "torso",
+    "arm",
+    "leg",
+    "tail",
+    "wing",
+    "beak",
+    "petal",
+    "stem",
+    "pole",
+    "lamp",
+    "post",
+    "rail",
+    "seat",
+    "backrest",
+    "tabletop",
 )
 PART_ID: dict[str, int] = {name: i for i, name in enumerate(PART_NAMES)}
 
@@ -102,14 +154,28 @@ SEEN_THINGS: tuple[str, ...] = ("house", "car", "tree", "person", "dog", "boat",
 SEEN_CLASSES: tuple[str, ...] = SEEN_STUFF + SEEN_THINGS
 UNSEEN_CLASSES: tuple[str, ...] = tuple(c for c in CLASS_NAMES if c not in SEEN_CLASSES)
 
-PLURALS: dict[str, str] = {"person": "people", "bus": "buses", "sky": "skies", "lamp post": "lamp posts",
-                           "bench": "benches", "beak": "beaks"}
+PLURALS: dict[str, str] = {
+    "person": "people",
+    "bus": "buses",
+    "sky": "skies",
+    "lamp post": "lamp posts",
+    "bench": "benches",
+    "beak": "beaks",
+}
 
 # Named object colours: captions say "a red car"; renderers jitter around these RGB centres.
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (200, 35, 35), "orange": (235, 130, 25), "yellow": (240, 205, 40), "green": (45, 150, 55),
-    "blue": (35, 75, 200), "purple": (125, 45, 165), "pink": (235, 125, 175), "brown": (120, 75, 35),
-    "black": (28, 28, 30), "white": (236, 236, 232), "gray": (128, 128, 132),
+    "red": (200, 35, 35),
+    "orange": (235, 130, 25),
+    "yellow": (240, 205, 40),
+    "green": (45, 150, 55),
+    "blue": (35, 75, 200),
+    "purple": (125, 45, 165),
+    "pink": (235, 125, 175),
+    "brown": (120, 75, 35),
+    "black": (28, 28, 30),
+    "white": (236, 236, 232),
+    "gray": (128, 128, 132),
 }
 COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
@@ -151,7 +217,17 @@ def _benchmark(name: str, class_names: tuple[str, ...], offset: int, granularity
 
 
 VOC_CLASSES: tuple[str, ...] = (
-    "person", "car", "boat", "bird", "dog", "chair", "house", "bus", "bicycle", "cat", "table",
+    "person",
+    "car",
+    "boat",
+    "bird",
+    "dog",
+    "chair",
+    "house",
+    "bus",
+    "bicycle",
+    "cat",
+    "table",
 )
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -173,14 +249,20 @@ def describe_vocabularies() -> str:
     rows = [
         "| benchmark | role in the paper | classes | seen / unseen | images | labelled pixels |",
         "|---|---|---|---|---|---|",
-        f"| training | COCO-Stuff (training vocabulary) | {len(SEEN_CLASSES)} | {len(SEEN_CLASSES)} / 0 | on the fly | every pixel |",
+        f"| training | COCO-Stuff (training vocabulary) | {len(SEEN_CLASSES)} | {len(SEEN_CLASSES)} / 0 "
+        "| on the fly | every pixel |",
     ]
-    pixels = {"things": "things only; stuff is 255", "semantic": "every pixel",
-              "parts": "thing parts only; the rest is 255"}
+    pixels = {
+        "things": "things only; stuff is 255",
+        "semantic": "every pixel",
+        "parts": "thing parts only; the rest is 255",
+    }
     for b in BENCHMARKS.values():
         n_seen = sum(b.seen)
-        rows.append(f"| {b.name} | {b.role} | {b.num_classes} | {n_seen} / {b.num_classes - n_seen} | "
-                    f"{b.num_images} | {pixels[b.granularity]} |")
+        rows.append(
+            f"| {b.name} | {b.role} | {b.num_classes} | {n_seen} / {b.num_classes - n_seen} | "
+            f"{b.num_images} | {pixels[b.granularity]} |"
+        )
     rows += ["", "| class | kind | seen in training | parts |", "|---|---|---|---|"]
     ordered = [c for c in SEEN_STUFF] + [c for c in STUFF_CLASSES if c not in SEEN_STUFF]
     ordered += [c for c in SEEN_THINGS] + [c for c in THING_CLASSES if c not in SEEN_THINGS]
