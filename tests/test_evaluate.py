@@ -43,6 +43,9 @@ class TinyDataset:
     def __len__(self) -> int:
         return 7
 
+    def image_prompts(self, index: int) -> list[str] | None:
+        return None
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(index)
         image = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
@@ -217,3 +220,36 @@ def test_clip_weight_sweep_flag_is_parsed_and_checked(capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--benchmark", "world-voc", "--clip-weight-sweep", "0,2"])
     assert "comma-separated numbers in [0, 1]" in capsys.readouterr().err
+
+
+class PerImagePrompts(TinyDataset):
+    """Like world-mixed: each image asks for its own subset of the classes, in its own order."""
+
+    def image_prompts(self, index: int) -> list[str] | None:
+        return ["kite", "sky", "zebra", "grass"] if index % 2 else ["grass", "sky", "kite", "zebra"]
+
+
+class PromptEcho(StubSegmenter):
+    """Predicts every pixel as the prompt named 'sky', wherever it stands in the list."""
+
+    def segment(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
+        result = super().segment(image, labels, **options)
+        result.semantic = np.full(image.shape[:2], labels.index("sky"), np.int64)
+        return result
+
+
+def test_per_image_prompts_are_mapped_back_onto_the_benchmark_classes() -> None:
+    result = evaluate(PromptEcho(), PerImagePrompts(), limit=4, show_progress=False)
+    iou = result["per_class"]
+    assert iou["sky"] > 0.0 and iou["grass"] == 0.0 and iou["kite"] == 0.0  # "sky" wherever it was listed
+    assert set(result["per_class_recall"]) == set(NAMES)
+
+
+def test_world_mixed_images_carry_their_own_prompts() -> None:
+    dataset = load_benchmark("world-mixed", size=64)
+    prompts = dataset.image_prompts(0)
+    assert prompts and set(prompts) <= set(dataset.class_names)
+    assert prompts == dataset.image_prompts(0)  # fixed by the seed
+    assert load_benchmark("world-full", size=64).image_prompts(0) is None
+    _, label = dataset[0]
+    assert set(np.unique(label[label >= 0])) <= {dataset.class_names.index(name) for name in prompts}

@@ -1,8 +1,15 @@
-"""Training batches for the segmenter: deterministic samples by global index and the prompt scheme.
+"""Training batches for the segmenter: deterministic samples by global index and the prompt schemes.
 
 A resumed or multi-rank run sees exactly the same data: sample ``i`` is a function of the seed and
-``i`` alone. The prompt scheme (which classes are prompted, which prompted classes get targets) is the
-same for every text mode, so the baseline and PMP see the same prompts.
+``i`` alone. The prompt scheme is the same for every text mode, so the baseline and PMP see the same
+prompts and targets:
+
+* the synthetic world (:func:`sample_world_prompts`): each present thing is prompted at a random
+  granularity - itself, its seen parts, both, or its seen group - present stuff as it is, and
+  negatives only among seen names with no pixel in the image; the target is the prompt-dependent one
+  (:func:`train.world.hierarchy.prompt_target`: the finest prompted name of each pixel wins, pixels with
+  no prompted name get no target);
+* real datasets (:func:`sample_prompt_ids`): the present classes plus random absent ones.
 """
 
 from __future__ import annotations
@@ -14,12 +21,15 @@ import torch
 
 from pmp.images import normalize_pixels
 from train.configs import SegTrainConfig
+from train.world.hierarchy import GROUP_OF, SEEN_GROUPS, SEEN_NAMES, names_present, prompt_target, seen_parts_of
+from train.world.vocabulary import CLASS_ID, PART_ID
 
 
 @dataclass
 class Sample:
     image: np.ndarray  # (H, W, 3) uint8
-    label: np.ndarray  # (H, W) int64 index into the training vocabulary, 255 = ignore
+    label: np.ndarray  # (H, W) int64: world: global class ids; real data: training-vocabulary index; 255 = ignore
+    parts: np.ndarray | None = None  # world only: (H, W) global part ids, 255 = not a part
 
 
 class TrainingData:
@@ -29,9 +39,8 @@ class TrainingData:
         self.config = config
         if config.data == "world":
             from train import world
-            from train.world import vocabulary as vocab
 
-            self.class_names = list(vocab.SEEN_CLASSES)
+            self.class_names = list(SEEN_NAMES)  # classes, seen parts and seen groups
             self._world = world
             self._dataset = None
         else:
@@ -47,7 +56,7 @@ class TrainingData:
         seed = self.config.seed * 1_000_003 + index
         if self._dataset is None:
             scene = self._world.render_training_scene(seed, self.config.crop_size)
-            return Sample(scene.image, self._world.training_target(scene).astype(np.int64))
+            return Sample(scene.image, scene.semantic.astype(np.int64), scene.parts.astype(np.int64))
         rng = np.random.default_rng(seed)
         permutation_seed, position = divmod(index, len(self._dataset))
         order = np.random.default_rng(self.config.seed + permutation_seed).permutation(len(self._dataset))
@@ -55,6 +64,49 @@ class TrainingData:
         image, label = self._transform(image, label, rng)
         label = np.where(label == self._dataset.ignore_label, 255, label)
         return Sample(image, label.astype(np.int64))
+
+
+def sample_world_prompts(
+    semantic: np.ndarray,
+    parts: np.ndarray,
+    rng: np.random.Generator,
+    negative_prob: float = 0.5,
+    present_prob: float = 1.0,
+) -> list[str]:
+    """The world's training prompts for one image (see the module docstring), shuffled; seen names only.
+
+    ``present_prob`` < 1 leaves out each present stuff class and thing with that probability (keeping at
+    least one prompt): its pixels then get no target, so the prompts decide what to segment.
+    """
+    present = names_present(semantic, parts)
+    claimed = set(sum(present.values(), ()))
+    prompts: list[str] = []
+    for stuff in present["stuff"]:
+        if stuff in SEEN_NAMES and (present_prob >= 1.0 or rng.random() < present_prob):
+            prompts.append(stuff)
+    for thing in present["thing"]:
+        if thing not in SEEN_NAMES or (present_prob < 1.0 and rng.random() >= present_prob):
+            continue
+        own_parts = np.unique(parts[semantic == CLASS_ID[thing]])
+        visible = [part for part in seen_parts_of(thing) if PART_ID[part] in own_parts]
+        options = (
+            ["whole"]
+            + (["parts", "both"] if visible else [])
+            + (["group"] if GROUP_OF.get(thing) in SEEN_GROUPS else [])
+        )
+        choice = options[int(rng.integers(len(options)))]
+        if choice in ("whole", "both"):
+            prompts.append(thing)
+        if choice in ("parts", "both"):
+            prompts += visible
+        if choice == "group":
+            prompts.append(GROUP_OF[thing])
+    prompts = list(dict.fromkeys(prompts))
+    absent = [name for name in SEEN_NAMES if name not in claimed]  # a negative must claim no pixel
+    prompts += [name for name in absent if rng.random() < negative_prob]
+    if not prompts:  # nothing prompted and no negative drawn: one negative, so the image still trains no-object
+        prompts = [absent[int(rng.integers(len(absent)))]] if absent else list(present["stuff"][:1])
+    return [prompts[i] for i in rng.permutation(len(prompts))]
 
 
 def sample_prompt_ids(
@@ -89,7 +141,21 @@ def build_batch(
     rng = np.random.default_rng(step_seed)
     vocabulary_size = class_embeddings.shape[0]
     prompt_lists, targets = [], []
+    vocabulary = {name: i for i, name in enumerate(SEEN_NAMES)}
     for sample in samples:
+        if sample.parts is not None:  # the world: prompt-dependent targets
+            names = sample_world_prompts(sample.label, sample.parts, rng, config.negative_prob, config.present_prob)
+            target = prompt_target(sample.label, sample.parts, names)  # (H, W) index into names, 255 = none
+            prompt_lists.append(np.array([vocabulary[name] for name in names], dtype=np.int64))
+            claimed = [k for k in range(len(names)) if (target == k).any()]
+            masks = np.stack([target == k for k in claimed]) if claimed else np.zeros((0, *target.shape), bool)
+            targets.append(
+                {
+                    "labels": torch.tensor(claimed, dtype=torch.int64).to(device),
+                    "masks": torch.from_numpy(masks).to(device),
+                }
+            )
+            continue
         labelled = np.unique(sample.label[sample.label != 255])
         prompt_ids = sample_prompt_ids(labelled, vocabulary_size, config.negative_prob, rng, config.present_prob)
         prompt_lists.append(prompt_ids)

@@ -286,6 +286,10 @@ class SemSegDataset(Dataset):
         image = read_image(image_path)
         return image, self.load_label(index, expected_size=image.shape[:2])
 
+    def image_prompts(self, index: int) -> list[str] | None:
+        """None: every image of a real benchmark is asked for the benchmark's whole class list."""
+        return None
+
     def load_label(self, index: int, expected_size: tuple[int, int] | None = None) -> np.ndarray:
         """The checked (H, W) int64 label of sample ``index`` with ignore mapped to -1."""
         image_path, path = self.samples[index]
@@ -396,6 +400,15 @@ class SyntheticBenchmarkDataset(Dataset):
         label = np.asarray(raw).astype(np.int64)
         label[label == self.raw_ignore_label] = IGNORE_LABEL
         return np.asarray(image, dtype=np.uint8), label
+
+    def image_prompts(self, index: int) -> list[str] | None:
+        """world-mixed: the prompts of image ``index`` (its label indexes :attr:`class_names`, over all
+        names); None for the fixed-vocabulary benchmarks, whose every image is asked for every class."""
+        if self.benchmark.granularity != "mixed":
+            return None
+        from train.world import benchmark_prompts
+
+        return benchmark_prompts(self.benchmark, index, size=self.size)
 
 
 def _nearest_indices(source: int, target: int) -> np.ndarray:

@@ -57,6 +57,8 @@ class BenchmarkDataset(Protocol):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def image_prompts(self, index: int) -> list[str] | None: ...  # None: every class, for every image
+
 
 def load_benchmark(name: str, data_root: str | Path | None = None, split: str = "val", size: int = 128) -> Any:
     """A real dataset (a :data:`train.datasets.REAL_DATASETS` key, needs ``data_root``) or a synthetic one.
@@ -104,6 +106,7 @@ def evaluate(
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"{dataset.name}: class names must be unique to report per-class IoU")
     seen = np.asarray(dataset.seen, dtype=bool)
+    class_index = {name: i for i, name in enumerate(class_names)}
     count = len(dataset) if limit is None else min(int(limit), len(dataset))
     if count < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -126,14 +129,22 @@ def evaluate(
     started = time.perf_counter()
     for index in tqdm(indices, desc=f"eval {dataset.name}", file=sys.stderr, disable=not show_progress or rank != 0):
         image, label = dataset[index]
+        # Prompts: the benchmark's classes, or (world-mixed) this image's own set, whose indices are mapped
+        # back onto the benchmark's classes so that one confusion matrix serves every image.
+        labels = dataset.image_prompts(index) or class_names
+        to_class = np.array([class_index[name] for name in labels] + [-1])  # prediction -1 stays -1
+
+        def as_classes(semantic: np.ndarray) -> np.ndarray:
+            return to_class[np.where(semantic < 0, len(labels), semantic)]
+
         if sweep:
-            stages = segmenter.run_stages(image, class_names, **stage_options)
+            stages = segmenter.run_stages(image, labels, **stage_options)
             result = segmenter.combine(stages, clip_weight=clip_weight)
             for weight, metric in zip(sweep, swept):
-                metric.update(np.asarray(segmenter.combine(stages, clip_weight=weight).semantic), label)
+                metric.update(as_classes(np.asarray(segmenter.combine(stages, clip_weight=weight).semantic)), label)
         else:
-            result = segmenter.segment(image, class_names, **options)
-        semantic = np.asarray(result.semantic)
+            result = segmenter.segment(image, labels, **options)
+        semantic = as_classes(np.asarray(result.semantic))
         if semantic.shape != label.shape:
             raise ValueError(
                 f"segmenter returned a {semantic.shape} map for a {label.shape} image ({dataset.name}[{index}])"
@@ -180,8 +191,12 @@ def evaluate(
         ]
     if proposal_recall:
         covered = recall.compute()
+        per_class_recall = np.divide(
+            recall.best_iou_sum, recall.segments, out=np.full(len(class_names), np.nan), where=recall.segments > 0
+        )
         result_dict.update(
             {
+                "per_class_recall": {name: float(value) for name, value in zip(class_names, per_class_recall)},
                 "proposal_recall": covered.mean_best_iou,
                 "proposal_recall_seen": covered.mean_best_iou_seen,
                 "proposal_recall_unseen": covered.mean_best_iou_unseen,

@@ -33,7 +33,13 @@ The package follows its sections: :mod:`.textures`, :mod:`.canvas`, :mod:`.stuff
 and the seen / unseen split).
 """
 
-from train.world.benchmarks import benchmark_sample, benchmark_scene, benchmark_scene_classes, classes_named
+from train.world.benchmarks import (
+    benchmark_prompts,
+    benchmark_sample,
+    benchmark_scene,
+    benchmark_scene_classes,
+    classes_named,
+)
 from train.world.canvas import IGNORE
 from train.world.crops import render_object_crop
 from train.world.scene import Scene, SceneObject, render_scene, render_training_scene, training_target
@@ -42,6 +48,7 @@ __all__ = [
     "IGNORE",
     "Scene",
     "SceneObject",
+    "benchmark_prompts",
     "benchmark_sample",
     "benchmark_scene",
     "benchmark_scene_classes",

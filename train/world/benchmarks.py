@@ -7,11 +7,15 @@ import re
 import numpy as np
 
 from train.world.canvas import IGNORE
+from train.world.hierarchy import names_present, prompt_target
 from train.world.scene import Scene, _check_args, _render
 from train.world.vocabulary import (
+    ALL_NAMES,
     CLASS_ID,
     CLASS_NAMES,
+    GROUP_OF,
     PART_ID,
+    PART_NAMES,
     STUFF_CLASSES,
     THING_CLASSES,
     Benchmark,
@@ -21,14 +25,16 @@ from train.world.vocabulary import (
 
 _SALT_BENCHMARK = 37
 
-_BENCHMARK_SALT = {"world-voc": 1, "world-full": 2, "world-parts": 3}
+_BENCHMARK_SALT = {"world-voc": 1, "world-full": 2, "world-parts": 3, "world-mixed": 4}
+_SALT_MIXED_PROMPTS = 41
+MAX_MIXED_NEGATIVES = 3
 
 
 def benchmark_scene_classes(benchmark: Benchmark) -> tuple[str, ...]:
     """The classes a benchmark's scenes may contain: its vocabulary, plus all stuff for a things-only one."""
     if benchmark.granularity == "things":
         return STUFF_CLASSES + tuple(c for c in THING_CLASSES if c in benchmark.class_names)
-    if benchmark.granularity == "parts":
+    if benchmark.granularity in ("parts", "mixed"):
         return CLASS_NAMES
     return tuple(benchmark.class_names)
 
@@ -43,9 +49,14 @@ def benchmark_scene(benchmark: Benchmark | str, index: int, size: int = 128) -> 
     _check_args(benchmark.seed_offset + int(index), size)
     seed = benchmark.seed_offset + int(index)
     rng = np.random.default_rng([_SALT_BENCHMARK, _BENCHMARK_SALT.get(benchmark.name, 0), seed])
-    min_things = 2 if benchmark.granularity == "parts" else 1
+    min_things = 2 if benchmark.granularity in ("parts", "mixed") else 1
     scene = _render(rng, seed, int(size), set(benchmark_scene_classes(benchmark)), min_things=min_things)
     lut = np.full(256, IGNORE, np.uint8)
+    if benchmark.granularity == "mixed":
+        prompts = mixed_prompts(scene, seed)
+        ids = np.array([benchmark.class_names.index(name) for name in prompts] + [IGNORE], np.uint8)
+        target = prompt_target(scene.semantic, scene.parts, prompts)  # index into prompts, 255 = none
+        return scene, ids[np.where(target == IGNORE, len(prompts), target)]
     if benchmark.granularity == "parts":
         for i, name in enumerate(benchmark.class_names):
             lut[PART_ID[name]] = i
@@ -53,6 +64,42 @@ def benchmark_scene(benchmark: Benchmark | str, index: int, size: int = 128) -> 
     for i, name in enumerate(benchmark.class_names):
         lut[CLASS_ID[name]] = i
     return scene, lut[scene.semantic]
+
+
+def mixed_prompts(scene: Scene, seed: int) -> list[str]:
+    """world-mixed's fixed prompt set for one image, from its seed: every present thing at a random
+    granularity (itself, its parts, both, or its group; seen and unseen names alike), the present stuff,
+    and up to :data:`MAX_MIXED_NEGATIVES` names with no pixel in the image; shuffled."""
+    rng = np.random.default_rng([_SALT_MIXED_PROMPTS, int(seed)])
+    present = names_present(scene.semantic, scene.parts)
+    prompts = list(present["stuff"])
+    for thing in present["thing"]:
+        own = np.unique(scene.parts[scene.semantic == CLASS_ID[thing]])
+        parts = [name for name in PART_NAMES if PART_ID[name] in own]
+        options = ["whole"] + (["parts", "both"] if parts else []) + (["group"] if thing in GROUP_OF else [])
+        choice = options[int(rng.integers(len(options)))]
+        if choice in ("whole", "both"):
+            prompts.append(thing)
+        if choice in ("parts", "both"):
+            prompts += parts
+        if choice == "group":
+            prompts.append(GROUP_OF[thing])
+    prompts = list(dict.fromkeys(prompts))
+    claimed = set(sum(present.values(), ()))
+    absent = [name for name in ALL_NAMES if name not in claimed]
+    count = int(rng.integers(MAX_MIXED_NEGATIVES + 1))
+    prompts += [absent[int(i)] for i in rng.choice(len(absent), size=count, replace=False)]
+    return [prompts[int(i)] for i in rng.permutation(len(prompts))]
+
+
+def benchmark_prompts(benchmark: Benchmark | str, index: int, size: int = 128) -> list[str]:
+    """The prompts of image ``index``: world-mixed's own set for that image, else the benchmark's classes."""
+    if isinstance(benchmark, str):
+        benchmark = get_benchmark(benchmark)
+    if benchmark.granularity != "mixed":
+        return list(benchmark.class_names)
+    scene, _ = benchmark_scene(benchmark, index, size)
+    return mixed_prompts(scene, benchmark.seed_offset + int(index))
 
 
 def benchmark_sample(benchmark: Benchmark | str, index: int, size: int = 128) -> tuple[np.ndarray, np.ndarray]:

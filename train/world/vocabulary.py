@@ -13,42 +13,51 @@ Vocabularies (``describe_vocabularies()`` prints this table; a test keeps the tw
 | world-voc | PASCAL VOC-20 (background ignored) | 11 | 7 / 4 | 500 | things only; stuff is 255 |
 | world-full | ADE20K-150 (stuff + things) | 29 | 15 / 14 | 500 | every pixel |
 | world-parts | part segmentation (Pascal-Part) | 29 | 0 / 29 | 500 | thing parts only; the rest is 255 |
+| world-mixed | prompt-dependent targets (Sec. 3.3) | 63 | 26 / 37 | 500 | the finest prompted name of each pixel; the rest is 255 |
 
-| class | kind | seen in training | parts |
-|---|---|---|---|
-| sky | stuff | yes | - |
-| grass | stuff | yes | - |
-| water | stuff | yes | - |
-| road | stuff | yes | - |
-| wall | stuff | yes | - |
-| floor | stuff | yes | - |
-| sand | stuff | no | - |
-| snow | stuff | no | - |
-| forest | stuff | no | - |
-| field | stuff | no | - |
-| mountain | stuff | no | - |
-| house | thing | yes | roof, facade, door, window |
-| car | thing | yes | body, wheel, window |
-| tree | thing | yes | trunk, foliage |
-| person | thing | yes | head, torso, arm, leg |
-| dog | thing | yes | body, head, leg, tail |
-| boat | thing | yes | hull, sail |
-| chair | thing | yes | seat, backrest, leg |
-| bird | thing | yes | body, head, wing, beak, tail |
-| cloud | thing | yes | - |
-| truck | thing | no | cab, cargo, wheel, window |
-| bus | thing | no | body, wheel, window, door |
-| bicycle | thing | no | frame, wheel |
-| cat | thing | no | body, head, leg, tail |
-| flower | thing | no | petal, stem |
-| lamp post | thing | no | pole, lamp |
-| fence | thing | no | post, rail |
-| table | thing | no | tabletop, leg |
-| sun | thing | no | - |
+| class | kind | seen in training | parts | group |
+|---|---|---|---|---|
+| sky | stuff | yes | - | - |
+| grass | stuff | yes | - | - |
+| water | stuff | yes | - | - |
+| road | stuff | yes | - | - |
+| wall | stuff | yes | - | - |
+| floor | stuff | yes | - | - |
+| sand | stuff | no | - | - |
+| snow | stuff | no | - | - |
+| forest | stuff | no | - | - |
+| field | stuff | no | - | - |
+| mountain | stuff | no | - | - |
+| house | thing | yes | roof, facade, door, window | building |
+| car | thing | yes | body, wheel, window | vehicle |
+| tree | thing | yes | trunk, foliage | plant |
+| person | thing | yes | head, torso, arm, leg | - |
+| dog | thing | yes | body, head, leg, tail | animal |
+| boat | thing | yes | hull, sail | vehicle |
+| chair | thing | yes | seat, backrest, leg | furniture |
+| bird | thing | yes | body, head, wing, beak, tail | animal |
+| cloud | thing | yes | - | - |
+| truck | thing | no | cab, cargo, wheel, window | vehicle |
+| bus | thing | no | body, wheel, window, door | vehicle |
+| bicycle | thing | no | frame, wheel | vehicle |
+| cat | thing | no | body, head, leg, tail | animal |
+| flower | thing | no | petal, stem | plant |
+| lamp post | thing | no | pole, lamp | - |
+| fence | thing | no | post, rail | - |
+| table | thing | no | tabletop, leg | furniture |
+| sun | thing | no | - | - |
 
-Part names (world-parts classes, never labelled by segmentation training): roof, facade, door, window,
-body, wheel, cab, cargo, frame, hull, sail, trunk, foliage, head, torso, arm, leg, tail, wing, beak,
-petal, stem, pole, lamp, post, rail, seat, backrest, tabletop.
+| parts and groups | seen in segmentation training |
+|---|---|
+| parts | wheel, window, door, roof, head, leg, tail, sail, trunk (on seen things only) |
+| parts, never labelled | facade, body, cab, cargo, frame, hull, foliage, torso, arm, wing, beak, petal, stem, pole, lamp, post, rail, seat, backrest, tabletop |
+| groups | vehicle (car, truck, bus, bicycle, boat), animal (dog, cat, bird) |
+| groups, never labelled | plant (tree, flower), furniture (chair, table), building (house) |
+
+Part names (the world-parts classes): roof, facade, door, window, body, wheel, cab, cargo, frame, hull,
+sail, trunk, foliage, head, torso, arm, leg, tail, wing, beak, petal, stem, pole, lamp, post, rail,
+seat, backrest, tabletop. world-parts counts none of them as seen (its role is the strict zero-shot
+case); world-mixed counts the parts and groups above as seen.
 
 Seeds: training code uses small seeds (``seed * 1_000_003 + index``); benchmark images use
 ``seed_offset + index`` with offsets above 2e9 and a generator salt of their own, so no benchmark image
@@ -154,6 +163,36 @@ SEEN_THINGS: tuple[str, ...] = ("house", "car", "tree", "person", "dog", "boat",
 SEEN_CLASSES: tuple[str, ...] = SEEN_STUFF + SEEN_THINGS
 UNSEEN_CLASSES: tuple[str, ...] = tuple(c for c in CLASS_NAMES if c not in SEEN_CLASSES)
 
+# Groups of things, as captions and object crops name them ("a vehicle on the road").
+GROUPS: dict[str, tuple[str, ...]] = {
+    "vehicle": ("car", "truck", "bus", "bicycle", "boat"),
+    "animal": ("dog", "cat", "bird"),
+    "plant": ("tree", "flower"),
+    "furniture": ("chair", "table"),
+    "building": ("house",),
+}
+GROUP_OF: dict[str, str] = {thing: group for group, things in GROUPS.items() for thing in things}
+GROUP_NAMES: tuple[str, ...] = tuple(GROUPS)
+
+# Labelled in segmentation training: these part names (on seen things only) and these groups.
+SEEN_PARTS: tuple[str, ...] = ("wheel", "window", "door", "roof", "head", "leg", "tail", "sail", "trunk")
+SEEN_GROUPS: tuple[str, ...] = ("vehicle", "animal")
+SEEN_NAMES: tuple[str, ...] = SEEN_CLASSES + SEEN_PARTS + SEEN_GROUPS
+
+# Every name a prompt can use, with its granularity; names are unique across granularities.
+GRANULARITY: dict[str, str] = {
+    **{name: "stuff" for name in STUFF_CLASSES},
+    **{name: "thing" for name in THING_CLASSES},
+    **{name: "part" for name in PART_NAMES},
+    **{name: "group" for name in GROUP_NAMES},
+}
+ALL_NAMES: tuple[str, ...] = tuple(GRANULARITY)
+GRANULARITIES: tuple[str, ...] = ("stuff", "thing", "part", "group")
+
+if len(GRANULARITY) != len(CLASS_NAMES) + len(PART_NAMES) + len(GROUP_NAMES):
+    raise AssertionError("a name is used at two granularities")  # pragma: no cover - a vocabulary edit
+
+
 PLURALS: dict[str, str] = {
     "person": "people",
     "bus": "buses",
@@ -194,7 +233,9 @@ class Benchmark:
     """One fixed evaluation set: its vocabulary, which classes segmentation training saw, and its seeds.
 
     ``granularity`` says what a label index means: "things" (thing classes, stuff pixels are 255),
-    "semantic" (every pixel one of stuff + things) or "parts" (part names; non-part pixels are 255).
+    "semantic" (every pixel one of stuff + things), "parts" (part names; non-part pixels are 255) or
+    "mixed" (any name of :data:`ALL_NAMES`: each image has its own prompt set, and each pixel the
+    finest name of its chain that the set holds, 255 where none; :mod:`train.world.hierarchy`).
     """
 
     name: str
@@ -234,6 +275,15 @@ BENCHMARKS: dict[str, Benchmark] = {
     "world-voc": _benchmark("world-voc", VOC_CLASSES, 2_100_000_000, "things", "PASCAL VOC-20 (background ignored)"),
     "world-full": _benchmark("world-full", CLASS_NAMES, 2_200_000_000, "semantic", "ADE20K-150 (stuff + things)"),
     "world-parts": _benchmark("world-parts", PART_NAMES, 2_300_000_000, "parts", "part segmentation (Pascal-Part)"),
+    "world-mixed": Benchmark(
+        "world-mixed",
+        ALL_NAMES,
+        tuple(name in SEEN_NAMES for name in ALL_NAMES),
+        500,
+        2_400_000_000,
+        "mixed",
+        "prompt-dependent targets (Sec. 3.3)",
+    ),
 }
 
 
@@ -256,6 +306,7 @@ def describe_vocabularies() -> str:
         "things": "things only; stuff is 255",
         "semantic": "every pixel",
         "parts": "thing parts only; the rest is 255",
+        "mixed": "the finest prompted name of each pixel; the rest is 255",
     }
     for b in BENCHMARKS.values():
         n_seen = sum(b.seen)
@@ -263,11 +314,21 @@ def describe_vocabularies() -> str:
             f"| {b.name} | {b.role} | {b.num_classes} | {n_seen} / {b.num_classes - n_seen} | "
             f"{b.num_images} | {pixels[b.granularity]} |"
         )
-    rows += ["", "| class | kind | seen in training | parts |", "|---|---|---|---|"]
+    rows += ["", "| class | kind | seen in training | parts | group |", "|---|---|---|---|---|"]
     ordered = [c for c in SEEN_STUFF] + [c for c in STUFF_CLASSES if c not in SEEN_STUFF]
     ordered += [c for c in SEEN_THINGS] + [c for c in THING_CLASSES if c not in SEEN_THINGS]
     for name in ordered:
         kind = "stuff" if name in STUFF_CLASSES else "thing"
         parts = ", ".join(THING_PARTS.get(name, ())) or "-"
-        rows.append(f"| {name} | {kind} | {'yes' if name in SEEN_CLASSES else 'no'} | {parts} |")
+        group = GROUP_OF.get(name, "-")
+        rows.append(f"| {name} | {kind} | {'yes' if name in SEEN_CLASSES else 'no'} | {parts} | {group} |")
+    rows += ["", "| parts and groups | seen in segmentation training |", "|---|---|"]
+    rows.append("| parts | " + ", ".join(SEEN_PARTS) + " (on seen things only) |")
+    rows.append("| parts, never labelled | " + ", ".join(p for p in PART_NAMES if p not in SEEN_PARTS) + " |")
+    rows.append("| groups | " + ", ".join(f"{g} ({', '.join(GROUPS[g])})" for g in SEEN_GROUPS) + " |")
+    rows.append(
+        "| groups, never labelled | "
+        + ", ".join(f"{g} ({', '.join(GROUPS[g])})" for g in GROUP_NAMES if g not in SEEN_GROUPS)
+        + " |"
+    )
     return "\n".join(rows)
