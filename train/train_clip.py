@@ -68,43 +68,65 @@ def to_clip_pixels(images: list[np.ndarray]) -> torch.Tensor:
 
 @torch.no_grad()
 def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int | None = None) -> dict[str, float]:
-    """Top-1 accuracy on held-out object crops, classified among the WHOLE class vocabulary.
+    """Top-1 zero-shot accuracy on held-out crops at three granularities, each among its whole vocabulary:
 
-    Crops come from seeds far from every training index, so none was seen in training.
+    * ``zero_shot_top1`` (and ``_seen`` / ``_unseen``): object crops among every stuff and thing name;
+    * ``zero_shot_group_top1``: crops of grouped things among the group words ("vehicle", "animal", ...);
+    * ``zero_shot_part_top1``: part close-ups (:func:`train.world.render_part_crop`) among the part names.
+
+    Seen / unseen is segmentation training's split (:mod:`train.world.vocabulary`). Crops come from seeds
+    far from every training index, so none was seen in training.
     """
     from train import world
     from train.world import vocabulary as vocab
 
     per_class = per_class or config.eval_crops_per_class
-    names = list(vocab.CLASS_NAMES)
-    text = clip.encode_text(names)  # (V, C)
-    seen = set(vocab.SEEN_CLASSES)
-    correct: dict[str, list[bool]] = {name: [] for name in names}
     was_training = clip.training
     clip.eval()
-    images, truths = [], []
-    for name in names:
-        for i in range(per_class):
-            image, _, class_name = world.render_object_crop(
-                10_000_000 + 1_000 * names.index(name) + i, config.image_size, class_name=name
-            )
-            images.append(image)
-            truths.append(class_name)
-    for start in range(0, len(images), 256):
-        feats = F.normalize(clip.open_clip.encode_image(to_clip_pixels(images[start : start + 256])), dim=-1)
-        predictions = (feats @ text.T).argmax(-1)
-        for truth, prediction in zip(truths[start : start + 256], predictions.tolist()):
-            correct[truth].append(names[prediction] == truth)
+
+    def classify(images: list[np.ndarray], names: list[str]) -> list[str]:
+        text = clip.encode_text(names)  # (V, C)
+        predicted = []
+        for start in range(0, len(images), 256):
+            feats = F.normalize(clip.open_clip.encode_image(to_clip_pixels(images[start : start + 256])), dim=-1)
+            predicted += [names[i] for i in (feats @ text.T).argmax(-1).tolist()]
+        return predicted
+
+    def accuracy(truths: list[str], predicted: list[str], seen: set[str]) -> dict[str, float]:
+        per_name: dict[str, list[bool]] = {}
+        for truth, guess in zip(truths, predicted):
+            per_name.setdefault(truth, []).append(truth == guess)
+        means = {name: float(np.mean(v)) for name, v in per_name.items()}
+        seen_acc = [a for n, a in means.items() if n in seen]
+        unseen_acc = [a for n, a in means.items() if n not in seen]
+        return {
+            "": float(np.mean(list(means.values()))),
+            "_seen": float(np.mean(seen_acc)) if seen_acc else float("nan"),
+            "_unseen": float(np.mean(unseen_acc)) if unseen_acc else float("nan"),
+        }
+
+    names = list(vocab.CLASS_NAMES)
+    crops = {name: [world.render_object_crop(10_000_000 + 1_000 * i + k, config.image_size, class_name=name)[0]
+                    for k in range(per_class)] for i, name in enumerate(names)}  # fmt: skip
+    truths = [name for name in names for _ in range(per_class)]
+    things = accuracy(truths, classify(sum(crops.values(), []), names), set(vocab.SEEN_CLASSES))
+    metrics = {f"zero_shot_top1{key}": value for key, value in things.items()}
+    grouped = [name for name in names if name in vocab.GROUP_OF]
+    group_truths = [vocab.GROUP_OF[name] for name in grouped for _ in range(per_class)]
+    group_images = [image for name in grouped for image in crops[name]]
+    groups = accuracy(group_truths, classify(group_images, list(vocab.GROUP_NAMES)), set(vocab.SEEN_GROUPS))
+    metrics.update({f"zero_shot_group_top1{key}": value for key, value in groups.items()})
+    parts = list(vocab.PART_NAMES)
+    part_images = [world.render_part_crop(20_000_000 + 1_000 * i + k, name, config.image_size)
+                   for i, name in enumerate(parts) for k in range(per_class)]  # fmt: skip
+    part_truths = [name for name in parts for _ in range(per_class)]
+    part_scores = accuracy(part_truths, classify(part_images, parts), set(vocab.SEEN_PARTS))
+    metrics.update({f"zero_shot_part_top1{key}": value for key, value in part_scores.items()})
+    metrics.update(
+        {"chance": 1.0 / len(names), "chance_group": 1.0 / len(vocab.GROUP_NAMES), "chance_part": 1.0 / len(parts)}
+    )
     clip.train(was_training)
-    per_class_acc = {name: float(np.mean(v)) for name, v in correct.items() if v}
-    seen_acc = [a for n, a in per_class_acc.items() if n in seen]
-    unseen_acc = [a for n, a in per_class_acc.items() if n not in seen]
-    return {
-        "zero_shot_top1": float(np.mean(list(per_class_acc.values()))),
-        "zero_shot_top1_seen": float(np.mean(seen_acc)) if seen_acc else float("nan"),
-        "zero_shot_top1_unseen": float(np.mean(unseen_acc)) if unseen_acc else float("nan"),
-        "chance": 1.0 / len(names),
-    }
+    return metrics
 
 
 def save_open_clip_folder(

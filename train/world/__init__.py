@@ -39,9 +39,10 @@ from train.world.benchmarks import (
     benchmark_scene,
     benchmark_scene_classes,
     classes_named,
+    group_is_present,
 )
 from train.world.canvas import IGNORE
-from train.world.crops import render_object_crop
+from train.world.crops import render_object_crop, render_part_crop
 from train.world.scene import Scene, SceneObject, render_scene, render_training_scene, training_target
 
 __all__ = [
@@ -53,7 +54,9 @@ __all__ = [
     "benchmark_scene",
     "benchmark_scene_classes",
     "classes_named",
+    "group_is_present",
     "render_object_crop",
+    "render_part_crop",
     "render_scene",
     "render_training_scene",
     "training_target",

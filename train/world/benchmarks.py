@@ -14,6 +14,7 @@ from train.world.vocabulary import (
     CLASS_ID,
     CLASS_NAMES,
     GROUP_OF,
+    GROUPS,
     PART_ID,
     PART_NAMES,
     STUFF_CLASSES,
@@ -110,9 +111,18 @@ def benchmark_sample(benchmark: Benchmark | str, index: int, size: int = 128) ->
 
 
 _CLASS_PATTERN = {name: re.compile(rf"\b({re.escape(name)}|{re.escape(plural(name))})\b") for name in CLASS_NAMES}
+_GROUP_PATTERN = {name: re.compile(rf"\b({re.escape(name)}|{re.escape(plural(name))})\b") for name in GROUPS}
 
 
 def classes_named(text: str) -> set[str]:
-    """Class names a caption mentions (whole words, singular or plural)."""
+    """Class names a caption mentions (whole words, singular or plural); a group word ("vehicles")
+    stands for the classes of that group that the caption could mean, so it is returned as the group
+    name itself and checked with :func:`group_is_present`."""
     lowered = text.lower()
-    return {name for name, pattern in _CLASS_PATTERN.items() if pattern.search(lowered)}
+    found = {name for name, pattern in _CLASS_PATTERN.items() if pattern.search(lowered)}
+    return found | {name for name, pattern in _GROUP_PATTERN.items() if pattern.search(lowered)}
+
+
+def group_is_present(group: str, classes: set[str] | tuple[str, ...]) -> bool:
+    """Whether a group word may be said of a scene with these classes: one of its members is there."""
+    return any(member in classes for member in GROUPS[group])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from train.world.stuff import _PREPOSITION, _Layout
-from train.world.vocabulary import CLASS_ID, STUFF_CLASSES, plural
+from train.world.vocabulary import CLASS_ID, GROUP_OF, STUFF_CLASSES, plural
 
 if TYPE_CHECKING:
     from train.world.scene import Scene, SceneObject
@@ -116,6 +116,13 @@ def _join(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
     return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _group_words(group: str, count: int) -> str:
+    """ "a vehicle", "two vehicles"; "furniture" is uncountable ("furniture", "two pieces of furniture")."""
+    if group == "furniture":
+        return "furniture" if count == 1 else f"{_NUMBERS[min(count, 9)]} pieces of furniture"
+    return _article(group) if count == 1 else f"{_NUMBERS[min(count, 9)]} {plural(group)}"
 
 
 def _captions(rng: np.random.Generator, scene: Scene, layout: _Layout, class_counts: np.ndarray) -> list[str]:
@@ -227,6 +234,15 @@ def _captions(rng: np.random.Generator, scene: Scene, layout: _Layout, class_cou
         captions.append(f"{_NUMBERS[min(total, 9)]} {'thing' if total == 1 else 'things'} in this picture: {counted}")
     else:
         captions.append("no objects, only " + _join([c for c in STUFF_CLASSES if c in stuff] or ["background"]))
+    # 6. the same things by their group ("two vehicles and a plant"); written last, so that the rng
+    # draws above, and with them every other caption, stay as they were before groups existed.
+    by_group: dict[str, int] = {}
+    for o in objs:
+        if o.class_name in GROUP_OF:
+            by_group[GROUP_OF[o.class_name]] = by_group.get(GROUP_OF[o.class_name], 0) + 1
+    if by_group:
+        named = [_group_words(g, n) for g, n in by_group.items()]
+        captions.append(f"{_join(named)} in the scene")
     return [_fix_articles(c) for c in captions]
 
 

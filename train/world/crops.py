@@ -5,17 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+from PIL import Image
 
 from train.world.canvas import IGNORE, _Canvas
-from train.world.captions import _article, _fix_articles, _noun, _with_parts
+from train.world.captions import _article, _fix_articles, _group_words, _noun, _with_parts
 from train.world.scene import SceneObject, _check_args
 from train.world.stuff import _PREPOSITION, _draw_forest, _draw_mountains, _Layout, _stuff_mat
 from train.world.things import _DRAW, _EXTENT, SKY_THINGS, SURFACES
 from train.world.vocabulary import (
     CLASS_ID,
     CLASS_NAMES,
+    GROUP_OF,
+    PART_ID,
     PART_NAMES,
     STUFF_CLASSES,
+    THING_CLASSES,
+    THING_PARTS,
 )
 
 _SALT_CROP = 23
@@ -27,8 +32,41 @@ def render_object_crop(
     """One thing centred and large (or a patch of stuff), like the object photos a web CLIP learns from.
 
     Returns (image uint8 (size, size, 3), caption, class name). ``class_name`` forces the class;
-    otherwise it is drawn uniformly from ``classes``. The caption names only that class.
+    otherwise it is drawn uniformly from ``classes``. The caption names only that class (or its group:
+    "a photo of a vehicle").
     """
+    image, caption, class_name, _ = _object_crop(seed, size, class_name, classes)
+    return image, caption, class_name
+
+
+def render_part_crop(seed: int, part_name: str, size: int = 128) -> np.ndarray:
+    """A close-up of one part (a wheel, a beak): the part's box in an object crop of a thing that has it,
+    scaled to ``size``. For measuring whether a CLIP knows part words (no caption: not training data)."""
+    owners = [thing for thing in THING_CLASSES if part_name in THING_PARTS.get(thing, ())]
+    if not owners:
+        raise ValueError(f"no thing has a part called {part_name!r}; accepted: {', '.join(PART_NAMES)}")
+    for attempt in range(8):  # the part may be hidden in a crop; try the next seed
+        thing = owners[(int(seed) + attempt) % len(owners)]
+        image, _, _, parts = _object_crop(int(seed) + attempt * 7919, size, thing, CLASS_NAMES)
+        ys, xs = np.nonzero(parts == PART_ID[part_name])
+        if ys.size >= 4:
+            y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+            side = max(y1 - y0, x1 - x0, 8)
+            cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
+            box = (
+                max(0, cx - side // 2),
+                max(0, cy - side // 2),
+                min(size, cx + side // 2 + 1),
+                min(size, cy + side // 2 + 1),
+            )
+            return np.asarray(Image.fromarray(image).crop(box).resize((size, size), Image.BILINEAR))
+    raise ValueError(f"part {part_name!r} was not visible in 8 crops from seed {seed}")
+
+
+def _object_crop(
+    seed: int, size: int, class_name: str | None, classes: Iterable[str]
+) -> tuple[np.ndarray, str, str, np.ndarray | None]:
+    """render_object_crop, plus the crop's part map (global part ids, 255 = none; None for stuff)."""
     _check_args(seed, size)
     chosen = set(classes)
     unknown = sorted(chosen - set(CLASS_NAMES))
@@ -59,7 +97,7 @@ def render_object_crop(
         phrase = layout.phrases[class_name]
         templates = ("a photo of {p}.", "{p}.", "a close-up photo of {p}.", "a photo of the {n}.", "{n}")
         caption = templates[int(rng.integers(len(templates)))].format(p=phrase, n=class_name)
-        return image, caption, class_name
+        return image, caption, class_name, None
     fit = 0.8 * s / max(_EXTENT[class_name]) * rng.uniform(0.8, 1.05)
     cx = s / 2 + rng.uniform(-0.06, 0.06) * s
     if class_name in SKY_THINGS:
@@ -100,7 +138,14 @@ def render_object_crop(
         "a {n}",
         "{np}{where}.",
     )
+    if class_name in GROUP_OF:  # the group word, as web captions say "a vehicle" as often as "a car"
+        templates += ("a photo of {ga}.", "{np}, a kind of {g}.", "{ga}{where}.")
     caption = templates[int(rng.integers(len(templates)))].format(
-        np=noun, n=class_name, parts=_with_parts(rng, obj, int(rng.integers(1, 3))), where=where
+        np=noun,
+        n=class_name,
+        g=GROUP_OF.get(class_name, ""),
+        ga=_group_words(GROUP_OF[class_name], 1) if class_name in GROUP_OF else "",
+        parts=_with_parts(rng, obj, int(rng.integers(1, 3))),
+        where=where,
     )
-    return image, _fix_articles(caption), class_name
+    return image, _fix_articles(caption), class_name, parts
