@@ -121,3 +121,10 @@ def test_sampled_prompts_are_fixed_by_the_seed() -> None:
     scene = render_training_scene(5, 96)
     first = sample_world_prompts(scene.semantic, scene.parts, np.random.default_rng(1))
     assert first == sample_world_prompts(scene.semantic, scene.parts, np.random.default_rng(1))
+
+
+def test_render_world_draws_one_target_per_prompt_granularity() -> None:
+    from train.render_world import hierarchy_grid
+
+    grid = hierarchy_grid(1, 64, zoom=1)
+    assert grid.width == 4 * (64 + 6) and grid.height > 64

@@ -249,3 +249,11 @@ def test_resuming_with_another_config_says_what_differs(tmp_path: Path) -> None:
     assert [
         r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r
     ] == list(range(1, 7))
+
+
+def test_the_world_step_profile_times_every_phase_of_a_real_step() -> None:
+    from benchmarks.world_step_profile import PHASES, profile
+
+    result = profile("world-pmp", steps=1, batch_size=2)
+    assert set(result["phases_s"]) == set(PHASES) and all(v > 0 for v in result["phases_s"].values())
+    assert abs(sum(result["phases_s"].values()) - result["seconds_per_step"]) < 1e-9

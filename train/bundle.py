@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("world-voc", "world-full", "world-parts")
+BENCHMARKS = ("world-voc", "world-full", "world-parts", "world-mixed")
+INVESTIGATED = ("world-voc", "world-full", "world-parts")  # the stage-2 investigation's benchmarks
 # The bundled PMP was trained with the residual variant of Eq. 5 (see pmp.modeling.text_conditioning).
 MAIN_MODELS = {"baseline": "none", "pmp": "pmp_residual"}
 ABLATIONS = {"pmp_literal": "pmp", "concat": "concat", "concat_drop": "concat_drop", "text_queries": "text_queries"}
@@ -160,14 +161,14 @@ def investigate_stage2(model_dirs: dict[str, Path], out_json: Path, limit: int) 
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     lines = [
-        "| model | stage 2 | " + " | ".join(f"{b} mIoU (all / unseen)" for b in BENCHMARKS) + " |",
-        "|---|---|" + "---|" * len(BENCHMARKS),
+        "| model | stage 2 | " + " | ".join(f"{b} mIoU (all / unseen)" for b in INVESTIGATED) + " |",
+        "|---|---|" + "---|" * len(INVESTIGATED),
     ]
     for name, folder in model_dirs.items():
         segmenter = Segmenter.from_pretrained(folder)
         for variant, (mode, weight) in STAGE2_VARIANTS.items():
             cells = []
-            for benchmark in BENCHMARKS:
+            for benchmark in INVESTIGATED:
                 m = evaluate(
                     segmenter,
                     load_benchmark(benchmark),
@@ -203,6 +204,26 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def granularity_table(results: dict[str, dict[str, dict]], benchmark: str = "world-mixed") -> str:
+    """world-mixed per granularity: mIoU and proposal recall over the names of each granularity (in %)."""
+    from train.world.vocabulary import GRANULARITIES, GRANULARITY
+
+    header = "| model | " + " | ".join(f"{g} mIoU / recall" for g in GRANULARITIES) + " |"
+    lines = [header, "|---|" + "---|" * len(GRANULARITIES)]
+    for name, per_benchmark in results.items():
+        m = per_benchmark[benchmark]
+        cells = []
+        for level in GRANULARITIES:
+
+            def mean(values: dict, level: str = level) -> float | None:
+                kept = [v for k, v in values.items() if GRANULARITY[k] == level and v is not None and v == v]
+                return sum(kept) / len(kept) if kept else None
+
+            cells.append(f"{_pct(mean(m['per_class']))} / {_pct(mean(m.get('per_class_recall', {})))}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -> None:
     """mIoU (all / seen / unseen) against Eq. 3's clip weight, one panel per benchmark, both models."""
     import matplotlib
@@ -210,7 +231,7 @@ def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(4.2 * len(BENCHMARKS), 3.4), sharey=True)
+    fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(3.6 * len(BENCHMARKS), 3.4), sharey=True)
     styles = {"miou": "-", "miou_seen": "--", "miou_unseen": ":"}
     for axis, benchmark in zip(axes, BENCHMARKS):
         for index, (name, per_benchmark) in enumerate(results.items()):
@@ -283,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         results = evaluate_models(dirs, args.results / "main.json", args.eval_limit, CLIP_WEIGHT_SWEEP)
         (args.results / "main.md").write_text(markdown_table(results))
+        (args.results / "mixed_granularity.md").write_text(granularity_table(results))
         plot_clip_weight_sweep(results, ROOT / "docs" / "clip_weight.png")
         # The fixed 50-image subset that tests/test_bundle.py re-evaluates against these numbers.
         subset = evaluate_models(dirs, args.results / "subset50.json", 50)

@@ -2,6 +2,7 @@
 
     python -m train.render_world --out world.png [--n 8] [--size 128] [--benchmark world-full]
     python -m train.render_world --out crops.png --crops --n 24
+    python -m train.render_world --out docs/hierarchy.png --hierarchy --n 3   # one target per prompt granularity
     python -m train.render_world --speed          # images/s on this core at 128 and 256 px
 
 Why: the world is only useful if a person can recognise what is drawn and the labels line up with the
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pmp.visualize import palette_array
 from train import world
+from train.world.hierarchy import names_present, prompt_target
 from train.world.vocabulary import BENCHMARKS, CLASS_NAMES, PART_NAMES
 
 _TEXT_H = 11  # pixel height of one line of PIL's default bitmap font
@@ -113,6 +115,40 @@ def crop_grid(n: int, size: int, first_seed: int = 0, per_row: int = 6) -> Image
     return out
 
 
+def hierarchy_grid(n: int, size: int, first_seed: int = 0, zoom: int = 2) -> Image.Image:
+    """Per row: a scene, then its prompt-dependent target under three prompt sets of different granularity
+    (its things whole, their parts, their groups; its stuff in all three), each with its legend."""
+    rows = []
+    seed = first_seed
+    while len(rows) < n:
+        scene = world.render_scene(seed, size)
+        seed += 1
+        present = names_present(scene.semantic, scene.parts)
+        if not (present["thing"] and present["part"] and present["group"]):
+            continue
+        stuff = list(present["stuff"])
+        rows.append((scene, {"wholes": list(present["thing"]) + stuff, "parts": list(present["part"]) + stuff,
+                             "groups": list(present["group"]) + stuff}))  # fmt: skip
+    side = size * zoom
+    legend_h = 5 * (_TEXT_H + 2)
+    grid = Image.new("RGB", (4 * (side + 6), len(rows) * (side + legend_h + 8)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for r, (scene, prompt_sets) in enumerate(rows):
+        y = r * (side + legend_h + 8)
+        grid.paste(_tile(scene.image, zoom), (0, y))
+        draw.text((0, y + side + 2), "image", fill=(0, 0, 0), font=ImageFont.load_default())
+        for c, (title, prompts) in enumerate(prompt_sets.items(), start=1):
+            target = prompt_target(scene.semantic, scene.parts, prompts)
+            colours = palette(len(prompts))
+            grid.paste(_tile(colours[target], zoom), (c * (side + 6), y))
+            present_ids = [k for k in range(len(prompts)) if (target == k).any()]
+            draw.text(
+                (c * (side + 6), y + side + 2), f"prompts: {title}", fill=(0, 0, 0), font=ImageFont.load_default()
+            )
+            _legend(draw, c * (side + 6), y + side + 2 + _TEXT_H + 2, present_ids, prompts, colours, side)
+    return grid
+
+
 def measure_speed(size: int, n: int = 200) -> dict[str, float]:
     """Images per second on the calling core for scenes, training scenes and object crops of ``size`` px."""
     world.render_scene(0, size)  # builds the texture bank for this size outside the timing
@@ -138,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--benchmark", choices=sorted(BENCHMARKS), help="show this benchmark's images and labels")
     parser.add_argument("--training", action="store_true", help="show training scenes (seen classes only)")
     parser.add_argument("--crops", action="store_true", help="show object crops instead of scenes")
+    parser.add_argument("--hierarchy", action="store_true", help="show each scene's target under wholes, parts, groups")
     parser.add_argument("--speed", action="store_true", help="print images/s at 128 and 256 px and exit")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -147,7 +184,9 @@ def main(argv: list[str] | None = None) -> None:
             rates = measure_speed(size, n=300 if size == 128 else 150)
             print(f"{size}px: " + ", ".join(f"{k} {v:.0f} img/s" for k, v in rates.items()))
         return
-    if args.crops:
+    if args.hierarchy:
+        grid = hierarchy_grid(args.n, args.size, args.seed)
+    elif args.crops:
         grid = crop_grid(args.n, args.size, args.seed)
     else:
         grid = scene_grid(args.n, args.size, args.benchmark, args.training, args.seed)
