@@ -128,3 +128,16 @@ def test_render_world_draws_one_target_per_prompt_granularity() -> None:
 
     grid = hierarchy_grid(1, 64, zoom=1)
     assert grid.width == 4 * (64 + 6) and grid.height > 64
+
+
+def test_part_close_ups_show_the_part_and_name_it() -> None:
+    from train.world import render_part_crop
+    from train.world.vocabulary import PART_NAMES
+
+    for name in PART_NAMES:
+        image, caption = render_part_crop(3, name, 64)
+        assert image.shape == (64, 64, 3) and name in caption
+        again = render_part_crop(3, name, 64)
+        assert image.tobytes() == again[0].tobytes() and caption == again[1]
+    with pytest.raises(ValueError, match="no thing has a part"):
+        render_part_crop(0, "propeller")

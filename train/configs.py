@@ -58,6 +58,7 @@ class CLIPTrainConfig:
     image_size: int = 128
     batch_size: int = 64  # per rank (train.bundle runs 2 ranks x 32); about half scenes, half object crops
     crop_fraction: float = 0.5
+    part_fraction: float = 0.15  # part close-ups ("a close-up photo of a wheel"); the rest are scenes
     steps: int = 1500
     lr: float = 1e-3
     weight_decay: float = 0.1

@@ -44,6 +44,7 @@ from train.runtime import (
     seed_everything,
     setup_distributed,
 )
+from train.world.vocabulary import PART_NAMES
 
 
 def make_pair(index: int, config: CLIPTrainConfig) -> tuple[np.ndarray, str]:
@@ -52,9 +53,13 @@ def make_pair(index: int, config: CLIPTrainConfig) -> tuple[np.ndarray, str]:
 
     seed = config.seed * 1_000_003 + index
     rng = np.random.default_rng(seed)
-    if rng.random() < config.crop_fraction:
+    draw = rng.random()
+    if draw < config.crop_fraction:
         image, caption, _ = world.render_object_crop(seed, config.image_size)
         return image, caption
+    if draw < config.crop_fraction + config.part_fraction:
+        part = PART_NAMES[int(rng.integers(len(PART_NAMES)))]
+        return world.render_part_crop(seed, part, config.image_size)
     scene = world.render_scene(seed, config.image_size)
     return scene.image, scene.captions[int(rng.integers(len(scene.captions)))]
 
@@ -117,7 +122,7 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
     groups = accuracy(group_truths, classify(group_images, list(vocab.GROUP_NAMES)), set(vocab.SEEN_GROUPS))
     metrics.update({f"zero_shot_group_top1{key}": value for key, value in groups.items()})
     parts = list(vocab.PART_NAMES)
-    part_images = [world.render_part_crop(20_000_000 + 1_000 * i + k, name, config.image_size)
+    part_images = [world.render_part_crop(20_000_000 + 1_000 * i + k, name, config.image_size)[0]
                    for i, name in enumerate(parts) for k in range(per_class)]  # fmt: skip
     part_truths = [name for name in parts for _ in range(per_class)]
     part_scores = accuracy(part_truths, classify(part_images, parts), set(vocab.SEEN_PARTS))

@@ -39,9 +39,10 @@ def render_object_crop(
     return image, caption, class_name
 
 
-def render_part_crop(seed: int, part_name: str, size: int = 128) -> np.ndarray:
-    """A close-up of one part (a wheel, a beak): the part's box in an object crop of a thing that has it,
-    scaled to ``size``. For measuring whether a CLIP knows part words (no caption: not training data)."""
+def render_part_crop(seed: int, part_name: str, size: int = 128) -> tuple[np.ndarray, str]:
+    """A close-up of one part (a wheel, a beak) and its caption ("a close-up photo of a wheel of a car"):
+    the part's box in an object crop of a thing that has it, scaled to ``size``. Web photos show parts
+    close up too; without such pairs a CLIP learns part words only as attributes of whole objects."""
     owners = [thing for thing in THING_CLASSES if part_name in THING_PARTS.get(thing, ())]
     if not owners:
         raise ValueError(f"no thing has a part called {part_name!r}; accepted: {', '.join(PART_NAMES)}")
@@ -51,15 +52,14 @@ def render_part_crop(seed: int, part_name: str, size: int = 128) -> np.ndarray:
         ys, xs = np.nonzero(parts == PART_ID[part_name])
         if ys.size >= 4:
             y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-            side = max(y1 - y0, x1 - x0, 8)
+            half = max(y1 - y0, x1 - x0, 8) // 2 + 1
             cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-            box = (
-                max(0, cx - side // 2),
-                max(0, cy - side // 2),
-                min(size, cx + side // 2 + 1),
-                min(size, cy + side // 2 + 1),
-            )
-            return np.asarray(Image.fromarray(image).crop(box).resize((size, size), Image.BILINEAR))
+            box = (max(0, cx - half), max(0, cy - half), min(size, cx + half), min(size, cy + half))
+            close_up = np.asarray(Image.fromarray(image).crop(box).resize((size, size), Image.BILINEAR))
+            templates = ("a close-up photo of a {p}.", "a {p}.", "the {p} of a {t}.", "a close-up of a {t}'s {p}.")
+            rng = np.random.default_rng([_SALT_CROP, 1, int(seed)])
+            caption = templates[int(rng.integers(len(templates)))].format(p=part_name, t=thing)
+            return close_up, _fix_articles(caption)
     raise ValueError(f"part {part_name!r} was not visible in 8 crops from seed {seed}")
 
 
