@@ -6,7 +6,8 @@
 Why the CLIP sees the WHOLE vocabulary while the segmenters see only the seen classes: this is the
 open-vocabulary premise of the paper. CLIP was trained on web image-text pairs that name (nearly)
 everything; the segmenter's masks come from COCO-Stuff's 171 classes only. Here the CLIP is trained on
-scene captions and object crops of every class and part, and the segmenters on masks of seen classes.
+scene captions, object crops and part close-ups of every class, part and group word, and the segmenters on
+masks of seen names.
 
 The output folder is in open_clip's own layout (``open_clip_config.json`` + ``open_clip_model.safetensors``),
 so ``open_clip.create_model("local-dir:runs/tiny-clip/model")`` and ``pmp`` both load it.
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from pmp.clip import CLIPModel
 from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig
 from train.configs import CLIPTrainConfig
+from train.recipes import WORLD_TEMPLATES
 from train.runtime import (
     MetricsLog,
     check_finite,
@@ -164,7 +166,8 @@ def save_open_clip_folder(
         "",
         "# Tiny CLIP for the PMP synthetic world",
         "",
-        "Trained contrastively (open_clip's ClipLoss) on the synthetic world's scene captions and object crops.",
+        "Trained contrastively (open_clip's ClipLoss) on the synthetic world's scene captions, object crops "
+        "and part close-ups.",
         "",
         "```",
         command,
@@ -262,6 +265,20 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
         cleanup_distributed()
 
 
+def load_clip_for_evaluation(source: str) -> CLIPModel:
+    """An open_clip folder (``open_clip_config.json`` + weights) or the CLIP inside a segmenter checkpoint."""
+    folder = Path(source)
+    if (folder / "open_clip_config.json").is_file():
+        model_cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+        config = CLIPConfig(
+            model_name=folder.name, model_cfg=model_cfg, pretrained=str(folder / "open_clip_model.safetensors")
+        )
+        return CLIPModel.build(dataclasses.replace(config, templates=WORLD_TEMPLATES))
+    from pmp.segmenter import Segmenter
+
+    return Segmenter.from_pretrained(source).clip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.train_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -272,7 +289,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="CLIP",
+        help="only measure zero-shot accuracy of this CLIP (an open_clip folder, or a segmenter checkpoint's "
+        "CLIP: a bundled name, folder or Hub id) and write it as JSON to --out",
+    )
     args = parser.parse_args(argv)
+    if args.evaluate:
+        metrics = zero_shot_accuracy(load_clip_for_evaluation(args.evaluate), CLIPTrainConfig())
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"clip": args.evaluate, **metrics}, indent=2) + "\n")
+        print(json.dumps(metrics, indent=2))
+        return 0
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     config = dataclasses.replace(CLIPTrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.train_clip " + " ".join(sys.argv[1:] if argv is None else argv)
