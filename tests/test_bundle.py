@@ -95,3 +95,22 @@ def test_bundled_outputs_are_bit_identical_to_the_reference() -> None:
         assert out.p_out.tolist() == expected["p_out"], name
         assert float(out.mask_logits.double().sum()) == expected["mask_logits_sum"], name
         assert out.semantic.flatten().tolist()[::7] == expected["semantic"], name
+
+
+def test_seed_table_gives_mean_and_sample_std_per_model(tmp_path: Path) -> None:
+    from train.bundle import BENCHMARKS, seed_table
+
+    files = []
+    for seed, value in enumerate((0.30, 0.34)):
+        run = {"m": {b: {"miou": value, "proposal_recall": 0.5} for b in BENCHMARKS}}
+        files.append(tmp_path / f"seed{seed}.json")
+        files[-1].write_text(json.dumps(run))
+    table = seed_table(files)
+    assert "| m | 32.0 ± 2.8 | 50.0 ± 0.0 |" in table and "2 seeds" in table
+
+
+def test_readme_seed_table_is_generated_from_results() -> None:
+    from train.bundle import seed_table
+
+    table = seed_table([ROOT / "results" / "hierarchy_seed0.json", ROOT / "results" / "hierarchy_seed1.json"])
+    assert table in (ROOT / "README.md").read_text()

@@ -13,6 +13,7 @@ stays under 10 MB and the bundle under 40 MB.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -224,6 +225,28 @@ def granularity_table(results: dict[str, dict[str, dict]], benchmark: str = "wor
     return "\n".join(lines) + "\n"
 
 
+def seed_table(result_files: list[Path]) -> str:
+    """mIoU and proposal recall per model and benchmark as mean ± sample std over runs with different seeds
+    (one results JSON per seed, as :func:`evaluate_models` writes them), in %."""
+    import math
+
+    runs = [json.loads(Path(f).read_text()) for f in result_files]
+    header = (
+        f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} mIoU | {b} recall" for b in BENCHMARKS) + " |"
+    )
+    lines = [header, "|---|" + "---|---|" * len(BENCHMARKS)]
+    for name in runs[0]:
+        cells = []
+        for benchmark in BENCHMARKS:
+            for key in ("miou", "proposal_recall"):
+                values = [100 * run[name][benchmark][key] for run in runs]
+                mean = sum(values) / len(values)
+                std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
+                cells.append(f"{mean:.1f} ± {std:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -> None:
     """mIoU (all / seen / unseen) against Eq. 3's clip weight, one panel per benchmark, both models."""
     import matplotlib
@@ -274,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablations", action="store_true", help="train and evaluate concat, concat_drop, text_queries")
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument(
+        "--seed-table",
+        default=None,
+        metavar="A.json,B.json",
+        help="print the mean ± std table of these per-seed results files and exit",
+    )
+    parser.add_argument(
         "--investigate", action="store_true", help="stage-2 mode and lambda variants of the bundled models"
     )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
@@ -281,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seg-steps", type=int, default=None)
     parser.add_argument("--eval-limit", type=int, default=None, help="images per benchmark (default: all 500)")
     args = parser.parse_args(argv)
+    if args.seed_table:
+        print(seed_table([Path(f) for f in args.seed_table.split(",")]), end="")
+        return 0
     started = time.perf_counter()
     if args.investigate:
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
