@@ -21,7 +21,15 @@ import torch
 
 from pmp.images import normalize_pixels
 from train.configs import SegTrainConfig
-from train.world.hierarchy import GROUP_OF, SEEN_GROUPS, SEEN_NAMES, names_present, prompt_target, seen_parts_of
+from train.world.hierarchy import (
+    GROUP_OF,
+    SEEN_GROUPS,
+    SEEN_NAMES,
+    granularity_prompts,
+    names_present,
+    prompt_target,
+    seen_parts_of,
+)
 from train.world.vocabulary import CLASS_ID, PART_ID
 
 
@@ -89,18 +97,8 @@ def sample_world_prompts(
             continue
         own_parts = np.unique(parts[semantic == CLASS_ID[thing]])
         visible = [part for part in seen_parts_of(thing) if PART_ID[part] in own_parts]
-        options = (
-            ["whole"]
-            + (["parts", "both"] if visible else [])
-            + (["group"] if GROUP_OF.get(thing) in SEEN_GROUPS else [])
-        )
-        choice = options[int(rng.integers(len(options)))]
-        if choice in ("whole", "both"):
-            prompts.append(thing)
-        if choice in ("parts", "both"):
-            prompts += visible
-        if choice == "group":
-            prompts.append(GROUP_OF[thing])
+        group = GROUP_OF.get(thing) if GROUP_OF.get(thing) in SEEN_GROUPS else None
+        prompts += granularity_prompts(thing, visible, group, rng)
     prompts = list(dict.fromkeys(prompts))
     absent = [name for name in SEEN_NAMES if name not in claimed]  # a negative must claim no pixel
     prompts += [name for name in absent if rng.random() < negative_prob]

@@ -7,7 +7,7 @@ import re
 import numpy as np
 
 from train.world.canvas import IGNORE
-from train.world.hierarchy import names_present, prompt_target
+from train.world.hierarchy import granularity_prompts, names_present, prompt_target
 from train.world.scene import Scene, _check_args, _render
 from train.world.vocabulary import (
     ALL_NAMES,
@@ -77,14 +77,7 @@ def mixed_prompts(scene: Scene, seed: int) -> list[str]:
     for thing in present["thing"]:
         own = np.unique(scene.parts[scene.semantic == CLASS_ID[thing]])
         parts = [name for name in PART_NAMES if PART_ID[name] in own]
-        options = ["whole"] + (["parts", "both"] if parts else []) + (["group"] if thing in GROUP_OF else [])
-        choice = options[int(rng.integers(len(options)))]
-        if choice in ("whole", "both"):
-            prompts.append(thing)
-        if choice in ("parts", "both"):
-            prompts += parts
-        if choice == "group":
-            prompts.append(GROUP_OF[thing])
+        prompts += granularity_prompts(thing, parts, GROUP_OF.get(thing), rng)
     prompts = list(dict.fromkeys(prompts))
     claimed = set(sum(present.values(), ()))
     absent = [name for name in ALL_NAMES if name not in claimed]

@@ -44,7 +44,7 @@ from train.world.vocabulary import (
 
 __all__ = [  # the vocabulary facts are re-exported: the hierarchy is read together with them
     "ALL_NAMES", "GRANULARITY", "GROUPS", "GROUP_OF", "SEEN_GROUPS", "SEEN_NAMES", "SEEN_PARTS",
-    "is_seen", "names_present", "prompt_target", "seen_parts_of",
+    "granularity_prompts", "is_seen", "names_present", "prompt_target", "seen_parts_of",
 ]  # fmt: skip
 
 
@@ -101,6 +101,19 @@ def prompt_target(semantic: np.ndarray, parts: np.ndarray, prompts: Sequence[str
             mask = thing_pixel & (parts == PART_ID[name])
         target[mask] = index
     return target
+
+
+def granularity_prompts(thing: str, parts: Sequence[str], group: str | None, rng: np.random.Generator) -> list[str]:
+    """The prompts that name one present thing at a granularity drawn uniformly from those it has: the
+    thing itself, its ``parts``, both, or its ``group`` (one draw from ``rng``). The training sampler passes
+    seen parts and groups only; world-mixed passes all of them."""
+    options = ["whole"] + (["parts", "both"] if parts else []) + (["group"] if group else [])
+    choice = options[int(rng.integers(len(options)))]
+    return (
+        ([thing] if choice in ("whole", "both") else [])
+        + (list(parts) if choice in ("parts", "both") else [])
+        + ([group] if choice == "group" else [])
+    )
 
 
 def names_present(semantic: np.ndarray, parts: np.ndarray) -> dict[str, tuple[str, ...]]:
