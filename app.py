@@ -28,10 +28,13 @@ import shutil  # noqa: E402
 import signal  # noqa: E402
 import tempfile  # noqa: E402
 import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from pmp.demo import (  # noqa: E402
@@ -46,9 +49,25 @@ from pmp.demo import (  # noqa: E402
     prompts_markdown,
     read_prompts,
     run_comparison,
+    run_prompt_change,
     write_pictures,
+    write_prompt_change_pictures,
 )
 from pmp.images import ACCEPTED, IMAGE_SUFFIXES, ImageError, check_image_header  # noqa: E402
+from pmp.visualize import overlay  # noqa: E402
+from train.world.canvas import IGNORE  # noqa: E402
+from train.world.demo import (  # noqa: E402
+    DEMO_SCENE_SIZE,
+    GroundTruth,
+    ImageScores,
+    check_demo_seed,
+    demo_scene,
+    ground_truth,
+    image_scores,
+    scene_prompts,
+    unknown_words,
+    vocabulary,
+)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "25mb"  # uploads above this are refused by Gradio before they reach the handler
@@ -56,13 +75,26 @@ MAX_UPLOAD_BODY_BYTES = 26 * 1024 * 1024  # an upload request: the 25 MB file pl
 # Every other request is a small JSON event; an image sent inline as a data URL must fit in it too.
 MAX_API_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 16
-INTRO = """# PMP vs an OVSeg-style baseline
-Both models propose masks (stage 1) and let CLIP classify them (stage 2). PMP conditions the mask
-proposals on your prompts; the baseline does not. For each prompt, the proposal with the highest
-**p_out = p^(1-w) · p_hat^w** is picked, where **p** is the stage-1 probability, **p_hat** CLIP's and
-w the CLIP weight (0.65, as OVSeg and ODISE weight CLIP; the paper's Eq. 3 writes λ = 1 - w).
-Type class names separated by commas (*sky, house, red car*) or a caption.
+INTRO = """# What PMP changes: prompt-guided mask proposals, side by side with an OVSeg-style baseline
+Both models propose masks (stage 1) and let CLIP name them (stage 2). **PMP's proposals listen to your
+prompts; the baseline's never do.** The first tab shows it: the same image under two prompt sets, and how far each
+model's proposals moved. On a world scene (**New scene**) the page also shows the ground truth and scores each model.
 """
+SCORING = """For each prompt the proposal with the highest **p_out = p^(1-w) · p_hat^w** is picked, where **p** is the
+stage-1 probability, **p_hat** CLIP's and w the CLIP weight (0.65, as OVSeg and ODISE weight CLIP; Eq. 3 writes
+λ = 1 - w)."""
+UPLOAD_NOTICE = (
+    "**No ground truth for your own image.** The bundled models were trained on the synthetic world "
+    "only (its {count} words are listed under *Vocabulary*), so on a photo their masks are guesses. To compare "
+    "models trained on real data, start the app with them: `python app.py --baseline <folder or Hub id> "
+    "--pmp <folder or Hub id>` (see the README, Training at full scale)."
+)
+REAL_UPLOAD_NOTE = "No ground truth for this image: the page has ground truth for world scenes (**New scene**) only."
+NOT_THAT_SCENE = "This image is not world scene {seed}. "
+TRUTH_NOTE = (
+    "**Ground truth of world scene {seed}** under these prompts: each pixel is the finest prompted name of its chain "
+    "(part → thing → group, e.g. *wheel → car → vehicle*); pixels no prompt names are left untinted and not scored."
+)
 
 
 # ------------------------------------------------------------------------- the Gradio adapter
@@ -72,26 +104,103 @@ STAGE2_DESCRIPTIONS = {"pool": "mask-pooled dense CLIP features", "crop": "OVSeg
 GENERIC_ERROR = "Something went wrong while segmenting (error id {}). Try another image or fewer prompts."
 
 
-def column_title(name: str, stage2_mode: str) -> str:
-    """A model column's heading, naming the second stage it ran."""
+def knows_the_world(models: DemoModels) -> bool:
+    """Whether both models are the world's (their CLIP is the bundled tiny CLIP): then the page offers the
+    world's vocabulary and flags prompts outside it."""
+    return all(
+        getattr(getattr(model.config, "clip", None), "model_name", "") == "tiny-clip" for _, model in models.items()
+    )
+
+
+def column_title(name: str, stage2_mode: str, scores: ImageScores | None = None) -> str:
+    """A model column's heading, naming the second stage it ran, and its scores on a world scene."""
     mode = stage2_mode if stage2_mode in STAGE2_DESCRIPTIONS else "pool"
-    return f"## {MODEL_TITLES[name]}\nstage 2: **{mode}** ({STAGE2_DESCRIPTIONS[mode]})"
+    title = f"## {MODEL_TITLES[name]}"
+    if scores is not None:
+        title += f" · mIoU {_pct(scores.miou)} · recall {_pct(scores.recall)}"
+    return (
+        title
+        + f"\nstage 2: **{mode}** ({STAGE2_DESCRIPTIONS[mode]})"
+        + (f"; scored on this image's {scores.scored} prompt(s) with ground truth" if scores is not None else "")
+    )
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.0f}%"
 
 
 # The order of the values returned by compare_for_ui; app.py wires its output components in this order.
 UI_OUTPUTS = (
-    "prompts",  # Markdown: the parsed prompts
-    "baseline_overlay", "baseline_masks", "baseline_table", "baseline_grid", "baseline_timings",
-    "pmp_overlay", "pmp_masks", "pmp_table", "pmp_grid", "pmp_timings",
+    "prompts",  # Markdown: the parsed prompts, with the words the bundled models do not know flagged
+    "truth", "truth_note",  # the ground truth under these prompts (world scenes), or why there is none
+    "baseline_title", "baseline_overlay", "baseline_masks", "baseline_table", "baseline_grid", "baseline_timings",
+    "pmp_title", "pmp_overlay", "pmp_masks", "pmp_table", "pmp_grid", "pmp_timings",
     "differences_text", "differences_table",
     "downloads",
     "grids_state",  # per-session: both grid orders per model, for the sort toggle (not part of the API)
 )  # fmt: skip
+# The order of the values returned by prompt_change_for_ui.
+CHANGE_OUTPUTS = (
+    "change_summary",
+    "baseline_change_title", "baseline_set1", "baseline_set2", "baseline_masks1", "baseline_masks2",
+    "pmp_change_title", "pmp_set1", "pmp_set2", "pmp_masks1", "pmp_masks2",
+    "truth_set1", "truth_set2", "change_truth_note",
+)  # fmt: skip
+SCENE_OUTPUTS = ("image", "prompts", "scene_seed", "scene_note")
 
 
 def user_error(message: str) -> gr.Error:
     """gr.Error with the message HTML-escaped (gr.Error renders HTML; prompts are user text)."""
     return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+def _run(work: Any) -> Any:
+    """Run ``work()``; bad input becomes its own gr.Error, anything else is logged and reported generically."""
+    try:
+        return work()
+    except DemoInputError as error:
+        raise user_error(str(error)) from None
+    except Exception:  # anything else is a bug or a resource problem: log it, tell the user little
+        error_id = uuid.uuid4().hex[:8]
+        logger.exception("request failed (error id %s)", error_id)
+        raise user_error(GENERIC_ERROR.format(error_id)) from None
+
+
+def scene_truth(models: DemoModels, scene_seed: Any, image: Any, labels: list[str]) -> tuple[GroundTruth | None, str]:
+    """The ground truth of a world scene under ``labels``, or None and a note saying why there is none.
+
+    The seed is checked, and so is the image: ground truth is given only when the image is that scene's
+    picture pixel for pixel, so a seed left over from an earlier scene never scores another image.
+    """
+    upload_note = UPLOAD_NOTICE.format(count=sum(map(len, vocabulary().values())))
+    if not knows_the_world(models):
+        upload_note = REAL_UPLOAD_NOTE
+    if scene_seed is None or (isinstance(scene_seed, str) and not scene_seed.strip()):
+        return None, upload_note
+    try:
+        seed = check_demo_seed(scene_seed)
+    except ValueError as error:
+        raise DemoInputError(str(error)) from None
+    scene = demo_scene(seed)
+    pixels = np.asarray(image.convert("RGB")) if image is not None else None
+    if pixels is None or pixels.shape != scene.image.shape or not np.array_equal(pixels, scene.image):
+        return None, NOT_THAT_SCENE.format(seed=seed) + upload_note
+    truth = ground_truth(scene, labels)
+    note = TRUTH_NOTE.format(seed=seed)
+    if truth.outside_world:
+        names = ", ".join(f"`{_code(name)}`" for name in truth.outside_world)
+        note += f" {names}: no world name, so no pixel is theirs."
+    return truth, note
+
+
+def truth_picture(truth: GroundTruth, image: Any) -> Any:
+    """The ground truth drawn as the models' label maps are: the same colours, the same legend."""
+    semantic = np.where(truth.target == IGNORE, -1, truth.target.astype(np.int64))
+    return overlay(image, semantic, truth.prompts)
+
+
+def _code(text: str) -> str:
+    return text.replace("`", "'")
 
 
 def compare_for_ui(
@@ -102,6 +211,7 @@ def compare_for_ui(
     stage2_mode: Any,
     mask_threshold: Any,
     sort_by_score: Any = True,
+    scene_seed: Any = None,
     *,
     output_root: str | Path | None = None,
 ) -> tuple:
@@ -112,22 +222,26 @@ def compare_for_ui(
     with identical outputs (two users running the same example) could serve each other a half-written
     file. A path is copied into Gradio's cache atomically instead.
     """
-    try:
+
+    def work() -> tuple:
         view = run_comparison(
             models, image, prompt_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root
         )
-        pictures = write_pictures(view)
-    except DemoInputError as error:
-        raise user_error(str(error)) from None
-    except Exception:  # anything else is a bug or a resource problem: log it, tell the user little
-        error_id = uuid.uuid4().hex[:8]
-        logger.exception("comparison failed (error id %s)", error_id)
-        raise user_error(GENERIC_ERROR.format(error_id)) from None
+        truth, note = scene_truth(models, scene_seed, view.image, view.labels)
+        return view, write_pictures(view), truth, note
+
+    view, pictures, truth, note = _run(work)
     slot = 0 if sort_by_score else 1
-    values: list[Any] = [view.prompts_markdown()]
+    truth_path = None
+    if truth is not None:
+        truth_path = str(view.folder / "ground_truth.png")
+        truth_picture(truth, view.image).save(truth_path)
+    values: list[Any] = [prompts_with_flags(models, view.labels), truth_path, note]
     for name in MODEL_NAMES:
-        column, files = view.views[name], pictures[name]
+        column, files, result = view.views[name], pictures[name], view.results[name]
+        scores = image_scores(truth, result.semantic, result.proposals) if truth is not None else None
         values += [
+            column_title(name, view.settings["stage2_mode"], scores),
             files["overlay"],
             [(path, caption) for path, (_, caption) in zip(files["masks"], column.masks)],
             {"headers": TABLE_HEADERS, "data": column.table},
@@ -143,8 +257,100 @@ def compare_for_ui(
     return tuple(values)
 
 
+def prompt_change_for_ui(
+    models: DemoModels,
+    image: Any,
+    first_prompts: Any,
+    second_prompts: Any,
+    clip_weight: Any,
+    stage2_mode: Any,
+    mask_threshold: Any,
+    scene_seed: Any = None,
+    *,
+    output_root: str | Path | None = None,
+) -> tuple:
+    """The prompt-change view's (and the ``/prompt_change`` API's) handler: values in CHANGE_OUTPUTS order."""
+
+    def work() -> tuple:
+        view = run_prompt_change(
+            models, image, first_prompts, second_prompts, clip_weight, stage2_mode, mask_threshold,
+            output_root=output_root,
+        )  # fmt: skip
+        truths = [scene_truth(models, scene_seed, view.image, labels) for labels in view.prompt_sets]
+        return view, write_prompt_change_pictures(view), truths
+
+    view, pictures, truths = _run(work)
+    values: list[Any] = [view.summary_markdown()]
+    for name in MODEL_NAMES:
+        title = f"### {MODEL_TITLES[name]}\n{view.shifts[name].markdown()}"
+        if truths[0][0] is not None:
+            scores = [
+                image_scores(truth, result.semantic, result.proposals)
+                for (truth, _), result in zip(truths, view.results[name])
+            ]
+            title += (
+                f"\n\nmIoU on this image: {_pct(scores[0].miou)} (first set) → {_pct(scores[1].miou)} (second set); "
+                f"recall {_pct(scores[0].recall)} → {_pct(scores[1].recall)}"
+            )
+        values.append(title)
+        values += [pictures[name][k]["overlay"] for k in (0, 1)]
+        for k in (0, 1):
+            values.append(
+                [(path, caption) for path, (_, caption) in zip(pictures[name][k]["masks"], view.views[name][k].masks)]
+            )
+    truth_paths: list[Any] = []
+    for k, (truth, _) in enumerate(truths):
+        if truth is None:
+            truth_paths.append(None)
+            continue
+        truth_paths.append(str(view.folder / f"ground_truth_set{k + 1}.png"))
+        truth_picture(truth, view.image).save(truth_paths[-1])
+    return tuple(values + truth_paths + [truths[1][1]])
+
+
+def scene_for_ui(models: DemoModels, scene_seed: Any, *, output_root: str | Path) -> tuple:
+    """The ``/render_scene`` API and the New scene button: a world scene (a random one when ``scene_seed``
+    is empty), its prompt set, its seed and a note; values in SCENE_OUTPUTS order."""
+    if scene_seed is None or (isinstance(scene_seed, str) and not scene_seed.strip()):
+        scene_seed = int(np.random.default_rng().integers(0, 1_000_000))
+    try:
+        seed = check_demo_seed(scene_seed)
+    except ValueError as error:
+        raise user_error(str(error)) from None
+    scene = demo_scene(seed)
+    folder = Path(output_root) / "scenes"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"scene-{seed}.png"
+    if not path.is_file():  # written once under a unique name, then renamed: concurrent requests never see half a file
+        partial = folder / f".scene-{seed}-{uuid.uuid4().hex}.png"
+        Image.fromarray(scene.image).save(partial)
+        os.replace(partial, path)
+    note = (
+        f"World scene **{seed}** ({DEMO_SCENE_SIZE} px; share it by its seed). Its prompts name each thing as "
+        "itself, by its parts, or by its group: press **Run** or **Compare the two sets** to see the ground truth "
+        "and the scores."
+    )
+    return str(path), ", ".join(scene_prompts(scene)), seed, note
+
+
+def prompts_with_flags(models: DemoModels, labels: list[str]) -> str:
+    """The parsed prompts, and (for the world's models) a line for each prompt with words they never read."""
+    text = prompts_markdown(labels)
+    if not knows_the_world(models):
+        return text
+    flags = []
+    for label in labels:
+        words = unknown_words(label)
+        if words:
+            what = ", ".join(f"*{_code(word)}*" for word in words)
+            flags.append(f"- ⚠ `{_code(label)}`: not in the bundled models' vocabulary ({what}); its mask is a guess")
+    return text + ("\n\n" + "\n".join(flags) if flags else "")
+
+
 def preview_prompts(models: DemoModels, text: Any) -> str:
     """Live feedback while typing: the prompts the Run button will use, or why there are none."""
+    if isinstance(text, (list, tuple)):
+        text = ", ".join(map(str, text))
     if not isinstance(text, str) or not text.strip():
         return "*Type class names separated by commas (sky, house, red car) or a caption.*"
     try:
@@ -152,7 +358,24 @@ def preview_prompts(models: DemoModels, text: Any) -> str:
         check_token_limit(models, prompts)
     except DemoInputError as error:
         return f"**Cannot use these prompts:** {html.escape(str(error), quote=False)}"
-    return prompts_markdown(prompts)
+    return prompts_with_flags(models, prompts)
+
+
+def add_word(text: Any, word: str) -> str:
+    """A vocabulary click: ``word`` appended to the prompt box (once; the box keeps what was typed)."""
+    current = text if isinstance(text, str) else ""
+    names = [part.strip() for part in current.split(",") if part.strip()]
+    if word in names:
+        return current
+    return ", ".join(names + [word]) if names else word
+
+
+def vocabulary_samples() -> dict[str, tuple[list[str], list[str]]]:
+    """Per granularity: (the names, their labels in the panel), unseen names marked."""
+    return {
+        level: ([name for name, _ in entries], [name if seen else f"{name} (unseen)" for name, seen in entries])
+        for level, entries in vocabulary().items()
+    }
 
 
 def pick_grids(grids: Any, sort_by_score: Any) -> tuple:
@@ -317,42 +540,124 @@ def with_list_prompts(component: gr.Textbox) -> gr.Textbox:
     return component
 
 
-def read_examples(folder: Path = EXAMPLES_DIR) -> list[list[Any]]:
-    """[[image path, prompts], ...] from ``examples/*.json``; a missing or broken file is skipped.
+@dataclass(frozen=True)
+class Example:
+    """One row of the page's examples: a world scene (``seed``) or an image file, with its prompts."""
 
-    Each JSON file holds one object or a list of objects {"image": "street.png", "prompts": "sky, car"}
-    with the image path relative to the JSON file. Without any JSON file, every image in the folder
-    is an example with empty prompts.
+    image: str
+    prompts: str
+    seed: int | None = None
+    second_prompts: str = ""
+    caption: str = ""
+
+    def row(self) -> list[Any]:
+        return [self.image, self.prompts, self.seed, self.second_prompts]
+
+
+def read_examples(folder: Path = EXAMPLES_DIR, scenes: Path | None = None) -> list[Example]:
+    """The examples of ``folder/*.json``; a missing or broken entry is skipped (and logged).
+
+    Each JSON file holds one object or a list of objects. A world scene is given by its seed and drawn
+    into ``scenes`` (skipped without it): {"seed": 12, "prompts": "car", "second_prompts": "car, wheel",
+    "caption": "..."}; an image file by its path relative to the JSON file: {"image": "cat.jpg", "prompts":
+    "cat"}. Without any JSON file, every image in the folder is an example with empty prompts.
     """
     if not folder.is_dir():
         return []
     specs = sorted(folder.glob("*.json"))
     if not specs:
-        return [[str(path.resolve()), ""] for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
-    rows = []
+        return [
+            Example(str(path.resolve()), "")
+            for path in sorted(folder.iterdir())
+            if path.suffix.lower() in IMAGE_SUFFIXES
+        ]
+    examples = []
     for spec in specs:
         try:
             entries = json.loads(spec.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            logging.getLogger(__name__).warning("skipping example file %s: %s", spec, error)
+            logger.warning("skipping example file %s: %s", spec, error)
             continue
         for entry in entries if isinstance(entries, list) else [entries]:
-            if not isinstance(entry, dict) or "image" not in entry:
+            if not isinstance(entry, dict):
                 continue
-            image = (spec.parent / str(entry["image"])).resolve()
-            if image.is_file():
-                rows.append([str(image), str(entry.get("prompts", ""))])
-    return rows
+            text = {key: str(entry.get(key, "")) for key in ("prompts", "second_prompts", "caption")}
+            if "seed" in entry and scenes is not None:
+                try:
+                    image, _, seed, _ = scene_for_ui(None, entry["seed"], output_root=scenes)  # type: ignore[arg-type]
+                except gr.Error as error:
+                    logger.warning("skipping example %s in %s: %s", entry, spec, error.message)
+                    continue
+                examples.append(Example(image, seed=seed, **text))
+            elif "image" in entry and (spec.parent / str(entry["image"])).is_file():
+                examples.append(Example(str((spec.parent / str(entry["image"])).resolve()), **text))
+    return examples
 
 
-def build_app(models: DemoModels, *, output_root: str | Path, examples: list[list[Any]] | None = None) -> gr.Blocks:
+def _prompt_box(models: DemoModels, label: str, placeholder: str, elem_id: str, **options: Any) -> gr.Textbox:
+    """A prompt text box that also takes a list of strings through the API, bounded in length."""
+    return with_list_prompts(
+        gr.Textbox(
+            label=label,
+            max_length=models.limits.max_text_chars,
+            placeholder=placeholder,
+            elem_id=elem_id,
+            **options,
+        )
+    )
+
+
+def _model_column(name: str, columns: dict[str, dict[str, Any]]) -> None:
+    """One model's column of the detail tab: title with its scores, label map, picked masks, table, grid."""
+    short = "PMP" if name == "pmp" else "Baseline"
+    col = columns[name] = {}
+    col["title"] = gr.Markdown(column_title(name, "pool"), elem_id=f"{name}-title")
+    col["overlay"] = gr.Image(
+        label=f"{short}: label map", type="pil", format="png", interactive=False, elem_id=f"{name}-overlay"
+    )
+    col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
+    col["masks"] = gr.Gallery(
+        label=f"{short}: picked proposal per prompt (prompt · proposal # · p · p_hat · p_out)",
+        columns=2,
+        height=360,
+        object_fit="contain",
+        elem_id=f"{name}-masks",
+    )
+    col["table"] = gr.Dataframe(
+        headers=TABLE_HEADERS,
+        label=f"{short}: scores of the picked proposals",
+        interactive=False,
+        wrap=True,
+        elem_id=f"{name}-table",
+    )
+    col["grid"] = gr.Image(
+        label=f"{short}: every proposal (# · best label · p_out)",
+        type="pil",
+        format="png",
+        interactive=False,
+        height=520,
+        elem_id=f"{name}-grid",
+    )
+
+
+CSS = """
+#parsed-prompts { min-height: 2em; }
+.vocabulary button { font-size: 0.85em; }
+@media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
+"""
+
+
+def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Example] | None = None) -> gr.Blocks:
     """The Blocks UI; queue limits are applied by :func:`launch`."""
-    examples = read_examples() if examples is None else examples
+    output_root = Path(output_root)
+    examples = read_examples(scenes=output_root) if examples is None else examples
+    world = knows_the_world(models)
     columns: dict[str, dict[str, Any]] = {}
+    change: dict[str, Any] = {}
     with gr.Blocks(title="PMP vs OVSeg-style baseline", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO)
-        with gr.Row():
-            with gr.Column(scale=1):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
                 # image_mode=None: the handler gets the file as uploaded (16-bit, RGBA, ...), not Gradio's RGB copy
                 image = with_clear_upload_errors(
                     gr.Image(
@@ -365,17 +670,47 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
                     ),
                     models.limits.max_pixels,
                 )
-                prompts = with_list_prompts(
-                    gr.Textbox(
-                        label="Prompts",
-                        lines=2,
-                        max_length=models.limits.max_text_chars,
-                        placeholder="sky, house, red car",
-                        elem_id="prompts",
+                with gr.Row():
+                    scene_seed = gr.Number(
+                        label="World scene seed (empty: your own image)",
+                        precision=0,
+                        minimum=0,
+                        maximum=999_999_999,
+                        elem_id="scene-seed",
+                        scale=2,
                     )
-                )
+                    new_scene = gr.Button("New scene", elem_id="new-scene", scale=1)
+                scene_note = gr.Markdown(elem_id="scene-note")
+                prompts = _prompt_box(models, "Prompts (the first set)", "sky, house, red car", "prompts", lines=2)
                 parsed = gr.Markdown(preview_prompts(models, ""), label="Parsed prompts", elem_id="parsed-prompts")
+                if world:
+                    with gr.Accordion(
+                        "Vocabulary of the bundled models: click a word to add it", open=False, elem_id="vocabulary"
+                    ):
+                        gr.Markdown(
+                            "Every word the bundled models know. *(unseen)*: never labelled in segmentation "
+                            "training, known only through CLIP's text."
+                        )
+                        for level, (names, labels) in vocabulary_samples().items():
+                            words = gr.Dataset(
+                                components=["textbox"],
+                                samples=[[label] for label in labels],
+                                label={"stuff": "stuff", "thing": "things", "part": "parts", "group": "groups"}[level],
+                                type="index",
+                                samples_per_page=len(labels),
+                                layout="gallery",
+                                elem_id=f"vocabulary-{level}",
+                                elem_classes="vocabulary",
+                            )
+
+                            def add(index: Any, text: Any, names: list[str] = names) -> str:
+                                if not isinstance(index, int) or not 0 <= index < len(names):
+                                    return text if isinstance(text, str) else ""
+                                return add_word(text, names[index])
+
+                            words.click(add, inputs=[words, prompts], outputs=prompts, api_visibility="private")
                 with gr.Accordion("Settings", open=False):
+                    gr.Markdown(SCORING)
                     clip_weight = gr.Slider(
                         0.0,
                         1.0,
@@ -392,94 +727,176 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[lis
                     )
                     mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
                     sort_by_score = gr.Checkbox(value=True, label="Sort proposals by score")
-                run = gr.Button("Run", variant="primary", elem_id="run")
-                if examples:
-                    gr.Examples(examples=examples, inputs=[image, prompts], cache_examples=False, label="Examples")
-            for name in MODEL_NAMES:
-                with gr.Column(scale=1, elem_id=f"column-{name}"):
-                    col = columns[name] = {}
-                    col["title"] = gr.Markdown(column_title(name, "pool"), elem_id=f"{name}-title")
-                    short = "PMP" if name == "pmp" else "Baseline"
-                    col["overlay"] = gr.Image(
-                        label=f"{short} segmentation",
-                        type="pil",
-                        format="png",
-                        interactive=False,
-                        elem_id=f"{name}-overlay",
-                    )
-                    col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
-                    col["masks"] = gr.Gallery(
-                        label=f"{short}: picked proposal per prompt",
-                        columns=3,
-                        height=260,
-                        object_fit="contain",
-                        elem_id=f"{name}-masks",
-                    )
-                    col["table"] = gr.Dataframe(
-                        headers=TABLE_HEADERS,
-                        label=f"{short}: scores of the picked proposals",
-                        interactive=False,
-                        wrap=True,
-                        elem_id=f"{name}-table",
-                    )
-                    col["grid"] = gr.Image(
-                        label=f"{short}: all proposals (best label, p_out)",
-                        type="pil",
-                        format="png",
-                        interactive=False,
-                        elem_id=f"{name}-grid",
-                    )
-        with gr.Row():
-            with gr.Column():
-                gr.Markdown("## Where the two differ")
-                differences_text = gr.Markdown(label="Differences", elem_id="differences")
-                differences_table = gr.Dataframe(
-                    headers=DIFF_HEADERS,
-                    label="Picked masks per prompt: IoU between the models",
-                    interactive=False,
-                    elem_id="differences-table",
-                )
-            with gr.Column():
-                gr.Markdown(
-                    "## Downloads\nLabel maps: 8-bit PNG, pixel = prompt index, 255 = no label. "
-                    "`masks.zip`: per model and prompt, the picked proposal and the label's region. "
-                    "`scores.json`: p, p_hat and p_out of every proposal."
-                )
-                downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+                world_examples = [example for example in examples if example.seed is not None]
+                photo_examples = [example for example in examples if example.seed is None]
+            with gr.Column(scale=2, min_width=320):
+                with gr.Tabs(elem_id="views"):
+                    with gr.Tab("What changes with the prompts", id="change", elem_id="tab-change"):
+                        with gr.Row():
+                            second = _prompt_box(
+                                models,
+                                "Second prompt set (the first is the Prompts box)",
+                                "car, wheel, window",
+                                "second-prompts",
+                                scale=3,
+                            )
+                            run_change = gr.Button(
+                                "Compare the two sets", variant="primary", elem_id="run-change", scale=1
+                            )
+                        change["change_summary"] = gr.Markdown(elem_id="change-summary")
+                        for name in MODEL_NAMES:
+                            short = "PMP" if name == "pmp" else "Baseline"
+                            change[f"{name}_change_title"] = gr.Markdown(
+                                f"### {MODEL_TITLES[name]}", elem_id=f"{name}-change-title"
+                            )
+                            with gr.Row():
+                                for k in (1, 2):
+                                    with gr.Column(min_width=240):
+                                        change[f"{name}_set{k}"] = gr.Image(
+                                            label=f"{short}, {'first' if k == 1 else 'second'} set: label map",
+                                            type="pil",
+                                            format="png",
+                                            interactive=False,
+                                            elem_id=f"{name}-set{k}",
+                                        )
+                                        change[f"{name}_masks{k}"] = gr.Gallery(
+                                            label=f"{short}, {'first' if k == 1 else 'second'} set: picked proposals",
+                                            columns=3,
+                                            height=200,
+                                            object_fit="contain",
+                                            elem_id=f"{name}-masks{k}",
+                                        )
+                        gr.Markdown("### Ground truth under each set")
+                        change["change_truth_note"] = gr.Markdown(elem_id="change-truth-note")
+                        with gr.Row():
+                            for k in (1, 2):
+                                change[f"truth_set{k}"] = gr.Image(
+                                    label=f"Ground truth, {'first' if k == 1 else 'second'} set",
+                                    type="pil",
+                                    format="png",
+                                    interactive=False,
+                                    elem_id=f"truth-set{k}",
+                                    min_width=240,
+                                )
+                    with gr.Tab("One prompt set in detail", id="detail", elem_id="tab-detail"):
+                        run = gr.Button("Run", variant="primary", elem_id="run")
+                        with gr.Row():
+                            with gr.Column(min_width=280):
+                                gr.Markdown("## Ground truth")
+                                truth = gr.Image(
+                                    label="Ground truth under these prompts",
+                                    type="pil",
+                                    format="png",
+                                    interactive=False,
+                                    elem_id="truth",
+                                )
+                                truth_note = gr.Markdown(elem_id="truth-note")
+                            for name in MODEL_NAMES:
+                                with gr.Column(min_width=280, elem_id=f"column-{name}"):
+                                    _model_column(name, columns)
+                        with gr.Row():
+                            with gr.Column(min_width=300):
+                                gr.Markdown("## Where the two differ")
+                                differences_text = gr.Markdown(label="Differences", elem_id="differences")
+                                differences_table = gr.Dataframe(
+                                    headers=DIFF_HEADERS,
+                                    label="Picked masks per prompt: IoU between the models",
+                                    interactive=False,
+                                    elem_id="differences-table",
+                                )
+                            with gr.Column(min_width=300):
+                                gr.Markdown(
+                                    "## Downloads\nLabel maps: 8-bit PNG, pixel = prompt index, 255 = no label. "
+                                    "`masks.zip`: per model and prompt, the picked proposal and the label's region. "
+                                    "`scores.json`: p, p_hat and p_out of every proposal."
+                                )
+                                downloads = gr.File(
+                                    label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"
+                                )
+        example_inputs = [image, prompts, scene_seed, second]
+        if world_examples:
+            gr.Examples(
+                examples=[example.row() for example in world_examples],
+                inputs=example_inputs,
+                example_labels=[example.caption or example.prompts for example in world_examples],
+                cache_examples=False,
+                label="World scenes where the two models differ (measured): pick one, then compare",
+                elem_id="world-examples",
+            )
+        if photo_examples:
+            gr.Examples(
+                examples=[example.row() for example in photo_examples],
+                inputs=example_inputs,
+                cache_examples=False,
+                label="Outside the bundled world: photos (the bundled models have never seen one)",
+                elem_id="photo-examples",
+            )
         grids_state = gr.State(None, time_to_live=int(models.limits.output_max_age_s))  # paths into the request folder
 
         components = {
             "prompts": parsed,
+            "truth": truth,
+            "truth_note": truth_note,
             "differences_text": differences_text,
             "differences_table": differences_table,
             "downloads": downloads,
             "grids_state": grids_state,
         }
         for name in MODEL_NAMES:
-            for part in ("overlay", "masks", "table", "grid", "timings"):
+            for part in ("title", "overlay", "masks", "table", "grid", "timings"):
                 components[f"{name}_{part}"] = columns[name][part]
 
-        def compare(image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score):
+        def compare(image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed=None):
             """Segment the image with both models; returns the views in UI_OUTPUTS order."""
             return compare_for_ui(
-                models, image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, output_root=output_root
-            )
+                models, image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed,
+                output_root=output_root,
+            )  # fmt: skip
 
-        def titles(stage2_mode):
-            return [column_title(name, stage2_mode) for name in MODEL_NAMES]
+        def prompt_change(image, prompts, second_prompts, clip_weight, stage2_mode, mask_threshold, scene_seed=None):
+            """Both models under two prompt sets; returns the views in CHANGE_OUTPUTS order."""
+            return prompt_change_for_ui(
+                models, image, prompts, second_prompts, clip_weight, stage2_mode, mask_threshold, scene_seed,
+                output_root=output_root,
+            )  # fmt: skip
+
+        def render_scene(scene_seed):
+            """A world scene and its prompt set; returns the image, the prompts, the seed and a note."""
+            return scene_for_ui(models, scene_seed, output_root=output_root)
+
+        def new_random_scene():
+            return scene_for_ui(models, None, output_root=output_root)
 
         def show_prompts(text):
             return preview_prompts(models, text)
 
-        inputs = [image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score]
-        outputs = [components[key] for key in UI_OUTPUTS]
-        run.click(compare, inputs=inputs, outputs=outputs, api_name="compare").success(
-            titles,
-            inputs=stage2_mode,
-            outputs=[columns[name]["title"] for name in MODEL_NAMES],
-            api_visibility="private",
-            show_progress="hidden",
+        inputs = [image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed]
+        run.click(compare, inputs=inputs, outputs=[components[key] for key in UI_OUTPUTS], api_name="compare")
+        change_inputs = [image, prompts, second, clip_weight, stage2_mode, mask_threshold, scene_seed]
+        change_outputs = [change[key] for key in CHANGE_OUTPUTS]
+        run_change.click(prompt_change, inputs=change_inputs, outputs=change_outputs, api_name="prompt_change")
+        scene_outputs = [image, prompts, scene_seed, scene_note]
+        new_scene.click(new_random_scene, outputs=scene_outputs, api_visibility="private")
+        scene_seed.submit(render_scene, inputs=scene_seed, outputs=scene_outputs, api_name="render_scene")
+        image.upload(
+            lambda: (None, ""), outputs=[scene_seed, scene_note], api_visibility="private", show_progress="hidden"
         )
+        if world_examples:  # on load: the first example, already compared under its two prompt sets
+            first = world_examples[0]
+
+            def first_view():
+                values = prompt_change_for_ui(
+                    models, first.image, first.prompts, first.second_prompts, 0.65, "pool", 0.5, first.seed,
+                    output_root=output_root,
+                )  # fmt: skip
+                return (first.image, first.prompts, first.seed, first.second_prompts, *values)
+
+            demo.load(
+                first_view,
+                outputs=[image, prompts, scene_seed, second, *change_outputs],
+                api_visibility="private",
+                show_progress="hidden",
+            )
         prompts.change(
             show_prompts,
             inputs=prompts,
@@ -567,6 +984,7 @@ def launch(demo: gr.Blocks, *, host: str, port: int, concurrency: int, max_queue
         share=False,
         max_file_size=MAX_FILE_SIZE,
         ssr_mode=False,
+        css=CSS,
         show_error=False,  # only our own gr.Error messages reach users
         prevent_thread_lock=not block,
         quiet=not block,

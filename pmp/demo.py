@@ -129,6 +129,8 @@ class ComparisonView:
     downloads: list[Path]
     settings: dict[str, Any]
     folder: Path  # this request's own folder: downloads, and the pictures the UI serves
+    results: dict[str, Any] = field(repr=False, default_factory=dict)  # per model: its SegmentationResult
+    image: Image.Image | None = field(repr=False, default=None)  # the decoded image both models saw
 
     def prompts_markdown(self) -> str:
         return prompts_markdown(self.labels)
@@ -221,6 +223,48 @@ def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
     """IoU of two bool masks; two empty masks agree perfectly (1.0)."""
     union = np.logical_or(first, second).sum()
     return 1.0 if union == 0 else float(np.logical_and(first, second).sum() / union)
+
+
+@dataclass(frozen=True)
+class ProposalShift:
+    """How far one model's first-stage proposals moved when only the prompts changed."""
+
+    shift: float  # 1 - mean best IoU between the two proposal sets (0: the same masks)
+    moved: int  # proposals of the first set whose best match in the second has IoU < DIFFERENT_IOU
+    total: int  # proposals in the first set
+
+    def markdown(self) -> str:
+        if self.moved == 0 and self.shift < 1e-6:
+            return f"proposals did **not move**: all {self.total} masks are the same under both prompt sets"
+        return (
+            f"proposals moved: **shift {100 * self.shift:.1f}%** (1 - mean best IoU), "
+            f"**{self.moved} of {self.total}** masks changed (best IoU < {DIFFERENT_IOU})"
+        )
+
+
+def proposal_shift(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> ProposalShift:
+    """Compare two proposal sets of one model on one image, made under two prompt sets.
+
+    ``first`` (N, h, w) and ``second`` (N', h, w) are mask probabilities; each is binarised at
+    ``threshold``. Every proposal is matched to its best-IoU partner in the other set (in both
+    directions), so the measure needs no query order and works when the count changes with the prompts
+    (the Fig. 5 modes that add text proposals). A prompt-agnostic generator (the baseline) gives exactly
+    0: its masks do not depend on the prompts at all.
+    """
+    a = np.asarray(first) >= threshold
+    b = np.asarray(second) >= threshold
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"proposal sets must share their mask size, got {a.shape[1:]} and {b.shape[1:]}")
+    if not len(a) or not len(b):
+        return ProposalShift(shift=float(len(a) != len(b)), moved=len(a) if len(b) == 0 else 0, total=len(a))
+    flat_a = a.reshape(len(a), -1).astype(np.float32)  # (N, P)
+    flat_b = b.reshape(len(b), -1).astype(np.float32)  # (N', P)
+    intersection = flat_a @ flat_b.T  # (N, N')
+    union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - intersection
+    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)  # two empty masks agree
+    best_a, best_b = iou.max(1), iou.max(0)
+    mean_best = (best_a.sum() + best_b.sum()) / (len(best_a) + len(best_b))
+    return ProposalShift(shift=float(1.0 - mean_best), moved=int((best_a < DIFFERENT_IOU).sum()), total=len(a))
 
 
 def model_view(result: Any, image: Image.Image) -> ModelView:
@@ -338,6 +382,44 @@ def prune_outputs(root: Path, max_age_s: float) -> None:
             continue
 
 
+def read_settings(clip_weight: Any, stage2_mode: Any, mask_threshold: Any) -> dict[str, Any]:
+    """The comparison's settings, checked: {"clip_weight", "stage2_mode", "mask_threshold"}."""
+    return {
+        "clip_weight": check_number(clip_weight, "CLIP weight", 0.0, 1.0),
+        "stage2_mode": check_stage2_mode(stage2_mode),
+        "mask_threshold": check_number(mask_threshold, "mask threshold", 0.0, 1.0, open_interval=True),
+    }
+
+
+def read_request_prompts(models: DemoModels, prompt_text: Any) -> list[str]:
+    """Parsed prompts that both models accept (count, length, and their CLIPs' token limits)."""
+    labels = read_prompts(prompt_text, models.effective_limits())
+    check_token_limit(models, labels)
+    return labels
+
+
+def segment_all(
+    models: DemoModels, picture: Image.Image, labels: list[str], settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Both models' results on one image and prompt list, in MODEL_NAMES order."""
+    results: dict[str, Any] = {}
+    with torch.inference_mode():
+        for name, model in models.items():
+            try:
+                results[name] = model.segment(picture, labels, **settings)
+            except ValueError as error:  # the Segmenter's own input checks
+                raise DemoInputError(str(error)) from None
+    return results
+
+
+def request_folder(models: DemoModels, output_root: str | Path | None) -> Path:
+    """A fresh ``request-*`` folder under ``output_root`` (default: the system temp dir); old ones pruned."""
+    root = Path(output_root) if output_root is not None else Path(tempfile.gettempdir()) / "pmp-demo"
+    root.mkdir(parents=True, exist_ok=True)
+    prune_outputs(root, models.limits.output_max_age_s)
+    return Path(tempfile.mkdtemp(prefix="request-", dir=root))
+
+
 def run_comparison(
     models: DemoModels,
     image: Any,
@@ -353,51 +435,99 @@ def run_comparison(
     Raises DemoInputError for bad input (message for the user). Downloads are written to a fresh
     ``request-*`` folder under ``output_root`` (default: the system temp dir).
     """
-    limits = models.effective_limits()
-    weight = check_number(clip_weight, "CLIP weight", 0.0, 1.0)
-    mode = check_stage2_mode(stage2_mode)
-    threshold = check_number(mask_threshold, "mask threshold", 0.0, 1.0, open_interval=True)
-    labels = read_prompts(prompt_text, limits)
-    check_token_limit(models, labels)
-    picture = read_image(image, limits)
-    settings = {"clip_weight": weight, "stage2_mode": mode, "mask_threshold": threshold}
-
-    results: dict[str, Any] = {}
-    with torch.inference_mode():
-        for name, model in models.items():
-            try:
-                results[name] = model.segment(
-                    picture, labels, clip_weight=weight, stage2_mode=mode, mask_threshold=threshold
-                )
-            except ValueError as error:  # the Segmenter's own input checks
-                raise DemoInputError(str(error)) from None
+    settings = read_settings(clip_weight, stage2_mode, mask_threshold)
+    labels = read_request_prompts(models, prompt_text)
+    picture = read_image(image, models.limits)
+    results = segment_all(models, picture, labels, settings)
     views = {name: model_view(result, picture) for name, result in results.items()}
     differences, agreement = compare_results(labels, results, views)
-
-    root = Path(output_root) if output_root is not None else Path(tempfile.gettempdir()) / "pmp-demo"
-    root.mkdir(parents=True, exist_ok=True)
-    prune_outputs(root, limits.output_max_age_s)
-    folder = Path(tempfile.mkdtemp(prefix="request-", dir=root))
+    folder = request_folder(models, output_root)
     downloads = write_downloads(folder, labels, results, views, settings)
-    return ComparisonView(labels, views, differences, agreement, downloads, settings, folder)
+    return ComparisonView(labels, views, differences, agreement, downloads, settings, folder, results, picture)
+
+
+@dataclass
+class PromptChangeView:
+    """Both models on one image under two prompt sets: what each picked, and how far its proposals moved."""
+
+    prompt_sets: tuple[list[str], list[str]]
+    views: dict[str, tuple[ModelView, ModelView]]  # per model: its view under the first and the second set
+    shifts: dict[str, ProposalShift]  # per model: its proposals under the first set vs the second
+    settings: dict[str, Any]
+    folder: Path
+    results: dict[str, tuple[Any, Any]] = field(repr=False, default_factory=dict)
+    image: Image.Image | None = field(repr=False, default=None)  # the decoded image both models saw
+
+    def summary_markdown(self) -> str:
+        first, second = (", ".join(f"`{_markdown_safe(label)}`" for label in labels) for labels in self.prompt_sets)
+        lines = [f"**First set:** {first} · **second set:** {second}"]
+        for name in MODEL_NAMES:
+            lines.append(f"- **{MODEL_TITLES[name]}**: {self.shifts[name].markdown()}")
+        return "\n".join(lines)
+
+
+def run_prompt_change(
+    models: DemoModels,
+    image: Any,
+    first_prompts: Any,
+    second_prompts: Any,
+    clip_weight: Any = 0.65,
+    stage2_mode: Any = "pool",
+    mask_threshold: Any = 0.5,
+    *,
+    output_root: str | Path | None = None,
+) -> PromptChangeView:
+    """Run both models on one image with two prompt sets and measure how their proposals moved.
+
+    The baseline's proposals cannot move (its stage 1 never sees the prompts); PMP's can, because every
+    decoder layer attends to the prompts' text (Eq. 5). Same checks as :func:`run_comparison`.
+    """
+    settings = read_settings(clip_weight, stage2_mode, mask_threshold)
+    sets = (read_request_prompts(models, first_prompts), read_request_prompts(models, second_prompts))
+    picture = read_image(image, models.limits)
+    first, second = (segment_all(models, picture, labels, settings) for labels in sets)
+    views, shifts, results = {}, {}, {}
+    for name in MODEL_NAMES:
+        results[name] = (first[name], second[name])
+        views[name] = (model_view(first[name], picture), model_view(second[name], picture))
+        # at mask resolution: the shift is a property of the proposals, not of the drawing size
+        shifts[name] = proposal_shift(
+            first[name].mask_logits.float().sigmoid().numpy(), second[name].mask_logits.float().sigmoid().numpy()
+        )
+    return PromptChangeView(sets, views, shifts, settings, request_folder(models, output_root), results, picture)
+
+
+def save_column_pictures(folder: Path, column: ModelView, prefix: str, *, grids: bool = True) -> dict[str, Any]:
+    """Save one column's pictures as ``<prefix>_*.png`` in ``folder``: overlay, picked masks, grids."""
+
+    def save(picture: Image.Image, stem: str) -> str:
+        path = folder / f"{prefix}_{stem}.png"
+        picture.save(path, compress_level=1)  # speed over size: these are served once
+        return str(path)
+
+    pictures: dict[str, Any] = {
+        "overlay": save(column.overlay, "overlay"),
+        "masks": [save(picture, f"picked_{k:02d}") for k, (picture, _) in enumerate(column.masks)],
+    }
+    if grids:
+        pictures["grids"] = (
+            save(column.grid_by_score, "proposals_by_score"),
+            save(column.grid_by_index, "proposals_by_index"),
+        )
+    return pictures
 
 
 def write_pictures(view: ComparisonView) -> dict[str, dict[str, Any]]:
     """Save every picture of ``view`` as PNG in its request folder; per model: overlay, masks, grids."""
-    pictures: dict[str, dict[str, Any]] = {}
-    for name, column in view.views.items():
+    return {name: save_column_pictures(view.folder, column, name) for name, column in view.views.items()}
 
-        def save(picture: Image.Image, stem: str) -> str:
-            path = view.folder / f"{name}_{stem}.png"
-            picture.save(path, compress_level=1)  # speed over size: these are served once
-            return str(path)
 
-        pictures[name] = {
-            "overlay": save(column.overlay, "overlay"),
-            "masks": [save(picture, f"picked_{k:02d}") for k, (picture, _) in enumerate(column.masks)],
-            "grids": (
-                save(column.grid_by_score, "proposals_by_score"),
-                save(column.grid_by_index, "proposals_by_index"),
-            ),
-        }
-    return pictures
+def write_prompt_change_pictures(view: PromptChangeView) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Per model, the overlay and picked masks under the first and the second prompt set, as PNG files."""
+    return {
+        name: tuple(
+            save_column_pictures(view.folder, column, f"{name}_set{k + 1}", grids=False)
+            for k, column in enumerate(columns)
+        )
+        for name, columns in view.views.items()
+    }

@@ -43,7 +43,7 @@ def _tiny_config(text_mode: str):
     )
 
     return SegmenterConfig(
-        clip=CLIPConfig(model_cfg=tiny_clip_model_cfg()),
+        clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg()),  # the world's CLIP: world features on
         backbone=BackboneConfig(kind="clip"),
         pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32),
         decoder=DecoderConfig(
@@ -153,11 +153,49 @@ def _compare(client, image: Path, prompts: str = PROMPTS, clip_weight=0.65, stag
 # ---------------------------------------------------------------- the API
 
 
-def test_api_lists_only_the_compare_endpoint(server):
+def test_api_lists_the_three_named_endpoints(server):
     info = _client(server).view_api(return_format="dict", print_info=False)
-    assert list(info["named_endpoints"]) == ["/compare"]
-    names = [parameter["parameter_name"] for parameter in info["named_endpoints"]["/compare"]["parameters"]]
-    assert names == ["image", "prompts", "clip_weight", "stage2_mode", "mask_threshold", "sort_by_score"]
+    endpoints = info["named_endpoints"]
+    assert sorted(endpoints) == ["/compare", "/prompt_change", "/render_scene"]
+
+    def names(endpoint: str) -> list[str]:
+        return [parameter["parameter_name"] for parameter in endpoints[endpoint]["parameters"]]
+
+    settings = ["clip_weight", "stage2_mode", "mask_threshold"]
+    assert names("/compare") == ["image", "prompts", *settings, "sort_by_score", "scene_seed"]
+    assert names("/prompt_change") == ["image", "prompts", "second_prompts", *settings, "scene_seed"]
+    assert names("/render_scene") == ["scene_seed"]
+
+
+def test_api_renders_a_scene_and_scores_both_models_on_it(server):
+    from gradio_client import handle_file
+
+    from app import CHANGE_OUTPUTS, UI_OUTPUTS
+
+    client = _client(server)
+    image, prompts, seed, note = client.predict(12, api_name="/render_scene")
+    assert seed == 12 and "World scene **12**" in note and prompts
+    values = client.predict(handle_file(image), prompts, 0.65, "pool", 0.5, True, seed, api_name="/compare")
+    named = dict(zip([key for key in UI_OUTPUTS if key != "grids_state"], values))
+    assert "Ground truth of world scene 12" in named["truth_note"] and Path(named["truth"]).is_file()
+    assert "mIoU" in named["baseline_title"] and "recall" in named["pmp_title"]
+    change = dict(zip(CHANGE_OUTPUTS, client.predict(
+        handle_file(image), prompts, "car, wheel", 0.65, "pool", 0.5, seed, api_name="/prompt_change"
+    )))  # fmt: skip
+    assert "did **not move**" in change["baseline_change_title"]
+    assert "mIoU on this image" in change["pmp_change_title"]
+    assert Path(change["truth_set2"]).is_file()
+    with pytest.raises(Exception, match="less than minimum value 0"):  # Gradio's own Number check answers first
+        client.predict(-3, api_name="/render_scene")
+
+
+def test_api_compare_still_takes_its_earlier_six_inputs(server, sample_image):
+    """Clients written before the scene seed existed send six inputs: the seed defaults to none."""
+    from app import UI_OUTPUTS
+
+    values = _compare(_client(server), sample_image)
+    named = dict(zip([key for key in UI_OUTPUTS if key != "grids_state"], values))
+    assert "No ground truth for your own image" in named["truth_note"] and named["truth"] is None
 
 
 def test_api_compare_returns_both_models_views(server, sample_image):
@@ -246,7 +284,7 @@ def test_inline_pixel_bomb_is_refused_from_its_header(server):
     started = time.monotonic()
     message = _queue_event(
         server,
-        [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True],
+        [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True, None],
         "bomb",
     )
     seconds = time.monotonic() - started
@@ -263,7 +301,7 @@ def test_inline_image_within_the_limits_still_works(server, sample_image):
     url = "data:image/png;base64," + base64.b64encode(sample_image.read_bytes()).decode()
     message = _queue_event(
         server,
-        [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True],
+        [{"path": None, "url": url, "meta": {"_type": "gradio.FileData"}}, PROMPTS, 0.65, "pool", 0.5, True, None],
         "inline",
     )
     assert message["success"] is True, message
@@ -348,44 +386,32 @@ def test_load_8_clients_x_5_requests(server, sample_image):
 
 
 @pytest.mark.browser
-def test_browser_upload_type_run_and_screenshot(server, sample_image, workdir):
+def test_browser_new_scene_vocabulary_run_prompt_change_and_upload(server, workdir):
+    """The page as a visitor uses it (see tests/browser.py): New scene, a vocabulary click, Run, the
+    prompt-change view, an uploaded photo with a word the models never read, phone width."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed (apt-get install -y chromium)")
     try:
-        from playwright.sync_api import expect, sync_playwright
+        import playwright  # noqa: F401
     except ImportError:
         pytest.skip("the playwright Python package is not installed (pip install playwright)")
-    screenshot = workdir / "app.png"
-    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-dev-shm-usage", "--disable-extensions", "--no-first-run", "--disable-component-update",
-            "--disable-sync"]  # fmt: skip
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        try:
-            page.goto(server.url, wait_until="domcontentloaded")
-            page.locator("#run").wait_for(timeout=30_000)
-            page.locator("#image input[type=file]").set_input_files(str(sample_image))
-            page.locator("#prompts textarea").fill(PROMPTS)
-            page.locator("#parsed-prompts").get_by_text("3 prompt(s)").wait_for(timeout=30_000)
-            page.locator("#run").click()
-            for name in ("baseline", "pmp"):
-                page.locator(f"#{name}-overlay img").first.wait_for(timeout=60_000)
-                page.locator(f"#{name}-masks").get_by_text("p_out=").first.wait_for(timeout=30_000)
-                expect(page.locator(f"#{name}-table")).to_contain_text("red car", timeout=30_000)
-            expect(page.locator("#differences")).to_contain_text("pixels the same", timeout=30_000)
-            expect(page.locator("#downloads")).to_contain_text("scores", timeout=30_000)  # shown as "scores .json"
-            page.screenshot(path=str(screenshot), full_page=True)
-            # Bad input in the browser: a clear message, not a crash.
-            page.locator("#prompts textarea").fill("")
-            page.locator("#run").click()
-            page.get_by_text("no prompts: type class names").first.wait_for(timeout=30_000)
-        except Exception:
-            page.screenshot(path=str(workdir / "app_failure.png"), full_page=True)
-            raise
-        finally:
-            browser.close()
-    assert Image.open(screenshot).size[0] >= 1000
+    from tests.browser import SCREENSHOTS, visit
+
+    photo = workdir / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(photo)
+    seen = visit(server.url, photo, workdir / "screens", world_examples=bool(_world_examples(workdir)))
+    assert "shift" in seen["pmp_change_title"] or "did not move" in seen["pmp_change_title"]
+    assert "mIoU" in seen["baseline_title"] and "mIoU" in seen["pmp_title"]
+    assert "--baseline" in seen["truth_note"] and "synthetic world only" in seen["truth_note"]
+    for name in SCREENSHOTS:
+        assert Image.open(workdir / "screens" / name).size[0] >= 390
+
+
+def _world_examples(workdir: Path) -> list:
+    import app
+
+    examples = app.read_examples(REPO / "examples", scenes=workdir / "scenes")
+    return [example for example in examples if example.seed is not None]
 
 
 def test_server_log_has_no_unexpected_errors(server, sample_image):
@@ -407,23 +433,39 @@ def test_server_log_has_no_unexpected_errors(server, sample_image):
 
 def test_examples_are_read_from_json_and_bad_files_skipped(tmp_path):
     import app
+    from train.world.demo import demo_scene
 
     Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
     (tmp_path / "a.json").write_text(json.dumps({"image": "street.png", "prompts": "sky, road"}))
     (tmp_path / "b.json").write_text(
-        json.dumps([{"image": "street.png", "prompts": "car"}, {"image": "missing.png"}, "junk"])
+        json.dumps(
+            [
+                {"image": "street.png", "prompts": "car"},
+                {"image": "missing.png"},
+                "junk",
+                {"seed": 4, "prompts": "car", "second_prompts": "car, wheel", "caption": "look at the wheels"},
+                {"seed": -1, "prompts": "car"},
+            ]
+        )
     )
     (tmp_path / "c.json").write_text("{not json")
-    assert app.read_examples(tmp_path) == [
-        [str(tmp_path / "street.png"), "sky, road"],
-        [str(tmp_path / "street.png"), "car"],
+    examples = app.read_examples(tmp_path, scenes=tmp_path / "scenes")
+    assert [example.row()[1:] for example in examples] == [
+        ["sky, road", None, ""],
+        ["car", None, ""],
+        ["car", 4, "car, wheel"],
     ]
+    assert examples[0].image == str(tmp_path / "street.png") and examples[2].caption == "look at the wheels"
+    assert np.array_equal(np.asarray(Image.open(examples[2].image)), demo_scene(4).image)  # the scene, drawn
+    assert [example.seed for example in app.read_examples(tmp_path, scenes=None)] == [None, None]
     assert app.read_examples(tmp_path / "absent") == []
     images_only = tmp_path / "images_only"
     images_only.mkdir()
     Image.new("RGB", (8, 8)).save(images_only / "cat.jpg")
     (images_only / "notes.txt").write_text("not an example")
-    assert app.read_examples(images_only) == [[str(images_only / "cat.jpg"), ""]]
+    assert [example.row() for example in app.read_examples(images_only)] == [
+        [str(images_only / "cat.jpg"), "", None, ""]
+    ]
 
 
 def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
@@ -435,12 +477,11 @@ def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
     demo = app.build_app(
         DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)),
         output_root=tmp_path / "out",
-        examples=[[str(tmp_path / "street.png"), "sky"]],
+        examples=[app.Example(str(tmp_path / "street.png"), "sky")],
     )
     config = demo.get_config_file()
-    assert [dep["api_name"] for dep in config["dependencies"] if dep.get("api_visibility", "public") == "public"] == [
-        "compare"
-    ]
+    public = [dep["api_name"] for dep in config["dependencies"] if dep.get("api_visibility", "public") == "public"]
+    assert sorted(public) == ["compare", "prompt_change", "render_scene"]
     assert not (REPO / "app.pyi").exists()  # Gradio writes one beside the module of any component subclass
 
 

@@ -114,3 +114,38 @@ def test_readme_seed_table_is_generated_from_results() -> None:
 
     table = seed_table([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)])
     assert table in (ROOT / "README.md").read_text()
+
+
+def test_a_planned_run_is_the_recipe_with_only_its_fields_changed() -> None:
+    from train.bundle import Run
+
+    command = Run("q8-pmp-seed1", "pmp", steps=1500, num_queries=8, seed=1).command(ROOT / "runs" / "bundle")
+    assert command[command.index("--recipe") + 1] == "world-pmp"
+    assert command[command.index("--out") + 1] == str(Path("runs") / "bundle" / "q8-pmp-seed1")
+    assert [command[command.index(flag) + 1] for flag in ("--steps", "--num-queries", "--seed")] == ["1500", "8", "1"]
+    plain = Run("baseline", "none").command(ROOT / "runs")
+    assert "world-baseline" in plain and "--steps" not in plain and "--seed" not in plain
+
+
+def test_query_sweep_table_and_figure_from_per_seed_files(tmp_path: Path) -> None:
+    from train.bundle import QUERY_BUDGETS, SWEEP_BENCHMARKS, plot_query_sweep, query_sweep_table
+
+    files = []
+    for seed, offset in enumerate((0.0, 0.02)):
+        run = {
+            str(q): {
+                name: {
+                    b: {"miou": 0.2 + offset + (0.01 if name == "pmp" else 0), "proposal_recall": 0.5}
+                    for b in SWEEP_BENCHMARKS
+                }
+                for name in ("baseline", "pmp")
+            }
+            for q in QUERY_BUDGETS
+        }
+        files.append(tmp_path / f"query_sweep_seed{seed}.json")
+        files[-1].write_text(json.dumps({**run, "train_seconds": {}}))
+    table = query_sweep_table(files)
+    assert "2 seed(s)" in table
+    assert "| world-mixed | mIoU | 21.0 ± 1.4 / 22.0 ± 1.4 |" in table
+    plot_query_sweep(files, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000

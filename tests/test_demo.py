@@ -32,8 +32,11 @@ from pmp.demo import (
     DemoLimits,
     DemoModels,
     mask_iou,
+    proposal_shift,
     prune_outputs,
     run_comparison,
+    run_prompt_change,
+    write_prompt_change_pictures,
 )
 from pmp.prompts import PromptError
 from pmp.segmenter import SegmentationResult
@@ -49,8 +52,16 @@ class FakeSegmenter:
 
     template = "a photo of a {}."
 
-    def __init__(self, shift: int = 0, num_proposals: int = 6, fail: bool = False, context_length: int = 32) -> None:
+    def __init__(
+        self,
+        shift: int = 0,
+        num_proposals: int = 6,
+        fail: bool = False,
+        context_length: int = 32,
+        follows_prompts: bool = False,
+    ) -> None:
         self.shift, self.num_proposals, self.fail = shift, num_proposals, fail
+        self.follows_prompts = follows_prompts  # True: one more band per prompt, so the masks move with the prompts
         self.config = SimpleNamespace(max_prompts=100, max_prompt_chars=120)
         self.context_length = context_length
         self.calls: list[dict] = []
@@ -64,13 +75,13 @@ class FakeSegmenter:
                     f"at most {self.context_length} fit; shorten it"
                 )
 
-    def segment(self, image, labels, *, clip_weight=None, stage2_mode=None, mask_threshold=None) -> SegmentationResult:
+    def segment(self, image, labels, *, clip_weight=0.65, stage2_mode="pool", mask_threshold=0.5) -> SegmentationResult:
         if self.fail:
             raise RuntimeError("CUDA out of memory (simulated)")
         assert isinstance(image, Image.Image) and image.mode == "RGB"
         self.calls.append({"size": image.size, "labels": list(labels), "clip_weight": clip_weight, "mode": stage2_mode})
         width, height = image.size
-        n, k = self.num_proposals, len(labels)
+        n, k = self.num_proposals + (len(labels) if self.follows_prompts else 0), len(labels)
         rows = (np.arange(height)[:, None] * n // max(height, 1) + self.shift) % n  # (H, 1) band index
         bands = np.arange(n)[:, None, None] == np.broadcast_to(rows, (height, width))[None]  # (N, H, W)
         rng = np.random.default_rng(len(labels) + self.shift)
@@ -489,3 +500,56 @@ def test_prompts_as_a_list_of_strings(models, tmp_path):
     assert "prompts must be text or a list of strings" in _error_message(
         models, Image.new("RGB", (8, 8)), {"a": 1}, tmp_path
     )
+
+
+# ---------------------------------------------------------------- the prompt-change view
+
+
+def test_proposal_shift_measures_how_far_masks_moved():
+    masks = np.zeros((3, 4, 4), np.float32)
+    masks[0, :2], masks[1, 2:], masks[2, :, :2] = 1, 1, 1
+    same = proposal_shift(masks, masks.copy())
+    assert same.shift == 0.0 and same.moved == 0 and same.total == 3
+    assert "did **not move**" in same.markdown()
+    moved = masks.copy()
+    moved[2] = 0
+    moved[2, :, 3] = 1  # the third mask jumps to a column none of the first set covers
+    shifted = proposal_shift(masks, moved)
+    assert shifted.moved == 1 and 0 < shifted.shift < 1
+    assert "1 of 3" in shifted.markdown()
+    # the order of the proposals does not matter, and the count may change (text proposals of Fig. 5)
+    assert proposal_shift(masks, masks[::-1]).shift == 0.0
+    assert proposal_shift(masks, np.concatenate([masks, masks[:1]])).shift == 0.0
+    with pytest.raises(ValueError, match="mask size"):
+        proposal_shift(masks, np.zeros((3, 5, 5)))
+
+
+def test_prompt_change_view_shows_both_sets_and_the_shift(tmp_path):
+    models = DemoModels(baseline=FakeSegmenter(), pmp=FakeSegmenter(shift=1, follows_prompts=True))
+    image = Image.new("RGB", (60, 60), (100, 120, 90))
+    view = run_prompt_change(models, image, "car", "car, wheel, window", 0.65, "pool", 0.5, output_root=tmp_path)
+    assert view.prompt_sets == (["car"], ["car", "wheel", "window"])
+    assert view.shifts["baseline"].shift == 0.0 and view.shifts["pmp"].shift > 0.0
+    assert view.shifts["pmp"].moved > 0
+    assert [row[0] for row in view.views["pmp"][1].table] == ["car", "wheel", "window"]
+    summary = view.summary_markdown()
+    assert "did **not move**" in summary and "shift" in summary and "`wheel`" in summary
+    pictures = write_prompt_change_pictures(view)
+    assert all(Path(pictures[name][k]["overlay"]).is_file() for name in ("baseline", "pmp") for k in (0, 1))
+    assert len(pictures["pmp"][1]["masks"]) == 3
+
+
+def test_prompt_change_view_checks_both_prompt_sets(models, tmp_path):
+    image = Image.new("RGB", (40, 40))
+    with pytest.raises(DemoInputError, match="no prompts"):
+        run_prompt_change(models, image, "car", "  ", output_root=tmp_path)
+    with pytest.raises(DemoInputError, match="CLIP weight"):
+        run_prompt_change(models, image, "car", "wheel", clip_weight=3, output_root=tmp_path)
+
+
+def test_real_baseline_proposals_do_not_move_and_pmp_proposals_do(tiny_models, tmp_path):
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    view = run_prompt_change(tiny_models, image, "car", "car, wheel, window", output_root=tmp_path)
+    assert view.shifts["baseline"].shift == 0.0 and view.shifts["baseline"].moved == 0
+    first, second = view.results["pmp"]
+    assert not torch.equal(first.mask_logits, second.mask_logits)  # Eq. 5: the prompts reach the masks

@@ -1,13 +1,18 @@
 """Reproduce the bundled offline models from scratch: tiny CLIP, then baseline and PMP, then the tables.
 
     python -m train.bundle                      # tiny CLIP + baseline + PMP -> checkpoints/, results/
-    python -m train.bundle --ablations          # Eq. 5 literal and the Fig. 5 ablations at the same budget
+    python -m train.bundle --skip-clip          # the two segmenters only, on the bundled tiny CLIP
+    python -m train.bundle --seed 1             # another seed of the pair -> results/main_seed1.json
+    python -m train.bundle --query-sweep --seed 0   # 4-32 queries, short recipe -> docs/query_sweep.png
+    python -m train.bundle --ablations          # every text mode (Eq. 5 variants, Fig. 5), short recipe
     python -m train.bundle --evaluate-only      # re-run only the evaluation tables
+    python -m train.bundle --seed-table results/main.json,results/main_seed1.json   # Table 1, mean ± std
 
 The baseline and PMP are the same recipe (``train.recipes.world_recipe``) with one field changed,
 ``decoder.text_mode``: same data indices, seeds, schedule and prompt scheme. On a 2-core machine the two
-segmenters train side by side, one core each. Checkpoints are re-saved in float16 so that every file
-stays under 10 MB and the bundle under 40 MB.
+segmenters train side by side, one core each, and the wall time of each part (CLIP, each segmenter, the
+evaluation) is written to ``results/bundle_times.json``. Checkpoints are re-saved in float16 so that every
+file stays under 10 MB and the bundle under 60 MB.
 """
 
 from __future__ import annotations
@@ -19,19 +24,60 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("world-voc", "world-full", "world-parts", "world-mixed")
 INVESTIGATED = ("world-voc", "world-full", "world-parts")  # the stage-2 investigation's benchmarks
-# The bundled PMP was trained with the residual variant of Eq. 5 (see pmp.modeling.text_conditioning).
-MAIN_MODELS = {"baseline": "none", "pmp": "pmp_residual"}
-ABLATIONS = {"pmp_literal": "pmp", "concat": "concat", "concat_drop": "concat_drop", "text_queries": "text_queries"}
+MAIN_MODELS = {"baseline": "none", "pmp": "pmp"}  # the bundled PMP is Eq. 5 as written
+ABLATIONS = {
+    "pmp_residual": "pmp_residual",
+    "concat": "concat",
+    "concat_drop": "concat_drop",
+    "text_queries": "text_queries",
+}
 CLIP_WEIGHT_SWEEP = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # Eq. 3's exponent of p_hat; 0 = stage 1 alone
+# The query-budget sweep and the Fig. 5 ablations: the bundled recipe, shorter (the same for every run).
+SHORT_STEPS = 1500
+QUERY_BUDGETS = (4, 8, 16, 32)
+SWEEP_BENCHMARKS = ("world-mixed", "world-full")
+ABLATION_QUERIES = 16
 
 
-def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int) -> None:
-    """Run commands side by side with ``threads_each`` torch threads each; fail if any fails."""
+@dataclass(frozen=True)
+class Run:
+    """One segmenter training: the bundled recipe with at most these fields changed."""
+
+    name: str  # its folder under --runs
+    text_mode: str
+    steps: int | None = None  # None: the recipe's
+    num_queries: int | None = None
+    seed: int | None = None
+
+    def command(self, runs: Path) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "train.train_segmenter",
+            "--recipe",
+            f"world-{'baseline' if self.text_mode == 'none' else self.text_mode}",
+            "--out",
+            os.path.relpath(runs / self.name, ROOT),
+            "--init-clip",
+            "checkpoints/tiny-clip",
+        ]
+        for flag, value in (("--steps", self.steps), ("--num-queries", self.num_queries), ("--seed", self.seed)):
+            if value is not None:
+                command += [flag, str(value)]
+        return command
+
+
+def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int) -> list[float]:
+    """Run commands side by side with ``threads_each`` torch threads each; fail if any fails.
+
+    Returns each command's wall time in seconds.
+    """
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(threads_each),
@@ -39,6 +85,7 @@ def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int)
         "PYTHONPATH": str(ROOT),
     }
     processes = []
+    started = time.perf_counter()
     for command, log in zip(commands, logs):
         log.parent.mkdir(parents=True, exist_ok=True)
         handle = log.open("a")
@@ -50,17 +97,21 @@ def run_parallel(commands: list[list[str]], logs: list[Path], threads_each: int)
                 log,
             )
         )
-    failed = []
+    failed, seconds = [], []
     for process, handle, command, log in processes:
         if process.wait() != 0:
             failed.append(f"{' '.join(command)} (see {log})")
+        seconds.append(time.perf_counter() - started)
         handle.close()
     if failed:
         raise RuntimeError("training failed: " + "; ".join(failed))
+    return seconds
 
 
-def train_clip(runs: Path, checkpoints: Path, steps: int | None) -> None:
-    """DDP over one process per core (gloo): small convolutions use one core far better than two threads."""
+def train_clip(runs: Path, checkpoints: Path, steps: int | None) -> float:
+    """DDP over one process per core (gloo): small convolutions use one core far better than two threads.
+
+    Returns the wall time in seconds."""
     processes = max(1, min(2, os.cpu_count() or 1))
     command = [
         sys.executable,
@@ -78,8 +129,9 @@ def train_clip(runs: Path, checkpoints: Path, steps: int | None) -> None:
     ]
     if steps:
         command += ["--steps", str(steps)]
-    run_parallel([command], [runs / "clip.log"], threads_each=1)
+    (seconds,) = run_parallel([command], [runs / "clip.log"], threads_each=1)
     install_clip(runs / "clip" / "model", checkpoints / "tiny-clip")
+    return seconds
 
 
 def install_clip(source: Path, target: Path) -> None:
@@ -87,41 +139,34 @@ def install_clip(source: Path, target: Path) -> None:
     shutil.copytree(source, target)
 
 
-def train_segmenters(models: dict[str, str], runs: Path, checkpoints: Path | None, steps: int | None) -> None:
-    """Train the given {name: text_mode} two at a time, one core each; copy finished models to checkpoints/."""
+def train_segmenters(planned: list[Run], runs: Path, checkpoints: Path | None) -> dict[str, float]:
+    """Train the planned runs two at a time, one core each; copy finished models to ``checkpoints/<name>``
+    (float16) when given. Returns each run's wall time in seconds."""
     from pmp.segmenter import Segmenter
 
-    names = list(models)
     threads = max(1, (os.cpu_count() or 2) // 2)
-    for start in range(0, len(names), 2):
-        group = names[start : start + 2]
-        commands = []
-        for name in group:
-            command = [
-                sys.executable,
-                "-m",
-                "train.train_segmenter",
-                "--recipe",
-                f"world-{'baseline' if models[name] == 'none' else models[name]}",
-                "--out",
-                os.path.relpath(runs / name, ROOT),
-                "--init-clip",
-                "checkpoints/tiny-clip",
-            ]
-            if steps:
-                command += ["--steps", str(steps)]
-            commands.append(command)
-        run_parallel(commands, [runs / f"{name}.log" for name in group], threads_each=threads)
+    seconds: dict[str, float] = {}
+    for start in range(0, len(planned), 2):
+        group = planned[start : start + 2]
+        times = run_parallel(
+            [run.command(runs) for run in group], [runs / f"{run.name}.log" for run in group], threads_each=threads
+        )
+        seconds.update({run.name: time for run, time in zip(group, times)})
         if checkpoints is not None:
-            for name in group:
-                card = (runs / name / "model" / "README.md").read_text()
-                Segmenter.from_pretrained(runs / name / "model").save_pretrained(
-                    checkpoints / name, model_card=card, half_precision=True
+            for run in group:
+                card = (runs / run.name / "model" / "README.md").read_text()
+                Segmenter.from_pretrained(runs / run.name / "model").save_pretrained(
+                    checkpoints / run.name, model_card=card, half_precision=True
                 )
+    return seconds
 
 
 def evaluate_models(
-    model_dirs: dict[str, Path], out_json: Path, limit: int | None, sweep: tuple[float, ...] = ()
+    model_dirs: dict[str, Path],
+    out_json: Path,
+    limit: int | None,
+    sweep: tuple[float, ...] = (),
+    benchmarks: tuple[str, ...] = BENCHMARKS,
 ) -> dict[str, dict[str, dict]]:
     from pmp.segmenter import Segmenter
     from train.evaluate import evaluate, load_benchmark, to_json
@@ -130,7 +175,7 @@ def evaluate_models(
     for name, folder in model_dirs.items():
         segmenter = Segmenter.from_pretrained(folder)
         results[name] = {}
-        for benchmark in BENCHMARKS:
+        for benchmark in benchmarks:
             started = time.perf_counter()
             metrics = evaluate(
                 segmenter, load_benchmark(benchmark), limit=limit, clip_weight_sweep=sweep, show_progress=False
@@ -283,6 +328,132 @@ def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -
     plt.close(fig)
 
 
+def write_json(path: Path, data: dict) -> None:
+    from train.evaluate import to_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_json(data) + "\n")
+
+
+def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[tuple[int, float, float]]]]]:
+    """{benchmark: {metric: {model: [(queries, mean %, std %), ...]}}} over the per-seed sweep files."""
+    import statistics
+
+    runs = [json.loads(Path(f).read_text()) for f in files]
+    points: dict = {}
+    for benchmark in SWEEP_BENCHMARKS:
+        for metric in ("miou", "proposal_recall"):
+            for name in MAIN_MODELS:
+                row = []
+                for q in QUERY_BUDGETS:
+                    values = [100 * run[str(q)][name][benchmark][metric] for run in runs if str(q) in run]
+                    if values:
+                        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+                        row.append((q, statistics.fmean(values), spread))
+                points.setdefault(benchmark, {}).setdefault(metric, {})[name] = row
+    return points
+
+
+def query_sweep_table(files: list[Path]) -> str:
+    """The sweep as a table: per benchmark, metric and budget, baseline and PMP (mean ± std over seeds)."""
+    points = query_sweep_points(files)
+    header = "| benchmark | metric | " + " | ".join(f"{q} queries (baseline / PMP)" for q in QUERY_BUDGETS) + " |"
+    lines = [
+        f"{len(files)} seed(s); mean ± std in % where more than one.",
+        "",
+        header,
+        "|---|---|" + "---|" * len(QUERY_BUDGETS),
+    ]
+    for benchmark, metrics in points.items():
+        for metric, models in metrics.items():
+            cells = []
+            for index in range(len(QUERY_BUDGETS)):
+                pair = [models[name][index] if index < len(models[name]) else None for name in MAIN_MODELS]
+                cells.append(
+                    " / ".join(
+                        "n/a" if p is None else (f"{p[1]:.1f} ± {p[2]:.1f}" if len(files) > 1 else f"{p[1]:.1f}")
+                        for p in pair
+                    )
+                )
+            label = "mIoU" if metric == "miou" else "recall"
+            lines.append(f"| {benchmark} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_query_sweep(files: list[Path], out_png: Path) -> None:
+    """mIoU and proposal recall against the number of queries, baseline vs PMP, error bars = seed std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = query_sweep_points(files)
+    fig, axes = plt.subplots(1, 2 * len(SWEEP_BENCHMARKS), figsize=(3.3 * 2 * len(SWEEP_BENCHMARKS), 3.2))
+    panels = [(benchmark, metric) for benchmark in SWEEP_BENCHMARKS for metric in ("miou", "proposal_recall")]
+    for axis, (benchmark, metric) in zip(axes, panels):
+        for index, (name, row) in enumerate(points[benchmark][metric].items()):
+            axis.errorbar(
+                [p[0] for p in row], [p[1] for p in row], yerr=[p[2] for p in row], marker="o", capsize=3,
+                color=f"C{index}", label=name,
+            )  # fmt: skip
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(QUERY_BUDGETS), [str(q) for q in QUERY_BUDGETS])
+        axis.set_title(f"{benchmark}: {'mIoU' if metric == 'miou' else 'proposal recall'}")
+        axis.set_xlabel("queries")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"query budget, {SHORT_STEPS} steps per run, {len(files)} seed(s)", fontsize=9)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def learning_curve(run: Path, benchmark: str = "world-full") -> list[dict[str, float]]:
+    """The evaluation rows of one training log: step, training minutes so far, mIoU seen / all, recall."""
+    points, minutes = [], 0.0
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "seconds" in row:
+            minutes = row["seconds"] / 60
+        if f"eval/{benchmark}/miou" in row:
+            points.append(
+                {
+                    "step": row["step"],
+                    "minutes": round(minutes, 2),
+                    **{key: row[f"eval/{benchmark}/{key}"] for key in ("miou", "miou_seen", "proposal_recall")},
+                }
+            )
+    return points
+
+
+def plot_learning_curves(curves: dict[str, list[dict[str, float]]], out_png: Path) -> None:
+    """world-full seen mIoU and proposal recall against training minutes on one core, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for index, (label, points) in enumerate(curves.items()):
+        for axis, key in zip(axes, ("miou_seen", "proposal_recall")):
+            axis.plot(
+                [p["minutes"] for p in points], [100 * p[key] for p in points], "o-", color=f"C{index}", label=label
+            )
+    for axis, title in zip(axes, ("world-full seen mIoU (100 images)", "world-full proposal recall")):
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("training minutes, one core")
+        axis.grid(alpha=0.3)
+    axes[0].axhline(70, color="grey", linewidth=0.8, linestyle="--")
+    axes[0].set_ylabel("%")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None or value != value else f"{100 * value:.1f}"
 
@@ -294,7 +465,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "bundle")
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--results", type=Path, default=ROOT / "results")
-    parser.add_argument("--ablations", action="store_true", help="train and evaluate concat, concat_drop, text_queries")
+    parser.add_argument(
+        "--ablations",
+        action="store_true",
+        help=f"every text mode (Eq. 5 variants, Fig. 5) at {ABLATION_QUERIES} queries, {SHORT_STEPS} steps",
+    )
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument(
         "--seed-table",
@@ -305,6 +480,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--investigate", action="store_true", help="stage-2 mode and lambda variants of the bundled models"
     )
+    parser.add_argument(
+        "--query-sweep",
+        action="store_true",
+        help=f"baseline and PMP at {', '.join(map(str, QUERY_BUDGETS))} queries, {SHORT_STEPS} steps each",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="with --query-sweep: its seed; alone: another seed of the bundled pair"
+    )
+    parser.add_argument(
+        "--learning-curve",
+        default=None,
+        metavar="LABEL=RUN,...",
+        help="collect the evaluation rows of these training runs -> results/learning_curve.json, docs/",
+    )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
     parser.add_argument("--seg-steps", type=int, default=None)
@@ -314,26 +503,62 @@ def main(argv: list[str] | None = None) -> int:
         print(seed_table([Path(f) for f in args.seed_table.split(",")]), end="")
         return 0
     started = time.perf_counter()
-    if args.investigate:
+    if args.learning_curve:
+        curves = {}
+        for item in args.learning_curve.split(","):
+            label, _, folder = item.partition("=")
+            curves[label] = learning_curve(ROOT / folder)
+        write_json(args.results / "learning_curve.json", curves)
+        plot_learning_curves(curves, ROOT / "docs" / "learning_curve.png")
+    elif args.investigate:
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         table = investigate_stage2(dirs, args.results / "stage2.json", args.eval_limit or 100)
         (args.results / "stage2.md").write_text(table)
+    elif args.query_sweep:
+        seed = args.seed or 0
+        planned = [
+            Run(f"q{q}-{name}-seed{seed}", mode, steps=SHORT_STEPS, num_queries=q, seed=seed)
+            for q in QUERY_BUDGETS
+            for name, mode in MAIN_MODELS.items()
+        ]
+        times = {} if args.evaluate_only else train_segmenters(planned, args.runs, None)
+        results: dict = {}
+        for q in QUERY_BUDGETS:
+            dirs = {name: args.runs / f"q{q}-{name}-seed{seed}" / "model" for name in MAIN_MODELS}
+            out = args.runs / f"q{q}-seed{seed}.json"
+            results[str(q)] = evaluate_models(dirs, out, args.eval_limit, benchmarks=SWEEP_BENCHMARKS)
+        results["train_seconds"] = times
+        write_json(args.results / f"query_sweep_seed{seed}.json", results)
+        files = sorted(args.results.glob("query_sweep_seed*.json"))
+        plot_query_sweep(files, ROOT / "docs" / "query_sweep.png")
+        (args.results / "query_sweep.md").write_text(query_sweep_table(files))
     elif args.ablations:
-        if not args.evaluate_only:
-            train_segmenters(ABLATIONS, args.runs, None, args.seg_steps)
-        dirs = {
-            "baseline": args.checkpoints / "baseline",
-            "pmp": args.checkpoints / "pmp",
-            **{name: args.runs / name / "model" for name in ABLATIONS},
-        }
+        planned = [
+            Run(f"q{ABLATION_QUERIES}-{name}-seed0", mode, steps=SHORT_STEPS, num_queries=ABLATION_QUERIES, seed=0)
+            for name, mode in {**MAIN_MODELS, **ABLATIONS}.items()
+        ]
+        if not args.evaluate_only:  # the baseline and PMP runs are the query sweep's, when it ran first
+            missing = [run for run in planned if not (args.runs / run.name / "model").is_dir()]
+            train_segmenters(missing, args.runs, None)
+        dirs = {name: args.runs / run.name / "model" for name, run in zip({**MAIN_MODELS, **ABLATIONS}, planned)}
         results = evaluate_models(dirs, args.results / "ablations.json", args.eval_limit)
         (args.results / "ablations.md").write_text(markdown_table(results))
+    elif args.seed:  # another seed of the bundled pair: results only, the bundle keeps seed 0
+        planned = [Run(f"{name}-seed{args.seed}", mode, seed=args.seed) for name, mode in MAIN_MODELS.items()]
+        times = {} if args.evaluate_only else train_segmenters(planned, args.runs, None)
+        dirs = {name: args.runs / f"{name}-seed{args.seed}" / "model" for name in MAIN_MODELS}
+        evaluate_models(dirs, args.results / f"main_seed{args.seed}.json", args.eval_limit)
+        if times:
+            write_json(args.results / f"bundle_times_seed{args.seed}.json", {"train_seconds": times})
     else:
+        times: dict[str, float] = {}
         if not args.evaluate_only:
             if not args.skip_clip:
-                train_clip(args.runs, args.checkpoints, args.clip_steps)
-            train_segmenters(MAIN_MODELS, args.runs, args.checkpoints, args.seg_steps)
+                times["tiny-clip"] = train_clip(args.runs, args.checkpoints, args.clip_steps)
+            planned = [Run(name, mode, steps=args.seg_steps) for name, mode in MAIN_MODELS.items()]
+            times.update(train_segmenters(planned, args.runs, args.checkpoints))
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
+        evaluation_started = time.perf_counter()
         results = evaluate_models(dirs, args.results / "main.json", args.eval_limit, CLIP_WEIGHT_SWEEP)
         (args.results / "main.md").write_text(markdown_table(results))
         (args.results / "mixed_granularity.md").write_text(granularity_table(results))
@@ -341,6 +566,9 @@ def main(argv: list[str] | None = None) -> int:
         # The fixed 50-image subset that tests/test_bundle.py re-evaluates against these numbers.
         subset = evaluate_models(dirs, args.results / "subset50.json", 50)
         (args.results / "subset50.md").write_text(markdown_table(subset))
+        times["evaluation"] = time.perf_counter() - evaluation_started
+        if not args.evaluate_only:
+            write_json(args.results / "bundle_times.json", {"seconds": times})
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min")
     return 0
 

@@ -1,12 +1,18 @@
-"""Pick the demo's synthetic examples: scenes where the baseline and PMP pick different masks.
+"""Pick the demo's examples: world scenes where the baseline and PMP differ, measured, in both directions.
 
-    python -m train.examples [--candidates 60] [--count 6]
+    python -m train.examples [--candidates 80] [--each 3]
 
-Candidates are benchmark scenes (world-full and world-parts) that no model was trained on. Each is
-prompted with the classes it contains (for world-parts: its parts plus the things they belong to), both
-bundled models segment it, and the scenes with the lowest mean IoU between the two models' picked masks
-are kept. ``examples/examples.json`` lists every example, the photographs included, with its prompts,
-source and licence; the app and the tests read it.
+Candidates are demo scenes (``train.world.demo``: seeds no model trained on), each prompted twice: its
+things whole (with its stuff), and its things by their parts (with its stuff). Both bundled models
+segment every scene under both sets and are scored against the scene's ground truth under each set.
+Kept, each with a one-line caption of what to look at:
+
+* the first example (the page opens on it, in the prompt-change view): the scene where PMP gains the
+  most over the baseline from the wholes set to the parts set;
+* ``--each`` scenes where PMP is ahead on the parts set, and ``--each`` where the baseline is ahead.
+
+``examples/examples.json`` lists them (by seed: the app draws the scenes), then the photographs, which the
+page shows under their own "outside the bundled world" heading.
 """
 
 from __future__ import annotations
@@ -16,10 +22,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
-from pmp.demo import mask_iou
 from pmp.segmenter import Segmenter
+from train.diagnose import prompt_sets
+from train.world.demo import demo_scene, ground_truth, image_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -52,61 +60,82 @@ PHOTOS = [
 PHOTO_NOTE = "needs full-scale checkpoints: the bundled models only know the synthetic world"
 
 
-def candidate_prompts(benchmark: str, index: int) -> tuple[np.ndarray, list[str]]:
-    from train import world
-    from train.world import vocabulary as vocab
+def score_scene(models: dict[str, Segmenter], seed: int) -> dict | None:
+    """Both models on one demo scene under its two prompt sets; None when the scene has no parts to ask for."""
+    scene = demo_scene(seed)
+    sets = prompt_sets(scene)
+    if len(sets["parts"]) <= len(sets["wholes"]) - 1 or len(sets["wholes"]) < 3 or len(sets["parts"]) > 12:
+        return None
+    picture = Image.fromarray(scene.image)
+    entry: dict = {"seed": seed, "sets": sets, "scores": {}}
+    for kind, prompts in sets.items():
+        truth = ground_truth(scene, prompts)
+        for name, model in models.items():
+            with torch.inference_mode():
+                result = model.segment(picture, prompts)
+            entry["scores"][(name, kind)] = image_scores(truth, result.semantic, result.proposals)
+    return entry
 
-    scene, _ = world.benchmark_scene(vocab.get_benchmark(benchmark), index, size=256)
-    if benchmark == "world-parts":
-        parts = [vocab.PART_NAMES[i] for i in np.unique(scene.parts) if i != world.IGNORE]
-        things = sorted({obj.class_name for obj in scene.objects})
-        labels = list(dict.fromkeys(parts + things))
-    else:
-        labels = [vocab.CLASS_NAMES[i] for i in np.unique(scene.semantic) if i != world.IGNORE]
-    return scene.image, labels
+
+def caption(entry: dict, kind: str) -> str:
+    """What to look at: both mIoUs on this set, and the prompt whose IoU differs most between the models."""
+    base, pmp = entry["scores"][("baseline", kind)], entry["scores"][("pmp", kind)]
+    gaps = [(p - b, label) for label, b, p in zip(entry["sets"][kind], base.iou, pmp.iou) if b == b and p == p]
+    gap, label = max(gaps, key=lambda item: abs(item[0])) if gaps else (0.0, "")
+    leader = "PMP" if gap > 0 else "the baseline"
+    return (
+        f"mIoU PMP {100 * pmp.miou:.0f}% vs baseline {100 * base.miou:.0f}% on the {kind} prompts; "
+        f"look at '{label}' ({leader} ahead by {100 * abs(gap):.0f} IoU points)"
+    )
 
 
-def picked_mask_iou(a, b) -> float:
-    """Mean over labels of the IoU between the masks the two results picked."""
-    return float(np.mean([mask_iou(a.picked_mask(k), b.picked_mask(k)) for k in range(len(a.labels))]))
+def example(entry: dict, first: str, text: str) -> dict:
+    """An examples.json entry: the ``first`` prompt set in the Prompts box, the other as the second set."""
+    second = "wholes" if first == "parts" else "parts"
+    return {
+        "seed": entry["seed"],
+        "prompts": ", ".join(entry["sets"][first]),
+        "second_prompts": ", ".join(entry["sets"][second]),
+        "caption": text,
+        "source": f"synthetic world, demo scene {entry['seed']} (python -m train.examples)",
+        "licence": "CC0 (generated by this project)",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.examples", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--candidates", type=int, default=60, help="scenes tried per benchmark")
-    parser.add_argument("--count", type=int, default=6, help="synthetic examples kept (half per benchmark)")
+    parser.add_argument("--candidates", type=int, default=80, help="demo scenes tried (seeds 0..N-1)")
+    parser.add_argument("--each", type=int, default=3, help="scenes kept per direction (PMP ahead, baseline ahead)")
     args = parser.parse_args(argv)
-    baseline, pmp = Segmenter.from_pretrained("baseline"), Segmenter.from_pretrained("pmp")
-    EXAMPLES.mkdir(exist_ok=True)
-    for old in EXAMPLES.glob("world_*.png"):
-        old.unlink()
-    entries = []
-    for benchmark in ("world-full", "world-parts"):
-        scored = []
-        for index in range(args.candidates):
-            image, labels = candidate_prompts(benchmark, index)
-            if not 3 <= len(labels) <= 10:
-                continue
-            iou = picked_mask_iou(baseline.segment(image, labels), pmp.segment(image, labels))
-            scored.append((iou, index, image, labels))
-        scored.sort(key=lambda item: item[0])
-        for iou, index, image, labels in scored[: args.count // 2]:
-            name = f"world_{benchmark.split('-')[1]}_{index:03d}.png"
-            Image.fromarray(image).save(EXAMPLES / name)
-            entries.append(
-                {
-                    "image": name,
-                    "prompts": ", ".join(labels),
-                    "source": f"synthetic world, benchmark {benchmark}, image {index} (python -m train.examples)",
-                    "licence": "CC0 (generated by this project)",
-                    "note": f"baseline and PMP picked masks agree with mean IoU {iou:.2f}",
-                }
-            )
-            print(f"{name}: mean IoU of picked masks {iou:.2f}; prompts: {', '.join(labels)}")
+    models = {"baseline": Segmenter.from_pretrained("baseline"), "pmp": Segmenter.from_pretrained("pmp")}
+    scored = [entry for seed in range(args.candidates) if (entry := score_scene(models, seed)) is not None]
+
+    def lead(entry: dict, kind: str) -> float:
+        return entry["scores"][("pmp", kind)].miou - entry["scores"][("baseline", kind)].miou
+
+    def change_gain(entry: dict) -> float:  # PMP's lead on parts minus its lead on wholes
+        return lead(entry, "parts") - lead(entry, "wholes")
+
+    opening = max(scored, key=change_gain)
+    opening_caption = (
+        f"Wholes, then parts: PMP's lead moves from {100 * lead(opening, 'wholes'):+.0f} to "
+        f"{100 * lead(opening, 'parts'):+.0f} mIoU points; compare the two PMP label maps"
+    )
+    entries = [example(opening, "wholes", opening_caption)]
+    rest = [entry for entry in scored if entry is not opening]
+    ahead = sorted(rest, key=lambda entry: lead(entry, "parts"), reverse=True)[: args.each]
+    behind = sorted(rest, key=lambda entry: lead(entry, "parts"))[: args.each]
+    entries += [example(entry, "parts", caption(entry, "parts")) for entry in ahead + behind]
+    for entry in entries:
+        print(f"scene {entry['seed']}: {entry['caption']}")
     entries += [{**photo, "note": PHOTO_NOTE} for photo in PHOTOS]
+    for old in EXAMPLES.glob("world_*.png"):  # world examples are drawn from their seeds now
+        old.unlink()
     (EXAMPLES / "examples.json").write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
+    leads = np.array([lead(entry, "parts") for entry in scored])
+    print(f"{len(scored)} scenes scored; PMP ahead on the parts prompts in {int((leads > 0).sum())}")
     return 0
 
 

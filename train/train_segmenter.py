@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         "--text-mode", default=None, help="override decoder.text_mode (none, pmp, concat, concat_drop, text_queries)"
     )
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--num-queries", type=int, default=None, help="override decoder.num_queries")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data-root", default=None)
@@ -401,9 +402,11 @@ def main(argv: list[str] | None = None) -> int:
         "present_prob": args.present_prob,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    if args.text_mode:
+    decoder_overrides = {"text_mode": args.text_mode, "num_queries": args.num_queries}
+    decoder_overrides = {key: value for key, value in decoder_overrides.items() if value is not None}
+    if decoder_overrides:
         config.model = dataclasses.replace(
-            config.model, decoder=dataclasses.replace(config.model.decoder, text_mode=args.text_mode)
+            config.model, decoder=dataclasses.replace(config.model.decoder, **decoder_overrides)
         )
         config.model.validate()
     command = "python -m train.train_segmenter " + " ".join(portable_arguments(sys.argv[1:] if argv is None else argv))

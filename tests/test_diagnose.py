@@ -1,0 +1,43 @@
+"""train.diagnose: proposals assigned to the granularity they match, under two prompt sets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.test_demo import FakeSegmenter
+from train.diagnose import diagnose, markdown, prompt_sets, proposal_levels, scene_segments
+from train.world.benchmarks import benchmark_scene
+from train.world.vocabulary import GRANULARITY
+
+
+def test_segments_cover_each_level_and_prompt_sets_differ_in_granularity():
+    scene, _ = benchmark_scene("world-mixed", 0)
+    segments, levels = scene_segments(scene)
+    assert segments.shape[1:] == scene.semantic.shape and len(levels) == len(segments)
+    assert {"stuff", "thing", "part"} <= set(levels)
+    sets = prompt_sets(scene)
+    assert {GRANULARITY[name] for name in sets["wholes"]} == {"stuff", "thing"}
+    assert {GRANULARITY[name] for name in sets["parts"]} == {"stuff", "part"}
+
+
+def test_proposals_are_assigned_to_the_level_they_match():
+    segments = np.zeros((3, 8, 8), bool)
+    segments[0, :4], segments[1, 4:, :4], segments[2, 4:, 4:] = True, True, True
+    levels = ["stuff", "thing", "part"]
+    proposals = np.stack([segments[2], segments[0], np.eye(8, dtype=bool)]).astype(np.float32)
+    matched, best = proposal_levels(proposals, segments, levels)
+    assert matched == ["part", "stuff", "none"]
+    assert best[0] == 1.0 and best[2] == 1.0 and best[1] < 0.5
+
+
+def test_a_prompt_agnostic_generator_does_not_move_and_one_that_follows_prompts_does():
+    models = {"baseline": FakeSegmenter(), "pmp": FakeSegmenter(follows_prompts=True)}
+    result = diagnose(models, limit=2)
+    assert result["models"]["baseline"]["shift"] == 0.0
+    assert result["models"]["pmp"]["shift"] > 0.0
+    baseline = result["models"]["baseline"]
+    assert baseline["wholes"] == baseline["parts"]  # same masks, same shares and recalls
+    shares = sum(baseline["wholes"][f"share_{level}"] for level in ("stuff", "thing", "part", "none"))
+    assert abs(shares - 1.0) < 1e-9
+    table = markdown(result)
+    assert table.count("| baseline |") == 2 and "| pmp | wholes |" in table
