@@ -780,17 +780,20 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                                 )
                     with gr.Tab("One prompt set in detail", id="detail", elem_id="tab-detail"):
                         run = gr.Button("Run", variant="primary", elem_id="run")
-                        with gr.Row():
-                            with gr.Column(min_width=280):
-                                gr.Markdown("## Ground truth")
+                        with gr.Row(equal_height=False):
+                            with gr.Column(scale=1, min_width=240):
                                 truth = gr.Image(
                                     label="Ground truth under these prompts",
                                     type="pil",
                                     format="png",
                                     interactive=False,
+                                    height=300,
                                     elem_id="truth",
                                 )
+                            with gr.Column(scale=2, min_width=240):
+                                gr.Markdown("## Ground truth")
                                 truth_note = gr.Markdown(elem_id="truth-note")
+                        with gr.Row(equal_height=False):
                             for name in MODEL_NAMES:
                                 with gr.Column(min_width=280, elem_id=f"column-{name}"):
                                     _model_column(name, columns)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -48,8 +49,11 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             expect(page.locator("#parsed-prompts")).to_contain_text("prompt(s)", timeout=timeout_ms)
             # a vocabulary click adds the word to the prompts
             page.locator("#vocabulary").get_by_text("Vocabulary of the bundled models").click()
-            page.locator("#vocabulary-part").get_by_text("wheel", exact=True).click()
-            expect(page.locator("#prompts textarea")).to_have_value(lambda_ends_with("wheel"), timeout=timeout_ms)
+            present = [name.strip() for name in page.locator("#prompts textarea").input_value().split(",")]
+            word = next(name for name in ("wheel", "sail", "roof", "leg") if name not in present)
+            page.locator("#vocabulary-part").get_by_text(word, exact=True).click()
+            expect(page.locator("#prompts textarea")).to_have_value(ends_with(word), timeout=timeout_ms)
+            seen["vocabulary_word"] = word
             # the prompt-change view on this scene: the first set is the prompts box
             page.locator("#second-prompts textarea").fill("car, wheel, window, sky")
             page.locator("#run-change").click()
@@ -107,9 +111,8 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
     return seen
 
 
-def lambda_ends_with(word: str):  # noqa: ANN201 - a compiled pattern for expect(...).to_have_value
-    import re
-
+def ends_with(word: str) -> re.Pattern[str]:
+    """The prompt box's value after a vocabulary click: ``word`` appended as the last prompt."""
     return re.compile(rf"(^|, ){re.escape(word)}$")
 
 

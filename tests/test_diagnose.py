@@ -41,3 +41,18 @@ def test_a_prompt_agnostic_generator_does_not_move_and_one_that_follows_prompts_
     assert abs(shares - 1.0) < 1e-9
     table = markdown(result)
     assert table.count("| baseline |") == 2 and "| pmp | wholes |" in table
+
+
+def test_confusions_say_where_each_seen_things_pixels_go():
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.diagnose import confusions, confusions_markdown
+
+    model = Segmenter(tiny_segmenter_config("none")).eval()
+    result = confusions(model, limit=2, clip_weights=(0.0, 1.0), top=2)
+    assert list(result) == ["0.0", "1.0"]
+    for per_class in result.values():
+        for shares in per_class.values():
+            assert len(shares) <= 2 and all(0.0 <= share <= 1.0 for _, share in shares)
+            assert shares == sorted(shares, key=lambda item: -item[1])
+    assert "| seen thing |" in confusions_markdown(result)

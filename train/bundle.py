@@ -139,10 +139,11 @@ def install_clip(source: Path, target: Path) -> None:
     shutil.copytree(source, target)
 
 
-def train_segmenters(planned: list[Run], runs: Path, checkpoints: Path | None) -> dict[str, float]:
-    """Train the planned runs two at a time, one core each; copy finished models to ``checkpoints/<name>``
-    (float16) when given. Returns each run's wall time in seconds."""
-    from pmp.segmenter import Segmenter
+def train_segmenters(
+    planned: list[Run], runs: Path, checkpoints: Path | None = None, results: Path | None = None
+) -> dict[str, float]:
+    """Train the planned runs two at a time, one core each; install finished models in ``checkpoints/<name>``
+    (float16, checked: :func:`install_segmenter`) when given. Returns each run's wall time in seconds."""
 
     threads = max(1, (os.cpu_count() or 2) // 2)
     seconds: dict[str, float] = {}
@@ -154,11 +155,32 @@ def train_segmenters(planned: list[Run], runs: Path, checkpoints: Path | None) -
         seconds.update({run.name: time for run, time in zip(group, times)})
         if checkpoints is not None:
             for run in group:
-                card = (runs / run.name / "model" / "README.md").read_text()
-                Segmenter.from_pretrained(runs / run.name / "model").save_pretrained(
-                    checkpoints / run.name, model_card=card, half_precision=True
-                )
+                install_segmenter(runs / run.name / "model", checkpoints / run.name, results or ROOT / "results")
     return seconds
+
+
+def install_segmenter(source: Path, target: Path, results: Path, images: int = 20) -> dict[str, float]:
+    """Save a trained model into ``target`` in float16, and measure what that changes on ``images``
+    world-full scenes: the share of pixels labelled the same and the largest change of any p_out
+    (written to ``results/half_precision_<name>.json``)."""
+    from pmp.segmenter import Segmenter
+    from train.world.benchmarks import benchmark_sample
+
+    full = Segmenter.from_pretrained(source)
+    full.save_pretrained(target, model_card=(source / "README.md").read_text(), half_precision=True)
+    half = Segmenter.from_pretrained(target)
+    same = total = 0
+    largest = 0.0
+    labels = ["sky", "grass", "road", "house", "car", "tree", "person", "dog", "wheel", "window"]
+    for index in range(images):
+        image, _ = benchmark_sample("world-full", index)
+        a, b = full.segment(image, labels), half.segment(image, labels)
+        same += int((a.semantic == b.semantic).sum())
+        total += a.semantic.size
+        largest = max(largest, float(abs(a.p_out - b.p_out).max()))
+    check = {"pixels_same": same / total, "max_abs_p_out_change": largest, "images": images}
+    write_json(results / f"half_precision_{target.name}.json", check)
+    return check
 
 
 def evaluate_models(
@@ -290,6 +312,38 @@ def seed_table(result_files: list[Path]) -> str:
                 cells.append(f"{mean:.1f} ± {std:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
+    """mIoU and proposal recall per benchmark, one bar per model, error bars = sample std over the seeds."""
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(Path(f).read_text()) for f in result_files]
+    names = list(runs[0])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    width = 0.8 / len(names)
+    for axis, key in zip(axes, ("miou", "proposal_recall")):
+        for index, name in enumerate(names):
+            values = [[100 * run[name][b][key] for run in runs] for b in BENCHMARKS]
+            means = [statistics.fmean(v) for v in values]
+            spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            positions = [b + (index - (len(names) - 1) / 2) * width for b in range(len(BENCHMARKS))]
+            axis.bar(positions, means, width, yerr=spreads, capsize=3, color=f"C{index}", label=name)
+        axis.set_xticks(range(len(BENCHMARKS)), BENCHMARKS, fontsize=8)
+        axis.set_title("mIoU" if key == "miou" else "proposal recall (mean best IoU)", fontsize=9)
+        axis.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("%")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title or f"{len(runs)} seed(s): mean, error bars = std over seeds", fontsize=9)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
 
 
 def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -> None:
@@ -477,6 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="A.json,B.json",
         help="print the mean ± std table of these per-seed results files and exit",
     )
+    parser.add_argument("--figure", type=Path, default=None, help="with --seed-table: also draw the bar chart here")
     parser.add_argument(
         "--investigate", action="store_true", help="stage-2 mode and lambda variants of the bundled models"
     )
@@ -500,7 +555,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-limit", type=int, default=None, help="images per benchmark (default: all 500)")
     args = parser.parse_args(argv)
     if args.seed_table:
-        print(seed_table([Path(f) for f in args.seed_table.split(",")]), end="")
+        files = [Path(f) for f in args.seed_table.split(",")]
+        print(seed_table(files), end="")
+        if args.figure:
+            plot_seed_results(files, args.figure)
         return 0
     started = time.perf_counter()
     if args.learning_curve:
@@ -556,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
             if not args.skip_clip:
                 times["tiny-clip"] = train_clip(args.runs, args.checkpoints, args.clip_steps)
             planned = [Run(name, mode, steps=args.seg_steps) for name, mode in MAIN_MODELS.items()]
-            times.update(train_segmenters(planned, args.runs, args.checkpoints))
+            times.update(train_segmenters(planned, args.runs, args.checkpoints, args.results))
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         evaluation_started = time.perf_counter()
         results = evaluate_models(dirs, args.results / "main.json", args.eval_limit, CLIP_WEIGHT_SWEEP)

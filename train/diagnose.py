@@ -4,6 +4,9 @@ sets, and how far the proposals move between them.
     python -m train.diagnose [--baseline checkpoints/baseline] [--pmp checkpoints/pmp] [--limit 200]
                              [--out results/diagnosis.json]
 
+Also: where the pixels of each seen thing of world-full go, with stage 1 alone and with Eq. 3's
+ensemble (:func:`confusions`): what limits seen-class mIoU.
+
 Each world-mixed scene is prompted twice: WHOLES (its stuff and its things) and PARTS (its stuff and the
 parts of its things). Every proposal is assigned to the ground-truth segment it matches best (stuff,
 thing or part, over the scene's own maps, whatever was prompted) when that IoU reaches 0.5, else to
@@ -109,6 +112,48 @@ def diagnose(models: dict[str, Any], limit: int) -> dict[str, Any]:
     }
 
 
+def confusions(
+    model: Any, limit: int, clip_weights: tuple[float, ...] = (0.0, 0.65), top: int = 3
+) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """Where the pixels of each seen world-full thing go: per clip weight (0 = stage 1 alone), per class
+    the ``top`` predicted names with their share of its pixels ("none" = no label). Both stages run once
+    per image; every weight is combined from the same outputs."""
+    from train.evaluate import load_benchmark
+    from train.world.vocabulary import SEEN_THINGS
+
+    dataset = load_benchmark("world-full")
+    names = list(dataset.class_names)
+    count = len(names)
+    matrices = {weight: np.zeros((count + 1, count), np.int64) for weight in clip_weights}
+    for index in range(limit):
+        image, label = dataset[index]
+        stages = model.run_stages(image, names)
+        valid = label != dataset.ignore_label
+        for weight, matrix in matrices.items():
+            predicted = np.asarray(model.combine(stages, clip_weight=weight).semantic)[valid]
+            np.add.at(matrix, (np.where(predicted < 0, count, predicted), label[valid].astype(np.int64)), 1)
+    result: dict[str, dict[str, list[tuple[str, float]]]] = {}
+    for weight, matrix in matrices.items():
+        per_class = {}
+        for name in SEEN_THINGS:
+            column = matrix[:, names.index(name)]
+            if column.sum():
+                order = np.argsort(column)[::-1][:top]
+                per_class[name] = [((names + ["none"])[int(i)], float(column[i] / column.sum())) for i in order]
+        result[str(weight)] = per_class
+    return result
+
+
+def confusions_markdown(result: dict[str, dict[str, list[tuple[str, float]]]]) -> str:
+    weights = list(result)
+    header = "| seen thing | " + " | ".join(f"its pixels at clip weight {w}" for w in weights) + " |"
+    lines = [header, "|---|" + "---|" * len(weights)]
+    for name in result[weights[0]]:
+        cells = [", ".join(f"{label} {100 * share:.0f}%" for label, share in result[w][name]) for w in weights]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict[str, Any]) -> str:
     header = (
         "| model | prompts | proposals at stuff / thing / part / none (%) | recall stuff / thing / part | "
@@ -140,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
 
     models = {name: Segmenter.from_pretrained(path) for name, path in (("baseline", args.baseline), ("pmp", args.pmp))}
     result = diagnose(models, args.limit)
-    table = markdown(result)
+    result["confusions"] = {name: confusions(model, min(args.limit, 100)) for name, model in models.items()}
+    table = markdown(result) + "".join(
+        f"\n{name}, world-full (first {min(args.limit, 100)} images):\n\n" + confusions_markdown(entry)
+        for name, entry in result["confusions"].items()
+    )
     print(table, end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
