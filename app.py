@@ -48,6 +48,7 @@ from pmp.demo import (  # noqa: E402
     check_token_limit,
     prompts_markdown,
     read_prompts,
+    request_folder,
     run_comparison,
     run_prompt_change,
     write_pictures,
@@ -308,9 +309,22 @@ def prompt_change_for_ui(
     return tuple(values + truth_paths + [truths[1][1]])
 
 
+def scene_png(seed: int, scene: Any, folder: Path) -> str:
+    """Save demo scene ``seed``'s picture in ``folder`` (once: written under a unique name, then renamed, so
+    a concurrent request never sees half a file); returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"scene-{seed}.png"
+    if not path.is_file():
+        partial = folder / f".scene-{seed}-{uuid.uuid4().hex}.png"
+        Image.fromarray(scene.image).save(partial)
+        os.replace(partial, path)
+    return str(path)
+
+
 def scene_for_ui(models: DemoModels, scene_seed: Any, *, output_root: str | Path) -> tuple:
     """The ``/render_scene`` API and the New scene button: a world scene (a random one when ``scene_seed``
-    is empty), its prompt set, its seed and a note; values in SCENE_OUTPUTS order."""
+    is empty), its prompt set, its seed and a note; values in SCENE_OUTPUTS order. The picture goes into
+    a request folder of its own, pruned by age like every other output."""
     if scene_seed is None or (isinstance(scene_seed, str) and not scene_seed.strip()):
         scene_seed = int(np.random.default_rng().integers(0, 1_000_000))
     try:
@@ -318,19 +332,13 @@ def scene_for_ui(models: DemoModels, scene_seed: Any, *, output_root: str | Path
     except ValueError as error:
         raise user_error(str(error)) from None
     scene = demo_scene(seed)
-    folder = Path(output_root) / "scenes"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"scene-{seed}.png"
-    if not path.is_file():  # written once under a unique name, then renamed: concurrent requests never see half a file
-        partial = folder / f".scene-{seed}-{uuid.uuid4().hex}.png"
-        Image.fromarray(scene.image).save(partial)
-        os.replace(partial, path)
+    path = scene_png(seed, scene, request_folder(models, output_root))
     note = (
         f"World scene **{seed}** ({DEMO_SCENE_SIZE} px; share it by its seed). Its prompts name each thing as "
         "itself, by its parts, or by its group: press **Run** or **Compare the two sets** to see the ground truth "
         "and the scores."
     )
-    return str(path), ", ".join(scene_prompts(scene)), seed, note
+    return path, ", ".join(scene_prompts(scene)), seed, note
 
 
 def prompts_with_flags(models: DemoModels, labels: list[str]) -> str:
@@ -584,11 +592,13 @@ def read_examples(folder: Path = EXAMPLES_DIR, scenes: Path | None = None) -> li
             text = {key: str(entry.get(key, "")) for key in ("prompts", "second_prompts", "caption")}
             if "seed" in entry and scenes is not None:
                 try:
-                    image, _, seed, _ = scene_for_ui(None, entry["seed"], output_root=scenes)  # type: ignore[arg-type]
-                except gr.Error as error:
-                    logger.warning("skipping example %s in %s: %s", entry, spec, error.message)
+                    seed = check_demo_seed(entry["seed"])
+                except ValueError as error:
+                    logger.warning("skipping example %s in %s: %s", entry, spec, error)
                     continue
-                examples.append(Example(image, seed=seed, **text))
+                examples.append(
+                    Example(scene_png(seed, demo_scene(seed), Path(scenes) / "examples"), seed=seed, **text)
+                )
             elif "image" in entry and (spec.parent / str(entry["image"])).is_file():
                 examples.append(Example(str((spec.parent / str(entry["image"])).resolve()), **text))
     return examples

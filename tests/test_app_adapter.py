@@ -48,7 +48,8 @@ def test_a_scene_is_drawn_once_per_seed_and_a_random_one_without(world_models, t
     path, prompts, seed, note = app.scene_for_ui(world_models, 7, output_root=tmp_path)
     assert seed == 7 and "World scene **7**" in note and prompts
     assert np.array_equal(np.asarray(Image.open(path)), demo_scene(7).image)
-    assert app.scene_for_ui(world_models, "7", output_root=tmp_path)[0] == path
+    again = app.scene_for_ui(world_models, "7", output_root=tmp_path)[0]
+    assert again != path and Image.open(again).tobytes() == Image.open(path).tobytes()  # each request its own folder
     _, _, random_seed, _ = app.scene_for_ui(world_models, None, output_root=tmp_path)
     assert 0 <= random_seed < 1_000_000
     with pytest.raises(gr.Error, match="whole number"):
