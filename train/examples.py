@@ -28,6 +28,7 @@ from PIL import Image
 from pmp.segmenter import Segmenter
 from train.diagnose import prompt_sets
 from train.world.demo import demo_scene, ground_truth, image_scores
+from train.world.vocabulary import GRANULARITY
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -78,10 +79,12 @@ def score_scene(models: dict[str, Segmenter], seed: int) -> dict | None:
 
 
 def caption(entry: dict, kind: str) -> str:
-    """What to look at: both mIoUs on this set, and the prompt whose IoU differs most between the models."""
+    """What to look at: both mIoUs on this set, and the prompt whose IoU differs most between the models
+    (a part, thing or group when one differs by 5 points or more: those are what the prompts steer)."""
     base, pmp = entry["scores"][("baseline", kind)], entry["scores"][("pmp", kind)]
     gaps = [(p - b, label) for label, b, p in zip(entry["sets"][kind], base.iou, pmp.iou) if b == b and p == p]
-    gap, label = max(gaps, key=lambda item: abs(item[0])) if gaps else (0.0, "")
+    steered = [(gap, label) for gap, label in gaps if GRANULARITY[label] != "stuff" and abs(gap) >= 0.05]
+    gap, label = max(steered or gaps, key=lambda item: abs(item[0])) if gaps else (0.0, "")
     leader = "PMP" if gap > 0 else "the baseline"
     return (
         f"mIoU PMP {100 * pmp.miou:.0f}% vs baseline {100 * base.miou:.0f}% on the {kind} prompts; "
