@@ -902,11 +902,12 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                     models, first.image, first.prompts, first.second_prompts, 0.65, "pool", 0.5, first.seed,
                     output_root=output_root,
                 )  # fmt: skip
-                return (first.image, first.prompts, first.seed, first.second_prompts, *values)
+                note = f"**Opening example**, world scene {first.seed}: {first.caption or 'two prompt sets'}."
+                return (first.image, first.prompts, first.seed, first.second_prompts, note, *values)
 
             demo.load(
                 first_view,
-                outputs=[image, prompts, scene_seed, second, *change_outputs],
+                outputs=[image, prompts, scene_seed, second, scene_note, *change_outputs],
                 api_visibility="private",
                 show_progress="hidden",
             )

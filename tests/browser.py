@@ -3,9 +3,9 @@ screenshots both use :func:`visit`.
 
     python -m tests.browser --out docs      # the bundled models: screenshots of every view into docs/
 
-``visit`` waits for the first view (the prompt-change view of the first example, filled on load),
-draws a new scene, adds a word from the vocabulary, runs the detail view, compares two prompt sets,
-then uploads a photo with a word the bundled models never read. It checks what the page says at each
+``visit`` waits for the first view (the prompt-change view of the first example, filled on load: its
+screenshot), draws a new scene, adds a word from the vocabulary, compares two prompt sets, runs the
+detail view, then uploads a photo with a word the bundled models never read. It checks what the page says at each
 step and saves one screenshot per view (plus one at phone width).
 """
 
@@ -43,6 +43,10 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             if world_examples:  # the first view is filled on load: the two sets of the first example
                 expect(page.locator("#change-summary")).to_contain_text("did not move", timeout=timeout_ms)
                 page.locator("#pmp-set2 img").first.wait_for(timeout=timeout_ms)
+                expect(page.locator("#change-truth-note")).to_contain_text("Ground truth", timeout=timeout_ms)
+                expect(page.locator("#scene-note")).to_contain_text("Opening example", timeout=timeout_ms)
+                load_lazy_images(page)
+                page.screenshot(path=str(out / "app_change.png"), full_page=True)
             # New scene: a world scene with its prompts and seed
             page.locator("#new-scene").click()
             expect(page.locator("#scene-note")).to_contain_text("World scene", timeout=timeout_ms)
@@ -57,6 +61,8 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             # the prompt-change view on this scene: the first set is the prompts box
             page.locator("#second-prompts textarea").fill("car, wheel, window, sky")
             page.locator("#run-change").click()
+            # the new result (the load view's text is already on the page): the summary names the new sets
+            expect(page.locator("#change-summary")).to_contain_text("car, wheel, window, sky", timeout=timeout_ms)
             expect(page.locator("#baseline-change-title")).to_contain_text("did not move", timeout=timeout_ms)
             expect(page.locator("#pmp-change-title")).to_contain_text("mIoU on this image", timeout=timeout_ms)
             expect(page.locator("#change-truth-note")).to_contain_text(
@@ -64,7 +70,9 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             )
             page.locator("#truth-set2 img").first.wait_for(timeout=timeout_ms)
             seen["pmp_change_title"] = page.locator("#pmp-change-title").inner_text()
-            page.screenshot(path=str(out / "app_change.png"), full_page=True)
+            if not world_examples:
+                load_lazy_images(page)
+                page.screenshot(path=str(out / "app_change.png"), full_page=True)
             # the detail view: ground truth and per-image scores by the titles
             page.get_by_role("tab", name="One prompt set in detail").click()
             page.locator("#run").click()
@@ -74,6 +82,7 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
                 page.locator(f"#{name}-masks").get_by_text("p_out=").first.wait_for(timeout=timeout_ms)
                 seen[f"{name}_title"] = page.locator(f"#{name}-title").inner_text()
             page.locator("#truth img").first.wait_for(timeout=timeout_ms)
+            load_lazy_images(page)
             page.screenshot(path=str(out / "app_detail.png"), full_page=True)
             # an uploaded photo with a word outside the vocabulary: the flag and the notice
             page.locator("#image input[type=file]").set_input_files(str(photo))
@@ -97,7 +106,8 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             page.reload(wait_until="domcontentloaded")
             page.locator("#run-change").wait_for(timeout=timeout_ms)
             if world_examples:
-                page.locator("#pmp-set2 img").first.wait_for(timeout=timeout_ms)
+                expect(page.locator("#change-summary")).to_contain_text("did not move", timeout=timeout_ms)
+            load_lazy_images(page)
             width = page.evaluate("document.documentElement.scrollWidth")
             seen["phone_scroll_width"] = str(width)
             if width > 390 + 16:
@@ -109,6 +119,18 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
         finally:
             browser.close()
     return seen
+
+
+def load_lazy_images(page) -> None:  # noqa: ANN001 - a playwright Page
+    """Scroll the page through once: Gradio loads images lazily, so a full-page screenshot would show
+    empty boxes below the fold."""
+    height = page.evaluate("document.documentElement.scrollHeight")
+    step = page.viewport_size["height"] if page.viewport_size else 800
+    for top in range(0, height, step):
+        page.evaluate(f"window.scrollTo(0, {top})")
+        page.wait_for_timeout(150)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_timeout(300)
 
 
 def ends_with(word: str) -> re.Pattern[str]:

@@ -85,10 +85,10 @@ def caption(entry: dict, kind: str) -> str:
     gaps = [(p - b, label) for label, b, p in zip(entry["sets"][kind], base.iou, pmp.iou) if b == b and p == p]
     steered = [(gap, label) for gap, label in gaps if GRANULARITY[label] != "stuff" and abs(gap) >= 0.05]
     gap, label = max(steered or gaps, key=lambda item: abs(item[0])) if gaps else (0.0, "")
-    leader = "PMP" if gap > 0 else "the baseline"
+    leader = "PMP" if gap > 0 else "baseline"
     return (
-        f"mIoU PMP {100 * pmp.miou:.0f}% vs baseline {100 * base.miou:.0f}% on the {kind} prompts; "
-        f"look at '{label}' ({leader} ahead by {100 * abs(gap):.0f} IoU points)"
+        f"look at '{label}': {leader} ahead by {100 * abs(gap):.0f} IoU points "
+        f"(mIoU PMP {100 * pmp.miou:.0f}% vs baseline {100 * base.miou:.0f}%, {kind} prompts)"
     )
 
 
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
     opening = max(scored, key=change_gain)
     opening_caption = (
-        f"Wholes, then parts: PMP's lead moves from {100 * lead(opening, 'wholes'):+.0f} to "
-        f"{100 * lead(opening, 'parts'):+.0f} mIoU points; compare the two PMP label maps"
+        f"wholes -> parts: PMP's mIoU lead goes from {100 * lead(opening, 'wholes'):+.0f} to "
+        f"{100 * lead(opening, 'parts'):+.0f} points; compare PMP's two label maps"
     )
     entries = [example(opening, "wholes", opening_caption)]
     rest = [entry for entry in scored if entry is not opening]
