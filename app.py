@@ -771,8 +771,8 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                                         )
                                         change[f"{name}_masks{k}"] = gr.Gallery(
                                             label=f"{short}, {'first' if k == 1 else 'second'} set: picked proposals",
-                                            columns=3,
-                                            height=200,
+                                            columns=2,
+                                            height=260,
                                             object_fit="contain",
                                             elem_id=f"{name}-masks{k}",
                                         )
