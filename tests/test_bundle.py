@@ -175,3 +175,14 @@ def test_query_sweep_table_and_figure_from_per_seed_files(tmp_path: Path) -> Non
     assert "| world-mixed | mIoU | 21.0 ± 1.4 / 22.0 ± 1.4 |" in table
     plot_query_sweep(files, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_readme_sweep_ablation_and_diagnosis_tables_are_generated_from_results() -> None:
+    from train.bundle import markdown_table, query_sweep_table
+    from train.diagnose import markdown
+
+    readme = (ROOT / "README.md").read_text()
+    sweeps = sorted((ROOT / "results").glob("query_sweep_seed*.json"))
+    assert sweeps and query_sweep_table(sweeps) in readme
+    assert markdown_table(json.loads((ROOT / "results" / "ablations.json").read_text())) in readme
+    assert markdown(json.loads((ROOT / "results" / "diagnosis.json").read_text())) in readme
