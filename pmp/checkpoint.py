@@ -270,6 +270,7 @@ def model_card(
     lines += [
         "```python",
         "from pmp import Segmenter",
+        "",
         'seg = Segmenter.from_pretrained("<this folder or repo id>")',
         'out = seg("image.jpg", "sky, house, red car")',
         "```",
