@@ -46,6 +46,8 @@ from pmp.demo import (  # noqa: E402
     DemoInputError,
     DemoModels,
     check_token_limit,
+    code_list,
+    markdown_safe,
     prompts_markdown,
     read_prompts,
     request_folder,
@@ -89,7 +91,7 @@ UPLOAD_NOTICE = (
     "only (its {count} words are listed under *Vocabulary*), so on a photo their masks are guesses. To compare "
     "models trained on real data, start the app with them: `python app.py --baseline <folder or Hub id> "
     "--pmp <folder or Hub id>` (see the README, Training at full scale)."
-)
+).format(count=sum(map(len, vocabulary().values())))
 REAL_UPLOAD_NOTE = "No ground truth for this image: the page has ground truth for world scenes (**New scene**) only."
 NOT_THAT_SCENE = "This image is not world scene {seed}. "
 TRUTH_NOTE = (
@@ -167,17 +169,18 @@ def _run(work: Any) -> Any:
         raise user_error(GENERIC_ERROR.format(error_id)) from None
 
 
-def scene_truth(models: DemoModels, scene_seed: Any, image: Any, labels: list[str]) -> tuple[GroundTruth | None, str]:
-    """The ground truth of a world scene under ``labels``, or None and a note saying why there is none.
+def scene_truths(
+    models: DemoModels, scene_seed: Any, image: Any, *label_sets: list[str]
+) -> list[tuple[GroundTruth | None, str]]:
+    """The ground truth of a world scene under each prompt set, or None and a note saying why there is none.
 
     The seed is checked, and so is the image: ground truth is given only when the image is that scene's
-    picture pixel for pixel, so a seed left over from an earlier scene never scores another image.
+    picture pixel for pixel, so a seed left over from an earlier scene never scores another image. The
+    scene is drawn and compared once, whatever the number of prompt sets.
     """
-    upload_note = UPLOAD_NOTICE.format(count=sum(map(len, vocabulary().values())))
-    if not knows_the_world(models):
-        upload_note = REAL_UPLOAD_NOTE
+    upload_note = UPLOAD_NOTICE if knows_the_world(models) else REAL_UPLOAD_NOTE
     if scene_seed is None or (isinstance(scene_seed, str) and not scene_seed.strip()):
-        return None, upload_note
+        return [(None, upload_note)] * len(label_sets)
     try:
         seed = check_demo_seed(scene_seed)
     except ValueError as error:
@@ -185,23 +188,21 @@ def scene_truth(models: DemoModels, scene_seed: Any, image: Any, labels: list[st
     scene = demo_scene(seed)
     pixels = np.asarray(image.convert("RGB")) if image is not None else None
     if pixels is None or pixels.shape != scene.image.shape or not np.array_equal(pixels, scene.image):
-        return None, NOT_THAT_SCENE.format(seed=seed) + upload_note
-    truth = ground_truth(scene, labels)
-    note = TRUTH_NOTE.format(seed=seed)
-    if truth.outside_world:
-        names = ", ".join(f"`{_code(name)}`" for name in truth.outside_world)
-        note += f" {names}: no world name, so no pixel is theirs."
-    return truth, note
+        return [(None, NOT_THAT_SCENE.format(seed=seed) + upload_note)] * len(label_sets)
+    truths = []
+    for labels in label_sets:
+        truth = ground_truth(scene, labels)
+        note = TRUTH_NOTE.format(seed=seed)
+        if truth.outside_world:
+            note += f" {code_list(truth.outside_world)}: no world name, so no pixel is theirs."
+        truths.append((truth, note))
+    return truths
 
 
 def truth_picture(truth: GroundTruth, image: Any) -> Any:
     """The ground truth drawn as the models' label maps are: the same colours, the same legend."""
     semantic = np.where(truth.target == IGNORE, -1, truth.target.astype(np.int64))
     return overlay(image, semantic, truth.prompts)
-
-
-def _code(text: str) -> str:
-    return text.replace("`", "'")
 
 
 def compare_for_ui(
@@ -228,7 +229,7 @@ def compare_for_ui(
         view = run_comparison(
             models, image, prompt_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root
         )
-        truth, note = scene_truth(models, scene_seed, view.image, view.labels)
+        [(truth, note)] = scene_truths(models, scene_seed, view.image, view.labels)
         return view, write_pictures(view), truth, note
 
     view, pictures, truth, note = _run(work)
@@ -277,7 +278,7 @@ def prompt_change_for_ui(
             models, image, first_prompts, second_prompts, clip_weight, stage2_mode, mask_threshold,
             output_root=output_root,
         )  # fmt: skip
-        truths = [scene_truth(models, scene_seed, view.image, labels) for labels in view.prompt_sets]
+        truths = scene_truths(models, scene_seed, view.image, *view.prompt_sets)
         return view, write_prompt_change_pictures(view), truths
 
     view, pictures, truths = _run(work)
@@ -350,8 +351,10 @@ def prompts_with_flags(models: DemoModels, labels: list[str]) -> str:
     for label in labels:
         words = unknown_words(label)
         if words:
-            what = ", ".join(f"*{_code(word)}*" for word in words)
-            flags.append(f"- ⚠ `{_code(label)}`: not in the bundled models' vocabulary ({what}); its mask is a guess")
+            what = ", ".join(f"*{markdown_safe(word)}*" for word in words)
+            flags.append(
+                f"- ⚠ `{markdown_safe(label)}`: not in the bundled models' vocabulary ({what}); its mask is a guess"
+            )
     return text + ("\n\n" + "\n".join(flags) if flags else "")
 
 
@@ -617,14 +620,17 @@ def _prompt_box(models: DemoModels, label: str, placeholder: str, elem_id: str, 
     )
 
 
+def _picture(label: str, elem_id: str, **options: Any) -> gr.Image:
+    """A read-only picture the handlers fill with PNG paths (label maps, grids, ground truth)."""
+    return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id, **options)
+
+
 def _model_column(name: str, columns: dict[str, dict[str, Any]]) -> None:
     """One model's column of the detail tab: title with its scores, label map, picked masks, table, grid."""
     short = "PMP" if name == "pmp" else "Baseline"
     col = columns[name] = {}
     col["title"] = gr.Markdown(column_title(name, "pool"), elem_id=f"{name}-title")
-    col["overlay"] = gr.Image(
-        label=f"{short}: label map", type="pil", format="png", interactive=False, elem_id=f"{name}-overlay"
-    )
+    col["overlay"] = _picture(f"{short}: label map", f"{name}-overlay")
     col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
     col["masks"] = gr.Gallery(
         label=f"{short}: picked proposal per prompt (prompt · proposal # · p · p_hat · p_out)",
@@ -640,14 +646,7 @@ def _model_column(name: str, columns: dict[str, dict[str, Any]]) -> None:
         wrap=True,
         elem_id=f"{name}-table",
     )
-    col["grid"] = gr.Image(
-        label=f"{short}: every proposal (# · best label · p_out)",
-        type="pil",
-        format="png",
-        interactive=False,
-        height=520,
-        elem_id=f"{name}-grid",
-    )
+    col["grid"] = _picture(f"{short}: every proposal (# · best label · p_out)", f"{name}-grid", height=520)
 
 
 CSS = """
@@ -762,12 +761,9 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                             with gr.Row():
                                 for k in (1, 2):
                                     with gr.Column(min_width=240):
-                                        change[f"{name}_set{k}"] = gr.Image(
-                                            label=f"{short}, {'first' if k == 1 else 'second'} set: label map",
-                                            type="pil",
-                                            format="png",
-                                            interactive=False,
-                                            elem_id=f"{name}-set{k}",
+                                        change[f"{name}_set{k}"] = _picture(
+                                            f"{short}, {'first' if k == 1 else 'second'} set: label map",
+                                            f"{name}-set{k}",
                                         )
                                         change[f"{name}_masks{k}"] = gr.Gallery(
                                             label=f"{short}, {'first' if k == 1 else 'second'} set: picked proposals",
@@ -780,26 +776,16 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                         change["change_truth_note"] = gr.Markdown(elem_id="change-truth-note")
                         with gr.Row():
                             for k in (1, 2):
-                                change[f"truth_set{k}"] = gr.Image(
-                                    label=f"Ground truth, {'first' if k == 1 else 'second'} set",
-                                    type="pil",
-                                    format="png",
-                                    interactive=False,
-                                    elem_id=f"truth-set{k}",
+                                change[f"truth_set{k}"] = _picture(
+                                    f"Ground truth, {'first' if k == 1 else 'second'} set",
+                                    f"truth-set{k}",
                                     min_width=240,
                                 )
                     with gr.Tab("One prompt set in detail", id="detail", elem_id="tab-detail"):
                         run = gr.Button("Run", variant="primary", elem_id="run")
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=1, min_width=240):
-                                truth = gr.Image(
-                                    label="Ground truth under these prompts",
-                                    type="pil",
-                                    format="png",
-                                    interactive=False,
-                                    height=300,
-                                    elem_id="truth",
-                                )
+                                truth = _picture("Ground truth under these prompts", "truth", height=300)
                             with gr.Column(scale=2, min_width=240):
                                 gr.Markdown("## Ground truth")
                                 truth_note = gr.Markdown(elem_id="truth-note")

@@ -140,7 +140,7 @@ class ComparisonView:
         head = f"The two models label {100 * self.agreement:.0f}% of the pixels the same. "
         if not differing:
             return head + f"For every prompt the picked masks overlap with IoU >= {DIFFERENT_IOU}."
-        names = ", ".join(f"`{_markdown_safe(p)}`" for p in differing)
+        names = code_list(differing)
         return (
             head + f"**{len(differing)} of {len(self.labels)}** prompt(s) get a different mask "
             f"(IoU < {DIFFERENT_IOU}): {names}."
@@ -148,11 +148,15 @@ class ComparisonView:
 
 
 def prompts_markdown(labels: list[str]) -> str:
-    items = ", ".join(f"`{_markdown_safe(label)}`" for label in labels)
-    return f"**{len(labels)} prompt(s):** {items}"
+    return f"**{len(labels)} prompt(s):** {code_list(labels)}"
 
 
-def _markdown_safe(text: str) -> str:
+def code_list(texts: list[str]) -> str:
+    """Prompts as a comma-separated list of Markdown code spans."""
+    return ", ".join(f"`{markdown_safe(text)}`" for text in texts)
+
+
+def markdown_safe(text: str) -> str:
     """A prompt shown in a Markdown code span: only the backtick that would end the span is replaced.
 
     No HTML escaping: a code span shows its text literally (Markdown escapes it), so "&lt;" there would
@@ -225,6 +229,18 @@ def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(first, second).sum() / union)
 
 
+def mask_iou_matrix(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """(N, N') IoU of every pair of two bool mask stacks (N, ...) and (N', ...); two empty masks agree (1.0).
+
+    One float32 matrix product of the flattened 0/1 masks (exact: counts stay below 2**24 pixels).
+    """
+    flat_a = np.asarray(first).reshape(len(first), -1).astype(np.float32)  # (N, P)
+    flat_b = np.asarray(second).reshape(len(second), -1).astype(np.float32)  # (N', P)
+    intersection = flat_a @ flat_b.T  # (N, N')
+    union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - intersection
+    return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+
+
 @dataclass(frozen=True)
 class ProposalShift:
     """How far one model's first-stage proposals moved when only the prompts changed."""
@@ -257,11 +273,7 @@ def proposal_shift(first: np.ndarray, second: np.ndarray, threshold: float = 0.5
         raise ValueError(f"proposal sets must share their mask size, got {a.shape[1:]} and {b.shape[1:]}")
     if not len(a) or not len(b):
         return ProposalShift(shift=float(len(a) != len(b)), moved=len(a) if len(b) == 0 else 0, total=len(a))
-    flat_a = a.reshape(len(a), -1).astype(np.float32)  # (N, P)
-    flat_b = b.reshape(len(b), -1).astype(np.float32)  # (N', P)
-    intersection = flat_a @ flat_b.T  # (N, N')
-    union = flat_a.sum(1)[:, None] + flat_b.sum(1)[None, :] - intersection
-    iou = np.where(union > 0, intersection / np.maximum(union, 1), 1.0)  # two empty masks agree
+    iou = mask_iou_matrix(a, b)  # (N, N')
     best_a, best_b = iou.max(1), iou.max(0)
     mean_best = (best_a.sum() + best_b.sum()) / (len(best_a) + len(best_b))
     return ProposalShift(shift=float(1.0 - mean_best), moved=int((best_a < DIFFERENT_IOU).sum()), total=len(a))
@@ -459,7 +471,7 @@ class PromptChangeView:
     image: Image.Image | None = field(repr=False, default=None)  # the decoded image both models saw
 
     def summary_markdown(self) -> str:
-        first, second = (", ".join(f"`{_markdown_safe(label)}`" for label in labels) for labels in self.prompt_sets)
+        first, second = (code_list(labels) for labels in self.prompt_sets)
         lines = [f"**First set:** {first} · **second set:** {second}"]
         for name in MODEL_NAMES:
             lines.append(f"- **{MODEL_TITLES[name]}**: {self.shifts[name].markdown()}")

@@ -59,14 +59,14 @@ def test_a_scene_is_drawn_once_per_seed_and_a_random_one_without(world_models, t
 def test_ground_truth_only_for_the_scene_itself(world_models):
     scene = demo_scene(3)
     picture = Image.fromarray(scene.image)
-    truth, note = app.scene_truth(world_models, 3, picture, ["sky", "astronaut"])
+    [(truth, note)] = app.scene_truths(world_models, 3, picture, ["sky", "astronaut"])
     assert truth is not None and "Ground truth of world scene 3" in note and "`astronaut`: no world name" in note
-    other, note = app.scene_truth(world_models, 4, picture, ["sky"])
+    [(other, note)] = app.scene_truths(world_models, 4, picture, ["sky"])
     assert other is None and note.startswith("This image is not world scene 4.")
-    none, note = app.scene_truth(world_models, None, picture, ["sky"])
+    [(none, note)] = app.scene_truths(world_models, None, picture, ["sky"])
     assert none is None and "No ground truth for your own image" in note and "--baseline" in note
     with pytest.raises(DemoInputError, match="whole number"):
-        app.scene_truth(world_models, -2, picture, ["sky"])
+        app.scene_truths(world_models, -2, picture, ["sky"])
 
 
 def test_compare_on_a_world_scene_scores_both_models(world_models, tmp_path):

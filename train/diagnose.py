@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pmp.demo import proposal_shift
+from pmp.demo import mask_iou_matrix, proposal_shift
 from train.world.benchmarks import benchmark_scene
 from train.world.hierarchy import names_present
 from train.world.scene import Scene
@@ -62,11 +62,7 @@ def prompt_sets(scene: Scene) -> dict[str, list[str]]:
 
 def proposal_levels(proposals: np.ndarray, segments: np.ndarray, levels: list[str]) -> tuple[list[str], np.ndarray]:
     """Each proposal's matched level (or "none"), and each segment's best IoU over the proposals."""
-    masks = (proposals >= 0.5).reshape(len(proposals), -1).astype(np.float32)  # (N, P)
-    flat = segments.reshape(len(segments), -1).astype(np.float32)  # (S, P)
-    intersection = masks @ flat.T  # (N, S)
-    union = masks.sum(1)[:, None] + flat.sum(1)[None, :] - intersection
-    iou = intersection / np.maximum(union, 1)
+    iou = mask_iou_matrix(proposals >= 0.5, segments)  # (N, S); segments are never empty
     best = iou.argmax(1)
     matched = [levels[int(j)] if iou[n, j] >= MATCH_IOU else "none" for n, j in enumerate(best)]
     return matched, iou.max(0)
