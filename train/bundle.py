@@ -292,11 +292,16 @@ def granularity_table(results: dict[str, dict[str, dict]], benchmark: str = "wor
     return "\n".join(lines) + "\n"
 
 
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds (0 for a single seed)."""
+    import statistics
+
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
 def seed_table(result_files: list[Path]) -> str:
     """mIoU and proposal recall per model and benchmark as mean ± sample std over runs with different seeds
     (one results JSON per seed, as :func:`evaluate_models` writes them), in %."""
-    import math
-
     runs = [json.loads(Path(f).read_text()) for f in result_files]
     header = (
         f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} mIoU | {b} recall" for b in BENCHMARKS) + " |"
@@ -306,9 +311,7 @@ def seed_table(result_files: list[Path]) -> str:
         cells = []
         for benchmark in BENCHMARKS:
             for key in ("miou", "proposal_recall"):
-                values = [100 * run[name][benchmark][key] for run in runs]
-                mean = sum(values) / len(values)
-                std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1))
+                mean, std = mean_and_std([100 * run[name][benchmark][key] for run in runs])
                 cells.append(f"{mean:.1f} ± {std:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -316,7 +319,6 @@ def seed_table(result_files: list[Path]) -> str:
 
 def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
     """mIoU and proposal recall per benchmark, one bar per model, error bars = sample std over the seeds."""
-    import statistics
 
     import matplotlib
 
@@ -330,8 +332,7 @@ def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") 
     for axis, key in zip(axes, ("miou", "proposal_recall")):
         for index, name in enumerate(names):
             values = [[100 * run[name][b][key] for run in runs] for b in BENCHMARKS]
-            means = [statistics.fmean(v) for v in values]
-            spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            means, spreads = zip(*(mean_and_std(v) for v in values))
             positions = [b + (index - (len(names) - 1) / 2) * width for b in range(len(BENCHMARKS))]
             axis.bar(positions, means, width, yerr=spreads, capsize=3, color=f"C{index}", label=name)
         axis.set_xticks(range(len(BENCHMARKS)), BENCHMARKS, fontsize=8)
@@ -391,7 +392,6 @@ def write_json(path: Path, data: dict) -> None:
 
 def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[tuple[int, float, float]]]]]:
     """{benchmark: {metric: {model: [(queries, mean %, std %), ...]}}} over the per-seed sweep files."""
-    import statistics
 
     runs = [json.loads(Path(f).read_text()) for f in files]
     points: dict = {}
@@ -402,8 +402,7 @@ def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[
                 for q in QUERY_BUDGETS:
                     values = [100 * run[str(q)][name][benchmark][metric] for run in runs if str(q) in run]
                     if values:
-                        spread = statistics.stdev(values) if len(values) > 1 else 0.0
-                        row.append((q, statistics.fmean(values), spread))
+                        row.append((q, *mean_and_std(values)))
                 points.setdefault(benchmark, {}).setdefault(metric, {})[name] = row
     return points
 
