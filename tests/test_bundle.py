@@ -119,16 +119,23 @@ def test_bundled_outputs_are_bit_identical_to_the_reference() -> None:
         assert out.semantic.flatten().tolist()[::7] == expected["semantic"], name
 
 
-def test_seed_table_gives_mean_and_sample_std_per_model(tmp_path: Path) -> None:
-    from train.bundle import BENCHMARKS, seed_table
+def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path: Path) -> None:
+    from train.bundle import BENCHMARKS, seed_table, seed_tables
 
     files = []
     for seed, value in enumerate((0.30, 0.34)):
-        run = {"m": {b: {"miou": value, "proposal_recall": 0.5} for b in BENCHMARKS}}
+        scores = {"miou": value, "proposal_recall": 0.5, "miou_seen": None, "miou_unseen": value}
+        better = {**scores, "miou": value + 0.01, "proposal_recall": 0.6}
+        run = {"base": {b: scores for b in BENCHMARKS}, "new": {b: better for b in BENCHMARKS}}
         files.append(tmp_path / f"seed{seed}.json")
         files[-1].write_text(json.dumps(run))
     table = seed_table(files)
-    assert "| m | 32.0 ± 2.8 | 50.0 ± 0.0 |" in table and "2 seeds" in table
+    assert "| base | 32.0 ± 2.8 | 50.0 ± 0.0 |" in table and "2 seeds" in table
+    # +1.0 mIoU is inside the 2.8 spread; +10 recall is outside a spread of 0
+    assert "| new − base | +1.0 (tie) | +10.0 (new ahead) |" in table
+    assert "| base | n/a |" in seed_table(files, ("miou_seen",))
+    assert seed_table(files[:1]).count("\n") == 4  # one seed: no spread, so no verdict row
+    assert seed_tables(files).count("| new − base |") == 2
     from train.bundle import plot_seed_results
 
     plot_seed_results(files, tmp_path / "results.png")
@@ -136,10 +143,10 @@ def test_seed_table_gives_mean_and_sample_std_per_model(tmp_path: Path) -> None:
 
 
 def test_readme_seed_table_is_generated_from_results() -> None:
-    from train.bundle import seed_table
+    from train.bundle import seed_tables
 
-    table = seed_table([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)])
-    assert table in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert seed_tables([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)]) in readme
 
 
 def test_a_planned_run_is_the_recipe_with_only_its_fields_changed() -> None:
@@ -179,10 +186,11 @@ def test_query_sweep_table_and_figure_from_per_seed_files(tmp_path: Path) -> Non
 
 def test_readme_sweep_ablation_and_diagnosis_tables_are_generated_from_results() -> None:
     from train.bundle import markdown_table, query_sweep_table
-    from train.diagnose import markdown
+    from train.diagnose import ceilings_markdown, markdown
 
     readme = (ROOT / "README.md").read_text()
     sweeps = sorted((ROOT / "results").glob("query_sweep_seed*.json"))
     assert sweeps and query_sweep_table(sweeps) in readme
     assert markdown_table(json.loads((ROOT / "results" / "ablations.json").read_text())) in readme
-    assert markdown(json.loads((ROOT / "results" / "diagnosis.json").read_text())) in readme
+    diagnosis = json.loads((ROOT / "results" / "diagnosis.json").read_text())
+    assert markdown(diagnosis) in readme and ceilings_markdown(diagnosis["ceilings"]) in readme

@@ -56,3 +56,45 @@ def test_confusions_say_where_each_seen_things_pixels_go():
             assert len(shares) <= 2 and all(0.0 <= share <= 1.0 for _, share in shares)
             assert shares == sorted(shares, key=lambda item: -item[1])
     assert "| seen thing |" in confusions_markdown(result)
+
+
+def test_oracle_classes_give_each_proposal_the_class_under_most_of_its_pixels():
+    import torch
+
+    from train.diagnose import one_hot_labels, oracle_class_scores
+
+    label = np.full((4, 4), -1)
+    label[:2], label[2:, :3] = 0, 2  # class 1 absent; pixels (2..3, 3) ignored
+    one_hot = one_hot_labels(label, num_classes=3, ignore_label=-1)
+    assert one_hot.shape == (3, 4, 4) and one_hot[:, 2:, 3].sum() == 0
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    masks[0, :3] = True  # 8 pixels of class 0, 3 of class 2
+    masks[1, 2:, 2:] = True  # 2 of class 2, the rest ignored
+    masks[2, 2:, 3] = True  # ignored pixels only
+    scores = oracle_class_scores(masks, one_hot, no_object=torch.tensor([0.25, 0.5, 0.0]))
+    assert torch.equal(scores, torch.tensor([[0.75, 0, 0], [0, 0, 0.5], [0, 0, 0]]))
+
+
+def test_the_grid_ceiling_is_exact_on_grid_aligned_labels_and_loses_finer_detail():
+    from train.diagnose import grid_labels, one_hot_labels
+
+    label = np.zeros((16, 16), np.int64)
+    label[:, 8:] = 1
+    assert np.array_equal(grid_labels(one_hot_labels(label, 2, -1), (4, 4)), label)
+    thin = np.zeros((16, 16), np.int64)
+    thin[:, 7] = 1  # one pixel wide: a 4 x 4 grid cannot draw it
+    assert (grid_labels(one_hot_labels(thin, 2, -1), (4, 4)) == 1).sum() == 0
+
+
+def test_ceilings_score_every_row_on_the_same_images():
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.diagnose import CEILINGS, ceilings, ceilings_markdown
+
+    model = Segmenter(tiny_segmenter_config("none")).eval()
+    result = ceilings(model, limit=2)
+    assert list(result) == list(CEILINGS)
+    assert all(0.0 <= row["miou"] <= 1.0 for row in result.values())
+    assert result["grid"]["miou"] > result["eq3"]["miou"]  # an untrained model is far from perfect masks
+    table = ceilings_markdown({"tiny": result})
+    assert table.count("\n") == 2 + len(CEILINGS)

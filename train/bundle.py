@@ -299,22 +299,44 @@ def mean_and_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def seed_table(result_files: list[Path]) -> str:
-    """mIoU and proposal recall per model and benchmark as mean ± sample std over runs with different seeds
-    (one results JSON per seed, as :func:`evaluate_models` writes them), in %."""
+METRIC_TITLES = {"miou": "mIoU", "proposal_recall": "recall", "miou_seen": "seen mIoU", "miou_unseen": "unseen mIoU"}
+SEED_TABLES = (("miou", "proposal_recall"), ("miou_seen", "miou_unseen"))  # Table 1's two halves
+
+
+def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[0]) -> str:
+    """Per model, benchmark and metric the mean ± sample std over runs with different seeds (one results
+    JSON per seed, as :func:`evaluate_models` writes them), in %; "n/a" where a benchmark has no such classes.
+
+    With two or more seeds a last row compares the second model with the first: the difference of the
+    means, called a tie when it is no larger than the larger of the two spreads, else named after the
+    model ahead."""
     runs = [json.loads(Path(f).read_text()) for f in result_files]
-    header = (
-        f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} mIoU | {b} recall" for b in BENCHMARKS) + " |"
-    )
-    lines = [header, "|---|" + "---|---|" * len(BENCHMARKS)]
+    columns = [(b, key) for b in BENCHMARKS for key in metrics]
+    header = f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} {METRIC_TITLES[k]}" for b, k in columns)
+    lines = [header + " |", "|---|" + "---|" * len(columns)]
+    stats: dict[str, list[tuple[float, float] | None]] = {}
     for name in runs[0]:
-        cells = []
-        for benchmark in BENCHMARKS:
-            for key in ("miou", "proposal_recall"):
-                mean, std = mean_and_std([100 * run[name][benchmark][key] for run in runs])
-                cells.append(f"{mean:.1f} ± {std:.1f}")
+        values = [[run[name][b][key] for run in runs] for b, key in columns]
+        stats[name] = [None if None in v else mean_and_std([100 * x for x in v]) for v in values]
+        cells = ["n/a" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}" for cell in stats[name]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if len(runs) > 1 and len(stats) > 1:
+        (reference, first), (other, second) = list(stats.items())[:2]
+        cells = []
+        for a, b in zip(first, second):
+            if a is None or b is None:
+                cells.append("n/a")
+                continue
+            difference = b[0] - a[0]
+            verdict = "tie" if abs(difference) <= max(a[1], b[1]) else f"{other if difference > 0 else reference} ahead"
+            cells.append(f"{difference:+.1f} ({verdict})")
+        lines.append(f"| {other} − {reference} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def seed_tables(result_files: list[Path]) -> str:
+    """Both halves of Table 1 (:data:`SEED_TABLES`), one after the other."""
+    return "\n".join(seed_table(result_files, metrics) for metrics in SEED_TABLES)
 
 
 def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
@@ -555,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seed_table:
         files = [Path(f) for f in args.seed_table.split(",")]
-        print(seed_table(files), end="")
+        print(seed_tables(files), end="")
         if args.figure:
             plot_seed_results(files, args.figure)
         return 0

@@ -4,8 +4,9 @@ sets, and how far the proposals move between them.
     python -m train.diagnose [--baseline checkpoints/baseline] [--pmp checkpoints/pmp] [--limit 200]
                              [--out results/diagnosis.json]
 
-Also: where the pixels of each seen thing of world-full go, with stage 1 alone and with Eq. 3's
-ensemble (:func:`confusions`): what limits seen-class mIoU.
+Also, on world-full, what limits seen-class mIoU: where the pixels of each seen thing go, with stage 1
+alone and with Eq. 3's ensemble (:func:`confusions`), and how far a perfect stage 2 or perfect masks at
+the models' mask resolution could take it (:func:`ceilings`).
 
 Each world-mixed scene is prompted twice: WHOLES (its stuff and its things) and PARTS (its stuff and the
 parts of its things). Every proposal is assigned to the ground-truth segment it matches best (stuff,
@@ -27,9 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from pmp.demo import mask_iou_matrix, proposal_shift
+from pmp.postprocess import semantic_inference, upsample, upsampled_argmax
 from train.world.benchmarks import benchmark_scene
 from train.world.hierarchy import names_present
 from train.world.scene import Scene
@@ -140,6 +143,82 @@ def confusions(
     return result
 
 
+CEILINGS = {
+    "eq3": "Eq. 3 (clip weight 0.65), as reported",
+    "stage1": "stage 1 alone (clip weight 0)",
+    "oracle_classes": "the models' masks, each proposal given its true class",
+    "grid": "perfect masks at the mask resolution",
+}
+
+
+def one_hot_labels(label: np.ndarray, num_classes: int, ignore_label: int) -> torch.Tensor:
+    """(H, W) class ids -> (K, H, W) float one-hot; ignored pixels are all zero."""
+    valid = torch.from_numpy(label != ignore_label)
+    ids = torch.from_numpy(np.where(label != ignore_label, label, 0).astype(np.int64))
+    return F.one_hot(ids, num_classes).permute(2, 0, 1).float() * valid  # (K, H, W)
+
+
+def oracle_class_scores(masks: torch.Tensor, one_hot: torch.Tensor, no_object: torch.Tensor) -> torch.Tensor:
+    """A perfect stage 2 for these proposals: (N, K) scores that give each proposal's whole class mass
+    (1 - its no-object probability, what stage 1's p sums to) to the ground-truth class covering most of
+    its pixels. A proposal that covers no labelled pixel scores 0 everywhere.
+
+    ``masks`` (N, H, W) bool binarised proposals, ``one_hot`` (K, H, W) from :func:`one_hot_labels`."""
+    counts = torch.einsum("nhw,khw->nk", masks.float(), one_hot)  # (N, K) labelled pixels per class
+    covers = (counts.sum(1, keepdim=True) > 0).float()  # (N, 1)
+    return F.one_hot(counts.argmax(1), one_hot.shape[0]).float() * covers * (1 - no_object)[:, None]
+
+
+def grid_labels(one_hot: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """The best the models' maps can draw at ``grid`` resolution, approximately: the ground truth
+    area-averaged to the grid, upsampled bilinearly as Mask2Former's class maps are, argmax. (H, W) ids."""
+    coarse = F.adaptive_avg_pool2d(one_hot[None], grid)  # (1, K, h, w)
+    return upsample(coarse, tuple(one_hot.shape[-2:]))[0].argmax(0).numpy()
+
+
+def ceilings(model: Any, limit: int) -> dict[str, dict[str, float]]:
+    """World-full mIoU (all / seen / unseen) of the :data:`CEILINGS` rows on the first ``limit`` images:
+    how much of the gap to a perfect score is stage 2's and how much the masks'. Both stages run once per
+    image; every row is scored with the evaluator's metric."""
+    from train.evaluate import load_benchmark
+    from train.metrics import SemSegMetric
+
+    dataset = load_benchmark("world-full")
+    names = list(dataset.class_names)
+    metrics = {row: SemSegMetric(len(names), dataset.ignore_label, dataset.seen) for row in CEILINGS}
+    for index in range(limit):
+        image, label = dataset[index]
+        stages = model.run_stages(image, names)
+        one_hot = one_hot_labels(label, len(names), dataset.ignore_label)
+        masks = upsample(stages.mask_logits[None], stages.image_size)[0].sigmoid() >= model.config.mask_threshold
+        oracle = oracle_class_scores(masks, one_hot, stages.no_object)
+        predictions = {
+            "eq3": model.combine(stages).semantic,
+            "stage1": model.combine(stages, clip_weight=0.0).semantic,
+            "oracle_classes": upsampled_argmax(semantic_inference(oracle, stages.mask_logits), stages.image_size),
+            "grid": grid_labels(one_hot, tuple(stages.mask_logits.shape[-2:])),
+        }
+        for row, predicted in predictions.items():
+            metrics[row].update(np.asarray(predicted), label)
+    result = {}
+    for row, metric in metrics.items():
+        scores = metric.compute()
+        result[row] = {"miou": scores.miou, "miou_seen": scores.miou_seen, "miou_unseen": scores.miou_unseen}
+    return result
+
+
+def ceilings_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+    """One row per :data:`CEILINGS` entry, one column per model."""
+    models = list(results)
+    lines = ["| world-full mIoU (all / seen / unseen) | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for row, title in CEILINGS.items():
+        cells = [
+            " / ".join(f"{100 * results[m][row][k]:.1f}" for k in ("miou", "miou_seen", "miou_unseen")) for m in models
+        ]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def confusions_markdown(result: dict[str, dict[str, list[tuple[str, float]]]]) -> str:
     weights = list(result)
     header = "| seen thing | " + " | ".join(f"its pixels at clip weight {w}" for w in weights) + " |"
@@ -181,10 +260,17 @@ def main(argv: list[str] | None = None) -> int:
 
     models = {name: Segmenter.from_pretrained(path) for name, path in (("baseline", args.baseline), ("pmp", args.pmp))}
     result = diagnose(models, args.limit)
-    result["confusions"] = {name: confusions(model, min(args.limit, 100)) for name, model in models.items()}
-    table = markdown(result) + "".join(
-        f"\n{name}, world-full (first {min(args.limit, 100)} images):\n\n" + confusions_markdown(entry)
-        for name, entry in result["confusions"].items()
+    world_full = min(args.limit, 100)
+    result["confusions"] = {name: confusions(model, world_full) for name, model in models.items()}
+    result["ceilings"] = {name: ceilings(model, world_full) for name, model in models.items()}
+    table = (
+        markdown(result)
+        + "".join(
+            f"\n{name}, world-full (first {world_full} images):\n\n" + confusions_markdown(entry)
+            for name, entry in result["confusions"].items()
+        )
+        + f"\nWhat limits world-full mIoU (first {world_full} images):\n\n"
+        + ceilings_markdown(result["ceilings"])
     )
     print(table, end="")
     if args.out:
