@@ -147,6 +147,8 @@ def test_readme_seed_table_is_generated_from_results() -> None:
 
     readme = (ROOT / "README.md").read_text()
     assert seed_tables([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)]) in readme
+    main = [ROOT / "results" / name for name in ("main.json", "main_seed1.json", "main_seed2.json")]
+    assert seed_tables(main) in readme  # Table 1: the bundled recipe, seeds 0 (the bundle), 1 and 2
 
 
 def test_a_planned_run_is_the_recipe_with_only_its_fields_changed() -> None:
