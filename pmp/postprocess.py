@@ -24,6 +24,12 @@ def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch
     return torch.einsum("nk,nhw->khw", scores, mask_logits.sigmoid())
 
 
+def semantic_map(scores: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(N, K) scores, (N, h, w) mask logits -> (H, W) class ids: :func:`semantic_inference`, then the
+    argmax of its bilinear upsampling to ``size`` (:func:`upsampled_argmax`)."""
+    return upsampled_argmax(semantic_inference(scores, mask_logits), size)
+
+
 def _bilinear_taps(
     size_in: int, size_out: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

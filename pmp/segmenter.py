@@ -41,7 +41,7 @@ from pmp.clip import CLIPModel
 from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import load_image, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
-from pmp.postprocess import semantic_inference, upsample, upsampled_argmax
+from pmp.postprocess import semantic_map, upsample
 from pmp.prompts import parse_prompts
 from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble
 
@@ -302,7 +302,7 @@ class Segmenter(nn.Module):
         start = time.perf_counter()
         scores = ensemble(stages.p, stages.p_hat, clip_weight)
         height, width = stages.image_size
-        semantic = upsampled_argmax(semantic_inference(scores, stages.mask_logits), (height, width))  # (H, W)
+        semantic = semantic_map(scores, stages.mask_logits, (height, width))  # (H, W)
         if unclaimed_threshold is not None:
             best_mask = upsample(stages.mask_logits.amax(0)[None, None], (height, width))[0, 0].sigmoid()
             semantic = torch.where(best_mask >= unclaimed_threshold, semantic, torch.full_like(semantic, -1))

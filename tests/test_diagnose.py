@@ -46,10 +46,10 @@ def test_a_prompt_agnostic_generator_does_not_move_and_one_that_follows_prompts_
 def test_confusions_say_where_each_seen_things_pixels_go():
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import confusions, confusions_markdown
+    from train.diagnose import confusions, confusions_markdown, world_full_pass
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
-    result = confusions(model, limit=2, clip_weights=(0.0, 1.0), top=2)
+    result = confusions(model, world_full_pass(model, limit=2), clip_weights=(0.0, 1.0), top=2)
     assert list(result) == ["0.0", "1.0"]
     for per_class in result.values():
         for shares in per_class.values():
@@ -89,10 +89,10 @@ def test_the_grid_ceiling_is_exact_on_grid_aligned_labels_and_loses_finer_detail
 def test_ceilings_score_every_row_on_the_same_images():
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import CEILINGS, ceilings, ceilings_markdown
+    from train.diagnose import CEILINGS, ceilings, ceilings_markdown, world_full_pass
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
-    result = ceilings(model, limit=2)
+    result = ceilings(model, world_full_pass(model, limit=2))
     assert list(result) == list(CEILINGS)
     assert all(0.0 <= row["miou"] <= 1.0 for row in result.values())
     assert result["grid"]["miou"] > result["eq3"]["miou"]  # an untrained model is far from perfect masks

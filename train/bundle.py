@@ -450,8 +450,7 @@ def query_sweep_table(files: list[Path]) -> str:
                         for p in pair
                     )
                 )
-            label = "mIoU" if metric == "miou" else "recall"
-            lines.append(f"| {benchmark} | {label} | " + " | ".join(cells) + " |")
+            lines.append(f"| {benchmark} | {METRIC_TITLES[metric]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

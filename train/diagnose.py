@@ -23,6 +23,7 @@ import argparse
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pmp.demo import mask_iou_matrix, proposal_shift
-from pmp.postprocess import semantic_inference, upsample, upsampled_argmax
+from pmp.postprocess import semantic_map, upsample
 from train.world.benchmarks import benchmark_scene
 from train.world.hierarchy import names_present
 from train.world.scene import Scene
@@ -111,31 +112,48 @@ def diagnose(models: dict[str, Any], limit: int) -> dict[str, Any]:
     }
 
 
-def confusions(
-    model: Any, limit: int, clip_weights: tuple[float, ...] = (0.0, 0.65), top: int = 3
-) -> dict[str, dict[str, list[tuple[str, float]]]]:
-    """Where the pixels of each seen world-full thing go: per clip weight (0 = stage 1 alone), per class
-    the ``top`` predicted names with their share of its pixels ("none" = no label). Both stages run once
-    per image; every weight is combined from the same outputs."""
+@dataclass
+class WorldFullPass:
+    """Both stages, once, on each of the first images of world-full, with their labels: what
+    :func:`confusions` and :func:`ceilings` score, so neither runs the models again."""
+
+    dataset: Any  # the world-full benchmark (class names, seen flags, ignore label)
+    outputs: list[tuple[np.ndarray, Any]]  # per image: (label (H, W), the Segmenter's StageOutputs)
+
+
+def world_full_pass(model: Any, limit: int) -> WorldFullPass:
+    """Run both stages on the first ``limit`` world-full images, prompted with every class name."""
     from train.evaluate import load_benchmark
-    from train.world.vocabulary import SEEN_THINGS
 
     dataset = load_benchmark("world-full")
     names = list(dataset.class_names)
-    count = len(names)
-    matrices = {weight: np.zeros((count + 1, count), np.int64) for weight in clip_weights}
+    outputs = []
     for index in range(limit):
         image, label = dataset[index]
-        stages = model.run_stages(image, names)
-        valid = label != dataset.ignore_label
-        for weight, matrix in matrices.items():
-            predicted = np.asarray(model.combine(stages, clip_weight=weight).semantic)[valid]
-            np.add.at(matrix, (np.where(predicted < 0, count, predicted), label[valid].astype(np.int64)), 1)
+        outputs.append((label, model.run_stages(image, names)))
+    return WorldFullPass(dataset, outputs)
+
+
+def confusions(
+    model: Any, world_full: WorldFullPass, clip_weights: tuple[float, ...] = (0.0, 0.65), top: int = 3
+) -> dict[str, dict[str, list[tuple[str, float]]]]:
+    """Where the pixels of each seen world-full thing go: per clip weight (0 = stage 1 alone), per class
+    the ``top`` predicted names with their share of its pixels ("none" = no label). Every weight is
+    combined from the same outputs of both stages."""
+    from train.metrics import SemSegMetric
+    from train.world.vocabulary import SEEN_THINGS
+
+    dataset = world_full.dataset
+    names = list(dataset.class_names)
+    metrics = {weight: SemSegMetric(len(names), dataset.ignore_label) for weight in clip_weights}
+    for label, stages in world_full.outputs:
+        for weight, metric in metrics.items():
+            metric.update(model.combine(stages, clip_weight=weight).semantic, label)
     result: dict[str, dict[str, list[tuple[str, float]]]] = {}
-    for weight, matrix in matrices.items():
+    for weight, metric in metrics.items():
         per_class = {}
         for name in SEEN_THINGS:
-            column = matrix[:, names.index(name)]
+            column = metric.confusion[:, names.index(name)]  # predictions for its pixels; last row: none
             if column.sum():
                 order = np.argsort(column)[::-1][:top]
                 per_class[name] = [((names + ["none"])[int(i)], float(column[i] / column.sum())) for i in order]
@@ -176,26 +194,23 @@ def grid_labels(one_hot: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     return upsample(coarse, tuple(one_hot.shape[-2:]))[0].argmax(0).numpy()
 
 
-def ceilings(model: Any, limit: int) -> dict[str, dict[str, float]]:
-    """World-full mIoU (all / seen / unseen) of the :data:`CEILINGS` rows on the first ``limit`` images:
-    how much of the gap to a perfect score is stage 2's and how much the masks'. Both stages run once per
-    image; every row is scored with the evaluator's metric."""
-    from train.evaluate import load_benchmark
+def ceilings(model: Any, world_full: WorldFullPass) -> dict[str, dict[str, float]]:
+    """World-full mIoU (all / seen / unseen) of the :data:`CEILINGS` rows on the images of ``world_full``:
+    how much of the gap to a perfect score is stage 2's and how much the masks'. Every row is scored with
+    the evaluator's metric."""
     from train.metrics import SemSegMetric
 
-    dataset = load_benchmark("world-full")
-    names = list(dataset.class_names)
-    metrics = {row: SemSegMetric(len(names), dataset.ignore_label, dataset.seen) for row in CEILINGS}
-    for index in range(limit):
-        image, label = dataset[index]
-        stages = model.run_stages(image, names)
-        one_hot = one_hot_labels(label, len(names), dataset.ignore_label)
+    dataset = world_full.dataset
+    num_classes = len(dataset.class_names)
+    metrics = {row: SemSegMetric(num_classes, dataset.ignore_label, dataset.seen) for row in CEILINGS}
+    for label, stages in world_full.outputs:
+        one_hot = one_hot_labels(label, num_classes, dataset.ignore_label)
         masks = upsample(stages.mask_logits[None], stages.image_size)[0].sigmoid() >= model.config.mask_threshold
         oracle = oracle_class_scores(masks, one_hot, stages.no_object)
         predictions = {
             "eq3": model.combine(stages).semantic,
             "stage1": model.combine(stages, clip_weight=0.0).semantic,
-            "oracle_classes": upsampled_argmax(semantic_inference(oracle, stages.mask_logits), stages.image_size),
+            "oracle_classes": semantic_map(oracle, stages.mask_logits, stages.image_size),
             "grid": grid_labels(one_hot, tuple(stages.mask_logits.shape[-2:])),
         }
         for row, predicted in predictions.items():
@@ -261,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     models = {name: Segmenter.from_pretrained(path) for name, path in (("baseline", args.baseline), ("pmp", args.pmp))}
     result = diagnose(models, args.limit)
     world_full = min(args.limit, 100)
-    result["confusions"] = {name: confusions(model, world_full) for name, model in models.items()}
-    result["ceilings"] = {name: ceilings(model, world_full) for name, model in models.items()}
+    passes = {name: world_full_pass(model, world_full) for name, model in models.items()}
+    result["confusions"] = {name: confusions(model, passes[name]) for name, model in models.items()}
+    result["ceilings"] = {name: ceilings(model, passes[name]) for name, model in models.items()}
     table = (
         markdown(result)
         + "".join(
