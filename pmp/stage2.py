@@ -157,35 +157,58 @@ def crop_classify(
     """OVSeg's masked-crop classification -> (N,M) probabilities, or (K,M) for ``top_k_indices``.
 
     image: (H,W,3) uint8 numpy or (3,H,W) float tensor in [0,1]; masks (N,H,W) in [0,1] (resized to
-    the image if their size differs); text (M,C) normalised. Each mask is binarised at 0.5; its tight
-    box is grown to a square about its centre (aspect kept, as padding with the mean colour would);
-    the square is cropped and resized to ``image_size`` with one batched ``roi_align`` on the
-    normalised image, and every pixel outside the (equally roi_aligned) mask — including outside the
-    image — is set to CLIP's mean colour, which is zero after normalisation. With
-    ``top_k_indices`` only those proposals are cropped and rows come back in that order. Empty
-    masks get uniform probabilities.
+    the image if their size differs); text (M,C) normalised. Each proposal's crop is
+    :func:`masked_crops`'; one image-tower forward per :data:`CROP_BATCH` crops. With ``top_k_indices``
+    only those proposals are cropped and rows come back in that order. Empty masks get uniform
+    probabilities.
     """
-    img = _image_tensor(clip, image)  # (3, H, W) float in [0, 1]
-    masks = torch.as_tensor(masks).to(device=img.device, dtype=torch.float32)
-    if masks.ndim != 3:
-        raise ValueError(f"crop_classify takes masks (N,H,W), got shape {tuple(masks.shape)}")
     if text.ndim != 2:
         raise ValueError(f"crop_classify takes text (M,C), got shape {tuple(text.shape)}")
+    masks = torch.as_tensor(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"crop_classify takes masks (N,H,W), got shape {tuple(masks.shape)}")
     if top_k_indices is not None:
         index = torch.as_tensor(top_k_indices, dtype=torch.long, device=masks.device).reshape(-1)
         if index.numel() and (index.min() < 0 or index.max() >= masks.shape[0]):
             raise ValueError(f"top_k_indices must lie in [0, {masks.shape[0]}), got {index.tolist()}")
         masks = masks[index]
-    height, width = img.shape[-2:]
-    if masks.shape[-2:] != (height, width) and masks.shape[0]:
-        masks = F.interpolate(masks[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
     num, num_classes = masks.shape[0], text.shape[0]
     probs = torch.full((num, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
+    crops, nonempty = masked_crops(clip, image, masks)  # (K, 3, S, S), (K,)
+    if nonempty.numel() == 0 or num_classes == 0:
+        return probs
+    crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
+    feats = torch.cat([F.normalize(clip.open_clip.encode_image(batch), dim=-1) for batch in crops.split(CROP_BATCH)])
+    logits = clip.logit_scale * feats @ text.to(feats).T  # (K, M)
+    probs[nonempty.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)
+    return probs
+
+
+def masked_crops(clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
+    """OVSeg's masked crops: what CLIP's image tower sees of each proposal, at inference and in
+    mask-adapted fine-tuning (:mod:`train.adapt_clip`) alike.
+
+    image: (H,W,3) uint8 numpy or (3,H,W) float tensor in [0,1]; masks (N,H,W) in [0,1] (resized to
+    the image if their size differs). Each mask is binarised at 0.5; its tight box is grown to a square
+    about its centre (aspect kept, as padding with the mean colour would); the square is cropped and
+    resized to ``image_size`` with one batched ``roi_align`` on the normalised image, and every pixel
+    outside the (equally roi_aligned) mask — including outside the image — is set to CLIP's mean
+    colour, which is zero after normalisation. Returns the CLIP-normalised crops (K, 3, S, S) of the K
+    non-empty masks and their indices (K,) among the N.
+    """
+    img = _image_tensor(clip, image)  # (3, H, W) float in [0, 1]
+    masks = torch.as_tensor(masks).to(device=img.device, dtype=torch.float32)
+    if masks.ndim != 3:
+        raise ValueError(f"masked_crops takes masks (N,H,W), got shape {tuple(masks.shape)}")
+    height, width = img.shape[-2:]
+    size = (clip.image_size, clip.image_size)
+    if masks.shape[-2:] != (height, width) and masks.shape[0]:
+        masks = F.interpolate(masks[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
     binary = masks > 0.5  # (N, H, W)
     rows, cols = binary.any(dim=2), binary.any(dim=1)  # (N, H), (N, W)
     nonempty = torch.nonzero(rows.any(dim=1)).flatten()
-    if nonempty.numel() == 0 or num_classes == 0:
-        return probs
+    if nonempty.numel() == 0:
+        return img.new_zeros((0, 3, *size)), nonempty
     rows, cols, binary = rows[nonempty], cols[nonempty], binary[nonempty]
     y0 = rows.float().argmax(dim=1)
     y1 = height - rows.flip(1).float().argmax(dim=1)  # exclusive pixel edge
@@ -194,29 +217,15 @@ def crop_classify(
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     half = torch.maximum(x1 - x0, y1 - y0).float() / 2
     boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=1).float()  # (K, 4)
-    size = (clip.image_size, clip.image_size)
     # A zero border (zero = the mean colour after normalisation) stops roi_align from repeating the
     # edge pixel for samples in [-1, 0); boxes move by the border width.
     normalised = F.pad(clip.normalize(img[None].float()), (1, 1, 1, 1))  # (1, 3, H+2, W+2)
     inside = F.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
     boxes = boxes + 1.0
-
-    features = []
-    for start in range(0, len(boxes), CROP_BATCH):
-        box = boxes[start : start + CROP_BATCH]
-        k = len(box)
-        own = torch.arange(start, start + k, device=box.device, dtype=box.dtype)[:, None]
-        crops = roi_align(normalised, torch.cat([torch.zeros_like(own), box], 1), size, 1.0, -1, True)
-        fill = roi_align(
-            inside[start : start + k], torch.cat([own - start, box], 1), size, 1.0, -1, True
-        )  # (k, 1, S, S) share of mask pixels
-        crops = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
-        crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
-        features.append(F.normalize(clip.open_clip.encode_image(crops), dim=-1))
-    feats = torch.cat(features)  # (K, C)
-    logits = clip.logit_scale * feats @ text.to(feats).T
-    probs[nonempty.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)
-    return probs
+    own = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
+    crops = roi_align(normalised, torch.cat([torch.zeros_like(own), boxes], 1), size, 1.0, -1, True)
+    fill = roi_align(inside, torch.cat([own, boxes], 1), size, 1.0, -1, True)  # (K, 1, S, S) share of mask pixels
+    return crops * fill, nonempty  # outside the mask -> 0 == the mean colour after normalisation
 
 
 def _image_tensor(clip: CLIPModel, image: np.ndarray | Tensor) -> Tensor:

@@ -92,9 +92,14 @@ def test_ceilings_score_every_row_on_the_same_images():
     from train.diagnose import CEILINGS, ceilings, ceilings_markdown, world_full_pass
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
-    result = ceilings(model, world_full_pass(model, limit=2))
-    assert list(result) == list(CEILINGS)
+    world_full = world_full_pass(model, limit=2)
+    result = ceilings(model, world_full)
+    assert list(result) == [row for row in CEILINGS if row != "crop_adapted"]  # no adapted CLIP given
     assert all(0.0 <= row["miou"] <= 1.0 for row in result.values())
     assert result["grid"]["miou"] > result["eq3"]["miou"]  # an untrained model is far from perfect masks
-    table = ceilings_markdown({"tiny": result})
-    assert table.count("\n") == 2 + len(CEILINGS)
+    assert ceilings_markdown({"tiny": result}).count("\n") == 1 + len(CEILINGS)
+
+    with_adapted = ceilings(model, world_full, adapted_clip=model.clip)  # the model's own CLIP as "adapted"
+    assert list(with_adapted) == list(CEILINGS)
+    assert with_adapted["crop_adapted"] == with_adapted["crop"] == result["crop"]
+    assert ceilings_markdown({"tiny": with_adapted}).count("\n") == 2 + len(CEILINGS)

@@ -1,11 +1,12 @@
 """Reproduce the bundled offline models from scratch: tiny CLIP, then baseline and PMP, then the tables.
 
-    python -m train.bundle                      # tiny CLIP + baseline + PMP -> checkpoints/, results/
+    python -m train.bundle                      # tiny CLIP (mask-adapted) + baseline + PMP -> checkpoints/, results/
     python -m train.bundle --skip-clip          # the two segmenters only, on the bundled tiny CLIP
     python -m train.bundle --seed 1             # another seed of the pair -> results/main_seed1.json
     python -m train.bundle --query-sweep --seed 0   # 4-32 queries, short recipe -> docs/query_sweep.png
     python -m train.bundle --ablations          # every text mode (Eq. 5 variants, Fig. 5), short recipe
     python -m train.bundle --evaluate-only      # re-run only the evaluation tables
+    python -m train.bundle --install-adapted-clip runs/bundle/clip-adapted/model   # a new stage-2 CLIP
     python -m train.bundle --seed-table results/main.json,results/main_seed1.json   # Table 1, mean ± std
 
 The baseline and PMP are the same recipe (``train.recipes.world_recipe``) with one field changed,
@@ -18,6 +19,7 @@ file stays under 10 MB and the bundle under 60 MB.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -26,6 +28,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("world-voc", "world-full", "world-parts", "world-mixed")
@@ -159,14 +164,73 @@ def train_segmenters(
     return seconds
 
 
-def install_segmenter(source: Path, target: Path, results: Path, images: int = 20) -> dict[str, float]:
-    """Save a trained model into ``target`` in float16, and measure what that changes on ``images``
-    world-full scenes: the share of pixels labelled the same and the largest change of any p_out
-    (written to ``results/half_precision_<name>.json``)."""
+def adapt_clip(runs: Path, checkpoints: Path, source: Path) -> float:
+    """OVSeg's mask-adapted CLIP (:mod:`train.adapt_clip`) of the trained tiny CLIP ``source``, on both
+    cores' threads, installed as ``checkpoints/tiny-clip``. Returns the wall time in seconds."""
+    command = [sys.executable, "-m", "train.adapt_clip", "--clip", str(source), "--out", str(runs / "clip-adapted")]
+    command += ["--results", str(ROOT / "results" / "tiny_clip_adapted.json")]
+    (seconds,) = run_parallel([command], [runs / "clip-adapted.log"], threads_each=max(1, min(2, os.cpu_count() or 1)))
+    install_clip(runs / "clip-adapted" / "model", checkpoints / "tiny-clip")
+    return seconds
+
+
+def with_adapted_clip(segmenter: Any, clip_folder: Path) -> Any:
+    """A trained world segmenter with the bundled stage 2: the image tower of the mask-adapted CLIP in
+    ``clip_folder`` and the recipe's stage 2 (:func:`train.recipes.world_model`'s ``stage2_mode`` and
+    ``crop_top_k``).
+
+    Stage 1 never runs the CLIP's image tower (its backbone is its own CNN) and adaptation leaves the
+    text tower as it was, so stage 1's outputs are unchanged: only p_hat (Eq. 2) changes. Both are
+    checked: a segmenter whose backbone is the CLIP tower, or a CLIP with another text tower, is refused.
+    """
+    from train.recipes import world_model
+    from train.train_clip import load_clip_for_evaluation
+
+    config = segmenter.config
+    if config.backbone.kind == "clip":
+        raise ValueError("this segmenter's stage 1 runs the CLIP image tower; a new tower would change its proposals")
+    own = segmenter.clip.open_clip.state_dict()
+    adapted = load_clip_for_evaluation(str(clip_folder)).open_clip.state_dict()
+    if own.keys() != adapted.keys():
+        raise ValueError(f"{clip_folder} is not this segmenter's CLIP architecture")
+    text_changed = [k for k in own if not k.startswith("visual.") and not torch.equal(own[k], adapted[k].to(own[k]))]
+    if text_changed:
+        raise ValueError(
+            f"{clip_folder} has another text tower than the segmenter ({', '.join(text_changed[:3])}, ...)"
+        )
+    segmenter.clip.open_clip.load_state_dict(adapted)
+    segmenter.clip.clear_cache()
+    recipe = world_model(config.decoder.text_mode, config.decoder.num_queries)
+    segmenter.config = dataclasses.replace(config, stage2_mode=recipe.stage2_mode, crop_top_k=recipe.crop_top_k)
+    segmenter.config.validate()
+    return segmenter
+
+
+def give_adapted_clip(folder: Path, clip_folder: Path) -> None:
+    """Rewrite the trained segmenter in ``folder`` (as saved, float32) with :func:`with_adapted_clip`."""
+    from pmp.segmenter import Segmenter
+
+    segmenter = with_adapted_clip(Segmenter.from_pretrained(folder), clip_folder)
+    staging = folder.with_name(folder.name + ".adapted")
+    shutil.rmtree(staging, ignore_errors=True)
+    segmenter.save_pretrained(staging, model_card=(folder / "README.md").read_text())
+    shutil.rmtree(folder)
+    staging.rename(folder)
+
+
+def install_segmenter(
+    source: Path, target: Path, results: Path, images: int = 20, clip: Path | None = None
+) -> dict[str, float]:
+    """Save a trained model into ``target`` in float16 (with the mask-adapted ``clip``'s image tower,
+    :func:`with_adapted_clip`, when given), and measure what float16 changes on ``images`` world-full
+    scenes: the share of pixels labelled the same and the largest change of any p_out (written to
+    ``results/half_precision_<name>.json``)."""
     from pmp.segmenter import Segmenter
     from train.world.benchmarks import benchmark_sample
 
     full = Segmenter.from_pretrained(source)
+    if clip is not None:
+        full = with_adapted_clip(full, clip)
     full.save_pretrained(target, model_card=(source / "README.md").read_text(), half_precision=True)
     half = Segmenter.from_pretrained(target)
     same = total = 0
@@ -569,6 +633,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL=RUN,...",
         help="collect the evaluation rows of these training runs -> results/learning_curve.json, docs/",
     )
+    parser.add_argument(
+        "--install-adapted-clip",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="give the trained pair (runs/<name>/model -> checkpoints/<name>) and every trained seed of it "
+        "this mask-adapted tiny CLIP (python -m train.adapt_clip) and the recipe's stage 2; install the CLIP "
+        "as checkpoints/tiny-clip",
+    )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
     parser.add_argument("--seg-steps", type=int, default=None)
@@ -588,6 +661,14 @@ def main(argv: list[str] | None = None) -> int:
             curves[label] = learning_curve(ROOT / folder)
         write_json(args.results / "learning_curve.json", curves)
         plot_learning_curves(curves, ROOT / "docs" / "learning_curve.png")
+    elif args.install_adapted_clip:
+        clip = args.checkpoints / "tiny-clip"
+        if args.install_adapted_clip.resolve() != clip.resolve():
+            install_clip(args.install_adapted_clip, clip)
+        for name in MAIN_MODELS:
+            install_segmenter(args.runs / name / "model", args.checkpoints / name, args.results, clip=clip)
+            for folder in sorted(args.runs.glob(f"{name}-seed*/model")):
+                give_adapted_clip(folder, clip)
     elif args.investigate:
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         table = investigate_stage2(dirs, args.results / "stage2.json", args.eval_limit or 100)
@@ -633,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.evaluate_only:
             if not args.skip_clip:
                 times["tiny-clip"] = train_clip(args.runs, args.checkpoints, args.clip_steps)
+                times["tiny-clip-adapted"] = adapt_clip(args.runs, args.checkpoints, args.runs / "clip" / "model")
             planned = [Run(name, mode, steps=args.seg_steps) for name, mode in MAIN_MODELS.items()]
             times.update(train_segmenters(planned, args.runs, args.checkpoints, args.results))
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}

@@ -70,3 +70,26 @@ class CLIPTrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class CLIPAdaptConfig:
+    """What :mod:`train.adapt_clip` runs: OVSeg's mask-adapted fine-tuning of a trained CLIP's image tower."""
+
+    steps: int = 600
+    scenes_per_step: int = 16  # each gives regions_per_scene masked crops
+    regions_per_scene: int = 4
+    pair_batch: int = 32  # the CLIP's own image-caption pairs, contrastive against the frozen text tower
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    mask_stride: int = 4  # regions are degraded to the proposals' resolution (a quarter of the image's)
+    min_region_pixels: int = 12
+    image_size: int = 128
+    seed: int = 0
+    log_every: int = 20
+    eval_scenes: int = 200  # held-out scenes whose regions region_accuracy classifies
+    eval_crops_per_class: int = 20  # zero-shot accuracy before and after (train.train_clip.zero_shot_accuracy)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ its masks moved at all.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -34,6 +35,7 @@ from PIL import Image
 
 from pmp.demo import mask_iou_matrix, proposal_shift
 from pmp.postprocess import semantic_map, upsample
+from pmp.stage2 import crop_classify
 from train.world.benchmarks import benchmark_scene
 from train.world.hierarchy import names_present
 from train.world.scene import Scene
@@ -119,6 +121,7 @@ class WorldFullPass:
 
     dataset: Any  # the world-full benchmark (class names, seen flags, ignore label)
     outputs: list[tuple[np.ndarray, Any]]  # per image: (label (H, W), the Segmenter's StageOutputs)
+    images: list[np.ndarray]  # per image: (H, W, 3) uint8, for stage-2 variants on the same proposals
 
 
 def world_full_pass(model: Any, limit: int) -> WorldFullPass:
@@ -127,11 +130,12 @@ def world_full_pass(model: Any, limit: int) -> WorldFullPass:
 
     dataset = load_benchmark("world-full")
     names = list(dataset.class_names)
-    outputs = []
+    outputs, images = [], []
     for index in range(limit):
         image, label = dataset[index]
         outputs.append((label, model.run_stages(image, names)))
-    return WorldFullPass(dataset, outputs)
+        images.append(image)
+    return WorldFullPass(dataset, outputs, images)
 
 
 def confusions(
@@ -164,6 +168,8 @@ def confusions(
 CEILINGS = {
     "eq3": "Eq. 3 (clip weight 0.65), as reported",
     "stage1": "stage 1 alone (clip weight 0)",
+    "crop": "Eq. 3 with OVSeg's masked crops of every proposal",
+    "crop_adapted": "the same crops, mask-adapted tiny CLIP (train.adapt_clip)",
     "oracle_classes": "the models' masks, each proposal given its true class",
     "grid": "perfect masks at the mask resolution",
 }
@@ -194,16 +200,19 @@ def grid_labels(one_hot: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     return upsample(coarse, tuple(one_hot.shape[-2:]))[0].argmax(0).numpy()
 
 
-def ceilings(model: Any, world_full: WorldFullPass) -> dict[str, dict[str, float]]:
+def ceilings(model: Any, world_full: WorldFullPass, adapted_clip: Any = None) -> dict[str, dict[str, float]]:
     """World-full mIoU (all / seen / unseen) of the :data:`CEILINGS` rows on the images of ``world_full``:
     how much of the gap to a perfect score is stage 2's and how much the masks'. Every row is scored with
-    the evaluator's metric."""
+    the evaluator's metric. The ``crop_adapted`` row needs ``adapted_clip`` (a :class:`pmp.clip.CLIPModel`
+    with the model's own text tower, :mod:`train.adapt_clip`) and is left out without it."""
     from train.metrics import SemSegMetric
 
     dataset = world_full.dataset
     num_classes = len(dataset.class_names)
-    metrics = {row: SemSegMetric(num_classes, dataset.ignore_label, dataset.seen) for row in CEILINGS}
-    for label, stages in world_full.outputs:
+    crop_clips = {"crop": model.clip, "crop_adapted": adapted_clip}
+    rows = [row for row in CEILINGS if crop_clips.get(row, model.clip) is not None]
+    metrics = {row: SemSegMetric(num_classes, dataset.ignore_label, dataset.seen) for row in rows}
+    for (label, stages), image in zip(world_full.outputs, world_full.images):
         one_hot = one_hot_labels(label, num_classes, dataset.ignore_label)
         masks = upsample(stages.mask_logits[None], stages.image_size)[0].sigmoid() >= model.config.mask_threshold
         oracle = oracle_class_scores(masks, one_hot, stages.no_object)
@@ -213,6 +222,10 @@ def ceilings(model: Any, world_full: WorldFullPass) -> dict[str, dict[str, float
             "oracle_classes": semantic_map(oracle, stages.mask_logits, stages.image_size),
             "grid": grid_labels(one_hot, tuple(stages.mask_logits.shape[-2:])),
         }
+        for row in ("crop", "crop_adapted"):
+            if row in metrics:
+                p_hat = crop_p_hat(crop_clips[row], image, stages)
+                predictions[row] = model.combine(dataclasses.replace(stages, p_hat=p_hat)).semantic
         for row, predicted in predictions.items():
             metrics[row].update(np.asarray(predicted), label)
     result = {}
@@ -222,11 +235,19 @@ def ceilings(model: Any, world_full: WorldFullPass) -> dict[str, dict[str, float
     return result
 
 
+def crop_p_hat(clip: Any, image: np.ndarray, stages: Any) -> torch.Tensor:
+    """(N, K) CLIP probabilities of every proposal in ``stages`` from OVSeg's masked crops (Eq. 2)."""
+    masks = upsample(stages.mask_logits[None], stages.image_size)[0].sigmoid()  # (N, H, W)
+    return crop_classify(clip, image, masks, clip.encode_text(stages.labels)).float()
+
+
 def ceilings_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     """One row per :data:`CEILINGS` entry, one column per model."""
     models = list(results)
     lines = ["| world-full mIoU (all / seen / unseen) | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for row, title in CEILINGS.items():
+        if any(row not in results[m] for m in models):
+            continue
         cells = [
             " / ".join(f"{100 * results[m][row][k]:.1f}" for k in ("miou", "miou_seen", "miou_unseen")) for m in models
         ]
@@ -268,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pmp", default="checkpoints/pmp")
     parser.add_argument("--limit", type=int, default=200, help="world-mixed scenes (at most 500)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here and the table beside it (.md)")
+    parser.add_argument(
+        "--adapted-clip",
+        default=None,
+        metavar="FOLDER",
+        help="a mask-adapted tiny CLIP (python -m train.adapt_clip) for the ceilings' adapted-crop row",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.limit <= 500:
         parser.error(f"--limit must be in [1, 500], got {args.limit}")
@@ -278,7 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     world_full = min(args.limit, 100)
     passes = {name: world_full_pass(model, world_full) for name, model in models.items()}
     result["confusions"] = {name: confusions(model, passes[name]) for name, model in models.items()}
-    result["ceilings"] = {name: ceilings(model, passes[name]) for name, model in models.items()}
+    adapted = None
+    if args.adapted_clip:
+        from train.train_clip import load_clip_for_evaluation
+
+        adapted = load_clip_for_evaluation(args.adapted_clip)
+    result["ceilings"] = {name: ceilings(model, passes[name], adapted) for name, model in models.items()}
     table = (
         markdown(result)
         + "".join(

@@ -136,8 +136,19 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
     return metrics
 
 
+CONTRASTIVE_DESCRIPTION = (
+    "Trained contrastively (open_clip's ClipLoss) on the synthetic world's scene captions, object crops "
+    "and part close-ups."
+)
+
+
 def save_open_clip_folder(
-    clip: CLIPModel, config: CLIPTrainConfig, folder: Path, metrics: dict[str, float], command: str
+    clip: CLIPModel,
+    config: CLIPTrainConfig,
+    folder: Path,
+    metrics: dict[str, float],
+    command: str,
+    description: str = CONTRASTIVE_DESCRIPTION,
 ) -> None:
     """open_clip's local-dir layout; weights in float16 to keep the bundled file small."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -166,8 +177,7 @@ def save_open_clip_folder(
         "",
         "# Tiny CLIP for the PMP synthetic world",
         "",
-        "Trained contrastively (open_clip's ClipLoss) on the synthetic world's scene captions, object crops "
-        "and part close-ups.",
+        description,
         "",
         "```",
         command,

@@ -1,0 +1,140 @@
+"""Mask-adapted CLIP: the regions it learns from, the proposal-like masks, and a short run that changes
+the image tower only."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pmp.clip import CLIPModel
+from pmp.config import CLIPConfig, tiny_clip_model_cfg
+from train import world
+from train.adapt_clip import REGION_NAMES, adapt, proposal_like, scene_regions
+from train.configs import CLIPAdaptConfig
+from train.train_clip import load_clip_for_evaluation
+from train.world.vocabulary import CLASS_NAMES, PART_NAMES
+
+
+def test_scene_regions_are_wholes_parts_and_stuff_of_the_scene() -> None:
+    scene = world.render_scene(3, 128)
+    regions = scene_regions(scene, min_pixels=12)
+    names = [name for _, name in regions]
+    assert set(names) <= set(REGION_NAMES)
+    for obj in scene.objects:
+        whole = scene.instances == obj.instance_id
+        if whole.sum() >= 12:
+            assert any(np.array_equal(mask, whole) and name == obj.class_name for mask, name in regions)
+    for mask, name in regions:
+        assert mask.sum() >= 12
+        if name in PART_NAMES:  # a part lies inside one thing and carries its part id
+            owners = np.unique(scene.instances[mask])
+            assert len(owners) == 1 and owners[0] > 0
+            assert (scene.parts[mask] == PART_NAMES.index(name)).all()
+        else:
+            assert (np.asarray(CLASS_NAMES)[scene.semantic[mask]] == name).all()
+    assert any(name in PART_NAMES for name in names)
+
+
+def test_proposal_like_masks_keep_a_large_region_and_lose_detail() -> None:
+    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+    masks[:, 16:48, 16:48] = True
+    masks[:, 5, :] = True  # a 1-px line: below a quarter-resolution cell
+    soft = proposal_like(masks, 4, np.random.default_rng(0))
+    assert soft.shape == (3, 64, 64) and soft.min() >= 0 and soft.max() <= 1
+    binary = soft > 0.5
+    square = masks.clone()
+    square[:, 5, :] = False
+    iou = (binary & square).sum((1, 2)).float() / (binary | square).sum((1, 2)).float()
+    assert (iou > 0.5).all()  # one cell of dilation or erosion at most
+    assert not binary[:, 5, 20:44].any()  # the line is gone, as a 16 x 16 proposal would lose it
+
+
+def test_adaptation_fine_tunes_the_image_tower_only(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=("a photo of a {}.",)))
+    before = {k: v.clone() for k, v in clip.open_clip.state_dict().items()}
+    text_before = clip.encode_text(["car", "wheel"]).clone()
+    config = dataclasses.replace(
+        CLIPAdaptConfig(),
+        steps=3,
+        scenes_per_step=2,
+        regions_per_scene=2,
+        pair_batch=4,
+        warmup_steps=1,
+        log_every=1,
+        eval_scenes=2,
+        eval_crops_per_class=1,
+    )
+    metrics = adapt(clip, config, tmp_path)
+    after = clip.open_clip.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("visual.") for k in changed)
+    # The segmenters' class embeddings and text tokens are unchanged (up to the kernels' rounding).
+    assert torch.allclose(clip.encode_text(["car", "wheel"]), text_before, atol=1e-6)
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged] == [1, 2, 3] and all(np.isfinite(row["loss"]) for row in logged)
+    assert {"region_top1", "region_top1_before", "zero_shot_top1", "zero_shot_top1_before"} <= set(metrics)
+    reloaded = load_clip_for_evaluation(str(tmp_path / "model"))
+    for key in changed:  # saved in float16
+        assert torch.allclose(reloaded.open_clip.state_dict()[key].float(), after[key].float(), atol=1e-2, rtol=1e-2)
+
+
+def _timm_segmenter():
+    from pmp.config import BackboneConfig
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+
+    torch.manual_seed(0)
+    segmenter = Segmenter(tiny_segmenter_config("pmp", backbone=BackboneConfig(kind="timm", name="regnetx_002"))).eval()
+    segmenter.clip.open_clip.half().float()  # as loaded from the bundled float16 CLIP
+    return segmenter
+
+
+def _adapted_folder(segmenter, tmp_path: Path, *, touch_text: bool = False) -> Path:
+    from train.configs import CLIPTrainConfig
+    from train.train_clip import save_open_clip_folder
+
+    clip = CLIPModel.build(segmenter.config.clip)
+    clip.open_clip.load_state_dict(segmenter.clip.open_clip.state_dict())
+    with torch.no_grad():
+        clip.open_clip.visual.attnpool.c_proj.weight.mul_(-1.0)  # a different image tower
+        if touch_text:
+            clip.open_clip.text_projection.mul_(2.0)
+    save_open_clip_folder(clip, CLIPTrainConfig(image_size=segmenter.config.clip.model_cfg["vision_cfg"]["image_size"]),
+                          tmp_path / "adapted", {}, "test")  # fmt: skip
+    return tmp_path / "adapted"
+
+
+def test_an_adapted_clip_changes_stage_two_only(tmp_path: Path) -> None:
+    from train.bundle import with_adapted_clip
+    from train.recipes import world_model
+
+    segmenter = _timm_segmenter()
+    image = world.render_scene(5, 64).image
+    labels = ["sky", "grass", "car", "tree"]
+    before = segmenter.run_stages(image, labels, stage2_mode="crop")
+    folder = _adapted_folder(segmenter, tmp_path)
+    adapted = with_adapted_clip(segmenter, folder)
+    after = adapted.run_stages(image, labels, stage2_mode="crop")
+    assert torch.equal(before.p, after.p) and torch.equal(before.mask_logits, after.mask_logits)  # stage 1
+    assert not torch.allclose(before.p_hat, after.p_hat)  # stage 2 reads the new tower
+    recipe = world_model("pmp")
+    assert (adapted.config.stage2_mode, adapted.config.crop_top_k) == (recipe.stage2_mode, recipe.crop_top_k)
+
+
+def test_an_adapted_clip_with_another_text_tower_or_a_clip_backbone_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.bundle import with_adapted_clip
+
+    segmenter = _timm_segmenter()
+    with pytest.raises(ValueError, match="another text tower"):
+        with_adapted_clip(segmenter, _adapted_folder(segmenter, tmp_path, touch_text=True))
+    with pytest.raises(ValueError, match="stage 1 runs the CLIP image tower"):
+        with_adapted_clip(Segmenter(tiny_segmenter_config("pmp")), tmp_path / "adapted")
