@@ -625,11 +625,11 @@ def _picture(label: str, elem_id: str, **options: Any) -> gr.Image:
     return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id, **options)
 
 
-def _model_column(name: str, columns: dict[str, dict[str, Any]]) -> None:
+def _model_column(name: str, columns: dict[str, dict[str, Any]], stage2_mode: str) -> None:
     """One model's column of the detail tab: title with its scores, label map, picked masks, table, grid."""
     short = "PMP" if name == "pmp" else "Baseline"
     col = columns[name] = {}
-    col["title"] = gr.Markdown(column_title(name, "pool"), elem_id=f"{name}-title")
+    col["title"] = gr.Markdown(column_title(name, stage2_mode), elem_id=f"{name}-title")
     col["overlay"] = _picture(f"{short}: label map", f"{name}-overlay")
     col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
     col["masks"] = gr.Gallery(
@@ -730,7 +730,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                     )
                     stage2_mode = gr.Radio(
                         list(STAGE2_MODES),
-                        value="pool",
+                        value=models.stage2_mode(),
                         label="Stage 2",
                         info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops",
                     )
@@ -792,7 +792,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                         with gr.Row(equal_height=False):
                             for name in MODEL_NAMES:
                                 with gr.Column(min_width=280, elem_id=f"column-{name}"):
-                                    _model_column(name, columns)
+                                    _model_column(name, columns, models.stage2_mode())
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("## Where the two differ")
@@ -884,8 +884,9 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
             first = world_examples[0]
 
             def first_view():
+                mode = models.stage2_mode()
                 values = prompt_change_for_ui(
-                    models, first.image, first.prompts, first.second_prompts, 0.65, "pool", 0.5, first.seed,
+                    models, first.image, first.prompts, first.second_prompts, 0.65, mode, 0.5, first.seed,
                     output_root=output_root,
                 )  # fmt: skip
                 note = f"**Opening example**, world scene {first.seed}: {first.caption or 'two prompt sets'}."

@@ -93,6 +93,11 @@ class DemoModels:
     def items(self) -> list[tuple[str, Any]]:
         return [("baseline", self.baseline), ("pmp", self.pmp)]
 
+    def stage2_mode(self) -> str:
+        """The stage 2 the demo opens with: the one both models were configured with ("pool" if they differ)."""
+        modes = {model.config.stage2_mode for _, model in self.items()}
+        return modes.pop() if len(modes) == 1 else "pool"
+
     def effective_limits(self) -> DemoLimits:
         """The demo's limits, lowered to what both models' configs accept."""
         configs = [model.config for _, model in self.items()]
@@ -437,7 +442,7 @@ def run_comparison(
     image: Any,
     prompt_text: Any,
     clip_weight: Any = 0.65,
-    stage2_mode: Any = "pool",
+    stage2_mode: Any = None,
     mask_threshold: Any = 0.5,
     *,
     output_root: str | Path | None = None,
@@ -447,6 +452,7 @@ def run_comparison(
     Raises DemoInputError for bad input (message for the user). Downloads are written to a fresh
     ``request-*`` folder under ``output_root`` (default: the system temp dir).
     """
+    stage2_mode = models.stage2_mode() if stage2_mode is None else stage2_mode
     settings = read_settings(clip_weight, stage2_mode, mask_threshold)
     labels = read_request_prompts(models, prompt_text)
     picture = read_image(image, models.limits)
@@ -484,7 +490,7 @@ def run_prompt_change(
     first_prompts: Any,
     second_prompts: Any,
     clip_weight: Any = 0.65,
-    stage2_mode: Any = "pool",
+    stage2_mode: Any = None,
     mask_threshold: Any = 0.5,
     *,
     output_root: str | Path | None = None,
@@ -494,6 +500,7 @@ def run_prompt_change(
     The baseline's proposals cannot move (its stage 1 never sees the prompts); PMP's can, because every
     decoder layer attends to the prompts' text (Eq. 5). Same checks as :func:`run_comparison`.
     """
+    stage2_mode = models.stage2_mode() if stage2_mode is None else stage2_mode
     settings = read_settings(clip_weight, stage2_mode, mask_threshold)
     sets = (read_request_prompts(models, first_prompts), read_request_prompts(models, second_prompts))
     picture = read_image(image, models.limits)

@@ -59,10 +59,11 @@ class FakeSegmenter:
         fail: bool = False,
         context_length: int = 32,
         follows_prompts: bool = False,
+        stage2_mode: str = "pool",
     ) -> None:
         self.shift, self.num_proposals, self.fail = shift, num_proposals, fail
         self.follows_prompts = follows_prompts  # True: one more band per prompt, so the masks move with the prompts
-        self.config = SimpleNamespace(max_prompts=100, max_prompt_chars=120)
+        self.config = SimpleNamespace(max_prompts=100, max_prompt_chars=120, stage2_mode=stage2_mode)
         self.context_length = context_length
         self.calls: list[dict] = []
 
@@ -553,3 +554,15 @@ def test_real_baseline_proposals_do_not_move_and_pmp_proposals_do(tiny_models, t
     assert view.shifts["baseline"].shift == 0.0 and view.shifts["baseline"].moved == 0
     first, second = view.results["pmp"]
     assert not torch.equal(first.mask_logits, second.mask_logits)  # Eq. 5: the prompts reach the masks
+
+
+def test_the_demo_opens_with_the_models_own_stage_two(tmp_path) -> None:
+    image = Image.new("RGB", (40, 30), "white")
+    crop = DemoModels(baseline=FakeSegmenter(stage2_mode="crop"), pmp=FakeSegmenter(shift=2, stage2_mode="crop"))
+    assert crop.stage2_mode() == "crop"
+    view = run_comparison(crop, image, "sky, house", output_root=tmp_path)  # no mode given: the models'
+    assert view.settings["stage2_mode"] == "crop" and crop.pmp.calls[-1]["mode"] == "crop"
+    chosen = run_comparison(crop, image, "sky", stage2_mode="pool", output_root=tmp_path)
+    assert chosen.settings["stage2_mode"] == "pool"
+    mixed = DemoModels(baseline=FakeSegmenter(stage2_mode="crop"), pmp=FakeSegmenter())
+    assert mixed.stage2_mode() == "pool"  # the models disagree: the cheap default

@@ -2,7 +2,7 @@
 fine-tuned on masked crops of regions, the text tower stays frozen.
 
     python -m train.adapt_clip --clip checkpoints/tiny-clip --out runs/tiny-clip-adapted \
-        [--steps 600] [--results results/tiny_clip_adapted.json]
+        [--steps 2400] [--results results/tiny_clip_adapted.json]
 
 Why: OVSeg's stage 2 classifies each proposal by a masked crop (:func:`pmp.stage2.masked_crops`), and a
 CLIP trained on whole photos has never seen an image that is mostly CLIP's mean colour with one region

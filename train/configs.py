@@ -76,11 +76,11 @@ class CLIPTrainConfig:
 class CLIPAdaptConfig:
     """What :mod:`train.adapt_clip` runs: OVSeg's mask-adapted fine-tuning of a trained CLIP's image tower."""
 
-    steps: int = 600
+    steps: int = 2400
     scenes_per_step: int = 16  # each gives regions_per_scene masked crops
     regions_per_scene: int = 4
     pair_batch: int = 32  # the CLIP's own image-caption pairs, contrastive against the frozen text tower
-    lr: float = 2e-4
+    lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_steps: int = 50
     mask_stride: int = 4  # regions are degraded to the proposals' resolution (a quarter of the image's)
