@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from tests.test_demo import FakeSegmenter
 from train.diagnose import diagnose, markdown, prompt_sets, proposal_levels, scene_segments
@@ -59,7 +60,6 @@ def test_confusions_say_where_each_seen_things_pixels_go():
 
 
 def test_oracle_classes_give_each_proposal_the_class_under_most_of_its_pixels():
-    import torch
 
     from train.diagnose import one_hot_labels, oracle_class_scores
 
@@ -89,17 +89,20 @@ def test_the_grid_ceiling_is_exact_on_grid_aligned_labels_and_loses_finer_detail
 def test_ceilings_score_every_row_on_the_same_images():
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import CEILINGS, ceilings, ceilings_markdown, world_full_pass
+    from train.diagnose import CEILINGS, ceilings, ceilings_markdown, stage2_p_hat, world_full_pass
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
     world_full = world_full_pass(model, limit=2)
     result = ceilings(model, world_full)
-    assert list(result) == [row for row in CEILINGS if row != "crop_adapted"]  # no adapted CLIP given
+    assert list(result) == [row for row in CEILINGS if "unadapted" not in row]  # no unadapted CLIP given
     assert all(0.0 <= row["miou"] <= 1.0 for row in result.values())
     assert result["grid"]["miou"] > result["eq3"]["miou"]  # an untrained model is far from perfect masks
-    assert ceilings_markdown({"tiny": result}).count("\n") == 1 + len(CEILINGS)
+    assert ceilings_markdown({"tiny": result}).count("\n") == 2 + len(result)
 
-    with_adapted = ceilings(model, world_full, adapted_clip=model.clip)  # the model's own CLIP as "adapted"
-    assert list(with_adapted) == list(CEILINGS)
-    assert with_adapted["crop_adapted"] == with_adapted["crop"] == result["crop"]
-    assert ceilings_markdown({"tiny": with_adapted}).count("\n") == 2 + len(CEILINGS)
+    own = ceilings(model, world_full, unadapted_clip=model.clip)  # the model's own CLIP as "unadapted"
+    assert list(own) == list(CEILINGS)
+    assert all(0.0 <= row["miou"] <= 1.0 for row in own.values())
+    _, stages = world_full.outputs[0]  # the tiny model pools: the pooled row re-runs its own stage 2
+    pooled = stage2_p_hat(model, model.clip, world_full.images[0], stages, "pool")
+    assert torch.allclose(pooled, stages.p_hat, atol=1e-5)
+    assert ceilings_markdown({"tiny": own}).count("\n") == 2 + len(CEILINGS)

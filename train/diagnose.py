@@ -35,7 +35,7 @@ from PIL import Image
 
 from pmp.demo import mask_iou_matrix, proposal_shift
 from pmp.postprocess import semantic_map, upsample
-from pmp.stage2 import crop_classify
+from pmp.stage2 import classify_proposals
 from train.world.benchmarks import benchmark_scene
 from train.world.hierarchy import names_present
 from train.world.scene import Scene
@@ -168,8 +168,8 @@ def confusions(
 CEILINGS = {
     "eq3": "Eq. 3 (clip weight 0.65), as reported",
     "stage1": "stage 1 alone (clip weight 0)",
-    "crop": "Eq. 3 with OVSeg's masked crops of every proposal",
-    "crop_adapted": "the same crops, mask-adapted tiny CLIP (train.adapt_clip)",
+    "pool_unadapted": "Eq. 3, mask pooling, the tiny CLIP before mask adaptation",
+    "crop_unadapted": "Eq. 3, masked crops of every proposal, the tiny CLIP before mask adaptation",
     "oracle_classes": "the models' masks, each proposal given its true class",
     "grid": "perfect masks at the mask resolution",
 }
@@ -200,17 +200,18 @@ def grid_labels(one_hot: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     return upsample(coarse, tuple(one_hot.shape[-2:]))[0].argmax(0).numpy()
 
 
-def ceilings(model: Any, world_full: WorldFullPass, adapted_clip: Any = None) -> dict[str, dict[str, float]]:
+def ceilings(model: Any, world_full: WorldFullPass, unadapted_clip: Any = None) -> dict[str, dict[str, float]]:
     """World-full mIoU (all / seen / unseen) of the :data:`CEILINGS` rows on the images of ``world_full``:
     how much of the gap to a perfect score is stage 2's and how much the masks'. Every row is scored with
-    the evaluator's metric. The ``crop_adapted`` row needs ``adapted_clip`` (a :class:`pmp.clip.CLIPModel`
-    with the model's own text tower, :mod:`train.adapt_clip`) and is left out without it."""
+    the evaluator's metric. The two ``_unadapted`` rows re-run stage 2 on the same proposals with
+    ``unadapted_clip`` (a :class:`pmp.clip.CLIPModel`: the tiny CLIP before :mod:`train.adapt_clip`) and
+    are left out without it."""
     from train.metrics import SemSegMetric
 
     dataset = world_full.dataset
     num_classes = len(dataset.class_names)
-    crop_clips = {"crop": model.clip, "crop_adapted": adapted_clip}
-    rows = [row for row in CEILINGS if crop_clips.get(row, model.clip) is not None]
+    variants = {"pool_unadapted": "pool", "crop_unadapted": "crop"}  # row: stage2_mode with unadapted_clip
+    rows = [row for row in CEILINGS if row not in variants or unadapted_clip is not None]
     metrics = {row: SemSegMetric(num_classes, dataset.ignore_label, dataset.seen) for row in rows}
     for (label, stages), image in zip(world_full.outputs, world_full.images):
         one_hot = one_hot_labels(label, num_classes, dataset.ignore_label)
@@ -222,9 +223,9 @@ def ceilings(model: Any, world_full: WorldFullPass, adapted_clip: Any = None) ->
             "oracle_classes": semantic_map(oracle, stages.mask_logits, stages.image_size),
             "grid": grid_labels(one_hot, tuple(stages.mask_logits.shape[-2:])),
         }
-        for row in ("crop", "crop_adapted"):
+        for row, mode in variants.items():
             if row in metrics:
-                p_hat = crop_p_hat(crop_clips[row], image, stages)
+                p_hat = stage2_p_hat(model, unadapted_clip, image, stages, mode)
                 predictions[row] = model.combine(dataclasses.replace(stages, p_hat=p_hat)).semantic
         for row, predicted in predictions.items():
             metrics[row].update(np.asarray(predicted), label)
@@ -235,10 +236,15 @@ def ceilings(model: Any, world_full: WorldFullPass, adapted_clip: Any = None) ->
     return result
 
 
-def crop_p_hat(clip: Any, image: np.ndarray, stages: Any) -> torch.Tensor:
-    """(N, K) CLIP probabilities of every proposal in ``stages`` from OVSeg's masked crops (Eq. 2)."""
-    masks = upsample(stages.mask_logits[None], stages.image_size)[0].sigmoid()  # (N, H, W)
-    return crop_classify(clip, image, masks, clip.encode_text(stages.labels)).float()
+def stage2_p_hat(model: Any, clip: Any, image: np.ndarray, stages: Any, stage2_mode: str) -> torch.Tensor:
+    """(N, K) p_hat (Eq. 2) of ``clip`` for every proposal in ``stages`` (crops of all of them), on the
+    pixels ``model`` computed them from (``image`` (H, W, 3) uint8, preprocessed as the model does)."""
+    pixels, valid_hw = model.preprocess(Image.fromarray(image), model.config.image_size)  # (1, 3, Hp, Wp)
+    text = clip.encode_text(stages.labels)
+    n = stages.mask_logits.shape[0]
+    return classify_proposals(
+        clip, pixels, valid_hw, stages.mask_logits, text, stages.p, stage2_mode, crop_top_k=n
+    ).float()
 
 
 def ceilings_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -290,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=200, help="world-mixed scenes (at most 500)")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here and the table beside it (.md)")
     parser.add_argument(
-        "--adapted-clip",
+        "--unadapted-clip",
         default=None,
         metavar="FOLDER",
-        help="a mask-adapted tiny CLIP (python -m train.adapt_clip) for the ceilings' adapted-crop row",
+        help="the tiny CLIP before mask adaptation (python -m train.adapt_clip) for the ceilings' stage-2 rows",
     )
     args = parser.parse_args(argv)
     if not 1 <= args.limit <= 500:
@@ -305,12 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     world_full = min(args.limit, 100)
     passes = {name: world_full_pass(model, world_full) for name, model in models.items()}
     result["confusions"] = {name: confusions(model, passes[name]) for name, model in models.items()}
-    adapted = None
-    if args.adapted_clip:
+    unadapted = None
+    if args.unadapted_clip:
         from train.train_clip import load_clip_for_evaluation
 
-        adapted = load_clip_for_evaluation(args.adapted_clip)
-    result["ceilings"] = {name: ceilings(model, passes[name], adapted) for name, model in models.items()}
+        unadapted = load_clip_for_evaluation(args.unadapted_clip)
+    result["ceilings"] = {name: ceilings(model, passes[name], unadapted) for name, model in models.items()}
     table = (
         markdown(result)
         + "".join(
