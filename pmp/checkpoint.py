@@ -175,22 +175,24 @@ def save_checkpoint(
     folder: str | os.PathLike,
     *,
     model_card_text: str | None = None,
-    half_precision: bool = False,
+    half_precision: bool | tuple[str, ...] = False,
     max_shard_size: int | str = MAX_SHARD_SIZE,
 ) -> Path:
     """Write config, weights and card, each atomically (temp file, fsync, rename).
 
     Weights over ``max_shard_size`` are split into ``model-0000k-of-0000n.safetensors`` shards with a
     ``model.safetensors.index.json``, Hugging Face's layout, so no file needs Git LFS on a Space.
-    ``half_precision`` stores floating tensors as float16 (the bundled models use it to stay small);
-    they are cast back to the module's dtype on load.
+    ``half_precision`` stores floating tensors as float16 (the bundled models use it to stay small):
+    all of them (True) or those whose keys start with one of the given prefixes (``("clip.",)``: a CLIP
+    that was itself stored in float16 loses nothing). They are cast back to the module's dtype on load.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in module.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
-        if half_precision and tensor.is_floating_point():
+        halve = half_precision if isinstance(half_precision, bool) else key.startswith(tuple(half_precision))
+        if halve and tensor.is_floating_point():
             tensor = tensor.half()
         state[key] = tensor
     for stale in [

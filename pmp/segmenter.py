@@ -161,7 +161,7 @@ class Segmenter(nn.Module):
         folder: str | Path,
         *,
         model_card: str | None = None,
-        half_precision: bool = False,
+        half_precision: bool | tuple[str, ...] = False,
         max_shard_size: int | str = MAX_SHARD_SIZE,
     ) -> Path:
         """config.json + model.safetensors (split into shards over ``max_shard_size``) + README.md."""

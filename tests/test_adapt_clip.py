@@ -122,7 +122,7 @@ def test_an_adapted_clip_changes_stage_two_only(tmp_path: Path) -> None:
     after = adapted.run_stages(image, labels, stage2_mode="crop")
     assert torch.equal(before.p, after.p) and torch.equal(before.mask_logits, after.mask_logits)  # stage 1
     assert not torch.allclose(before.p_hat, after.p_hat)  # stage 2 reads the new tower
-    recipe = world_model("pmp")
+    recipe = world_model("pmp", segmenter.config.decoder.num_queries)
     assert (adapted.config.stage2_mode, adapted.config.crop_top_k) == (recipe.stage2_mode, recipe.crop_top_k)
 
 

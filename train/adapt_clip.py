@@ -235,6 +235,25 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
     return metrics
 
 
+ACCURACY_ROWS = {  # metric key: what it measures (top-1 in %, per name then averaged)
+    "region_class_top1_seen": "masked crops of proposal-like regions: seen things and stuff",
+    "region_class_top1_unseen": "masked crops of proposal-like regions: unseen things and stuff",
+    "region_part_top1_seen": "masked crops of proposal-like regions: seen parts",
+    "region_part_top1_unseen": "masked crops of proposal-like regions: unseen parts",
+    "zero_shot_top1": "whole-object crops among the class names",
+    "zero_shot_part_top1": "part close-ups among the part names",
+    "zero_shot_group_top1": "grouped things among the group words",
+}
+
+
+def accuracy_table(metrics: dict[str, float]) -> str:
+    """Markdown: each :data:`ACCURACY_ROWS` accuracy before and after adaptation (:func:`adapt`'s metrics)."""
+    lines = ["| top-1 (%) | before | after |", "|---|---|---|"]
+    for key, title in ACCURACY_ROWS.items():
+        lines.append(f"| {title} | {100 * metrics[key + '_before']:.1f} | {100 * metrics[key]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.adapt_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
