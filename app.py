@@ -661,6 +661,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
     output_root = Path(output_root)
     examples = read_examples(scenes=output_root) if examples is None else examples
     world = knows_the_world(models)
+    opening_stage2 = models.stage2_mode()  # the models' own: the radio's default, the titles, the first view
     columns: dict[str, dict[str, Any]] = {}
     change: dict[str, Any] = {}
     with gr.Blocks(title="PMP vs OVSeg-style baseline", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
@@ -730,7 +731,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                     )
                     stage2_mode = gr.Radio(
                         list(STAGE2_MODES),
-                        value=models.stage2_mode(),
+                        value=opening_stage2,
                         label="Stage 2",
                         info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops",
                     )
@@ -792,7 +793,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                         with gr.Row(equal_height=False):
                             for name in MODEL_NAMES:
                                 with gr.Column(min_width=280, elem_id=f"column-{name}"):
-                                    _model_column(name, columns, models.stage2_mode())
+                                    _model_column(name, columns, opening_stage2)
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("## Where the two differ")
@@ -884,9 +885,8 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
             first = world_examples[0]
 
             def first_view():
-                mode = models.stage2_mode()
                 values = prompt_change_for_ui(
-                    models, first.image, first.prompts, first.second_prompts, 0.65, mode, 0.5, first.seed,
+                    models, first.image, first.prompts, first.second_prompts, 0.65, opening_stage2, 0.5, first.seed,
                     output_root=output_root,
                 )  # fmt: skip
                 note = f"**Opening example**, world scene {first.seed}: {first.caption or 'two prompt sets'}."

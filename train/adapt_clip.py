@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from open_clip.loss import ClipLoss
 from pmp.clip import CLIPModel
 from pmp.stage2 import masked_crops
 from train.configs import CLIPAdaptConfig, CLIPTrainConfig
-from train.runtime import MetricsLog, seed_everything
+from train.runtime import MetricsLog, cosine_lr_factor, seed_everything
 from train.train_clip import (
     CONTRASTIVE_DESCRIPTION,
     load_clip_for_evaluation,
@@ -178,14 +177,8 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
     clip.train()
     started = time.perf_counter()
     for step in range(config.steps):
-        decay_steps = max(1, config.steps - config.warmup_steps)
-        lr_factor = (
-            (step + 1) / config.warmup_steps
-            if step < config.warmup_steps
-            else 0.5 * (1 + math.cos(math.pi * (step - config.warmup_steps) / decay_steps))
-        )
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor
+            group["lr"] = config.lr * cosine_lr_factor(step, config.steps, config.warmup_steps)
         seeds = [_SCENE_SEED_BASE + step * config.scenes_per_step + i for i in range(config.scenes_per_step)]
         crops, names = region_batch(clip, seeds, config, rng)
         targets = torch.tensor([REGION_NAMES.index(n) for n in names])

@@ -20,11 +20,10 @@ its masks moved at all.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +225,7 @@ def ceilings(model: Any, world_full: WorldFullPass, unadapted_clip: Any = None) 
         for row, mode in variants.items():
             if row in metrics:
                 p_hat = stage2_p_hat(model, unadapted_clip, image, stages, mode)
-                predictions[row] = model.combine(dataclasses.replace(stages, p_hat=p_hat)).semantic
+                predictions[row] = model.combine(replace(stages, p_hat=p_hat)).semantic
         for row, predicted in predictions.items():
             metrics[row].update(np.asarray(predicted), label)
     result = {}

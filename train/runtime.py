@@ -135,6 +135,13 @@ def poly_lr_factor(step: int, total_steps: int, warmup_steps: int, power: float 
     return (1.0 - progress) ** power
 
 
+def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Linear warm-up, then CLIP's cosine decay 0.5 (1 + cos(pi t/T)) (the tiny CLIP and its mask adaptation)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+
 # ------------------------------------------------------------------------------------ checkpoints
 def save_training_state(
     folder: Path,

@@ -40,6 +40,7 @@ from train.runtime import (
     MetricsLog,
     check_finite,
     cleanup_distributed,
+    cosine_lr_factor,
     latest_valid_checkpoint,
     load_training_state,
     save_training_state,
@@ -225,14 +226,8 @@ def train(config: CLIPTrainConfig, out_dir: Path, *, resume: bool = True, comman
             desc="train.train_clip",
             disable=not ctx.is_main or not sys.stderr.isatty(),
         ):
-            lr_factor = (
-                (step + 1) / config.warmup_steps
-                if step < config.warmup_steps
-                else 0.5
-                * (1 + math.cos(math.pi * (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)))
-            )
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * lr_factor
+                group["lr"] = config.lr * cosine_lr_factor(step, config.steps, config.warmup_steps)
             first = (step * ctx.world_size + ctx.rank) * config.batch_size
             pairs = [make_pair(first + i, config) for i in range(config.batch_size)]
             images = to_clip_pixels([p[0] for p in pairs]).to(ctx.device)
