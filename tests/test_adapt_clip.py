@@ -138,3 +138,65 @@ def test_an_adapted_clip_with_another_text_tower_or_a_clip_backbone_is_refused(t
         with_adapted_clip(segmenter, _adapted_folder(segmenter, tmp_path, touch_text=True))
     with pytest.raises(ValueError, match="stage 1 runs the CLIP image tower"):
         with_adapted_clip(Segmenter(tiny_segmenter_config("pmp")), tmp_path / "adapted")
+
+
+class _DrawnProposals(torch.nn.Module):
+    """A stage 1 that proposes what it is told: the (N, h, w) logits ``drawn``, for every image."""
+
+    def __init__(self, drawn: torch.Tensor) -> None:
+        super().__init__()
+        self.drawn = torch.nn.Parameter(drawn, requires_grad=False)
+        self.prompts: list[int] = []
+
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.prompts.append(text.shape[1])
+        return {"pred_masks": self.drawn[None].expand(len(pixels), -1, -1, -1)}
+
+
+def _segmenter_proposing(scene, regions) -> tuple[object, str]:
+    """A tiny segmenter whose proposals are: the scene's largest region at a quarter of the resolution,
+    an empty mask, and a mask of one corner pixel; and the name of that largest region."""
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+
+    largest = max(range(len(regions)), key=lambda i: regions[i][0].sum())
+    quarter = torch.nn.functional.avg_pool2d(torch.from_numpy(regions[largest][0]).float()[None], 4)[0]  # (h, w)
+    corner = torch.full_like(quarter, -20.0)
+    corner[0, 0] = 20.0
+    drawn = torch.stack([(quarter - 0.5) * 40.0, torch.full_like(quarter, -20.0), corner])  # (3, h, w)
+    segmenter = Segmenter(tiny_segmenter_config("none")).eval()
+    segmenter.proposal_model = _DrawnProposals(drawn)
+    return segmenter, regions[largest][1]
+
+
+def test_matched_proposals_are_named_after_the_region_they_cover() -> None:
+    from train.adapt_clip import matched_proposals
+
+    scene = world.render_scene(3, 64)
+    regions = scene_regions(scene, min_pixels=12)
+    segmenter, name = _segmenter_proposing(scene, regions)
+    image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255.0
+    [(masks, names)] = matched_proposals(segmenter, image[None], [regions], min_iou=0.5)
+    assert names == [name]  # the empty and the one-pixel proposal match nothing
+    assert masks.shape == (1, 64, 64) and 0.0 <= masks.min() and masks.max() <= 1.0  # soft, at the image's size
+    assert segmenter.proposal_model.prompts == [len({n for _, n in regions})]  # prompted with the scene's names
+
+
+def test_region_batches_mix_matched_proposals_and_world_regions() -> None:
+    from train.adapt_clip import region_accuracy, region_batch
+
+    scene = world.render_scene(3, 128)
+    regions = scene_regions(scene, min_pixels=500)  # a person, the wall and the floor
+    segmenter, name = _segmenter_proposing(scene, regions)
+    clip = segmenter.clip
+    config = dataclasses.replace(
+        CLIPAdaptConfig(), image_size=128, regions_per_scene=3, proposal_regions=2, min_region_pixels=500
+    )
+    crops, names = region_batch(clip, [3], config, np.random.default_rng(0), segmenter)
+    assert len(regions) == 3 and crops.shape == (3, 3, clip.image_size, clip.image_size)
+    assert names[0] == name and set(names[1:]) <= {n for _, n in regions}  # one matched proposal, then the world
+    _, alone = region_batch(clip, [3], config, np.random.default_rng(0))
+    assert {"wall", "floor"} <= set(alone) <= {n for _, n in regions}  # a thin person may erode away
+    measured = region_accuracy(clip, dataclasses.replace(config, eval_scenes=2), segmenter)
+    assert set(measured) == {"proposal_top1", "proposal_class_top1_seen", "proposal_class_top1_unseen",
+                             "proposal_part_top1_seen", "proposal_part_top1_unseen", "proposal_chance"}  # fmt: skip

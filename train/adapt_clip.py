@@ -37,6 +37,9 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from pmp.clip import CLIPModel
+from pmp.images import normalize_pixels
+from pmp.postprocess import upsample
+from pmp.segmenter import Segmenter
 from pmp.stage2 import masked_crops
 from train.configs import CLIPAdaptConfig, CLIPTrainConfig
 from train.runtime import MetricsLog, cosine_lr_factor, seed_everything
@@ -52,6 +55,7 @@ from train.world.vocabulary import CLASS_NAMES, PART_NAMES, SEEN_CLASSES, SEEN_P
 REGION_NAMES: tuple[str, ...] = CLASS_NAMES + PART_NAMES  # what a masked crop is classified among
 _SCENE_SEED_BASE = 700_000_000  # adaptation scenes: far from training indices and the benchmarks (> 2e9)
 _EVAL_SEED_BASE = 800_000_000
+_SEED_STRIDE = 10_000_000  # each adaptation seed draws its scenes from its own range (seed 0: the first)
 
 
 def scene_regions(scene, min_pixels: int) -> list[tuple[np.ndarray, str]]:
@@ -92,40 +96,100 @@ def proposal_like(masks: torch.Tensor, stride: int, rng: np.random.Generator) ->
     return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def region_batch(
-    clip: CLIPModel, seeds: list[int], config: CLIPAdaptConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, list[str]]:
-    """Masked crops (B, 3, S, S) of up to ``regions_per_scene`` random regions of each seed's scene, and
-    their names. Scenes without a region are skipped."""
+@torch.no_grad()
+def matched_proposals(
+    segmenter: Segmenter, images: torch.Tensor, scene_regions: list[list[tuple[np.ndarray, str]]], min_iou: float
+) -> list[tuple[torch.Tensor, list[str]]]:
+    """OVSeg's adaptation data: the ``segmenter``'s stage-1 proposals for ``images`` (B, 3, H, W) in
+    [0, 1], each named after the region of its scene it overlaps best, kept when that IoU (masks
+    binarised at 0.5, as the crops are) is at least ``min_iou``. Returns per scene the kept soft masks
+    (P, H, W), as stage 2 crops them at inference (sigmoid of the bilinearly upsampled logits), and their
+    names.
+
+    One batched forward, prompted with the names of all the scenes' regions (a baseline's masks do not
+    depend on the prompts; PMP's would).
+    """
+    config = segmenter.config
+    names = sorted({name for regions in scene_regions for _, name in regions})
+    text = segmenter.clip.encode_text(names).to(segmenter.device)  # (K, C)
+    pixels = normalize_pixels(images.to(segmenter.device), config.pixel_mean, config.pixel_std)
+    text = text[None].expand(len(images), -1, -1)  # (B, K, C)
+    logits = segmenter.proposal_model(pixels, text)["pred_masks"].float()  # (B, N, h, w)
+    matched = []
+    for soft, regions in zip(upsample(logits, tuple(images.shape[-2:])).sigmoid(), scene_regions):  # (N, H, W)
+        binary = (soft > 0.5).flatten(1).float()  # (N, HW)
+        truth = torch.from_numpy(np.stack([mask for mask, _ in regions])).flatten(1).float()  # (R, HW)
+        overlap = binary @ truth.T  # (N, R)
+        iou = overlap / (binary.sum(1, keepdim=True) + truth.sum(1)[None] - overlap).clamp_min(1.0)
+        best_iou, best = iou.max(dim=1)
+        kept = torch.nonzero(best_iou >= min_iou).flatten()
+        matched.append((soft[kept], [regions[int(best[i])][1] for i in kept]))
+    return matched
+
+
+def _scenes(seeds: list[int], config: CLIPAdaptConfig) -> list[tuple[torch.Tensor, list[tuple[np.ndarray, str]]]]:
+    """Each seed's scene as a (3, H, W) image in [0, 1] with its :func:`scene_regions`; scenes without one skipped."""
     from train import world
 
-    crops, names = [], []
+    scenes = []
     for seed in seeds:
         scene = world.render_scene(seed, config.image_size)
         regions = scene_regions(scene, config.min_region_pixels)
-        if not regions:
-            continue
-        chosen = rng.choice(len(regions), size=min(config.regions_per_scene, len(regions)), replace=False)
-        masks = torch.from_numpy(np.stack([regions[i][0] for i in chosen]))
-        image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255.0  # (3, H, W)
-        scene_crops, kept = masked_crops(clip, image, proposal_like(masks, config.mask_stride, rng))
+        if regions:
+            scenes.append((torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255.0, regions))
+    return scenes
+
+
+def region_batch(
+    clip: CLIPModel,
+    seeds: list[int],
+    config: CLIPAdaptConfig,
+    rng: np.random.Generator,
+    segmenter: Segmenter | None = None,
+) -> tuple[torch.Tensor, list[str]]:
+    """Masked crops (B, 3, S, S) of up to ``regions_per_scene`` random regions of each seed's scene, and
+    their names. With a ``segmenter``, up to ``proposal_regions`` of them are its matched proposals
+    (:func:`matched_proposals`) and the rest proposal-like world regions."""
+    scenes = _scenes(seeds, config)
+    if segmenter is not None and config.proposal_regions > 0 and scenes:
+        matched = matched_proposals(
+            segmenter, torch.stack([image for image, _ in scenes]), [r for _, r in scenes], config.proposal_min_iou
+        )
+    else:
+        matched = [(None, [])] * len(scenes)
+    crops, names = [], []
+    for (image, regions), (proposals, proposal_names) in zip(scenes, matched):
+        take = rng.choice(len(proposal_names), size=min(config.proposal_regions, len(proposal_names)), replace=False)
+        chosen = rng.choice(len(regions), size=min(config.regions_per_scene - len(take), len(regions)), replace=False)
+        world_masks = torch.from_numpy(np.stack([regions[i][0] for i in chosen])) if len(chosen) else None
+        masks = [proposals[torch.from_numpy(take).long()]] if len(take) else []
+        masks += [proposal_like(world_masks, config.mask_stride, rng)] if len(chosen) else []
+        scene_names = [proposal_names[i] for i in take] + [regions[i][1] for i in chosen]
+        scene_crops, kept = masked_crops(clip, image, torch.cat(masks))
         crops.append(scene_crops)
-        names += [regions[chosen[i]][1] for i in kept.tolist()]
+        names += [scene_names[i] for i in kept.tolist()]
     return torch.cat(crops), names
 
 
 @torch.no_grad()
-def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig) -> dict[str, float]:
-    """Top-1 of masked crops of proposal-like regions of held-out scenes among :data:`REGION_NAMES`,
-    averaged per name: all names, things and stuff (``_class``: seen / unseen), parts (seen / unseen)."""
+def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter | None = None) -> dict[str, float]:
+    """Top-1 of masked crops of held-out scenes among :data:`REGION_NAMES`, averaged per name: all names,
+    things and stuff (``_class``: seen / unseen), parts (seen / unseen).
+
+    The crops are of every proposal-like world region (keys ``region_*``), or with a ``segmenter`` of its
+    matched proposals, as stage 2 sees them at inference (keys ``proposal_*``).
+    """
     was_training = clip.training
     clip.eval()
     text = clip.encode_text(list(REGION_NAMES))  # (V, C)
-    rng = np.random.default_rng(config.seed + 1)
+    rng = np.random.default_rng(1)  # the same held-out crops whatever the adaptation's seed
     per_name: dict[str, list[bool]] = {}
     for start in range(0, config.eval_scenes, 16):
         seeds = [_EVAL_SEED_BASE + i for i in range(start, min(start + 16, config.eval_scenes))]
-        crops, names = region_batch(clip, seeds, dataclasses.replace(config, regions_per_scene=1000), rng)
+        if segmenter is None:
+            crops, names = region_batch(clip, seeds, dataclasses.replace(config, regions_per_scene=1000), rng)
+        else:
+            crops, names = proposal_crops(clip, segmenter, seeds, config)
         guesses = (F.normalize(clip.open_clip.encode_image(crops), dim=-1) @ text.T).argmax(-1).tolist()
         for name, guess in zip(names, guesses):
             per_name.setdefault(name, []).append(REGION_NAMES[guess] == name)
@@ -137,27 +201,63 @@ def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig) -> dict[str, float
 
     classes = [n for n in CLASS_NAMES if n in per_name]
     parts = [n for n in PART_NAMES if n in per_name]
+    prefix = "region" if segmenter is None else "proposal"
     return {
-        "region_top1": mean(list(per_name)),
-        "region_class_top1_seen": mean([n for n in classes if n in SEEN_CLASSES]),
-        "region_class_top1_unseen": mean([n for n in classes if n not in SEEN_CLASSES]),
-        "region_part_top1_seen": mean([n for n in parts if n in SEEN_PARTS]),
-        "region_part_top1_unseen": mean([n for n in parts if n not in SEEN_PARTS]),
-        "region_chance": 1.0 / len(REGION_NAMES),
+        f"{prefix}_top1": mean(list(per_name)),
+        f"{prefix}_class_top1_seen": mean([n for n in classes if n in SEEN_CLASSES]),
+        f"{prefix}_class_top1_unseen": mean([n for n in classes if n not in SEEN_CLASSES]),
+        f"{prefix}_part_top1_seen": mean([n for n in parts if n in SEEN_PARTS]),
+        f"{prefix}_part_top1_unseen": mean([n for n in parts if n not in SEEN_PARTS]),
+        f"{prefix}_chance": 1.0 / len(REGION_NAMES),
     }
+
+
+def proposal_crops(
+    clip: CLIPModel, segmenter: Segmenter, seeds: list[int], config: CLIPAdaptConfig
+) -> tuple[torch.Tensor, list[str]]:
+    """Masked crops of every matched proposal (:func:`matched_proposals`) of each seed's scene, and their names."""
+    scenes = _scenes(seeds, config)
+    images = torch.stack([image for image, _ in scenes])
+    matched = matched_proposals(segmenter, images, [r for _, r in scenes], config.proposal_min_iou)
+    crops, names = [], []
+    for image, (masks, scene_names) in zip(images, matched):
+        scene_crops, kept = masked_crops(clip, image, masks)
+        crops.append(scene_crops)
+        names += [scene_names[i] for i in kept.tolist()]
+    return torch.cat(crops), names
+
+
+def accuracies(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter | None) -> dict[str, float]:
+    """Everything :func:`adapt` measures before and after: region (and proposal) top-1, zero-shot tests."""
+    from train.train_clip import zero_shot_accuracy
+
+    clip_train = CLIPTrainConfig(
+        image_size=config.image_size, seed=config.seed, eval_crops_per_class=config.eval_crops_per_class
+    )
+    measured = {**region_accuracy(clip, config), **zero_shot_accuracy(clip, clip_train)}
+    if segmenter is not None:
+        measured.update(region_accuracy(clip, config, segmenter))
+    return measured
+
+
+def load_proposal_segmenter(config: CLIPAdaptConfig) -> Segmenter | None:
+    if config.proposal_segmenter is None:
+        return None
+    segmenter = Segmenter.from_pretrained(config.proposal_segmenter)
+    segmenter.eval().requires_grad_(False)
+    return segmenter
 
 
 def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: str = "") -> dict[str, float]:
     """Fine-tune ``clip``'s image tower in place (text tower and logit scale frozen); write the adapted
     CLIP as an open_clip folder to ``out_dir / "model"`` with before / after accuracies."""
-    from train.train_clip import zero_shot_accuracy
-
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     clip_train = CLIPTrainConfig(
         image_size=config.image_size, seed=config.seed, eval_crops_per_class=config.eval_crops_per_class
     )
-    before = {**region_accuracy(clip, config), **zero_shot_accuracy(clip, clip_train)}
+    segmenter = load_proposal_segmenter(config)
+    before = accuracies(clip, config, segmenter)
     clip.requires_grad_(False)
     visual = clip.open_clip.visual
     visual.requires_grad_(True)
@@ -179,12 +279,13 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
     for step in range(config.steps):
         for group in optimizer.param_groups:
             group["lr"] = config.lr * cosine_lr_factor(step, config.steps, config.warmup_steps)
-        seeds = [_SCENE_SEED_BASE + step * config.scenes_per_step + i for i in range(config.scenes_per_step)]
-        crops, names = region_batch(clip, seeds, config, rng)
+        first_scene = _SCENE_SEED_BASE + config.seed * _SEED_STRIDE + step * config.scenes_per_step
+        seeds = [first_scene + i for i in range(config.scenes_per_step)]
+        crops, names = region_batch(clip, seeds, config, rng, segmenter)
         targets = torch.tensor([REGION_NAMES.index(n) for n in names])
         features = F.normalize(clip.open_clip.encode_image(crops), dim=-1)  # (B, C)
         region_loss = F.cross_entropy(logit_scale * features @ region_text.T, targets)
-        first_pair = _SCENE_SEED_BASE + step * config.pair_batch
+        first_pair = _SCENE_SEED_BASE + config.seed * _SEED_STRIDE + step * config.pair_batch
         pairs = [make_pair(first_pair + i, clip_train) for i in range(config.pair_batch)]
         images = F.normalize(clip.open_clip.encode_image(to_clip_pixels([p[0] for p in pairs])), dim=-1)
         with torch.no_grad():
@@ -210,7 +311,7 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
     clip.eval()
     clip.requires_grad_(False)
     clip.clear_cache()
-    after = {**region_accuracy(clip, config), **zero_shot_accuracy(clip, clip_train)}
+    after = accuracies(clip, config, segmenter)
     metrics = {"adapt_seconds": round(time.perf_counter() - started, 1)}
     metrics.update({f"{k}_before": v for k, v in before.items()})
     metrics.update(after)
@@ -256,11 +357,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--proposals-from",
+        default=None,
+        help="a trained segmenter folder: its proposals, named by the region each matches, are adaptation "
+        "regions too (OVSeg's data), and their crops are measured",
+    )
     parser.add_argument("--results", type=Path, default=None, help="also write the accuracies (JSON) here")
+    parser.add_argument(
+        "--measure-only", action="store_true", help="print the accuracies of --clip as it is; train nothing"
+    )
     args = parser.parse_args(argv)
-    overrides = {"steps": args.steps, "lr": args.lr, "seed": args.seed}
+    overrides = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "proposal_segmenter": args.proposals_from}
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.measure_only:
+        measured = accuracies(load_clip_for_evaluation(args.clip), config, load_proposal_segmenter(config))
+        print(json.dumps(measured, indent=2))
+        if args.results:
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(json.dumps({"command": command, **measured}, indent=2) + "\n")
+        return 0
     metrics = adapt(load_clip_for_evaluation(args.clip), config, args.out, command=command)
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)

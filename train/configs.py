@@ -84,6 +84,9 @@ class CLIPAdaptConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     mask_stride: int = 4  # regions are degraded to the proposals' resolution (a quarter of the image's)
+    proposal_segmenter: str | None = None  # a trained segmenter folder: its matched proposals are regions too
+    proposal_regions: int = 2  # of each scene's regions_per_scene, with a proposal_segmenter
+    proposal_min_iou: float = 0.5  # a proposal is named after the region it overlaps best, from this IoU
     min_region_pixels: int = 12
     image_size: int = 128
     seed: int = 0
