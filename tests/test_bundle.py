@@ -146,22 +146,50 @@ def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path:
 
 
 def test_readme_seed_table_is_generated_from_results() -> None:
-    from train.bundle import seed_tables
+    from train.bundle import SEED_FILES, seed_tables
 
     readme = (ROOT / "README.md").read_text()
     assert seed_tables([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)]) in readme
-    main = [ROOT / "results" / name for name in ("main.json", "main_seed1.json", "main_seed2.json")]
+    main = [ROOT / "results" / name for name in SEED_FILES]
     assert seed_tables(main) in readme  # Table 1: the bundled recipe, seeds 0 (the bundle), 1 and 2
-    before = [ROOT / "results" / "before_adaptation" / path.name for path in main]
-    assert seed_tables(before) in readme  # the same stage-1 runs with the pooled stage 2
 
 
-def test_readme_adaptation_table_is_generated_from_results() -> None:
-    from train.adapt_clip import accuracy_table
+def test_readme_adaptation_tables_are_generated_from_results() -> None:
+    from train.bundle import ADAPTATION_PHASES, adaptation_table, stage2_history
 
-    metrics = json.loads((ROOT / "results" / "tiny_clip_adapted.json").read_text())
-    assert metrics["config"]["steps"] == CLIPAdaptConfig().steps  # the bundled CLIP is the default recipe's
-    assert accuracy_table(metrics) in (ROOT / "README.md").read_text()
+    # The bundled CLIP is what train.bundle runs: the default schedule, then its last phase (recorded here).
+    first, last = ADAPTATION_PHASES[0], ADAPTATION_PHASES[-1]
+    assert (first["steps"], first["lr"]) == (CLIPAdaptConfig().steps, CLIPAdaptConfig().lr)
+    config = json.loads((ROOT / "results" / "tiny_clip_adapted.json").read_text())["config"]
+    assert {key: config[key] for key in last} == last and config.get("proposal_segmenter") is None
+    readme = (ROOT / "README.md").read_text()
+    assert adaptation_table(ROOT / "results") in readme
+    assert stage2_history(ROOT / "results") in readme
+
+
+def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
+    from train.bundle import ADAPTATION_RUNS, SEED_FILES, STAGE2_HISTORY, adaptation_table, stage2_history
+
+    for index, folder in enumerate(STAGE2_HISTORY):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        for seed, name in enumerate(SEED_FILES):
+            row = {"miou": 0.1 * index + 0.01 * seed, "miou_seen": 0.5, "miou_unseen": 0.2}
+            runs = {b: row for b in ("world-voc", "world-full", "world-mixed")}
+            runs["world-parts"] = {**row, "miou_seen": None}
+            write = {"baseline": runs, "pmp": runs}
+            (tmp_path / folder / name).write_text(json.dumps(write))
+    table = stage2_history(tmp_path)
+    assert table.count("\n") == 2 + 2 * len(STAGE2_HISTORY)
+    assert "| 21.0 ± 1.0 (50.0 / 20.0) |" in table and "(n/a / 20.0)" in table  # the last folder, 3 seeds
+    (tmp_path / "adaptation_runs").mkdir()
+    for index, name in enumerate(ADAPTATION_RUNS):
+        measured = {"proposal_class_top1_seen": 0.1 * index, "proposal_class_top1_seen_before": 0.05}
+        (tmp_path / "adaptation_runs" / name).write_text(json.dumps(measured))
+    table = adaptation_table(tmp_path)
+    assert (
+        "| masked crops of the baseline's matched proposals: seen things and stuff | 5.0 | 0.0 | 10.0 | 20.0 |" in table
+    )
+    assert table.count("\n") == 3  # header, rule, the one measured row
 
 
 def test_a_planned_run_is_the_recipe_with_only_its_fields_changed() -> None:

@@ -2,7 +2,9 @@
 fine-tuned on masked crops of regions, the text tower stays frozen.
 
     python -m train.adapt_clip --clip checkpoints/tiny-clip --out runs/tiny-clip-adapted \
-        [--steps 2400] [--results results/tiny_clip_adapted.json]
+        [--steps 2400] [--lr 5e-4] [--seed 0] [--proposals-from checkpoints/baseline] [--results FILE.json]
+    python -m train.adapt_clip --clip runs/tiny-clip-adapted/model --proposals-from checkpoints/baseline \
+        --measure-only                          # its top-1 on held-out crops; trains nothing
 
 Why: OVSeg's stage 2 classifies each proposal by a masked crop (:func:`pmp.stage2.masked_crops`), and a
 CLIP trained on whole photos has never seen an image that is mostly CLIP's mean colour with one region
@@ -15,6 +17,9 @@ Departures from OVSeg, and why:
 * The regions are the world's own masks, degraded to the proposals' resolution (area pooling to a
   quarter of the image, a random one-cell dilation or erosion, bilinear upsampling), instead of
   pseudo-labelled proposals: the world renders them for free, and no segmenter has to run first.
+  ``--proposals-from SEGMENTER`` makes some of each scene's crops a trained segmenter's own proposals,
+  named after the world region each overlaps best (OVSeg names them by caption nouns with CLIP); the
+  bundled CLIP does without, since on held-out crops that traded seen things for parts.
 * The text tower is frozen (OVSeg fine-tunes the whole CLIP). The segmenters' class embeddings and PMP's
   text tokens come from it, so the bundled segmenters stay valid without retraining, and only the
   image tower's weights change.
@@ -330,6 +335,10 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
 
 
 ACCURACY_ROWS = {  # metric key: what it measures (top-1 in %, per name then averaged)
+    "proposal_class_top1_seen": "masked crops of the baseline's matched proposals: seen things and stuff",
+    "proposal_class_top1_unseen": "masked crops of the baseline's matched proposals: unseen things and stuff",
+    "proposal_part_top1_seen": "masked crops of the baseline's matched proposals: seen parts",
+    "proposal_part_top1_unseen": "masked crops of the baseline's matched proposals: unseen parts",
     "region_class_top1_seen": "masked crops of proposal-like regions: seen things and stuff",
     "region_class_top1_unseen": "masked crops of proposal-like regions: unseen things and stuff",
     "region_part_top1_seen": "masked crops of proposal-like regions: seen parts",
@@ -340,12 +349,20 @@ ACCURACY_ROWS = {  # metric key: what it measures (top-1 in %, per name then ave
 }
 
 
-def accuracy_table(metrics: dict[str, float]) -> str:
-    """Markdown: each :data:`ACCURACY_ROWS` accuracy before and after adaptation (:func:`adapt`'s metrics)."""
-    lines = ["| top-1 (%) | before | after |", "|---|---|---|"]
+def accuracy_table(columns: dict[str, dict[str, float]]) -> str:
+    """Markdown: each :data:`ACCURACY_ROWS` accuracy (rows) of each measured CLIP (columns: a title and
+    its metrics, as :func:`accuracies` returns them); rows no column measured are left out."""
+    lines = ["| top-1 (%) | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for key, title in ACCURACY_ROWS.items():
-        lines.append(f"| {title} | {100 * metrics[key + '_before']:.1f} | {100 * metrics[key]:.1f} |")
+        if any(key in metrics for metrics in columns.values()):
+            cells = [f"{100 * metrics[key]:.1f}" if key in metrics else "n/a" for metrics in columns.values()]
+            lines.append(f"| {title} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def measured_before(metrics: dict[str, float]) -> dict[str, float]:
+    """The accuracies of the CLIP an :func:`adapt` run started from (its ``*_before`` metrics)."""
+    return {key[: -len("_before")]: value for key, value in metrics.items() if key.endswith("_before")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -353,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m train.adapt_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clip", required=True, help="the CLIP to adapt: an open_clip folder or a segmenter's CLIP")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--out", type=Path, default=None, help="the adapted CLIP's run folder (not with --measure-only)"
+    )
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
@@ -371,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "proposal_segmenter": args.proposals_from}
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.out is None and not args.measure_only:
+        parser.error("--out is required, unless --measure-only")
     if args.measure_only:
         measured = accuracies(load_clip_for_evaluation(args.clip), config, load_proposal_segmenter(config))
         print(json.dumps(measured, indent=2))

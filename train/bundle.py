@@ -164,14 +164,41 @@ def train_segmenters(
     return seconds
 
 
-def adapt_clip(runs: Path, checkpoints: Path, source: Path) -> float:
-    """OVSeg's mask-adapted CLIP (:mod:`train.adapt_clip`) of the trained tiny CLIP ``source``, on both
-    cores' threads, installed as ``checkpoints/tiny-clip``. Returns the wall time in seconds."""
-    command = [sys.executable, "-m", "train.adapt_clip", "--clip", str(source), "--out", str(runs / "clip-adapted")]
-    command += ["--results", str(ROOT / "results" / "tiny_clip_adapted.json")]
-    (seconds,) = run_parallel([command], [runs / "clip-adapted.log"], threads_each=max(1, min(2, os.cpu_count() or 1)))
-    install_clip(runs / "clip-adapted" / "model", checkpoints / "tiny-clip")
+# The bundled adaptation (train.adapt_clip): a cosine schedule, then a warm restart at half the learning
+# rate on fresh scenes (seed 1). Measured on held-out crops, the second cycle raised every group of names;
+# learning from the baseline's proposals as well (--proposals-from) traded seen things for parts instead.
+ADAPTATION_PHASES = ({"steps": 2400, "lr": 5e-4, "seed": 0}, {"steps": 2400, "lr": 2.5e-4, "seed": 1})
+
+
+def adapt_clip(runs: Path, source: Path) -> float:
+    """OVSeg's mask-adapted CLIP (:mod:`train.adapt_clip`) of the trained tiny CLIP ``source``, in the
+    :data:`ADAPTATION_PHASES`, on both cores' threads, into ``runs/clip-adapted``. Returns the wall time
+    in seconds."""
+    seconds, clip = 0.0, source
+    for index, phase in enumerate(ADAPTATION_PHASES):
+        last = index == len(ADAPTATION_PHASES) - 1
+        out = runs / ("clip-adapted" if last else f"clip-adapted-{index + 1}")
+        command = [sys.executable, "-m", "train.adapt_clip", "--clip", str(clip), "--out", str(out)]
+        command += [item for key, value in phase.items() for item in (f"--{key}", str(value))]
+        if last:
+            command += ["--results", str(ROOT / "results" / "tiny_clip_adapted.json")]
+        threads = max(1, min(2, os.cpu_count() or 1))
+        (phase_seconds,) = run_parallel([command], [out.with_suffix(".log")], threads_each=threads)
+        seconds, clip = seconds + phase_seconds, out / "model"
     return seconds
+
+
+def install_adapted_clip(folder: Path, runs: Path, checkpoints: Path, results: Path) -> None:
+    """Install the mask-adapted CLIP in ``folder`` as ``checkpoints/tiny-clip`` and give it to the trained
+    pair (``runs/<name>/model`` -> ``checkpoints/<name>``, :func:`install_segmenter`) and to every trained
+    seed of it (:func:`give_adapted_clip`)."""
+    clip = checkpoints / "tiny-clip"
+    if folder.resolve() != clip.resolve():
+        install_clip(folder, clip)
+    for name in MAIN_MODELS:
+        install_segmenter(runs / name / "model", checkpoints / name, results, clip=clip)
+        for seed_folder in sorted(runs.glob(f"{name}-seed*/model")):
+            give_adapted_clip(seed_folder, clip)
 
 
 def with_adapted_clip(segmenter: Any, clip_folder: Path) -> Any:
@@ -403,6 +430,62 @@ def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[
 def seed_tables(result_files: list[Path]) -> str:
     """Both halves of Table 1 (:data:`SEED_TABLES`), one after the other."""
     return "\n".join(seed_table(result_files, metrics) for metrics in SEED_TABLES)
+
+
+def stage2_table(variants: dict[str, list[Path]]) -> str:
+    """The same seeds' segmenters with different stage-2 CLIPs: per variant (a title and its per-seed
+    results files) and model, each benchmark's mIoU as mean ± std over the seeds (seen / unseen means)."""
+
+    def cell(runs: list[dict], name: str, benchmark: str) -> str:
+        parts = []
+        for key in ("miou", "miou_seen", "miou_unseen"):
+            values = [run[name][benchmark][key] for run in runs]
+            parts.append(None if None in values else mean_and_std([100 * v for v in values]))
+        (mean, std), seen, unseen = parts
+        return f"{mean:.1f} ± {std:.1f} ({'n/a' if seen is None else f'{seen[0]:.1f}'} / {unseen[0]:.1f})"
+
+    header = "| stage 2 | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in BENCHMARKS) + " |"
+    lines = [header, "|---|---|" + "---|" * len(BENCHMARKS)]
+    for title, files in variants.items():
+        runs = [json.loads(Path(f).read_text()) for f in files]
+        for name in runs[0]:
+            cells = [cell(runs, name, benchmark) for benchmark in BENCHMARKS]
+            lines.append(f"| {title} ({len(runs)} seeds) | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+SEED_FILES = ("main.json", "main_seed1.json", "main_seed2.json")  # Table 1's seeds 0 (the bundle), 1 and 2
+STAGE2_HISTORY = {  # results folder -> the stage 2 its Table 1 files were measured with (same stage-1 runs)
+    "before_adaptation": "mask pooling, the tiny CLIP as trained",
+    "adapted_on_regions": "masked crops, CLIP adapted on world regions, 2,400 steps",
+    "adapted_on_proposals": "masked crops, CLIP adapted on regions and proposals, 2,400 steps",
+    ".": "masked crops, CLIP adapted on world regions, 2,400 + 2,400 steps, bundled",
+}
+
+
+def stage2_history(results: Path) -> str:
+    """:func:`stage2_table` of the :data:`STAGE2_HISTORY` folders under ``results``."""
+    return stage2_table({title: [results / folder / f for f in SEED_FILES] for folder, title in STAGE2_HISTORY.items()})
+
+
+ADAPTATION_RUNS = {  # results/adaptation_runs/<file> -> its column, all measured on the same held-out crops
+    "regions_2400.json": "world regions, 2,400 steps",
+    "proposals_2400.json": "regions and proposals, 2,400 steps",
+    "regions_4800.json": "world regions, 2,400 + 2,400 steps (bundled)",
+}
+
+
+def adaptation_table(results: Path) -> str:
+    """The mask-adapted CLIPs' top-1 (:func:`train.adapt_clip.accuracy_table`): the tiny CLIP as trained
+    (what the proposals run started from) and each :data:`ADAPTATION_RUNS` file."""
+    from train.adapt_clip import accuracy_table, measured_before
+
+    runs = {
+        title: json.loads((results / "adaptation_runs" / name).read_text()) for name, title in ADAPTATION_RUNS.items()
+    }
+    return accuracy_table(
+        {"the tiny CLIP as trained": measured_before(runs[ADAPTATION_RUNS["proposals_2400.json"]]), **runs}
+    )
 
 
 def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
@@ -664,13 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.results / "learning_curve.json", curves)
         plot_learning_curves(curves, ROOT / "docs" / "learning_curve.png")
     elif args.install_adapted_clip:
-        clip = args.checkpoints / "tiny-clip"
-        if args.install_adapted_clip.resolve() != clip.resolve():
-            install_clip(args.install_adapted_clip, clip)
-        for name in MAIN_MODELS:
-            install_segmenter(args.runs / name / "model", args.checkpoints / name, args.results, clip=clip)
-            for folder in sorted(args.runs.glob(f"{name}-seed*/model")):
-                give_adapted_clip(folder, clip)
+        install_adapted_clip(args.install_adapted_clip, args.runs, args.checkpoints, args.results)
     elif args.investigate:
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         table = investigate_stage2(dirs, args.results / "stage2.json", args.eval_limit or 100)
@@ -716,7 +793,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.evaluate_only:
             if not args.skip_clip:
                 times["tiny-clip"] = train_clip(args.runs, args.checkpoints, args.clip_steps)
-                times["tiny-clip-adapted"] = adapt_clip(args.runs, args.checkpoints, args.runs / "clip" / "model")
+                times["tiny-clip-adapted"] = adapt_clip(args.runs, args.runs / "clip" / "model")
+                install_clip(args.runs / "clip-adapted" / "model", args.checkpoints / "tiny-clip")
             planned = [Run(name, mode, steps=args.seg_steps) for name, mode in MAIN_MODELS.items()]
             times.update(train_segmenters(planned, args.runs, args.checkpoints, args.results))
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
