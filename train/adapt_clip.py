@@ -382,12 +382,16 @@ def main(argv: list[str] | None = None) -> int:
         help="a trained segmenter folder: its proposals, named by the region each matches, are adaptation "
         "regions too (OVSeg's data), and their crops are measured",
     )
+    parser.add_argument(
+        "--proposal-regions", type=int, default=None, help="with --proposals-from: how many of each scene's crops"
+    )
     parser.add_argument("--results", type=Path, default=None, help="also write the accuracies (JSON) here")
     parser.add_argument(
         "--measure-only", action="store_true", help="print the accuracies of --clip as it is; train nothing"
     )
     args = parser.parse_args(argv)
     overrides = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "proposal_segmenter": args.proposals_from}
+    overrides["proposal_regions"] = args.proposal_regions
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out is None and not args.measure_only:
