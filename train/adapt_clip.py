@@ -103,25 +103,25 @@ def proposal_like(masks: torch.Tensor, stride: int, rng: np.random.Generator) ->
 
 @torch.no_grad()
 def matched_proposals(
-    segmenter: Segmenter, images: torch.Tensor, scene_regions: list[list[tuple[np.ndarray, str]]], min_iou: float
+    segmenter: Segmenter, images: torch.Tensor, regions_of_images: list[list[tuple[np.ndarray, str]]], min_iou: float
 ) -> list[tuple[torch.Tensor, list[str]]]:
     """OVSeg's adaptation data: the ``segmenter``'s stage-1 proposals for ``images`` (B, 3, H, W) in
-    [0, 1], each named after the region of its scene it overlaps best, kept when that IoU (masks
-    binarised at 0.5, as the crops are) is at least ``min_iou``. Returns per scene the kept soft masks
-    (P, H, W), as stage 2 crops them at inference (sigmoid of the bilinearly upsampled logits), and their
-    names.
+    [0, 1], each named after the region of its image (``regions_of_images``, :func:`scene_regions`) it
+    overlaps best, kept when that IoU (masks binarised at 0.5, as the crops are) is at least ``min_iou``.
+    Returns per image the kept soft masks (P, H, W), as stage 2 crops them at inference (sigmoid of the
+    bilinearly upsampled logits), and their names.
 
     One batched forward, prompted with the names of all the scenes' regions (a baseline's masks do not
     depend on the prompts; PMP's would).
     """
     config = segmenter.config
-    names = sorted({name for regions in scene_regions for _, name in regions})
+    names = sorted({name for regions in regions_of_images for _, name in regions})
     text = segmenter.clip.encode_text(names).to(segmenter.device)  # (K, C)
     pixels = normalize_pixels(images.to(segmenter.device), config.pixel_mean, config.pixel_std)
     text = text[None].expand(len(images), -1, -1)  # (B, K, C)
     logits = segmenter.proposal_model(pixels, text)["pred_masks"].float()  # (B, N, h, w)
     matched = []
-    for soft, regions in zip(upsample(logits, tuple(images.shape[-2:])).sigmoid(), scene_regions):  # (N, H, W)
+    for soft, regions in zip(upsample(logits, tuple(images.shape[-2:])).sigmoid(), regions_of_images):  # (N, H, W)
         binary = (soft > 0.5).flatten(1).float()  # (N, HW)
         truth = torch.from_numpy(np.stack([mask for mask, _ in regions])).flatten(1).float()  # (R, HW)
         overlap = binary @ truth.T  # (N, R)
@@ -246,6 +246,7 @@ def accuracies(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter | 
 
 
 def load_proposal_segmenter(config: CLIPAdaptConfig) -> Segmenter | None:
+    """The trained segmenter whose proposals :func:`matched_proposals` names, frozen; None without one."""
     if config.proposal_segmenter is None:
         return None
     segmenter = Segmenter.from_pretrained(config.proposal_segmenter)
