@@ -308,9 +308,10 @@ def evaluate_models(
 
 
 STAGE2_VARIANTS = {  # name: (stage2_mode, clip_weight); clip_weight is Eq. 3's exponent of CLIP's p_hat
-    "pool, clip weight 0.65 (default)": ("pool", 0.65),
-    "crop (OVSeg), clip weight 0.65": ("crop", 0.65),
-    "stage 1 only (clip weight 0)": ("pool", 0.0),
+    "crop (OVSeg), clip weight 0.65 (bundled)": ("crop", 0.65),
+    "pool, clip weight 0.65": ("pool", 0.65),
+    "stage 1 only (clip weight 0)": ("crop", 0.0),
+    "CLIP only, crop (clip weight 1)": ("crop", 1.0),
     "CLIP only, pool (clip weight 1)": ("pool", 1.0),
 }
 
