@@ -176,7 +176,7 @@ def test_matched_proposals_are_named_after_the_region_they_cover() -> None:
     regions = scene_regions(scene, min_pixels=12)
     segmenter, name = _segmenter_proposing(scene, regions)
     image = torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255.0
-    [(masks, names)] = matched_proposals(segmenter, image[None], [regions], min_iou=0.5)
+    [(masks, names)] = matched_proposals(segmenter, [(image, regions)], min_iou=0.5)
     assert names == [name]  # the empty and the one-pixel proposal match nothing
     assert masks.shape == (1, 64, 64) and 0.0 <= masks.min() and masks.max() <= 1.0  # soft, at the image's size
     assert segmenter.proposal_model.prompts == [len({n for _, n in regions})]  # prompted with the scene's names

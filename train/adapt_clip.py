@@ -101,27 +101,31 @@ def proposal_like(masks: torch.Tensor, stride: int, rng: np.random.Generator) ->
     return F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
+Regions = list[tuple[np.ndarray, str]]  # a scene's (H, W) bool masks and their names (scene_regions)
+
+
 @torch.no_grad()
 def matched_proposals(
-    segmenter: Segmenter, images: torch.Tensor, regions_of_images: list[list[tuple[np.ndarray, str]]], min_iou: float
+    segmenter: Segmenter, scenes: list[tuple[torch.Tensor, Regions]], min_iou: float
 ) -> list[tuple[torch.Tensor, list[str]]]:
-    """OVSeg's adaptation data: the ``segmenter``'s stage-1 proposals for ``images`` (B, 3, H, W) in
-    [0, 1], each named after the region of its image (``regions_of_images``, :func:`scene_regions`) it
-    overlaps best, kept when that IoU (masks binarised at 0.5, as the crops are) is at least ``min_iou``.
-    Returns per image the kept soft masks (P, H, W), as stage 2 crops them at inference (sigmoid of the
+    """OVSeg's adaptation data: the ``segmenter``'s stage-1 proposals for each of ``scenes`` (a (3, H, W)
+    image in [0, 1] and its :func:`scene_regions`), each named after the region of its scene it overlaps
+    best, kept when that IoU (masks binarised at 0.5, as the crops are) is at least ``min_iou``. Returns
+    per scene the kept soft masks (P, H, W), as stage 2 crops them at inference (sigmoid of the
     bilinearly upsampled logits), and their names.
 
     One batched forward, prompted with the names of all the scenes' regions (a baseline's masks do not
     depend on the prompts; PMP's would).
     """
     config = segmenter.config
-    names = sorted({name for regions in regions_of_images for _, name in regions})
+    images = torch.stack([image for image, _ in scenes])  # (B, 3, H, W)
+    names = sorted({name for _, regions in scenes for _, name in regions})
     text = segmenter.clip.encode_text(names).to(segmenter.device)  # (K, C)
     pixels = normalize_pixels(images.to(segmenter.device), config.pixel_mean, config.pixel_std)
     text = text[None].expand(len(images), -1, -1)  # (B, K, C)
     logits = segmenter.proposal_model(pixels, text)["pred_masks"].float()  # (B, N, h, w)
     matched = []
-    for soft, regions in zip(upsample(logits, tuple(images.shape[-2:])).sigmoid(), regions_of_images):  # (N, H, W)
+    for soft, (_, regions) in zip(upsample(logits, tuple(images.shape[-2:])).sigmoid(), scenes):  # (N, H, W)
         binary = (soft > 0.5).flatten(1).float()  # (N, HW)
         truth = torch.from_numpy(np.stack([mask for mask, _ in regions])).flatten(1).float()  # (R, HW)
         overlap = binary @ truth.T  # (N, R)
@@ -132,7 +136,7 @@ def matched_proposals(
     return matched
 
 
-def _scenes(seeds: list[int], config: CLIPAdaptConfig) -> list[tuple[torch.Tensor, list[tuple[np.ndarray, str]]]]:
+def _scenes(seeds: list[int], config: CLIPAdaptConfig) -> list[tuple[torch.Tensor, Regions]]:
     """Each seed's scene as a (3, H, W) image in [0, 1] with its :func:`scene_regions`; scenes without one skipped."""
     from train import world
 
@@ -143,6 +147,41 @@ def _scenes(seeds: list[int], config: CLIPAdaptConfig) -> list[tuple[torch.Tenso
         if regions:
             scenes.append((torch.from_numpy(scene.image).permute(2, 0, 1).float() / 255.0, regions))
     return scenes
+
+
+def _crops(
+    clip: CLIPModel, scenes: list[tuple[torch.Tensor, torch.Tensor, list[str]]]
+) -> tuple[torch.Tensor, list[str]]:
+    """Masked crops (B, 3, S, S) of every (image, masks (M, H, W), names) scene, and the names of the
+    non-empty masks (:func:`pmp.stage2.masked_crops` drops the empty ones)."""
+    crops, names = [], []
+    for image, masks, scene_names in scenes:
+        scene_crops, kept = masked_crops(clip, image, masks)
+        crops.append(scene_crops)
+        names += [scene_names[i] for i in kept.tolist()]
+    return torch.cat(crops), names
+
+
+def _training_masks(
+    regions: Regions,
+    proposals: torch.Tensor | None,
+    proposal_names: list[str],
+    config: CLIPAdaptConfig,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, list[str]]:
+    """One scene's ``regions_per_scene`` masks (M, H, W) and names: up to ``proposal_regions`` random
+    matched proposals, the rest random world regions made :func:`proposal_like`."""
+    take = rng.choice(len(proposal_names), size=min(config.proposal_regions, len(proposal_names)), replace=False)
+    chosen = rng.choice(len(regions), size=min(config.regions_per_scene - len(take), len(regions)), replace=False)
+    masks, names = [], []
+    if len(take):
+        masks.append(proposals[torch.from_numpy(take).long()])
+        names += [proposal_names[i] for i in take]
+    if len(chosen):
+        world_masks = torch.from_numpy(np.stack([regions[i][0] for i in chosen]))
+        masks.append(proposal_like(world_masks, config.mask_stride, rng))
+        names += [regions[i][1] for i in chosen]
+    return torch.cat(masks), names
 
 
 def region_batch(
@@ -157,23 +196,14 @@ def region_batch(
     (:func:`matched_proposals`) and the rest proposal-like world regions."""
     scenes = _scenes(seeds, config)
     if segmenter is not None and config.proposal_regions > 0 and scenes:
-        matched = matched_proposals(
-            segmenter, torch.stack([image for image, _ in scenes]), [r for _, r in scenes], config.proposal_min_iou
-        )
+        matched = matched_proposals(segmenter, scenes, config.proposal_min_iou)
     else:
         matched = [(None, [])] * len(scenes)
-    crops, names = [], []
-    for (image, regions), (proposals, proposal_names) in zip(scenes, matched):
-        take = rng.choice(len(proposal_names), size=min(config.proposal_regions, len(proposal_names)), replace=False)
-        chosen = rng.choice(len(regions), size=min(config.regions_per_scene - len(take), len(regions)), replace=False)
-        world_masks = torch.from_numpy(np.stack([regions[i][0] for i in chosen])) if len(chosen) else None
-        masks = [proposals[torch.from_numpy(take).long()]] if len(take) else []
-        masks += [proposal_like(world_masks, config.mask_stride, rng)] if len(chosen) else []
-        scene_names = [proposal_names[i] for i in take] + [regions[i][1] for i in chosen]
-        scene_crops, kept = masked_crops(clip, image, torch.cat(masks))
-        crops.append(scene_crops)
-        names += [scene_names[i] for i in kept.tolist()]
-    return torch.cat(crops), names
+    chosen = [
+        (image, *_training_masks(regions, proposals, proposal_names, config, rng))
+        for (image, regions), (proposals, proposal_names) in zip(scenes, matched)
+    ]
+    return _crops(clip, chosen)
 
 
 @torch.no_grad()
@@ -222,14 +252,8 @@ def proposal_crops(
 ) -> tuple[torch.Tensor, list[str]]:
     """Masked crops of every matched proposal (:func:`matched_proposals`) of each seed's scene, and their names."""
     scenes = _scenes(seeds, config)
-    images = torch.stack([image for image, _ in scenes])
-    matched = matched_proposals(segmenter, images, [r for _, r in scenes], config.proposal_min_iou)
-    crops, names = [], []
-    for image, (masks, scene_names) in zip(images, matched):
-        scene_crops, kept = masked_crops(clip, image, masks)
-        crops.append(scene_crops)
-        names += [scene_names[i] for i in kept.tolist()]
-    return torch.cat(crops), names
+    matched = matched_proposals(segmenter, scenes, config.proposal_min_iou)
+    return _crops(clip, [(image, masks, names) for (image, _), (masks, names) in zip(scenes, matched)])
 
 
 def accuracies(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter | None) -> dict[str, float]:
@@ -391,24 +415,26 @@ def main(argv: list[str] | None = None) -> int:
         "--measure-only", action="store_true", help="print the accuracies of --clip as it is; train nothing"
     )
     args = parser.parse_args(argv)
-    overrides = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "proposal_segmenter": args.proposals_from}
-    overrides["proposal_regions"] = args.proposal_regions
+    overrides = {
+        "steps": args.steps,
+        "lr": args.lr,
+        "seed": args.seed,
+        "proposal_segmenter": args.proposals_from,
+        "proposal_regions": args.proposal_regions,
+    }
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out is None and not args.measure_only:
         parser.error("--out is required, unless --measure-only")
+    clip = load_clip_for_evaluation(args.clip)
     if args.measure_only:
-        measured = accuracies(load_clip_for_evaluation(args.clip), config, load_proposal_segmenter(config))
-        print(json.dumps(measured, indent=2))
-        if args.results:
-            args.results.parent.mkdir(parents=True, exist_ok=True)
-            args.results.write_text(json.dumps({"command": command, **measured}, indent=2) + "\n")
-        return 0
-    metrics = adapt(load_clip_for_evaluation(args.clip), config, args.out, command=command)
+        metrics, record = accuracies(clip, config, load_proposal_segmenter(config)), {"command": command}
+    else:
+        metrics = adapt(clip, config, args.out, command=command)
+        record = {"command": command, "config": config.to_dict()}
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
-        record = {"command": command, "config": config.to_dict(), **metrics}
-        args.results.write_text(json.dumps(record, indent=2) + "\n")
+        args.results.write_text(json.dumps({**record, **metrics}, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -175,6 +175,7 @@ def adapt_clip(runs: Path, source: Path) -> float:
     :data:`ADAPTATION_PHASES`, on both cores' threads, into ``runs/clip-adapted``. Returns the wall time
     in seconds."""
     seconds, clip = 0.0, source
+    threads = max(1, min(2, os.cpu_count() or 1))
     for index, phase in enumerate(ADAPTATION_PHASES):
         last = index == len(ADAPTATION_PHASES) - 1
         out = runs / ("clip-adapted" if last else f"clip-adapted-{index + 1}")
@@ -182,7 +183,6 @@ def adapt_clip(runs: Path, source: Path) -> float:
         command += [item for key, value in phase.items() for item in (f"--{key}", str(value))]
         if last:
             command += ["--results", str(ROOT / "results" / "tiny_clip_adapted.json")]
-        threads = max(1, min(2, os.cpu_count() or 1))
         (phase_seconds,) = run_parallel([command], [out.with_suffix(".log")], threads_each=threads)
         seconds, clip = seconds + phase_seconds, out / "model"
     return seconds
@@ -310,7 +310,7 @@ def evaluate_models(
 STAGE2_VARIANTS = {  # name: (stage2_mode, clip_weight); clip_weight is Eq. 3's exponent of CLIP's p_hat
     "crop (OVSeg), clip weight 0.65 (bundled)": ("crop", 0.65),
     "pool, clip weight 0.65": ("pool", 0.65),
-    "stage 1 only (clip weight 0)": ("crop", 0.0),
+    "stage 1 only (clip weight 0)": ("pool", 0.0),  # p_out = p: the cheaper mode, the same result
     "CLIP only, crop (clip weight 1)": ("crop", 1.0),
     "CLIP only, pool (clip weight 1)": ("pool", 1.0),
 }
@@ -397,6 +397,13 @@ METRIC_TITLES = {"miou": "mIoU", "proposal_recall": "recall", "miou_seen": "seen
 SEED_TABLES = (("miou", "proposal_recall"), ("miou_seen", "miou_unseen"))  # Table 1's two halves
 
 
+def seed_stats(runs: list[dict], name: str, benchmark: str, key: str) -> tuple[float, float] | None:
+    """Mean and std in % of one model's metric on one benchmark over per-seed results; None where a
+    benchmark has no such classes (the metric is null)."""
+    values = [run[name][benchmark][key] for run in runs]
+    return None if None in values else mean_and_std([100 * v for v in values])
+
+
 def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[0]) -> str:
     """Per model, benchmark and metric the mean ± sample std over runs with different seeds (one results
     JSON per seed, as :func:`evaluate_models` writes them), in %; "n/a" where a benchmark has no such classes.
@@ -410,8 +417,7 @@ def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[
     lines = [header + " |", "|---|" + "---|" * len(columns)]
     stats: dict[str, list[tuple[float, float] | None]] = {}
     for name in runs[0]:
-        values = [[run[name][b][key] for run in runs] for b, key in columns]
-        stats[name] = [None if None in v else mean_and_std([100 * x for x in v]) for v in values]
+        stats[name] = [seed_stats(runs, name, b, key) for b, key in columns]
         cells = ["n/a" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}" for cell in stats[name]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if len(runs) > 1 and len(stats) > 1:
@@ -438,11 +444,7 @@ def stage2_table(variants: dict[str, list[Path]]) -> str:
     results files) and model, each benchmark's mIoU as mean ± std over the seeds (seen / unseen means)."""
 
     def cell(runs: list[dict], name: str, benchmark: str) -> str:
-        parts = []
-        for key in ("miou", "miou_seen", "miou_unseen"):
-            values = [run[name][benchmark][key] for run in runs]
-            parts.append(None if None in values else mean_and_std([100 * v for v in values]))
-        (mean, std), seen, unseen = parts
+        (mean, std), seen, unseen = (seed_stats(runs, name, benchmark, k) for k in ("miou", "miou_seen", "miou_unseen"))
         return f"{mean:.1f} ± {std:.1f} ({'n/a' if seen is None else f'{seen[0]:.1f}'} / {unseen[0]:.1f})"
 
     header = "| stage 2 | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in BENCHMARKS) + " |"
