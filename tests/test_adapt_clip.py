@@ -53,23 +53,18 @@ def test_proposal_like_masks_keep_a_large_region_and_lose_detail() -> None:
     assert not binary[:, 5, 20:44].any()  # the line is gone, as a 16 x 16 proposal would lose it
 
 
+def _short_adaptation(**changes) -> CLIPAdaptConfig:
+    """A few steps on a few scenes: enough to run every part of :func:`adapt`."""
+    small = dict(scenes_per_step=2, regions_per_scene=2, pair_batch=4, warmup_steps=1, eval_scenes=2)
+    return dataclasses.replace(CLIPAdaptConfig(), eval_crops_per_class=1, **small, **changes)
+
+
 def test_adaptation_fine_tunes_the_image_tower_only(tmp_path: Path) -> None:
     torch.manual_seed(0)
     clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=("a photo of a {}.",)))
     before = {k: v.clone() for k, v in clip.open_clip.state_dict().items()}
     text_before = clip.encode_text(["car", "wheel"]).clone()
-    config = dataclasses.replace(
-        CLIPAdaptConfig(),
-        steps=3,
-        scenes_per_step=2,
-        regions_per_scene=2,
-        pair_batch=4,
-        warmup_steps=1,
-        log_every=1,
-        eval_scenes=2,
-        eval_crops_per_class=1,
-    )
-    metrics = adapt(clip, config, tmp_path)
+    metrics = adapt(clip, _short_adaptation(steps=3, log_every=1), tmp_path)
     after = clip.open_clip.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("visual.") for k in changed)
@@ -124,6 +119,33 @@ def test_an_adapted_clip_changes_stage_two_only(tmp_path: Path) -> None:
     assert not torch.allclose(before.p_hat, after.p_hat)  # stage 2 reads the new tower
     recipe = world_model("pmp", segmenter.config.decoder.num_queries)
     assert (adapted.config.stage2_mode, adapted.config.crop_top_k) == (recipe.stage2_mode, recipe.crop_top_k)
+
+
+def test_a_deeper_adapted_clip_is_installed_with_its_architecture(tmp_path: Path) -> None:
+    from pmp.segmenter import Segmenter
+    from train.adapt_clip import deepen_image_tower
+    from train.bundle import with_adapted_clip
+    from train.configs import CLIPTrainConfig
+    from train.train_clip import save_open_clip_folder
+
+    segmenter = _timm_segmenter()
+    image = world.render_scene(5, 64).image
+    labels = ["sky", "grass", "car", "tree"]
+    before = segmenter.run_stages(image, labels, stage2_mode="crop")
+    deeper = deepen_image_tower(segmenter.clip, (1, 2, 1, 2))
+    with torch.no_grad():
+        deeper.open_clip.visual.layer2[1].bn3.weight.fill_(0.5)  # the new block does something
+    train_config = CLIPTrainConfig(model_cfg=deeper.config.model_cfg, image_size=deeper.image_size)
+    save_open_clip_folder(deeper, train_config, tmp_path / "deeper", {}, "test")
+    adapted = with_adapted_clip(segmenter, tmp_path / "deeper")
+    assert adapted.config.clip.model_cfg["vision_cfg"]["layers"] == [1, 2, 1, 2]
+    assert len(adapted.clip.open_clip.visual.layer2) == 2
+    after = adapted.run_stages(image, labels, stage2_mode="crop")
+    assert torch.equal(before.p, after.p) and torch.equal(before.mask_logits, after.mask_logits)  # stage 1
+    assert not torch.allclose(before.p_hat, after.p_hat)
+    adapted.save_pretrained(tmp_path / "segmenter")
+    reloaded = Segmenter.from_pretrained(tmp_path / "segmenter").run_stages(image, labels, stage2_mode="crop")
+    assert torch.equal(reloaded.p_hat, after.p_hat)
 
 
 def test_an_adapted_clip_with_another_text_tower_or_a_clip_backbone_is_refused(tmp_path: Path) -> None:
@@ -200,3 +222,51 @@ def test_region_batches_mix_matched_proposals_and_world_regions() -> None:
     measured = region_accuracy(clip, dataclasses.replace(config, eval_scenes=2), segmenter)
     assert set(measured) == {"proposal_top1", "proposal_class_top1_seen", "proposal_class_top1_unseen",
                              "proposal_part_top1_seen", "proposal_part_top1_unseen", "proposal_chance"}  # fmt: skip
+
+
+def test_a_deepened_image_tower_computes_what_the_tower_did_and_adapts_and_reloads(tmp_path: Path) -> None:
+    from train.adapt_clip import deepen_image_tower
+
+    torch.manual_seed(0)
+    clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=("a photo of a {}.",)))
+    with torch.no_grad():  # make every block non-trivial, as a trained tower's are
+        for module in clip.open_clip.visual.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.running_mean.uniform_(-0.1, 0.1)
+    grown = deepen_image_tower(clip, (2, 1, 3, 1))
+    assert grown.config.model_cfg["vision_cfg"]["layers"] == [2, 1, 3, 1]
+    assert clip.config.model_cfg["vision_cfg"]["layers"] == [1, 1, 1, 1]  # the source is left as it was
+    assert len(grown.open_clip.visual.layer3) == 3
+    images = torch.randn(3, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(grown.open_clip.encode_image(images), clip.open_clip.encode_image(images))
+    assert torch.equal(grown.encode_text(["car"]), clip.encode_text(["car"]))
+    adapt(grown, _short_adaptation(steps=2), tmp_path)
+    reloaded = load_clip_for_evaluation(str(tmp_path / "model"))
+    assert reloaded.config.model_cfg["vision_cfg"]["layers"] == [2, 1, 3, 1]
+    added = reloaded.open_clip.visual.layer3[2].bn3.weight
+    assert added.abs().sum() > 0  # adaptation trained the new blocks
+
+
+def test_a_tower_cannot_be_shrunk_or_given_another_number_of_stages() -> None:
+    import pytest
+
+    from train.adapt_clip import deepen_image_tower
+
+    clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg()))
+    with pytest.raises(ValueError, match="at least the blocks it has"):
+        deepen_image_tower(clip, (0, 1, 1, 1))
+    with pytest.raises(ValueError, match="at least the blocks it has"):
+        deepen_image_tower(clip, (2, 2, 2))
+
+
+def test_the_command_line_says_what_vision_layers_it_accepts(capsys) -> None:
+    import pytest
+
+    from train.adapt_clip import main
+
+    for bad, message in (("2,x,2,2", "comma-separated block counts"), ("2,0,2,2", "at least one block")):
+        with pytest.raises(SystemExit):
+            main(["--clip", "checkpoints/tiny-clip", "--measure-only", "--vision-layers", bad])
+        assert message in capsys.readouterr().err

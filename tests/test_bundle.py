@@ -237,3 +237,18 @@ def test_readme_sweep_ablation_and_diagnosis_tables_are_generated_from_results()
     assert markdown_table(json.loads((ROOT / "results" / "ablations.json").read_text())) in readme
     diagnosis = json.loads((ROOT / "results" / "diagnosis.json").read_text())
     assert markdown(diagnosis) in readme and ceilings_markdown(diagnosis["ceilings"]) in readme
+
+
+def test_the_adaptation_phases_run_in_a_chain_with_their_settings_as_flags(monkeypatch, tmp_path: Path) -> None:
+    from train import bundle
+
+    phases = ({"steps": 3, "lr": 5e-4, "seed": 0}, {"steps": 2, "lr": 1e-4, "seed": 2, "vision_layers": (2, 2, 2, 2)})
+    monkeypatch.setattr(bundle, "ADAPTATION_PHASES", phases)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(bundle, "run_parallel", lambda batch, logs, threads_each: commands.extend(batch) or [1.5])
+    assert bundle.adapt_clip(tmp_path, tmp_path / "clip" / "model") == 3.0
+    first, last = commands
+    assert first[first.index("--clip") + 1] == str(tmp_path / "clip" / "model")
+    assert last[last.index("--clip") + 1] == str(tmp_path / "clip-adapted-1" / "model")  # the chain
+    assert last[last.index("--vision-layers") + 1] == "2,2,2,2" and last[last.index("--lr") + 1] == "0.0001"
+    assert last[last.index("--out") + 1] == str(tmp_path / "clip-adapted") and "--results" in last

@@ -2,7 +2,8 @@
 fine-tuned on masked crops of regions, the text tower stays frozen.
 
     python -m train.adapt_clip --clip checkpoints/tiny-clip --out runs/tiny-clip-adapted \
-        [--steps 2400] [--lr 5e-4] [--seed 0] [--proposals-from checkpoints/baseline] [--results FILE.json]
+        [--steps 2400] [--lr 5e-4] [--seed 0] [--proposals-from checkpoints/baseline] [--results FILE.json] \
+        [--vision-layers 2,2,2,2]                # a deeper image tower, grown from the given one
     python -m train.adapt_clip --clip runs/tiny-clip-adapted/model --proposals-from checkpoints/baseline \
         --measure-only                          # its top-1 on held-out crops; trains nothing
 
@@ -25,11 +26,14 @@ Departures from OVSeg, and why:
   image tower's weights change.
 * Each step also keeps the CLIP's own contrastive objective on its image-caption pairs (frozen text), so
   the tower does not forget whole photos and group words while it learns crops.
+* ``--vision-layers`` grows the image tower before adapting it (:func:`deepen_image_tower`): a capacity
+  the tiny CLIP never had, added without retraining the text tower or the segmenters.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -278,13 +282,50 @@ def load_proposal_segmenter(config: CLIPAdaptConfig) -> Segmenter | None:
     return segmenter
 
 
+def deepen_image_tower(clip: CLIPModel, layers: tuple[int, ...]) -> CLIPModel:
+    """A copy of ``clip`` whose ModifiedResNet image tower has ``layers`` bottleneck blocks per stage.
+
+    Why: the tiny tower (one block per stage) seems unable to read things and parts well at once, and
+    a wider one costs stage 2 too much time; a deeper one is the cheaper capacity. The new blocks are
+    appended to each stage and start as the identity (open_clip zero-initialises every block's last
+    BatchNorm scale, and a block's input is already non-negative), so the grown CLIP computes exactly
+    what ``clip`` did until adaptation trains them. The text tower is copied unchanged.
+    """
+    from open_clip.modified_resnet import ModifiedResNet
+
+    model_cfg = copy.deepcopy(clip.config.model_cfg or {})
+    vision_cfg = model_cfg.get("vision_cfg", {})
+    if not isinstance(clip.open_clip.visual, ModifiedResNet) or not isinstance(vision_cfg.get("layers"), list):
+        raise ValueError("only a CLIP with a ModifiedResNet image tower given by model_cfg can be deepened")
+    current = list(vision_cfg["layers"])
+    if len(layers) != len(current) or any(new < old for new, old in zip(layers, current)):
+        raise ValueError(
+            f"vision layers {list(layers)} must give each of the {len(current)} stages at least the blocks it "
+            f"has ({current})"
+        )
+    vision_cfg["layers"] = list(layers)
+    grown = CLIPModel.build(dataclasses.replace(clip.config, model_cfg=model_cfg, pretrained=None))
+    result = grown.open_clip.load_state_dict(clip.open_clip.state_dict(), strict=False)
+    new_blocks = tuple(
+        f"visual.layer{stage + 1}.{block}." for stage, old in enumerate(current) for block in range(old, layers[stage])
+    )
+    if result.unexpected_keys or any(not key.startswith(new_blocks) for key in result.missing_keys):
+        raise RuntimeError(f"growing the image tower lost weights: {result.unexpected_keys or result.missing_keys}")
+    grown.train(clip.training)
+    grown.open_clip.train(clip.open_clip.training)  # CLIPModel.build leaves the open_clip model in eval mode
+    return grown
+
+
 def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: str = "") -> dict[str, float]:
     """Fine-tune ``clip``'s image tower in place (text tower and logit scale frozen); write the adapted
     CLIP as an open_clip folder to ``out_dir / "model"`` with before / after accuracies."""
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     clip_train = CLIPTrainConfig(
-        image_size=config.image_size, seed=config.seed, eval_crops_per_class=config.eval_crops_per_class
+        model_cfg=clip.config.model_cfg,  # saved as the adapted folder's architecture
+        image_size=config.image_size,
+        seed=config.seed,
+        eval_crops_per_class=config.eval_crops_per_class,
     )
     segmenter = load_proposal_segmenter(config)
     before = accuracies(clip, config, segmenter)
@@ -390,6 +431,17 @@ def measured_before(metrics: dict[str, float]) -> dict[str, float]:
     return {key[: -len("_before")]: value for key, value in metrics.items() if key.endswith("_before")}
 
 
+def _layers(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
+    """``--vision-layers`` as a tuple of block counts; a parser error says what is accepted."""
+    try:
+        layers = tuple(int(value) for value in text.split(","))
+    except ValueError:
+        parser.error(f"--vision-layers {text!r}: give comma-separated block counts per stage, e.g. 2,2,2,2")
+    if any(value < 1 for value in layers):
+        parser.error(f"--vision-layers {text!r}: every stage needs at least one block")
+    return layers
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.adapt_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -410,6 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--proposal-regions", type=int, default=None, help="with --proposals-from: how many of each scene's crops"
     )
+    parser.add_argument(
+        "--vision-layers",
+        default=None,
+        help="grow the image tower to this many blocks per stage before adapting, e.g. 2,2,2,2 (deepen_image_tower)",
+    )
     parser.add_argument("--results", type=Path, default=None, help="also write the accuracies (JSON) here")
     parser.add_argument(
         "--measure-only", action="store_true", help="print the accuracies of --clip as it is; train nothing"
@@ -421,12 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "proposal_segmenter": args.proposals_from,
         "proposal_regions": args.proposal_regions,
+        "vision_layers": _layers(args.vision_layers, parser) if args.vision_layers else None,
     }
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out is None and not args.measure_only:
         parser.error("--out is required, unless --measure-only")
     clip = load_clip_for_evaluation(args.clip)
+    if config.vision_layers is not None:
+        clip = deepen_image_tower(clip, config.vision_layers)
     if args.measure_only:
         metrics, record = accuracies(clip, config, load_proposal_segmenter(config)), {"command": command}
     else:

@@ -170,6 +170,16 @@ def train_segmenters(
 ADAPTATION_PHASES = ({"steps": 2400, "lr": 5e-4, "seed": 0}, {"steps": 2400, "lr": 2.5e-4, "seed": 1})
 
 
+def _flag(key: str) -> str:
+    """A config field's command-line flag: ``vision_layers`` -> ``--vision-layers``."""
+    return "--" + key.replace("_", "-")
+
+
+def _argument(value: Any) -> str:
+    """A config value as the command line takes it: sequences comma-separated (``2,2,2,2``)."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def adapt_clip(runs: Path, source: Path) -> float:
     """OVSeg's mask-adapted CLIP (:mod:`train.adapt_clip`) of the trained tiny CLIP ``source``, in the
     :data:`ADAPTATION_PHASES`, on both cores' threads, into ``runs/clip-adapted``. Returns the wall time
@@ -180,7 +190,7 @@ def adapt_clip(runs: Path, source: Path) -> float:
         last = index == len(ADAPTATION_PHASES) - 1
         out = runs / ("clip-adapted" if last else f"clip-adapted-{index + 1}")
         command = [sys.executable, "-m", "train.adapt_clip", "--clip", str(clip), "--out", str(out)]
-        command += [item for key, value in phase.items() for item in (f"--{key}", str(value))]
+        command += [item for key, value in phase.items() for item in (_flag(key), _argument(value))]
         if last:
             command += ["--results", str(ROOT / "results" / "tiny_clip_adapted.json")]
         (phase_seconds,) = run_parallel([command], [out.with_suffix(".log")], threads_each=threads)
@@ -209,7 +219,10 @@ def with_adapted_clip(segmenter: Any, clip_folder: Path) -> Any:
     Stage 1 never runs the CLIP's image tower (its backbone is its own CNN) and adaptation leaves the
     text tower as it was, so stage 1's outputs are unchanged: only p_hat (Eq. 2) changes. Both are
     checked: a segmenter whose backbone is the CLIP tower, or a CLIP with another text tower, is refused.
+    The image tower may have another architecture (:func:`train.adapt_clip.deepen_image_tower`): the
+    segmenter's CLIP is then rebuilt from the adapted folder's config, which its saved config records.
     """
+    from pmp.clip import CLIPModel
     from train.recipes import world_model
     from train.train_clip import load_clip_for_evaluation
 
@@ -217,18 +230,28 @@ def with_adapted_clip(segmenter: Any, clip_folder: Path) -> Any:
     if config.backbone.kind == "clip":
         raise ValueError("this segmenter's stage 1 runs the CLIP image tower; a new tower would change its proposals")
     own = segmenter.clip.open_clip.state_dict()
-    adapted = load_clip_for_evaluation(str(clip_folder)).open_clip.state_dict()
-    if own.keys() != adapted.keys():
+    adapted_clip = load_clip_for_evaluation(str(clip_folder))
+    adapted = adapted_clip.open_clip.state_dict()
+    text_keys = [k for k in own if not k.startswith("visual.")]
+    if text_keys != [k for k in adapted if not k.startswith("visual.")]:
         raise ValueError(f"{clip_folder} is not this segmenter's CLIP architecture")
-    text_changed = [k for k in own if not k.startswith("visual.") and not torch.equal(own[k], adapted[k].to(own[k]))]
+    text_changed = [
+        k for k in text_keys if own[k].shape != adapted[k].shape or not torch.equal(own[k], adapted[k].to(own[k]))
+    ]
     if text_changed:
         raise ValueError(
             f"{clip_folder} has another text tower than the segmenter ({', '.join(text_changed[:3])}, ...)"
         )
+    clip_config = dataclasses.replace(config.clip, model_cfg=adapted_clip.config.model_cfg)
+    if clip_config != config.clip:  # another image-tower architecture: rebuild the CLIP to hold it
+        clip = CLIPModel.build(dataclasses.replace(clip_config, pretrained=None)).to(segmenter.device)
+        segmenter.clip = clip.requires_grad_(False).train(segmenter.training)
     segmenter.clip.open_clip.load_state_dict(adapted)
     segmenter.clip.clear_cache()
     recipe = world_model(config.decoder.text_mode, config.decoder.num_queries)
-    segmenter.config = dataclasses.replace(config, stage2_mode=recipe.stage2_mode, crop_top_k=recipe.crop_top_k)
+    segmenter.config = dataclasses.replace(
+        config, clip=clip_config, stage2_mode=recipe.stage2_mode, crop_top_k=recipe.crop_top_k
+    )
     segmenter.config.validate()
     return segmenter
 
@@ -476,6 +499,17 @@ ADAPTATION_RUNS = {  # results/adaptation_runs/<file> -> its column, all measure
     "proposals_2400.json": "regions and proposals, 2,400 steps",
     "regions_4800.json": "world regions, 2,400 + 2,400 steps (bundled)",
 }
+THIRD_CYCLE_RUNS = {  # the bundled CLIP continued for 2,400 steps (seed 2): the tiny tower or a deeper one
+    "regions_4800.json": "the bundled CLIP (tiny tower)",
+    "pilot_bundled_plus_proposals.json": "tiny tower, + regions and proposals",
+    "deeper_plus_proposals.json": "deeper tower, + regions and proposals",
+    "deeper_regions.json": "deeper tower, + world regions",
+}
+
+
+def _adaptation_runs(results: Path, runs: dict[str, str]) -> dict[str, dict[str, float]]:
+    """Each ``results/adaptation_runs/<file>``'s metrics under its title."""
+    return {title: json.loads((results / "adaptation_runs" / name).read_text()) for name, title in runs.items()}
 
 
 def adaptation_table(results: Path) -> str:
@@ -483,12 +517,18 @@ def adaptation_table(results: Path) -> str:
     (what the proposals run started from) and each :data:`ADAPTATION_RUNS` file."""
     from train.adapt_clip import accuracy_table, measured_before
 
-    runs = {
-        title: json.loads((results / "adaptation_runs" / name).read_text()) for name, title in ADAPTATION_RUNS.items()
-    }
+    runs = _adaptation_runs(results, ADAPTATION_RUNS)
     return accuracy_table(
         {"the tiny CLIP as trained": measured_before(runs[ADAPTATION_RUNS["proposals_2400.json"]]), **runs}
     )
+
+
+def third_cycle_table(results: Path) -> str:
+    """:func:`train.adapt_clip.accuracy_table` of the :data:`THIRD_CYCLE_RUNS`: does a deeper image tower
+    hold what the tiny one traded away?"""
+    from train.adapt_clip import accuracy_table
+
+    return accuracy_table(_adaptation_runs(results, THIRD_CYCLE_RUNS))
 
 
 def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:

@@ -87,6 +87,7 @@ class CLIPAdaptConfig:
     proposal_segmenter: str | None = None  # a trained segmenter folder: its matched proposals are regions too
     proposal_regions: int = 2  # of each scene's regions_per_scene, with a proposal_segmenter
     proposal_min_iou: float = 0.5  # a proposal is named after the region it overlaps best, from this IoU
+    vision_layers: tuple[int, ...] | None = None  # grow the image tower to these blocks per stage first
     min_region_pixels: int = 12
     image_size: int = 128
     seed: int = 0
