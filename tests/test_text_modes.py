@@ -151,3 +151,26 @@ def test_ovseg_recipes_run_ovsegs_own_second_stage_and_the_demo_says_which_ran()
             assert model.decoder.text_mode == "pmp", name  # the paper-scale PMP recipes are Eq. 5 as written
     assert "crop" in column_title("baseline", "crop") and "OVSeg's masked crops" in column_title("pmp", "crop")
     assert "pool" in column_title("pmp", "pool")
+
+
+def test_the_stage1_pilots_change_only_stage_ones_size() -> None:
+    import dataclasses
+
+    from train.recipes import STAGE1_PILOTS, get_recipe
+
+    bundled = dataclasses.asdict(get_recipe("world-baseline"))
+    assert bundled["model"]["decoder"]["hidden_dim"] == bundled["model"]["pixel_decoder"]["mask_dim"] == 64
+    for name in STAGE1_PILOTS:
+        pilot = dataclasses.asdict(get_recipe(name))
+        differs = {
+            f"{part}.{key}"
+            for part in pilot["model"]
+            if isinstance(pilot["model"][part], dict)
+            for key in pilot["model"][part]
+            if pilot["model"][part][key] != bundled["model"][part][key]
+        }
+        assert differs and differs <= {
+            "backbone.name", "pixel_decoder.conv_dim", "pixel_decoder.mask_dim", "decoder.hidden_dim",
+            "decoder.num_heads", "decoder.dim_feedforward",
+        }, name  # fmt: skip
+        assert {k: v for k, v in pilot.items() if k != "model"} == {k: v for k, v in bundled.items() if k != "model"}

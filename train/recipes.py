@@ -33,8 +33,14 @@ WORLD_BACKBONE = "regnetx_002"  # timm RegNetX-200MF, trained from scratch (see 
 WORLD_STEPS = 10_000
 
 
-def world_model(text_mode: str, num_queries: int = 24) -> SegmenterConfig:
+def world_model(
+    text_mode: str, num_queries: int = 24, width: int = 64, backbone: str = WORLD_BACKBONE
+) -> SegmenterConfig:
     """The bundled segmenter: OVSeg's design at toy scale, 128 px.
+
+    ``width`` is stage 1's head width (the FPN's and the mask embeddings' channels, the decoder's hidden
+    size; feed-forward 4x, one attention head per 16 channels) and ``backbone`` its timm CNN: the
+    capacity pilots (``STAGE1_PILOTS``) change them, the bundled pair keeps 64 and RegNetX-200MF.
 
     Stage 1 has its own trainable CNN (timm's RegNetX-200MF, from scratch: nothing may be downloaded
     here) feeding MaskFormer's FPN and a 6-layer Mask2Former decoder; the frozen tiny CLIP encodes the
@@ -44,15 +50,15 @@ def world_model(text_mode: str, num_queries: int = 24) -> SegmenterConfig:
     """
     return SegmenterConfig(
         clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg(), templates=WORLD_TEMPLATES),
-        backbone=BackboneConfig(kind="timm", name=WORLD_BACKBONE),
-        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=64, mask_dim=64),
+        backbone=BackboneConfig(kind="timm", name=backbone),
+        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=width, mask_dim=width),
         decoder=DecoderConfig(
             kind="mask2former",
-            hidden_dim=64,
+            hidden_dim=width,
             num_queries=num_queries,
             num_layers=6,
-            num_heads=4,
-            dim_feedforward=256,
+            num_heads=width // 16,
+            dim_feedforward=4 * width,
             text_mode=text_mode,
         ),
         image_size=128,
@@ -65,7 +71,9 @@ def world_model(text_mode: str, num_queries: int = 24) -> SegmenterConfig:
     )
 
 
-def world_recipe(text_mode: str, num_queries: int = 24, steps: int = WORLD_STEPS) -> SegTrainConfig:
+def world_recipe(
+    text_mode: str, num_queries: int = 24, steps: int = WORLD_STEPS, **stage1: int | str
+) -> SegTrainConfig:
     """Mask2Former's recipe scaled to one CPU core for about an hour (0.33 s per step).
 
     Departures, all because the model is tiny and trained from scratch: lr 3e-4 instead of 1e-4, the
@@ -74,7 +82,7 @@ def world_recipe(text_mode: str, num_queries: int = 24, steps: int = WORLD_STEPS
     (world-full seen mIoU still rising at the end of the shorter runs).
     """
     return SegTrainConfig(
-        model=world_model(text_mode, num_queries),
+        model=world_model(text_mode, num_queries, **stage1),
         data="world",
         crop_size=128,
         batch_size=8,
@@ -136,8 +144,12 @@ def paper_recipe(backbone: str, decoder: str, text_mode: str, clip_name: str = "
     )
 
 
+# Stage-1 capacity pilots (baseline, the bundled schedule): is the mask gap a matter of stage 1's size?
+STAGE1_PILOTS = {"world-baseline-width128": {"width": 128}, "world-baseline-regnetx004": {"backbone": "regnetx_004"}}
+
 RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
     **{f"world-{'baseline' if m == 'none' else m}": (lambda m=m: world_recipe(m)) for m in TEXT_MODES},
+    **{name: (lambda s=changes: world_recipe("none", **s)) for name, changes in STAGE1_PILOTS.items()},
     **{
         f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
         for b in ("resnet101d", "swin_base_patch4_window12_384")
