@@ -252,3 +252,31 @@ def test_the_adaptation_phases_run_in_a_chain_with_their_settings_as_flags(monke
     assert last[last.index("--clip") + 1] == str(tmp_path / "clip-adapted-1" / "model")  # the chain
     assert last[last.index("--vision-layers") + 1] == "2,2,2,2" and last[last.index("--lr") + 1] == "0.0001"
     assert last[last.index("--out") + 1] == str(tmp_path / "clip-adapted") and "--results" in last
+
+
+def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path) -> None:
+    from train.bundle import PILOT_STEPS, stage1_pilot_results, stage1_pilot_runs, stage1_pilot_table
+
+    planned = stage1_pilot_runs()
+    assert [run.steps for run in planned] == [PILOT_STEPS] * len(planned)
+    assert planned[1].recipe is None and "world-baseline" in planned[1].command(tmp_path)  # the control
+    for index, run in enumerate(planned):
+        (tmp_path / run.name).mkdir()
+        rows = [
+            {"step": 10, "seconds": 60.0, "loss": 1.0},
+            {"step": PILOT_STEPS, "seconds": 120.0 + index, "loss": 0.5},
+            {"step": PILOT_STEPS, "eval/world-full/miou": 0.4, "eval/world-full/miou_seen": 0.5,
+             "eval/world-full/proposal_recall": 0.6 + 0.01 * index},
+        ]  # fmt: skip
+        (tmp_path / run.name / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    results = stage1_pilot_results(planned, tmp_path)
+    assert list(results) == ["world-baseline-width128", "world-baseline", "world-baseline-regnetx004"]
+    sizes = {recipe: result["stage1_parameters"] for recipe, result in results.items()}
+    assert (
+        sizes["world-baseline-width128"] > sizes["world-baseline"]
+        and sizes["world-baseline-regnetx004"] > sizes["world-baseline"]
+    )
+    (tmp_path / "pilots.json").write_text(json.dumps(results))
+    table = stage1_pilot_table(tmp_path / "pilots.json")
+    control = f"| world-baseline | {sizes['world-baseline'] / 1e6:.2f} M | {PILOT_STEPS} | 2.0 | 61.0 | 40.0 / 50.0 |"
+    assert control in table

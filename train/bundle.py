@@ -45,6 +45,7 @@ ABLATIONS = {
 CLIP_WEIGHT_SWEEP = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # Eq. 3's exponent of p_hat; 0 = stage 1 alone
 # The query-budget sweep and the Fig. 5 ablations: the bundled recipe, shorter (the same for every run).
 SHORT_STEPS = 1500
+PILOT_STEPS = 3000  # the stage-1 capacity pilots and their control, each the bundled schedule this long
 QUERY_BUDGETS = (4, 8, 16, 32)
 SWEEP_BENCHMARKS = ("world-mixed", "world-full")
 ABLATION_QUERIES = 16
@@ -59,6 +60,7 @@ class Run:
     steps: int | None = None  # None: the recipe's
     num_queries: int | None = None
     seed: int | None = None
+    recipe: str | None = None  # None: the bundled recipe of text_mode (world-baseline, world-pmp, ...)
 
     def command(self, runs: Path) -> list[str]:
         command = [
@@ -66,7 +68,7 @@ class Run:
             "-m",
             "train.train_segmenter",
             "--recipe",
-            f"world-{'baseline' if self.text_mode == 'none' else self.text_mode}",
+            self.recipe or f"world-{'baseline' if self.text_mode == 'none' else self.text_mode}",
             "--out",
             os.path.relpath(runs / self.name, ROOT),
             "--init-clip",
@@ -621,6 +623,51 @@ def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[
     return points
 
 
+def stage1_pilot_runs() -> list[Run]:
+    """The stage-1 capacity pilots (:data:`train.recipes.STAGE1_PILOTS`) and their control, the bundled
+    baseline, each :data:`PILOT_STEPS` long; the first pilot trains beside the control (it is the slowest)."""
+    from train.recipes import STAGE1_PILOTS
+
+    pilots = [Run(f"pilot-{name}", "none", steps=PILOT_STEPS, recipe=name) for name in STAGE1_PILOTS]
+    return [pilots[0], Run("pilot-world-baseline", "none", steps=PILOT_STEPS), *pilots[1:]]
+
+
+def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
+    """Per pilot run: its recipe, stage 1's parameter count, training minutes and its evaluation rows
+    (:func:`learning_curve`: world-full, the recipe's first ``eval_limit`` images)."""
+    from pmp.segmenter import Segmenter
+    from train.recipes import get_recipe
+
+    results = {}
+    for run in planned:
+        recipe = run.recipe or "world-baseline"
+        stage1 = Segmenter(get_recipe(recipe).model, load_backbone_weights=False).proposal_model
+        rows = [json.loads(line) for line in (runs / run.name / "metrics.jsonl").read_text().splitlines()]
+        results[recipe] = {
+            "steps": run.steps,
+            "stage1_parameters": sum(p.numel() for p in stage1.parameters()),
+            "train_minutes": round(max(row.get("seconds", 0.0) for row in rows) / 60, 1),
+            "curve": learning_curve(runs / run.name),
+        }
+    return results
+
+
+def stage1_pilot_table(results_file: Path) -> str:
+    """Markdown: each pilot's size, time and its last evaluation (world-full recall and mIoU)."""
+    pilots = json.loads(results_file.read_text())
+    lines = [
+        "| recipe | stage-1 parameters | steps | minutes (1 core) | world-full recall | world-full mIoU (all / seen) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for recipe, pilot in pilots.items():
+        last = pilot["curve"][-1]
+        lines.append(
+            f"| {recipe} | {pilot['stage1_parameters'] / 1e6:.2f} M | {last['step']} | {pilot['train_minutes']:.1f} | "
+            f"{100 * last['proposal_recall']:.1f} | {100 * last['miou']:.1f} / {100 * last['miou_seen']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def query_sweep_table(files: list[Path]) -> str:
     """The sweep as a table: per benchmark, metric and budget, baseline and PMP (mean ± std over seeds)."""
     points = query_sweep_points(files)
@@ -770,6 +817,12 @@ def main(argv: list[str] | None = None) -> int:
         "this mask-adapted tiny CLIP (python -m train.adapt_clip) and the recipe's stage 2; install the CLIP "
         "as checkpoints/tiny-clip",
     )
+    parser.add_argument(
+        "--stage1-pilots",
+        action="store_true",
+        help=f"stage-1 capacity pilots (train.recipes.STAGE1_PILOTS) and the bundled baseline, {PILOT_STEPS} "
+        "steps each -> results/stage1_pilots.json, .md",
+    )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
     parser.add_argument("--seg-steps", type=int, default=None)
@@ -795,6 +848,12 @@ def main(argv: list[str] | None = None) -> int:
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         table = investigate_stage2(dirs, args.results / "stage2.json", args.eval_limit or 100)
         (args.results / "stage2.md").write_text(table)
+    elif args.stage1_pilots:
+        planned = stage1_pilot_runs()
+        if not args.evaluate_only:
+            train_segmenters(planned, args.runs, None)
+        write_json(args.results / "stage1_pilots.json", stage1_pilot_results(planned, args.runs))
+        (args.results / "stage1_pilots.md").write_text(stage1_pilot_table(args.results / "stage1_pilots.json"))
     elif args.query_sweep:
         seed = args.seed or 0
         planned = [
