@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,32 @@ def test_the_command_line_says_what_vision_layers_it_accepts(capsys) -> None:
         with pytest.raises(SystemExit):
             main(["--clip", "checkpoints/tiny-clip", "--measure-only", "--vision-layers", bad])
         assert message in capsys.readouterr().err
+
+
+def test_a_misread_crop_is_told_apart_by_where_the_name_it_was_given_lies() -> None:
+    from train.adapt_clip import _crop_outcome
+
+    car, other_car, wheel, sky = (np.zeros((32, 32), bool) for _ in range(4))
+    car[4:14, 4:14], other_car[20:30, 20:30], wheel[10:14, 4:8], sky[:2] = True, True, True, True
+    regions = [(car, "car"), (other_car, "car"), (wheel, "wheel"), (sky, "sky")]
+    proposal = other_car.copy()
+    proposal[20:30, 18:20] = True  # 100 of its 120 pixels
+    assert _crop_outcome(proposal, "car", "car", regions) == (100 / 120, None)  # the best car, read right
+    assert _crop_outcome(car, "car", "wheel", regions)[1] == "inside the mask"  # 16 of 100 pixels are wheel
+    assert _crop_outcome(car, "car", "sky", regions)[1] == "elsewhere in the scene"
+    assert _crop_outcome(car, "car", "dog", regions)[1] == "not in it"
+
+
+def test_crop_errors_bin_every_held_out_crop(monkeypatch) -> None:
+    import train.adapt_clip as adapt_clip
+
+    scene = world.render_scene(3, 128)
+    regions = scene_regions(scene, min_pixels=500)
+    segmenter, _ = _segmenter_proposing(scene, regions)
+    monkeypatch.setattr(adapt_clip, "_EVAL_SEED_BASE", 3)  # the held-out scene is scene 3
+    config = dataclasses.replace(CLIPAdaptConfig(), image_size=128, min_region_pixels=500, eval_scenes=1)
+    errors = adapt_clip.proposal_crop_errors(segmenter.clip, config, segmenter)
+    assert errors["crops"] == 1 and math.isclose(sum(b["share"] for b in errors["by_iou"].values()), 1.0)
+    [(bin_name, measured)] = errors["by_iou"].items()
+    assert float(bin_name.split("-")[0]) >= 0.5 and measured["top1"] == errors["top1"]
+    assert math.isclose(sum(errors["errors_lie"].values()), 0.0 if errors["top1"] == 1.0 else 1.0)

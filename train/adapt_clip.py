@@ -5,7 +5,7 @@ fine-tuned on masked crops of regions, the text tower stays frozen.
         [--steps 2400] [--lr 5e-4] [--seed 0] [--proposals-from checkpoints/baseline] [--results FILE.json] \
         [--vision-layers 2,2,2,2]                # a deeper image tower, grown from the given one
     python -m train.adapt_clip --clip runs/tiny-clip-adapted/model --proposals-from checkpoints/baseline \
-        --measure-only                          # its top-1 on held-out crops; trains nothing
+        --measure-only [--crop-errors]          # its top-1 on held-out crops (or why they are misread)
 
 Why: OVSeg's stage 2 classifies each proposal by a masked crop (:func:`pmp.stage2.masked_crops`), and a
 CLIP trained on whole photos has never seen an image that is mostly CLIP's mean colour with one region
@@ -39,6 +39,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -260,6 +261,95 @@ def proposal_crops(
     return _crops(clip, [(image, masks, names) for (image, _), (masks, names) in zip(scenes, matched)])
 
 
+def _kind(name: str) -> str:
+    return "part" if name in PART_NAMES else "stuff" if name in STUFF_CLASSES else "thing"
+
+
+IOU_BINS = (0.5, 0.6, 0.7, 0.8, 0.9)  # lower edges: the matched proposals' IoU with the region they are named after
+
+
+def _crop_outcome(binary: np.ndarray, truth: str, guessed: str, regions: Regions) -> tuple[float, str | None]:
+    """One proposal crop's IoU with the region it is named after (the best of that name's regions, as
+    :func:`matched_proposals` chose it) and, when misread, where the guessed name lies: ``inside the
+    mask`` (its regions cover at least 10% of the proposal), ``elsewhere in the scene`` or ``not in it``."""
+    iou = max((binary & mask).sum() / max((binary | mask).sum(), 1) for mask, name in regions if name == truth)
+    if guessed == truth:
+        return float(iou), None
+    guessed_pixels = [mask for mask, name in regions if name == guessed]
+    if not guessed_pixels:
+        return float(iou), "not in it"
+    covered = (binary & np.logical_or.reduce(guessed_pixels)).sum()
+    return float(iou), "inside the mask" if covered >= 0.1 * binary.sum() else "elsewhere in the scene"
+
+
+@torch.no_grad()
+def proposal_crop_errors(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter) -> dict[str, Any]:
+    """Why crops of proposals are misread, on the held-out crops of :func:`region_accuracy`.
+
+    Returns top-1 and the share of crops per bin of their proposal's IoU with the region they are named
+    after (:data:`IOU_BINS`); where the wrong answers lie (:func:`_crop_outcome`); and what kind of name
+    each kind of region is misread as (thing / stuff / part named as thing / stuff / part).
+    """
+    was_training = clip.training
+    clip.eval()
+    text = clip.encode_text(list(REGION_NAMES))  # (V, C)
+    ious, hits, where, kinds = [], [], {}, {}
+    for start in range(0, config.eval_scenes, 16):
+        scenes = _scenes([_EVAL_SEED_BASE + i for i in range(start, min(start + 16, config.eval_scenes))], config)
+        for (image, regions), (masks, names) in zip(
+            scenes, matched_proposals(segmenter, scenes, config.proposal_min_iou)
+        ):
+            if not names:
+                continue
+            crops, kept = masked_crops(clip, image, masks)
+            guesses = (F.normalize(clip.open_clip.encode_image(crops), dim=-1) @ text.T).argmax(-1).tolist()
+            for index, guess in zip(kept.tolist(), guesses):
+                truth, guessed = names[index], REGION_NAMES[guess]
+                iou, lies = _crop_outcome(masks[index].numpy() > 0.5, truth, guessed, regions)
+                ious.append(iou)
+                hits.append(lies is None)
+                if lies is not None:
+                    where[lies] = where.get(lies, 0) + 1
+                    kind = f"{_kind(truth)} named as {_kind(guessed)}"
+                    kinds[kind] = kinds.get(kind, 0) + 1
+    clip.train(was_training)
+    if not hits:
+        return {"crops": 0}
+    iou, correct = np.asarray(ious), np.asarray(hits)
+    edges = (*IOU_BINS, 1.01)
+    bins = {}
+    for low, high in zip(edges[:-1], edges[1:]):
+        chosen = (iou >= low) & (iou < high)
+        if chosen.any():
+            bins[f"{low:.1f}-{min(high, 1.0):.1f}"] = {
+                "share": float(chosen.mean()),
+                "top1": float(correct[chosen].mean()),
+            }
+    errors = max(int((~correct).sum()), 1)
+    return {
+        "crops": len(hits),
+        "top1": float(correct.mean()),
+        "by_iou": bins,
+        "errors_lie": {key: count / errors for key, count in sorted(where.items(), key=lambda kv: -kv[1])},
+        "errors_by_kind": {key: count / errors for key, count in sorted(kinds.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def crop_error_table(errors: dict[str, Any]) -> str:
+    """Markdown of :func:`proposal_crop_errors`: top-1 per IoU bin, then where the wrong names lie."""
+    bins = errors["by_iou"]
+    top1 = " | ".join(f"{100 * b['top1']:.0f}" for b in bins.values())
+    lines = [
+        "| IoU of the proposal with its region | " + " | ".join(bins) + " | all |",
+        "|---|" + "---|" * (len(bins) + 1),
+        "| share of the crops (%) | " + " | ".join(f"{100 * b['share']:.0f}" for b in bins.values()) + " | 100 |",
+        f"| top-1 (%) | {top1} | {100 * errors['top1']:.0f} |",
+    ]
+    lies = ", ".join(f"{where} {100 * share:.0f}%" for where, share in errors["errors_lie"].items())
+    kinds = ", ".join(f"{kind} {100 * share:.0f}%" for kind, share in errors["errors_by_kind"].items())
+    return "\n".join(lines) + f"\n\nWrong names: {lies}. By kind: {kinds}.\n"
+
+
 def accuracies(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter | None) -> dict[str, float]:
     """Everything :func:`adapt` measures before and after: region (and proposal) top-1, zero-shot tests."""
     from train.train_clip import zero_shot_accuracy
@@ -471,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--measure-only", action="store_true", help="print the accuracies of --clip as it is; train nothing"
     )
+    parser.add_argument(
+        "--crop-errors",
+        action="store_true",
+        help="with --measure-only and --proposals-from: only why proposal crops are misread (proposal_crop_errors)",
+    )
     args = parser.parse_args(argv)
     overrides = {
         "steps": args.steps,
@@ -487,7 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     clip = load_clip_for_evaluation(args.clip)
     if config.vision_layers is not None:
         clip = deepen_image_tower(clip, config.vision_layers)
-    if args.measure_only:
+    if args.crop_errors and not (args.measure_only and args.proposals_from):
+        parser.error("--crop-errors needs --measure-only and --proposals-from")
+    if args.crop_errors:
+        metrics, record = proposal_crop_errors(clip, config, load_proposal_segmenter(config)), {"command": command}
+    elif args.measure_only:
         metrics, record = accuracies(clip, config, load_proposal_segmenter(config)), {"command": command}
     else:
         metrics = adapt(clip, config, args.out, command=command)
