@@ -167,6 +167,18 @@ def test_readme_adaptation_tables_are_generated_from_results() -> None:
     assert stage2_history(ROOT / "results") in readme
 
 
+def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_from_results() -> None:
+    from train.adapt_clip import crop_error_table
+    from train.bundle import markdown_table, stage1_pilot_files, stage1_pilot_table, third_cycle_table
+
+    readme = (ROOT / "README.md").read_text()
+    assert third_cycle_table(ROOT / "results") in readme
+    deeper = json.loads((ROOT / "results" / "deeper_tower_on_proposals" / "main.json").read_text())
+    assert markdown_table(deeper) in readme
+    assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in readme
+    assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in readme
+
+
 def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
     from train.bundle import ADAPTATION_RUNS, SEED_FILES, STAGE2_HISTORY, adaptation_table, stage2_history
 
@@ -190,6 +202,12 @@ def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
         "| masked crops of the baseline's matched proposals: seen things and stuff | 5.0 | 0.0 | 10.0 | 20.0 |" in table
     )
     assert table.count("\n") == 3  # header, rule, the one measured row
+    from train.bundle import THIRD_CYCLE_RUNS, third_cycle_table
+
+    for index, name in enumerate(THIRD_CYCLE_RUNS):
+        (tmp_path / "adaptation_runs" / name).write_text(json.dumps({"proposal_top1": 0.5 + 0.1 * index}))
+    table = third_cycle_table(tmp_path)
+    assert "| masked crops of the baseline's matched proposals: all names | 50.0 | 60.0 | 70.0 | 80.0 |" in table
 
 
 def test_a_planned_run_is_the_recipe_with_only_its_fields_changed() -> None:
@@ -260,23 +278,29 @@ def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path)
     planned = stage1_pilot_runs()
     assert [run.steps for run in planned] == [PILOT_STEPS] * len(planned)
     assert planned[1].recipe is None and "world-baseline" in planned[1].command(tmp_path)  # the control
-    for index, run in enumerate(planned):
+    reseeded = stage1_pilot_runs(seed=1)
+    assert all(run.name.endswith("-seed1") and "--seed" in run.command(tmp_path) for run in reseeded)
+
+    def trained(run, recall: float) -> None:
         (tmp_path / run.name).mkdir()
         rows = [
             {"step": 10, "seconds": 60.0, "loss": 1.0},
-            {"step": PILOT_STEPS, "seconds": 120.0 + index, "loss": 0.5},
+            {"step": PILOT_STEPS, "seconds": 120.0, "loss": 0.5},
             {"step": PILOT_STEPS, "eval/world-full/miou": 0.4, "eval/world-full/miou_seen": 0.5,
-             "eval/world-full/proposal_recall": 0.6 + 0.01 * index},
+             "eval/world-full/proposal_recall": recall},
         ]  # fmt: skip
         (tmp_path / run.name / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    results = stage1_pilot_results(planned, tmp_path)
-    assert list(results) == ["world-baseline-width128", "world-baseline", "world-baseline-regnetx004"]
-    sizes = {recipe: result["stage1_parameters"] for recipe, result in results.items()}
-    assert (
-        sizes["world-baseline-width128"] > sizes["world-baseline"]
-        and sizes["world-baseline-regnetx004"] > sizes["world-baseline"]
-    )
-    (tmp_path / "pilots.json").write_text(json.dumps(results))
-    table = stage1_pilot_table(tmp_path / "pilots.json")
-    control = f"| world-baseline | {sizes['world-baseline'] / 1e6:.2f} M | {PILOT_STEPS} | 2.0 | 61.0 | 40.0 / 50.0 |"
-    assert control in table
+
+    for run in planned:
+        trained(run, 0.6)
+    trained(reseeded[1], 0.62)  # the second seed of the control only
+    first = stage1_pilot_results(planned, tmp_path)
+    assert list(first) == ["world-baseline-width128", "world-baseline", "world-baseline-regnetx004"]
+    sizes = {recipe: result["stage1_parameters"] for recipe, result in first.items()}
+    assert sizes["world-baseline-width128"] > sizes["world-baseline"] < sizes["world-baseline-regnetx004"]
+    assert list(stage1_pilot_results(reseeded, tmp_path)) == ["world-baseline"]  # untrained runs are left out
+    (tmp_path / "seed0.json").write_text(json.dumps(first))
+    (tmp_path / "seed1.json").write_text(json.dumps(stage1_pilot_results(reseeded, tmp_path)))
+    table = stage1_pilot_table([tmp_path / "seed0.json", tmp_path / "seed1.json"])
+    control = f"| world-baseline | {sizes['world-baseline'] / 1e6:.2f} M | {PILOT_STEPS} | 2 | 2.0 | 61.0 ± 1.4 |"
+    assert control in table and f"| {PILOT_STEPS} | 1 | 2.0 | 60.0 | 40.0 | 50.0 |" in table

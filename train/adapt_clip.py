@@ -491,10 +491,12 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
 
 
 ACCURACY_ROWS = {  # metric key: what it measures (top-1 in %, per name then averaged)
+    "proposal_top1": "masked crops of the baseline's matched proposals: all names",
     "proposal_class_top1_seen": "masked crops of the baseline's matched proposals: seen things and stuff",
     "proposal_class_top1_unseen": "masked crops of the baseline's matched proposals: unseen things and stuff",
     "proposal_part_top1_seen": "masked crops of the baseline's matched proposals: seen parts",
     "proposal_part_top1_unseen": "masked crops of the baseline's matched proposals: unseen parts",
+    "region_top1": "masked crops of proposal-like regions: all names",
     "region_class_top1_seen": "masked crops of proposal-like regions: seen things and stuff",
     "region_class_top1_unseen": "masked crops of proposal-like regions: unseen things and stuff",
     "region_part_top1_seen": "masked crops of proposal-like regions: seen parts",

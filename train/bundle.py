@@ -501,11 +501,11 @@ ADAPTATION_RUNS = {  # results/adaptation_runs/<file> -> its column, all measure
     "proposals_2400.json": "regions and proposals, 2,400 steps",
     "regions_4800.json": "world regions, 2,400 + 2,400 steps (bundled)",
 }
-THIRD_CYCLE_RUNS = {  # the bundled CLIP continued for 2,400 steps (seed 2): the tiny tower or a deeper one
-    "regions_4800.json": "the bundled CLIP (tiny tower)",
-    "pilot_bundled_plus_proposals.json": "tiny tower, + regions and proposals",
-    "deeper_plus_proposals.json": "deeper tower, + regions and proposals",
-    "deeper_regions.json": "deeper tower, + world regions",
+THIRD_CYCLE_RUNS = {  # the bundled two-cycle CLIP continued for 2,400 steps (seed 2): the tiny tower or a deeper one
+    "regions_4800.json": "two cycles, tiny tower (the start)",
+    "pilot_bundled_plus_proposals.json": "tiny tower, + regions and proposals, lr 1.25e-4",
+    "deeper_regions.json": "deeper tower, + world regions, lr 2.5e-4",
+    "deeper_plus_proposals.json": "deeper tower, + regions and proposals, lr 5e-4",
 }
 
 
@@ -623,28 +623,34 @@ def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[
     return points
 
 
-def stage1_pilot_runs() -> list[Run]:
+def stage1_pilot_runs(seed: int = 0) -> list[Run]:
     """The stage-1 capacity pilots (:data:`train.recipes.STAGE1_PILOTS`) and their control, the bundled
     baseline, each :data:`PILOT_STEPS` long; the first pilot trains beside the control (it is the slowest)."""
     from train.recipes import STAGE1_PILOTS
 
-    pilots = [Run(f"pilot-{name}", "none", steps=PILOT_STEPS, recipe=name) for name in STAGE1_PILOTS]
-    return [pilots[0], Run("pilot-world-baseline", "none", steps=PILOT_STEPS), *pilots[1:]]
+    suffix = f"-seed{seed}" if seed else ""
+    pilots = [Run(f"pilot-{name}{suffix}", "none", PILOT_STEPS, seed=seed, recipe=name) for name in STAGE1_PILOTS]
+    return [pilots[0], Run(f"pilot-world-baseline{suffix}", "none", PILOT_STEPS, seed=seed), *pilots[1:]]
 
 
 def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
-    """Per pilot run: its recipe, stage 1's parameter count, training minutes and its evaluation rows
-    (:func:`learning_curve`: world-full, the recipe's first ``eval_limit`` images)."""
+    """Per pilot run that has trained: its recipe, stage 1's parameter count, training minutes and its
+    evaluation rows (:func:`learning_curve`: world-full, the recipe's first ``eval_limit`` images)."""
     from pmp.segmenter import Segmenter
     from train.recipes import get_recipe
 
     results = {}
     for run in planned:
+        log = runs / run.name / "metrics.jsonl"
+        if not log.is_file():
+            print(f"stage-1 pilot {run.name} has not been trained ({log} is missing); left out")
+            continue
         recipe = run.recipe or "world-baseline"
         stage1 = Segmenter(get_recipe(recipe).model, load_backbone_weights=False).proposal_model
-        rows = [json.loads(line) for line in (runs / run.name / "metrics.jsonl").read_text().splitlines()]
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
         results[recipe] = {
             "steps": run.steps,
+            "seed": run.seed,
             "stage1_parameters": sum(p.numel() for p in stage1.parameters()),
             "train_minutes": round(max(row.get("seconds", 0.0) for row in rows) / 60, 1),
             "curve": learning_curve(runs / run.name),
@@ -652,20 +658,32 @@ def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
     return results
 
 
-def stage1_pilot_table(results_file: Path) -> str:
-    """Markdown: each pilot's size, time and its last evaluation (world-full recall and mIoU)."""
-    pilots = json.loads(results_file.read_text())
+def stage1_pilot_table(results_files: list[Path]) -> str:
+    """Markdown: each pilot's size and time, and its last evaluation (world-full recall, mIoU all and
+    seen) over the seeds of ``results_files`` (one :func:`stage1_pilot_results` file per seed)."""
+    seeds = [json.loads(f.read_text()) for f in results_files]
     lines = [
-        "| recipe | stage-1 parameters | steps | minutes (1 core) | world-full recall | world-full mIoU (all / seen) |",
-        "|---|---|---|---|---|---|",
+        "| recipe | stage-1 parameters | steps | seeds | minutes (1 core) | world-full recall | world-full mIoU "
+        "| world-full seen mIoU |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for recipe, pilot in pilots.items():
-        last = pilot["curve"][-1]
+    for recipe, first in seeds[0].items():
+        pilots = [seed[recipe] for seed in seeds if recipe in seed]
+        cells = []
+        for key in ("proposal_recall", "miou", "miou_seen"):
+            mean, std = mean_and_std([100 * pilot["curve"][-1][key] for pilot in pilots])
+            cells.append(f"{mean:.1f} ± {std:.1f}" if len(pilots) > 1 else f"{mean:.1f}")
+        minutes = mean_and_std([pilot["train_minutes"] for pilot in pilots])[0]
         lines.append(
-            f"| {recipe} | {pilot['stage1_parameters'] / 1e6:.2f} M | {last['step']} | {pilot['train_minutes']:.1f} | "
-            f"{100 * last['proposal_recall']:.1f} | {100 * last['miou']:.1f} / {100 * last['miou_seen']:.1f} |"
+            f"| {recipe} | {first['stage1_parameters'] / 1e6:.2f} M | {first['curve'][-1]['step']} | {len(pilots)} "
+            f"| {minutes:.1f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
+
+
+def stage1_pilot_files(results: Path) -> list[Path]:
+    """The per-seed pilot files: ``stage1_pilots.json`` (seed 0), then ``stage1_pilots_seed<k>.json``."""
+    return [results / "stage1_pilots.json", *sorted(results.glob("stage1_pilots_seed*.json"))]
 
 
 def query_sweep_table(files: list[Path]) -> str:
@@ -800,7 +818,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"baseline and PMP at {', '.join(map(str, QUERY_BUDGETS))} queries, {SHORT_STEPS} steps each",
     )
     parser.add_argument(
-        "--seed", type=int, default=None, help="with --query-sweep: its seed; alone: another seed of the bundled pair"
+        "--seed",
+        type=int,
+        default=None,
+        help="with --query-sweep or --stage1-pilots: its seed; alone: another seed of the bundled pair",
     )
     parser.add_argument(
         "--learning-curve",
@@ -821,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         "--stage1-pilots",
         action="store_true",
         help=f"stage-1 capacity pilots (train.recipes.STAGE1_PILOTS) and the bundled baseline, {PILOT_STEPS} "
-        "steps each -> results/stage1_pilots.json, .md",
+        "steps each -> results/stage1_pilots.json (with --seed K: _seedK.json) and the table of all seeds, .md",
     )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
@@ -849,11 +870,12 @@ def main(argv: list[str] | None = None) -> int:
         table = investigate_stage2(dirs, args.results / "stage2.json", args.eval_limit or 100)
         (args.results / "stage2.md").write_text(table)
     elif args.stage1_pilots:
-        planned = stage1_pilot_runs()
+        planned = stage1_pilot_runs(args.seed or 0)
         if not args.evaluate_only:
             train_segmenters(planned, args.runs, None)
-        write_json(args.results / "stage1_pilots.json", stage1_pilot_results(planned, args.runs))
-        (args.results / "stage1_pilots.md").write_text(stage1_pilot_table(args.results / "stage1_pilots.json"))
+        name = f"stage1_pilots_seed{args.seed}.json" if args.seed else "stage1_pilots.json"
+        write_json(args.results / name, stage1_pilot_results(planned, args.runs))
+        (args.results / "stage1_pilots.md").write_text(stage1_pilot_table(stage1_pilot_files(args.results)))
     elif args.query_sweep:
         seed = args.seed or 0
         planned = [
