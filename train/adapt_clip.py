@@ -38,6 +38,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +294,7 @@ def proposal_crop_errors(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Se
     was_training = clip.training
     clip.eval()
     text = clip.encode_text(list(REGION_NAMES))  # (V, C)
-    ious, hits, where, kinds = [], [], {}, {}
+    ious, hits, where, kinds = [], [], Counter(), Counter()
     for start in range(0, config.eval_scenes, 16):
         scenes = _scenes([_EVAL_SEED_BASE + i for i in range(start, min(start + 16, config.eval_scenes))], config)
         for (image, regions), (masks, names) in zip(
@@ -309,9 +310,8 @@ def proposal_crop_errors(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Se
                 ious.append(iou)
                 hits.append(lies is None)
                 if lies is not None:
-                    where[lies] = where.get(lies, 0) + 1
-                    kind = f"{_kind(truth)} named as {_kind(guessed)}"
-                    kinds[kind] = kinds.get(kind, 0) + 1
+                    where[lies] += 1
+                    kinds[f"{_kind(truth)} named as {_kind(guessed)}"] += 1
     clip.train(was_training)
     if not hits:
         return {"crops": 0}
@@ -330,8 +330,8 @@ def proposal_crop_errors(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Se
         "crops": len(hits),
         "top1": float(correct.mean()),
         "by_iou": bins,
-        "errors_lie": {key: count / errors for key, count in sorted(where.items(), key=lambda kv: -kv[1])},
-        "errors_by_kind": {key: count / errors for key, count in sorted(kinds.items(), key=lambda kv: -kv[1])},
+        "errors_lie": {key: count / errors for key, count in where.most_common()},
+        "errors_by_kind": {key: count / errors for key, count in kinds.most_common()},
     }
 
 
@@ -375,8 +375,8 @@ def load_proposal_segmenter(config: CLIPAdaptConfig) -> Segmenter | None:
 def deepen_image_tower(clip: CLIPModel, layers: tuple[int, ...]) -> CLIPModel:
     """A copy of ``clip`` whose ModifiedResNet image tower has ``layers`` bottleneck blocks per stage.
 
-    Why: the tiny tower (one block per stage) seems unable to read things and parts well at once, and
-    a wider one costs stage 2 too much time; a deeper one is the cheaper capacity. The new blocks are
+    Why: stage 2 runs the tower on every proposal, so capacity is cheaper in depth than in width (a
+    convolution's cost grows with the square of its width). The new blocks are
     appended to each stage and start as the identity (open_clip zero-initialises every block's last
     BatchNorm scale, and a block's input is already non-negative), so the grown CLIP computes exactly
     what ``clip`` did until adaptation trains them. The text tower is copied unchanged.
@@ -417,6 +417,8 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
         seed=config.seed,
         eval_crops_per_class=config.eval_crops_per_class,
     )
+    if clip.config.model_cfg is None:
+        raise ValueError("adaptation saves an open_clip folder, so it needs a CLIP given by model_cfg (such a folder)")
     segmenter = load_proposal_segmenter(config)
     before = accuracies(clip, config, segmenter)
     clip.requires_grad_(False)
