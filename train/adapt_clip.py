@@ -40,7 +40,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -61,7 +61,14 @@ from train.train_clip import (
     save_open_clip_folder,
     to_clip_pixels,
 )
-from train.world.vocabulary import CLASS_NAMES, PART_NAMES, SEEN_CLASSES, SEEN_PARTS, STUFF_CLASSES
+from train.world.vocabulary import (
+    CLASS_NAMES,
+    GRANULARITY,
+    PART_NAMES,
+    SEEN_CLASSES,
+    SEEN_PARTS,
+    STUFF_CLASSES,
+)
 
 REGION_NAMES: tuple[str, ...] = CLASS_NAMES + PART_NAMES  # what a masked crop is classified among
 _SCENE_SEED_BASE = 700_000_000  # adaptation scenes: far from training indices and the benchmarks (> 2e9)
@@ -212,6 +219,17 @@ def region_batch(
     return _crops(clip, chosen)
 
 
+def _held_out_seeds(config: CLIPAdaptConfig) -> Iterator[list[int]]:
+    """The held-out scenes' seeds (``eval_scenes`` of them, the same for every adaptation seed), 16 at a time."""
+    for start in range(0, config.eval_scenes, 16):
+        yield [_EVAL_SEED_BASE + i for i in range(start, min(start + 16, config.eval_scenes))]
+
+
+def _guesses(clip: CLIPModel, crops: torch.Tensor, text: torch.Tensor) -> list[str]:
+    """The :data:`REGION_NAMES` name each crop (B, 3, S, S) is closest to, given their embeddings ``text`` (V, C)."""
+    return [REGION_NAMES[i] for i in (F.normalize(clip.open_clip.encode_image(crops), dim=-1) @ text.T).argmax(-1)]
+
+
 @torch.no_grad()
 def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter | None = None) -> dict[str, float]:
     """Top-1 of masked crops of held-out scenes among :data:`REGION_NAMES`, averaged per name: all names,
@@ -225,15 +243,13 @@ def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segment
     text = clip.encode_text(list(REGION_NAMES))  # (V, C)
     rng = np.random.default_rng(1)  # the same held-out crops whatever the adaptation's seed
     per_name: dict[str, list[bool]] = {}
-    for start in range(0, config.eval_scenes, 16):
-        seeds = [_EVAL_SEED_BASE + i for i in range(start, min(start + 16, config.eval_scenes))]
+    for seeds in _held_out_seeds(config):
         if segmenter is None:
             crops, names = region_batch(clip, seeds, dataclasses.replace(config, regions_per_scene=1000), rng)
         else:
             crops, names = proposal_crops(clip, segmenter, seeds, config)
-        guesses = (F.normalize(clip.open_clip.encode_image(crops), dim=-1) @ text.T).argmax(-1).tolist()
-        for name, guess in zip(names, guesses):
-            per_name.setdefault(name, []).append(REGION_NAMES[guess] == name)
+        for name, guess in zip(names, _guesses(clip, crops, text)):
+            per_name.setdefault(name, []).append(guess == name)
     clip.train(was_training)
 
     def mean(names: list[str]) -> float:
@@ -260,10 +276,6 @@ def proposal_crops(
     scenes = _scenes(seeds, config)
     matched = matched_proposals(segmenter, scenes, config.proposal_min_iou)
     return _crops(clip, [(image, masks, names) for (image, _), (masks, names) in zip(scenes, matched)])
-
-
-def _kind(name: str) -> str:
-    return "part" if name in PART_NAMES else "stuff" if name in STUFF_CLASSES else "thing"
 
 
 IOU_BINS = (0.5, 0.6, 0.7, 0.8, 0.9)  # lower edges: the matched proposals' IoU with the region they are named after
@@ -295,23 +307,22 @@ def proposal_crop_errors(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Se
     clip.eval()
     text = clip.encode_text(list(REGION_NAMES))  # (V, C)
     ious, hits, where, kinds = [], [], Counter(), Counter()
-    for start in range(0, config.eval_scenes, 16):
-        scenes = _scenes([_EVAL_SEED_BASE + i for i in range(start, min(start + 16, config.eval_scenes))], config)
+    for seeds in _held_out_seeds(config):
+        scenes = _scenes(seeds, config)
         for (image, regions), (masks, names) in zip(
             scenes, matched_proposals(segmenter, scenes, config.proposal_min_iou)
         ):
             if not names:
                 continue
             crops, kept = masked_crops(clip, image, masks)
-            guesses = (F.normalize(clip.open_clip.encode_image(crops), dim=-1) @ text.T).argmax(-1).tolist()
-            for index, guess in zip(kept.tolist(), guesses):
-                truth, guessed = names[index], REGION_NAMES[guess]
+            for index, guessed in zip(kept.tolist(), _guesses(clip, crops, text)):
+                truth = names[index]
                 iou, lies = _crop_outcome(masks[index].numpy() > 0.5, truth, guessed, regions)
                 ious.append(iou)
                 hits.append(lies is None)
                 if lies is not None:
                     where[lies] += 1
-                    kinds[f"{_kind(truth)} named as {_kind(guessed)}"] += 1
+                    kinds[f"{GRANULARITY[truth]} named as {GRANULARITY[guessed]}"] += 1
     clip.train(was_training)
     if not hits:
         return {"crops": 0}
@@ -411,14 +422,14 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
     CLIP as an open_clip folder to ``out_dir / "model"`` with before / after accuracies."""
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
+    if clip.config.model_cfg is None:
+        raise ValueError("adaptation saves an open_clip folder, so it needs a CLIP given by model_cfg (such a folder)")
     clip_train = CLIPTrainConfig(
         model_cfg=clip.config.model_cfg,  # saved as the adapted folder's architecture
         image_size=config.image_size,
         seed=config.seed,
         eval_crops_per_class=config.eval_crops_per_class,
     )
-    if clip.config.model_cfg is None:
-        raise ValueError("adaptation saves an open_clip folder, so it needs a CLIP given by model_cfg (such a folder)")
     segmenter = load_proposal_segmenter(config)
     before = accuracies(clip, config, segmenter)
     clip.requires_grad_(False)
@@ -583,11 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.out is None and not args.measure_only:
         parser.error("--out is required, unless --measure-only")
+    if args.crop_errors and not (args.measure_only and args.proposals_from):
+        parser.error("--crop-errors needs --measure-only and --proposals-from")
     clip = load_clip_for_evaluation(args.clip)
     if config.vision_layers is not None:
         clip = deepen_image_tower(clip, config.vision_layers)
-    if args.crop_errors and not (args.measure_only and args.proposals_from):
-        parser.error("--crop-errors needs --measure-only and --proposals-from")
     if args.crop_errors:
         metrics, record = proposal_crop_errors(clip, config, load_proposal_segmenter(config)), {"command": command}
     elif args.measure_only:
