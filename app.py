@@ -107,6 +107,11 @@ STAGE2_DESCRIPTIONS = {"pool": "mask-pooled dense CLIP features", "crop": "OVSeg
 GENERIC_ERROR = "Something went wrong while segmenting (error id {}). Try another image or fewer prompts."
 
 
+def crop_views(models: DemoModels, name: str) -> tuple[str, ...]:
+    """The crop views (:data:`pmp.config.CROP_VIEWS`) of model ``name``: OVSeg's masked crop unless configured."""
+    return tuple(getattr(dict(models.items())[name].config, "crop_views", ("masked",)))
+
+
 def knows_the_world(models: DemoModels) -> bool:
     """Whether both models are the world's (their CLIP is the bundled tiny CLIP): then the page offers the
     world's vocabulary and flags prompts outside it."""
@@ -115,15 +120,21 @@ def knows_the_world(models: DemoModels) -> bool:
     )
 
 
-def column_title(name: str, stage2_mode: str, scores: ImageScores | None = None) -> str:
-    """A model column's heading, naming the second stage it ran, and its scores on a world scene."""
+def column_title(
+    name: str, stage2_mode: str, scores: ImageScores | None = None, crop_views: tuple[str, ...] = ("masked",)
+) -> str:
+    """A model column's heading, naming the second stage it ran (in crop mode, with the model's crop
+    views), and its scores on a world scene."""
     mode = stage2_mode if stage2_mode in STAGE2_DESCRIPTIONS else "pool"
+    description = STAGE2_DESCRIPTIONS[mode]
+    if mode == "crop" and "box" in crop_views:
+        description += " and their boxes" if "masked" in crop_views else ", read as their boxes"
     title = f"## {MODEL_TITLES[name]}"
     if scores is not None:
         title += f" · mIoU {_pct(scores.miou)} · recall {_pct(scores.recall)}"
     return (
         title
-        + f"\nstage 2: **{mode}** ({STAGE2_DESCRIPTIONS[mode]})"
+        + f"\nstage 2: **{mode}** ({description})"
         + (f"; scored on this image's {scores.scored} prompt(s) with ground truth" if scores is not None else "")
     )
 
@@ -243,7 +254,7 @@ def compare_for_ui(
         column, files, result = view.views[name], pictures[name], view.results[name]
         scores = image_scores(truth, result.semantic, result.proposals) if truth is not None else None
         values += [
-            column_title(name, view.settings["stage2_mode"], scores),
+            column_title(name, view.settings["stage2_mode"], scores, crop_views(models, name)),
             files["overlay"],
             [(path, caption) for path, (_, caption) in zip(files["masks"], column.masks)],
             {"headers": TABLE_HEADERS, "data": column.table},
@@ -625,11 +636,13 @@ def _picture(label: str, elem_id: str, **options: Any) -> gr.Image:
     return gr.Image(label=label, type="pil", format="png", interactive=False, elem_id=elem_id, **options)
 
 
-def _model_column(name: str, columns: dict[str, dict[str, Any]], stage2_mode: str) -> None:
+def _model_column(
+    name: str, columns: dict[str, dict[str, Any]], stage2_mode: str, views: tuple[str, ...] = ("masked",)
+) -> None:
     """One model's column of the detail tab: title with its scores, label map, picked masks, table, grid."""
     short = "PMP" if name == "pmp" else "Baseline"
     col = columns[name] = {}
-    col["title"] = gr.Markdown(column_title(name, stage2_mode), elem_id=f"{name}-title")
+    col["title"] = gr.Markdown(column_title(name, stage2_mode, crop_views=views), elem_id=f"{name}-title")
     col["overlay"] = _picture(f"{short}: label map", f"{name}-overlay")
     col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
     col["masks"] = gr.Gallery(
@@ -733,7 +746,8 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                         list(STAGE2_MODES),
                         value=opening_stage2,
                         label="Stage 2",
-                        info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops",
+                        info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops, "
+                        "with their boxes where a model's crop_views say so (the column titles name them)",
                     )
                     mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
                     sort_by_score = gr.Checkbox(value=True, label="Sort proposals by score")
@@ -793,7 +807,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                         with gr.Row(equal_height=False):
                             for name in MODEL_NAMES:
                                 with gr.Column(min_width=280, elem_id=f"column-{name}"):
-                                    _model_column(name, columns, opening_stage2)
+                                    _model_column(name, columns, opening_stage2, crop_views(models, name))
                         with gr.Row():
                             with gr.Column(min_width=300):
                                 gr.Markdown("## Where the two differ")

@@ -5,7 +5,7 @@ The pieces live where the paper puts them, and this module only orchestrates the
 * Eq. 1 (stage 1): :mod:`pmp.modeling` - every query q gives a mask M_q and class logits
   cos(e_q, t_k) / tau over the prompts and a no-object embedding; ``p`` is their softmax.
 * Eq. 2 (stage 2): :func:`pmp.stage2.classify_proposals` - CLIP's ``p_hat`` for each proposal, by mask
-  pooling (``pool``) or OVSeg's masked crops (``crop``).
+  pooling (``pool``) or OVSeg's masked crops (``crop``; ``crop_views`` can add each crop's box).
 * Eq. 3: :func:`pmp.stage2.ensemble` - p_out = p^(1 - w) * p_hat^w, w = ``clip_weight`` = 0.65 on the
   CLIP term as OVSeg and ODISE apply the paper's value (Eq. 3's lambda is 1 - w).
 * Mask2Former's semantic inference: :mod:`pmp.postprocess` - argmax at every pixel; the
@@ -19,7 +19,8 @@ Speed (benchmarks/latency.py measures each stage; benchmarks/README.md has the f
 embeddings are cached by :class:`pmp.clip.CLIPModel` (and cached prompts skip the token-limit check);
 stage 2 ``pool`` runs one dense CLIP pass - none when stage 1's backbone is the same CLIP ResNet on the
 same pixels (its trunk is reused) - and a ViT tower sees the image at ``vit_dense_scale``; ``crop``
-upsamples and crops only the ``crop_top_k`` proposals; ``autocast_dtype`` opts into bfloat16/float16.
+upsamples and crops only the ``crop_top_k`` proposals, one tower forward per crop and view;
+``autocast_dtype`` opts into bfloat16/float16.
 """
 
 from __future__ import annotations
@@ -278,6 +279,7 @@ class Segmenter(nn.Module):
                 p,
                 stage2_mode,
                 crop_top_k=cfg.crop_top_k,
+                crop_views=cfg.crop_views,
                 vit_dense_scale=self.vit_dense_scale,
                 trunk=trunk,
             )

@@ -6,6 +6,8 @@ Eq. 2 has two implementations, because the paper's stage 2 and its OVSeg baselin
   the per-pixel embeddings (:func:`pool_classify`). Its cost does not grow with the number of proposals.
 * ``crop``: OVSeg's masked crops, one CLIP image forward per proposal on its box with the background
   filled with CLIP's mean colour (:func:`crop_classify`). Its cost grows with the number of proposals.
+  ``crop_views`` can add a second view, the same box with the image kept, for masks that miss part of
+  their object (:data:`pmp.config.CROP_VIEWS`).
 
 Eq. 3 (:func:`ensemble`) is p_out = p^(1 - w) * p_hat^w, with w = ``clip_weight`` = 0.65 on the CLIP
 term, as OVSeg (``CLIP_ENSEMBLE_WEIGHT``) and ODISE apply the paper's value; Eq. 3's lambda is 1 - w.
@@ -23,6 +25,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from pmp.clip import CLIPModel
+from pmp.config import check_crop_views
 from pmp.postprocess import upsample
 
 CROP_BATCH = 64  # masked crops per image-tower forward
@@ -50,6 +53,7 @@ def classify_proposals(
     stage2_mode: str,
     *,
     crop_top_k: int,
+    crop_views: Sequence[str] = ("masked",),
     vit_dense_scale: float = VIT_DENSE_SCALE,
     trunk: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -58,8 +62,8 @@ def classify_proposals(
     ``pool`` runs CLIP's image tower once and mask-pools its dense features; ``trunk`` (the CLIP
     ResNet's layer-4 map that stage 1 already computed on the same pixels) replaces that pass.
     ``crop`` (OVSeg) runs the tower once per proposal crop, so only the ``crop_top_k`` proposals with
-    the highest stage-1 score are upsampled and cropped; the rest keep p_hat = p, which leaves their
-    ensemble score equal to p.
+    the highest stage-1 score are upsampled and cropped, in each of ``crop_views``; the rest keep
+    p_hat = p, which leaves their ensemble score equal to p.
     """
     image = pixels[..., : valid_hw[0], : valid_hw[1]]  # (1, 3, H, W) in [0, 1]
     if stage2_mode == "pool":
@@ -73,7 +77,7 @@ def classify_proposals(
     indices = p.max(1).values.topk(top_k).indices
     masks = upsample(mask_logits[indices][None], valid_hw)[0].sigmoid()  # (top_k, H, W)
     p_hat = p.clone()
-    p_hat[indices] = crop_classify(clip, image[0], masks, text).to(p.dtype)
+    p_hat[indices] = crop_classify(clip, image[0], masks, text, views=crop_views).to(p.dtype)
     return p_hat
 
 
@@ -153,15 +157,20 @@ def crop_classify(
     masks: np.ndarray | Tensor,
     text: Tensor,
     top_k_indices: Sequence[int] | Tensor | None = None,
+    *,
+    views: Sequence[str] = ("masked",),
 ) -> Tensor:
     """OVSeg's masked-crop classification -> (N,M) probabilities, or (K,M) for ``top_k_indices``.
 
     image: (H,W,3) uint8 numpy or (3,H,W) float tensor in [0,1]; masks (N,H,W) in [0,1] (resized to
     the image if their size differs); text (M,C) normalised. Each proposal's crop is
-    :func:`masked_crops`'; one image-tower forward per :data:`CROP_BATCH` crops. With ``top_k_indices``
-    only those proposals are cropped and rows come back in that order. Empty masks get uniform
-    probabilities.
+    :func:`masked_crops`'; one image-tower forward per :data:`CROP_BATCH` crops. ``views`` (of
+    :data:`pmp.config.CROP_VIEWS`): "masked" is that crop, "box" the same square with the image kept;
+    with several, the probabilities are the softmax of the views' mean log-probabilities (their
+    normalised geometric mean). With ``top_k_indices`` only those proposals are cropped and rows come
+    back in that order. Empty masks get uniform probabilities.
     """
+    check_crop_views(tuple(views))
     if text.ndim != 2:
         raise ValueError(f"crop_classify takes text (M,C), got shape {tuple(text.shape)}")
     masks = torch.as_tensor(masks)
@@ -174,17 +183,22 @@ def crop_classify(
         masks = masks[index]
     num, num_classes = masks.shape[0], text.shape[0]
     probs = torch.full((num, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
-    crops, nonempty = masked_crops(clip, image, masks)  # (K, 3, S, S), (K,)
+    per_view = [masked_crops(clip, image, masks, keep_background=view == "box") for view in views]
+    nonempty = per_view[0][1]  # the same proposals in every view
     if nonempty.numel() == 0 or num_classes == 0:
         return probs
+    crops = torch.cat([view_crops for view_crops, _ in per_view])  # (V*K, 3, S, S), view-major
     crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
     feats = torch.cat([F.normalize(clip.open_clip.encode_image(batch), dim=-1) for batch in crops.split(CROP_BATCH)])
-    logits = clip.logit_scale * feats @ text.to(feats).T  # (K, M)
-    probs[nonempty.to(probs.device)] = logits.softmax(dim=-1).to(probs.dtype)
+    logits = clip.logit_scale * feats @ text.to(feats).T  # (V*K, M)
+    log_probs = logits.log_softmax(dim=-1).unflatten(0, (len(views), -1)).mean(0)  # (K, M)
+    probs[nonempty.to(probs.device)] = log_probs.softmax(dim=-1).to(probs.dtype)
     return probs
 
 
-def masked_crops(clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor) -> tuple[Tensor, Tensor]:
+def masked_crops(
+    clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor, *, keep_background: bool = False
+) -> tuple[Tensor, Tensor]:
     """OVSeg's masked crops: what CLIP's image tower sees of each proposal, at inference and in
     mask-adapted fine-tuning (:mod:`train.adapt_clip`) alike.
 
@@ -193,8 +207,9 @@ def masked_crops(clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray 
     about its centre (aspect kept, as padding with the mean colour would); the square is cropped and
     resized to ``image_size`` with one batched ``roi_align`` on the normalised image, and every pixel
     outside the (equally roi_aligned) mask — including outside the image — is set to CLIP's mean
-    colour, which is zero after normalisation. Returns the CLIP-normalised crops (K, 3, S, S) of the K
-    non-empty masks (channels-last) and their indices (K,) among the N.
+    colour, which is zero after normalisation (``keep_background``: only outside the image, the "box"
+    view). Returns the CLIP-normalised crops (K, 3, S, S) of the K non-empty masks (channels-last) and
+    their indices (K,) among the N.
     """
     img = _image_tensor(clip, image)  # (3, H, W) float in [0, 1]
     masks = torch.as_tensor(masks).to(device=img.device, dtype=torch.float32)
@@ -220,12 +235,13 @@ def masked_crops(clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray 
     # A zero border (zero = the mean colour after normalisation) stops roi_align from repeating the
     # edge pixel for samples in [-1, 0); boxes move by the border width.
     normalised = F.pad(clip.normalize(img[None].float()), (1, 1, 1, 1))  # (1, 3, H+2, W+2)
-    inside = F.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
     boxes = boxes + 1.0
     own = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
     crops = roi_align(normalised, torch.cat([torch.zeros_like(own), boxes], 1), size, 1.0, -1, True)
-    fill = roi_align(inside, torch.cat([own, boxes], 1), size, 1.0, -1, True)  # (K, 1, S, S) share of mask pixels
-    crops = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
+    if not keep_background:
+        inside = F.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
+        fill = roi_align(inside, torch.cat([own, boxes], 1), size, 1.0, -1, True)  # (K, 1, S, S) mask share
+        crops = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
     # Channels-last: the towers' convolutions run about 1.8x faster on CPU in this layout (measured on
     # the tiny CLIP's ResNet, 24 crops); the values are the same.
     return crops.contiguous(memory_format=torch.channels_last), nonempty

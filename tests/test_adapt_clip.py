@@ -9,10 +9,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from pmp.clip import CLIPModel
-from pmp.config import CLIPConfig, tiny_clip_model_cfg
+from pmp.config import CLIPConfig, SegmenterConfig, tiny_clip_model_cfg
 from train import world
 from train.adapt_clip import REGION_NAMES, adapt, proposal_like, scene_regions
 from train.configs import CLIPAdaptConfig
@@ -119,7 +120,9 @@ def test_an_adapted_clip_changes_stage_two_only(tmp_path: Path) -> None:
     assert torch.equal(before.p, after.p) and torch.equal(before.mask_logits, after.mask_logits)  # stage 1
     assert not torch.allclose(before.p_hat, after.p_hat)  # stage 2 reads the new tower
     recipe = world_model("pmp", segmenter.config.decoder.num_queries)
-    assert (adapted.config.stage2_mode, adapted.config.crop_top_k) == (recipe.stage2_mode, recipe.crop_top_k)
+    stage2 = ("stage2_mode", "crop_top_k", "crop_views")
+    assert [getattr(adapted.config, key) for key in stage2] == [getattr(recipe, key) for key in stage2]
+    assert adapted.config.crop_views == ("masked", "box") != SegmenterConfig().crop_views  # the default: OVSeg
 
 
 def test_a_deeper_adapted_clip_is_installed_with_its_architecture(tmp_path: Path) -> None:
@@ -300,3 +303,34 @@ def test_crop_errors_bin_every_held_out_crop(monkeypatch) -> None:
     [(bin_name, measured)] = errors["by_iou"].items()
     assert float(bin_name.split("-")[0]) >= 0.5 and measured["top1"] == errors["top1"]
     assert math.isclose(sum(errors["errors_lie"].values()), 0.0 if errors["top1"] == 1.0 else 1.0)
+
+
+def test_crop_errors_read_each_crop_in_the_views_asked(monkeypatch) -> None:
+    import train.adapt_clip as adapt_clip
+
+    scene = world.render_scene(3, 128)
+    segmenter, _ = _segmenter_proposing(scene, scene_regions(scene, min_pixels=500))
+    monkeypatch.setattr(adapt_clip, "_EVAL_SEED_BASE", 3)
+    config = dataclasses.replace(CLIPAdaptConfig(), image_size=128, min_region_pixels=500, eval_scenes=1)
+    asked, real = [], adapt_clip.crop_classify
+
+    def recording(*args, views, **kwargs):
+        asked.append(views)
+        return real(*args, views=views, **kwargs)
+
+    monkeypatch.setattr(adapt_clip, "crop_classify", recording)
+    both = adapt_clip.proposal_crop_errors(segmenter.clip, config, segmenter, ("masked", "box"))
+    masked = adapt_clip.proposal_crop_errors(segmenter.clip, config, segmenter)
+    assert asked == [("masked", "box"), ("masked",)] and both["crops"] == masked["crops"] == 1
+
+
+def test_crop_views_flag_is_checked_before_anything_loads(capsys) -> None:
+    from train.adapt_clip import main
+
+    for argv, message in (
+        (["--measure-only", "--crop-views", "masked,box"], "--crop-views is for --crop-errors"),
+        (["--measure-only", "--crop-errors", "--proposals-from", "x", "--crop-views", "box,mean"], "crop_views must"),
+    ):
+        with pytest.raises(SystemExit):
+            main(["--clip", "no/such/clip", *argv])
+        assert message in capsys.readouterr().err

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from pmp.clip import CLIPModel, resolve_pretrained_tag
-from pmp.config import CLIPConfig, tiny_clip_model_cfg
-from pmp.stage2 import crop_classify, pool_classify
+from pmp.config import CROP_VIEWS, CLIPConfig, tiny_clip_model_cfg
+from pmp.stage2 import crop_classify, masked_crops, pool_classify
 
 TEMPLATES = ("a photo of a {}.", "{} in the picture")
 
@@ -330,6 +330,32 @@ def test_crop_classify_top_k_and_tensor_input(resnet_clip: CLIPModel) -> None:
         crop_classify(resnet_clip, image, masks, text, top_k_indices=[4])
     with pytest.raises(ValueError, match="uint8"):
         crop_classify(resnet_clip, image.astype(np.float32), masks, text)
+
+
+def test_box_view_keeps_the_image_and_views_combine_geometrically(resnet_clip: CLIPModel) -> None:
+    image, masks = _image_and_masks()
+    text = F.normalize(torch.randn(4, 128), dim=-1)
+    normalised = resnet_clip.normalize(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
+    # The left half's square spans x = -32 .. 96: the box view keeps the image's columns 0 .. 96 (the
+    # masked view only 0 .. 64) and fills the columns left of the image with the mean colour (0).
+    masked, _ = masked_crops(resnet_clip, image, masks[1:2])
+    box, kept = masked_crops(resnet_clip, image, masks[1:2], keep_background=True)
+    expected_box, expected_masked = torch.zeros_like(normalised), torch.zeros_like(normalised)
+    expected_box[..., 32:] = normalised[..., :96]
+    expected_masked[..., 32:96] = normalised[..., :64]
+    torch.testing.assert_close(box, expected_box, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(masked, expected_masked, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        views = {view: crop_classify(resnet_clip, image, masks, text, views=(view,)) for view in CROP_VIEWS}
+        both = crop_classify(resnet_clip, image, masks, text, views=("masked", "box"))
+    assert not torch.allclose(views["box"][2], views["masked"][2])  # the 0.9 mask's box shows more image
+    expected = ((views["masked"].log() + views["box"].log()) / 2).softmax(-1)
+    torch.testing.assert_close(both, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(both[3], torch.full((4,), 0.25))  # the empty mask stays uniform
+    assert kept.tolist() == [0]
+    for views_given in ((), ("box", "box"), ("masked", "blurred")):
+        with pytest.raises(ValueError, match="crop_views must name one or more distinct views of masked, box"):
+            crop_classify(resnet_clip, image, masks, text, views=views_given)
 
 
 # ------------------------------------------------------------------------------------------------ weights

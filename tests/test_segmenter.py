@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -54,6 +55,27 @@ def test_old_ensemble_key_is_refused_with_the_mapping() -> None:
     data["ensemble_lambda"] = data.pop("clip_weight")
     with pytest.raises(ValueError, match="clip_weight.*1 - ensemble_lambda"):
         SegmenterConfig.from_dict(data)
+
+
+def test_crop_views_survive_json_and_bad_views_are_refused() -> None:
+    config = dataclasses.replace(SegmenterConfig(), stage2_mode="crop", crop_views=("masked", "box"))
+    data = json.loads(json.dumps(config.to_dict()))  # as config.json stores it: a list
+    assert SegmenterConfig.from_dict(data) == config
+    for views in ([], ["box", "box"], ["mean"]):
+        with pytest.raises(ValueError, match="crop_views must name one or more distinct views of masked, box"):
+            SegmenterConfig.from_dict({**data, "crop_views": views})
+
+
+def test_crop_views_reach_stage_two(segmenter: Segmenter, image: np.ndarray) -> None:
+    labels = ["sky", "car", "tree"]
+    masked = segmenter.run_stages(image, labels, stage2_mode="crop")
+    segmenter.config = dataclasses.replace(segmenter.config, crop_views=("masked", "box"))
+    try:
+        both = segmenter.run_stages(image, labels, stage2_mode="crop")
+    finally:
+        segmenter.config = dataclasses.replace(segmenter.config, crop_views=("masked",))
+    assert torch.equal(masked.p, both.p) and torch.equal(masked.mask_logits, both.mask_logits)
+    assert not torch.allclose(masked.p_hat, both.p_hat)
 
 
 def test_every_pixel_takes_the_argmax_even_where_no_mask_is_confident(segmenter: Segmenter) -> None:

@@ -151,6 +151,9 @@ def test_ovseg_recipes_run_ovsegs_own_second_stage_and_the_demo_says_which_ran()
             assert model.decoder.text_mode == "pmp", name  # the paper-scale PMP recipes are Eq. 5 as written
     assert "crop" in column_title("baseline", "crop") and "OVSeg's masked crops" in column_title("pmp", "crop")
     assert "pool" in column_title("pmp", "pool")
+    both = column_title("pmp", "crop", crop_views=("masked", "box"))
+    assert "OVSeg's masked crops and their boxes" in both
+    assert "boxes" not in column_title("pmp", "pool", crop_views=("masked", "box"))  # pooling reads no crops
 
 
 def test_the_stage1_pilots_change_only_stage_ones_size() -> None:

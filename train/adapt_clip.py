@@ -48,10 +48,11 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from pmp.clip import CLIPModel
+from pmp.config import check_crop_views
 from pmp.images import normalize_pixels
 from pmp.postprocess import upsample
 from pmp.segmenter import Segmenter
-from pmp.stage2 import masked_crops
+from pmp.stage2 import crop_classify, masked_crops
 from train.configs import CLIPAdaptConfig, CLIPTrainConfig
 from train.runtime import MetricsLog, cosine_lr_factor, seed_everything
 from train.train_clip import (
@@ -296,12 +297,16 @@ def _crop_outcome(binary: np.ndarray, truth: str, guessed: str, regions: Regions
 
 
 @torch.no_grad()
-def proposal_crop_errors(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter) -> dict[str, Any]:
+def proposal_crop_errors(
+    clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segmenter, views: tuple[str, ...] = ("masked",)
+) -> dict[str, Any]:
     """Why crops of proposals are misread, on the held-out crops of :func:`region_accuracy`.
 
     Returns top-1 and the share of crops per bin of their proposal's IoU with the region they are named
     after (:data:`IOU_BINS`); where the wrong answers lie (:func:`_crop_outcome`); and what kind of name
-    each kind of region is misread as (thing / stuff / part named as thing / stuff / part).
+    each kind of region is misread as (thing / stuff / part named as thing / stuff / part). Each crop is
+    read as stage 2 reads it with these ``views`` (:func:`pmp.stage2.crop_classify`; ("masked",) is
+    OVSeg's crop, which adaptation trains on).
     """
     was_training = clip.training
     clip.eval()
@@ -314,9 +319,9 @@ def proposal_crop_errors(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Se
         ):
             if not names:
                 continue
-            crops, kept = masked_crops(clip, image, masks)
-            for index, guessed in zip(kept.tolist(), _guesses(clip, crops, text)):
-                truth = names[index]
+            guesses = crop_classify(clip, image, masks, text, views=views).argmax(-1)  # (N,): matches are non-empty
+            for index, guess in enumerate(guesses.tolist()):
+                truth, guessed = names[index], REGION_NAMES[guess]
                 iou, lies = _crop_outcome(masks[index].numpy() > 0.5, truth, guessed, regions)
                 ious.append(iou)
                 hits.append(lies is None)
@@ -572,6 +577,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="grow the image tower to this many blocks per stage before adapting, e.g. 2,2,2,2 (deepen_image_tower)",
     )
+    parser.add_argument(
+        "--crop-views",
+        default="masked",
+        help="with --crop-errors: the views stage 2 reads each crop in, e.g. masked,box (pmp.config.CROP_VIEWS)",
+    )
     parser.add_argument("--results", type=Path, default=None, help="also write the accuracies (JSON) here")
     parser.add_argument(
         "--measure-only", action="store_true", help="print the accuracies of --clip as it is; train nothing"
@@ -596,11 +606,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required, unless --measure-only")
     if args.crop_errors and not (args.measure_only and args.proposals_from):
         parser.error("--crop-errors needs --measure-only and --proposals-from")
+    views = tuple(args.crop_views.split(","))
+    try:
+        check_crop_views(views)
+    except ValueError as error:
+        parser.error(str(error))
+    if views != ("masked",) and not args.crop_errors:
+        parser.error("--crop-views is for --crop-errors (adaptation trains on OVSeg's masked crops)")
     clip = load_clip_for_evaluation(args.clip)
     if config.vision_layers is not None:
         clip = deepen_image_tower(clip, config.vision_layers)
     if args.crop_errors:
-        metrics, record = proposal_crop_errors(clip, config, load_proposal_segmenter(config)), {"command": command}
+        segmenter = load_proposal_segmenter(config)
+        metrics, record = proposal_crop_errors(clip, config, segmenter, views), {"command": command}
     elif args.measure_only:
         metrics, record = accuracies(clip, config, load_proposal_segmenter(config)), {"command": command}
     else:

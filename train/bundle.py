@@ -216,8 +216,8 @@ def install_adapted_clip(folder: Path, runs: Path, checkpoints: Path, results: P
 
 def with_adapted_clip(segmenter: Any, clip_folder: Path) -> Any:
     """A trained world segmenter with the bundled stage 2: the image tower of the mask-adapted CLIP in
-    ``clip_folder`` and the recipe's stage 2 (:func:`train.recipes.world_model`'s ``stage2_mode`` and
-    ``crop_top_k``).
+    ``clip_folder`` and the recipe's stage 2 (:func:`train.recipes.world_model`'s ``stage2_mode``,
+    ``crop_top_k`` and ``crop_views``).
 
     Stage 1 never runs the CLIP's image tower (its backbone is its own CNN) and adaptation leaves the
     text tower as it was, so stage 1's outputs are unchanged: only p_hat (Eq. 2) changes. Both are
@@ -253,7 +253,11 @@ def with_adapted_clip(segmenter: Any, clip_folder: Path) -> Any:
     segmenter.clip.clear_cache()
     recipe = world_model(config.decoder.text_mode, config.decoder.num_queries)
     segmenter.config = dataclasses.replace(
-        config, clip=clip_config, stage2_mode=recipe.stage2_mode, crop_top_k=recipe.crop_top_k
+        config,
+        clip=clip_config,
+        stage2_mode=recipe.stage2_mode,
+        crop_top_k=recipe.crop_top_k,
+        crop_views=recipe.crop_views,
     )
     segmenter.config.validate()
     return segmenter
@@ -488,7 +492,8 @@ STAGE2_HISTORY = {  # results folder -> the stage 2 its Table 1 files were measu
     "before_adaptation": "mask pooling, the tiny CLIP as trained",
     "adapted_on_regions": "masked crops, CLIP adapted on world regions, 2,400 steps",
     "adapted_on_proposals": "masked crops, CLIP adapted on regions and proposals, 2,400 steps",
-    ".": "masked crops, CLIP adapted on world regions, 2,400 + 2,400 steps, bundled",
+    "masked_crops_only": "masked crops, CLIP adapted on world regions, 2,400 + 2,400 steps",
+    ".": "masked crops and their boxes (crop_views), the same CLIP, bundled",
 }
 
 

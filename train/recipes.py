@@ -46,7 +46,9 @@ def world_model(
     here) feeding MaskFormer's FPN and a 6-layer Mask2Former decoder; the frozen tiny CLIP encodes the
     prompts and classifies the proposals (stage 2) as OVSeg's does: a masked crop of every proposal,
     read by the mask-adapted image tower (:mod:`train.adapt_clip`). On the same proposals this beats
-    mask pooling of the unadapted tower's 4 x 4 dense grid (the README's ceilings table).
+    mask pooling of the unadapted tower's 4 x 4 dense grid (the README's ceilings table). Each proposal
+    is also read in its box with the image kept, and the two views' probabilities are multiplied: half
+    the proposals fit their region with IoU under 0.7, and their masked crops alone are misread.
     """
     return SegmenterConfig(
         clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg(), templates=WORLD_TEMPLATES),
@@ -66,6 +68,7 @@ def world_model(
         pixel_std=CLIP_STD,
         stage2_mode="crop",
         crop_top_k=num_queries,  # every proposal: the lower-ranked ones still draw pixels of the map
+        crop_views=("masked", "box"),  # OVSeg's crop and its box with the image kept (README: imperfect masks)
         max_prompts=50,
         name=f"world-{'baseline' if text_mode == 'none' else text_mode}",
     )
@@ -146,10 +149,13 @@ def paper_recipe(backbone: str, decoder: str, text_mode: str, clip_name: str = "
 
 # Stage-1 capacity pilots (baseline, the bundled schedule): is the mask gap a matter of stage 1's size?
 STAGE1_PILOTS = {"world-baseline-width128": {"width": 128}, "world-baseline-regnetx004": {"backbone": "regnetx_004"}}
+# The pilots' winner as a pair at the full schedule: PMP with the same wider head as the baseline pilot.
+WIDER_PMP = {"world-pmp-width128": {"width": 128}}
 
 RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
     **{f"world-{'baseline' if m == 'none' else m}": (lambda m=m: world_recipe(m)) for m in TEXT_MODES},
     **{name: (lambda s=changes: world_recipe("none", **s)) for name, changes in STAGE1_PILOTS.items()},
+    **{name: (lambda s=changes: world_recipe("pmp", **s)) for name, changes in WIDER_PMP.items()},
     **{
         f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
         for b in ("resnet101d", "swin_base_patch4_window12_384")

@@ -1,0 +1,57 @@
+"""Stage 2's crop views compared on the same stage 1: each row is the bundled model with only its crop views changed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import tiny_segmenter_config
+
+from pmp.segmenter import Segmenter
+from train import crop_views
+from train.evaluate import evaluate, load_benchmark
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _saved(tmp_path: Path, stage2_mode: str = "crop") -> Path:
+    torch.manual_seed(0)
+    segmenter = Segmenter(tiny_segmenter_config("none", stage2_mode=stage2_mode, crop_top_k=8))
+    return segmenter.save_pretrained(tmp_path / "baseline", max_shard_size="1GB")
+
+
+def test_each_view_set_is_the_model_with_only_its_views_changed(tmp_path: Path, monkeypatch) -> None:
+    folder = _saved(tmp_path)
+    bundled = Segmenter.from_pretrained(folder).config
+    seen = []
+
+    def recording(segmenter, dataset, limit, **options):
+        seen.append(segmenter.config)
+        return evaluate(segmenter, dataset, limit, **options)
+
+    monkeypatch.setattr("train.evaluate.evaluate", recording)
+    results = crop_views.compare_crop_views({"baseline": folder}, 2, ("world-full",))
+    every = bundled.decoder.num_queries
+    assert [(c.crop_views, c.crop_top_k) for c in seen] == [(v, k or every) for v, k in crop_views.ROWS]
+    changed = ("crop_views", "crop_top_k")
+    assert all(c == dataclasses.replace(bundled, **{f: getattr(c, f) for f in changed}) for c in seen)
+    assert list(results["baseline"]) == ["masked", "box", "masked+box", "masked+box@16", "masked+box@12"]
+    direct = evaluate(Segmenter.from_pretrained(folder), load_benchmark("world-full"), 2, show_progress=False)
+    assert math.isclose(results["baseline"]["masked"]["world-full"]["miou"], direct["miou"])
+    table = crop_views.crop_views_table(json.loads(json.dumps(results).replace("NaN", "null")))
+    assert table.count("\n") == 2 + len(crop_views.ROWS) and "| baseline | masked + box |" in table
+    assert "| baseline | masked + box, top 16 proposals |" in table
+
+
+def test_a_pooling_model_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="crop views need 'crop'"):
+        crop_views.compare_crop_views({"baseline": _saved(tmp_path, "pool")}, 1, ("world-full",))
+
+
+def test_readme_crop_views_table_is_generated_from_results() -> None:
+    measured = json.loads((ROOT / "results" / "crop_views.json").read_text())
+    assert crop_views.crop_views_table(measured["results"]) in (ROOT / "README.md").read_text()

@@ -1,0 +1,111 @@
+"""Which views of each proposal stage 2 should read: OVSeg's masked crop, its box with the image kept, or both.
+
+    python -m train.crop_views [--limit 100] [--out results/crop_views.json]
+
+Why: half of the bundled baseline's matched proposals fit their region with IoU under 0.7, and masked
+crops of those are misread most of the time (``python -m train.adapt_clip --measure-only --crop-errors``).
+A proposal that covers only part of its object (or one part of a thing whose whole was prompted) shows
+CLIP a fragment in a field of mean colour; the box view shows the same square with the image kept, so
+the object around the fragment is visible. Each bundled model is evaluated (:func:`train.evaluate.evaluate`)
+with each of :data:`ROWS` as its ``crop_views`` and ``crop_top_k`` and everything else as bundled; stage 1
+is the same in every row, so the rows differ only in p_hat (Eq. 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from train.bundle import BENCHMARKS, MAIN_MODELS, ROOT, write_json
+
+# (crop_views, crop_top_k or None = every proposal): OVSeg's crop, the box alone, both; both for fewer
+# proposals (the rest keep p_hat = p), because each view costs one image-tower forward per proposal.
+ROWS: tuple[tuple[tuple[str, ...], int | None], ...] = (
+    (("masked",), None),
+    (("box",), None),
+    (("masked", "box"), None),
+    (("masked", "box"), 16),
+    (("masked", "box"), 12),
+)
+METRICS = ("miou", "miou_seen", "miou_unseen")
+
+
+def row_name(views: tuple[str, ...], top_k: int | None) -> str:
+    """A row's key: "masked+box" (every proposal cropped) or "masked+box@16" (the top 16)."""
+    return "+".join(views) + ("" if top_k is None else f"@{top_k}")
+
+
+def compare_crop_views(
+    model_dirs: dict[str, Path], limit: int, benchmarks: tuple[str, ...] = BENCHMARKS
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """{model: {row_name: {benchmark: {miou, miou_seen, miou_unseen}}}} on each benchmark's first ``limit`` images."""
+    from pmp.segmenter import Segmenter
+    from train.evaluate import evaluate, load_benchmark
+
+    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for name, folder in model_dirs.items():
+        segmenter = Segmenter.from_pretrained(folder)
+        bundled = segmenter.config
+        if bundled.stage2_mode != "crop":
+            raise ValueError(f"{folder} classifies proposals by {bundled.stage2_mode!r}; crop views need 'crop'")
+        every = bundled.decoder.num_queries
+        for views, top_k in ROWS:
+            segmenter.config = dataclasses.replace(bundled, crop_views=views, crop_top_k=top_k or every)
+            key = row_name(views, top_k)
+            for benchmark in benchmarks:
+                metrics = evaluate(
+                    segmenter, load_benchmark(benchmark), limit, proposal_recall=False, show_progress=False
+                )
+                row = {metric: metrics[metric] for metric in METRICS}
+                results.setdefault(name, {}).setdefault(key, {})[benchmark] = row
+                print(f"{name:>8} {key:>14} {benchmark:>12}: mIoU {row['miou']:.3f}", flush=True)
+        segmenter.config = bundled
+    return results
+
+
+def crop_views_table(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> str:
+    """Markdown: per model and view set, mIoU (seen / unseen) per benchmark; n/a where a benchmark has no seen class."""
+
+    def cell(row: dict[str, float]) -> str:
+        seen, unseen = (
+            "n/a" if row[k] is None or row[k] != row[k] else f"{100 * row[k]:.1f}" for k in METRICS[1:]
+        )  # NaN, or null once in JSON: a benchmark without seen (or unseen) classes
+        return f"{100 * row['miou']:.1f} ({seen} / {unseen})"
+
+    benchmarks = list(next(iter(next(iter(results.values())).values())))
+    lines = [
+        "| model | views | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in benchmarks) + " |",
+        "|---|---|" + "---|" * len(benchmarks),
+    ]
+    for name, per_views in results.items():
+        for key, rows in per_views.items():
+            views, _, top_k = key.partition("@")
+            shown = views.replace("+", " + ") + (f", top {top_k} proposals" if top_k else "")
+            lines.append(f"| {name} | {shown} | " + " | ".join(cell(rows[b]) for b in benchmarks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train.crop_views", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
+    parser.add_argument("--limit", type=int, default=100, help="images per benchmark (first N of 500)")
+    parser.add_argument("--out", type=Path, default=None, help="write the JSON here and the table beside it (.md)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.limit <= 500:
+        parser.error(f"--limit must be in [1, 500], got {args.limit}")
+    results: dict[str, Any] = compare_crop_views({name: args.checkpoints / name for name in MAIN_MODELS}, args.limit)
+    table = crop_views_table(results)
+    print(table, end="")
+    if args.out:
+        write_json(args.out, {"limit": args.limit, "results": results})
+        args.out.with_suffix(".md").write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
