@@ -304,3 +304,32 @@ def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path)
     table = stage1_pilot_table([tmp_path / "seed0.json", tmp_path / "seed1.json"])
     control = f"| world-baseline | {sizes['world-baseline'] / 1e6:.2f} M | {PILOT_STEPS} | 2 | 2.0 | 61.0 ± 1.4 |"
     assert control in table and f"| {PILOT_STEPS} | 1 | 2.0 | 60.0 | 40.0 | 50.0 |" in table
+
+
+def test_the_wider_head_pair_differs_only_in_text_mode_and_reports_finished_runs(tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+
+    import train.bundle as bundle
+    from train.recipes import get_recipe
+
+    planned = bundle.wider_head_runs()
+    baseline, pmp = (get_recipe(run.recipe).model for run in planned)
+    assert baseline.decoder.hidden_dim == pmp.decoder.hidden_dim == 128 and pmp.decoder.text_mode == "pmp"
+    assert dataclasses.replace(pmp, decoder=baseline.decoder, name=baseline.name) == baseline
+    (tmp_path / "width128-baseline" / "model").mkdir(parents=True)
+    rows = [{"step": 10, "seconds": 30.0}, {"step": 20, "seconds": 90.0}]
+    (tmp_path / "width128-baseline" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    given, evaluated = [], []
+    monkeypatch.setattr(bundle, "give_adapted_clip", lambda folder, clip: given.append((folder, clip)))
+
+    def evaluate(dirs, out_json, limit):
+        evaluated.append((dirs, limit))
+        return {name: {"world-full": {"miou": 0.5}} for name in dirs}
+
+    monkeypatch.setattr(bundle, "evaluate_models", evaluate)
+    results = bundle.wider_head_results(planned, tmp_path, tmp_path / "clip", tmp_path / "wider_head.json")
+    folder = tmp_path / "width128-baseline" / "model"
+    assert given == [(folder, tmp_path / "clip")] and evaluated == [({"baseline": folder}, None)]
+    assert list(results) == ["baseline"]  # PMP is still training: left out
+    written = json.loads((tmp_path / "wider_head.json").read_text())
+    assert written["train_minutes"] == {"baseline": 1.5} and written["baseline"] == results["baseline"]

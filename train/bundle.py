@@ -6,6 +6,7 @@
     python -m train.bundle --query-sweep --seed 0   # 4-32 queries, short recipe -> docs/query_sweep.png
     python -m train.bundle --ablations          # every text mode (Eq. 5 variants, Fig. 5), short recipe
     python -m train.bundle --evaluate-only      # re-run only the evaluation tables
+    python -m train.bundle --wider-head         # the pair with a 128-channel head -> results/wider_head.json
     python -m train.bundle --install-adapted-clip runs/bundle/clip-adapted/model   # a new stage-2 CLIP
     python -m train.bundle --seed-table results/main.json,results/main_seed1.json   # Table 1, mean ± std
 
@@ -639,6 +640,35 @@ def stage1_pilot_runs(seed: int = 0) -> list[Run]:
     return [pilots[0], Run(f"pilot-world-baseline{suffix}", "none", PILOT_STEPS, seed=seed), *pilots[1:]]
 
 
+def wider_head_runs() -> list[Run]:
+    """The pilots' winner as a pair at the bundled schedule: the baseline and PMP recipes with a 128-channel
+    head (:data:`train.recipes.STAGE1_PILOTS`, :data:`train.recipes.WIDER_PMP`), side by side, seed 0."""
+    return [
+        Run("width128-baseline", "none", recipe="world-baseline-width128"),
+        Run("width128-pmp", "pmp", recipe="world-pmp-width128"),
+    ]
+
+
+def wider_head_results(planned: list[Run], runs: Path, clip: Path, out_json: Path) -> dict[str, dict]:
+    """Table 1 of each finished run of ``planned`` (its ``model`` folder, given the bundled stage 2 with
+    :func:`give_adapted_clip` first, so that only stage 1 differs from the bundled pair), under its text
+    mode's model name, with its training minutes; runs still training are left out."""
+    dirs, minutes = {}, {}
+    for run in planned:
+        folder = runs / run.name / "model"
+        if not folder.is_dir():
+            print(f"{run.name} has not finished training ({folder} is missing); left out")
+            continue
+        give_adapted_clip(folder, clip)
+        name = next(key for key, mode in MAIN_MODELS.items() if mode == run.text_mode)
+        dirs[name] = folder
+        rows = [json.loads(line) for line in (runs / run.name / "metrics.jsonl").read_text().splitlines()]
+        minutes[name] = round(max(row.get("seconds", 0.0) for row in rows) / 60, 1)
+    results = evaluate_models(dirs, out_json, None) if dirs else {}
+    write_json(out_json, {**results, "train_minutes": minutes})
+    return results
+
+
 def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
     """Per pilot run that has trained: its recipe, stage 1's parameter count, training minutes and its
     evaluation rows (:func:`learning_curve`: world-full, the recipe's first ``eval_limit`` images)."""
@@ -850,6 +880,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"stage-1 capacity pilots (train.recipes.STAGE1_PILOTS) and the bundled baseline, {PILOT_STEPS} "
         "steps each -> results/stage1_pilots.json (with --seed K: _seedK.json) and the table of all seeds, .md",
     )
+    parser.add_argument(
+        "--wider-head",
+        action="store_true",
+        help="the baseline and PMP with a 128-channel head at the bundled schedule, with the bundled stage 2 "
+        "-> results/wider_head.json, .md (with --evaluate-only: the finished runs only)",
+    )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
     parser.add_argument("--seg-steps", type=int, default=None)
@@ -882,6 +918,14 @@ def main(argv: list[str] | None = None) -> int:
         name = f"stage1_pilots_seed{args.seed}.json" if args.seed else "stage1_pilots.json"
         write_json(args.results / name, stage1_pilot_results(planned, args.runs))
         (args.results / "stage1_pilots.md").write_text(stage1_pilot_table(stage1_pilot_files(args.results)))
+    elif args.wider_head:
+        planned = wider_head_runs()
+        if not args.evaluate_only:
+            train_segmenters(planned, args.runs, None)
+        results = wider_head_results(
+            planned, args.runs, args.checkpoints / "tiny-clip", args.results / "wider_head.json"
+        )
+        (args.results / "wider_head.md").write_text(markdown_table(results) if results else "nothing trained yet\n")
     elif args.query_sweep:
         seed = args.seed or 0
         planned = [
