@@ -177,6 +177,9 @@ def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_fr
     assert markdown_table(deeper) in readme
     assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in readme
     assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in readme
+    wider = json.loads((ROOT / "results" / "wider_head.json").read_text())
+    wider.pop("train_minutes")
+    assert markdown_table(wider) in readme
 
 
 def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
