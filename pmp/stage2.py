@@ -170,7 +170,6 @@ def crop_classify(
     normalised geometric mean). With ``top_k_indices`` only those proposals are cropped and rows come
     back in that order. Empty masks get uniform probabilities.
     """
-    check_crop_views(tuple(views))
     if text.ndim != 2:
         raise ValueError(f"crop_classify takes text (M,C), got shape {tuple(text.shape)}")
     masks = torch.as_tensor(masks)
@@ -183,11 +182,9 @@ def crop_classify(
         masks = masks[index]
     num, num_classes = masks.shape[0], text.shape[0]
     probs = torch.full((num, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
-    per_view = [masked_crops(clip, image, masks, keep_background=view == "box") for view in views]
-    nonempty = per_view[0][1]  # the same proposals in every view
+    crops, nonempty = masked_crops(clip, image, masks, views=views)  # (V*K, 3, S, S) view-major, (K,)
     if nonempty.numel() == 0 or num_classes == 0:
         return probs
-    crops = torch.cat([view_crops for view_crops, _ in per_view])  # (V*K, 3, S, S), view-major
     crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
     feats = torch.cat([F.normalize(clip.open_clip.encode_image(batch), dim=-1) for batch in crops.split(CROP_BATCH)])
     logits = clip.logit_scale * feats @ text.to(feats).T  # (V*K, M)
@@ -197,7 +194,7 @@ def crop_classify(
 
 
 def masked_crops(
-    clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor, *, keep_background: bool = False
+    clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor, *, views: Sequence[str] = ("masked",)
 ) -> tuple[Tensor, Tensor]:
     """OVSeg's masked crops: what CLIP's image tower sees of each proposal, at inference and in
     mask-adapted fine-tuning (:mod:`train.adapt_clip`) alike.
@@ -207,10 +204,13 @@ def masked_crops(
     about its centre (aspect kept, as padding with the mean colour would); the square is cropped and
     resized to ``image_size`` with one batched ``roi_align`` on the normalised image, and every pixel
     outside the (equally roi_aligned) mask — including outside the image — is set to CLIP's mean
-    colour, which is zero after normalisation (``keep_background``: only outside the image, the "box"
-    view). Returns the CLIP-normalised crops (K, 3, S, S) of the K non-empty masks (channels-last) and
-    their indices (K,) among the N.
+    colour, which is zero after normalisation: the "masked" view. The "box" view (of ``views``,
+    :data:`pmp.config.CROP_VIEWS`) is the same square with only what lies outside the image filled. Both
+    come from one box and one ``roi_align`` of the image. Returns the CLIP-normalised crops (V*K, 3, S, S)
+    of the K non-empty masks in each of the V views, view-major (channels-last), and their indices (K,)
+    among the N.
     """
+    check_crop_views(tuple(views))
     img = _image_tensor(clip, image)  # (3, H, W) float in [0, 1]
     masks = torch.as_tensor(masks).to(device=img.device, dtype=torch.float32)
     if masks.ndim != 3:
@@ -223,7 +223,7 @@ def masked_crops(
     rows, cols = binary.any(dim=2), binary.any(dim=1)  # (N, H), (N, W)
     nonempty = torch.nonzero(rows.any(dim=1)).flatten()
     if nonempty.numel() == 0:
-        return img.new_zeros((0, 3, *size)), nonempty
+        return img.new_zeros((0, 3, *size)), nonempty  # (0 = V*K, 3, S, S)
     rows, cols, binary = rows[nonempty], cols[nonempty], binary[nonempty]
     y0 = rows.float().argmax(dim=1)
     y1 = height - rows.flip(1).float().argmax(dim=1)  # exclusive pixel edge
@@ -238,13 +238,14 @@ def masked_crops(
     boxes = boxes + 1.0
     own = torch.arange(len(boxes), device=boxes.device, dtype=boxes.dtype)[:, None]
     crops = roi_align(normalised, torch.cat([torch.zeros_like(own), boxes], 1), size, 1.0, -1, True)
-    if not keep_background:
+    shown = {"box": crops}  # view -> (K, 3, S, S)
+    if "masked" in views:
         inside = F.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
         fill = roi_align(inside, torch.cat([own, boxes], 1), size, 1.0, -1, True)  # (K, 1, S, S) mask share
-        crops = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
+        shown["masked"] = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
     # Channels-last: the towers' convolutions run about 1.8x faster on CPU in this layout (measured on
     # the tiny CLIP's ResNet, 24 crops); the values are the same.
-    return crops.contiguous(memory_format=torch.channels_last), nonempty
+    return torch.cat([shown[view] for view in views]).contiguous(memory_format=torch.channels_last), nonempty
 
 
 def _image_tensor(clip: CLIPModel, image: np.ndarray | Tensor) -> Tensor:

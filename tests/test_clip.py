@@ -339,7 +339,9 @@ def test_box_view_keeps_the_image_and_views_combine_geometrically(resnet_clip: C
     # The left half's square spans x = -32 .. 96: the box view keeps the image's columns 0 .. 96 (the
     # masked view only 0 .. 64) and fills the columns left of the image with the mean colour (0).
     masked, _ = masked_crops(resnet_clip, image, masks[1:2])
-    box, kept = masked_crops(resnet_clip, image, masks[1:2], keep_background=True)
+    box, kept = masked_crops(resnet_clip, image, masks[1:2], views=("box",))
+    both, _ = masked_crops(resnet_clip, image, masks[1:2], views=("masked", "box"))
+    assert torch.equal(both, torch.cat([masked, box]))  # one call, view-major
     expected_box, expected_masked = torch.zeros_like(normalised), torch.zeros_like(normalised)
     expected_box[..., 32:] = normalised[..., :96]
     expected_masked[..., 32:96] = normalised[..., :64]

@@ -640,6 +640,12 @@ def stage1_pilot_runs(seed: int = 0) -> list[Run]:
     return [pilots[0], Run(f"pilot-world-baseline{suffix}", "none", PILOT_STEPS, seed=seed), *pilots[1:]]
 
 
+def train_minutes(log: Path) -> float:
+    """A run's wall time in minutes (one decimal): the largest ``seconds`` of its ``metrics.jsonl``."""
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    return round(max(row.get("seconds", 0.0) for row in rows) / 60, 1)
+
+
 def wider_head_runs() -> list[Run]:
     """The pilots' winner as a pair at the bundled schedule: the baseline and PMP recipes with a 128-channel
     head (:data:`train.recipes.STAGE1_PILOTS`, :data:`train.recipes.WIDER_PMP`), side by side, seed 0."""
@@ -662,8 +668,7 @@ def wider_head_results(planned: list[Run], runs: Path, clip: Path, out_json: Pat
         give_adapted_clip(folder, clip)
         name = next(key for key, mode in MAIN_MODELS.items() if mode == run.text_mode)
         dirs[name] = folder
-        rows = [json.loads(line) for line in (runs / run.name / "metrics.jsonl").read_text().splitlines()]
-        minutes[name] = round(max(row.get("seconds", 0.0) for row in rows) / 60, 1)
+        minutes[name] = train_minutes(runs / run.name / "metrics.jsonl")
     results = evaluate_models(dirs, out_json, None) if dirs else {}
     write_json(out_json, {**results, "train_minutes": minutes})
     return results
@@ -683,12 +688,11 @@ def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
             continue
         recipe = run.recipe or "world-baseline"
         stage1 = Segmenter(get_recipe(recipe).model, load_backbone_weights=False).proposal_model
-        rows = [json.loads(line) for line in log.read_text().splitlines()]
         results[recipe] = {
             "steps": run.steps,
             "seed": run.seed,
             "stage1_parameters": sum(p.numel() for p in stage1.parameters()),
-            "train_minutes": round(max(row.get("seconds", 0.0) for row in rows) / 60, 1),
+            "train_minutes": train_minutes(log),
             "curve": learning_curve(runs / run.name),
         }
     return results
