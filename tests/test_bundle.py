@@ -336,3 +336,38 @@ def test_the_wider_head_pair_differs_only_in_text_mode_and_reports_finished_runs
     assert list(results) == ["baseline"]  # PMP is still training: left out
     written = json.loads((tmp_path / "wider_head.json").read_text())
     assert written["train_minutes"] == {"baseline": 1.5} and written["baseline"] == results["baseline"]
+
+
+def test_other_seeds_of_the_wider_pair_are_named_and_tabled_as_the_bundled_pairs(tmp_path: Path) -> None:
+    import train.bundle as bundle
+
+    assert [(r.name, r.seed) for r in bundle.wider_head_runs()] == [("width128-baseline", None), ("width128-pmp", None)]
+    seeded = bundle.wider_head_runs(1)
+    assert [(r.name, r.seed) for r in seeded] == [("width128-baseline-seed1", 1), ("width128-pmp-seed1", 1)]
+    assert seeded[0].command(tmp_path)[-2:] == ["--seed", "1"]
+    assert bundle.wider_head_file(tmp_path, 0).name == "wider_head.json"
+    assert bundle.wider_head_file(tmp_path, 2).name == "wider_head_seed2.json"
+
+    def result(miou: float) -> dict:
+        rows = {"miou": miou, "proposal_recall": 0.5, "miou_seen": miou, "miou_unseen": None}
+        return {b: rows for b in bundle.BENCHMARKS}
+
+    first = {"baseline": result(0.40), "pmp": result(0.44), "train_minutes": {"baseline": 90.0, "pmp": 95.0}}
+    bundle.write_json(bundle.wider_head_file(tmp_path, 0), first)
+    bundle.write_json(bundle.wider_head_file(tmp_path, 1), {"baseline": result(0.42), "train_minutes": {}})
+    alone = bundle.wider_head_table(tmp_path)
+    assert alone == bundle.markdown_table({"baseline": first["baseline"], "pmp": first["pmp"]})  # seed 1 lacks PMP
+    second = {"baseline": result(0.42), "pmp": result(0.48), "train_minutes": {"baseline": 91.0, "pmp": 96.0}}
+    bundle.write_json(bundle.wider_head_file(tmp_path, 1), second)
+    table = bundle.wider_head_table(tmp_path)
+    assert table.startswith(alone) and "2 seeds: mean ± std" in table and "train_minutes" not in table
+    assert "| baseline | 41.0 ± 1.4 | 50.0 ± 0.0 |" in table and "| pmp − baseline | +5.0 (pmp ahead) |" in table
+
+
+def test_a_resumed_runs_minutes_add_each_process_time(tmp_path: Path) -> None:
+    from train.bundle import train_minutes
+
+    rows = [{"step": 1, "seconds": 60.0}, {"step": 2, "seconds": 600.0}, {"step": 2, "miou": 0.3}]
+    rows += [{"step": 3, "seconds": 30.0}, {"step": 4, "seconds": 120.0}]  # resumed: the clock starts again
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert train_minutes(tmp_path / "metrics.jsonl") == 12.0

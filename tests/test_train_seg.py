@@ -246,9 +246,12 @@ def test_resuming_with_another_config_says_what_differs(tmp_path: Path) -> None:
     with pytest.raises(ResumeError, match=r"lr: 0\.001 -> 0\.002"):
         train(tiny_train_config(steps=6, checkpoint_every=3, lr=2e-3), tmp_path)
     train(tiny_train_config(steps=6, checkpoint_every=3), tmp_path)  # only a longer schedule: resumes
+    stage2 = tiny_train_config(steps=9, checkpoint_every=3)
+    stage2 = dataclasses.replace(stage2, model=dataclasses.replace(stage2.model, crop_views=("masked", "box")))
+    train(stage2, tmp_path)  # stage 2 never enters a training step: resumes
     assert [
         r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "loss" in r
-    ] == list(range(1, 7))
+    ] == list(range(1, 10))
 
 
 def test_the_world_step_profile_times_every_phase_of_a_real_step() -> None:

@@ -447,7 +447,8 @@ def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[
     header = f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} {METRIC_TITLES[k]}" for b, k in columns)
     lines = [header + " |", "|---|" + "---|" * len(columns)]
     stats: dict[str, list[tuple[float, float] | None]] = {}
-    for name in runs[0]:
+    models = [name for name, rows in runs[0].items() if isinstance(rows, dict) and set(rows) & set(BENCHMARKS)]
+    for name in models:  # not the files' other entries, such as training minutes
         stats[name] = [seed_stats(runs, name, b, key) for b, key in columns]
         cells = ["n/a" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}" for cell in stats[name]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -641,18 +642,43 @@ def stage1_pilot_runs(seed: int = 0) -> list[Run]:
 
 
 def train_minutes(log: Path) -> float:
-    """A run's wall time in minutes (one decimal): the largest ``seconds`` of its ``metrics.jsonl``."""
-    rows = [json.loads(line) for line in log.read_text().splitlines()]
-    return round(max(row.get("seconds", 0.0) for row in rows) / 60, 1)
+    """A run's wall time in minutes (one decimal) from its ``metrics.jsonl``: each process logs the seconds
+    since it started, so a resumed run's time is the sum of each process's largest ``seconds``."""
+    total, segment, previous = 0.0, 0.0, -1.0
+    for row in map(json.loads, log.read_text().splitlines()):
+        if "seconds" not in row:
+            continue
+        if row["seconds"] < previous:  # a resumption: a new process began counting from zero
+            total, segment = total + segment, 0.0
+        segment = max(segment, row["seconds"])
+        previous = row["seconds"]
+    return round((total + segment) / 60, 1)
 
 
-def wider_head_runs() -> list[Run]:
+def wider_head_runs(seed: int = 0) -> list[Run]:
     """The pilots' winner as a pair at the bundled schedule: the baseline and PMP recipes with a 128-channel
-    head (:data:`train.recipes.STAGE1_PILOTS`, :data:`train.recipes.WIDER_PMP`), side by side, seed 0."""
+    head (:data:`train.recipes.STAGE1_PILOTS`, :data:`train.recipes.WIDER_PMP`), side by side. Seed 0 is
+    the recipes' own seed; other seeds are named as the bundled pair's (``width128-baseline-seed1``)."""
+    suffix = f"-seed{seed}" if seed else ""
     return [
-        Run("width128-baseline", "none", recipe="world-baseline-width128"),
-        Run("width128-pmp", "pmp", recipe="world-pmp-width128"),
+        Run(f"width128-baseline{suffix}", "none", seed=seed or None, recipe="world-baseline-width128"),
+        Run(f"width128-pmp{suffix}", "pmp", seed=seed or None, recipe="world-pmp-width128"),
     ]
+
+
+def wider_head_file(results: Path, seed: int) -> Path:
+    """Where :func:`wider_head_results` of a seed goes: ``wider_head.json`` for seed 0, else ``_seedK``."""
+    return results / (f"wider_head_seed{seed}.json" if seed else "wider_head.json")
+
+
+def wider_head_table(results: Path) -> str:
+    """``results/wider_head.md``: seed 0's Table 1 rows, then mean ± std over every seed whose file holds
+    both models (:func:`seed_tables`), once there are two such seeds."""
+    first = json.loads(wider_head_file(results, 0).read_text())
+    table = markdown_table({name: rows for name, rows in first.items() if name in MAIN_MODELS})
+    files = [wider_head_file(results, seed) for seed in range(3)]
+    complete = [f for f in files if f.is_file() and set(MAIN_MODELS) <= set(json.loads(f.read_text()))]
+    return table + ("\n" + seed_tables(complete) if len(complete) > 1 else "")
 
 
 def wider_head_results(planned: list[Run], runs: Path, clip: Path, out_json: Path) -> dict[str, dict]:
@@ -888,7 +914,8 @@ def main(argv: list[str] | None = None) -> int:
         "--wider-head",
         action="store_true",
         help="the baseline and PMP with a 128-channel head at the bundled schedule, with the bundled stage 2 "
-        "-> results/wider_head.json, .md (with --evaluate-only: the finished runs only)",
+        "-> results/wider_head.json (with --seed K: _seedK.json), .md (with --evaluate-only: the finished "
+        "runs only)",
     )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
@@ -923,13 +950,12 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.results / name, stage1_pilot_results(planned, args.runs))
         (args.results / "stage1_pilots.md").write_text(stage1_pilot_table(stage1_pilot_files(args.results)))
     elif args.wider_head:
-        planned = wider_head_runs()
+        planned = wider_head_runs(args.seed or 0)
         if not args.evaluate_only:
             train_segmenters(planned, args.runs, None)
-        results = wider_head_results(
-            planned, args.runs, args.checkpoints / "tiny-clip", args.results / "wider_head.json"
-        )
-        (args.results / "wider_head.md").write_text(markdown_table(results) if results else "nothing trained yet\n")
+        out = wider_head_file(args.results, args.seed or 0)
+        if wider_head_results(planned, args.runs, args.checkpoints / "tiny-clip", out):
+            (args.results / "wider_head.md").write_text(wider_head_table(args.results))
     elif args.query_sweep:
         seed = args.seed or 0
         planned = [

@@ -121,8 +121,13 @@ class ResumeError(RuntimeError):
     """An output folder that cannot be resumed as asked; the message says why and what to do."""
 
 
-# Fields that may change between a run and its resumption: they do not change what a step computes.
-RESUMABLE_CHANGES = frozenset({"steps", "log_every", "checkpoint_every", "eval_every", "eval_limit"})
+# Fields that may change between a run and its resumption: they do not change what a step computes. The
+# model's stage-2 fields are among them: a training step is stage 1 alone (Eq. 1's losses), so a run begun
+# before its recipe's stage 2 changed resumes, and only the evaluations it logs read the new stage 2.
+STAGE2_FIELDS = ("clip_weight", "stage2_mode", "crop_top_k", "crop_views")
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "log_every", "checkpoint_every", "eval_every", "eval_limit", *(f"model.{f}" for f in STAGE2_FIELDS)}
+)
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
