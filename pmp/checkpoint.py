@@ -31,6 +31,12 @@ INDEX_NAME = "model.safetensors.index.json"  # Hugging Face's layout for weights
 CHECKSUMS_NAME = "checksums.json"  # {weight file name: sha256}, written at save time, verified at load
 CARD_NAME = "README.md"
 CHECKPOINT_FILES = (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, "model-*-of-*.safetensors", CHECKSUMS_NAME, CARD_NAME)
+# An open_clip folder (train.train_clip writes one; the bundled tiny CLIP is one): what a segmenter whose
+# config names clip.checkpoint loads its CLIP weights from.
+CLIP_CONFIG_NAME = "open_clip_config.json"
+CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
+CLIP_FILES = (CLIP_CONFIG_NAME, CLIP_WEIGHTS_NAME, CARD_NAME)
+CLIP_PREFIX = "clip."  # a Segmenter's CLIP weights in its state dict
 MAX_SHARD_SIZE = "9MB"  # a Space refuses files over 10 MB without LFS
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
@@ -39,11 +45,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be loaded; the message names the file and what is wrong with it."""
 
 
-def resolve_checkpoint(name_or_path: str | os.PathLike | None, default: str = "pmp") -> Path:
+def looks_like_hub_repo(text: str) -> bool:
+    """``owner/name`` that is not a local path: what :func:`resolve_checkpoint` fetches from the Hub."""
+    return text.count("/") == 1 and not text.startswith((".", "/")) and not Path(text).exists()
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike | None, default: str = "pmp", files: tuple[str, ...] = CHECKPOINT_FILES
+) -> Path:
     """Return a local folder for a bundled name, a local folder, or a Hugging Face Hub repo id.
 
     Hub ids are fetched with ``snapshot_download``, which serves from the local cache when
-    ``HF_HUB_OFFLINE=1`` (or when the network is down and the files are cached).
+    ``HF_HUB_OFFLINE=1`` (or when the network is down and the files are cached). ``files``: the folder's
+    layout, a segmenter's (the default) or an open_clip folder's (:data:`CLIP_FILES`); its first entry
+    is the config file that marks such a folder, its second the weights.
     """
     if name_or_path is None:
         name_or_path = default
@@ -51,17 +66,16 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None, default: str = "p
     bundled = BUNDLED_DIR / str(name_or_path)
     # A folder with a config wins; then a bundled name (so "pmp" is the model even when run from the
     # repository root, where ./pmp is the package); then any other existing folder (load_config explains).
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
+    if path.is_dir() and (path / files[0]).is_file():
         return path
     if not path.is_absolute() and bundled.is_dir():
         return bundled
     if path.is_dir():
         return path
     text = str(name_or_path)
-    looks_like_repo = text.count("/") == 1 and not text.startswith((".", "/")) and not path.exists()
-    if not looks_like_repo:
+    if not looks_like_hub_repo(text):
         raise CheckpointError(
-            f"checkpoint {text!r} not found: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, "
+            f"checkpoint {text!r} not found: expected a folder with {files[0]} and {files[1]}, "
             f"a bundled name ({', '.join(sorted(p.name for p in BUNDLED_DIR.glob('*') if p.is_dir())) or 'none'}), "
             "or a Hugging Face Hub repo id such as 'user/pmp-ovseg-swinb'"
         )
@@ -69,7 +83,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike | None, default: str = "p
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id=text, allow_patterns=list(CHECKPOINT_FILES)))
+        return Path(snapshot_download(repo_id=text, allow_patterns=list(files)))
     except LocalEntryNotFoundError as error:
         raise CheckpointError(
             f"Hub checkpoint {text!r} is not in the local Hugging Face cache and the Hub cannot be reached "
@@ -89,12 +103,35 @@ def load_config(folder: Path) -> SegmenterConfig:
         raise CheckpointError(f"{config_path}: not a valid segmenter config: {error}") from error
 
 
-def load_weights(module: "nn.Module", folder: Path) -> None:
+def referenced_clip_weights(checkpoint: str, sha256: str) -> Path:
+    """The weights file of the open_clip folder a segmenter's config references (``clip.checkpoint``),
+    after checking that its bytes are the ones the segmenter was saved with: a CLIP replaced under the
+    same name would otherwise load silently and change every p_hat."""
+    folder = resolve_checkpoint(checkpoint, files=CLIP_FILES)
+    weights = folder / CLIP_WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{weights}: missing; the segmenter's CLIP is the open_clip folder {checkpoint!r}, which needs "
+            f"{CLIP_CONFIG_NAME} and {CLIP_WEIGHTS_NAME}"
+        )
+    found = file_sha256(weights)
+    if found != sha256:
+        raise CheckpointError(
+            f"{weights}: not the CLIP this segmenter was saved with (sha256 {found[:12]}..., the config pins "
+            f"{sha256[:12]}...): the folder {checkpoint!r} now holds other weights. Restore that CLIP, or save "
+            "the segmenter again with this one (Segmenter.reference_clip)"
+        )
+    return weights
+
+
+def load_weights(module: "nn.Module", folder: Path, without: str | None = None) -> None:
     """Load ``model.safetensors`` (or its shards) into ``module`` strictly, casting to the module's dtypes.
 
     Each weight file is checked against ``checksums.json`` first: safetensors validates its header, not
     the tensor bytes, so without the checksum a flipped bit would load silently and change the outputs.
-    A folder without ``checksums.json`` (saved by other tools) loads unchecked.
+    A folder without ``checksums.json`` (saved by other tools) loads unchecked. ``without``: a key prefix
+    the checkpoint leaves out because those weights come from elsewhere (a referenced CLIP's ``clip.``);
+    every other key must be there.
     """
     state: dict[str, torch.Tensor] = {}
     verify_checksums(folder)
@@ -104,7 +141,7 @@ def load_weights(module: "nn.Module", folder: Path) -> None:
         except (SafetensorError, OSError, ValueError) as error:
             raise CheckpointError(f"{weights_path}: truncated or corrupt safetensors file ({error})") from error
     weights_path = folder / (INDEX_NAME if (folder / INDEX_NAME).is_file() else WEIGHTS_NAME)
-    expected = module.state_dict()
+    expected = {key: value for key, value in module.state_dict().items() if not (without and key.startswith(without))}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -121,7 +158,7 @@ def load_weights(module: "nn.Module", folder: Path) -> None:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{weights_path}: tensor {key!r} holds NaN or inf values")
         state[key] = tensor.to(expected[key].dtype)
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=without is None)  # with ``without``: every other key checked above
 
 
 def file_sha256(path: Path) -> str:
@@ -177,6 +214,7 @@ def save_checkpoint(
     model_card_text: str | None = None,
     half_precision: bool | tuple[str, ...] = False,
     max_shard_size: int | str = MAX_SHARD_SIZE,
+    without: str | None = None,
 ) -> Path:
     """Write config, weights and card, each atomically (temp file, fsync, rename).
 
@@ -185,11 +223,14 @@ def save_checkpoint(
     ``half_precision`` stores floating tensors as float16 (the bundled models use it to stay small):
     all of them (True) or those whose keys start with one of the given prefixes (``("clip.",)``: a CLIP
     that was itself stored in float16 loses nothing). They are cast back to the module's dtype on load.
+    ``without``: a key prefix left out (a referenced CLIP's ``clip.``, loaded from its own folder).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {}
     for key, tensor in module.state_dict().items():
+        if without and key.startswith(without):
+            continue
         tensor = tensor.detach().cpu().contiguous()
         halve = half_precision if isinstance(half_precision, bool) else key.startswith(tuple(half_precision))
         if halve and tensor.is_floating_point():
@@ -217,8 +258,25 @@ def save_checkpoint(
         folder / CONFIG_NAME, lambda path: Path(path).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     )
     card = model_card_text if model_card_text is not None else model_card(config)
+    card = with_clip_reference_note(card, config)
     atomic_write(folder / CARD_NAME, lambda path: Path(path).write_text(card))
     return folder
+
+
+CLIP_REFERENCE_TITLE = "## Its CLIP"
+
+
+def with_clip_reference_note(card: str, config: SegmenterConfig) -> str:
+    """The model card, saying where the CLIP comes from when this checkpoint does not carry it (a card
+    given back when a checkpoint is saved again keeps one note, for the CLIP it references now)."""
+    card = card.split("\n" + CLIP_REFERENCE_TITLE + "\n")[0]
+    if not config.clip.checkpoint:
+        return card
+    return (
+        card.rstrip("\n") + f"\n\n{CLIP_REFERENCE_TITLE}\n\nNot stored here: the CLIP is the open_clip folder "
+        f"`{config.clip.checkpoint}` (a bundled name, a local folder or a Hub repo id; its "
+        f"`{CLIP_WEIGHTS_NAME}` has sha256 `{config.clip.checkpoint_sha256}`), which loading reads and checks.\n"
+    )
 
 
 def atomic_write(target: Path, write: Callable[[str], object]) -> None:

@@ -35,9 +35,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class CLIPConfig:
     """The CLIP used for text embeddings (both stages) and for stage-2 classification.
 
-    ``pretrained`` is only used when a model is first built for training: a saved Segmenter always
-    stores the CLIP weights in its own ``model.safetensors`` (keys ``clip.*``), so loading never needs
-    the original source.
+    ``pretrained`` is only used when a model is first built for training: a saved Segmenter stores the
+    CLIP weights in its own ``model.safetensors`` (keys ``clip.*``), so loading never needs the original
+    source. Unless ``checkpoint`` is set: then the segmenter's CLIP *is* that open_clip folder (a bundled
+    name such as ``"tiny-clip"``, a local folder or a Hub repo id), pinned by the sha256 of its weights
+    file, and a saved segmenter leaves the ``clip.*`` weights out and loads them from there
+    (:meth:`pmp.segmenter.Segmenter.reference_clip`). Two bundled segmenters sharing one frozen CLIP
+    then need not carry a copy each.
     """
 
     model_name: str = "ViT-B-16"  # an open_clip model name, used when model_cfg is None
@@ -45,6 +49,8 @@ class CLIPConfig:
     model_cfg: dict[str, Any] | None = None  # a custom open_clip config (embed_dim, vision_cfg, text_cfg)
     templates: tuple[str, ...] = ("a photo of a {}.",)
     text_cache_size: int = 4096  # bounded LRU of per-prompt text embeddings
+    checkpoint: str | None = None  # the open_clip folder whose weights this CLIP is (see above), or None
+    checkpoint_sha256: str | None = None  # the sha256 of that folder's weights file, checked on load
 
 
 @dataclass
@@ -122,6 +128,12 @@ class SegmenterConfig:
         if not 0.0 <= self.clip_weight <= 1.0:
             raise ValueError(f"clip_weight must be in [0, 1], got {self.clip_weight}")
         check_crop_views(self.crop_views)
+        if bool(self.clip.checkpoint) != bool(self.clip.checkpoint_sha256):
+            raise ValueError(
+                "clip.checkpoint and clip.checkpoint_sha256 go together: a referenced CLIP is pinned by the "
+                f"sha256 of its weights file (got checkpoint={self.clip.checkpoint!r}, "
+                f"checkpoint_sha256={self.clip.checkpoint_sha256!r})"
+            )
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
 

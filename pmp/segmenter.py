@@ -26,7 +26,7 @@ upsamples and crops only the ``crop_top_k`` proposals, one tower forward per cro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,21 @@ from open_clip.modified_resnet import ModifiedResNet
 from PIL import Image
 from torch import nn
 
-from pmp.checkpoint import MAX_SHARD_SIZE, load_config, load_weights, resolve_checkpoint, save_checkpoint
+from pmp.checkpoint import (
+    CLIP_FILES,
+    CLIP_PREFIX,
+    CLIP_WEIGHTS_NAME,
+    MAX_SHARD_SIZE,
+    CheckpointError,
+    file_sha256,
+    load_config,
+    load_weights,
+    looks_like_hub_repo,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from pmp.clip import CLIPModel
+from pmp.clip.loading import read_weights_file
 from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import load_image, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
@@ -153,8 +166,14 @@ class Segmenter(nn.Module):
         """Load a bundled name ('pmp', 'baseline'), a local folder, or a Hub repo id (None = bundled PMP)."""
         folder = resolve_checkpoint(name_or_path)
         config = load_config(folder)
-        segmenter = cls(config, load_backbone_weights=False)  # the checkpoint holds every weight
-        load_weights(segmenter, folder)
+        # The checkpoint holds every weight, except a referenced CLIP's (config.clip.checkpoint), which the
+        # CLIP loads from its own folder as it is built.
+        referenced = bool(config.clip.checkpoint)
+        try:
+            segmenter = cls(config, load_backbone_weights=False)
+        except (ValueError, FileNotFoundError) as error:  # a referenced CLIP that does not fit
+            raise CheckpointError(f"{folder}: its CLIP {config.clip.checkpoint!r} cannot be loaded: {error}") from error
+        load_weights(segmenter, folder, without=CLIP_PREFIX if referenced else None)
         return segmenter.to(device).eval()
 
     def save_pretrained(
@@ -164,16 +183,51 @@ class Segmenter(nn.Module):
         model_card: str | None = None,
         half_precision: bool | tuple[str, ...] = False,
         max_shard_size: int | str = MAX_SHARD_SIZE,
+        standalone: bool = False,
     ) -> Path:
-        """config.json + model.safetensors (split into shards over ``max_shard_size``) + README.md."""
+        """config.json + model.safetensors (split into shards over ``max_shard_size``) + README.md.
+
+        A CLIP referenced by the config (:meth:`reference_clip`) is left out of the weights, unless
+        ``standalone``: then the saved copy carries its CLIP and its config references nothing."""
+        config = self.config
+        if standalone:
+            config = replace(config, clip=replace(config.clip, checkpoint=None, checkpoint_sha256=None))
         return save_checkpoint(
             self,
-            self.config,
+            config,
             folder,
             model_card_text=model_card,
             half_precision=half_precision,
             max_shard_size=max_shard_size,
+            without=CLIP_PREFIX if config.clip.checkpoint else None,
         )
+
+    def reference_clip(self, checkpoint: str | Path) -> None:
+        """Make this segmenter's CLIP a reference to the open_clip folder ``checkpoint`` (a bundled name
+        such as ``"tiny-clip"``, a local folder or a Hub repo id) instead of a copy of it: saved, the
+        checkpoint leaves the ``clip.*`` weights out and loading reads them from that folder, pinned by the
+        sha256 of its weights file. The bundled pair shares the bundled tiny CLIP this way.
+
+        Refused (ValueError) unless the folder's weights are exactly this CLIP's, because a reference that
+        loads other weights would change every p_hat."""
+        weights = resolve_checkpoint(str(checkpoint), files=CLIP_FILES) / CLIP_WEIGHTS_NAME
+        if not weights.is_file():
+            raise CheckpointError(f"{weights}: missing; {checkpoint!r} is not an open_clip folder")
+        theirs = read_weights_file(weights)
+        ours = self.clip.open_clip.state_dict()
+        differing = sorted(set(ours) ^ set(theirs)) + [
+            key
+            for key in ours
+            if key in theirs
+            and (theirs[key].shape != ours[key].shape or not torch.equal(theirs[key].to(ours[key]), ours[key]))
+        ]
+        if differing:
+            raise ValueError(
+                f"{weights} is not this segmenter's CLIP ({len(differing)} tensors differ or are missing, e.g. "
+                f"{', '.join(differing[:3])}): a reference to it would change the outputs"
+            )
+        clip = replace(self.config.clip, checkpoint=str(checkpoint), checkpoint_sha256=file_sha256(weights))
+        self.config = replace(self.config, clip=clip)
 
     def push_to_hub(
         self, repo_id: str, *, token: str | None = None, private: bool = False, model_card: str | None = None
@@ -185,8 +239,12 @@ class Segmenter(nn.Module):
 
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        # A CLIP referenced by a bundled name or a local folder would not be found by whoever downloads
+        # the checkpoint: the Hub copy carries it, unless the reference is itself a Hub repo.
+        reference = self.config.clip.checkpoint
+        standalone = not (reference and looks_like_hub_repo(reference))
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, model_card=model_card)
+            self.save_pretrained(tmp, model_card=model_card, standalone=standalone)
             api.upload_folder(
                 repo_id=repo_id, folder_path=tmp, repo_type="model", commit_message="Upload PMP segmenter"
             )

@@ -38,6 +38,19 @@ def test_bundled_models_load_by_name_and_differ_only_in_text_mode(name: str) -> 
     assert mine == theirs
 
 
+def test_the_bundled_segmenters_share_the_bundled_clip_instead_of_a_copy() -> None:
+    from pmp.checkpoint import file_sha256, weight_files
+
+    clip_weights = CHECKPOINTS / "tiny-clip" / "open_clip_model.safetensors"
+    for name in ("baseline", "pmp"):
+        config = json.loads((CHECKPOINTS / name / "config.json").read_text())["clip"]
+        assert config["checkpoint"] == "tiny-clip"  # a bundled name, not a path of the machine that saved it
+        assert config["checkpoint_sha256"] == file_sha256(clip_weights)
+        index = json.loads((CHECKPOINTS / name / "model.safetensors.index.json").read_text())["weight_map"]
+        assert index and not any(key.startswith("clip.") for key in index)
+        assert len(weight_files(CHECKPOINTS / name)) == len(set(index.values()))
+
+
 def test_default_checkpoint_is_the_bundled_pmp() -> None:
     assert Segmenter.from_pretrained().config.decoder.text_mode == "pmp"
 

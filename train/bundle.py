@@ -13,8 +13,9 @@
 The baseline and PMP are the same recipe (``train.recipes.world_recipe``) with one field changed,
 ``decoder.text_mode``: same data indices, seeds, schedule and prompt scheme. On a 2-core machine the two
 segmenters train side by side, one core each, and the wall time of each part (CLIP, each segmenter, the
-evaluation) is written to ``results/bundle_times.json``. Checkpoints are re-saved in float16 so that every
-file stays under 10 MB and the bundle under 60 MB.
+evaluation) is written to ``results/bundle_times.json``. The tiny CLIP is stored once, in float16 (as it
+was trained), and both segmenters reference it instead of carrying a copy; weights are split into shards
+so that every file stays under 10 MB and the bundle under 60 MB.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def train_segmenters(
     planned: list[Run], runs: Path, checkpoints: Path | None = None, results: Path | None = None
 ) -> dict[str, float]:
     """Train the planned runs two at a time, one core each; install finished models in ``checkpoints/<name>``
-    (float16, checked: :func:`install_segmenter`) when given. Returns each run's wall time in seconds."""
+    (referencing the bundled CLIP, checked: :func:`install_segmenter`) when given. Returns each run's wall
+    time in seconds."""
 
     threads = max(1, (os.cpu_count() or 2) // 2)
     seconds: dict[str, float] = {}
@@ -246,8 +248,12 @@ def with_adapted_clip(segmenter: Any, clip_folder: Path) -> Any:
         raise ValueError(
             f"{clip_folder} has another text tower than the segmenter ({', '.join(text_changed[:3])}, ...)"
         )
-    clip_config = dataclasses.replace(config.clip, model_cfg=adapted_clip.config.model_cfg)
-    if clip_config != config.clip:  # another image-tower architecture: rebuild the CLIP to hold it
+    # The new weights are a copy, not the CLIP the segmenter may have referenced (install_segmenter
+    # references the installed one again).
+    clip_config = dataclasses.replace(
+        config.clip, model_cfg=adapted_clip.config.model_cfg, checkpoint=None, checkpoint_sha256=None
+    )
+    if clip_config.model_cfg != config.clip.model_cfg:  # another image-tower architecture: rebuild the CLIP
         clip = CLIPModel.build(dataclasses.replace(clip_config, pretrained=None)).to(segmenter.device)
         segmenter.clip = clip.requires_grad_(False).train(segmenter.training)
     segmenter.clip.open_clip.load_state_dict(adapted)
@@ -276,22 +282,33 @@ def give_adapted_clip(folder: Path, clip_folder: Path) -> None:
     staging.rename(folder)
 
 
+def clip_reference(folder: Path) -> str:
+    """How an installed segmenter names the CLIP folder it references: its bundled name for
+    ``checkpoints/<name>`` (so the bundle loads wherever the repository is), else the path as given."""
+    from pmp.checkpoint import BUNDLED_DIR
+
+    return folder.name if folder.resolve().parent == BUNDLED_DIR.resolve() else str(folder)
+
+
 def install_segmenter(
     source: Path, target: Path, results: Path, images: int = 20, clip: Path | None = None
 ) -> dict[str, float]:
-    """Save a trained model into ``target`` with its CLIP in float16 (with the mask-adapted ``clip``'s
-    image tower, :func:`with_adapted_clip`, when given), and measure what the saved copy changes on
-    ``images`` world-full scenes: the share of pixels labelled the same and the largest change of any
-    p_out (written to ``results/half_precision_<name>.json``)."""
+    """Save a trained model into ``target``, referencing the bundled CLIP beside it (``clip``, by default
+    ``target``'s sibling ``tiny-clip``; :meth:`pmp.segmenter.Segmenter.reference_clip`) instead of carrying
+    a copy, with the mask-adapted ``clip``'s image tower first (:func:`with_adapted_clip`) when given; and
+    measure what the saved copy changes on ``images`` world-full scenes: the share of pixels labelled the
+    same and the largest change of any p_out (written to ``results/half_precision_<name>.json``)."""
     from pmp.segmenter import Segmenter
     from train.world.benchmarks import benchmark_sample
 
     full = Segmenter.from_pretrained(source)
     if clip is not None:
         full = with_adapted_clip(full, clip)
-    # The CLIP in float16 (it was loaded from the float16 tiny-clip folder, so nothing is lost), stage 1
-    # in float32: masked crops binarise the masks, so float16 stage-1 weights changed up to 0.4 of a p_out.
-    full.save_pretrained(target, model_card=(source / "README.md").read_text(), half_precision=("clip.",))
+    # The segmenter's frozen CLIP is exactly the bundled one (reference_clip refuses it otherwise), and
+    # stage 1 stays float32: masked crops binarise the masks, so float16 stage-1 weights changed up to 0.4
+    # of a p_out.
+    full.reference_clip(clip_reference(clip or target.parent / "tiny-clip"))
+    full.save_pretrained(target, model_card=(source / "README.md").read_text())
     half = Segmenter.from_pretrained(target)
     same = total = 0
     largest = 0.0

@@ -202,11 +202,16 @@ def load_open_clip(cfg: CLIPConfig) -> tuple[nn.Module, SimpleTokenizer, int, tu
 
     ``cfg.model_cfg`` (a dict of open_clip ``CLIP`` kwargs) wins over ``cfg.model_name``. Random init
     unless ``cfg.pretrained`` names a local weights file or an open_clip tag that is already in the local
-    Hugging Face cache (else FileNotFoundError saying what to fetch).
+    Hugging Face cache (else FileNotFoundError saying what to fetch), or ``cfg.checkpoint`` references an
+    open_clip folder (its weights, checked against ``cfg.checkpoint_sha256``).
     """
     pretrained_cfg: dict[str, Any] = {}
     weights_path: str | None = None
-    if cfg.pretrained:
+    if cfg.checkpoint and not cfg.pretrained:
+        from pmp.checkpoint import referenced_clip_weights
+
+        weights_path = str(referenced_clip_weights(cfg.checkpoint, cfg.checkpoint_sha256 or ""))
+    elif cfg.pretrained:
         if _looks_like_path(cfg.pretrained):
             weights_path = cfg.pretrained
             if not os.path.isfile(weights_path):
