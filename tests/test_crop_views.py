@@ -55,3 +55,22 @@ def test_a_pooling_model_is_refused(tmp_path: Path) -> None:
 def test_readme_crop_views_table_is_generated_from_results() -> None:
     measured = json.loads((ROOT / "results" / "crop_views.json").read_text())
     assert crop_views.crop_views_table(measured["results"]) in (ROOT / "README.md").read_text()
+
+
+def test_dev_runs_the_rows_on_each_benchmarks_held_out_scenes(tmp_path: Path, monkeypatch, capsys) -> None:
+    asked = []
+
+    def recording(models, limit, benchmarks):
+        asked.append((limit, benchmarks))
+        row = {"miou": 0.5, "miou_seen": 0.6, "miou_unseen": 0.4}
+        return {name: {"masked": {b: row for b in benchmarks}} for name in models}
+
+    monkeypatch.setattr(crop_views, "compare_crop_views", recording)
+    out = tmp_path / "crop_views_dev.json"
+    assert crop_views.main(["--dev", "--limit", "3", "--out", str(out)]) == 0
+    dev = ("world-voc-dev", "world-full-dev", "world-parts-dev", "world-mixed-dev")
+    assert asked == [(3, dev)] and json.loads(out.read_text())["benchmarks"] == list(dev)
+    assert "world-mixed-dev mIoU" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        crop_views.main(["--dev", "--limit", "201"])  # 200 held-out scenes per benchmark
+    assert "--limit must be in [1, 200], got 201" in capsys.readouterr().err

@@ -202,7 +202,7 @@ def test_synthetic_benchmark_adapter_maps_255_to_ignore() -> None:
     np.testing.assert_array_equal(image, raw_image)
     assert label.dtype == np.int64 and (raw_label == 255).any()
     np.testing.assert_array_equal(label, np.where(raw_label == 255, -1, raw_label.astype(np.int64)))
-    with pytest.raises(ValueError, match="unknown synthetic benchmark"):
+    with pytest.raises(ValueError, match="unknown world benchmark .world-nope.; accepted: world-voc, .*world-voc-dev"):
         SyntheticBenchmarkDataset("world-nope")
     with pytest.raises(IndexError):
         dataset[len(dataset)]

@@ -220,3 +220,18 @@ def test_render_world_writes_png(tmp_path) -> None:
     crops = tmp_path / "crops.png"
     render_world.main(["--out", str(crops), "--n", "3", "--size", "48", "--crops"])
     assert bench.stat().st_size > 0 and crops.stat().st_size > 0
+
+
+def test_each_benchmark_has_held_out_dev_scenes_with_its_rules() -> None:
+    for name, bench in vocab.BENCHMARKS.items():
+        dev = vocab.get_benchmark(name + "-dev")
+        assert dev.num_images == vocab.DEV_IMAGES and dev.num_images < bench.num_images
+        same = ("class_names", "seen", "granularity")
+        assert [getattr(dev, key) for key in same] == [getattr(bench, key) for key in same]
+        shown = {world.benchmark_sample(bench, index, size=64)[0].tobytes() for index in range(bench.num_images)}
+        for index in (0, dev.num_images - 1):
+            image, label = world.benchmark_sample(dev, index, size=64)
+            assert image.tobytes() not in shown  # never one of the images the benchmark reports
+            assert set(np.unique(label).tolist()) <= set(range(dev.num_classes)) | {255}
+    seeds = {b.seed_offset + i for b in vocab.BENCHMARKS.values() for i in range(b.num_images)}
+    assert not seeds & {b.seed_offset + i for b in vocab.DEV_BENCHMARKS.values() for i in range(b.num_images)}

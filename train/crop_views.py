@@ -1,6 +1,7 @@
 """Which views of each proposal stage 2 should read: OVSeg's masked crop, its box with the image kept, or both.
 
     python -m train.crop_views [--limit 100] [--out results/crop_views.json]
+    python -m train.crop_views --dev --limit 200 --out results/crop_views_dev.json   # held-out scenes
 
 Why: half of the bundled baseline's matched proposals fit their region with IoU under 0.7, and masked
 crops of those are misread most of the time (``python -m train.adapt_clip --measure-only --crop-errors``).
@@ -9,6 +10,10 @@ CLIP a fragment in a field of mean colour; the box view shows the same square wi
 the object around the fragment is visible. Each bundled model is evaluated (:func:`train.evaluate.evaluate`)
 with each of :data:`ROWS` as its ``crop_views`` and ``crop_top_k`` and everything else as bundled; stage 1
 is the same in every row, so the rows differ only in p_hat (Eq. 2).
+
+``--dev`` measures the same rows on each benchmark's held-out scenes (``world-voc-dev`` and so on,
+:data:`train.world.vocabulary.DEV_BENCHMARKS`): the first run chose the views on the first 100 images of
+the benchmarks themselves, which Table 1 also reports.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from train.bundle import BENCHMARKS, MAIN_MODELS, ROOT, write_json
+from train.world.vocabulary import DEV_IMAGES, DEV_SUFFIX, get_benchmark
 
 # (crop_views, crop_top_k or None = every proposal): OVSeg's crop, the box alone, both; both for fewer
 # proposals (the rest keep p_hat = p), because each view costs one image-tower forward per proposal.
@@ -93,16 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m train.crop_views", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
-    parser.add_argument("--limit", type=int, default=100, help="images per benchmark (first N of 500)")
+    parser.add_argument("--limit", type=int, default=100, help="images per benchmark (its first N)")
+    parser.add_argument(
+        "--dev", action="store_true", help=f"each benchmark's held-out scenes ({DEV_IMAGES} each: world-voc-dev, ...)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here and the table beside it (.md)")
     args = parser.parse_args(argv)
-    if not 1 <= args.limit <= 500:
-        parser.error(f"--limit must be in [1, 500], got {args.limit}")
-    results: dict[str, Any] = compare_crop_views({name: args.checkpoints / name for name in MAIN_MODELS}, args.limit)
+    benchmarks = tuple(b + DEV_SUFFIX for b in BENCHMARKS) if args.dev else BENCHMARKS
+    most = min(get_benchmark(b).num_images for b in benchmarks)
+    if not 1 <= args.limit <= most:
+        parser.error(f"--limit must be in [1, {most}], got {args.limit}")
+    models = {name: args.checkpoints / name for name in MAIN_MODELS}
+    results: dict[str, Any] = compare_crop_views(models, args.limit, benchmarks)
     table = crop_views_table(results)
     print(table, end="")
     if args.out:
-        write_json(args.out, {"limit": args.limit, "results": results})
+        write_json(args.out, {"limit": args.limit, "benchmarks": list(benchmarks), "results": results})
         args.out.with_suffix(".md").write_text(table)
     return 0
 

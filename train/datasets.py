@@ -358,7 +358,7 @@ def build_dataset(name: str, root: str | Path, split: str = "val") -> SemSegData
 
 
 class SyntheticBenchmarkDataset(Dataset):
-    """A synthetic-world benchmark (``train.world.vocabulary.BENCHMARKS[name]``) with the interface of
+    """A synthetic-world benchmark (``train.world.vocabulary.get_benchmark(name)``) with the interface of
     :class:`SemSegDataset`.
 
     Images are rendered on demand and deterministically by index, so any subset of indices (one rank's
@@ -370,11 +370,9 @@ class SyntheticBenchmarkDataset(Dataset):
     raw_ignore_label: int = 255
 
     def __init__(self, name: str, size: int = 128) -> None:
-        from train.world.vocabulary import BENCHMARKS  # lazy: the world is only needed for synthetic benchmarks
+        from train.world.vocabulary import get_benchmark  # lazy: the world is only needed for synthetic benchmarks
 
-        if name not in BENCHMARKS:
-            raise ValueError(f"unknown synthetic benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
-        self.benchmark = BENCHMARKS[name]
+        self.benchmark = get_benchmark(name)  # a clear error lists the accepted names
         self.name = name
         self.size = int(size)
         self.class_names = tuple(self.benchmark.class_names)

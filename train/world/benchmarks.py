@@ -13,6 +13,7 @@ from train.world.vocabulary import (
     ALL_NAMES,
     CLASS_ID,
     CLASS_NAMES,
+    DEV_SUFFIX,
     GROUP_OF,
     GROUPS,
     PART_ID,
@@ -49,7 +50,8 @@ def benchmark_scene(benchmark: Benchmark | str, index: int, size: int = 128) -> 
         raise ValueError(f"index must be an integer in [0, {benchmark.num_images}) for {benchmark.name}, got {index!r}")
     _check_args(benchmark.seed_offset + int(index), size)
     seed = benchmark.seed_offset + int(index)
-    rng = np.random.default_rng([_SALT_BENCHMARK, _BENCHMARK_SALT.get(benchmark.name, 0), seed])
+    salt = _BENCHMARK_SALT.get(benchmark.name.removesuffix(DEV_SUFFIX), 0)  # a -dev split: its benchmark's
+    rng = np.random.default_rng([_SALT_BENCHMARK, salt, seed])
     min_things = 2 if benchmark.granularity in ("parts", "mixed") else 1
     scene = _render(rng, seed, int(size), set(benchmark_scene_classes(benchmark)), min_things=min_things)
     lut = np.full(256, IGNORE, np.uint8)
