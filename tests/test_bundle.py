@@ -333,6 +333,8 @@ def test_the_wider_head_pair_differs_only_in_text_mode_and_reports_finished_runs
     assert baseline.decoder.hidden_dim == pmp.decoder.hidden_dim == 128 and pmp.decoder.text_mode == "pmp"
     assert dataclasses.replace(pmp, decoder=baseline.decoder, name=baseline.name) == baseline
     (tmp_path / "width128-baseline" / "model").mkdir(parents=True)
+    for name in ("config.json", "checksums.json"):
+        (tmp_path / "width128-baseline" / "model" / name).write_text("{}")
     rows = [{"step": 10, "seconds": 30.0}, {"step": 20, "seconds": 90.0}]
     (tmp_path / "width128-baseline" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     given, evaluated = [], []
@@ -349,6 +351,18 @@ def test_the_wider_head_pair_differs_only_in_text_mode_and_reports_finished_runs
     assert list(results) == ["baseline"]  # PMP is still training: left out
     written = json.loads((tmp_path / "wider_head.json").read_text())
     assert written["train_minutes"] == {"baseline": 1.5} and written["baseline"] == results["baseline"]
+    # Run again once PMP has finished: only PMP is evaluated, the baseline keeps its rows.
+    for name in ("config.json", "checksums.json"):
+        (tmp_path / "width128-pmp" / "model").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "width128-pmp" / "model" / name).write_text('{"pmp": 1}')
+    (tmp_path / "width128-pmp" / "metrics.jsonl").write_text(json.dumps({"step": 1, "seconds": 6.0}) + "\n")
+    evaluated.clear()
+    again = bundle.wider_head_results(planned, tmp_path, tmp_path / "clip", tmp_path / "wider_head.json")
+    assert [list(dirs) for dirs, _ in evaluated] == [["pmp"]] and list(again) == ["baseline", "pmp"]
+    (folder / "config.json").write_text('{"changed": true}')  # another baseline: measured again
+    evaluated.clear()
+    bundle.wider_head_results(planned, tmp_path, tmp_path / "clip", tmp_path / "wider_head.json")
+    assert [list(dirs) for dirs, _ in evaluated] == [["baseline"]]
 
 
 def test_other_seeds_of_the_wider_pair_are_named_and_tabled_as_the_bundled_pairs(tmp_path: Path) -> None:

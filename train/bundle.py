@@ -701,8 +701,11 @@ def wider_head_table(results: Path) -> str:
 def wider_head_results(planned: list[Run], runs: Path, clip: Path, out_json: Path) -> dict[str, dict]:
     """Table 1 of each finished run of ``planned`` (its ``model`` folder, given the bundled stage 2 with
     :func:`give_adapted_clip` first, so that only stage 1 differs from the bundled pair), under its text
-    mode's model name, with its training minutes; runs still training are left out."""
-    dirs, minutes = {}, {}
+    mode's model name, with its training minutes; runs still training are left out.
+
+    A model whose saved files are those ``out_json`` was measured on (:func:`model_stamp`) keeps its rows:
+    run again when the second run of a pair finishes, this evaluates only that one."""
+    dirs, minutes, stamps = {}, {}, {}
     for run in planned:
         folder = runs / run.name / "model"
         if not folder.is_dir():
@@ -712,9 +715,23 @@ def wider_head_results(planned: list[Run], runs: Path, clip: Path, out_json: Pat
         name = next(key for key, mode in MAIN_MODELS.items() if mode == run.text_mode)
         dirs[name] = folder
         minutes[name] = train_minutes(runs / run.name / "metrics.jsonl")
-    results = evaluate_models(dirs, out_json, None) if dirs else {}
-    write_json(out_json, {**results, "train_minutes": minutes})
+        stamps[name] = model_stamp(folder)
+    previous = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    kept = {n: previous[n] for n in dirs if n in previous and previous.get("model_stamps", {}).get(n) == stamps[n]}
+    missing = {name: folder for name, folder in dirs.items() if name not in kept}
+    fresh = evaluate_models(missing, out_json, None) if missing else {}
+    results = {name: kept[name] if name in kept else fresh[name] for name in dirs}
+    write_json(out_json, {**results, "train_minutes": minutes, "model_stamps": stamps})
     return results
+
+
+def model_stamp(folder: Path) -> str:
+    """What a saved model's outputs depend on, as one sha256: its config and its weight files' checksums."""
+    import hashlib
+
+    from pmp.checkpoint import CHECKSUMS_NAME, CONFIG_NAME
+
+    return hashlib.sha256(b"".join((folder / name).read_bytes() for name in (CONFIG_NAME, CHECKSUMS_NAME))).hexdigest()
 
 
 def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
