@@ -182,7 +182,13 @@ def test_readme_adaptation_tables_are_generated_from_results() -> None:
 
 def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_from_results() -> None:
     from train.adapt_clip import crop_error_table
-    from train.bundle import markdown_table, stage1_pilot_files, stage1_pilot_table, third_cycle_table
+    from train.bundle import (
+        markdown_table,
+        stage1_pilot_files,
+        stage1_pilot_table,
+        third_cycle_table,
+        wider_head_table,
+    )
 
     readme = (ROOT / "README.md").read_text()
     assert third_cycle_table(ROOT / "results") in readme
@@ -190,9 +196,7 @@ def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_fr
     assert markdown_table(deeper) in readme
     assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in readme
     assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in readme
-    wider = json.loads((ROOT / "results" / "wider_head.json").read_text())
-    wider.pop("train_minutes")
-    assert markdown_table(wider) in readme
+    assert wider_head_table(ROOT / "results") in readme
 
 
 def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
