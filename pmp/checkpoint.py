@@ -103,17 +103,22 @@ def load_config(folder: Path) -> SegmenterConfig:
         raise CheckpointError(f"{config_path}: not a valid segmenter config: {error}") from error
 
 
+def open_clip_weights(checkpoint: str | os.PathLike) -> Path:
+    """The weights file of an open_clip folder (a bundled name, a local folder or a Hub repo id)."""
+    weights = resolve_checkpoint(checkpoint, files=CLIP_FILES) / CLIP_WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(
+            f"{weights}: missing; {str(checkpoint)!r} is not an open_clip folder, which needs "
+            f"{CLIP_CONFIG_NAME} and {CLIP_WEIGHTS_NAME}"
+        )
+    return weights
+
+
 def referenced_clip_weights(checkpoint: str, sha256: str) -> Path:
     """The weights file of the open_clip folder a segmenter's config references (``clip.checkpoint``),
     after checking that its bytes are the ones the segmenter was saved with: a CLIP replaced under the
     same name would otherwise load silently and change every p_hat."""
-    folder = resolve_checkpoint(checkpoint, files=CLIP_FILES)
-    weights = folder / CLIP_WEIGHTS_NAME
-    if not weights.is_file():
-        raise CheckpointError(
-            f"{weights}: missing; the segmenter's CLIP is the open_clip folder {checkpoint!r}, which needs "
-            f"{CLIP_CONFIG_NAME} and {CLIP_WEIGHTS_NAME}"
-        )
+    weights = open_clip_weights(checkpoint)
     found = file_sha256(weights)
     if found != sha256:
         raise CheckpointError(

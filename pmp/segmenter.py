@@ -38,15 +38,14 @@ from PIL import Image
 from torch import nn
 
 from pmp.checkpoint import (
-    CLIP_FILES,
     CLIP_PREFIX,
-    CLIP_WEIGHTS_NAME,
     MAX_SHARD_SIZE,
     CheckpointError,
     file_sha256,
     load_config,
     load_weights,
     looks_like_hub_repo,
+    open_clip_weights,
     resolve_checkpoint,
     save_checkpoint,
 )
@@ -210,9 +209,7 @@ class Segmenter(nn.Module):
 
         Refused (ValueError) unless the folder's weights are exactly this CLIP's, because a reference that
         loads other weights would change every p_hat."""
-        weights = resolve_checkpoint(str(checkpoint), files=CLIP_FILES) / CLIP_WEIGHTS_NAME
-        if not weights.is_file():
-            raise CheckpointError(f"{weights}: missing; {checkpoint!r} is not an open_clip folder")
+        weights = open_clip_weights(checkpoint)
         theirs = read_weights_file(weights)
         ours = self.clip.open_clip.state_dict()
         differing = sorted(set(ours) ^ set(theirs)) + [
