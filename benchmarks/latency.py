@@ -27,7 +27,9 @@ Per model also: PMP's stage-1 overhead (interleaved forwards on identical inputs
 forward spent in its text path); stage 2 alone, mask pooling vs OVSeg crops of every proposal; the text
 cache (encoding vs cache hits); for the paper-scale CLIP (shared by r50 and swinb, so measured once) the
 ViT dense-pass resolution trade-off (``Segmenter.vit_dense_scale``), and for r50 float32 vs bfloat16
-autocast (time, and how far the outputs move).
+autocast (time, and how far the outputs move). ``--reference FOLDER`` times another checkpoint (the
+previous bundled baseline, say) against the bundled baseline, interleaved: how much a change of model
+costs, measured side by side so that the machine's speed on the day cancels out of the ratio.
 
 Targets (printed as PASS/MISS/SKIP lines, kept in the JSON): PMP stage-1 overhead <= 3%; pooled stage 2
 >= 10x faster than crops of all proposals; cached prompts >= 50x faster than encoding them; bundled warm
@@ -379,6 +381,26 @@ def text_path_time(segmenter: Segmenter, pixels: torch.Tensor, text: torch.Tenso
     return sum(spent), total
 
 
+def reference_comparison(
+    segmenter: Segmenter, reference: Segmenter, image: np.ndarray, count: int, repeats: int
+) -> dict[str, Any]:
+    """Whole warm requests of ``segmenter`` and another checkpoint of the same kind (``--reference``, say a
+    previous bundled model), interleaved on one image and prompt set: what a change of model costs, measured
+    side by side so that the machine's speed that day cancels out of the ratio."""
+    text = prompt_text(count)
+    for model in (segmenter, reference):
+        request(model, image, text)  # warm both
+    pairs = [(request(segmenter, image, text)[0], request(reference, image, text)[0]) for _ in range(repeats)]
+    ratios = [mine["total"] / theirs["total"] for mine, theirs in pairs]
+    return {
+        "prompts": count,
+        "pairs": repeats,
+        "bundled": {stage: statistics.median(m[stage] for m, _ in pairs) for stage in STAGES},
+        "reference": {stage: statistics.median(r[stage] for _, r in pairs) for stage in STAGES},
+        "ratio": statistics.median(ratios),
+    }
+
+
 def stage2_pool_vs_crop(
     segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, image_size: int | None
 ) -> dict[str, Any]:
@@ -625,6 +647,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-extras", action="store_true", help="skip the ViT dense-resolution and bfloat16 comparisons"
     )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="with the bundled models: also time this checkpoint against the bundled baseline, interleaved",
+    )
     parser.add_argument("--no-profile", action="store_true", help="do not profile missed targets")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
@@ -781,6 +810,17 @@ def benchmark_model(
         f"({o['pmp_text_path_s'] / o['pmp_forward_s']:.1%})"
         + ("  <- where the overhead goes" if status == "MISS" else "")
     )
+
+    if key == "bundled" and args.reference is not None:
+        reference = Segmenter.from_pretrained(args.reference, device=device)
+        r = entry["reference"] = reference_comparison(pair["baseline"], reference, image, count, max(repeats, 10))
+        r["folder"] = str(args.reference)
+        print(
+            f"   bundled baseline against --reference {args.reference}, {r['pairs']} interleaved requests at "
+            f"{count} prompts: {ms(r['bundled']['total']).strip()} vs {ms(r['reference']['total']).strip()} ms "
+            f"(stage 1 {ms(r['bundled']['stage1']).strip()} vs {ms(r['reference']['stage1']).strip()}, stage 2 "
+            f"{ms(r['bundled']['stage2']).strip()} vs {ms(r['reference']['stage2']).strip()}) -> {r['ratio']:.2f}x"
+        )
 
     if measure_clip:  # stage 2 and the text cache depend on the CLIP only: r50 and swinb share theirs
         c = entry["stage2_pool_vs_crop"] = stage2_pool_vs_crop(pair["pmp"], image, count, args.repeats, stage1_size)

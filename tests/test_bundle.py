@@ -38,6 +38,20 @@ def test_bundled_models_load_by_name_and_differ_only_in_text_mode(name: str) -> 
     assert mine == theirs
 
 
+@pytest.mark.parametrize("name", ["baseline", "pmp"])
+def test_each_bundled_segmenter_is_its_bundled_recipes_model(name: str) -> None:
+    """What the README says the bundle is (the world recipe, 128-channel head) is what checkpoints/ holds."""
+    import dataclasses
+
+    from pmp.config import SegmenterConfig
+    from train.recipes import get_recipe
+
+    saved = SegmenterConfig.from_dict(json.loads((CHECKPOINTS / name / "config.json").read_text()))
+    recipe = get_recipe(f"world-{name}").model
+    assert saved.decoder.hidden_dim == 128
+    assert dataclasses.replace(saved, clip=recipe.clip) == recipe  # the CLIP is a reference to the bundled one
+
+
 def test_the_bundled_segmenters_share_the_bundled_clip_instead_of_a_copy() -> None:
     from pmp.checkpoint import file_sha256, weight_files
 
@@ -159,12 +173,13 @@ def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path:
 
 
 def test_readme_seed_table_is_generated_from_results() -> None:
-    from train.bundle import SEED_FILES, seed_tables
+    from train.bundle import seed_tables, table1_files
 
     readme = (ROOT / "README.md").read_text()
     assert seed_tables([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)]) in readme
-    main = [ROOT / "results" / name for name in SEED_FILES]
-    assert seed_tables(main) in readme  # Table 1: the bundled recipe, seeds 0 (the bundle), 1 and 2
+    main = table1_files(ROOT / "results")
+    assert len(main) >= 2 and seed_tables(main) in readme  # Table 1: the bundled recipe, seeds 0 (the bundle), 1, 2
+    assert len(table1_files(ROOT / "results" / "width64")) == 3  # and the previous pair's three
 
 
 def test_readme_adaptation_tables_are_generated_from_results() -> None:
@@ -183,11 +198,11 @@ def test_readme_adaptation_tables_are_generated_from_results() -> None:
 def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_from_results() -> None:
     from train.adapt_clip import crop_error_table
     from train.bundle import (
+        head_width_table,
         markdown_table,
         stage1_pilot_files,
         stage1_pilot_table,
         third_cycle_table,
-        wider_head_table,
     )
 
     readme = (ROOT / "README.md").read_text()
@@ -196,7 +211,7 @@ def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_fr
     assert markdown_table(deeper) in readme
     assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in readme
     assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in readme
-    assert wider_head_table(ROOT / "results") in readme
+    assert head_width_table(ROOT / "results") in readme
 
 
 def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
@@ -241,6 +256,20 @@ def test_a_planned_run_is_the_recipe_with_only_its_fields_changed() -> None:
     assert "world-baseline" in plain and "--steps" not in plain and "--seed" not in plain
 
 
+def test_the_sweep_and_the_ablations_keep_the_recipe_they_were_measured_with() -> None:
+    """Their results are of the 64-channel head the bundled pair had then: re-running them reproduces that."""
+    from train.bundle import ABLATION_QUERIES, SHORT_STEPS, ablation_runs, query_sweep_runs
+    from train.recipes import get_recipe
+
+    sweep, ablations = query_sweep_runs(1), ablation_runs()
+    assert {run.recipe for run in sweep} == {"world-baseline-width64", "world-pmp-width64"}
+    assert len({run.recipe for run in ablations}) == len(ablations) == 6
+    for run in sweep + ablations:
+        model = get_recipe(run.recipe).model
+        assert model.decoder.hidden_dim == 64 and model.decoder.text_mode == run.text_mode and run.steps == SHORT_STEPS
+    assert {run.name for run in ablations} >= {r.name for r in query_sweep_runs(0) if r.num_queries == ABLATION_QUERIES}
+
+
 def test_query_sweep_table_and_figure_from_per_seed_files(tmp_path: Path) -> None:
     from train.bundle import QUERY_BUDGETS, SWEEP_BENCHMARKS, plot_query_sweep, query_sweep_table
 
@@ -275,6 +304,8 @@ def test_readme_sweep_ablation_and_diagnosis_tables_are_generated_from_results()
     assert markdown_table(json.loads((ROOT / "results" / "ablations.json").read_text())) in readme
     diagnosis = json.loads((ROOT / "results" / "diagnosis.json").read_text())
     assert markdown(diagnosis) in readme and ceilings_markdown(diagnosis["ceilings"]) in readme
+    previous = json.loads((ROOT / "results" / "width64" / "diagnosis.json").read_text())  # the previous pair's
+    assert ceilings_markdown(previous["ceilings"]) in readme
 
 
 def test_the_adaptation_phases_run_in_a_chain_with_their_settings_as_flags(monkeypatch, tmp_path: Path) -> None:
@@ -297,7 +328,7 @@ def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path)
 
     planned = stage1_pilot_runs()
     assert [run.steps for run in planned] == [PILOT_STEPS] * len(planned)
-    assert planned[1].recipe is None and "world-baseline" in planned[1].command(tmp_path)  # the control
+    assert planned[0].recipe == "world-baseline" and planned[1].recipe == "world-baseline-width64"  # the control
     reseeded = stage1_pilot_runs(seed=1)
     assert all(run.name.endswith("-seed1") and "--seed" in run.command(tmp_path) for run in reseeded)
 
@@ -315,84 +346,42 @@ def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path)
         trained(run, 0.6)
     trained(reseeded[1], 0.62)  # the second seed of the control only
     first = stage1_pilot_results(planned, tmp_path)
-    assert list(first) == ["world-baseline-width128", "world-baseline", "world-baseline-regnetx004"]
+    assert list(first) == ["world-baseline", "world-baseline-width64", "world-baseline-regnetx004"]
     sizes = {recipe: result["stage1_parameters"] for recipe, result in first.items()}
-    assert sizes["world-baseline-width128"] > sizes["world-baseline"] < sizes["world-baseline-regnetx004"]
-    assert list(stage1_pilot_results(reseeded, tmp_path)) == ["world-baseline"]  # untrained runs are left out
+    assert sizes["world-baseline"] > sizes["world-baseline-width64"] < sizes["world-baseline-regnetx004"]
+    assert list(stage1_pilot_results(reseeded, tmp_path)) == ["world-baseline-width64"]  # untrained: left out
     (tmp_path / "seed0.json").write_text(json.dumps(first))
     (tmp_path / "seed1.json").write_text(json.dumps(stage1_pilot_results(reseeded, tmp_path)))
     table = stage1_pilot_table([tmp_path / "seed0.json", tmp_path / "seed1.json"])
-    control = f"| world-baseline | {sizes['world-baseline'] / 1e6:.2f} M | {PILOT_STEPS} | 2 | 2.0 | 61.0 ± 1.4 |"
+    size = sizes["world-baseline-width64"] / 1e6
+    control = f"| world-baseline-width64 | {size:.2f} M | {PILOT_STEPS} | 2 | 2.0 | 61.0 ± 1.4 |"
     assert control in table and f"| {PILOT_STEPS} | 1 | 2.0 | 60.0 | 40.0 | 50.0 |" in table
 
 
-def test_the_wider_head_pair_differs_only_in_text_mode_and_reports_finished_runs(tmp_path: Path, monkeypatch) -> None:
-    import dataclasses
-
+def test_the_head_width_table_compares_both_pairs_and_skips_other_entries(tmp_path: Path) -> None:
     import train.bundle as bundle
-    from train.recipes import get_recipe
-
-    planned = bundle.wider_head_runs()
-    baseline, pmp = (get_recipe(run.recipe).model for run in planned)
-    assert baseline.decoder.hidden_dim == pmp.decoder.hidden_dim == 128 and pmp.decoder.text_mode == "pmp"
-    assert dataclasses.replace(pmp, decoder=baseline.decoder, name=baseline.name) == baseline
-    (tmp_path / "width128-baseline" / "model").mkdir(parents=True)
-    for name in ("config.json", "checksums.json"):
-        (tmp_path / "width128-baseline" / "model" / name).write_text("{}")
-    rows = [{"step": 10, "seconds": 30.0}, {"step": 20, "seconds": 90.0}]
-    (tmp_path / "width128-baseline" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    given, evaluated = [], []
-    monkeypatch.setattr(bundle, "give_adapted_clip", lambda folder, clip: given.append((folder, clip)))
-
-    def evaluate(dirs, out_json, limit):
-        evaluated.append((dirs, limit))
-        return {name: {"world-full": {"miou": 0.5}} for name in dirs}
-
-    monkeypatch.setattr(bundle, "evaluate_models", evaluate)
-    results = bundle.wider_head_results(planned, tmp_path, tmp_path / "clip", tmp_path / "wider_head.json")
-    folder = tmp_path / "width128-baseline" / "model"
-    assert given == [(folder, tmp_path / "clip")] and evaluated == [({"baseline": folder}, None)]
-    assert list(results) == ["baseline"]  # PMP is still training: left out
-    written = json.loads((tmp_path / "wider_head.json").read_text())
-    assert written["train_minutes"] == {"baseline": 1.5} and written["baseline"] == results["baseline"]
-    # Run again once PMP has finished: only PMP is evaluated, the baseline keeps its rows.
-    for name in ("config.json", "checksums.json"):
-        (tmp_path / "width128-pmp" / "model").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "width128-pmp" / "model" / name).write_text('{"pmp": 1}')
-    (tmp_path / "width128-pmp" / "metrics.jsonl").write_text(json.dumps({"step": 1, "seconds": 6.0}) + "\n")
-    evaluated.clear()
-    again = bundle.wider_head_results(planned, tmp_path, tmp_path / "clip", tmp_path / "wider_head.json")
-    assert [list(dirs) for dirs, _ in evaluated] == [["pmp"]] and list(again) == ["baseline", "pmp"]
-    (folder / "config.json").write_text('{"changed": true}')  # another baseline: measured again
-    evaluated.clear()
-    bundle.wider_head_results(planned, tmp_path, tmp_path / "clip", tmp_path / "wider_head.json")
-    assert [list(dirs) for dirs, _ in evaluated] == [["baseline"]]
-
-
-def test_other_seeds_of_the_wider_pair_are_named_and_tabled_as_the_bundled_pairs(tmp_path: Path) -> None:
-    import train.bundle as bundle
-
-    assert [(r.name, r.seed) for r in bundle.wider_head_runs()] == [("width128-baseline", None), ("width128-pmp", None)]
-    seeded = bundle.wider_head_runs(1)
-    assert [(r.name, r.seed) for r in seeded] == [("width128-baseline-seed1", 1), ("width128-pmp-seed1", 1)]
-    assert seeded[0].command(tmp_path)[-2:] == ["--seed", "1"]
-    assert bundle.wider_head_file(tmp_path, 0).name == "wider_head.json"
-    assert bundle.wider_head_file(tmp_path, 2).name == "wider_head_seed2.json"
 
     def result(miou: float) -> dict:
-        rows = {"miou": miou, "proposal_recall": 0.5, "miou_seen": miou, "miou_unseen": None}
-        return {b: rows for b in bundle.BENCHMARKS}
+        rows = {"miou": miou, "proposal_recall": 0.5, "miou_seen": miou, "miou_unseen": 0.2}
+        return {b: {**rows, "miou_seen": None} if b == "world-parts" else rows for b in bundle.BENCHMARKS}
 
-    first = {"baseline": result(0.40), "pmp": result(0.44), "train_minutes": {"baseline": 90.0, "pmp": 95.0}}
-    bundle.write_json(bundle.wider_head_file(tmp_path, 0), first)
-    bundle.write_json(bundle.wider_head_file(tmp_path, 1), {"baseline": result(0.42), "train_minutes": {}})
-    alone = bundle.wider_head_table(tmp_path)
-    assert alone == bundle.markdown_table({"baseline": first["baseline"], "pmp": first["pmp"]})  # seed 1 lacks PMP
-    second = {"baseline": result(0.42), "pmp": result(0.48), "train_minutes": {"baseline": 91.0, "pmp": 96.0}}
-    bundle.write_json(bundle.wider_head_file(tmp_path, 1), second)
-    table = bundle.wider_head_table(tmp_path)
-    assert table.startswith(alone) and "2 seeds: mean ± std" in table and "train_minutes" not in table
-    assert "| baseline | 41.0 ± 1.4 | 50.0 ± 0.0 |" in table and "| pmp − baseline | +5.0 (pmp ahead) |" in table
+    for folder, base in ((tmp_path / bundle.PREVIOUS_PAIR, 0.40), (tmp_path, 0.50)):
+        folder.mkdir(exist_ok=True)
+        for seed, name in enumerate(bundle.SEED_FILES):
+            miou = base + 0.01 * seed
+            rows = {"baseline": result(miou), "pmp": result(miou + 0.02), "train_minutes": {"baseline": 90.0}}
+            bundle.write_json(folder / name, rows)
+    table = bundle.head_width_table(tmp_path)
+    assert table.startswith("| stage-1 head | model |") and table.count("\n") == 2 + 2 * 2  # no train_minutes row
+    previous, bundled = bundle.HEAD_WIDTHS.values()
+    assert f"| {previous} (3 seeds) | baseline | 41.0 ± 1.0 (41.0 / 20.0) |" in table
+    assert f"| {bundled} (3 seeds) | pmp | 53.0 ± 1.0 (53.0 / 20.0) |" in table and "(n/a / 20.0)" in table
+    assert "train_minutes" not in bundle.seed_tables([tmp_path / name for name in bundle.SEED_FILES])
+    bundle.plot_seed_results(bundle.table1_files(tmp_path), tmp_path / "results.png")  # minutes are no model
+    assert bundle.markdown_table(json.loads((tmp_path / "main.json").read_text())).count("\n") == 4
+    (tmp_path / "main_seed2.json").unlink()  # a seed still training is left out, and the table says so
+    assert bundle.table1_files(tmp_path) == [tmp_path / "main.json", tmp_path / "main_seed1.json"]
+    assert f"| {bundled} (2 seeds) | pmp | 52.5 ± 0.7 (52.5 / 20.0) |" in bundle.head_width_table(tmp_path)
 
 
 def test_a_resumed_runs_minutes_add_each_process_time(tmp_path: Path) -> None:

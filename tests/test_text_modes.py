@@ -156,14 +156,17 @@ def test_ovseg_recipes_run_ovsegs_own_second_stage_and_the_demo_says_which_ran()
     assert "boxes" not in column_title("pmp", "pool", crop_views=("masked", "box"))  # pooling reads no crops
 
 
-def test_the_stage1_pilots_change_only_stage_ones_size() -> None:
+def test_the_previous_recipes_and_the_stage1_pilots_change_only_stage_ones_size() -> None:
     import dataclasses
 
-    from train.recipes import STAGE1_PILOTS, get_recipe
+    from pmp.config import TEXT_MODES
+    from train.recipes import STAGE1_PILOTS, get_recipe, previous_recipe, world_name
 
     bundled = dataclasses.asdict(get_recipe("world-baseline"))
-    assert bundled["model"]["decoder"]["hidden_dim"] == bundled["model"]["pixel_decoder"]["mask_dim"] == 64
-    for name in STAGE1_PILOTS:
+    assert bundled["model"]["decoder"]["hidden_dim"] == bundled["model"]["pixel_decoder"]["mask_dim"] == 128
+    previous = dataclasses.asdict(get_recipe(previous_recipe("none")))
+    assert previous["model"]["decoder"]["hidden_dim"] == previous["model"]["pixel_decoder"]["mask_dim"] == 64
+    for name in [previous_recipe("none"), *STAGE1_PILOTS]:
         pilot = dataclasses.asdict(get_recipe(name))
         differs = {
             f"{part}.{key}"
@@ -177,3 +180,7 @@ def test_the_stage1_pilots_change_only_stage_ones_size() -> None:
             "decoder.num_heads", "decoder.dim_feedforward",
         }, name  # fmt: skip
         assert {k: v for k, v in pilot.items() if k != "model"} == {k: v for k, v in bundled.items() if k != "model"}
+    for mode in TEXT_MODES:  # every text mode keeps its 64-channel recipe, which the ablations ran with
+        narrow, wide = get_recipe(previous_recipe(mode)).model, get_recipe(world_name(mode)).model
+        assert narrow.decoder.text_mode == wide.decoder.text_mode == mode and narrow.name == wide.name
+        assert dataclasses.replace(narrow, decoder=wide.decoder, pixel_decoder=wide.pixel_decoder) == wide

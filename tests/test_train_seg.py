@@ -260,3 +260,26 @@ def test_the_world_step_profile_times_every_phase_of_a_real_step() -> None:
     result = profile("world-pmp", steps=1, batch_size=2)
     assert set(result["phases_s"]) == set(PHASES) and all(v > 0 for v in result["phases_s"].values())
     assert abs(sum(result["phases_s"].values()) - result["seconds_per_step"]) < 1e-9
+
+
+def test_the_latency_reference_comparison_times_both_models_on_one_request() -> None:
+    """``--reference``: both checkpoints answer the same request, in interleaved pairs, and the ratio is
+    of the whole request (the figures themselves are wall-clock and not asserted)."""
+    import numpy as np
+    import torch
+
+    from benchmarks.latency import STAGES, reference_comparison
+    from pmp.segmenter import Segmenter
+    from train.recipes import world_model
+
+    torch.manual_seed(0)
+    models = [Segmenter(world_model(mode, num_queries=4, width=32)).eval() for mode in ("none", "pmp")]
+    calls = []
+    for model in models:
+        original = model.segment
+        model.segment = lambda *a, _o=original, _m=model, **k: calls.append(_m) or _o(*a, **k)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    measured = reference_comparison(models[0], models[1], image, count=3, repeats=2)
+    assert calls == [models[0], models[1]] + [models[0], models[1]] * 2  # warm-up, then interleaved pairs
+    assert measured["pairs"] == 2 and measured["prompts"] == 3
+    assert set(measured["bundled"]) == set(measured["reference"]) == set(STAGES) and measured["ratio"] > 0

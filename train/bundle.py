@@ -6,7 +6,6 @@
     python -m train.bundle --query-sweep --seed 0   # 4-32 queries, short recipe -> docs/query_sweep.png
     python -m train.bundle --ablations          # every text mode (Eq. 5 variants, Fig. 5), short recipe
     python -m train.bundle --evaluate-only      # re-run only the evaluation tables
-    python -m train.bundle --wider-head         # the pair with a 128-channel head -> results/wider_head.json
     python -m train.bundle --install-adapted-clip runs/bundle/clip-adapted/model   # a new stage-2 CLIP
     python -m train.bundle --seed-table results/main.json,results/main_seed1.json   # Table 1, mean ± std
 
@@ -34,6 +33,8 @@ from typing import Any
 
 import torch
 
+from train.recipes import previous_recipe, world_name
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ("world-voc", "world-full", "world-parts", "world-mixed")
 INVESTIGATED = ("world-voc", "world-full", "world-parts")  # the stage-2 investigation's benchmarks
@@ -45,7 +46,8 @@ ABLATIONS = {
     "text_queries": "text_queries",
 }
 CLIP_WEIGHT_SWEEP = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # Eq. 3's exponent of p_hat; 0 = stage 1 alone
-# The query-budget sweep and the Fig. 5 ablations: the bundled recipe, shorter (the same for every run).
+# The query-budget sweep and the Fig. 5 ablations: the previous bundled recipe (its 64-channel head,
+# train.recipes.previous_recipe), shorter (the same for every run).
 SHORT_STEPS = 1500
 PILOT_STEPS = 3000  # the stage-1 capacity pilots and their control, each the bundled schedule this long
 QUERY_BUDGETS = (4, 8, 16, 32)
@@ -70,7 +72,7 @@ class Run:
             "-m",
             "train.train_segmenter",
             "--recipe",
-            self.recipe or f"world-{'baseline' if self.text_mode == 'none' else self.text_mode}",
+            self.recipe or world_name(self.text_mode),
             "--out",
             os.path.relpath(runs / self.name, ROOT),
             "--init-clip",
@@ -404,10 +406,10 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     """One row per model, mIoU all / seen / unseen and proposal recall per benchmark (in %)."""
     header = "| model | " + " | ".join(f"{b} mIoU (all / seen / unseen) | {b} recall" for b in BENCHMARKS) + " |"
     lines = [header, "|---|" + "---|---|" * len(BENCHMARKS)]
-    for name, per_benchmark in results.items():
+    for name in model_names(results):
         cells = []
         for benchmark in BENCHMARKS:
-            m = per_benchmark[benchmark]
+            m = results[name][benchmark]
             cells.append(f"{100 * m['miou']:.1f} / {_pct(m['miou_seen'])} / {_pct(m['miou_unseen'])}")
             cells.append(f"{100 * m['proposal_recall']:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -420,8 +422,8 @@ def granularity_table(results: dict[str, dict[str, dict]], benchmark: str = "wor
 
     header = "| model | " + " | ".join(f"{g} mIoU / recall" for g in GRANULARITIES) + " |"
     lines = [header, "|---|" + "---|" * len(GRANULARITIES)]
-    for name, per_benchmark in results.items():
-        m = per_benchmark[benchmark]
+    for name in model_names(results):
+        m = results[name][benchmark]
         cells = []
         for level in GRANULARITIES:
 
@@ -452,6 +454,11 @@ def seed_stats(runs: list[dict], name: str, benchmark: str, key: str) -> tuple[f
     return None if None in values else mean_and_std([100 * v for v in values])
 
 
+def model_names(results: dict) -> list[str]:
+    """The models of a results file, in order: not its other entries, such as training minutes."""
+    return [name for name, rows in results.items() if isinstance(rows, dict) and set(rows) & set(BENCHMARKS)]
+
+
 def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[0]) -> str:
     """Per model, benchmark and metric the mean ± sample std over runs with different seeds (one results
     JSON per seed, as :func:`evaluate_models` writes them), in %; "n/a" where a benchmark has no such classes.
@@ -464,8 +471,7 @@ def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[
     header = f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} {METRIC_TITLES[k]}" for b, k in columns)
     lines = [header + " |", "|---|" + "---|" * len(columns)]
     stats: dict[str, list[tuple[float, float] | None]] = {}
-    models = [name for name, rows in runs[0].items() if isinstance(rows, dict) and set(rows) & set(BENCHMARKS)]
-    for name in models:  # not the files' other entries, such as training minutes
+    for name in model_names(runs[0]):
         stats[name] = [seed_stats(runs, name, b, key) for b, key in columns]
         cells = ["n/a" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}" for cell in stats[name]]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -488,37 +494,60 @@ def seed_tables(result_files: list[Path]) -> str:
     return "\n".join(seed_table(result_files, metrics) for metrics in SEED_TABLES)
 
 
-def stage2_table(variants: dict[str, list[Path]]) -> str:
-    """The same seeds' segmenters with different stage-2 CLIPs: per variant (a title and its per-seed
-    results files) and model, each benchmark's mIoU as mean ± std over the seeds (seen / unseen means)."""
+def variants_table(variants: dict[str, list[Path]], varied: str = "stage 2") -> str:
+    """Segmenters that differ in one part (``varied``: the stage-2 CLIP of the same seeds, or stage 1's
+    head): per variant (a title and its per-seed results files) and model, each benchmark's mIoU as
+    mean ± std over the seeds (seen / unseen means)."""
 
     def cell(runs: list[dict], name: str, benchmark: str) -> str:
         (mean, std), seen, unseen = (seed_stats(runs, name, benchmark, k) for k in ("miou", "miou_seen", "miou_unseen"))
         return f"{mean:.1f} ± {std:.1f} ({'n/a' if seen is None else f'{seen[0]:.1f}'} / {unseen[0]:.1f})"
 
-    header = "| stage 2 | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in BENCHMARKS) + " |"
+    header = f"| {varied} | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in BENCHMARKS) + " |"
     lines = [header, "|---|---|" + "---|" * len(BENCHMARKS)]
     for title, files in variants.items():
         runs = [json.loads(Path(f).read_text()) for f in files]
-        for name in runs[0]:
+        for name in model_names(runs[0]):
             cells = [cell(runs, name, benchmark) for benchmark in BENCHMARKS]
             lines.append(f"| {title} ({len(runs)} seeds) | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 SEED_FILES = ("main.json", "main_seed1.json", "main_seed2.json")  # Table 1's seeds 0 (the bundle), 1 and 2
+PREVIOUS_PAIR = "width64"  # results/width64/: Table 1 of the previous bundled pair (64-channel head), 3 seeds
 STAGE2_HISTORY = {  # results folder -> the stage 2 its Table 1 files were measured with (same stage-1 runs)
     "before_adaptation": "mask pooling, the tiny CLIP as trained",
     "adapted_on_regions": "masked crops, CLIP adapted on world regions, 2,400 steps",
     "adapted_on_proposals": "masked crops, CLIP adapted on regions and proposals, 2,400 steps",
     "masked_crops_only": "masked crops, CLIP adapted on world regions, 2,400 + 2,400 steps",
-    ".": "masked crops and their boxes (crop_views), the same CLIP, bundled",
+    PREVIOUS_PAIR: "masked crops and their boxes (crop_views), the same CLIP, bundled",
+}
+HEAD_WIDTHS = {  # results folder -> stage 1's head: the previous bundled pair and today's, the same stage 2
+    PREVIOUS_PAIR: "64 channels, 3.1 M parameters, the previous bundled pair",
+    ".": "128 channels, 5.0 M parameters, bundled",
 }
 
 
+def table1_files(folder: Path) -> list[Path]:
+    """The per-seed Table 1 files (:data:`SEED_FILES`) that ``folder`` holds, seed 0 first: a seed still
+    training is left out, and the tables say how many seeds they average."""
+    return [folder / name for name in SEED_FILES if (folder / name).is_file()]
+
+
+def _seed_files(results: Path, folders: dict[str, str]) -> dict[str, list[Path]]:
+    """Each folder's :func:`table1_files` under its title."""
+    return {title: table1_files(results / folder) for folder, title in folders.items()}
+
+
 def stage2_history(results: Path) -> str:
-    """:func:`stage2_table` of the :data:`STAGE2_HISTORY` folders under ``results``."""
-    return stage2_table({title: [results / folder / f for f in SEED_FILES] for folder, title in STAGE2_HISTORY.items()})
+    """:func:`variants_table` of the :data:`STAGE2_HISTORY` folders under ``results``: the previous pair's
+    three seeds' stage 1 with each stage 2."""
+    return variants_table(_seed_files(results, STAGE2_HISTORY))
+
+
+def head_width_table(results: Path) -> str:
+    """:func:`variants_table` of the :data:`HEAD_WIDTHS`: the bundled stage 2 on both heads, three seeds each."""
+    return variants_table(_seed_files(results, HEAD_WIDTHS), varied="stage-1 head")
 
 
 ADAPTATION_RUNS = {  # results/adaptation_runs/<file> -> its column, all measured on the same held-out crops
@@ -567,7 +596,7 @@ def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") 
     import matplotlib.pyplot as plt
 
     runs = [json.loads(Path(f).read_text()) for f in result_files]
-    names = list(runs[0])
+    names = model_names(runs[0])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     width = 0.8 / len(names)
     for axis, key in zip(axes, ("miou", "proposal_recall")):
@@ -598,8 +627,8 @@ def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -
     fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(3.6 * len(BENCHMARKS), 3.4), sharey=True)
     styles = {"miou": "-", "miou_seen": "--", "miou_unseen": ":"}
     for axis, benchmark in zip(axes, BENCHMARKS):
-        for index, (name, per_benchmark) in enumerate(results.items()):
-            rows = per_benchmark[benchmark].get("clip_weight_sweep", [])
+        for index, name in enumerate(model_names(results)):
+            rows = results[name][benchmark].get("clip_weight_sweep", [])
             weights = [row["clip_weight"] for row in rows]
             for key, style in styles.items():
                 values = [100 * row[key] if row[key] is not None else float("nan") for row in rows]
@@ -648,14 +677,41 @@ def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[
     return points
 
 
+def query_sweep_runs(seed: int) -> list[Run]:
+    """Baseline and PMP at each of :data:`QUERY_BUDGETS`, :data:`SHORT_STEPS` each, on the previous recipe."""
+    return [
+        Run(f"q{q}-{name}-seed{seed}", mode, SHORT_STEPS, q, seed, previous_recipe(mode))
+        for q in QUERY_BUDGETS
+        for name, mode in MAIN_MODELS.items()
+    ]
+
+
+def ablation_runs() -> list[Run]:
+    """Every text mode at :data:`ABLATION_QUERIES` queries, seed 0: the baseline and PMP are the query
+    sweep's runs of that budget, so the sweep's folders are reused when it ran first."""
+    models = {**MAIN_MODELS, **ABLATIONS}.items()
+    return [
+        Run(f"q{ABLATION_QUERIES}-{name}-seed0", mode, SHORT_STEPS, ABLATION_QUERIES, 0, previous_recipe(mode))
+        for name, mode in models
+    ]
+
+
 def stage1_pilot_runs(seed: int = 0) -> list[Run]:
-    """The stage-1 capacity pilots (:data:`train.recipes.STAGE1_PILOTS`) and their control, the bundled
-    baseline, each :data:`PILOT_STEPS` long; the first pilot trains beside the control (it is the slowest)."""
+    """The stage-1 capacity pilots, each :data:`PILOT_STEPS` long: the 128-channel head (today's bundled
+    recipe), its control (the 64-channel recipe the pair had then) and :data:`train.recipes.STAGE1_PILOTS`;
+    the first pilot trains beside the control (it is the slowest)."""
     from train.recipes import STAGE1_PILOTS
 
     suffix = f"-seed{seed}" if seed else ""
-    pilots = [Run(f"pilot-{name}{suffix}", "none", PILOT_STEPS, seed=seed, recipe=name) for name in STAGE1_PILOTS]
-    return [pilots[0], Run(f"pilot-world-baseline{suffix}", "none", PILOT_STEPS, seed=seed), *pilots[1:]]
+    recipes = (world_name("none"), previous_recipe("none"), *STAGE1_PILOTS)
+    return [Run(f"pilot-{recipe}{suffix}", "none", PILOT_STEPS, seed=seed, recipe=recipe) for recipe in recipes]
+
+
+def with_train_minutes(results: dict[str, dict], runs: Path, suffix: str = "") -> dict:
+    """``results`` and, as ``train_minutes``, each model's training time from ``runs/<name><suffix>``'s log
+    (:func:`train_minutes`), for the models trained on this machine."""
+    logs = {name: runs / f"{name}{suffix}" / "metrics.jsonl" for name in model_names(results)}
+    return {**results, "train_minutes": {name: train_minutes(log) for name, log in logs.items() if log.is_file()}}
 
 
 def train_minutes(log: Path) -> float:
@@ -672,68 +728,6 @@ def train_minutes(log: Path) -> float:
     return round((total + segment) / 60, 1)
 
 
-def wider_head_runs(seed: int = 0) -> list[Run]:
-    """The pilots' winner as a pair at the bundled schedule: the baseline and PMP recipes with a 128-channel
-    head (:data:`train.recipes.STAGE1_PILOTS`, :data:`train.recipes.WIDER_PMP`), side by side. Seed 0 is
-    the recipes' own seed; other seeds are named as the bundled pair's (``width128-baseline-seed1``)."""
-    suffix = f"-seed{seed}" if seed else ""
-    return [
-        Run(f"width128-baseline{suffix}", "none", seed=seed or None, recipe="world-baseline-width128"),
-        Run(f"width128-pmp{suffix}", "pmp", seed=seed or None, recipe="world-pmp-width128"),
-    ]
-
-
-def wider_head_file(results: Path, seed: int) -> Path:
-    """Where :func:`wider_head_results` of a seed goes: ``wider_head.json`` for seed 0, else ``_seedK``."""
-    return results / (f"wider_head_seed{seed}.json" if seed else "wider_head.json")
-
-
-def wider_head_table(results: Path) -> str:
-    """``results/wider_head.md``: seed 0's Table 1 rows, then mean ± std over every seed whose file holds
-    both models (:func:`seed_tables`), once there are two such seeds."""
-    first = json.loads(wider_head_file(results, 0).read_text())
-    table = markdown_table({name: rows for name, rows in first.items() if name in MAIN_MODELS})
-    files = [wider_head_file(results, seed) for seed in range(3)]
-    complete = [f for f in files if f.is_file() and set(MAIN_MODELS) <= set(json.loads(f.read_text()))]
-    return table + ("\n" + seed_tables(complete) if len(complete) > 1 else "")
-
-
-def wider_head_results(planned: list[Run], runs: Path, clip: Path, out_json: Path) -> dict[str, dict]:
-    """Table 1 of each finished run of ``planned`` (its ``model`` folder, given the bundled stage 2 with
-    :func:`give_adapted_clip` first, so that only stage 1 differs from the bundled pair), under its text
-    mode's model name, with its training minutes; runs still training are left out.
-
-    A model whose saved files are those ``out_json`` was measured on (:func:`model_stamp`) keeps its rows:
-    run again when the second run of a pair finishes, this evaluates only that one."""
-    dirs, minutes, stamps = {}, {}, {}
-    for run in planned:
-        folder = runs / run.name / "model"
-        if not folder.is_dir():
-            print(f"{run.name} has not finished training ({folder} is missing); left out")
-            continue
-        give_adapted_clip(folder, clip)
-        name = next(key for key, mode in MAIN_MODELS.items() if mode == run.text_mode)
-        dirs[name] = folder
-        minutes[name] = train_minutes(runs / run.name / "metrics.jsonl")
-        stamps[name] = model_stamp(folder)
-    previous = json.loads(out_json.read_text()) if out_json.is_file() else {}
-    kept = {n: previous[n] for n in dirs if n in previous and previous.get("model_stamps", {}).get(n) == stamps[n]}
-    missing = {name: folder for name, folder in dirs.items() if name not in kept}
-    fresh = evaluate_models(missing, out_json, None) if missing else {}
-    results = {name: kept[name] if name in kept else fresh[name] for name in dirs}
-    write_json(out_json, {**results, "train_minutes": minutes, "model_stamps": stamps})
-    return results
-
-
-def model_stamp(folder: Path) -> str:
-    """What a saved model's outputs depend on, as one sha256: its config and its weight files' checksums."""
-    import hashlib
-
-    from pmp.checkpoint import CHECKSUMS_NAME, CONFIG_NAME
-
-    return hashlib.sha256(b"".join((folder / name).read_bytes() for name in (CONFIG_NAME, CHECKSUMS_NAME))).hexdigest()
-
-
 def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
     """Per pilot run that has trained: its recipe, stage 1's parameter count, training minutes and its
     evaluation rows (:func:`learning_curve`: world-full, the recipe's first ``eval_limit`` images)."""
@@ -746,7 +740,7 @@ def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
         if not log.is_file():
             print(f"stage-1 pilot {run.name} has not been trained ({log} is missing); left out")
             continue
-        recipe = run.recipe or "world-baseline"
+        recipe = run.recipe or world_name(run.text_mode)
         stage1 = Segmenter(get_recipe(recipe).model, load_backbone_weights=False).proposal_model
         results[recipe] = {
             "steps": run.steps,
@@ -941,15 +935,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage1-pilots",
         action="store_true",
-        help=f"stage-1 capacity pilots (train.recipes.STAGE1_PILOTS) and the bundled baseline, {PILOT_STEPS} "
-        "steps each -> results/stage1_pilots.json (with --seed K: _seedK.json) and the table of all seeds, .md",
-    )
-    parser.add_argument(
-        "--wider-head",
-        action="store_true",
-        help="the baseline and PMP with a 128-channel head at the bundled schedule, with the bundled stage 2 "
-        "-> results/wider_head.json (with --seed K: _seedK.json), .md (with --evaluate-only: the finished "
-        "runs only)",
+        help=f"stage-1 capacity pilots: the bundled baseline, the 64-channel one and train.recipes.STAGE1_PILOTS, "
+        f"{PILOT_STEPS} steps each -> results/stage1_pilots.json (with --seed K: _seedK.json) and the table of "
+        "all seeds, .md",
     )
     parser.add_argument("--skip-clip", action="store_true", help="reuse checkpoints/tiny-clip")
     parser.add_argument("--clip-steps", type=int, default=None)
@@ -983,20 +971,9 @@ def main(argv: list[str] | None = None) -> int:
         name = f"stage1_pilots_seed{args.seed}.json" if args.seed else "stage1_pilots.json"
         write_json(args.results / name, stage1_pilot_results(planned, args.runs))
         (args.results / "stage1_pilots.md").write_text(stage1_pilot_table(stage1_pilot_files(args.results)))
-    elif args.wider_head:
-        planned = wider_head_runs(args.seed or 0)
-        if not args.evaluate_only:
-            train_segmenters(planned, args.runs, None)
-        out = wider_head_file(args.results, args.seed or 0)
-        if wider_head_results(planned, args.runs, args.checkpoints / "tiny-clip", out):
-            (args.results / "wider_head.md").write_text(wider_head_table(args.results))
     elif args.query_sweep:
         seed = args.seed or 0
-        planned = [
-            Run(f"q{q}-{name}-seed{seed}", mode, steps=SHORT_STEPS, num_queries=q, seed=seed)
-            for q in QUERY_BUDGETS
-            for name, mode in MAIN_MODELS.items()
-        ]
+        planned = query_sweep_runs(seed)
         times = {} if args.evaluate_only else train_segmenters(planned, args.runs, None)
         results: dict = {}
         for q in QUERY_BUDGETS:
@@ -1009,10 +986,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_query_sweep(files, ROOT / "docs" / "query_sweep.png")
         (args.results / "query_sweep.md").write_text(query_sweep_table(files))
     elif args.ablations:
-        planned = [
-            Run(f"q{ABLATION_QUERIES}-{name}-seed0", mode, steps=SHORT_STEPS, num_queries=ABLATION_QUERIES, seed=0)
-            for name, mode in {**MAIN_MODELS, **ABLATIONS}.items()
-        ]
+        planned = ablation_runs()
         if not args.evaluate_only:  # the baseline and PMP runs are the query sweep's, when it ran first
             missing = [run for run in planned if not (args.runs / run.name / "model").is_dir()]
             train_segmenters(missing, args.runs, None)
@@ -1023,9 +997,8 @@ def main(argv: list[str] | None = None) -> int:
         planned = [Run(f"{name}-seed{args.seed}", mode, seed=args.seed) for name, mode in MAIN_MODELS.items()]
         times = {} if args.evaluate_only else train_segmenters(planned, args.runs, None)
         dirs = {name: args.runs / f"{name}-seed{args.seed}" / "model" for name in MAIN_MODELS}
-        evaluate_models(dirs, args.results / f"main_seed{args.seed}.json", args.eval_limit)
-        if times:
-            write_json(args.results / f"bundle_times_seed{args.seed}.json", {"train_seconds": times})
+        out = args.results / f"main_seed{args.seed}.json"
+        write_json(out, with_train_minutes(evaluate_models(dirs, out, args.eval_limit), args.runs, f"-seed{args.seed}"))
     else:
         times: dict[str, float] = {}
         if not args.evaluate_only:
@@ -1038,6 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         evaluation_started = time.perf_counter()
         results = evaluate_models(dirs, args.results / "main.json", args.eval_limit, CLIP_WEIGHT_SWEEP)
+        write_json(args.results / "main.json", with_train_minutes(results, args.runs))
         (args.results / "main.md").write_text(markdown_table(results))
         (args.results / "mixed_granularity.md").write_text(granularity_table(results))
         plot_clip_weight_sweep(results, ROOT / "docs" / "clip_weight.png")
