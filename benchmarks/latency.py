@@ -381,6 +381,19 @@ def text_path_time(segmenter: Segmenter, pixels: torch.Tensor, text: torch.Tenso
     return sum(spent), total
 
 
+def readme_rows(results: dict[str, Any]) -> str:
+    """The README's bundled rows of the warm-median table (ms, 10 prompts), from a ``--json`` file of
+    ``--models bundled --prompts 10``."""
+    bundled = results["models"]["bundled"]
+    side = bundled["image_side"]
+    lines = []
+    for name, title in (("baseline", "baseline"), ("pmp", "PMP")):
+        t = bundled["results"]["10"][name]["warm_median"]
+        cells = " | ".join(f"{1000 * t[stage]:.1f}" for stage in STAGES)
+        lines.append(f"| bundled {title}, {side} px image | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def reference_comparison(
     segmenter: Segmenter, reference: Segmenter, image: np.ndarray, count: int, repeats: int
 ) -> dict[str, Any]:

@@ -283,3 +283,15 @@ def test_the_latency_reference_comparison_times_both_models_on_one_request() -> 
     assert calls == [models[0], models[1]] + [models[0], models[1]] * 2  # warm-up, then interleaved pairs
     assert measured["pairs"] == 2 and measured["prompts"] == 3
     assert set(measured["bundled"]) == set(measured["reference"]) == set(STAGES) and measured["ratio"] > 0
+
+
+def test_readme_speed_rows_are_the_measured_bundled_latency() -> None:
+    import json
+    from pathlib import Path
+
+    from benchmarks.latency import readme_rows
+
+    root = Path(__file__).resolve().parent.parent
+    measured = json.loads((root / "results" / "latency_bundled.json").read_text())
+    assert measured["models"]["bundled"]["note"] == "baseline: checkpoints/baseline; pmp: checkpoints/pmp"
+    assert readme_rows(measured) in (root / "README.md").read_text()
