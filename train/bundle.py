@@ -995,7 +995,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.results / "ablations.md").write_text(markdown_table(results))
     elif args.seed:  # another seed of the bundled pair: results only, the bundle keeps seed 0
         planned = [Run(f"{name}-seed{args.seed}", mode, seed=args.seed) for name, mode in MAIN_MODELS.items()]
-        times = {} if args.evaluate_only else train_segmenters(planned, args.runs, None)
+        if not args.evaluate_only:  # each run's minutes come from its log (with_train_minutes)
+            train_segmenters(planned, args.runs, None)
         dirs = {name: args.runs / f"{name}-seed{args.seed}" / "model" for name in MAIN_MODELS}
         out = args.results / f"main_seed{args.seed}.json"
         write_json(out, with_train_minutes(evaluate_models(dirs, out, args.eval_limit), args.runs, f"-seed{args.seed}"))
