@@ -59,12 +59,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.ops import roi_align
 
 from pmp.config import SegmenterConfig
-from pmp.images import normalize_pixels
+from pmp.images import load_image, normalize_pixels
+from pmp.postprocess import upsample
 from pmp.prompts import parse_prompts
 from pmp.segmenter import Segmenter
-from pmp.stage2 import classify_proposals, dense_input
+from pmp.stage2 import classify_proposals, dense_input, masked_crops, square_box_samples, square_boxes
 
 MODEL_KEYS = ("bundled", "r50", "swinb")
 PAPER_BACKBONES = {"r50": "resnet50", "swinb": "swin_base_patch4_window12_384"}
@@ -302,8 +304,6 @@ def stage1_inputs(
     segmenter: Segmenter, image: np.ndarray, count: int, image_size: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised pixel batch and text embeddings stage 1 sees in a request."""
-    from pmp.images import load_image
-
     config = segmenter.config
     pixels, _ = segmenter.preprocess(load_image(image), image_size or config.image_size)
     labels = parse_prompts(prompt_text(count), max_prompts=count)
@@ -420,8 +420,6 @@ def stage2_pool_vs_crop(
     """Stage 2 alone on one set of stage-1 proposals: mask pooling vs OVSeg crops of every proposal, and
     those crops read in the model's own ``crop_views`` (when it has more than OVSeg's masked crop)."""
     _, result = request(segmenter, image, prompt_text(count), image_size=image_size)
-    from pmp.images import load_image
-
     pixels, valid_hw = segmenter.preprocess(load_image(image), image_size or segmenter.config.image_size)
     mask_logits = result.mask_logits.to(segmenter.device)
     text = segmenter.clip.encode_text(result.labels).to(segmenter.device)
@@ -471,6 +469,56 @@ def stage2_pool_vs_crop(
     return result
 
 
+def crop_fast_paths(segmenter: Segmenter, image: np.ndarray, count: int, repeats: int) -> dict[str, Any]:
+    """Stage 2's two crop fast paths against the library calls they replace, interleaved, on the crops of
+    one request's proposals: the resampling (:func:`pmp.stage2.square_box_samples` against torchvision's
+    ``roi_align``, the same samples) and the image tower (:meth:`pmp.clip.CLIPModel.encode_crops`, the
+    :mod:`pmp.clip.inference_tower` copy, against open_clip's ``encode_image``)."""
+    clip = segmenter.clip
+    _, result = request(segmenter, image, prompt_text(count))
+    pixels, valid_hw = segmenter.preprocess(load_image(image), segmenter.config.image_size)
+    picture = pixels[0, :, : valid_hw[0], : valid_hw[1]]  # (3, H, W)
+    masks = upsample(result.mask_logits[None].to(segmenter.device), valid_hw)[0].sigmoid()  # (N, H, W)
+    binary = masks > 0.5
+    binary = binary[binary.flatten(1).any(dim=1)]
+    normalised = torch.nn.functional.pad(clip.normalize(picture[None]), (1, 1, 1, 1))  # (1, 3, H+2, W+2)
+    inside = torch.nn.functional.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
+    boxes = square_boxes(binary) + 1.0
+    own = torch.arange(len(boxes), dtype=boxes.dtype)[:, None]
+    size = clip.image_size
+
+    def timed(fn: Any) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            fn()
+        return time.perf_counter() - start
+
+    def by_roi_align() -> None:
+        roi_align(normalised, torch.cat([torch.zeros_like(own), boxes], 1), size, 1.0, -1, True)
+        roi_align(inside, torch.cat([own, boxes], 1), size, 1.0, -1, True)
+
+    def by_grid_sample() -> None:
+        square_box_samples(normalised, boxes, size)
+        square_box_samples(inside, boxes, size)
+
+    crops, _ = masked_crops(clip, picture, masks, views=tuple(segmenter.config.crop_views))
+    rounds = max(repeats, 10)
+    paths = {
+        "resampling": (by_roi_align, by_grid_sample),
+        "image_tower": (lambda: clip.open_clip.encode_image(crops), lambda: clip.encode_crops(crops)),
+    }
+    out: dict[str, Any] = {"crops": len(crops), "boxes": len(boxes), "pairs": rounds}
+    for name, (library, ours) in paths.items():
+        library(), ours()  # warm-up (builds the inference tower once)
+        pairs = [(timed(library), timed(ours)) for _ in range(rounds)]
+        out[name] = {
+            "library_s": statistics.median(a for a, _ in pairs),
+            "ours_s": statistics.median(b for _, b in pairs),
+            "speedup": statistics.median(a / b for a, b in pairs),
+        }
+    return out
+
+
 def text_cache(segmenter: Segmenter, count: int, repeats: int) -> dict[str, Any]:
     """encode_text of ``count`` prompts: encoded (cache emptied first) vs served from the cache."""
     labels = parse_prompts(prompt_text(count), max_prompts=count)
@@ -503,8 +551,6 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
 
     Time only: with random CLIP weights, how the scores change says nothing about accuracy.
     """
-    from pmp.images import load_image
-
     if not hasattr(segmenter.clip.open_clip.visual, "patch_size"):
         return []
     _, result = request(segmenter, image, prompt_text(10), image_size=image_size)
@@ -846,6 +892,15 @@ def benchmark_model(
                 f"   the model's crop views ({c['crop_views']}) against masked crops alone, interleaved: "
                 f"{ms(c['crop_views_s']).strip()} vs {ms(c['crop_masked_s']).strip()} ms -> "
                 f"{c['crop_views_ratio']:.2f}x"
+            )
+        if pair["pmp"].config.stage2_mode == "crop":
+            f = entry["crop_fast_paths"] = crop_fast_paths(pair["pmp"], image, count, args.repeats)
+            print(
+                f"   crop fast paths, {f['pairs']} interleaved pairs on {f['crops']} crops of {f['boxes']} proposals: "
+                f"resampling roi_align {ms(f['resampling']['library_s']).strip()} vs grid_sample "
+                f"{ms(f['resampling']['ours_s']).strip()} ms -> {f['resampling']['speedup']:.1f}x; image tower "
+                f"open_clip's {ms(f['image_tower']['library_s']).strip()} vs the inference tower "
+                f"{ms(f['image_tower']['ours_s']).strip()} ms -> {f['image_tower']['speedup']:.2f}x"
             )
         name = f"pooled stage 2 >= 10x faster than crops of all proposals ({key}, {c['proposals']} proposals)"
         lines.append(

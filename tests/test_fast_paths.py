@@ -17,16 +17,26 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tiny import tiny_segmenter_config
+from torchvision.ops import roi_align
 
 import pmp.clip.text as clip_text_module
 import pmp.postprocess as postprocess_module
-from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, SegmenterConfig
+from pmp.clip import CLIPModel
+from pmp.clip.inference_tower import PooledTokenAttention, inference_tower
+from pmp.config import CLIP_MEAN, CLIP_STD, BackboneConfig, CLIPConfig, SegmenterConfig, tiny_clip_model_cfg
 from pmp.images import normalize_pixels
 from pmp.modeling.ms_deform_attn import ms_deform_attn, ms_deform_attn_gather
 from pmp.modeling.pixel_decoder import MSDeformAttn
 from pmp.postprocess import argmax_over_classes, semantic_inference, upsample, upsampled_argmax
 from pmp.segmenter import Segmenter
-from pmp.stage2 import classify_proposals, dense_input, pool_classify, soft_masks_on_grid
+from pmp.stage2 import (
+    classify_proposals,
+    dense_input,
+    pool_classify,
+    soft_masks_on_grid,
+    square_box_samples,
+    square_boxes,
+)
 from train.world import benchmark_sample
 
 LABELS = ["sky", "road", "car", "tree", "house", "person"]
@@ -137,6 +147,76 @@ def test_top_k_crops_equal_all_crops_within_the_top_k(segmenter: Segmenter, worl
         # so among the cropped proposals both runs rank every label the same way
         np.testing.assert_allclose(some.p_out[top], full.p_out[top], rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(some.p_out[top].argmax(0), full.p_out[top].argmax(0))
+
+
+def test_square_box_samples_are_roi_aligns_samples() -> None:
+    """grid_sample takes the samples torchvision's aligned, adaptive roi_align takes, one per bin for boxes
+    up to the output size and n x n averaged for larger ones, on a zero-bordered image."""
+    generator = torch.Generator().manual_seed(0)
+    images = F.pad(torch.rand(5, 3, 40, 56, generator=generator), (1, 1, 1, 1))
+    masks = torch.rand(5, 40, 56, generator=generator) > 0.7
+    boxes = square_boxes(masks) + 1.0  # squares about each mask, some reaching past the image
+    boxes[3] = torch.tensor([-20.0, -20.0, 60.0, 60.0])  # larger than the image: 6 samples per bin at 16
+    assert torch.all((boxes[:, 2] - boxes[:, 0]) == (boxes[:, 3] - boxes[:, 1]))
+    for size in (16, 32):
+        index = torch.arange(5, dtype=boxes.dtype)[:, None]
+        expected = roi_align(images, torch.cat([index, boxes], 1), size, 1.0, -1, True)
+        torch.testing.assert_close(square_box_samples(images, boxes, size), expected, rtol=0, atol=2e-5)
+        one = roi_align(images[:1], torch.cat([torch.zeros_like(index), boxes], 1), size, 1.0, -1, True)
+        torch.testing.assert_close(square_box_samples(images[:1], boxes, size), one, rtol=0, atol=2e-5)
+    with pytest.raises(ValueError, match="boxes"):
+        square_box_samples(images, boxes[:2], 16)
+
+
+def test_square_boxes_keep_the_longer_side_about_the_centre() -> None:
+    mask = torch.zeros(1, 20, 30, dtype=torch.bool)
+    mask[0, 2:6, 10:20] = True  # rows 2-5, columns 10-19: a 10 x 4 box centred at (15, 4)
+    assert square_boxes(mask).tolist() == [[10.0, -1.0, 20.0, 9.0]]
+
+
+@pytest.fixture()
+def trained_looking_clip() -> CLIPModel:
+    """A tiny CLIP whose BatchNorms hold non-trivial statistics, as a trained tower's do."""
+    torch.manual_seed(3)
+    clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg()))
+    for module in clip.open_clip.visual.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.2, 0.2)
+    return clip.eval()
+
+
+def test_inference_tower_gives_the_towers_embeddings(trained_looking_clip: CLIPModel) -> None:
+    visual = trained_looking_clip.open_clip.visual
+    tower = inference_tower(visual)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules())
+    assert isinstance(tower.attnpool, PooledTokenAttention)
+    crops = torch.randn(6, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = visual(crops)
+        torch.testing.assert_close(tower(crops), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(trained_looking_clip.encode_crops(crops), expected, rtol=1e-4, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in visual.modules())  # the tower itself is untouched
+
+
+def test_encode_crops_follows_weight_changes_and_training(trained_looking_clip: CLIPModel) -> None:
+    clip = trained_looking_clip
+    visual = clip.open_clip.visual
+    crops = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = clip.encode_crops(crops)
+        visual.layer1[0].bn2.running_mean.add_(0.3)  # an in-place write, as a BatchNorm update or copy_ does
+        changed = clip.encode_crops(crops)
+        torch.testing.assert_close(changed, visual(crops), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(changed, before)
+    visual.train()
+    try:
+        trained = clip.encode_crops(crops)  # batch statistics, with gradients: the tower itself
+        assert trained.requires_grad
+    finally:
+        visual.eval()
 
 
 def test_reused_clip_trunk_gives_the_separate_dense_pass(segmenter: Segmenter, world_images: list[np.ndarray]) -> None:

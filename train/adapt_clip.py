@@ -228,7 +228,7 @@ def _held_out_seeds(config: CLIPAdaptConfig) -> Iterator[list[int]]:
 
 def _guesses(clip: CLIPModel, crops: torch.Tensor, text: torch.Tensor) -> list[str]:
     """The :data:`REGION_NAMES` name each crop (B, 3, S, S) is closest to, given their embeddings ``text`` (V, C)."""
-    return [REGION_NAMES[i] for i in (F.normalize(clip.open_clip.encode_image(crops), dim=-1) @ text.T).argmax(-1)]
+    return [REGION_NAMES[i] for i in (F.normalize(clip.encode_crops(crops), dim=-1) @ text.T).argmax(-1)]
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
 from pmp.clip.dense import DenseFeatures
+from pmp.clip.inference_tower import can_speed_up, inference_tower
 from pmp.clip.loading import load_open_clip
 from pmp.clip.text import EmbeddingCache, TextEmbeddings
 from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig
@@ -72,6 +73,7 @@ class CLIPModel(TextEmbeddings, DenseFeatures, nn.Module):
         self.context_length = int(getattr(model, "context_length", None) or tokenizer.context_length)
         self.cache = EmbeddingCache(config.text_cache_size)
         self._weights_version = 0
+        self._inference_tower: tuple[tuple, nn.Module] | None = None  # (weights key, tower); not a submodule
 
     @classmethod
     def build(cls, cfg: CLIPConfig) -> "CLIPModel":
@@ -91,6 +93,24 @@ class CLIPModel(TextEmbeddings, DenseFeatures, nn.Module):
     def normalize(self, images: Tensor) -> Tensor:
         """(B,3,H,W) RGB in [0, 1] -> normalised with this CLIP's mean/std."""
         return normalize_pixels(images, self.mean, self.std)
+
+    def encode_crops(self, crops: Tensor) -> Tensor:
+        """(B, 3, S, S) CLIP-normalised crops -> (B, C) unnormalised image embeddings, as ``encode_image``.
+
+        For inference (image tower in eval mode, no gradient wanted) a ModifiedResNet tower runs as
+        :func:`pmp.clip.inference_tower.inference_tower`'s copy: the same embeddings to float rounding,
+        with less work. The copy is rebuilt whenever the tower's weights or running statistics change
+        (a weights key like the text cache's, over the image tower's tensors).
+        """
+        visual = self.open_clip.visual
+        wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in visual.parameters())
+        if visual.training or wants_grad or not can_speed_up(visual):
+            return self.open_clip.encode_image(crops)
+        tensors = [*visual.parameters(), *visual.buffers()]
+        key = (self._weights_version, sum(t._version for t in tensors), str(self.device), str(tensors[0].dtype))
+        if self._inference_tower is None or self._inference_tower[0] != key:
+            self._inference_tower = (key, inference_tower(visual))
+        return self._inference_tower[1](crops)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         # Runs for this module whether load_state_dict is called on it or on a parent (the Segmenter).
