@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from pmp.allocator import retain_freed_memory  # noqa: E402
 from pmp.demo import (  # noqa: E402
     DIFF_HEADERS,
     MODEL_NAMES,
@@ -987,6 +988,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-queue", type=int, default=DEFAULT_QUEUE_SIZE, help="waiting requests beyond this are refused"
     )
+    parser.add_argument(
+        "--autocast",
+        choices=("none", "bfloat16", "float16"),
+        default="none",
+        help="run both models under torch.autocast (bfloat16: about 1.2x faster on CPUs with AVX-512 BF16)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1012,7 +1019,8 @@ def launch(demo: gr.Blocks, *, host: str, port: int, concurrency: int, max_queue
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    models = DemoModels.load(args.baseline, args.pmp, device=args.device)
+    retain_freed_memory()  # stage 2's crop tower reuses its activations' memory (pmp.allocator)
+    models = DemoModels.load(args.baseline, args.pmp, device=args.device, autocast=args.autocast)
     output_root = make_output_root()
     remove_on_exit(output_root)
     demo = build_app(models, output_root=output_root)

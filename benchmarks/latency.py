@@ -61,11 +61,12 @@ import numpy as np
 import torch
 from torchvision.ops import roi_align
 
+from pmp.allocator import release_freed_memory, retain_freed_memory
 from pmp.config import SegmenterConfig
 from pmp.images import load_image, normalize_pixels
 from pmp.postprocess import upsample
 from pmp.prompts import parse_prompts
-from pmp.segmenter import Segmenter
+from pmp.segmenter import AUTOCAST_DTYPES, Segmenter
 from pmp.stage2 import classify_proposals, dense_input, masked_crops, square_box_samples, square_boxes
 
 MODEL_KEYS = ("bundled", "r50", "swinb")
@@ -414,6 +415,32 @@ def reference_comparison(
     }
 
 
+def allocator_comparison(segmenter: Segmenter, image: np.ndarray, count: int, repeats: int) -> dict[str, Any]:
+    """Whole warm requests with glibc keeping freed blocks (:func:`pmp.allocator.retain_freed_memory`) and
+    with its initial thresholds (:func:`pmp.allocator.release_freed_memory`; fixed there, where glibc as it
+    starts would move its mmap threshold up as blocks are freed), interleaved: the setting is switched
+    before each request pair, and each measured request follows an unmeasured one under the same setting.
+    Ends with freed blocks retained, the setting it is run under."""
+    text = prompt_text(count)
+
+    def under(retain: bool) -> dict[str, float]:
+        retain_freed_memory() if retain else release_freed_memory()
+        request(segmenter, image, text)
+        return request(segmenter, image, text)[0]
+
+    try:
+        pairs = [(under(False), under(True)) for _ in range(repeats)]
+    finally:
+        retain_freed_memory()
+    return {
+        "prompts": count,
+        "pairs": repeats,
+        "system": {stage: statistics.median(a[stage] for a, _ in pairs) for stage in STAGES},
+        "retain": {stage: statistics.median(b[stage] for _, b in pairs) for stage in STAGES},
+        "speedup": {stage: statistics.median(a[stage] / b[stage] for a, b in pairs) for stage in ("stage2", "total")},
+    }
+
+
 def stage2_pool_vs_crop(
     segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, image_size: int | None
 ) -> dict[str, Any]:
@@ -601,17 +628,20 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
 def autocast_comparison(
     segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, dtype: torch.dtype, image_size: int | None
 ) -> dict[str, Any]:
-    """One model with and without autocast: warm stage timings and how much the outputs move."""
+    """One model with and without autocast, interleaved (one request in each precision per round, after a
+    warm-up of each): warm stage timings and how much the outputs move."""
     text = prompt_text(count)
     original = segmenter.autocast_dtype
-    runs: dict[str, list[dict[str, float]]] = {}
+    settings = {"float32": None, str(dtype).replace("torch.", ""): dtype}
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in settings}
     outputs = {}
     try:
-        for label, setting in (("float32", None), (str(dtype).replace("torch.", ""), dtype)):
+        for setting in settings.values():
             segmenter.autocast_dtype = setting
             request(segmenter, image, text, image_size=image_size)  # warm-up of this precision
-            runs[label] = []
-            for _ in range(repeats):
+        for _ in range(repeats):
+            for label, setting in settings.items():
+                segmenter.autocast_dtype = setting
                 timings, outputs[label] = request(segmenter, image, text, image_size=image_size)
                 runs[label].append(timings)
     finally:
@@ -620,6 +650,9 @@ def autocast_comparison(
     return {
         "prompts": count,
         "warm_median": {label: {s: statistics.median(t[s] for t in ts) for s in STAGES} for label, ts in runs.items()},
+        "speedup_total": statistics.median(
+            x["total"] / y["total"] for x, y in zip(*runs.values())
+        ),  # median of the rounds' float32 / autocast ratios
         "semantic_pixel_agreement": float((a.semantic == b.semantic).mean()),
         "max_abs_diff_p_out": float(np.abs(a.p_out - b.p_out).max()),
         "picked_proposals_equal": [i for i, _ in a.selected] == [i for i, _ in b.selected],
@@ -712,6 +745,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         metavar="FOLDER",
         help="with the bundled models: also time this checkpoint against the bundled baseline, interleaved",
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=("retain", "system"),
+        default="retain",
+        help="retain: glibc keeps freed blocks for reuse, as the app and the CLI set it (pmp.allocator); "
+        "system: glibc as it starts",
     )
     parser.add_argument("--no-profile", action="store_true", help="do not profile missed targets")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
@@ -881,6 +921,16 @@ def benchmark_model(
             f"{ms(r['bundled']['stage2']).strip()} vs {ms(r['reference']['stage2']).strip()}) -> {r['ratio']:.2f}x"
         )
 
+    if key == "bundled" and args.allocator_applied:
+        a = entry["allocator"] = allocator_comparison(pair["pmp"], image, count, max(repeats, 10))
+        print(
+            f"   allocator, {a['pairs']} interleaved request pairs at {count} prompts (PMP): glibc's initial "
+            f"thresholds {ms(a['system']['total']).strip()} vs freed blocks retained "
+            f"{ms(a['retain']['total']).strip()} ms "
+            f"(stage 2 {ms(a['system']['stage2']).strip()} vs {ms(a['retain']['stage2']).strip()}) -> "
+            f"{a['speedup']['total']:.2f}x (stage 2 {a['speedup']['stage2']:.2f}x)"
+        )
+
     if measure_clip:  # stage 2 and the text cache depend on the CLIP only: r50 and swinb share theirs
         c = entry["stage2_pool_vs_crop"] = stage2_pool_vs_crop(pair["pmp"], image, count, args.repeats, stage1_size)
         print(
@@ -931,11 +981,12 @@ def benchmark_model(
                 f"stage 2 {ms(row['stage2_s']).strip()} ms"
                 f"{'  <- default (Segmenter.vit_dense_scale)' if row['default'] else ''}"
             )
-    if key == "r50" and autocast is None and not args.no_extras:
+    if key in ("bundled", "r50") and autocast is None and not args.no_extras:
         b = entry["bfloat16"] = autocast_comparison(pair["pmp"], image, 10, args.repeats, torch.bfloat16, stage1_size)
         f32, bf16 = b["warm_median"]["float32"], b["warm_median"]["bfloat16"]
         print(
-            f"   PMP 10 prompts, float32 vs bfloat16 autocast: "
+            f"   PMP 10 prompts, float32 vs bfloat16 autocast, {args.repeats} interleaved rounds "
+            f"({b['speedup_total']:.2f}x): "
             f"total {ms(f32['total']).strip()} vs {ms(bf16['total']).strip()} ms "
             f"(stage 1 {ms(f32['stage1']).strip()} vs {ms(bf16['stage1']).strip()}, "
             f"stage 2 {ms(f32['stage2']).strip()} vs "
@@ -958,8 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda: no CUDA device is available", file=sys.stderr)
         return 2
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
-    autocast = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.autocast]
+    autocast = AUTOCAST_DTYPES[args.autocast]
     hw = hardware(device)
+    # the app's and the CLI's setting unless told otherwise; "system" leaves glibc as it started
+    args.allocator_applied = retain_freed_memory() if args.allocator == "retain" else False
     report: dict[str, Any] = {
         "hardware": hw,
         "settings": {
@@ -968,6 +1021,9 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats,
             "image_size": args.image_size,
             "autocast": args.autocast,
+            "allocator": args.allocator
+            if args.allocator_applied or args.allocator == "system"
+            else "system (not glibc)",
         },
         "models": {},
         "targets": [],
@@ -977,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{hw['torch_threads']} threads; device {hw['device']}"
         + (f" ({hw['gpu']})" if hw["gpu"] else "")
         + f"; load average {hw['load_average_at_start']}; OMP_WAIT_POLICY={hw['env']['OMP_WAIT_POLICY']}"
+        + f"; allocator {report['settings']['allocator']}"
     )
 
     started = time.perf_counter()

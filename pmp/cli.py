@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pmp.allocator import retain_freed_memory
 from pmp.images import IMAGE_SUFFIXES
 
 
@@ -106,6 +107,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    retain_freed_memory()  # stage 2's crop tower reuses its activations' memory (pmp.allocator)
     try:
         if args.command == "segment":
             return run_segment(args)

@@ -58,6 +58,9 @@ from pmp.postprocess import semantic_map, upsample
 from pmp.prompts import parse_prompts
 from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble
 
+# Segmenter.autocast_dtype by name, for command lines (benchmarks.latency, train.evaluate).
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 
 @dataclass
 class SegmentationResult:

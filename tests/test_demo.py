@@ -566,3 +566,14 @@ def test_the_demo_opens_with_the_models_own_stage_two(tmp_path) -> None:
     assert chosen.settings["stage2_mode"] == "pool"
     mixed = DemoModels(baseline=FakeSegmenter(stage2_mode="crop"), pmp=FakeSegmenter())
     assert mixed.stage2_mode() == "pool"  # the models disagree: the cheap default
+
+
+def test_demo_models_load_with_autocast_sets_both_models_and_refuses_unknown_names():
+    from app import parse_args
+
+    assert parse_args(["--autocast", "bfloat16"]).autocast == "bfloat16" and parse_args([]).autocast == "none"
+    models = DemoModels.load(device="cpu", autocast="bfloat16")
+    assert [model.autocast_dtype for _, model in models.items()] == [torch.bfloat16, torch.bfloat16]
+    assert [model.autocast_dtype for _, model in DemoModels.load(device="cpu").items()] == [None, None]
+    with pytest.raises(ValueError, match="autocast must be one of"):
+        DemoModels.load(device="cpu", autocast="int8")

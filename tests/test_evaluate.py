@@ -158,6 +158,21 @@ def test_cli_json_on_a_real_layout(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "person" in result["seen_classes"] and "aeroplane" in result["seen_classes"]  # COCO spells it "airplane"
 
 
+def test_cli_autocast_sets_the_segmenters_dtype_and_is_recorded(capsys: pytest.CaptureFixture[str]) -> None:
+    made = []
+
+    def factory(checkpoint: str | None, device: torch.device) -> StubSegmenter:
+        made.append(StubSegmenter())
+        return made[-1]
+
+    argv = ["--benchmark", "world-voc", "--size", "48", "--limit", "1", "--json", "--no-recall"]
+    assert main([*argv, "--autocast", "bfloat16"], segmenter_factory=factory) == 0
+    assert made[-1].autocast_dtype is torch.bfloat16
+    assert json.loads(capsys.readouterr().out)["options"]["autocast"] == "bfloat16"
+    assert main(argv, segmenter_factory=factory) == 0
+    assert made[-1].autocast_dtype is None and "autocast" not in json.loads(capsys.readouterr().out)["options"]
+
+
 def test_synthetic_benchmark_by_name() -> None:
     dataset = load_benchmark("world-full", size=48)
     result = evaluate(StubSegmenter(), dataset, limit=2, show_progress=False)

@@ -285,6 +285,28 @@ def test_the_latency_reference_comparison_times_both_models_on_one_request() -> 
     assert set(measured["bundled"]) == set(measured["reference"]) == set(STAGES) and measured["ratio"] > 0
 
 
+def test_the_allocator_comparison_interleaves_the_two_settings_and_ends_retained(monkeypatch) -> None:
+    import numpy as np
+    import torch
+
+    import benchmarks.latency as latency
+    from pmp.segmenter import Segmenter
+    from train.recipes import world_model
+
+    torch.manual_seed(0)
+    model = Segmenter(world_model("pmp", num_queries=4, width=32)).eval()
+    events = []
+    monkeypatch.setattr(latency, "retain_freed_memory", lambda: events.append("retain") or True)
+    monkeypatch.setattr(latency, "release_freed_memory", lambda: events.append("release") or True)
+    original = model.segment
+    monkeypatch.setattr(model, "segment", lambda *a, **k: events.append("request") or original(*a, **k))
+    measured = latency.allocator_comparison(model, np.zeros((64, 64, 3), dtype=np.uint8), count=3, repeats=2)
+    pair = ["release", "request", "request", "retain", "request", "request"]
+    assert events == pair * 2 + ["retain"]
+    assert measured["pairs"] == 2 and set(measured["system"]) == set(measured["retain"]) == set(latency.STAGES)
+    assert set(measured["speedup"]) == {"stage2", "total"} and all(v > 0 for v in measured["speedup"].values())
+
+
 def test_readme_speed_rows_are_the_measured_bundled_latency() -> None:
     import json
     from pathlib import Path
