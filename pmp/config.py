@@ -21,6 +21,7 @@ PIXEL_DECODERS: tuple[str, ...] = ("fpn", "msdeform")
 DECODERS: tuple[str, ...] = ("mask2former", "maskformer")
 BACKBONES: tuple[str, ...] = ("timm", "clip")
 STAGE2_MODES: tuple[str, ...] = ("pool", "crop")
+ENSEMBLES: tuple[str, ...] = ("ovseg", "odise")  # Eq. 3's form: OVSeg's (the paper's baseline) or ODISE's
 # What CLIP sees of a proposal in crop mode: "masked" = OVSeg's crop (the mask's square box, everything
 # outside the mask filled with CLIP's mean colour); "box" = the same square with the image kept.
 CROP_VIEWS: tuple[str, ...] = ("masked", "box")
@@ -101,6 +102,11 @@ class SegmenterConfig:
     # of the CLIP probability p_hat, p_out = p^(1 - clip_weight) * p_hat^clip_weight. In Eq. 3's own
     # typography (p_out = p^lambda * p_hat^(1 - lambda)) this is lambda = 1 - clip_weight.
     clip_weight: float = 0.65
+    # Eq. 3's form (ENSEMBLES): "ovseg" is OVSeg's, the paper's baseline: stage 1's p (no-object left
+    # out) against p_hat as above. "odise" is ODISE's and FC-CLIP's: the same on stage 1's class
+    # distribution renormalised without no-object, the result renormalised and scaled by 1 - p(no-object),
+    # so that a proposal stage 1 calls no-object stays out of the semantic map (pmp.stage2.ensemble).
+    ensemble: str = "ovseg"
     stage2_mode: str = "pool"  # "pool": mask-pooled dense CLIP features; "crop": OVSeg's masked crops
     crop_top_k: int = 20  # crop mode: only the top-k proposals by stage-1 score are cropped
     # Crop mode: the views of each proposal CLIP reads (CROP_VIEWS); with several, p_hat is the geometric
@@ -121,6 +127,7 @@ class SegmenterConfig:
             ("decoder.kind", self.decoder.kind, DECODERS),
             ("decoder.text_mode", self.decoder.text_mode, TEXT_MODES),
             ("stage2_mode", self.stage2_mode, STAGE2_MODES),
+            ("ensemble", self.ensemble, ENSEMBLES),
         ]
         for name, value, accepted in checks:
             if value not in accepted:

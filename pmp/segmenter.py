@@ -360,7 +360,7 @@ class Segmenter(nn.Module):
         clip_weight = self.config.clip_weight if clip_weight is None else float(clip_weight)
         mask_threshold = self.config.mask_threshold if mask_threshold is None else float(mask_threshold)
         start = time.perf_counter()
-        scores = ensemble(stages.p, stages.p_hat, clip_weight)
+        scores = ensemble(stages.p, stages.p_hat, clip_weight, self.config.ensemble)
         height, width = stages.image_size
         semantic = semantic_map(scores, stages.mask_logits, (height, width))  # (H, W)
         if unclaimed_threshold is not None:

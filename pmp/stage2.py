@@ -11,6 +11,8 @@ Eq. 2 has two implementations, because the paper's stage 2 and its OVSeg baselin
 
 Eq. 3 (:func:`ensemble`) is p_out = p^(1 - w) * p_hat^w, with w = ``clip_weight`` = 0.65 on the CLIP
 term, as OVSeg (``CLIP_ENSEMBLE_WEIGHT``) and ODISE apply the paper's value; Eq. 3's lambda is 1 - w.
+OVSeg applies it to stage 1's p as is; ODISE to p without no-object, keeping no-object out of the
+result (``ensemble="odise"`` in the config). The paper does not say which; OVSeg's is the default.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor
 
 from pmp.clip import CLIPModel
-from pmp.config import check_crop_views
+from pmp.config import ENSEMBLES, check_crop_views
 from pmp.postprocess import upsample
 
 CROP_BATCH = 64  # masked crops per image-tower forward
@@ -33,13 +35,28 @@ VIT_DENSE_SCALE = 0.5  # SAN-style: CLIP ViT sees half the stage-1 resolution (6
 _EPS = 1e-6
 
 
-def ensemble(p: torch.Tensor, p_hat: torch.Tensor, clip_weight: float) -> torch.Tensor:
-    """Eq. 3 as OVSeg and ODISE weight it: p_out = p^(1 - clip_weight) * p_hat^clip_weight, in log space.
+def ensemble(p: torch.Tensor, p_hat: torch.Tensor, clip_weight: float, form: str = "ovseg") -> torch.Tensor:
+    """Eq. 3: (N, K) stage-1 p (no-object left out, so a row sums to 1 - p(no-object)) and CLIP's p_hat
+    -> (N, K) scores, in log space, with ``clip_weight`` the exponent of p_hat (Eq. 3's lambda is 1 - it).
 
-    ``clip_weight`` is the exponent of CLIP's p_hat (Eq. 3's lambda is 1 - clip_weight).
+    ``form`` (:data:`pmp.config.ENSEMBLES`):
+
+    * "ovseg": p_out = p^(1 - w) * p_hat^w, OVSeg's (``clip_ensemble_weight``), the paper's baseline. A
+      proposal stage 1 calls no-object has a small p, but p^(1 - w) shrinks it far less than p does
+      (0.005^0.35 = 0.16), so CLIP's answer for it still reaches the semantic map.
+    * "odise": ODISE's and FC-CLIP's: the same product on stage 1's class distribution without
+      no-object (p / (1 - p(no-object))), renormalised over the K classes, then scaled by
+      1 - p(no-object), which keeps such a proposal out of the map.
     """
+    if form not in ENSEMBLES:
+        raise ValueError(f"ensemble form must be one of {', '.join(ENSEMBLES)}, got {form!r}")
     eps = torch.finfo(p.dtype).tiny
-    return torch.exp((1.0 - clip_weight) * p.clamp_min(eps).log() + clip_weight * p_hat.clamp_min(eps).log())
+    if form == "ovseg":
+        return torch.exp((1.0 - clip_weight) * p.clamp_min(eps).log() + clip_weight * p_hat.clamp_min(eps).log())
+    thing = p.sum(dim=1, keepdim=True)  # (N, 1): 1 - p(no-object)
+    classes = p / thing.clamp_min(eps)  # (N, K): stage 1's class distribution without no-object
+    mixed = (1.0 - clip_weight) * classes.clamp_min(eps).log() + clip_weight * p_hat.clamp_min(eps).log()
+    return mixed.softmax(dim=1) * thing
 
 
 def classify_proposals(

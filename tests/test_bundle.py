@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -90,9 +91,9 @@ def test_subset_evaluation_reproduces_the_readme_numbers() -> None:
                 )
 
 
-@pytest.mark.parametrize("results", ["main.json", "subset50.json"])
+@pytest.mark.parametrize("results", ["main.json", "subset50.json", "ensemble_odise/main.json"])
 def test_readme_tables_are_the_tables_generated_from_results(results: str) -> None:
-    """Table 1 and the subset table in the README are exactly what train.bundle writes from results/."""
+    """Table 1, the subset table and Eq. 3's other form in the README are what train.bundle writes from results/."""
     from train.bundle import markdown_table
 
     table = markdown_table(json.loads((ROOT / "results" / results).read_text()))
@@ -147,6 +148,30 @@ def test_bundled_outputs_are_bit_identical_to_the_reference() -> None:
         assert out.p_out.tolist() == expected["p_out"], name
         assert float(out.mask_logits.double().sum()) == expected["mask_logits_sum"], name
         assert out.semantic.flatten().tolist()[::7] == expected["semantic"], name
+
+
+def test_evaluate_models_can_replace_the_ensemble_form(tmp_path: Path, monkeypatch) -> None:
+    import train.evaluate
+    from pmp.config import SegmenterConfig
+    from train.bundle import evaluate_models
+
+    seen = []
+    monkeypatch.setattr(
+        Segmenter, "from_pretrained", classmethod(lambda cls, folder: SimpleNamespace(config=SegmenterConfig()))
+    )
+    monkeypatch.setattr(train.evaluate, "load_benchmark", lambda name: name)
+    monkeypatch.setattr(
+        train.evaluate,
+        "evaluate",
+        lambda segmenter, dataset, **k: (
+            seen.append((segmenter.config.ensemble, dataset))
+            or {"miou": 0.5, "miou_seen": 0.5, "miou_unseen": 0.5, "proposal_recall": 0.5}
+        ),
+    )
+    results = evaluate_models({"m": tmp_path}, tmp_path / "out.json", None, benchmarks=("world-voc",), ensemble="odise")
+    assert seen == [("odise", "world-voc")] and results["m"]["world-voc"]["miou"] == 0.5
+    evaluate_models({"m": tmp_path}, tmp_path / "out.json", None, benchmarks=("world-voc",))
+    assert seen[-1] == ("ovseg", "world-voc")  # the checkpoint's own form when not replaced
 
 
 def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path: Path) -> None:
@@ -306,6 +331,9 @@ def test_readme_sweep_ablation_and_diagnosis_tables_are_generated_from_results()
     assert markdown(diagnosis) in readme and ceilings_markdown(diagnosis["ceilings"]) in readme
     previous = json.loads((ROOT / "results" / "width64" / "diagnosis.json").read_text())  # the previous pair's
     assert ceilings_markdown(previous["ceilings"]) in readme
+    voc = json.loads((ROOT / "results" / "ceilings_world_voc.json").read_text())  # a list item's table
+    indented = "".join(f"  {line}\n" for line in ceilings_markdown(voc["ceilings"], voc["benchmark"]).splitlines())
+    assert voc["benchmark"] == "world-voc" and indented in readme
 
 
 def test_the_adaptation_phases_run_in_a_chain_with_their_settings_as_flags(monkeypatch, tmp_path: Path) -> None:

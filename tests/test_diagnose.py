@@ -47,10 +47,10 @@ def test_a_prompt_agnostic_generator_does_not_move_and_one_that_follows_prompts_
 def test_confusions_say_where_each_seen_things_pixels_go():
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import confusions, confusions_markdown, world_full_pass
+    from train.diagnose import benchmark_pass, confusions, confusions_markdown
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
-    result = confusions(model, world_full_pass(model, limit=2), clip_weights=(0.0, 1.0), top=2)
+    result = confusions(model, benchmark_pass(model, limit=2), clip_weights=(0.0, 1.0), top=2)
     assert list(result) == ["0.0", "1.0"]
     for per_class in result.values():
         for shares in per_class.values():
@@ -89,10 +89,10 @@ def test_the_grid_ceiling_is_exact_on_grid_aligned_labels_and_loses_finer_detail
 def test_ceilings_score_every_row_on_the_same_images():
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import CEILINGS, ceilings, ceilings_markdown, stage2_p_hat, world_full_pass
+    from train.diagnose import CEILINGS, benchmark_pass, ceilings, ceilings_markdown, stage2_p_hat
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
-    world_full = world_full_pass(model, limit=2)
+    world_full = benchmark_pass(model, limit=2)
     result = ceilings(model, world_full)
     assert list(result) == [row for row in CEILINGS if "unadapted" not in row]  # no unadapted CLIP given
     assert all(0.0 <= row["miou"] <= 1.0 for row in result.values())
@@ -106,3 +106,19 @@ def test_ceilings_score_every_row_on_the_same_images():
     pooled = stage2_p_hat(model, model.clip, world_full.images[0], stages, "pool")
     assert torch.allclose(pooled, stages.p_hat, atol=1e-5)
     assert ceilings_markdown({"tiny": own}).count("\n") == 2 + len(CEILINGS)
+
+
+def test_ceilings_on_another_benchmark_use_its_classes_and_refuse_per_image_prompts():
+    import pytest
+
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.diagnose import benchmark_pass, ceilings, ceilings_markdown
+
+    model = Segmenter(tiny_segmenter_config("none")).eval()
+    voc = benchmark_pass(model, limit=2, benchmark="world-voc")
+    assert voc.dataset.name == "world-voc" and voc.outputs[0][1].labels == list(voc.dataset.class_names)
+    table = ceilings_markdown({"tiny": ceilings(model, voc)}, "world-voc")
+    assert table.startswith("| world-voc mIoU (all / seen / unseen) | tiny |")
+    with pytest.raises(ValueError, match="world-mixed gives each image its own prompts"):
+        benchmark_pass(model, limit=1, benchmark="world-mixed")

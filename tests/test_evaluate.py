@@ -173,6 +173,22 @@ def test_cli_autocast_sets_the_segmenters_dtype_and_is_recorded(capsys: pytest.C
     assert made[-1].autocast_dtype is None and "autocast" not in json.loads(capsys.readouterr().out)["options"]
 
 
+def test_cli_ensemble_replaces_the_checkpoints_form_and_is_recorded(capsys: pytest.CaptureFixture[str]) -> None:
+    from pmp.config import SegmenterConfig
+
+    made = []
+
+    def factory(checkpoint: str | None, device: torch.device) -> StubSegmenter:
+        made.append(StubSegmenter())
+        made[-1].config = SegmenterConfig()
+        return made[-1]
+
+    argv = ["--benchmark", "world-voc", "--size", "48", "--limit", "1", "--json", "--no-recall", "--ensemble", "odise"]
+    assert main(argv, segmenter_factory=factory) == 0
+    assert made[-1].config.ensemble == "odise"
+    assert json.loads(capsys.readouterr().out)["options"]["ensemble"] == "odise"
+
+
 def test_synthetic_benchmark_by_name() -> None:
     dataset = load_benchmark("world-full", size=48)
     result = evaluate(StubSegmenter(), dataset, limit=2, show_progress=False)

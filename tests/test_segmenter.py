@@ -50,6 +50,36 @@ def test_ensemble_weights_the_clip_term_as_ovseg_and_odise_do() -> None:
     assert SegmenterConfig().clip_weight == 0.65
 
 
+def test_odise_ensemble_keeps_no_object_out_and_equals_fc_clips_formula() -> None:
+    """ODISE / FC-CLIP: softmax_K((1 - w) log p_in + w log p_hat) * (1 - p_void), p_in = p / (1 - p_void)."""
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.5, 4.0]])  # (N, K + 1), the last is no-object
+    full = logits.softmax(-1)
+    p, void = full[:, :-1], full[:, -1:]
+    p_hat = torch.tensor([[0.1, 0.9], [0.6, 0.4]])
+    w = 0.65
+    in_vocab = logits[:, :-1].softmax(-1)  # FC-CLIP's in-vocabulary probabilities
+    expected = ((in_vocab ** (1 - w) * p_hat**w).log().softmax(-1)) * (1 - void)
+    out = ensemble(p, p_hat, w, "odise")
+    torch.testing.assert_close(out, expected)
+    assert torch.allclose(out.sum(1), 1 - void[:, 0])  # a mostly-void proposal keeps its small mass ...
+    assert ensemble(p, p_hat, w)[1].sum() > 3 * out[1].sum()  # ... which OVSeg's form inflates
+    with pytest.raises(ValueError, match="ensemble form must be one of ovseg, odise"):
+        ensemble(p, p_hat, w, "mean")
+    with pytest.raises(ValueError, match="ensemble='mean' is not supported"):
+        dataclasses.replace(SegmenterConfig(), ensemble="mean").validate()
+
+
+def test_the_configs_ensemble_form_reaches_the_semantic_map(image: np.ndarray) -> None:
+    torch.manual_seed(0)
+    segmenter = Segmenter(tiny_segmenter_config())
+    stages = segmenter.run_stages(image, ["sky", "road", "car"])
+    ovseg = segmenter.combine(stages)
+    segmenter.config = dataclasses.replace(segmenter.config, ensemble="odise")
+    odise = segmenter.combine(stages)
+    np.testing.assert_allclose(odise.p_out, ensemble(stages.p, stages.p_hat, 0.65, "odise").numpy(), atol=1e-6)
+    assert not np.allclose(odise.p_out, ovseg.p_out)
+
+
 def test_old_ensemble_key_is_refused_with_the_mapping() -> None:
     data = SegmenterConfig().to_dict()
     data["ensemble_lambda"] = data.pop("clip_weight")

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from pmp.config import ENSEMBLES
 from train.recipes import previous_recipe, world_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -332,13 +333,18 @@ def evaluate_models(
     limit: int | None,
     sweep: tuple[float, ...] = (),
     benchmarks: tuple[str, ...] = BENCHMARKS,
+    ensemble: str | None = None,
 ) -> dict[str, dict[str, dict]]:
+    """Every model on every benchmark, written to ``out_json``; ``ensemble`` replaces the models' Eq. 3
+    form (:data:`pmp.config.ENSEMBLES`) when given."""
     from pmp.segmenter import Segmenter
     from train.evaluate import evaluate, load_benchmark, to_json
 
     results: dict[str, dict[str, dict]] = {}
     for name, folder in model_dirs.items():
         segmenter = Segmenter.from_pretrained(folder)
+        if ensemble is not None:
+            segmenter.config = dataclasses.replace(segmenter.config, ensemble=ensemble)
         results[name] = {}
         for benchmark in benchmarks:
             started = time.perf_counter()
@@ -897,6 +903,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument(
+        "--ensemble-form",
+        choices=ENSEMBLES,
+        default=None,
+        help="evaluate the bundled pair with this Eq. 3 form instead (results/ensemble_<form>/main.json)",
+    )
+    parser.add_argument(
         "--seed-table",
         default=None,
         metavar="A.json,B.json",
@@ -985,6 +997,13 @@ def main(argv: list[str] | None = None) -> int:
         files = sorted(args.results.glob("query_sweep_seed*.json"))
         plot_query_sweep(files, ROOT / "docs" / "query_sweep.png")
         (args.results / "query_sweep.md").write_text(query_sweep_table(files))
+    elif args.ensemble_form:  # the bundled pair, the same stage outputs, another Eq. 3 form
+        dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
+        folder = args.results / f"ensemble_{args.ensemble_form}"
+        results = evaluate_models(
+            dirs, folder / "main.json", args.eval_limit, CLIP_WEIGHT_SWEEP, ensemble=args.ensemble_form
+        )
+        (folder / "main.md").write_text(markdown_table(results))
     elif args.ablations:
         planned = ablation_runs()
         if not args.evaluate_only:  # the baseline and PMP runs are the query sweep's, when it ran first

@@ -3,6 +3,7 @@ sets, and how far the proposals move between them.
 
     python -m train.diagnose [--baseline checkpoints/baseline] [--pmp checkpoints/pmp] [--limit 200]
                              [--out results/diagnosis.json]
+    python -m train.diagnose --ceilings-only world-voc --limit 100 --out results/ceilings_world_voc.json
 
 Also, on world-full, what limits seen-class mIoU: where the pixels of each seen thing go, with stage 1
 alone and with Eq. 3's ensemble (:func:`confusions`), and how far a perfect stage 2 or perfect masks at
@@ -114,31 +115,34 @@ def diagnose(models: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 @dataclass
-class WorldFullPass:
-    """Both stages, once, on each of the first images of world-full, with their labels: what
-    :func:`confusions` and :func:`ceilings` score, so neither runs the models again."""
+class BenchmarkPass:
+    """Both stages, once, on each of the first images of a benchmark (world-full unless said), with their
+    labels: what :func:`confusions` and :func:`ceilings` score, so neither runs the models again."""
 
-    dataset: Any  # the world-full benchmark (class names, seen flags, ignore label)
+    dataset: Any  # the benchmark (class names, seen flags, ignore label)
     outputs: list[tuple[np.ndarray, Any]]  # per image: (label (H, W), the Segmenter's StageOutputs)
     images: list[np.ndarray]  # per image: (H, W, 3) uint8, for stage-2 variants on the same proposals
 
 
-def world_full_pass(model: Any, limit: int) -> WorldFullPass:
-    """Run both stages on the first ``limit`` world-full images, prompted with every class name."""
+def benchmark_pass(model: Any, limit: int, benchmark: str = "world-full") -> BenchmarkPass:
+    """Run both stages on the first ``limit`` images of ``benchmark``, prompted with every class name
+    (benchmarks with per-image prompt sets, world-mixed, are not taken)."""
     from train.evaluate import load_benchmark
 
-    dataset = load_benchmark("world-full")
+    if benchmark == "world-mixed":
+        raise ValueError("benchmark_pass prompts every class name; world-mixed gives each image its own prompts")
+    dataset = load_benchmark(benchmark)
     names = list(dataset.class_names)
     outputs, images = [], []
     for index in range(limit):
         image, label = dataset[index]
         outputs.append((label, model.run_stages(image, names)))
         images.append(image)
-    return WorldFullPass(dataset, outputs, images)
+    return BenchmarkPass(dataset, outputs, images)
 
 
 def confusions(
-    model: Any, world_full: WorldFullPass, clip_weights: tuple[float, ...] = (0.0, 0.65), top: int = 3
+    model: Any, world_full: BenchmarkPass, clip_weights: tuple[float, ...] = (0.0, 0.65), top: int = 3
 ) -> dict[str, dict[str, list[tuple[str, float]]]]:
     """Where the pixels of each seen world-full thing go: per clip weight (0 = stage 1 alone), per class
     the ``top`` predicted names with their share of its pixels ("none" = no label). Every weight is
@@ -199,20 +203,20 @@ def grid_labels(one_hot: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
     return upsample(coarse, tuple(one_hot.shape[-2:]))[0].argmax(0).numpy()
 
 
-def ceilings(model: Any, world_full: WorldFullPass, unadapted_clip: Any = None) -> dict[str, dict[str, float]]:
-    """World-full mIoU (all / seen / unseen) of the :data:`CEILINGS` rows on the images of ``world_full``:
+def ceilings(model: Any, passed: BenchmarkPass, unadapted_clip: Any = None) -> dict[str, dict[str, float]]:
+    """mIoU (all / seen / unseen) of the :data:`CEILINGS` rows on the images of ``passed`` (world-full's, say):
     how much of the gap to a perfect score is stage 2's and how much the masks'. Every row is scored with
     the evaluator's metric. The two ``_unadapted`` rows re-run stage 2 on the same proposals with
     ``unadapted_clip`` (a :class:`pmp.clip.CLIPModel`: the tiny CLIP before :mod:`train.adapt_clip`) and
     are left out without it."""
     from train.metrics import SemSegMetric
 
-    dataset = world_full.dataset
+    dataset = passed.dataset
     num_classes = len(dataset.class_names)
     variants = {"pool_unadapted": "pool", "crop_unadapted": "crop"}  # row: stage2_mode with unadapted_clip
     rows = [row for row in CEILINGS if row not in variants or unadapted_clip is not None]
     metrics = {row: SemSegMetric(num_classes, dataset.ignore_label, dataset.seen) for row in rows}
-    for (label, stages), image in zip(world_full.outputs, world_full.images):
+    for (label, stages), image in zip(passed.outputs, passed.images):
         one_hot = one_hot_labels(label, num_classes, dataset.ignore_label)
         masks = upsample(stages.mask_logits[None], stages.image_size)[0].sigmoid() >= model.config.mask_threshold
         oracle = oracle_class_scores(masks, one_hot, stages.no_object)
@@ -246,10 +250,10 @@ def stage2_p_hat(model: Any, clip: Any, image: np.ndarray, stages: Any, stage2_m
     ).float()
 
 
-def ceilings_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
+def ceilings_markdown(results: dict[str, dict[str, dict[str, float]]], benchmark: str = "world-full") -> str:
     """One row per :data:`CEILINGS` entry, one column per model."""
     models = list(results)
-    lines = ["| world-full mIoU (all / seen / unseen) | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    lines = [f"| {benchmark} mIoU (all / seen / unseen) | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for row, title in CEILINGS.items():
         if any(row not in results[m] for m in models):
             continue
@@ -300,15 +304,34 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FOLDER",
         help="the tiny CLIP before mask adaptation (python -m train.adapt_clip) for the ceilings' stage-2 rows",
     )
+    parser.add_argument(
+        "--ceilings-only",
+        default=None,
+        metavar="BENCHMARK",
+        choices=("world-voc", "world-full", "world-parts"),
+        help="only the ceilings table, on the first min(--limit, 100) images of this benchmark",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.limit <= 500:
         parser.error(f"--limit must be in [1, 500], got {args.limit}")
     from pmp.segmenter import Segmenter
 
     models = {name: Segmenter.from_pretrained(path) for name, path in (("baseline", args.baseline), ("pmp", args.pmp))}
+    if args.ceilings_only:
+        count, benchmark = min(args.limit, 100), args.ceilings_only
+        passes = {name: benchmark_pass(model, count, benchmark) for name, model in models.items()}
+        result = {
+            "benchmark": benchmark,
+            "images": count,
+            "ceilings": {name: ceilings(model, passes[name]) for name, model in models.items()},
+        }
+        table = f"What limits {benchmark} mIoU (first {count} images):\n\n" + ceilings_markdown(
+            result["ceilings"], benchmark
+        )
+        return _report(result, table, args.out)
     result = diagnose(models, args.limit)
     world_full = min(args.limit, 100)
-    passes = {name: world_full_pass(model, world_full) for name, model in models.items()}
+    passes = {name: benchmark_pass(model, world_full) for name, model in models.items()}
     result["confusions"] = {name: confusions(model, passes[name]) for name, model in models.items()}
     unadapted = None
     if args.unadapted_clip:
@@ -325,11 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         + f"\nWhat limits world-full mIoU (first {world_full} images):\n\n"
         + ceilings_markdown(result["ceilings"])
     )
+    return _report(result, table, args.out)
+
+
+def _report(result: dict[str, Any], table: str, out: Path | None) -> int:
     print(table, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(table)
     return 0
 
 

@@ -25,6 +25,7 @@ benchmarks, classes that are in COCO-Stuff-171 by name or documented synonym (:f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -300,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; one GPU per rank)")
     parser.add_argument("--no-recall", action="store_true", help="skip the proposal-recall metric (saves memory)")
     parser.add_argument(
+        "--ensemble",
+        choices=("ovseg", "odise"),
+        default=None,
+        help="Eq. 3's form instead of the checkpoint's: ovseg (OVSeg's, the default) or odise (no-object kept out)",
+    )
+    parser.add_argument(
         "--autocast",
         choices=("none", "bfloat16", "float16"),
         default="none",
@@ -332,6 +339,8 @@ def main(
         from pmp.segmenter import AUTOCAST_DTYPES
 
         segmenter.autocast_dtype = AUTOCAST_DTYPES[args.autocast]
+        if args.ensemble is not None:
+            segmenter.config = dataclasses.replace(segmenter.config, ensemble=args.ensemble)
         result = evaluate(
             segmenter,
             dataset,
@@ -345,6 +354,8 @@ def main(
         result["checkpoint"] = args.checkpoint
         if args.autocast != "none":
             result["options"]["autocast"] = args.autocast
+        if args.ensemble is not None:
+            result["options"]["ensemble"] = args.ensemble
         if context.is_main:
             print(to_json(result) if args.json else format_table(result))
     finally:
