@@ -38,6 +38,7 @@ from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from pmp.allocator import retain_freed_memory  # noqa: E402
+from pmp.config import AUTOCAST_NAMES  # noqa: E402
 from pmp.demo import (  # noqa: E402
     DIFF_HEADERS,
     MODEL_NAMES,
@@ -990,7 +991,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--autocast",
-        choices=("none", "bfloat16", "float16"),
+        choices=AUTOCAST_NAMES,
         default="none",
         help="run both models under torch.autocast (bfloat16: about 1.2x faster on CPUs with AVX-512 BF16)",
     )

@@ -62,12 +62,12 @@ import torch
 from torchvision.ops import roi_align
 
 from pmp.allocator import release_freed_memory, retain_freed_memory
-from pmp.config import SegmenterConfig
+from pmp.config import AUTOCAST_NAMES, SegmenterConfig
 from pmp.images import load_image, normalize_pixels
 from pmp.postprocess import upsample
 from pmp.prompts import parse_prompts
 from pmp.segmenter import AUTOCAST_DTYPES, Segmenter
-from pmp.stage2 import classify_proposals, dense_input, masked_crops, square_box_samples, square_boxes
+from pmp.stage2 import classify_proposals, crop_sources, dense_input, masked_crops, square_box_samples
 
 MODEL_KEYS = ("bundled", "r50", "swinb")
 PAPER_BACKBONES = {"r50": "resnet50", "swinb": "swin_base_patch4_window12_384"}
@@ -506,11 +506,7 @@ def crop_fast_paths(segmenter: Segmenter, image: np.ndarray, count: int, repeats
     pixels, valid_hw = segmenter.preprocess(load_image(image), segmenter.config.image_size)
     picture = pixels[0, :, : valid_hw[0], : valid_hw[1]]  # (3, H, W)
     masks = upsample(result.mask_logits[None].to(segmenter.device), valid_hw)[0].sigmoid()  # (N, H, W)
-    binary = masks > 0.5
-    binary = binary[binary.flatten(1).any(dim=1)]
-    normalised = torch.nn.functional.pad(clip.normalize(picture[None]), (1, 1, 1, 1))  # (1, 3, H+2, W+2)
-    inside = torch.nn.functional.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
-    boxes = square_boxes(binary) + 1.0
+    normalised, inside, boxes, _ = crop_sources(clip, picture, masks)
     own = torch.arange(len(boxes), dtype=boxes.dtype)[:, None]
     size = clip.image_size
 
@@ -727,7 +723,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--autocast",
         default="none",
-        choices=("none", "bfloat16", "float16"),
+        choices=AUTOCAST_NAMES,
         help="Segmenter.autocast_dtype for every request (default none = float32)",
     )
     parser.add_argument(

@@ -51,15 +51,17 @@ from pmp.checkpoint import (
 )
 from pmp.clip import CLIPModel
 from pmp.clip.loading import read_weights_file
-from pmp.config import STAGE2_MODES, SegmenterConfig
+from pmp.config import AUTOCAST_NAMES, STAGE2_MODES, SegmenterConfig
 from pmp.images import load_image, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
 from pmp.postprocess import semantic_map, upsample
 from pmp.prompts import parse_prompts
 from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble
 
-# Segmenter.autocast_dtype by name, for command lines (benchmarks.latency, train.evaluate).
-AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Segmenter.autocast_dtype by name (pmp.config.AUTOCAST_NAMES): app.py, benchmarks.latency, train.evaluate.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
+    name: None if name == "none" else getattr(torch, name) for name in AUTOCAST_NAMES
+}
 
 
 @dataclass

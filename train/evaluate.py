@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from pmp.config import AUTOCAST_NAMES, ENSEMBLES
 from train.datasets import REAL_DATASETS, SyntheticBenchmarkDataset, build_dataset, describe_layouts
 from train.metrics import ProposalRecall, SemSegMetric
 from train.runtime import all_reduce, rank_and_world_size
@@ -302,13 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-recall", action="store_true", help="skip the proposal-recall metric (saves memory)")
     parser.add_argument(
         "--ensemble",
-        choices=("ovseg", "odise"),
+        choices=ENSEMBLES,
         default=None,
         help="Eq. 3's form instead of the checkpoint's: ovseg (OVSeg's, the default) or odise (no-object kept out)",
     )
     parser.add_argument(
         "--autocast",
-        choices=("none", "bfloat16", "float16"),
+        choices=AUTOCAST_NAMES,
         default="none",
         help="run both stages under torch.autocast in this dtype (Segmenter.autocast_dtype): what it costs in mIoU",
     )
