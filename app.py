@@ -88,6 +88,26 @@ model's proposals moved. On a world scene (**New scene**) the page also shows th
 SCORING = """For each prompt the proposal with the highest **p_out = p^(1-w) · p_hat^w** is picked, where **p** is the
 stage-1 probability, **p_hat** CLIP's and w the CLIP weight (0.65, as OVSeg and ODISE weight CLIP; Eq. 3 writes
 λ = 1 - w)."""
+SPLIT_SCORING = """ Prompts the models were not trained to name get their own CLIP weight, {weight} (FC-CLIP's
+geometric ensemble; the paper has one weight): the slider sets the weight of the names they were trained on."""
+
+
+def clip_weight_pair(text: str) -> tuple[float, float]:
+    """'0.4:0.9' -> (0.4, 0.9), for --clip-weights; argparse turns the error into a usage message."""
+    try:
+        pair = tuple(float(part) for part in text.split(":"))
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or not all(0.0 <= w <= 1.0 for w in pair):
+        raise argparse.ArgumentTypeError(f"expected W:U, two numbers in [0, 1], got {text!r}")
+    return pair  # type: ignore[return-value]
+
+
+def scoring_text(clip_weight_unseen: float | None) -> str:
+    """How p_out is computed, with the second weight when the app was started with one."""
+    return SCORING if clip_weight_unseen is None else SCORING + SPLIT_SCORING.format(weight=clip_weight_unseen)
+
+
 UPLOAD_NOTICE = (
     "**No ground truth for your own image.** The bundled models were trained on the synthetic world "
     "only (its {count} words are listed under *Vocabulary*), so on a photo their masks are guesses. To compare "
@@ -735,11 +755,12 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
 
                             words.click(add, inputs=[words, prompts], outputs=prompts, api_visibility="private")
                 with gr.Accordion("Settings", open=False):
-                    gr.Markdown(SCORING)
+                    opening_weight, unseen_weight = models.clip_weights()
+                    gr.Markdown(scoring_text(unseen_weight))
                     clip_weight = gr.Slider(
                         0.0,
                         1.0,
-                        value=0.65,
+                        value=opening_weight,
                         step=0.05,
                         label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)",
                         elem_id="clip-weight",
@@ -995,6 +1016,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="none",
         help="run both models under torch.autocast (bfloat16: about 1.2x faster on CPUs with AVX-512 BF16)",
     )
+    parser.add_argument(
+        "--clip-weights",
+        type=clip_weight_pair,
+        default=None,
+        metavar="W:U",
+        help="Eq. 3 with FC-CLIP's two weights: W for prompts among the models' training names (the slider opens "
+        "at it), U for the others, e.g. 0.4:0.9 (default: one weight, the paper's Eq. 3)",
+    )
     return parser.parse_args(argv)
 
 
@@ -1021,7 +1050,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     retain_freed_memory()  # stage 2's crop tower reuses its activations' memory (pmp.allocator)
-    models = DemoModels.load(args.baseline, args.pmp, device=args.device, autocast=args.autocast)
+    try:
+        models = DemoModels.load(
+            args.baseline, args.pmp, device=args.device, autocast=args.autocast, clip_weights=args.clip_weights
+        )
+    except ValueError as error:  # e.g. --clip-weights for a model whose config lists no training names
+        raise SystemExit(f"app.py: error: {error}") from None
     output_root = make_output_root()
     remove_on_exit(output_root)
     demo = build_app(models, output_root=output_root)

@@ -323,13 +323,13 @@ def stage1_overhead(
     with torch.inference_mode():
         for segmenter in pair.values():  # warm-up
             with segmenter._autocast():
-                segmenter.proposal_model(pixels, text)
+                segmenter.proposal_model(pixels, text, return_aux=False)
         for _ in range(repeats):
             for name, segmenter in pair.items():
                 synchronize(device)
                 start = time.perf_counter()
                 with segmenter._autocast():
-                    segmenter.proposal_model(pixels, text)
+                    segmenter.proposal_model(pixels, text, return_aux=False)
                 synchronize(device)
                 times[name].append(time.perf_counter() - start)
     baseline, pmp = statistics.median(times["baseline"]), statistics.median(times["pmp"])
@@ -373,7 +373,7 @@ def text_path_time(segmenter: Segmenter, pixels: torch.Tensor, text: torch.Tenso
         with torch.inference_mode(), segmenter._autocast():
             synchronize(pixels.device)
             start = time.perf_counter()
-            segmenter.proposal_model(pixels, text)
+            segmenter.proposal_model(pixels, text, return_aux=False)
             synchronize(pixels.device)
             total = time.perf_counter() - start
     finally:

@@ -109,6 +109,15 @@ class SegmenterConfig:
     # distribution renormalised without no-object, the result renormalised and scaled by 1 - p(no-object),
     # so that a proposal stage 1 calls no-object stays out of the semantic map (pmp.stage2.ensemble).
     ensemble: str = "ovseg"
+    # Eq. 3 with two weights, FC-CLIP's geometric ensemble (its alpha and beta, 0.4 and 0.8): prompts
+    # that name something stage 1 was trained to classify (``training_names``, FC-CLIP's "in-vocabulary"
+    # classes) get ``clip_weight``, every other prompt ``clip_weight_unseen``, so that CLIP decides more
+    # where stage 1 has never seen the name. None = one weight for every prompt, as in OVSeg and the
+    # paper (pmp.stage2.prompt_clip_weights).
+    clip_weight_unseen: float | None = None
+    # The names stage 1 was trained on (its training vocabulary; written by train.train_segmenter). A
+    # prompt is one of them when any of its comma-separated synonyms is, compared case-insensitively.
+    training_names: tuple[str, ...] = ()
     stage2_mode: str = "pool"  # "pool": mask-pooled dense CLIP features; "crop": OVSeg's masked crops
     crop_top_k: int = 20  # crop mode: only the top-k proposals by stage-1 score are cropped
     # Crop mode: the views of each proposal CLIP reads (CROP_VIEWS); with several, p_hat is the geometric
@@ -136,6 +145,14 @@ class SegmenterConfig:
                 raise ValueError(f"config field {name}={value!r} is not supported; accepted: {', '.join(accepted)}")
         if not 0.0 <= self.clip_weight <= 1.0:
             raise ValueError(f"clip_weight must be in [0, 1], got {self.clip_weight}")
+        if self.clip_weight_unseen is not None:
+            if not 0.0 <= self.clip_weight_unseen <= 1.0:
+                raise ValueError(f"clip_weight_unseen must be None or in [0, 1], got {self.clip_weight_unseen}")
+            if not self.training_names:
+                raise ValueError(
+                    "clip_weight_unseen needs training_names (the names stage 1 was trained on): without them "
+                    "every prompt would count as unseen"
+                )
         check_crop_views(self.crop_views)
         if bool(self.clip.checkpoint) != bool(self.clip.checkpoint_sha256):
             raise ValueError(
@@ -183,7 +200,7 @@ class SegmenterConfig:
                 if key == "clip" and "templates" in value:
                     value["templates"] = tuple(value["templates"])
                 kwargs[key] = sub[key](**value)
-            elif key in ("pixel_mean", "pixel_std", "crop_views"):
+            elif key in ("pixel_mean", "pixel_std", "crop_views", "training_names"):
                 kwargs[key] = tuple(value)
             else:
                 kwargs[key] = value

@@ -85,11 +85,15 @@ class DemoModels:
         *,
         device: str | None = None,
         autocast: str = "none",
+        clip_weights: tuple[float, float] | None = None,
     ) -> "DemoModels":
         """Bundled names, local folders or Hub ids (None: bundled ``baseline`` / ``pmp``); cuda if available.
 
         ``autocast`` (a key of :data:`pmp.segmenter.AUTOCAST_DTYPES`) sets both models' ``autocast_dtype``:
         "bfloat16" is about 1.2x faster on a CPU with AVX-512 BF16 and labels >99% of pixels the same.
+        ``clip_weights`` (training names, other names) sets both configs' Eq. 3 weights as FC-CLIP splits
+        them (``clip_weight``, ``clip_weight_unseen``; ValueError for a model whose config does not list
+        its training names, or for a weight outside [0, 1])
         """
         from pmp.segmenter import AUTOCAST_DTYPES, Segmenter
 
@@ -102,7 +106,18 @@ class DemoModels:
         )
         for _, model in models.items():
             model.autocast_dtype = AUTOCAST_DTYPES[autocast]
+            if clip_weights is not None:
+                seen, unseen = (float(w) for w in clip_weights)
+                model.config = dataclasses.replace(model.config, clip_weight=seen, clip_weight_unseen=unseen)
+                model.config.validate()
         return models
+
+    def clip_weights(self) -> tuple[float, float | None]:
+        """The CLIP weights the demo opens with: both models' Eq. 3 weight (0.65 if they differ) and their
+        weight for prompts outside the training names (None: one weight for every prompt, the paper's)."""
+        seen = {model.config.clip_weight for _, model in self.items()}
+        unseen = {model.config.clip_weight_unseen for _, model in self.items()}
+        return (seen.pop() if len(seen) == 1 else 0.65), (unseen.pop() if len(unseen) == 1 else None)
 
     def items(self) -> list[tuple[str, Any]]:
         return [("baseline", self.baseline), ("pmp", self.pmp)]

@@ -7,7 +7,8 @@ The pieces live where the paper puts them, and this module only orchestrates the
 * Eq. 2 (stage 2): :func:`pmp.stage2.classify_proposals` - CLIP's ``p_hat`` for each proposal, by mask
   pooling (``pool``) or OVSeg's masked crops (``crop``; ``crop_views`` can add each crop's box).
 * Eq. 3: :func:`pmp.stage2.ensemble` - p_out = p^(1 - w) * p_hat^w, w = ``clip_weight`` = 0.65 on the
-  CLIP term as OVSeg and ODISE apply the paper's value (Eq. 3's lambda is 1 - w).
+  CLIP term as OVSeg and ODISE apply the paper's value (Eq. 3's lambda is 1 - w); ``clip_weight_unseen``
+  gives prompts outside stage 1's ``training_names`` their own w, as FC-CLIP does (off by default).
 * Mask2Former's semantic inference: :mod:`pmp.postprocess` - argmax at every pixel; the
   ``unclaimed_threshold`` display option marks pixels no proposal covers (off for reported numbers).
 
@@ -56,7 +57,7 @@ from pmp.images import load_image, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
 from pmp.postprocess import semantic_map, upsample
 from pmp.prompts import parse_prompts
-from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble
+from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble, prompt_clip_weights
 
 # Segmenter.autocast_dtype by name (pmp.config.AUTOCAST_NAMES): app.py, benchmarks.latency, train.evaluate.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
@@ -76,7 +77,7 @@ class SegmentationResult:
     semantic: np.ndarray  # (H, W) int64 index into labels (-1 only for unclaimed pixels, when asked for)
     p: np.ndarray  # (N, K) stage-1 probabilities, Eq. 1 (no-object column dropped)
     p_hat: np.ndarray  # (N, K) CLIP probabilities, Eq. 2
-    p_out: np.ndarray  # (N, K) Eq. 3: p^(1 - clip_weight) * p_hat^clip_weight
+    p_out: np.ndarray  # (N, K) Eq. 3: p^(1 - w) * p_hat^w, w = clip_weight (or clip_weight_unseen per prompt)
     selected: list[tuple[int, float]]  # per label: (proposal index with the highest p_out, that p_out)
     timings: dict[str, float]
     clip_weight: float
@@ -85,6 +86,7 @@ class SegmentationResult:
     no_object: np.ndarray  # (N,) stage-1 probability of "no object" per proposal
     mask_logits: torch.Tensor = field(repr=False)  # (N, h, w) at mask resolution, padding removed
     image_size: tuple[int, int] = (0, 0)  # (H, W)
+    clip_weight_unseen: float | None = None  # Eq. 3's weight for prompts outside stage 1's training names
     _proposals: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -107,6 +109,7 @@ class SegmentationResult:
         return {
             "labels": self.labels,
             "clip_weight": self.clip_weight,
+            "clip_weight_unseen": self.clip_weight_unseen,
             "stage2_mode": self.stage2_mode,
             "selected": [
                 {
@@ -274,6 +277,7 @@ class Segmenter(nn.Module):
         labels: list[str],
         *,
         clip_weight: float | None = None,
+        clip_weight_unseen: float | None = None,
         stage2_mode: str | None = None,
         mask_threshold: float | None = None,
         unclaimed_threshold: float | None = None,
@@ -283,15 +287,21 @@ class Segmenter(nn.Module):
         """Segment ``image`` with ``labels`` used as given (no parsing, no prompt-count limit).
 
         ``clip_weight``: Eq. 3's exponent of CLIP's p_hat (default: the config's, 0.65).
+        ``clip_weight_unseen``: the exponent for prompts outside the config's ``training_names`` (default:
+        the config's; None there = ``clip_weight`` for every prompt).
         ``mask_threshold``: binarises the picked masks (:meth:`SegmentationResult.picked_mask`).
         ``unclaimed_threshold``: None (default, Mask2Former's inference) labels every pixel by the argmax;
         a value in (0, 1) marks pixels whose best proposal probability is below it as -1 (a display option).
         """
-        self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold)
+        self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold, clip_weight_unseen)
         stages = self.run_stages(image, labels, stage2_mode=stage2_mode, image_size=image_size)
         stages.timings["text"] += _parse_seconds
         return self.combine(
-            stages, clip_weight=clip_weight, mask_threshold=mask_threshold, unclaimed_threshold=unclaimed_threshold
+            stages,
+            clip_weight=clip_weight,
+            clip_weight_unseen=clip_weight_unseen,
+            mask_threshold=mask_threshold,
+            unclaimed_threshold=unclaimed_threshold,
         )
 
     @torch.inference_mode()
@@ -317,7 +327,10 @@ class Segmenter(nn.Module):
         reuse_trunk = stage2_mode == "pool" and self.can_reuse_trunk(pixels, valid_hw)
         with self._autocast():
             outputs = self.proposal_model(
-                normalize_pixels(pixels, cfg.pixel_mean, cfg.pixel_std), text[None], return_features=reuse_trunk
+                normalize_pixels(pixels, cfg.pixel_mean, cfg.pixel_std),
+                text[None],
+                return_features=reuse_trunk,
+                return_aux=False,
             )
         probs = outputs["pred_logits"][0].float().softmax(-1)  # (N, K + 1)
         p, no_object = probs[:, :-1], probs[:, -1]
@@ -354,15 +367,25 @@ class Segmenter(nn.Module):
         stages: "StageOutputs",
         *,
         clip_weight: float | None = None,
+        clip_weight_unseen: float | None = None,
         mask_threshold: float | None = None,
         unclaimed_threshold: float | None = None,
     ) -> SegmentationResult:
         """Eq. 3 and Mask2Former's semantic inference on the outputs of :meth:`run_stages` (see :meth:`segment`)."""
-        self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold)
-        clip_weight = self.config.clip_weight if clip_weight is None else float(clip_weight)
-        mask_threshold = self.config.mask_threshold if mask_threshold is None else float(mask_threshold)
+        self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold, clip_weight_unseen)
+        cfg = self.config
+        clip_weight = cfg.clip_weight if clip_weight is None else float(clip_weight)
+        if clip_weight_unseen is None:
+            clip_weight_unseen = cfg.clip_weight_unseen
+        elif not cfg.training_names:
+            raise ValueError(
+                "clip_weight_unseen needs the names stage 1 was trained on, and this model's config has no "
+                "training_names"
+            )
+        mask_threshold = cfg.mask_threshold if mask_threshold is None else float(mask_threshold)
         start = time.perf_counter()
-        scores = ensemble(stages.p, stages.p_hat, clip_weight, self.config.ensemble)
+        weights = prompt_clip_weights(stages.labels, clip_weight, clip_weight_unseen, cfg.training_names)  # (K,)
+        scores = ensemble(stages.p, stages.p_hat, weights, cfg.ensemble)
         height, width = stages.image_size
         semantic = semantic_map(scores, stages.mask_logits, (height, width))  # (H, W)
         if unclaimed_threshold is not None:
@@ -388,14 +411,19 @@ class Segmenter(nn.Module):
             no_object=stages.no_object.cpu().numpy(),
             mask_logits=stages.mask_logits.cpu(),
             image_size=(height, width),
+            clip_weight_unseen=None if clip_weight_unseen is None else float(clip_weight_unseen),
         )
 
     @staticmethod
     def _check_combine_options(
-        clip_weight: float | None, mask_threshold: float | None, unclaimed_threshold: float | None
+        clip_weight: float | None,
+        mask_threshold: float | None,
+        unclaimed_threshold: float | None,
+        clip_weight_unseen: float | None = None,
     ) -> None:
-        if clip_weight is not None and not 0.0 <= float(clip_weight) <= 1.0:
-            raise ValueError(f"clip_weight must be in [0, 1], got {clip_weight}")
+        for name, weight in (("clip_weight", clip_weight), ("clip_weight_unseen", clip_weight_unseen)):
+            if weight is not None and not 0.0 <= float(weight) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {weight}")
         if mask_threshold is not None and not 0.0 < float(mask_threshold) < 1.0:
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         if unclaimed_threshold is not None and not 0.0 < float(unclaimed_threshold) < 1.0:

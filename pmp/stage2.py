@@ -13,6 +13,8 @@ Eq. 3 (:func:`ensemble`) is p_out = p^(1 - w) * p_hat^w, with w = ``clip_weight`
 term, as OVSeg (``CLIP_ENSEMBLE_WEIGHT``) and ODISE apply the paper's value; Eq. 3's lambda is 1 - w.
 OVSeg applies it to stage 1's p as is; ODISE to p without no-object, keeping no-object out of the
 result (``ensemble="odise"`` in the config). The paper does not say which; OVSeg's is the default.
+FC-CLIP weights CLIP differently for names stage 1 was and was not trained on (``clip_weight_unseen``,
+:func:`prompt_clip_weights`); the paper, like OVSeg, has one weight, the default.
 """
 
 from __future__ import annotations
@@ -35,9 +37,33 @@ VIT_DENSE_SCALE = 0.5  # SAN-style: CLIP ViT sees half the stage-1 resolution (6
 _EPS = 1e-6
 
 
-def ensemble(p: torch.Tensor, p_hat: torch.Tensor, clip_weight: float, form: str = "ovseg") -> torch.Tensor:
+def prompt_clip_weights(
+    labels: Sequence[str], clip_weight: float, clip_weight_unseen: float | None, training_names: Sequence[str]
+) -> Tensor:
+    """(K,) Eq. 3's CLIP weight per prompt: ``clip_weight`` for a prompt stage 1 was trained to name, else
+    ``clip_weight_unseen`` (None: ``clip_weight`` for every prompt, OVSeg's and the paper's Eq. 3).
+
+    FC-CLIP's geometric ensemble (``GEOMETRIC_ENSEMBLE_ALPHA`` 0.4 for its "in-vocabulary" classes,
+    ``_BETA`` 0.8 for the rest) marks a test class in-vocabulary when any of its comma-separated synonyms
+    is a training class name; so does this, case-insensitively. Why two weights: stage 1 has never been
+    taught a name outside its training vocabulary, so its probability for one is low for every proposal,
+    and a single weight either lets stage 1 bury those names or lets CLIP's confusions among the names
+    stage 1 knows through.
+    """
+    if clip_weight_unseen is None:
+        return torch.full((len(labels),), float(clip_weight))
+
+    def synonyms(name: str) -> set[str]:
+        return {word.strip().casefold() for word in name.split(",")} - {""}
+
+    known = set().union(*(synonyms(name) for name in training_names))
+    return torch.tensor([clip_weight if synonyms(label) & known else clip_weight_unseen for label in labels])
+
+
+def ensemble(p: Tensor, p_hat: Tensor, clip_weight: float | Tensor, form: str = "ovseg") -> Tensor:
     """Eq. 3: (N, K) stage-1 p (no-object left out, so a row sums to 1 - p(no-object)) and CLIP's p_hat
-    -> (N, K) scores, in log space, with ``clip_weight`` the exponent of p_hat (Eq. 3's lambda is 1 - it).
+    -> (N, K) scores, in log space, with ``clip_weight`` the exponent of p_hat (Eq. 3's lambda is 1 - it):
+    one number, or (K,) one per prompt (:func:`prompt_clip_weights`).
 
     ``form`` (:data:`pmp.config.ENSEMBLES`):
 
@@ -51,6 +77,8 @@ def ensemble(p: torch.Tensor, p_hat: torch.Tensor, clip_weight: float, form: str
     if form not in ENSEMBLES:
         raise ValueError(f"ensemble form must be one of {', '.join(ENSEMBLES)}, got {form!r}")
     eps = torch.finfo(p.dtype).tiny
+    if isinstance(clip_weight, Tensor):
+        clip_weight = clip_weight.to(p)  # (K,), broadcast over the N proposals
     if form == "ovseg":
         return torch.exp((1.0 - clip_weight) * p.clamp_min(eps).log() + clip_weight * p_hat.clamp_min(eps).log())
     thing = p.sum(dim=1, keepdim=True)  # (N, 1): 1 - p(no-object)

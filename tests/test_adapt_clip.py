@@ -174,7 +174,7 @@ class _DrawnProposals(torch.nn.Module):
         self.drawn = torch.nn.Parameter(drawn, requires_grad=False)
         self.prompts: list[int] = []
 
-    def forward(self, pixels: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor, return_aux: bool = True) -> dict[str, torch.Tensor]:
         self.prompts.append(text.shape[1])
         return {"pred_masks": self.drawn[None].expand(len(pixels), -1, -1, -1)}
 

@@ -91,13 +91,34 @@ def test_subset_evaluation_reproduces_the_readme_numbers() -> None:
                 )
 
 
-@pytest.mark.parametrize("results", ["main.json", "subset50.json", "ensemble_odise/main.json"])
+@pytest.mark.parametrize(
+    "results", ["main.json", "subset50.json", "ensemble_odise/main.json", "split_weights/main.json"]
+)
 def test_readme_tables_are_the_tables_generated_from_results(results: str) -> None:
     """Table 1, the subset table and Eq. 3's other form in the README are what train.bundle writes from results/."""
     from train.bundle import markdown_table
 
     table = markdown_table(json.loads((ROOT / "results" / results).read_text()))
     assert table in (ROOT / "README.md").read_text(), f"README is out of date with results/{results}"
+
+
+def test_readme_split_weight_grid_is_generated_from_results() -> None:
+    from train.bundle import MAIN_MODELS, choose_split_weights, split_weight_table
+
+    folder = ROOT / "results" / "split_weights"
+    dev, test = (json.loads((folder / name).read_text()) for name in ("dev.json", "main.json"))
+    one_weight = json.loads((ROOT / "results" / "main.json").read_text())
+    table = split_weight_table(dev, test, {name: one_weight[name] for name in MAIN_MODELS})
+    assert table == (folder / "grid.md").read_text() and table in (ROOT / "README.md").read_text()
+    seen, unseen = choose_split_weights(dev)
+    for name in MAIN_MODELS:  # the test files' own evaluation is the pair chosen on the dev files
+        for metrics in test[name].values():
+            row = next(
+                r
+                for r in metrics["split_weight_sweep"]
+                if (r["clip_weight"], r["clip_weight_unseen"]) == (seen, unseen)
+            )
+            assert row["miou"] == metrics["miou"]
 
 
 def test_every_example_runs_through_both_models() -> None:
@@ -150,7 +171,7 @@ def test_bundled_outputs_are_bit_identical_to_the_reference() -> None:
         assert out.semantic.flatten().tolist()[::7] == expected["semantic"], name
 
 
-def test_evaluate_models_can_replace_the_ensemble_form(tmp_path: Path, monkeypatch) -> None:
+def test_evaluate_models_can_replace_combine_settings(tmp_path: Path, monkeypatch) -> None:
     import train.evaluate
     from pmp.config import SegmenterConfig
     from train.bundle import evaluate_models
@@ -168,10 +189,39 @@ def test_evaluate_models_can_replace_the_ensemble_form(tmp_path: Path, monkeypat
             or {"miou": 0.5, "miou_seen": 0.5, "miou_unseen": 0.5, "proposal_recall": 0.5}
         ),
     )
-    results = evaluate_models({"m": tmp_path}, tmp_path / "out.json", None, benchmarks=("world-voc",), ensemble="odise")
+    changes = {"ensemble": "odise"}
+    results = evaluate_models(
+        {"m": tmp_path}, tmp_path / "out.json", None, benchmarks=("world-voc",), config_changes=changes
+    )
     assert seen == [("odise", "world-voc")] and results["m"]["world-voc"]["miou"] == 0.5
     evaluate_models({"m": tmp_path}, tmp_path / "out.json", None, benchmarks=("world-voc",))
     assert seen[-1] == ("ovseg", "world-voc")  # the checkpoint's own form when not replaced
+
+
+def test_split_weights_are_chosen_on_the_dev_mean_and_tabled_beside_one_weight() -> None:
+    from train.bundle import choose_split_weights, split_weight_table
+
+    def run(scores: dict[tuple[float, float], float], own: float) -> dict:
+        rows = [{"clip_weight": w, "clip_weight_unseen": u, "miou": m} for (w, u), m in scores.items()]
+        return {"miou": own, "split_weight_sweep": rows}
+
+    # (0.5, 0.9) is best for one model only; (0.4, 0.8) has the best mean over both and both benchmarks.
+    dev = {
+        "a": {
+            "voc": run({(0.4, 0.8): 0.50, (0.5, 0.9): 0.60}, 0.40),
+            "full": run({(0.4, 0.8): 0.50, (0.5, 0.9): 0.40}, 0.4),
+        },
+        "b": {
+            "voc": run({(0.4, 0.8): 0.50, (0.5, 0.9): 0.30}, 0.40),
+            "full": run({(0.4, 0.8): 0.50, (0.5, 0.9): 0.50}, 0.4),
+        },
+    }
+    assert choose_split_weights(dev) == (0.4, 0.8)
+    test = {"a": {"voc": run({(0.4, 0.8): 0.70, (0.5, 0.9): 0.10}, 0.7)}}
+    one_weight = {"a": {"voc": {"miou": 0.25}}, "b": {"voc": {"miou": 0.35}}}
+    table = split_weight_table(dev, test, one_weight).splitlines()
+    assert table[2] == "| 0.65 for every prompt (the paper's Eq. 3) | 40.0 | 30.0 |"
+    assert table[3:] == ["| 0.4 / 0.8 (chosen) | 50.0 | 70.0 |", "| 0.5 / 0.9 | 45.0 | 10.0 |"]
 
 
 def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path: Path) -> None:

@@ -63,7 +63,9 @@ class FakeSegmenter:
     ) -> None:
         self.shift, self.num_proposals, self.fail = shift, num_proposals, fail
         self.follows_prompts = follows_prompts  # True: one more band per prompt, so the masks move with the prompts
-        self.config = SimpleNamespace(max_prompts=100, max_prompt_chars=120, stage2_mode=stage2_mode)
+        self.config = SimpleNamespace(
+            max_prompts=100, max_prompt_chars=120, stage2_mode=stage2_mode, clip_weight=0.65, clip_weight_unseen=None
+        )
         self.context_length = context_length
         self.calls: list[dict] = []
 
@@ -577,3 +579,23 @@ def test_demo_models_load_with_autocast_sets_both_models_and_refuses_unknown_nam
     assert [model.autocast_dtype for _, model in DemoModels.load(device="cpu").items()] == [None, None]
     with pytest.raises(ValueError, match="autocast must be one of"):
         DemoModels.load(device="cpu", autocast="int8")
+
+
+def test_demo_models_load_with_two_clip_weights_sets_both_configs_and_the_opening_slider(
+    capsys: pytest.CaptureFixture[str],
+):
+    from app import SCORING, parse_args, scoring_text
+
+    assert parse_args(["--clip-weights", "0.4:0.9"]).clip_weights == (0.4, 0.9) and parse_args([]).clip_weights is None
+    for bad in ("0.4", "0.4:1.5", "a:b"):
+        with pytest.raises(SystemExit):
+            parse_args(["--clip-weights", bad])
+        assert "expected W:U, two numbers in [0, 1]" in capsys.readouterr().err
+    models = DemoModels.load(device="cpu", clip_weights=(0.4, 0.9))
+    assert [(m.config.clip_weight, m.config.clip_weight_unseen) for _, m in models.items()] == [(0.4, 0.9)] * 2
+    assert models.clip_weights() == (0.4, 0.9) and DemoModels.load(device="cpu").clip_weights() == (0.65, None)
+    assert scoring_text(None) == SCORING
+    assert "their own CLIP weight, 0.9" in scoring_text(0.9)
+    # A bundled prompt the models were trained on keeps the slider's weight, another gets 0.9.
+    result = models.pmp.segment(np.zeros((32, 32, 3), dtype=np.uint8), ["car", "bicycle"])
+    assert result.clip_weight == 0.4 and result.clip_weight_unseen == 0.9

@@ -219,13 +219,17 @@ class SweepStub(StubSegmenter):
     def __init__(self) -> None:
         super().__init__()
         self.stage_calls = 0
+        self.combined: list[tuple[float | None, float | None]] = []
 
     def run_stages(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
         self.stage_calls += 1
         return self.segment(image, labels, **options)
 
-    def combine(self, stages: SimpleNamespace, *, clip_weight: float | None = None) -> SimpleNamespace:
-        if clip_weight is not None and clip_weight >= 0.5:
+    def combine(
+        self, stages: SimpleNamespace, *, clip_weight: float | None = None, clip_weight_unseen: float | None = None
+    ) -> SimpleNamespace:
+        self.combined.append((clip_weight, clip_weight_unseen))
+        if (clip_weight is not None and clip_weight >= 0.5) or (clip_weight_unseen or 0.0) >= 0.9:
             return SimpleNamespace(semantic=np.zeros_like(stages.semantic), proposals=stages.proposals)
         return stages
 
@@ -241,6 +245,54 @@ def test_clip_weight_sweep_reuses_one_stage_pass_per_image() -> None:
     assert "clip weight 0.50" in format_table(result)
     with pytest.raises(ValueError, match="clip weight"):
         evaluate(stub, TinyDataset(), limit=1, clip_weight_sweep=(1.5,), show_progress=False)
+
+
+def test_split_weight_sweep_scores_pairs_and_a_uniform_sweep_stays_uniform() -> None:
+    from pmp.config import SegmenterConfig
+
+    stub = SweepStub()
+    result = evaluate(stub, TinyDataset(), limit=3, split_weight_sweep=((0.4, 0.8), (0.4, 0.9)), show_progress=False)
+    assert stub.stage_calls == 3 and "clip_weight_sweep" not in result
+    rows = result["split_weight_sweep"]
+    assert [(row["clip_weight"], row["clip_weight_unseen"]) for row in rows] == [(0.4, 0.8), (0.4, 0.9)]
+    assert rows[0]["miou"] == pytest.approx(result["miou"]) and rows[1]["miou"] < rows[0]["miou"]
+    assert "clip weights 0.40 / 0.90 (training names / others)" in format_table(result)
+    # One weight for every prompt: (w, None) for a model without training names, (w, w) for one with them.
+    evaluate(stub, TinyDataset(), limit=1, clip_weight_sweep=(0.2,), show_progress=False)
+    assert stub.combined[-1] == (0.2, None)
+    stub.config = SegmenterConfig(training_names=("sky",))
+    evaluate(stub, TinyDataset(), limit=1, clip_weight_sweep=(0.2,), show_progress=False)
+    assert stub.combined[-1] == (0.2, 0.2)
+    with pytest.raises(ValueError, match="clip weight"):
+        evaluate(stub, TinyDataset(), limit=1, split_weight_sweep=((0.4, 1.2),), show_progress=False)
+
+
+def test_split_weight_flags_are_parsed_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from pmp.config import SegmenterConfig
+    from train.evaluate import build_parser
+
+    args = build_parser().parse_args(["--benchmark", "world-voc", "--split-weight-sweep", "0.4:0.8,0.5:1"])
+    assert args.split_weight_sweep == ((0.4, 0.8), (0.5, 1.0))
+    for bad in ("0.4", "0.4:0.8:1", "0.4:x", "0.4:2"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["--benchmark", "world-voc", "--split-weight-sweep", bad])
+        assert "W:W pairs" in capsys.readouterr().err
+    made = []
+
+    def factory(checkpoint: str | None, device: torch.device) -> SweepStub:
+        made.append(SweepStub())
+        made[-1].config = SegmenterConfig(training_names=names)
+        return made[-1]
+
+    argv = ["--benchmark", "world-voc", "--size", "48", "--limit", "1", "--json", "--no-recall"]
+    names = ("sky",)
+    assert main([*argv, "--clip-weight-unseen", "0.9"], segmenter_factory=factory) == 0
+    assert made[-1].config.clip_weight_unseen == 0.9
+    assert json.loads(capsys.readouterr().out)["options"]["clip_weight_unseen"] == 0.9
+    names = ()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--clip-weight-unseen", "0.9"], segmenter_factory=factory)
+    assert exit_info.value.code == 2 and "needs training_names" in capsys.readouterr().err
 
 
 def test_clip_weight_sweep_flag_is_parsed_and_checked(capsys: pytest.CaptureFixture[str]) -> None:

@@ -201,6 +201,19 @@ def test_inference_tower_gives_the_towers_embeddings(trained_looking_clip: CLIPM
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in visual.modules())  # the tower itself is untouched
 
 
+def test_pooled_token_attention_equals_open_clips_attention_pool() -> None:
+    """Keys and values projected off the tokens (the key bias dropped by the softmax) give the same output."""
+    from open_clip.modified_resnet import AttentionPool2d
+
+    torch.manual_seed(0)
+    pool = AttentionPool2d(spacial_dim=4, embed_dim=64, num_heads=4, output_dim=32).eval()
+    for linear in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+        torch.nn.init.uniform_(linear.bias, -1.0, 1.0)  # biases far from zero, the key bias included
+    features = torch.randn(5, 64, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(PooledTokenAttention(pool)(features), pool(features), rtol=1e-4, atol=1e-5)
+
+
 def test_encode_crops_follows_weight_changes_and_training(trained_looking_clip: CLIPModel) -> None:
     clip = trained_looking_clip
     visual = clip.open_clip.visual

@@ -81,6 +81,11 @@ def test_output_contract(pixel_decoder, decoder, text_mode):
             assert aux["pred_masks"].shape == out["pred_masks"].shape
         assert torch.isfinite(out["pred_masks"]).all()
         assert ("proposal_mask" in out) == (text_mode in ("concat", "text_queries"))
+    with torch.no_grad():  # inference leaves the earlier layers' predictions out, the last one unchanged
+        final = model(images, text, text_mask, return_aux=False)
+    assert "aux_outputs" not in final
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(final[key], batched[key])
 
     logits = batched["pred_logits"]
     assert torch.isinf(logits[0, :, 2]).all() and (logits[0, :, 2] < 0).all()

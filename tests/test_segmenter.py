@@ -18,7 +18,7 @@ from pmp.config import CLIP_MEAN, CLIP_STD, SegmenterConfig
 from pmp.images import normalize_pixels
 from pmp.postprocess import semantic_inference
 from pmp.segmenter import Segmenter, StageOutputs
-from pmp.stage2 import ensemble
+from pmp.stage2 import ensemble, prompt_clip_weights
 
 
 def tiny_config(text_mode: str = "pmp", **overrides) -> SegmenterConfig:
@@ -78,6 +78,53 @@ def test_the_configs_ensemble_form_reaches_the_semantic_map(image: np.ndarray) -
     odise = segmenter.combine(stages)
     np.testing.assert_allclose(odise.p_out, ensemble(stages.p, stages.p_hat, 0.65, "odise").numpy(), atol=1e-6)
     assert not np.allclose(odise.p_out, ovseg.p_out)
+
+
+def test_prompt_clip_weights_split_names_as_fc_clip_does() -> None:
+    """A prompt is a training name when any comma-separated synonym is one, case-insensitively."""
+    training = ("car", "person", "tv, monitor")
+    labels = ["Car", "bus", "human, person", "monitor", "bicycle"]
+    weights = prompt_clip_weights(labels, 0.4, 0.8, training)
+    torch.testing.assert_close(weights, torch.tensor([0.4, 0.8, 0.4, 0.4, 0.8]))
+    torch.testing.assert_close(prompt_clip_weights(labels, 0.65, None, training), torch.full((5,), 0.65))
+
+
+def test_ensemble_takes_one_weight_per_prompt() -> None:
+    p = torch.tensor([[0.6, 0.1, 0.2], [0.05, 0.3, 0.4]])
+    p_hat = torch.tensor([[0.2, 0.7, 0.1], [0.1, 0.1, 0.8]])
+    weights = torch.tensor([0.4, 0.8, 1.0])
+    for form in ("ovseg", "odise"):
+        out = ensemble(p, p_hat, weights, form)
+        if form == "ovseg":  # column k is the one-weight ensemble with that prompt's weight
+            for k, w in enumerate(weights.tolist()):
+                torch.testing.assert_close(out[:, k], ensemble(p, p_hat, w)[:, k])
+        else:  # FC-CLIP: softmax over seen and unseen log-terms together, times 1 - p(no-object)
+            mixed = (1 - weights) * (p / p.sum(1, keepdim=True)).log() + weights * p_hat.log()
+            torch.testing.assert_close(out, mixed.softmax(1) * p.sum(1, keepdim=True))
+
+
+def test_clip_weight_unseen_reaches_the_semantic_map_and_needs_training_names(image: np.ndarray) -> None:
+    torch.manual_seed(0)
+    segmenter = Segmenter(tiny_segmenter_config())
+    labels = ["sky", "road", "car"]
+    stages = segmenter.run_stages(image, labels)
+    with pytest.raises(ValueError, match="clip_weight_unseen needs the names stage 1 was trained on"):
+        segmenter.combine(stages, clip_weight_unseen=0.9)
+    with pytest.raises(ValueError, match="clip_weight_unseen needs training_names"):
+        dataclasses.replace(segmenter.config, clip_weight_unseen=0.9).validate()
+    segmenter.config = dataclasses.replace(segmenter.config, training_names=("sky", "road"))
+    assert np.array_equal(segmenter.combine(stages).p_out, segmenter.combine(stages, clip_weight_unseen=0.65).p_out)
+    split = segmenter.combine(stages, clip_weight_unseen=1.0)
+    expected = ensemble(stages.p, stages.p_hat, torch.tensor([0.65, 0.65, 1.0]))
+    np.testing.assert_allclose(split.p_out, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(split.p_out[:, 2], stages.p_hat[:, 2].numpy(), atol=1e-6)  # "car": CLIP alone
+    assert split.clip_weight_unseen == 1.0 and split.to_json()["clip_weight_unseen"] == 1.0
+    segmenter.config = dataclasses.replace(segmenter.config, clip_weight_unseen=1.0)
+    np.testing.assert_array_equal(segmenter.combine(stages).p_out, split.p_out)  # the config's default
+    with pytest.raises(ValueError, match="clip_weight_unseen must be in"):
+        segmenter.combine(stages, clip_weight_unseen=1.5)
+    data = json.loads(json.dumps(segmenter.config.to_dict()))  # config.json stores the names as a list
+    assert SegmenterConfig.from_dict(data) == segmenter.config
 
 
 def test_old_ensemble_key_is_refused_with_the_mapping() -> None:

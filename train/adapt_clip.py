@@ -137,7 +137,7 @@ def matched_proposals(
     text = segmenter.clip.encode_text(names).to(segmenter.device)  # (K, C)
     pixels = normalize_pixels(images.to(segmenter.device), config.pixel_mean, config.pixel_std)
     text = text[None].expand(len(images), -1, -1)  # (B, K, C)
-    logits = segmenter.proposal_model(pixels, text)["pred_masks"].float()  # (B, N, h, w)
+    logits = segmenter.proposal_model(pixels, text, return_aux=False)["pred_masks"].float()  # (B, N, h, w)
     matched = []
     for soft, (_, regions) in zip(upsample(logits, tuple(images.shape[-2:])).sigmoid(), scenes):  # (N, H, W)
         binary = (soft > 0.5).flatten(1).float()  # (N, HW)

@@ -17,7 +17,9 @@ segment; NaN with ``--no-recall``), ``proposal_recall_seen``, ``proposal_recall_
 ``proposal_recall@0.5``, ``proposal_recall@0.75`` (fraction of segments whose best IoU reaches the
 threshold), ``num_segments``, ``per_class`` ({name: IoU}), ``seen_classes`` (names), ``options``, and with
 ``--clip-weight-sweep`` ``clip_weight_sweep``: [{clip_weight, miou, miou_seen, miou_unseen}, ...], every
-weight scored on the same pass of both stages per image (Eq. 3 is the only thing that changes).
+weight (one for every prompt) scored on the same pass of both stages per image (Eq. 3 is the only thing
+that changes), and with ``--split-weight-sweep`` ``split_weight_sweep``: the same rows with
+``clip_weight_unseen``, FC-CLIP's two weights (prompts inside / outside stage 1's training names).
 Definitions are in :mod:`train.metrics`. Seen classes: the synthetic benchmark's own flags; for real
 benchmarks, classes that are in COCO-Stuff-171 by name or documented synonym (:func:`train.datasets.coco_seen_mask`).
 """
@@ -89,6 +91,7 @@ def evaluate(
     *,
     clip_weight: float | None = None,
     clip_weight_sweep: Sequence[float] = (),
+    split_weight_sweep: Sequence[tuple[float, float]] = (),
     stage2_mode: str | None = None,
     image_size: int | None = None,
     proposal_recall: bool = True,
@@ -100,7 +103,8 @@ def evaluate(
     ``result.semantic`` is (H, W) ints indexing ``labels`` (-1 = nothing) and ``result.proposals`` is
     (N, H, W) in [0, 1]; ``clip_weight``, ``stage2_mode`` and ``image_size`` are passed on only when
     given. ``clip_weight_sweep`` (needs a :class:`pmp.segmenter.Segmenter`: ``run_stages`` + ``combine``)
-    also scores every listed weight on the same stage outputs. ``show_progress`` None = a tqdm bar on
+    also scores every listed weight on the same stage outputs, each for every prompt; ``split_weight_sweep``
+    scores (clip_weight, clip_weight_unseen) pairs the same way. ``show_progress`` None = a tqdm bar on
     stderr when it is a terminal, on rank 0 only.
     """
     rank, world_size = rank_and_world_size()
@@ -117,12 +121,17 @@ def evaluate(
         for key, value in (("clip_weight", clip_weight), ("stage2_mode", stage2_mode), ("image_size", image_size))
         if value is not None
     }
-    sweep = [float(w) for w in clip_weight_sweep]
-    if any(not 0.0 <= w <= 1.0 for w in sweep):
-        raise ValueError(f"every clip weight of the sweep must be in [0, 1], got {sweep}")
+    # Each sweep row is Segmenter.combine's (clip_weight, clip_weight_unseen): one weight for every prompt
+    # is (w, w) for a model that knows its training names, else (w, None).
+    uniform = bool(getattr(getattr(segmenter, "config", None), "training_names", ()))
+    sweep = [(float(w), float(w) if uniform else None) for w in clip_weight_sweep]
+    split = [(float(w), float(u)) for w, u in split_weight_sweep]
+    weights = [w for row in sweep + split for w in row if w is not None]
+    if any(not 0.0 <= w <= 1.0 for w in weights):
+        raise ValueError(f"every clip weight of a sweep must be in [0, 1], got {weights}")
     stage_options = {key: value for key, value in options.items() if key != "clip_weight"}
     semseg = SemSegMetric(len(class_names), dataset.ignore_label, seen)
-    swept = [SemSegMetric(len(class_names), dataset.ignore_label, seen) for _ in sweep]
+    swept = [SemSegMetric(len(class_names), dataset.ignore_label, seen) for _ in sweep + split]
     recall = ProposalRecall(len(class_names), dataset.ignore_label, RECALL_THRESHOLDS, seen_mask=seen)
 
     if show_progress is None:
@@ -139,11 +148,12 @@ def evaluate(
         def as_classes(semantic: np.ndarray) -> np.ndarray:
             return to_class[np.where(semantic < 0, len(labels), semantic)]
 
-        if sweep:
+        if swept:
             stages = segmenter.run_stages(image, labels, **stage_options)
             result = segmenter.combine(stages, clip_weight=clip_weight)
-            for weight, metric in zip(sweep, swept):
-                metric.update(as_classes(np.asarray(segmenter.combine(stages, clip_weight=weight).semantic)), label)
+            for (weight, unseen), metric in zip(sweep + split, swept):
+                combined = segmenter.combine(stages, clip_weight=weight, clip_weight_unseen=unseen)
+                metric.update(as_classes(np.asarray(combined.semantic)), label)
         else:
             result = segmenter.segment(image, labels, **options)
         semantic = as_classes(np.asarray(result.semantic))
@@ -186,11 +196,17 @@ def evaluate(
         "seen_classes": [name for name, flag in zip(class_names, seen) if flag],
         "options": {"limit": limit, "world_size": world_size, "proposal_recall": proposal_recall, **options},
     }
+    rows = [
+        {"clip_weight": weight, "clip_weight_unseen": unseen, "miou": m.miou, "miou_seen": m.miou_seen}
+        | {"miou_unseen": m.miou_unseen}
+        for (weight, unseen), m in zip(sweep + split, (metric.compute() for metric in swept))
+    ]
     if sweep:
         result_dict["clip_weight_sweep"] = [
-            {"clip_weight": weight, "miou": m.miou, "miou_seen": m.miou_seen, "miou_unseen": m.miou_unseen}
-            for weight, m in zip(sweep, (metric.compute() for metric in swept))
+            {key: value for key, value in row.items() if key != "clip_weight_unseen"} for row in rows[: len(sweep)]
         ]
+    if split:
+        result_dict["split_weight_sweep"] = rows[len(sweep) :]
     if proposal_recall:
         covered = recall.compute()
         per_class_recall = np.divide(
@@ -252,6 +268,11 @@ def format_table(result: dict[str, Any]) -> str:
             f"clip weight {row['clip_weight']:.2f}   mIoU {pct(row['miou'])}  seen {pct(row['miou_seen'])}  "
             f"unseen {pct(row['miou_unseen'])}"
         )
+    for row in result.get("split_weight_sweep", []):
+        lines.append(
+            f"clip weights {row['clip_weight']:.2f} / {row['clip_weight_unseen']:.2f} (training names / others)   "
+            f"mIoU {pct(row['miou'])}  seen {pct(row['miou_seen'])}  unseen {pct(row['miou_unseen'])}"
+        )
     return "\n".join(lines)
 
 
@@ -264,6 +285,18 @@ def _weights(text: str) -> tuple[float, ...]:
     if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}")
     return weights
+
+
+def _weight_pairs(text: str) -> tuple[tuple[float, float], ...]:
+    """'0.4:0.8,0.5:0.9' -> ((0.4, 0.8), (0.5, 0.9)): clip_weight:clip_weight_unseen pairs."""
+    message = f"expected comma-separated W:W pairs of numbers in [0, 1] (training names : others), got {text!r}"
+    try:
+        pairs = tuple(tuple(float(w) for w in part.split(":")) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not pairs or any(len(pair) != 2 or not all(0.0 <= w <= 1.0 for w in pair) for pair in pairs):
+        raise argparse.ArgumentTypeError(message)
+    return pairs  # type: ignore[return-value]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,6 +329,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=(),
         metavar="W,W,...",
         help="also score these clip weights on the same stage outputs, e.g. 0,0.2,0.35,0.5,0.65,0.8,1",
+    )
+    parser.add_argument(
+        "--clip-weight-unseen",
+        type=float,
+        default=None,
+        help="Eq. 3 with FC-CLIP's two weights: this exponent for prompts outside the checkpoint's training_names "
+        "(default: the checkpoint's; none there = --clip-weight for every prompt)",
+    )
+    parser.add_argument(
+        "--split-weight-sweep",
+        type=_weight_pairs,
+        default=(),
+        metavar="W:U,W:U,...",
+        help="also score these (clip weight, clip weight for names outside training) pairs, e.g. 0.4:0.8,0.5:0.9",
     )
     parser.add_argument("--size", type=int, default=128, help="render size of synthetic benchmark images")
     parser.add_argument("--image-size", type=int, default=None, help="segmenter input size (default: its config)")
@@ -342,12 +389,19 @@ def main(
         segmenter.autocast_dtype = AUTOCAST_DTYPES[args.autocast]
         if args.ensemble is not None:
             segmenter.config = dataclasses.replace(segmenter.config, ensemble=args.ensemble)
+        if args.clip_weight_unseen is not None:
+            try:  # a checkpoint without training_names cannot tell unseen prompts apart
+                segmenter.config = dataclasses.replace(segmenter.config, clip_weight_unseen=args.clip_weight_unseen)
+                segmenter.config.validate()
+            except ValueError as error:
+                parser.error(f"--clip-weight-unseen: {error}")
         result = evaluate(
             segmenter,
             dataset,
             args.limit,
             clip_weight=args.clip_weight,
             clip_weight_sweep=args.clip_weight_sweep,
+            split_weight_sweep=args.split_weight_sweep,
             stage2_mode=args.stage2,
             image_size=args.image_size,
             proposal_recall=not args.no_recall,
@@ -357,6 +411,8 @@ def main(
             result["options"]["autocast"] = args.autocast
         if args.ensemble is not None:
             result["options"]["ensemble"] = args.ensemble
+        if args.clip_weight_unseen is not None:
+            result["options"]["clip_weight_unseen"] = args.clip_weight_unseen
         if context.is_main:
             print(to_json(result) if args.json else format_table(result))
     finally:

@@ -25,6 +25,7 @@ from pmp.config import (
     tiny_clip_model_cfg,
 )
 from train.configs import SegTrainConfig
+from train.world.vocabulary import SEEN_NAMES
 
 WORLD_TEMPLATES = ("a photo of a {}.", "a {} in the scene.", "there is a {}.")
 
@@ -80,6 +81,7 @@ def world_model(
         crop_views=("masked", "box"),  # OVSeg's crop and its box with the image kept (README: imperfect masks)
         max_prompts=50,
         name=world_name(text_mode),
+        training_names=SEEN_NAMES,  # what the world's prompt sampler labels (train.batches.TrainingData)
     )
 
 

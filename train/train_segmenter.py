@@ -188,6 +188,8 @@ def _train(
     seed_everything(config.seed)
     segmenter = build_segmenter(config).to(ctx.device)
     data = TrainingData(config)
+    # The training vocabulary travels with the model: Eq. 3's clip_weight_unseen tells prompts apart by it.
+    segmenter.config.training_names = tuple(data.class_names)
     with torch.no_grad():
         class_embeddings = segmenter.clip.encode_text(data.class_names).to(ctx.device)  # (V, C), CLIP is frozen
     model = segmenter.proposal_model

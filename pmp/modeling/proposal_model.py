@@ -85,10 +85,13 @@ class MaskProposalModel(nn.Module):
         text_mask: torch.Tensor | None = None,
         *,
         return_features: bool = False,
+        return_aux: bool = True,
     ) -> dict:
         """images: (B, 3, H, W) normalised, H and W multiples of 32; text_embeds: (B, M, C) or (M, C);
         text_mask: (B, M) or (M,) bool, True = real prompt (None = all real); ``return_features`` adds
-        the backbone's feature maps to the output."""
+        the backbone's feature maps to the output. ``return_aux=False`` (inference) leaves out the earlier
+        layers' predictions, which only the auxiliary losses read: their masks are still computed (each
+        layer's masked attention needs the previous layer's), their class logits are not."""
         self._check_images(images)
         text_embeds, text_mask = self._batch_text(text_embeds, text_mask, images.shape[0])
         features = self.backbone(images)
@@ -96,10 +99,11 @@ class MaskProposalModel(nn.Module):
         decoded = self.decoder(multi_scale_features, mask_features, text_embeds, text_mask)
         predictions = [
             {"pred_logits": self.class_head(p.queries, text_embeds, text_mask), "pred_masks": p.masks}
-            for p in decoded.predictions
+            for p in (decoded.predictions if return_aux else decoded.predictions[-1:])
         ]
         output = dict(predictions[-1])
-        output["aux_outputs"] = predictions[:-1]
+        if return_aux:
+            output["aux_outputs"] = predictions[:-1]
         if decoded.proposal_mask is not None:
             output["proposal_mask"] = decoded.proposal_mask
         if return_features:
