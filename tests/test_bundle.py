@@ -104,13 +104,19 @@ def test_readme_tables_are_the_tables_generated_from_results(results: str) -> No
 
 def test_readme_split_weight_grid_is_generated_from_results() -> None:
     from train.bundle import MAIN_MODELS, choose_split_weights, split_weight_table
+    from train.diagnose import ceilings_markdown
 
     folder = ROOT / "results" / "split_weights"
     dev, test = (json.loads((folder / name).read_text()) for name in ("dev.json", "main.json"))
     one_weight = json.loads((ROOT / "results" / "main.json").read_text())
     table = split_weight_table(dev, test, {name: one_weight[name] for name in MAIN_MODELS})
     assert table == (folder / "grid.md").read_text() and table in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for benchmark in ("world_voc", "world_full"):  # what is left with the chosen pair
+        ceiling = json.loads((folder / f"ceilings_{benchmark}.json").read_text())
+        assert ceilings_markdown(ceiling["ceilings"], ceiling["benchmark"], tuple(ceiling["clip_weights"])) in readme
     seen, unseen = choose_split_weights(dev)
+    assert tuple(ceiling["clip_weights"]) == (seen, unseen)
     for name in MAIN_MODELS:  # the test files' own evaluation is the pair chosen on the dev files
         for metrics in test[name].values():
             row = next(

@@ -122,3 +122,26 @@ def test_ceilings_on_another_benchmark_use_its_classes_and_refuse_per_image_prom
     assert table.startswith("| world-voc mIoU (all / seen / unseen) | tiny |")
     with pytest.raises(ValueError, match="world-mixed gives each image its own prompts"):
         benchmark_pass(model, limit=1, benchmark="world-mixed")
+
+
+def test_stage1_alone_gives_every_prompt_weight_zero_whatever_the_models_eq3():
+    import dataclasses
+
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.diagnose import benchmark_pass, stage1_alone
+
+    model = Segmenter(tiny_segmenter_config("none")).eval()
+    _, stages = benchmark_pass(model, limit=1, benchmark="world-voc").outputs[0]
+    model.config = dataclasses.replace(model.config, training_names=("sky",), clip_weight_unseen=0.9)
+    np.testing.assert_allclose(stage1_alone(model, stages).p_out, stages.p.numpy(), atol=1e-6)
+    assert not np.allclose(model.combine(stages, clip_weight=0.0).p_out, stages.p.numpy(), atol=1e-6)
+
+
+def test_the_eq3_row_is_named_after_the_models_weights():
+    from train.diagnose import CEILINGS, ceilings_markdown, eq3_title
+
+    assert eq3_title((0.65, None)) == CEILINGS["eq3"] and eq3_title((0.8, None)).startswith("Eq. 3 (clip weight 0.8)")
+    assert eq3_title((0.4, 0.9)) == "Eq. 3 (clip weights 0.4 / 0.9: training names / other names), as reported"
+    row = {"miou": 0.5, "miou_seen": 0.6, "miou_unseen": 0.4}
+    assert "| Eq. 3 (clip weights 0.4 / 0.9" in ceilings_markdown({"m": {"eq3": row}}, clip_weights=(0.4, 0.9))

@@ -141,6 +141,13 @@ def benchmark_pass(model: Any, limit: int, benchmark: str = "world-full") -> Ben
     return BenchmarkPass(dataset, outputs, images)
 
 
+def stage1_alone(model: Any, stages: Any) -> Any:
+    """``model.combine`` with stage 1's p as the scores: clip weight 0 for every prompt, the names outside
+    the model's training vocabulary included when its Eq. 3 weighs them apart (``clip_weight_unseen``)."""
+    unseen = 0.0 if getattr(model.config, "training_names", ()) else None
+    return model.combine(stages, clip_weight=0.0, clip_weight_unseen=unseen)
+
+
 def confusions(
     model: Any, world_full: BenchmarkPass, clip_weights: tuple[float, ...] = (0.0, 0.65), top: int = 3
 ) -> dict[str, dict[str, list[tuple[str, float]]]]:
@@ -155,7 +162,8 @@ def confusions(
     metrics = {weight: SemSegMetric(len(names), dataset.ignore_label) for weight in clip_weights}
     for label, stages in world_full.outputs:
         for weight, metric in metrics.items():
-            metric.update(model.combine(stages, clip_weight=weight).semantic, label)
+            combined = stage1_alone(model, stages) if weight == 0 else model.combine(stages, clip_weight=weight)
+            metric.update(combined.semantic, label)
     result: dict[str, dict[str, list[tuple[str, float]]]] = {}
     for weight, metric in metrics.items():
         per_class = {}
@@ -222,7 +230,7 @@ def ceilings(model: Any, passed: BenchmarkPass, unadapted_clip: Any = None) -> d
         oracle = oracle_class_scores(masks, one_hot, stages.no_object)
         predictions = {
             "eq3": model.combine(stages).semantic,
-            "stage1": model.combine(stages, clip_weight=0.0).semantic,
+            "stage1": stage1_alone(model, stages).semantic,
             "oracle_classes": semantic_map(oracle, stages.mask_logits, stages.image_size),
             "grid": grid_labels(one_hot, tuple(stages.mask_logits.shape[-2:])),
         }
@@ -250,8 +258,20 @@ def stage2_p_hat(model: Any, clip: Any, image: np.ndarray, stages: Any, stage2_m
     ).float()
 
 
-def ceilings_markdown(results: dict[str, dict[str, dict[str, float]]], benchmark: str = "world-full") -> str:
-    """One row per :data:`CEILINGS` entry, one column per model."""
+def eq3_title(clip_weights: tuple[float, float | None]) -> str:
+    """The ceilings' "eq3" row title for the models' Eq. 3 weights (training names, other names or None)."""
+    seen, unseen = clip_weights
+    if unseen is None:
+        return CEILINGS["eq3"].replace("0.65", f"{seen:g}")
+    return f"Eq. 3 (clip weights {seen:g} / {unseen:g}: training names / other names), as reported"
+
+
+def ceilings_markdown(
+    results: dict[str, dict[str, dict[str, float]]],
+    benchmark: str = "world-full",
+    clip_weights: tuple[float, float | None] = (0.65, None),
+) -> str:
+    """One row per :data:`CEILINGS` entry, one column per model; ``clip_weights`` names the "eq3" row."""
     models = list(results)
     lines = [f"| {benchmark} mIoU (all / seen / unseen) | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for row, title in CEILINGS.items():
@@ -260,7 +280,7 @@ def ceilings_markdown(results: dict[str, dict[str, dict[str, float]]], benchmark
         cells = [
             " / ".join(f"{100 * results[m][row][k]:.1f}" for k in ("miou", "miou_seen", "miou_unseen")) for m in models
         ]
-        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+        lines.append(f"| {eq3_title(clip_weights) if row == 'eq3' else title} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,13 +340,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.ceilings_only:
         count, benchmark = min(args.limit, 100), args.ceilings_only
         passes = {name: benchmark_pass(model, count, benchmark) for name, model in models.items()}
+        weights = {(model.config.clip_weight, model.config.clip_weight_unseen) for model in models.values()}
+        if len(weights) != 1:
+            raise SystemExit(f"the two models weigh Eq. 3 differently ({sorted(weights, key=str)}): one table cannot")
         result = {
             "benchmark": benchmark,
             "images": count,
+            "clip_weights": list(weights.pop()),
             "ceilings": {name: ceilings(model, passes[name]) for name, model in models.items()},
         }
         table = f"What limits {benchmark} mIoU (first {count} images):\n\n" + ceilings_markdown(
-            result["ceilings"], benchmark
+            result["ceilings"], benchmark, tuple(result["clip_weights"])
         )
         return _report(result, table, args.out)
     result = diagnose(models, args.limit)
