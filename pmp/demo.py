@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pmp.config import STAGE2_MODES
+from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import ImageError, load_image
 from pmp.prompts import PromptError, parse_prompts
 from pmp.visualize import (
@@ -113,11 +113,13 @@ class DemoModels:
         return models
 
     def clip_weights(self) -> tuple[float, float | None]:
-        """The CLIP weights the demo opens with: both models' Eq. 3 weight (0.65 if they differ) and their
-        weight for prompts outside the training names (None: one weight for every prompt, the paper's)."""
+        """The CLIP weights the demo opens with: both models' Eq. 3 weight (the paper's 0.65 if they differ)
+        and their weight for prompts outside the training names (None: one weight for every prompt, the
+        paper's, also when they differ)."""
         seen = {model.config.clip_weight for _, model in self.items()}
         unseen = {model.config.clip_weight_unseen for _, model in self.items()}
-        return (seen.pop() if len(seen) == 1 else 0.65), (unseen.pop() if len(unseen) == 1 else None)
+        default = SegmenterConfig().clip_weight
+        return (seen.pop() if len(seen) == 1 else default), (unseen.pop() if len(unseen) == 1 else None)
 
     def items(self) -> list[tuple[str, Any]]:
         return [("baseline", self.baseline), ("pmp", self.pmp)]

@@ -127,6 +127,14 @@ def test_readme_split_weight_grid_is_generated_from_results() -> None:
             assert row["miou"] == metrics["miou"]
 
 
+def test_readme_headline_table_is_generated_from_results() -> None:
+    from train.bundle import headline_table
+
+    table = headline_table(ROOT / "results")
+    assert table in (ROOT / "README.md").read_text()
+    assert table.count("\n") == 2 + 2 * 4 + 1  # header, two rows per benchmark, latency
+
+
 def test_every_example_runs_through_both_models() -> None:
     from train.world.demo import demo_scene
 

@@ -519,6 +519,40 @@ def seed_stats(runs: list[dict], name: str, benchmark: str, key: str) -> tuple[f
     return None if None in values else mean_and_std([100 * v for v in values])
 
 
+# The README's headline rows: (benchmark, metric, target in %); the targets the project set itself.
+HEADLINE = (
+    ("world-voc", "miou", 65.0),
+    ("world-full", "miou_seen", 70.0),
+    ("world-parts", "miou", None),
+    ("world-mixed", "miou", None),
+)
+
+
+def headline_table(results: Path) -> str:
+    """Markdown: the bundled pair at a glance. Per benchmark, mIoU with the paper's Eq. 3 over the seeds of
+    Table 1 (mean ± std) and with FC-CLIP's two weights (seed 0, ``results/split_weights``), and the warm
+    latency of ``results/latency_bundled.json``; each beside its target."""
+    runs = [json.loads(path.read_text()) for path in table1_files(results)]
+    split = json.loads((results / "split_weights" / "main.json").read_text())
+    lines = ["| measured (mIoU in %, 500 images per benchmark) | baseline | PMP | target |", "|---|---|---|---|"]
+    for benchmark, key, target in HEADLINE:
+        title = f"{benchmark} {METRIC_TITLES[key]}"
+        cells = []
+        for name in MAIN_MODELS:
+            mean, std = seed_stats(runs, name, benchmark, key)
+            cells.append(f"{mean:.1f} ± {std:.1f}")
+        goal = "-" if target is None else f">= {target:g}"
+        lines.append(f"| {title}, the paper's Eq. 3 ({len(runs)} seeds) | " + " | ".join(cells) + f" | {goal} |")
+        cells = [f"{100 * split[name][benchmark][key]:.1f}" for name in MAIN_MODELS]
+        lines.append(f"| {title}, FC-CLIP's two weights (seed 0) | " + " | ".join(cells) + f" | {goal} |")
+    latency = json.loads((results / "latency_bundled.json").read_text())["models"]["bundled"]
+    side = latency["image_side"]
+    cells = [f"{latency['results']['10'][name]['warm_median']['total']:.3f} s" for name in MAIN_MODELS]
+    title = f"warm request, {side} px, 10 prompts, 2 CPU cores, float32"
+    lines.append(f"| {title} | " + " | ".join(cells) + " | <= 0.1 s |")
+    return "\n".join(lines) + "\n"
+
+
 def model_names(results: dict) -> list[str]:
     """The models of a results file, in order: not its other entries, such as training minutes."""
     return [name for name, rows in results.items() if isinstance(rows, dict) and set(rows) & set(BENCHMARKS)]
@@ -979,6 +1013,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="A.json,B.json",
         help="print the mean ± std table of these per-seed results files and exit",
     )
+    parser.add_argument(
+        "--headline", action="store_true", help="print the README's at-a-glance table from results/ and exit"
+    )
     parser.add_argument("--figure", type=Path, default=None, help="with --seed-table: also draw the bar chart here")
     parser.add_argument(
         "--investigate", action="store_true", help="stage-2 mode and lambda variants of the bundled models"
@@ -1021,6 +1058,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seg-steps", type=int, default=None)
     parser.add_argument("--eval-limit", type=int, default=None, help="images per benchmark (default: all 500)")
     args = parser.parse_args(argv)
+    if args.headline:
+        print(headline_table(args.results), end="")
+        return 0
     if args.seed_table:
         files = [Path(f) for f in args.seed_table.split(",")]
         print(seed_tables(files), end="")

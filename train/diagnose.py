@@ -284,9 +284,18 @@ def ceilings_markdown(
     return "\n".join(lines) + "\n"
 
 
-def confusions_markdown(result: dict[str, dict[str, list[tuple[str, float]]]]) -> str:
+def confusions_markdown(
+    result: dict[str, dict[str, list[tuple[str, float]]]], clip_weight_unseen: float | None = None
+) -> str:
+    """One row per seen thing, one column per clip weight of :func:`confusions`; with ``clip_weight_unseen``
+    (the models' weight for names outside their training names) the columns of a weight above 0 say it."""
     weights = list(result)
-    header = "| seen thing | " + " | ".join(f"its pixels at clip weight {w}" for w in weights) + " |"
+
+    def title(weight: str) -> str:
+        other = "" if clip_weight_unseen is None or float(weight) == 0 else f" ({clip_weight_unseen:g} for other names)"
+        return f"its pixels at clip weight {weight}{other}"
+
+    header = "| seen thing | " + " | ".join(title(w) for w in weights) + " |"
     lines = [header, "|---|" + "---|" * len(weights)]
     for name in result[weights[0]]:
         cells = [", ".join(f"{label} {100 * share:.0f}%" for label, share in result[w][name]) for w in weights]
@@ -337,26 +346,30 @@ def main(argv: list[str] | None = None) -> int:
     from pmp.segmenter import Segmenter
 
     models = {name: Segmenter.from_pretrained(path) for name, path in (("baseline", args.baseline), ("pmp", args.pmp))}
+    weights = {(model.config.clip_weight, model.config.clip_weight_unseen) for model in models.values()}
+    if len(weights) != 1:
+        raise SystemExit(f"the two models weigh Eq. 3 differently ({sorted(weights, key=str)}): one table cannot")
+    clip_weights = weights.pop()  # (training names, other names or None): what "as reported" means
     if args.ceilings_only:
         count, benchmark = min(args.limit, 100), args.ceilings_only
         passes = {name: benchmark_pass(model, count, benchmark) for name, model in models.items()}
-        weights = {(model.config.clip_weight, model.config.clip_weight_unseen) for model in models.values()}
-        if len(weights) != 1:
-            raise SystemExit(f"the two models weigh Eq. 3 differently ({sorted(weights, key=str)}): one table cannot")
         result = {
             "benchmark": benchmark,
             "images": count,
-            "clip_weights": list(weights.pop()),
+            "clip_weights": list(clip_weights),
             "ceilings": {name: ceilings(model, passes[name]) for name, model in models.items()},
         }
         table = f"What limits {benchmark} mIoU (first {count} images):\n\n" + ceilings_markdown(
-            result["ceilings"], benchmark, tuple(result["clip_weights"])
+            result["ceilings"], benchmark, clip_weights
         )
         return _report(result, table, args.out)
     result = diagnose(models, args.limit)
+    result["clip_weights"] = list(clip_weights)
     world_full = min(args.limit, 100)
     passes = {name: benchmark_pass(model, world_full) for name, model in models.items()}
-    result["confusions"] = {name: confusions(model, passes[name]) for name, model in models.items()}
+    result["confusions"] = {
+        name: confusions(model, passes[name], (0.0, model.config.clip_weight)) for name, model in models.items()
+    }
     unadapted = None
     if args.unadapted_clip:
         from train.train_clip import load_clip_for_evaluation
@@ -366,11 +379,11 @@ def main(argv: list[str] | None = None) -> int:
     table = (
         markdown(result)
         + "".join(
-            f"\n{name}, world-full (first {world_full} images):\n\n" + confusions_markdown(entry)
+            f"\n{name}, world-full (first {world_full} images):\n\n" + confusions_markdown(entry, clip_weights[1])
             for name, entry in result["confusions"].items()
         )
         + f"\nWhat limits world-full mIoU (first {world_full} images):\n\n"
-        + ceilings_markdown(result["ceilings"])
+        + ceilings_markdown(result["ceilings"], clip_weights=clip_weights)
     )
     return _report(result, table, args.out)
 
