@@ -92,7 +92,14 @@ def test_subset_evaluation_reproduces_the_readme_numbers() -> None:
 
 
 @pytest.mark.parametrize(
-    "results", ["main.json", "subset50.json", "ensemble_odise/main.json", "split_weights/main.json"]
+    "results",
+    [
+        "main.json",
+        "subset50.json",
+        "ensemble_odise/main.json",
+        "split_weights/main.json",
+        "split_weights_odise/main.json",
+    ],
 )
 def test_readme_tables_are_the_tables_generated_from_results(results: str) -> None:
     """Table 1, the subset table and Eq. 3's other form in the README are what train.bundle writes from results/."""
@@ -236,6 +243,37 @@ def test_split_weights_are_chosen_on_the_dev_mean_and_tabled_beside_one_weight()
     table = split_weight_table(dev, test, one_weight).splitlines()
     assert table[2] == "| 0.65 for every prompt (the paper's Eq. 3) | 40.0 | 30.0 |"
     assert table[3:] == ["| 0.4 / 0.8 (chosen) | 50.0 | 70.0 |", "| 0.5 / 0.9 | 45.0 | 10.0 |"]
+    other_form = split_weight_table(dev, test, one_weight, "0.65 for every prompt (ODISE's form)").splitlines()
+    assert other_form[2].startswith("| 0.65 for every prompt (ODISE's form) | 40.0 |")
+
+
+def test_split_weights_run_in_the_form_asked_for(tmp_path: Path, monkeypatch) -> None:
+    """--split-weights --ensemble-form odise: dev and test in ODISE's form, beside that form's single weight."""
+    from pmp.config import ENSEMBLES
+    from train import bundle
+
+    assert set(bundle.FORM_NAMES) == set(ENSEMBLES)
+    calls = []
+
+    def fake_evaluate(dirs, out, limit, sweep=(), benchmarks=bundle.BENCHMARKS, config_changes=None, split_sweep=()):
+        calls.append((out.name, dict(config_changes or {})))
+        rows = [{"clip_weight": w, "clip_weight_unseen": u, "miou": w + u} for w, u in split_sweep]
+        return {name: {b: {"miou": 0.5, "split_weight_sweep": rows} for b in benchmarks} for name in dirs}
+
+    monkeypatch.setattr(bundle, "evaluate_models", fake_evaluate)
+    monkeypatch.setattr(bundle, "markdown_table", lambda results: "table\n")
+    (tmp_path / "ensemble_odise").mkdir()
+    one = {name: {"world-voc": {"miou": 0.3}} for name in bundle.MAIN_MODELS}
+    (tmp_path / "ensemble_odise" / "main.json").write_text(json.dumps(one))
+    (tmp_path / "split_weights_odise").mkdir()
+    assert bundle.main(["--split-weights", "--ensemble-form", "odise", "--results", str(tmp_path)]) == 0
+    best = max(bundle.SPLIT_WEIGHT_GRID, key=sum)
+    assert calls == [
+        ("dev.json", {"ensemble": "odise"}),
+        ("main.json", {"ensemble": "odise", "clip_weight": best[0], "clip_weight_unseen": best[1]}),
+    ]
+    grid = (tmp_path / "split_weights_odise" / "grid.md").read_text()
+    assert "| 0.65 for every prompt (ODISE's form) | 50.0 | 30.0 |" in grid
 
 
 def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path: Path) -> None:
