@@ -224,9 +224,9 @@ def test_classes_that_coco_spells_differently_count_as_seen() -> None:
 
 
 def test_every_synonym_maps_to_coco_and_is_used_by_some_benchmark() -> None:
-    from train.datasets import _coco_stuff_vocabulary
+    from train.datasets import _name_words
 
-    vocabulary = _coco_stuff_vocabulary()
+    vocabulary = set(_name_words(class_names.COCO_STUFF_171_NAMES))  # the names and their suffix-free forms
     words = {
         word.strip().lower() for spec in REAL_DATASETS.values() for name in spec.class_names for word in name.split(",")
     }
@@ -234,6 +234,22 @@ def test_every_synonym_maps_to_coco_and_is_used_by_some_benchmark() -> None:
         assert coco in vocabulary, (word, coco)
         assert word in words, f"{word!r} is in no benchmark's class list"
         assert word not in vocabulary, f"{word!r} is already a COCO name"
+
+
+def test_a_coco_trained_segmenter_weighs_exactly_the_benchmarks_seen_classes_as_seen() -> None:
+    """Eq. 3's second weight and the evaluator agree: a COCO-Stuff model's training_names mark as training
+    names exactly the classes coco_seen_mask counts as seen, on every real benchmark."""
+    from pmp.stage2 import prompt_clip_weights
+    from train.datasets import coco_seen_mask, training_vocabulary
+    from train.world.vocabulary import SEEN_NAMES
+
+    names = training_vocabulary(class_names.COCO_STUFF_171_NAMES)
+    assert set(class_names.COCO_STUFF_171_NAMES) <= set(names) and len(set(names)) == len(names)
+    assert {"sky", "window", "aeroplane", "sofa"} <= set(names)  # suffix-free forms and synonyms
+    for spec in REAL_DATASETS.values():
+        weights = prompt_clip_weights(list(spec.class_names), 0.4, 0.8, names)
+        assert ((weights == 0.4).numpy() == coco_seen_mask(spec.class_names)).all(), spec.name
+    assert training_vocabulary(SEEN_NAMES) == SEEN_NAMES  # the world's names have no other forms
 
 
 def test_readme_lists_the_seen_counts_of_every_benchmark() -> None:

@@ -52,7 +52,11 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
     assert last < 0.8 * first, (first, last)
     from pmp.segmenter import Segmenter
 
-    assert Segmenter.from_pretrained(tmp_path / "model").config.decoder.text_mode == "pmp"
+    saved = Segmenter.from_pretrained(tmp_path / "model").config
+    assert saved.decoder.text_mode == "pmp"
+    from train.world.vocabulary import SEEN_NAMES
+
+    assert saved.training_names == SEEN_NAMES  # what the world's sampler labels, for Eq. 3's second weight
     assert (tmp_path / "loss.png").is_file()
 
 

@@ -49,6 +49,7 @@ world benchmarks (``train.world`` / ``train.world.vocabulary``) behind the same 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,15 +163,31 @@ REAL_DATASETS: dict[str, RealDatasetSpec] = {
 }
 
 
-def _coco_stuff_vocabulary() -> frozenset[str]:
-    """COCO-Stuff-171's names, plus each without its "-other" / "-stuff" / "-merged" suffix ("sky-other" -> "sky")."""
-    words = set()
-    for name in COCO_STUFF_171_NAMES:
-        words.add(name)
-        for suffix in ("-other", "-stuff", "-merged"):
-            if name.endswith(suffix):
-                words.add(name[: -len(suffix)])
-    return frozenset(words)
+def _name_words(class_names: Sequence[str]) -> dict[str, None]:
+    """Each name's comma-separated synonyms (lower-cased, stripped), each also without a "-other" /
+    "-stuff" / "-merged" suffix ("sky-other" -> "sky"), in order (a dict as an ordered set)."""
+    words: dict[str, None] = {}
+    for name in class_names:
+        for word in (part.strip().lower() for part in name.split(",")):
+            if word:
+                words[word] = None
+                for suffix in ("-other", "-stuff", "-merged"):
+                    if word.endswith(suffix):
+                        words[word[: -len(suffix)]] = None
+    return words
+
+
+def training_vocabulary(class_names: Sequence[str]) -> tuple[str, ...]:
+    """Every word that names one of ``class_names`` (a training set's classes), in order: their
+    :func:`_name_words`, then every :data:`train.class_names.COCO_SYNONYMS` word that maps onto one of
+    them (Pascal's "aeroplane" for COCO's "airplane").
+
+    What :func:`coco_seen_mask` calls seen, and what a trained segmenter's ``training_names`` hold, so that
+    Eq. 3's second weight (``clip_weight_unseen``) and the evaluator agree on which prompts are seen.
+    """
+    words = _name_words(class_names)
+    synonyms = [word for word, target in COCO_SYNONYMS.items() if target in words and word not in words]
+    return (*words, *synonyms)
 
 
 def coco_seen_mask(class_names: tuple[str, ...] | list[str]) -> np.ndarray:
@@ -183,11 +200,10 @@ def coco_seen_mask(class_names: tuple[str, ...] | list[str]) -> np.ndarray:
     "windowpane, window" (COCO "window-other") are seen, "painting, picture" is not. The per-benchmark
     counts are in the README (``python -m train.datasets --seen-counts`` prints them).
     """
-    vocabulary = _coco_stuff_vocabulary()
+    vocabulary = frozenset(training_vocabulary(COCO_STUFF_171_NAMES))
 
     def seen(word: str) -> bool:
-        word = word.strip().lower()
-        return word in vocabulary or COCO_SYNONYMS.get(word) in vocabulary
+        return word.strip().lower() in vocabulary
 
     return np.array([any(seen(word) for word in name.split(",")) for name in class_names], dtype=bool)
 

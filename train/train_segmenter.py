@@ -34,6 +34,7 @@ from pmp.checkpoint import model_card
 from pmp.segmenter import Segmenter
 from train.batches import TrainingData, build_batch
 from train.configs import SegTrainConfig
+from train.datasets import training_vocabulary
 from train.losses import SetCriterion
 from train.matcher import HungarianMatcher
 from train.recipes import RECIPES, get_recipe
@@ -188,8 +189,9 @@ def _train(
     seed_everything(config.seed)
     segmenter = build_segmenter(config).to(ctx.device)
     data = TrainingData(config)
-    # The training vocabulary travels with the model: Eq. 3's clip_weight_unseen tells prompts apart by it.
-    segmenter.config.training_names = tuple(data.class_names)
+    # The training vocabulary travels with the model: Eq. 3's clip_weight_unseen tells prompts apart by it,
+    # with every synonym and suffix-free form that the evaluator also counts as seen.
+    segmenter.config.training_names = training_vocabulary(data.class_names)
     with torch.no_grad():
         class_embeddings = segmenter.clip.encode_text(data.class_names).to(ctx.device)  # (V, C), CLIP is frozen
     model = segmenter.proposal_model
