@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
 from pmp.allocator import retain_freed_memory  # noqa: E402
-from pmp.config import AUTOCAST_NAMES  # noqa: E402
+from pmp.config import AUTOCAST_NAMES, parse_weight_pair  # noqa: E402
 from pmp.demo import (  # noqa: E402
     DIFF_HEADERS,
     MODEL_NAMES,
@@ -93,14 +93,11 @@ geometric ensemble; the paper has one weight): the slider sets the weight of the
 
 
 def clip_weight_pair(text: str) -> tuple[float, float]:
-    """'0.4:0.9' -> (0.4, 0.9), for --clip-weights; argparse turns the error into a usage message."""
+    """--clip-weights' type: :func:`pmp.config.parse_weight_pair`, its error as a usage message."""
     try:
-        pair = tuple(float(part) for part in text.split(":"))
-    except ValueError:
-        pair = ()
-    if len(pair) != 2 or not all(0.0 <= w <= 1.0 for w in pair):
-        raise argparse.ArgumentTypeError(f"expected W:U, two numbers in [0, 1], got {text!r}")
-    return pair  # type: ignore[return-value]
+        return parse_weight_pair(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def scoring_text(clip_weight_unseen: float | None) -> str:

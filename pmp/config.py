@@ -130,6 +130,12 @@ class SegmenterConfig:
     max_prompt_chars: int = 120
     name: str = ""
 
+    def uniform_clip_weights(self, weight: float) -> tuple[float, float | None]:
+        """:meth:`pmp.segmenter.Segmenter.combine`'s (clip_weight, clip_weight_unseen) that give every
+        prompt ``weight``, whatever this config's Eq. 3: the second weight is passed only where the config
+        lists training names (combine refuses it otherwise)."""
+        return float(weight), (float(weight) if self.training_names else None)
+
     def validate(self) -> None:
         """Raise ValueError naming the first field that holds an unsupported value."""
         checks = [
@@ -207,6 +213,25 @@ class SegmenterConfig:
         config = cls(**kwargs)
         config.validate()
         return config
+
+
+def name_synonyms(name: str) -> list[str]:
+    """A class name's comma-separated synonyms, stripped and case-folded, in order ("tv, Monitor" ->
+    ["tv", "monitor"]): how ``training_names`` and prompts are compared (pmp.stage2.prompt_clip_weights),
+    and how train.datasets counts a real benchmark's classes as seen."""
+    return [word for word in (part.strip().casefold() for part in name.split(",")) if word]
+
+
+def parse_weight_pair(text: str) -> tuple[float, float]:
+    """'0.4:0.9' -> (0.4, 0.9): Eq. 3's two CLIP weights (training names : other names) as command lines
+    write them; ValueError unless both are numbers in [0, 1]."""
+    try:
+        pair = tuple(float(part) for part in text.split(":"))
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or not all(0.0 <= w <= 1.0 for w in pair):
+        raise ValueError(f"expected W:U, two numbers in [0, 1] (training names : other names), got {text!r}")
+    return pair  # type: ignore[return-value]
 
 
 def check_crop_views(views: tuple[str, ...]) -> None:

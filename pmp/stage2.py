@@ -28,7 +28,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor
 
 from pmp.clip import CLIPModel
-from pmp.config import ENSEMBLES, check_crop_views
+from pmp.config import ENSEMBLES, check_crop_views, name_synonyms
 from pmp.postprocess import upsample
 
 CROP_BATCH = 64  # masked crops per image-tower forward
@@ -52,12 +52,10 @@ def prompt_clip_weights(
     """
     if clip_weight_unseen is None:
         return torch.full((len(labels),), float(clip_weight))
-
-    def synonyms(name: str) -> set[str]:
-        return {word.strip().casefold() for word in name.split(",")} - {""}
-
-    known = set().union(*(synonyms(name) for name in training_names))
-    return torch.tensor([clip_weight if synonyms(label) & known else clip_weight_unseen for label in labels])
+    known = {word for name in training_names for word in name_synonyms(name)}
+    return torch.tensor(
+        [clip_weight if known.intersection(name_synonyms(label)) else clip_weight_unseen for label in labels]
+    )
 
 
 def ensemble(p: Tensor, p_hat: Tensor, clip_weight: float | Tensor, form: str = "ovseg") -> Tensor:

@@ -243,7 +243,7 @@ def test_split_weights_are_chosen_on_the_dev_mean_and_tabled_beside_one_weight()
     table = split_weight_table(dev, test, one_weight).splitlines()
     assert table[2] == "| 0.65 for every prompt (the paper's Eq. 3) | 40.0 | 30.0 |"
     assert table[3:] == ["| 0.4 / 0.8 (chosen) | 50.0 | 70.0 |", "| 0.5 / 0.9 | 45.0 | 10.0 |"]
-    other_form = split_weight_table(dev, test, one_weight, "0.65 for every prompt (ODISE's form)").splitlines()
+    other_form = split_weight_table(dev, test, one_weight, "odise").splitlines()
     assert other_form[2].startswith("| 0.65 for every prompt (ODISE's form) | 40.0 |")
 
 

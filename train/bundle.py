@@ -409,11 +409,17 @@ def split_weight_table(
     dev_results: dict[str, dict[str, dict]],
     test_results: dict[str, dict[str, dict]],
     one_weight_test: dict[str, dict[str, dict]],
-    one_weight_title: str = "0.65 for every prompt (the paper's Eq. 3)",
+    form: str | None = None,
 ) -> str:
     """Markdown: every pair's mean mIoU over both models and the four benchmarks, on the dev scenes and the
-    test benchmarks, below the models' own Eq. 3 (one weight, 0.65, for every prompt): the dev files' own
-    evaluation and ``one_weight_test`` (Table 1's)."""
+    test benchmarks, below the models' own Eq. 3 (one weight, 0.65, for every prompt) in ``form`` (None:
+    the checkpoints' own, the paper's): the dev files' own evaluation and ``one_weight_test`` (Table 1's,
+    or that form's evaluation)."""
+    one_weight_title = (
+        "0.65 for every prompt (the paper's Eq. 3)"
+        if form is None
+        else f"0.65 for every prompt ({FORM_NAMES[form]}'s form)"
+    )
 
     def mean_miou(results: dict[str, dict[str, dict]]) -> float:
         values = [metrics["miou"] for per_benchmark in results.values() for metrics in per_benchmark.values()]
@@ -1128,12 +1134,7 @@ def main(argv: list[str] | None = None) -> int:
         one_weight_file = args.results / ("main.json" if form is None else f"ensemble_{form}/main.json")
         one_weight = json.loads(one_weight_file.read_text())
         one_weight = {name: one_weight[name] for name in MAIN_MODELS}
-        title = (
-            "0.65 for every prompt (the paper's Eq. 3)"
-            if form is None
-            else f"0.65 for every prompt ({FORM_NAMES[form]}'s form)"
-        )
-        (folder / "grid.md").write_text(split_weight_table(dev, results, one_weight, title))
+        (folder / "grid.md").write_text(split_weight_table(dev, results, one_weight, form))
     elif args.ensemble_form:  # the bundled pair, the same stage outputs, another Eq. 3 form
         dirs = {name: args.checkpoints / name for name in MAIN_MODELS}
         folder = args.results / f"ensemble_{args.ensemble_form}"

@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from pmp.config import name_synonyms
 from train.class_names import (
     ADE20K_150_NAMES,
     ADE20K_847_NAMES,
@@ -164,16 +165,14 @@ REAL_DATASETS: dict[str, RealDatasetSpec] = {
 
 
 def _name_words(class_names: Sequence[str]) -> dict[str, None]:
-    """Each name's comma-separated synonyms (lower-cased, stripped), each also without a "-other" /
-    "-stuff" / "-merged" suffix ("sky-other" -> "sky"), in order (a dict as an ordered set)."""
+    """Each name's :func:`pmp.config.name_synonyms`, each also without a "-other" / "-stuff" / "-merged"
+    suffix ("sky-other" -> "sky"), in order (a dict as an ordered set)."""
     words: dict[str, None] = {}
-    for name in class_names:
-        for word in (part.strip().lower() for part in name.split(",")):
-            if word:
-                words[word] = None
-                for suffix in ("-other", "-stuff", "-merged"):
-                    if word.endswith(suffix):
-                        words[word[: -len(suffix)]] = None
+    for word in (word for name in class_names for word in name_synonyms(name)):
+        words[word] = None
+        for suffix in ("-other", "-stuff", "-merged"):
+            if word.endswith(suffix):
+                words[word[: -len(suffix)]] = None
     return words
 
 
@@ -193,7 +192,7 @@ def training_vocabulary(class_names: Sequence[str]) -> tuple[str, ...]:
 def coco_seen_mask(class_names: tuple[str, ...] | list[str]) -> np.ndarray:
     """(K,) bool: which classes of a real benchmark count as *seen* (in the COCO-Stuff-171 training set).
 
-    A class is seen when any of its comma-separated synonyms (lower-cased, stripped; the first one of
+    A class is seen when any of its comma-separated synonyms (case-folded, stripped; the first one of
     ADE-847's lists included) is a COCO-Stuff-171 name, that name without its "-other"/"-stuff"/"-merged"
     suffix, or a word that :data:`train.class_names.COCO_SYNONYMS` maps to a COCO-Stuff name (Pascal's
     "aeroplane" is COCO's "airplane", ADE's "sofa" its "couch"). So ADE's "rock, stone", "sky" and
@@ -201,11 +200,7 @@ def coco_seen_mask(class_names: tuple[str, ...] | list[str]) -> np.ndarray:
     counts are in the README (``python -m train.datasets --seen-counts`` prints them).
     """
     vocabulary = frozenset(training_vocabulary(COCO_STUFF_171_NAMES))
-
-    def seen(word: str) -> bool:
-        return word.strip().lower() in vocabulary
-
-    return np.array([any(seen(word) for word in name.split(",")) for name in class_names], dtype=bool)
+    return np.array([not vocabulary.isdisjoint(name_synonyms(name)) for name in class_names], dtype=bool)
 
 
 def seen_counts() -> dict[str, tuple[int, int]]:

@@ -144,8 +144,8 @@ def benchmark_pass(model: Any, limit: int, benchmark: str = "world-full") -> Ben
 def stage1_alone(model: Any, stages: Any) -> Any:
     """``model.combine`` with stage 1's p as the scores: clip weight 0 for every prompt, the names outside
     the model's training vocabulary included when its Eq. 3 weighs them apart (``clip_weight_unseen``)."""
-    unseen = 0.0 if getattr(model.config, "training_names", ()) else None
-    return model.combine(stages, clip_weight=0.0, clip_weight_unseen=unseen)
+    weight, unseen = model.config.uniform_clip_weights(0.0)
+    return model.combine(stages, clip_weight=weight, clip_weight_unseen=unseen)
 
 
 def confusions(

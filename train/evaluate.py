@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from pmp.config import AUTOCAST_NAMES, ENSEMBLES
+from pmp.config import AUTOCAST_NAMES, ENSEMBLES, parse_weight_pair
 from train.datasets import REAL_DATASETS, SyntheticBenchmarkDataset, build_dataset, describe_layouts
 from train.metrics import ProposalRecall, SemSegMetric
 from train.runtime import all_reduce, rank_and_world_size
@@ -121,10 +121,10 @@ def evaluate(
         for key, value in (("clip_weight", clip_weight), ("stage2_mode", stage2_mode), ("image_size", image_size))
         if value is not None
     }
-    # Each sweep row is Segmenter.combine's (clip_weight, clip_weight_unseen): one weight for every prompt
-    # is (w, w) for a model that knows its training names, else (w, None).
-    uniform = bool(getattr(getattr(segmenter, "config", None), "training_names", ()))
-    sweep = [(float(w), float(w) if uniform else None) for w in clip_weight_sweep]
+    # Each sweep row is Segmenter.combine's (clip_weight, clip_weight_unseen); a segmenter without a config
+    # (a stand-in) takes one weight as clip_weight alone.
+    config = getattr(segmenter, "config", None)
+    sweep = [config.uniform_clip_weights(w) if config else (float(w), None) for w in clip_weight_sweep]
     split = [(float(w), float(u)) for w, u in split_weight_sweep]
     weights = [w for row in sweep + split for w in row if w is not None]
     if any(not 0.0 <= w <= 1.0 for w in weights):
@@ -197,8 +197,13 @@ def evaluate(
         "options": {"limit": limit, "world_size": world_size, "proposal_recall": proposal_recall, **options},
     }
     rows = [
-        {"clip_weight": weight, "clip_weight_unseen": unseen, "miou": m.miou, "miou_seen": m.miou_seen}
-        | {"miou_unseen": m.miou_unseen}
+        {
+            "clip_weight": weight,
+            "clip_weight_unseen": unseen,
+            "miou": m.miou,
+            "miou_seen": m.miou_seen,
+            "miou_unseen": m.miou_unseen,
+        }
         for (weight, unseen), m in zip(sweep + split, (metric.compute() for metric in swept))
     ]
     if sweep:
@@ -288,15 +293,16 @@ def _weights(text: str) -> tuple[float, ...]:
 
 
 def _weight_pairs(text: str) -> tuple[tuple[float, float], ...]:
-    """'0.4:0.8,0.5:0.9' -> ((0.4, 0.8), (0.5, 0.9)): clip_weight:clip_weight_unseen pairs."""
+    """'0.4:0.8,0.5:0.9' -> ((0.4, 0.8), (0.5, 0.9)): clip_weight:clip_weight_unseen pairs
+    (:func:`pmp.config.parse_weight_pair` each)."""
     message = f"expected comma-separated W:W pairs of numbers in [0, 1] (training names : others), got {text!r}"
     try:
-        pairs = tuple(tuple(float(w) for w in part.split(":")) for part in text.split(",") if part.strip())
+        pairs = tuple(parse_weight_pair(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(message) from None
-    if not pairs or any(len(pair) != 2 or not all(0.0 <= w <= 1.0 for w in pair) for pair in pairs):
+    if not pairs:
         raise argparse.ArgumentTypeError(message)
-    return pairs  # type: ignore[return-value]
+    return pairs
 
 
 def build_parser() -> argparse.ArgumentParser:
