@@ -61,12 +61,13 @@ def _short_adaptation(**changes) -> CLIPAdaptConfig:
     return dataclasses.replace(CLIPAdaptConfig(), eval_crops_per_class=1, **small, **changes)
 
 
-def test_adaptation_fine_tunes_the_image_tower_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("views", [("masked",), ("masked", "box")])
+def test_adaptation_fine_tunes_the_image_tower_only(tmp_path: Path, views: tuple[str, ...]) -> None:
     torch.manual_seed(0)
     clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=("a photo of a {}.",)))
     before = {k: v.clone() for k, v in clip.open_clip.state_dict().items()}
     text_before = clip.encode_text(["car", "wheel"]).clone()
-    metrics = adapt(clip, _short_adaptation(steps=3, log_every=1), tmp_path)
+    metrics = adapt(clip, _short_adaptation(steps=3, log_every=1, crop_views=views), tmp_path)
     after = clip.open_clip.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("visual.") for k in changed)
@@ -328,9 +329,45 @@ def test_crop_views_flag_is_checked_before_anything_loads(capsys) -> None:
     from train.adapt_clip import main
 
     for argv, message in (
-        (["--measure-only", "--crop-views", "masked,box"], "--crop-views is for --crop-errors"),
+        (["--out", "x", "--crop-views", "masked,masked"], "crop_views must"),
         (["--measure-only", "--crop-errors", "--proposals-from", "x", "--crop-views", "box,mean"], "crop_views must"),
     ):
         with pytest.raises(SystemExit):
             main(["--clip", "no/such/clip", *argv])
         assert message in capsys.readouterr().err
+
+
+def test_the_region_loss_with_several_views_scores_what_stage_two_reads() -> None:
+    from train.adapt_clip import region_view_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2 * 3, 5)  # two views of three regions, view-major
+    targets = torch.tensor([0, 4, 2])
+    masked, box = logits[:3].log_softmax(-1), logits[3:].log_softmax(-1)
+    stage_two = ((masked + box) / 2).softmax(-1)  # pmp.stage2.crop_classify's p_hat of the two views
+    assert torch.allclose(region_view_loss(logits, targets), -stage_two[torch.arange(3), targets].log().mean())
+    assert torch.allclose(region_view_loss(logits[:3], targets), torch.nn.functional.cross_entropy(logits[:3], targets))
+
+
+def test_region_batches_in_two_views_are_each_regions_masked_crop_then_its_box() -> None:
+    from train.adapt_clip import region_batch
+
+    scene = world.render_scene(3, 128)
+    regions = scene_regions(scene, min_pixels=500)
+    segmenter, _ = _segmenter_proposing(scene, regions)
+    clip = segmenter.clip
+    config = dataclasses.replace(CLIPAdaptConfig(), image_size=128, regions_per_scene=3, min_region_pixels=500)
+    masked, names = region_batch(clip, [3, 3], config, np.random.default_rng(0))
+    both, same_names = region_batch(
+        clip, [3, 3], dataclasses.replace(config, crop_views=("masked", "box")), np.random.default_rng(0)
+    )
+    count = len(names)
+    assert same_names == names and both.shape == (2 * count, *masked.shape[1:])
+    torch.testing.assert_close(both[:count], masked)  # every masked crop first, in the regions' order
+    boxes = both[count:]
+    assert not torch.equal(boxes, masked)  # the boxes keep the image around each region
+    # A masked crop is its box times the mask's share of each pixel (0 outside, 1 inside, between at edges).
+    assert (masked.abs() <= boxes.abs() + 1e-5).all()
+    inside = masked.abs().sum(1) > 0  # (B, S, S)
+    same = (masked - boxes).abs().amax(1) < 1e-5
+    assert same[inside].float().mean() > 0.9

@@ -26,6 +26,9 @@ Departures from OVSeg, and why:
   image tower's weights change.
 * Each step also keeps the CLIP's own contrastive objective on its image-caption pairs (frozen text), so
   the tower does not forget whole photos and group words while it learns crops.
+* ``--crop-views masked,box`` trains on each region's masked crop and its box (the views the world
+  recipe's stage 2 reads, :data:`pmp.config.CROP_VIEWS`), with the loss on the two views' combined p_hat;
+  OVSeg trains on masked crops alone, the default, which is how the bundled CLIP was adapted.
 * ``--vision-layers`` grows the image tower before adapting it (:func:`deepen_image_tower`): a capacity
   the tiny CLIP never had, added without retraining the text tower or the segmenters.
 """
@@ -164,16 +167,17 @@ def _scenes(seeds: list[int], config: CLIPAdaptConfig) -> list[tuple[torch.Tenso
 
 
 def _crops(
-    clip: CLIPModel, scenes: list[tuple[torch.Tensor, torch.Tensor, list[str]]]
+    clip: CLIPModel, scenes: list[tuple[torch.Tensor, torch.Tensor, list[str]]], views: tuple[str, ...] = ("masked",)
 ) -> tuple[torch.Tensor, list[str]]:
-    """Masked crops (B, 3, S, S) of every (image, masks (M, H, W), names) scene, and the names of the
-    non-empty masks (:func:`pmp.stage2.masked_crops` drops the empty ones)."""
+    """Crops (V*B, 3, S, S) of every (image, masks (M, H, W), names) scene in each of ``views``,
+    view-major (all B masked crops, then their B boxes), and the B names of the non-empty masks
+    (:func:`pmp.stage2.masked_crops` drops the empty ones)."""
     crops, names = [], []
     for image, masks, scene_names in scenes:
-        scene_crops, kept = masked_crops(clip, image, masks)
-        crops.append(scene_crops)
+        scene_crops, kept = masked_crops(clip, image, masks, views=views)  # (V*k, 3, S, S)
+        crops.append(scene_crops.unflatten(0, (len(views), -1)))  # (V, k, 3, S, S)
         names += [scene_names[i] for i in kept.tolist()]
-    return torch.cat(crops), names
+    return torch.cat(crops, dim=1).flatten(0, 1), names
 
 
 def _training_masks(
@@ -217,7 +221,16 @@ def region_batch(
         (image, *_training_masks(regions, proposals, proposal_names, config, rng))
         for (image, regions), (proposals, proposal_names) in zip(scenes, matched)
     ]
-    return _crops(clip, chosen)
+    return _crops(clip, chosen, config.crop_views)
+
+
+def region_view_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (V*B, names) view-major crop logits against the B regions' names (B,), scored on
+    the views' mean log-probabilities: their softmax is the p_hat stage 2 computes from the same views
+    (:func:`pmp.stage2.crop_classify`), so the tower learns what inference reads. With one view it is
+    the plain cross-entropy of the crops."""
+    log_probs = logits.log_softmax(dim=-1).unflatten(0, (-1, len(targets)))  # (V, B, names)
+    return F.cross_entropy(log_probs.mean(0), targets)
 
 
 def _held_out_seeds(config: CLIPAdaptConfig) -> Iterator[list[int]]:
@@ -226,9 +239,13 @@ def _held_out_seeds(config: CLIPAdaptConfig) -> Iterator[list[int]]:
         yield [_EVAL_SEED_BASE + i for i in range(start, min(start + 16, config.eval_scenes))]
 
 
-def _guesses(clip: CLIPModel, crops: torch.Tensor, text: torch.Tensor) -> list[str]:
-    """The :data:`REGION_NAMES` name each crop (B, 3, S, S) is closest to, given their embeddings ``text`` (V, C)."""
-    return [REGION_NAMES[i] for i in (F.normalize(clip.encode_crops(crops), dim=-1) @ text.T).argmax(-1)]
+def _guesses(clip: CLIPModel, crops: torch.Tensor, text: torch.Tensor, num_views: int = 1) -> list[str]:
+    """The :data:`REGION_NAMES` name stage 2 reads each region as, from its (num_views * B, 3, S, S)
+    view-major crops and the names' embeddings ``text`` (names, C): the argmax of the views' mean
+    log-probabilities, as :func:`pmp.stage2.crop_classify` combines them."""
+    logits = clip.logit_scale * F.normalize(clip.encode_crops(crops), dim=-1) @ text.T  # (V*B, names)
+    combined = logits.log_softmax(dim=-1).unflatten(0, (num_views, -1)).mean(0)  # (B, names)
+    return [REGION_NAMES[i] for i in combined.argmax(-1)]
 
 
 @torch.no_grad()
@@ -249,7 +266,7 @@ def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segment
             crops, names = region_batch(clip, seeds, dataclasses.replace(config, regions_per_scene=1000), rng)
         else:
             crops, names = proposal_crops(clip, segmenter, seeds, config)
-        for name, guess in zip(names, _guesses(clip, crops, text)):
+        for name, guess in zip(names, _guesses(clip, crops, text, len(config.crop_views))):
             per_name.setdefault(name, []).append(guess == name)
     clip.train(was_training)
 
@@ -276,7 +293,9 @@ def proposal_crops(
     """Masked crops of every matched proposal (:func:`matched_proposals`) of each seed's scene, and their names."""
     scenes = _scenes(seeds, config)
     matched = matched_proposals(segmenter, scenes, config.proposal_min_iou)
-    return _crops(clip, [(image, masks, names) for (image, _), (masks, names) in zip(scenes, matched)])
+    return _crops(
+        clip, [(image, masks, names) for (image, _), (masks, names) in zip(scenes, matched)], config.crop_views
+    )
 
 
 IOU_BINS = (0.5, 0.6, 0.7, 0.8, 0.9)  # lower edges: the matched proposals' IoU with the region they are named after
@@ -306,7 +325,7 @@ def proposal_crop_errors(
     after (:data:`IOU_BINS`); where the wrong answers lie (:func:`_crop_outcome`); and what kind of name
     each kind of region is misread as (thing / stuff / part named as thing / stuff / part). Each crop is
     read as stage 2 reads it with these ``views`` (:func:`pmp.stage2.crop_classify`; ("masked",) is
-    OVSeg's crop, which adaptation trains on).
+    OVSeg's crop, the one the bundled CLIP was adapted on).
     """
     was_training = clip.training
     clip.eval()
@@ -460,10 +479,10 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
             group["lr"] = config.lr * cosine_lr_factor(step, config.steps, config.warmup_steps)
         first_scene = _SCENE_SEED_BASE + config.seed * _SEED_STRIDE + step * config.scenes_per_step
         seeds = [first_scene + i for i in range(config.scenes_per_step)]
-        crops, names = region_batch(clip, seeds, config, rng, segmenter)
+        crops, names = region_batch(clip, seeds, config, rng, segmenter)  # (V*B, 3, S, S), B names
         targets = torch.tensor([REGION_NAMES.index(n) for n in names])
-        features = F.normalize(clip.open_clip.encode_image(crops), dim=-1)  # (B, C)
-        region_loss = F.cross_entropy(logit_scale * features @ region_text.T, targets)
+        features = F.normalize(clip.open_clip.encode_image(crops), dim=-1)  # (V*B, C)
+        region_loss = region_view_loss(logit_scale * features @ region_text.T, targets)
         first_pair = _SCENE_SEED_BASE + config.seed * _SEED_STRIDE + step * config.pair_batch
         pairs = [make_pair(first_pair + i, clip_train) for i in range(config.pair_batch)]
         images = F.normalize(clip.open_clip.encode_image(to_clip_pixels([p[0] for p in pairs])), dim=-1)
@@ -580,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--crop-views",
         default="masked",
-        help="with --crop-errors: the views stage 2 reads each crop in, e.g. masked,box (pmp.config.CROP_VIEWS)",
+        help="the views of each crop the tower learns from, and with --crop-errors the views stage 2 reads "
+        "each crop in, e.g. masked,box (pmp.config.CROP_VIEWS)",
     )
     parser.add_argument("--results", type=Path, default=None, help="also write the accuracies (JSON) here")
     parser.add_argument(
@@ -599,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         "proposal_segmenter": args.proposals_from,
         "proposal_regions": args.proposal_regions,
         "vision_layers": _layers(args.vision_layers, parser) if args.vision_layers else None,
+        "crop_views": tuple(args.crop_views.split(",")),
     }
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -611,8 +632,6 @@ def main(argv: list[str] | None = None) -> int:
         check_crop_views(views)
     except ValueError as error:
         parser.error(str(error))
-    if views != ("masked",) and not args.crop_errors:
-        parser.error("--crop-views is for --crop-errors (adaptation trains on OVSeg's masked crops)")
     clip = load_clip_for_evaluation(args.clip)
     if config.vision_layers is not None:
         clip = deepen_image_tower(clip, config.vision_layers)
