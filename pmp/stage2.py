@@ -230,9 +230,15 @@ def crop_classify(
     crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
     feats = torch.cat([F.normalize(clip.encode_crops(batch), dim=-1) for batch in crops.split(CROP_BATCH)])
     logits = clip.logit_scale * feats @ text.to(feats).T  # (V*K, M)
-    log_probs = logits.log_softmax(dim=-1).unflatten(0, (len(views), -1)).mean(0)  # (K, M)
-    probs[nonempty.to(probs.device)] = log_probs.softmax(dim=-1).to(probs.dtype)
+    probs[nonempty.to(probs.device)] = view_log_probs(logits, len(views)).softmax(dim=-1).to(probs.dtype)
     return probs
+
+
+def view_log_probs(logits: Tensor, num_views: int) -> Tensor:
+    """(V*K, M) view-major logits of K crops in ``num_views`` views -> (K, M) the views' mean
+    log-probabilities, whose softmax is p_hat (the views' normalised geometric mean). Mask adaptation
+    (:mod:`train.adapt_clip`) trains and measures on the same combination."""
+    return logits.log_softmax(dim=-1).unflatten(0, (num_views, -1)).mean(0)
 
 
 def masked_crops(

@@ -55,7 +55,7 @@ from pmp.config import check_crop_views
 from pmp.images import normalize_pixels
 from pmp.postprocess import upsample
 from pmp.segmenter import Segmenter
-from pmp.stage2 import crop_classify, masked_crops
+from pmp.stage2 import crop_classify, masked_crops, view_log_probs
 from train.configs import CLIPAdaptConfig, CLIPTrainConfig
 from train.runtime import MetricsLog, cosine_lr_factor, seed_everything
 from train.train_clip import (
@@ -229,8 +229,7 @@ def region_view_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     the views' mean log-probabilities: their softmax is the p_hat stage 2 computes from the same views
     (:func:`pmp.stage2.crop_classify`), so the tower learns what inference reads. With one view it is
     the plain cross-entropy of the crops."""
-    log_probs = logits.log_softmax(dim=-1).unflatten(0, (-1, len(targets)))  # (V, B, names)
-    return F.cross_entropy(log_probs.mean(0), targets)
+    return F.cross_entropy(view_log_probs(logits, len(logits) // len(targets)), targets)
 
 
 def _held_out_seeds(config: CLIPAdaptConfig) -> Iterator[list[int]]:
@@ -244,8 +243,7 @@ def _guesses(clip: CLIPModel, crops: torch.Tensor, text: torch.Tensor, num_views
     view-major crops and the names' embeddings ``text`` (names, C): the argmax of the views' mean
     log-probabilities, as :func:`pmp.stage2.crop_classify` combines them."""
     logits = clip.logit_scale * F.normalize(clip.encode_crops(crops), dim=-1) @ text.T  # (V*B, names)
-    combined = logits.log_softmax(dim=-1).unflatten(0, (num_views, -1)).mean(0)  # (B, names)
-    return [REGION_NAMES[i] for i in combined.argmax(-1)]
+    return [REGION_NAMES[i] for i in view_log_probs(logits, num_views).argmax(-1)]
 
 
 @torch.no_grad()
@@ -612,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
         help="with --measure-only and --proposals-from: only why proposal crops are misread (proposal_crop_errors)",
     )
     args = parser.parse_args(argv)
+    views = tuple(args.crop_views.split(","))
+    try:
+        check_crop_views(views)
+    except ValueError as error:
+        parser.error(str(error))
     overrides = {
         "steps": args.steps,
         "lr": args.lr,
@@ -619,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         "proposal_segmenter": args.proposals_from,
         "proposal_regions": args.proposal_regions,
         "vision_layers": _layers(args.vision_layers, parser) if args.vision_layers else None,
-        "crop_views": tuple(args.crop_views.split(",")),
+        "crop_views": views,
     }
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -627,11 +630,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required, unless --measure-only")
     if args.crop_errors and not (args.measure_only and args.proposals_from):
         parser.error("--crop-errors needs --measure-only and --proposals-from")
-    views = tuple(args.crop_views.split(","))
-    try:
-        check_crop_views(views)
-    except ValueError as error:
-        parser.error(str(error))
     clip = load_clip_for_evaluation(args.clip)
     if config.vision_layers is not None:
         clip = deepen_image_tower(clip, config.vision_layers)
