@@ -371,3 +371,24 @@ def test_region_batches_in_two_views_are_each_regions_masked_crop_then_its_box()
     inside = masked.abs().sum(1) > 0  # (B, S, S)
     same = (masked - boxes).abs().amax(1) < 1e-5
     assert same[inside].float().mean() > 0.9
+
+
+def test_evaluate_measures_a_candidate_clip_without_installing_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from train.evaluate import main
+
+    segmenter = _timm_segmenter()
+    folder = _adapted_folder(segmenter, tmp_path)
+    candidate = load_clip_for_evaluation(str(folder)).open_clip.state_dict()
+    argv = ["--benchmark", "world-voc", "--size", "64", "--limit", "1", "--json", "--no-recall"]
+    assert main([*argv, "--adapted-clip", str(folder)], segmenter_factory=lambda *_: segmenter) == 0
+    assert json.loads(capsys.readouterr().out)["options"]["adapted_clip"] == str(folder)
+    evaluated = segmenter.clip.open_clip.state_dict()  # the segmenter that was scored reads the candidate
+    assert all(torch.equal(evaluated[key], candidate[key].to(evaluated[key])) for key in candidate)
+    assert segmenter.config.crop_views == ("masked", "box")  # and the world recipe's stage 2
+
+    refused = _adapted_folder(_timm_segmenter(), tmp_path / "other", touch_text=True)
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--adapted-clip", str(refused)], segmenter_factory=lambda *_: _timm_segmenter())
+    assert exit_info.value.code == 2 and "another text tower" in capsys.readouterr().err

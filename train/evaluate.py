@@ -366,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="run both stages under torch.autocast in this dtype (Segmenter.autocast_dtype): what it costs in mIoU",
     )
+    parser.add_argument(
+        "--adapted-clip",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="stage 2 reads this mask-adapted CLIP's image tower (train.bundle.with_adapted_clip): a candidate "
+        "from python -m train.adapt_clip measured on a trained world segmenter without installing it",
+    )
     return parser
 
 
@@ -393,6 +401,13 @@ def main(
         from pmp.segmenter import AUTOCAST_DTYPES
 
         segmenter.autocast_dtype = AUTOCAST_DTYPES[args.autocast]
+        if args.adapted_clip is not None:
+            from train.bundle import with_adapted_clip
+
+            try:  # another text tower, or a stage 1 that runs the CLIP tower, would change the proposals
+                segmenter = with_adapted_clip(segmenter, args.adapted_clip)
+            except (ValueError, FileNotFoundError) as error:
+                parser.error(f"--adapted-clip: {error}")
         if args.ensemble is not None:
             segmenter.config = dataclasses.replace(segmenter.config, ensemble=args.ensemble)
         if args.clip_weight_unseen is not None:
@@ -419,6 +434,8 @@ def main(
             result["options"]["ensemble"] = args.ensemble
         if args.clip_weight_unseen is not None:
             result["options"]["clip_weight_unseen"] = args.clip_weight_unseen
+        if args.adapted_clip is not None:
+            result["options"]["adapted_clip"] = str(args.adapted_clip)
         if context.is_main:
             print(to_json(result) if args.json else format_table(result))
     finally:
