@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -392,3 +393,42 @@ def test_evaluate_measures_a_candidate_clip_without_installing_it(
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--adapted-clip", str(refused)], segmenter_factory=lambda *_: _timm_segmenter())
     assert exit_info.value.code == 2 and "another text tower" in capsys.readouterr().err
+
+
+def test_kind_weights_share_each_kinds_weight_among_its_regions() -> None:
+    from train.adapt_clip import kind_probabilities, region_kind
+
+    mask = np.zeros((4, 4), dtype=bool)
+    regions = [(mask, "sky"), (mask, "car"), (mask, "wheel"), (mask, "window"), (mask, "door")]
+    assert [region_kind(name) for _, name in regions] == [0, 1, 2, 2, 2]
+    assert kind_probabilities(regions, None) is None  # every region equally likely, as before
+    chance = kind_probabilities(regions, (1.0, 1.0, 1.0))
+    np.testing.assert_allclose(chance, [1 / 3, 1 / 3, 1 / 9, 1 / 9, 1 / 9])
+    chance = kind_probabilities(regions[1:], (1.0, 2.0, 1.0))  # no stuff here: the weights of those present
+    np.testing.assert_allclose(chance, [2 / 3, 1 / 9, 1 / 9, 1 / 9])
+    with pytest.raises(ValueError, match="above 0"):
+        kind_probabilities(regions, (0.0, 1.0, 1.0))
+
+
+def test_kind_weights_flag_is_parsed_and_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from train.adapt_clip import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--clip", "unused", "--out", "unused", "--kind-weights", "1,0,1"])
+    assert exit_info.value.code == 2 and "three weights above 0" in capsys.readouterr().err
+
+
+def test_training_masks_draw_regions_by_kind_weights() -> None:
+    from train.adapt_clip import _training_masks
+
+    mask = np.zeros((8, 8), dtype=bool)
+    mask[2:6, 2:6] = True
+    regions = [(mask, "sky"), (mask, "car"), (mask, "wheel"), (mask, "window"), (mask, "door")]
+    rng = np.random.default_rng(0)
+
+    def drawn(kind_weights: tuple[float, float, float] | None) -> Counter:
+        config = CLIPAdaptConfig(regions_per_scene=1, proposal_regions=0, mask_stride=2, kind_weights=kind_weights)
+        return Counter(_training_masks(regions, None, [], config, rng)[1][0] for _ in range(200))
+
+    assert drawn((0.01, 1.0, 0.01))["car"] > 190  # nearly always the thing
+    assert 20 < drawn(None)["car"] < 70  # one region in five

@@ -180,6 +180,24 @@ def _crops(
     return torch.cat(crops, dim=1).flatten(0, 1), names
 
 
+def region_kind(name: str) -> int:
+    """0 for a stuff name, 1 for a thing, 2 for a part: the order of :attr:`CLIPAdaptConfig.kind_weights`."""
+    return 2 if name in PART_NAMES else 0 if name in STUFF_CLASSES else 1
+
+
+def kind_probabilities(regions: Regions, kind_weights: tuple[float, float, float] | None) -> np.ndarray | None:
+    """Each region's chance of being drawn: its kind's weight shared among the scene's regions of that kind,
+    normalised over the kinds present; None (every region equally likely) without ``kind_weights``."""
+    if kind_weights is None:
+        return None
+    if len(kind_weights) != 3 or min(kind_weights) <= 0:  # a zero could leave too few regions to draw
+        raise ValueError(f"kind_weights are three weights above 0 (stuff, thing, part), got {kind_weights}")
+    kinds = np.array([region_kind(name) for _, name in regions])
+    counts = np.bincount(kinds, minlength=3)
+    chance = np.asarray(kind_weights, dtype=np.float64)[kinds] / counts[kinds]
+    return chance / chance.sum()
+
+
 def _training_masks(
     regions: Regions,
     proposals: torch.Tensor | None,
@@ -190,7 +208,8 @@ def _training_masks(
     """One scene's ``regions_per_scene`` masks (M, H, W) and names: up to ``proposal_regions`` random
     matched proposals, the rest random world regions made :func:`proposal_like`."""
     take = rng.choice(len(proposal_names), size=min(config.proposal_regions, len(proposal_names)), replace=False)
-    chosen = rng.choice(len(regions), size=min(config.regions_per_scene - len(take), len(regions)), replace=False)
+    size = min(config.regions_per_scene - len(take), len(regions))
+    chosen = rng.choice(len(regions), size=size, replace=False, p=kind_probabilities(regions, config.kind_weights))
     masks, names = [], []
     if len(take):
         masks.append(proposals[torch.from_numpy(take).long()])
@@ -569,6 +588,16 @@ def _layers(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
     return layers
 
 
+def _kind_weights(text: str, parser: argparse.ArgumentParser) -> tuple[float, float, float]:
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != 3 or min(weights) <= 0:
+        parser.error(f"--kind-weights takes three weights above 0 for stuff,thing,part, e.g. 1,1,1; got {text!r}")
+    return weights  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m train.adapt_clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -600,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the views of each crop the tower learns from, and with --crop-errors the views stage 2 reads "
         "each crop in, e.g. masked,box (pmp.config.CROP_VIEWS)",
     )
+    parser.add_argument(
+        "--kind-weights",
+        default=None,
+        help="how often a world region of each kind is drawn, as stuff,thing,part weights, e.g. 1,1,1 "
+        "(default: every region equally likely)",
+    )
     parser.add_argument("--results", type=Path, default=None, help="also write the accuracies (JSON) here")
     parser.add_argument(
         "--measure-only", action="store_true", help="print the accuracies of --clip as it is; train nothing"
@@ -623,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         "proposal_regions": args.proposal_regions,
         "vision_layers": _layers(args.vision_layers, parser) if args.vision_layers else None,
         "crop_views": views,
+        "kind_weights": _kind_weights(args.kind_weights, parser) if args.kind_weights else None,
     }
     config = dataclasses.replace(CLIPAdaptConfig(), **{k: v for k, v in overrides.items() if v is not None})
     command = "python -m train.adapt_clip " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -91,6 +91,10 @@ class CLIPAdaptConfig:
     # The views of each crop the tower learns from (pmp.config.CROP_VIEWS). With several, the region loss
     # is on their views' mean log-probabilities, the p_hat stage 2 computes from them at inference.
     crop_views: tuple[str, ...] = ("masked",)
+    # How often each kind of world region is drawn, as weights for (stuff, thing, part): a kind's weight is
+    # shared among that scene's regions of the kind. None = every region equally likely, so a thing's parts
+    # outnumber its whole (how the bundled CLIP was adapted).
+    kind_weights: tuple[float, float, float] | None = None
     min_region_pixels: int = 12
     image_size: int = 128
     seed: int = 0
