@@ -432,3 +432,20 @@ def test_training_masks_draw_regions_by_kind_weights() -> None:
 
     assert drawn((0.01, 1.0, 0.01))["car"] > 190  # nearly always the thing
     assert 20 < drawn(None)["car"] < 70  # one region in five
+
+
+def test_held_out_crops_do_not_depend_on_how_training_regions_are_drawn(monkeypatch) -> None:
+    import train.adapt_clip as adapt_clip
+
+    read = []
+
+    def guesses(clip, crops, text, num_views=1):  # the held-out crops, as region_accuracy reads them
+        read.append(crops)
+        return ["sky"] * (len(crops) // num_views)
+
+    monkeypatch.setattr(adapt_clip, "_guesses", guesses)
+    clip = CLIPModel.build(CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg())).eval()
+    config = dataclasses.replace(CLIPAdaptConfig(), image_size=64, eval_scenes=2)
+    adapt_clip.region_accuracy(clip, config)
+    adapt_clip.region_accuracy(clip, dataclasses.replace(config, kind_weights=(1.0, 5.0, 0.5)))
+    assert len(read) == 2 and torch.equal(read[0], read[1])

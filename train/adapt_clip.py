@@ -280,7 +280,8 @@ def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segment
     per_name: dict[str, list[bool]] = {}
     for seeds in _held_out_seeds(config):
         if segmenter is None:
-            crops, names = region_batch(clip, seeds, dataclasses.replace(config, regions_per_scene=1000), rng)
+            every_region = dataclasses.replace(config, regions_per_scene=1000, kind_weights=None)  # all, as drawn
+            crops, names = region_batch(clip, seeds, every_region, rng)
         else:
             crops, names = proposal_crops(clip, segmenter, seeds, config)
         for name, guess in zip(names, _guesses(clip, crops, text, len(config.crop_views))):

@@ -693,6 +693,38 @@ def third_cycle_table(results: Path) -> str:
     return accuracy_table(_adaptation_runs(results, THIRD_CYCLE_RUNS))
 
 
+CANDIDATE_CLIPS = {  # results/candidate_clips/<folder> -> its row: the bundled CLIP continued in both views
+    "bundled": "bundled (masked crops, 2,400 + 2,400 steps)",
+    "two_views_2400": "+ 2,400 steps in both views, lr 2.5e-4",
+    "kinds_600": "+ 600 steps in both views, kinds balanced, lr 2.5e-4",
+}
+CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
+CANDIDATE_WEIGHTS = (0.4, 0.9)  # FC-CLIP's two weights, chosen on the dev scenes (results/split_weights/)
+
+
+def candidate_clip_table(results: Path) -> str:
+    """Markdown: mIoU (seen / unseen) on the first 100 dev scenes of :data:`CANDIDATE_BENCHMARKS` with the
+    two weights, for each model with each :data:`CANDIDATE_CLIPS` stage 2 (``python -m train.evaluate
+    --adapted-clip``; stage 1 is the bundled one in every row)."""
+    lines = [
+        "| stage-2 CLIP | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in CANDIDATE_BENCHMARKS) + " |",
+        "|---|---|" + "---|" * len(CANDIDATE_BENCHMARKS),
+    ]
+    for folder, title in CANDIDATE_CLIPS.items():
+        for name in MAIN_MODELS:
+            cells = []
+            for benchmark in CANDIDATE_BENCHMARKS:
+                result = json.loads((results / "candidate_clips" / folder / f"{name}_{benchmark}.json").read_text())
+                row = next(
+                    r
+                    for r in result["split_weight_sweep"]
+                    if (r["clip_weight"], r["clip_weight_unseen"]) == CANDIDATE_WEIGHTS
+                )
+                cells.append(f"{100 * row['miou']:.1f} ({100 * row['miou_seen']:.1f} / {100 * row['miou_unseen']:.1f})")
+            lines.append(f"| {title} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
     """mIoU and proposal recall per benchmark, one bar per model, error bars = sample std over the seeds."""
 
