@@ -698,31 +698,72 @@ CANDIDATE_CLIPS = {  # results/candidate_clips/<folder> -> its row: the bundled 
     "two_views_2400": "+ 2,400 steps in both views, lr 2.5e-4",
     "kinds_600": "+ 600 steps in both views, kinds balanced, lr 2.5e-4",
 }
+CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top-1, each file measured in both views
+    "pilot_two_views_400steps.json": "+ 400 steps in both views",
+    "two_views_2400.json": "+ 2,400 steps in both views",
+    "two_views_kinds_600.json": "+ 600 steps in both views, kinds balanced",
+}
 CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
+CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks -> its row
+    "kinds_600_test": CANDIDATE_CLIPS["kinds_600"],
+}
 CANDIDATE_WEIGHTS = (0.4, 0.9)  # FC-CLIP's two weights, chosen on the dev scenes (results/split_weights/)
 
 
-def candidate_clip_table(results: Path) -> str:
-    """Markdown: mIoU (seen / unseen) on the first 100 dev scenes of :data:`CANDIDATE_BENCHMARKS` with the
-    two weights, for each model with each :data:`CANDIDATE_CLIPS` stage 2 (``python -m train.evaluate
-    --adapted-clip``; stage 1 is the bundled one in every row)."""
+def candidate_accuracy_table(results: Path) -> str:
+    """:func:`train.adapt_clip.accuracy_table` of the bundled CLIP (read in both views, as the pilot
+    measured it before adapting) and each :data:`CANDIDATE_RUNS` file, all on the same held-out crops."""
+    from train.adapt_clip import accuracy_table, measured_before
+
+    runs = _adaptation_runs(results, CANDIDATE_RUNS)
+    bundled = measured_before(runs[CANDIDATE_RUNS["pilot_two_views_400steps.json"]])
+    return accuracy_table({"bundled, read in both views": bundled, **runs})
+
+
+def _two_weight_table(rows: dict[str, dict[str, dict[str, Any]]], benchmarks: tuple[str, ...]) -> str:
+    """Markdown: mIoU (seen / unseen) with :data:`CANDIDATE_WEIGHTS` per benchmark, one row per stage-2 CLIP
+    and model; ``rows`` is {title: {model: {benchmark: train.evaluate result with that split-weight row}}}."""
     lines = [
-        "| stage-2 CLIP | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in CANDIDATE_BENCHMARKS) + " |",
-        "|---|---|" + "---|" * len(CANDIDATE_BENCHMARKS),
+        "| stage-2 CLIP | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in benchmarks) + " |",
+        "|---|---|" + "---|" * len(benchmarks),
     ]
-    for folder, title in CANDIDATE_CLIPS.items():
-        for name in MAIN_MODELS:
+    for title, per_model in rows.items():
+        for name, per_benchmark in per_model.items():
             cells = []
-            for benchmark in CANDIDATE_BENCHMARKS:
-                result = json.loads((results / "candidate_clips" / folder / f"{name}_{benchmark}.json").read_text())
-                row = next(
-                    r
-                    for r in result["split_weight_sweep"]
-                    if (r["clip_weight"], r["clip_weight_unseen"]) == CANDIDATE_WEIGHTS
-                )
+            for benchmark in benchmarks:
+                sweep = per_benchmark[benchmark]["split_weight_sweep"]
+                row = next(r for r in sweep if (r["clip_weight"], r["clip_weight_unseen"]) == CANDIDATE_WEIGHTS)
                 cells.append(f"{100 * row['miou']:.1f} ({100 * row['miou_seen']:.1f} / {100 * row['miou_unseen']:.1f})")
             lines.append(f"| {title} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _candidate_results(folder: Path, benchmarks: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """{model: {benchmark: result}} from ``folder/<model>_<benchmark>.json`` (``train.evaluate --json``)."""
+    return {
+        name: {b: json.loads((folder / f"{name}_{b}.json").read_text()) for b in benchmarks} for name in MAIN_MODELS
+    }
+
+
+def candidate_clip_table(results: Path) -> str:
+    """Each model with each :data:`CANDIDATE_CLIPS` stage 2 on the first 100 dev scenes of
+    :data:`CANDIDATE_BENCHMARKS` (``python -m train.evaluate --adapted-clip``; stage 1 is the bundled one)."""
+    rows = {
+        title: _candidate_results(results / "candidate_clips" / folder, CANDIDATE_BENCHMARKS)
+        for folder, title in CANDIDATE_CLIPS.items()
+    }
+    return _two_weight_table(rows, CANDIDATE_BENCHMARKS)
+
+
+def candidate_test_table(results: Path) -> str:
+    """The bundled stage 2 (``results/split_weights/main.json``) and :data:`CANDIDATE_ON_TEST` on all 500
+    images of world-voc and world-full, with the two weights: the dev scenes' choice against the targets."""
+    benchmarks = ("world-voc", "world-full")
+    bundled = json.loads((results / "split_weights" / "main.json").read_text())
+    rows = {CANDIDATE_CLIPS["bundled"]: {name: bundled[name] for name in MAIN_MODELS}}
+    for folder, title in CANDIDATE_ON_TEST.items():
+        rows[title] = _candidate_results(results / "candidate_clips" / folder, benchmarks)
+    return _two_weight_table(rows, benchmarks)
 
 
 def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
