@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from pmp.segmenter import Segmenter
@@ -179,16 +180,18 @@ def record_reference_outputs() -> dict:
     return reference
 
 
-def test_bundled_outputs_are_bit_identical_to_the_reference() -> None:
-    """The bundled checkpoints give exactly the outputs recorded in tests/data when they were made
-    (``record_reference_outputs``): a refactor must not change what the models compute."""
+def test_bundled_outputs_match_the_reference() -> None:
+    """The bundled checkpoints give the outputs recorded in tests/data when they were made
+    (``record_reference_outputs``): a refactor must not change what the models compute. Equal up to
+    float32 rounding, not bit for bit: CPUs with other vector units (AVX2, AVX-512) run other kernels,
+    which round the same sums differently (seen here: 2.5e-7 relative in p_out); the label map is exact."""
     from train.world.demo import demo_scene
 
     reference = json.loads((ROOT / "tests" / "data" / "bundled_outputs.json").read_text())
     for name, expected in reference.items():
         out = Segmenter.from_pretrained(name).segment(demo_scene(2).image, REFERENCE_PROMPTS)
-        assert out.p_out.tolist() == expected["p_out"], name
-        assert float(out.mask_logits.double().sum()) == expected["mask_logits_sum"], name
+        np.testing.assert_allclose(out.p_out, expected["p_out"], rtol=1e-5, atol=1e-8, err_msg=name)
+        assert float(out.mask_logits.double().sum()) == pytest.approx(expected["mask_logits_sum"], rel=1e-6), name
         assert out.semantic.flatten().tolist()[::7] == expected["semantic"], name
 
 
@@ -339,6 +342,14 @@ def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_fr
     assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in readme
     assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in readme
     assert head_width_table(ROOT / "results") in readme
+
+
+def test_readme_candidate_clip_tables_are_generated_from_results() -> None:
+    from train.bundle import candidate_accuracy_table, candidate_clip_table, candidate_test_table
+
+    readme = (ROOT / "README.md").read_text()
+    for table in (candidate_accuracy_table, candidate_clip_table, candidate_test_table):
+        assert table(ROOT / "results") in readme, table.__name__
 
 
 def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:

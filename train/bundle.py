@@ -705,6 +705,7 @@ CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top
 }
 CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
 CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks -> its row
+    "two_views_2400_test": CANDIDATE_CLIPS["two_views_2400"],
     "kinds_600_test": CANDIDATE_CLIPS["kinds_600"],
 }
 CANDIDATE_WEIGHTS = (0.4, 0.9)  # FC-CLIP's two weights, chosen on the dev scenes (results/split_weights/)
@@ -733,7 +734,10 @@ def _two_weight_table(rows: dict[str, dict[str, dict[str, Any]]], benchmarks: tu
             for benchmark in benchmarks:
                 sweep = per_benchmark[benchmark]["split_weight_sweep"]
                 row = next(r for r in sweep if (r["clip_weight"], r["clip_weight_unseen"]) == CANDIDATE_WEIGHTS)
-                cells.append(f"{100 * row['miou']:.1f} ({100 * row['miou_seen']:.1f} / {100 * row['miou_unseen']:.1f})")
+                seen, unseen = (
+                    "n/a" if row[k] is None else f"{100 * row[k]:.1f}" for k in ("miou_seen", "miou_unseen")
+                )
+                cells.append(f"{100 * row['miou']:.1f} ({seen} / {unseen})")  # world-parts has no seen name
             lines.append(f"| {title} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -757,8 +761,9 @@ def candidate_clip_table(results: Path) -> str:
 
 def candidate_test_table(results: Path) -> str:
     """The bundled stage 2 (``results/split_weights/main.json``) and :data:`CANDIDATE_ON_TEST` on all 500
-    images of world-voc and world-full, with the two weights: the dev scenes' choice against the targets."""
-    benchmarks = ("world-voc", "world-full")
+    images of every benchmark, with the two weights: the dev scenes' choice against the targets, and what
+    it trades on world-parts and world-mixed."""
+    benchmarks = BENCHMARKS
     bundled = json.loads((results / "split_weights" / "main.json").read_text())
     rows = {CANDIDATE_CLIPS["bundled"]: {name: bundled[name] for name in MAIN_MODELS}}
     for folder, title in CANDIDATE_ON_TEST.items():
