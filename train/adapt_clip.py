@@ -185,13 +185,20 @@ def region_kind(name: str) -> int:
     return 2 if name in PART_NAMES else 0 if name in STUFF_CLASSES else 1
 
 
+def check_kind_weights(kind_weights: tuple[float, ...]) -> None:
+    """ValueError unless these are three weights above 0 (a zero could leave too few regions to draw)."""
+    if len(kind_weights) != 3 or min(kind_weights) <= 0:
+        raise ValueError(
+            f"kind weights are three weights above 0 for stuff, thing, part, e.g. 1,1,1; got {kind_weights}"
+        )
+
+
 def kind_probabilities(regions: Regions, kind_weights: tuple[float, float, float] | None) -> np.ndarray | None:
     """Each region's chance of being drawn: its kind's weight shared among the scene's regions of that kind,
     normalised over the kinds present; None (every region equally likely) without ``kind_weights``."""
     if kind_weights is None:
         return None
-    if len(kind_weights) != 3 or min(kind_weights) <= 0:  # a zero could leave too few regions to draw
-        raise ValueError(f"kind_weights are three weights above 0 (stuff, thing, part), got {kind_weights}")
+    check_kind_weights(kind_weights)
     kinds = np.array([region_kind(name) for _, name in regions])
     counts = np.bincount(kinds, minlength=3)
     chance = np.asarray(kind_weights, dtype=np.float64)[kinds] / counts[kinds]
@@ -278,9 +285,9 @@ def region_accuracy(clip: CLIPModel, config: CLIPAdaptConfig, segmenter: Segment
     text = clip.encode_text(list(REGION_NAMES))  # (V, C)
     rng = np.random.default_rng(1)  # the same held-out crops whatever the adaptation's seed
     per_name: dict[str, list[bool]] = {}
+    every_region = dataclasses.replace(config, regions_per_scene=1000, kind_weights=None)  # all, however drawn
     for seeds in _held_out_seeds(config):
         if segmenter is None:
-            every_region = dataclasses.replace(config, regions_per_scene=1000, kind_weights=None)  # all, as drawn
             crops, names = region_batch(clip, seeds, every_region, rng)
         else:
             crops, names = proposal_crops(clip, segmenter, seeds, config)
@@ -590,12 +597,15 @@ def _layers(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
 
 
 def _kind_weights(text: str, parser: argparse.ArgumentParser) -> tuple[float, float, float]:
+    """``--kind-weights`` as a tuple; a parser error (:func:`check_kind_weights`'s) says what is accepted."""
     try:
         weights = tuple(float(part) for part in text.split(","))
     except ValueError:
-        weights = ()
-    if len(weights) != 3 or min(weights) <= 0:
-        parser.error(f"--kind-weights takes three weights above 0 for stuff,thing,part, e.g. 1,1,1; got {text!r}")
+        weights = ()  # not numbers: check_kind_weights says what is accepted
+    try:
+        check_kind_weights(weights)
+    except ValueError as error:
+        parser.error(f"--kind-weights {text!r}: {error}")
     return weights  # type: ignore[return-value]
 
 

@@ -708,7 +708,6 @@ CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks
     "two_views_2400_test": CANDIDATE_CLIPS["two_views_2400"],
     "kinds_600_test": CANDIDATE_CLIPS["kinds_600"],
 }
-CANDIDATE_WEIGHTS = (0.4, 0.9)  # FC-CLIP's two weights, chosen on the dev scenes (results/split_weights/)
 
 
 def candidate_accuracy_table(results: Path) -> str:
@@ -721,9 +720,11 @@ def candidate_accuracy_table(results: Path) -> str:
     return accuracy_table({"bundled, read in both views": bundled, **runs})
 
 
-def _two_weight_table(rows: dict[str, dict[str, dict[str, Any]]], benchmarks: tuple[str, ...]) -> str:
-    """Markdown: mIoU (seen / unseen) with :data:`CANDIDATE_WEIGHTS` per benchmark, one row per stage-2 CLIP
-    and model; ``rows`` is {title: {model: {benchmark: train.evaluate result with that split-weight row}}}."""
+def _two_weight_table(results: Path, rows: dict[str, dict[str, dict[str, Any]]], benchmarks: tuple[str, ...]) -> str:
+    """Markdown: mIoU (seen / unseen) per benchmark with FC-CLIP's two weights as chosen on the dev scenes
+    (:func:`choose_split_weights` of ``results/split_weights/dev.json``), one row per stage-2 CLIP and model;
+    ``rows`` is {title: {model: {benchmark: train.evaluate result whose split-weight sweep has that pair}}}."""
+    chosen = choose_split_weights(json.loads((results / "split_weights" / "dev.json").read_text()))
     lines = [
         "| stage-2 CLIP | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in benchmarks) + " |",
         "|---|---|" + "---|" * len(benchmarks),
@@ -733,11 +734,8 @@ def _two_weight_table(rows: dict[str, dict[str, dict[str, Any]]], benchmarks: tu
             cells = []
             for benchmark in benchmarks:
                 sweep = per_benchmark[benchmark]["split_weight_sweep"]
-                row = next(r for r in sweep if (r["clip_weight"], r["clip_weight_unseen"]) == CANDIDATE_WEIGHTS)
-                seen, unseen = (
-                    "n/a" if row[k] is None else f"{100 * row[k]:.1f}" for k in ("miou_seen", "miou_unseen")
-                )
-                cells.append(f"{100 * row['miou']:.1f} ({seen} / {unseen})")  # world-parts has no seen name
+                row = next(r for r in sweep if (r["clip_weight"], r["clip_weight_unseen"]) == chosen)
+                cells.append(f"{_pct(row['miou'])} ({_pct(row['miou_seen'])} / {_pct(row['miou_unseen'])})")
             lines.append(f"| {title} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -756,19 +754,18 @@ def candidate_clip_table(results: Path) -> str:
         title: _candidate_results(results / "candidate_clips" / folder, CANDIDATE_BENCHMARKS)
         for folder, title in CANDIDATE_CLIPS.items()
     }
-    return _two_weight_table(rows, CANDIDATE_BENCHMARKS)
+    return _two_weight_table(results, rows, CANDIDATE_BENCHMARKS)
 
 
 def candidate_test_table(results: Path) -> str:
     """The bundled stage 2 (``results/split_weights/main.json``) and :data:`CANDIDATE_ON_TEST` on all 500
     images of every benchmark, with the two weights: the dev scenes' choice against the targets, and what
     it trades on world-parts and world-mixed."""
-    benchmarks = BENCHMARKS
     bundled = json.loads((results / "split_weights" / "main.json").read_text())
     rows = {CANDIDATE_CLIPS["bundled"]: {name: bundled[name] for name in MAIN_MODELS}}
     for folder, title in CANDIDATE_ON_TEST.items():
-        rows[title] = _candidate_results(results / "candidate_clips" / folder, benchmarks)
-    return _two_weight_table(rows, benchmarks)
+        rows[title] = _candidate_results(results / "candidate_clips" / folder, BENCHMARKS)
+    return _two_weight_table(results, rows, BENCHMARKS)
 
 
 def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
