@@ -52,10 +52,15 @@ def prompt_clip_weights(
     """
     if clip_weight_unseen is None:
         return torch.full((len(labels),), float(clip_weight))
+    seen = seen_prompts(labels, training_names)
+    return torch.where(seen, torch.tensor(float(clip_weight)), torch.tensor(float(clip_weight_unseen)))
+
+
+def seen_prompts(labels: Sequence[str], training_names: Sequence[str]) -> Tensor:
+    """(K,) bool: True for a prompt stage 1 was trained to name, i.e. one of its comma-separated synonyms
+    is a training name's (case-insensitively), as FC-CLIP marks its in-vocabulary classes."""
     known = {word for name in training_names for word in name_synonyms(name)}
-    return torch.tensor(
-        [clip_weight if known.intersection(name_synonyms(label)) else clip_weight_unseen for label in labels]
-    )
+    return torch.tensor([bool(known.intersection(name_synonyms(label))) for label in labels], dtype=torch.bool)
 
 
 def ensemble(p: Tensor, p_hat: Tensor, clip_weight: float | Tensor, form: str = "ovseg") -> Tensor:
