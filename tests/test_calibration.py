@@ -74,6 +74,13 @@ def test_a_calibrated_sweep_rescues_the_unseen_cat_and_reports_where_its_pixels_
     assert "| 1 | 100.0 / 100.0 / 100.0 |" in table and "| cat (unseen) | dog 100%" in table
 
 
+def test_an_undefined_miou_reads_n_a_in_the_tables() -> None:
+    row = {"gamma": 0.0, "miou": 0.25, "miou_seen": float("nan"), "miou_unseen": 0.25}
+    result = {"benchmark": "parts", "num_images": 1, "clip_weight": 0.4, "clip_weight_unseen": 0.9}
+    result |= {"seen_classes": [], "gammas": [row], "pixel_shares": {}}
+    assert "| 0 | 25.0 / n/a / 25.0 |" in format_table(result)
+
+
 def test_pixel_shares_list_the_largest_destinations_and_skip_classes_without_pixels() -> None:
     confusion = np.array([[6, 0, 0], [3, 0, 0], [0, 0, 0], [1, 0, 0]])  # (K + 1, K): prediction, truth
     shares = pixel_shares(confusion, ["a", "b", "c"], top=2)

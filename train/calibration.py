@@ -30,11 +30,20 @@ from torch import Tensor
 
 from pmp.postprocess import semantic_map
 from pmp.stage2 import ensemble, prompt_clip_weights, seen_prompts
-from train.evaluate import BenchmarkDataset, load_benchmark
+from train.evaluate import BenchmarkDataset, as_benchmark_classes, load_benchmark, to_json
 from train.metrics import SemSegMetric
 
 TOP_SHARES = 4  # destinations listed per class
 DEV = ("world-voc-dev", "world-full-dev")  # the scenes for choices about the model
+
+
+def _pct(value: float | None) -> str:
+    """A metric in %, "n/a" where it is undefined (None in the JSON, NaN before it)."""
+    return "n/a" if value is None or value != value else f"{100 * value:.1f}"
+
+
+def _miou_cell(row: dict[str, Any]) -> str:
+    return f"{_pct(row['miou'])} / {_pct(row['miou_seen'])} / {_pct(row['miou_unseen'])}"
 
 
 def calibrate(scores: Tensor, seen: Tensor, gamma: float) -> Tensor:
@@ -86,15 +95,13 @@ def calibration_sweep(
         for index in range(count):
             image, label = dataset[index]
             labels = dataset.image_prompts(index) or class_names
-            to_class = np.array([class_index[name] for name in labels] + [-1])  # prediction -1 stays -1
             stages = segmenter.run_stages(image, labels)
             weights = prompt_clip_weights(labels, clip_weight, clip_weight_unseen, training_names)  # (K,)
             scores = ensemble(stages.p, stages.p_hat, weights, segmenter.config.ensemble)  # (N, K)
             seen = seen_prompts(labels, training_names)  # (K,)
             for gamma, metric in metrics.items():
                 semantic = semantic_map(calibrate(scores, seen, gamma), stages.mask_logits, stages.image_size)
-                semantic = semantic.cpu().numpy()
-                metric.update(to_class[np.where(semantic < 0, len(labels), semantic)], label)
+                metric.update(as_benchmark_classes(semantic.cpu().numpy(), labels, class_index), label)
     rows = []
     for gamma, metric in sorted(metrics.items()):
         at = metric.compute()
@@ -112,7 +119,6 @@ def calibration_sweep(
 
 def format_table(result: dict[str, Any]) -> str:
     """Markdown: mIoU against gamma, then where each class's pixels go at gamma 0."""
-    pct = lambda value: f"{100 * value:.1f}"  # noqa: E731
     seen = set(result["seen_classes"])
     lines = [
         f"{result['benchmark']}, first {result['num_images']} images, CLIP weights "
@@ -122,7 +128,7 @@ def format_table(result: dict[str, Any]) -> str:
         "|---|---|",
     ]
     for row in result["gammas"]:
-        lines.append(f"| {row['gamma']:g} | {pct(row['miou'])} / {pct(row['miou_seen'])} / {pct(row['miou_unseen'])} |")
+        lines.append(f"| {row['gamma']:g} | {_miou_cell(row)} |")
     lines += ["", "| class | its pixels at gamma 0 |", "|---|---|"]
     for name, entry in result["pixel_shares"].items():
         kind = "seen" if name in seen else "unseen"
@@ -139,17 +145,13 @@ def summary_table(folder: Path, models: Sequence[str] = ("baseline", "pmp"), ben
         for model in models
         for benchmark in benchmarks
     }
-    pct = lambda value: f"{100 * value:.1f}"  # noqa: E731
     lines = [
         "| model | gamma | " + " | ".join(f"{b} mIoU (all / seen / unseen)" for b in benchmarks) + " |",
         "|---|---|" + "---|" * len(benchmarks),
     ]
     for model in models:
         for index, row in enumerate(results[model, benchmarks[0]]["gammas"]):
-            cells = []
-            for benchmark in benchmarks:
-                at = results[model, benchmark]["gammas"][index]
-                cells.append(f"{pct(at['miou'])} / {pct(at['miou_seen'])} / {pct(at['miou_unseen'])}")
+            cells = [_miou_cell(results[model, benchmark]["gammas"][index]) for benchmark in benchmarks]
             lines.append(f"| {model} | {row['gamma']:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(result)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        args.out.write_text(to_json(result) + "\n")  # strict JSON: an undefined mIoU is null
         args.out.with_suffix(".md").write_text(table)
     sys.stdout.write(table)
     return 0

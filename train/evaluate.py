@@ -84,6 +84,13 @@ def _all_reduce(array: np.ndarray, op: Any = None) -> np.ndarray:
     return all_reduce(torch.from_numpy(np.ascontiguousarray(array)), op).numpy()
 
 
+def as_benchmark_classes(semantic: np.ndarray, labels: Sequence[str], class_index: dict[str, int]) -> np.ndarray:
+    """A map of prompt indices (-1 = nothing) -> the benchmark's class ids (-1 stays -1), so that images
+    prompted with their own sets (world-mixed) share one confusion matrix over the benchmark's classes."""
+    to_class = np.array([class_index[name] for name in labels] + [-1])  # prediction -1 -> the last entry
+    return to_class[np.where(semantic < 0, len(labels), semantic)]
+
+
 def evaluate(
     segmenter: Any,
     dataset: BenchmarkDataset,
@@ -143,10 +150,9 @@ def evaluate(
         # Prompts: the benchmark's classes, or (world-mixed) this image's own set, whose indices are mapped
         # back onto the benchmark's classes so that one confusion matrix serves every image.
         labels = dataset.image_prompts(index) or class_names
-        to_class = np.array([class_index[name] for name in labels] + [-1])  # prediction -1 stays -1
 
         def as_classes(semantic: np.ndarray) -> np.ndarray:
-            return to_class[np.where(semantic < 0, len(labels), semantic)]
+            return as_benchmark_classes(semantic, labels, class_index)
 
         if swept:
             stages = segmenter.run_stages(image, labels, **stage_options)
