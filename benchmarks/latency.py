@@ -621,24 +621,28 @@ def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_siz
     return rows
 
 
-def autocast_comparison(
-    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, dtype: torch.dtype, image_size: int | None
+def interleaved_comparison(
+    segmenter: Segmenter,
+    image: np.ndarray,
+    count: int,
+    repeats: int,
+    settings: dict[str, tuple[torch.dtype | None, dict[str, Any]]],
+    image_size: int | None,
 ) -> dict[str, Any]:
-    """One model with and without autocast, interleaved (one request in each precision per round, after a
-    warm-up of each): warm stage timings and how much the outputs move."""
+    """One model under two settings, each (autocast dtype, request options), interleaved (one request in
+    each per round, after a warm-up of each): warm stage timings and how much the outputs move."""
     text = prompt_text(count)
     original = segmenter.autocast_dtype
-    settings = {"float32": None, str(dtype).replace("torch.", ""): dtype}
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in settings}
     outputs = {}
     try:
-        for setting in settings.values():
-            segmenter.autocast_dtype = setting
-            request(segmenter, image, text, image_size=image_size)  # warm-up of this precision
+        for dtype, options in settings.values():
+            segmenter.autocast_dtype = dtype
+            request(segmenter, image, text, image_size=image_size, **options)  # warm-up of this setting
         for _ in range(repeats):
-            for label, setting in settings.items():
-                segmenter.autocast_dtype = setting
-                timings, outputs[label] = request(segmenter, image, text, image_size=image_size)
+            for label, (dtype, options) in settings.items():
+                segmenter.autocast_dtype = dtype
+                timings, outputs[label] = request(segmenter, image, text, image_size=image_size, **options)
                 runs[label].append(timings)
     finally:
         segmenter.autocast_dtype = original
@@ -648,11 +652,29 @@ def autocast_comparison(
         "warm_median": {label: {s: statistics.median(t[s] for t in ts) for s in STAGES} for label, ts in runs.items()},
         "speedup_total": statistics.median(
             x["total"] / y["total"] for x, y in zip(*runs.values())
-        ),  # median of the rounds' float32 / autocast ratios
+        ),  # median of the rounds' first / second setting ratios
         "semantic_pixel_agreement": float((a.semantic == b.semantic).mean()),
         "max_abs_diff_p_out": float(np.abs(a.p_out - b.p_out).max()),
         "picked_proposals_equal": [i for i, _ in a.selected] == [i for i, _ in b.selected],
     }
+
+
+def autocast_comparison(
+    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, dtype: torch.dtype, image_size: int | None
+) -> dict[str, Any]:
+    """One model in float32 and under autocast in ``dtype`` (:func:`interleaved_comparison`)."""
+    settings = {"float32": (None, {}), str(dtype).replace("torch.", ""): (dtype, {})}
+    return interleaved_comparison(segmenter, image, count, repeats, settings, image_size)
+
+
+def flip_test_comparison(
+    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, image_size: int | None
+) -> dict[str, Any]:
+    """One model with one view and with the flip test (``Segmenter.segment(flip_test=True)``), in its own
+    precision (:func:`interleaved_comparison`): what the second view costs per request."""
+    dtype = segmenter.autocast_dtype
+    settings = {"one view": (dtype, {}), "flip test": (dtype, {"flip_test": True})}
+    return interleaved_comparison(segmenter, image, count, repeats, settings, image_size)
 
 
 def profile_request(segmenter: Segmenter, image: np.ndarray, text: str, image_size: int | None) -> str:
@@ -733,7 +755,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="interleaved stage-1 forward pairs (default 20 bundled, 4 paper scale)",
     )
     parser.add_argument(
-        "--no-extras", action="store_true", help="skip the ViT dense-resolution and bfloat16 comparisons"
+        "--no-extras", action="store_true", help="skip the ViT dense-resolution, bfloat16 and flip-test comparisons"
     )
     parser.add_argument(
         "--reference",
@@ -989,6 +1011,18 @@ def benchmark_model(
             f"{ms(bf16['stage2']).strip()}); semantic agreement {b['semantic_pixel_agreement']:.2%}, "
             f"max |d p_out| {b['max_abs_diff_p_out']:.3g}, same picks: {b['picked_proposals_equal']}"
         )
+
+    if key == "bundled" and not args.no_extras:
+        rounds = max(args.repeats, 10)
+        entry["flip_test"] = {}
+        for name, model in pair.items():
+            f = entry["flip_test"][name] = flip_test_comparison(model, image, 10, rounds, stage1_size)
+            one, both = f["warm_median"]["one view"], f["warm_median"]["flip test"]
+            print(
+                f"   {name} 10 prompts, one view vs the flip test, {rounds} interleaved rounds "
+                f"({1 / f['speedup_total']:.2f}x the time): total {ms(one['total']).strip()} vs "
+                f"{ms(both['total']).strip()} ms; semantic agreement {f['semantic_pixel_agreement']:.2%}"
+            )
 
     lines += end_to_end_targets(key, entry, pair, image, stage1_size, device, args)
     if key == "r50" and device.type == "cuda":

@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Eq. 3: exponent w of CLIP's p_hat in p_out = p^(1-w) * p_hat^w (default: the checkpoint's, 0.65)",
     )
     segment.add_argument("--mask-threshold", type=float, default=None)
+    segment.add_argument(
+        "--flip-test",
+        action="store_true",
+        help="also segment each image mirrored left to right and add its class maps to the label map (twice the time)",
+    )
     segment.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     return parser
 
@@ -95,6 +100,7 @@ def run_segment(args: argparse.Namespace) -> int:
                 clip_weight=args.clip_weight,
                 stage2_mode=args.stage2,
                 mask_threshold=args.mask_threshold,
+                flip_test=args.flip_test,
             )
         except ValueError as error:  # bad image or prompts: report and go on with the folder
             print(f"{path}: {error}", file=sys.stderr)

@@ -123,7 +123,7 @@ class SegmenterConfig:
     # Crop mode: the views of each proposal CLIP reads (CROP_VIEWS); with several, p_hat is the geometric
     # mean of their probabilities. ("masked",) is OVSeg's stage 2. Adding "box" is this project's
     # departure for imperfect masks: a proposal that misses half its object still shows CLIP the object
-    # in its box (README, "Reading imperfect masks"); it doubles the crops' cost.
+    # in its box (docs/results.md, "Reading imperfect masks"); it doubles the crops' cost.
     crop_views: tuple[str, ...] = ("masked",)
     mask_threshold: float = 0.5
     max_prompts: int = 100

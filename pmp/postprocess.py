@@ -24,10 +24,25 @@ def semantic_inference(scores: torch.Tensor, mask_logits: torch.Tensor) -> torch
     return torch.einsum("nk,nhw->khw", scores, mask_logits.sigmoid())
 
 
-def semantic_map(scores: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def semantic_map(
+    scores: torch.Tensor,
+    mask_logits: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    mirrored: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """(N, K) scores, (N, h, w) mask logits -> (H, W) class ids: :func:`semantic_inference`, then the
-    argmax of its bilinear upsampling to ``size`` (:func:`upsampled_argmax`)."""
-    return upsampled_argmax(semantic_inference(scores, mask_logits), size)
+    argmax of its bilinear upsampling to ``size`` (:func:`upsampled_argmax`).
+
+    ``mirrored``: the (scores, mask logits) of the same image mirrored left to right (the flip test).
+    Its class maps are mirrored back and added before the argmax, as mmsegmentation's flip test averages
+    the class scores of both views (``EncoderDecoder.aug_test``). Bilinear upsampling with
+    ``align_corners=False`` is symmetric, so mirroring at mask resolution equals mirroring at image size.
+    """
+    maps = semantic_inference(scores, mask_logits)  # (K, h, w)
+    if mirrored is not None:
+        maps = maps + semantic_inference(*mirrored).flip(-1)
+    return upsampled_argmax(maps, size)
 
 
 def _bilinear_taps(

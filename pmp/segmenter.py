@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import nn
 
 from pmp.checkpoint import (
@@ -138,6 +138,9 @@ class StageOutputs:
     image_size: tuple[int, int]  # (H, W) of the input image
     stage2_mode: str
     timings: dict[str, float]
+    # The flip test (run_stages(flip_test=True)): both stages on the image mirrored left to right, whose
+    # class maps combine mirrors back and adds to these. None: one view, as every reported number.
+    mirrored: "StageOutputs | None" = None
 
 
 class Segmenter(nn.Module):
@@ -282,6 +285,7 @@ class Segmenter(nn.Module):
         mask_threshold: float | None = None,
         unclaimed_threshold: float | None = None,
         image_size: int | None = None,
+        flip_test: bool = False,
         _parse_seconds: float = 0.0,
     ) -> SegmentationResult:
         """Segment ``image`` with ``labels`` used as given (no parsing, no prompt-count limit).
@@ -292,9 +296,13 @@ class Segmenter(nn.Module):
         ``mask_threshold``: binarises the picked masks (:meth:`SegmentationResult.picked_mask`).
         ``unclaimed_threshold``: None (default, Mask2Former's inference) labels every pixel by the argmax;
         a value in (0, 1) marks pixels whose best proposal probability is below it as -1 (a display option).
+        ``flip_test``: also run both stages on the image mirrored left to right and add its class maps,
+        mirrored back, before the argmax (:func:`pmp.postprocess.semantic_map`): twice the time, for a
+        semantic map that no longer depends on the image's handedness. The proposals, p, p_hat and the
+        picks stay the unmirrored view's. Off by default, and for every reported number unless said.
         """
         self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold, clip_weight_unseen)
-        stages = self.run_stages(image, labels, stage2_mode=stage2_mode, image_size=image_size)
+        stages = self.run_stages(image, labels, stage2_mode=stage2_mode, image_size=image_size, flip_test=flip_test)
         stages.timings["text"] += _parse_seconds
         return self.combine(
             stages,
@@ -306,15 +314,30 @@ class Segmenter(nn.Module):
 
     @torch.inference_mode()
     def run_stages(
-        self, image: Any, labels: list[str], *, stage2_mode: str | None = None, image_size: int | None = None
+        self,
+        image: Any,
+        labels: list[str],
+        *,
+        stage2_mode: str | None = None,
+        image_size: int | None = None,
+        flip_test: bool = False,
     ) -> "StageOutputs":
-        """Both stages for one image: stage-1 p and mask logits (Eq. 1), CLIP's p_hat (Eq. 2)."""
+        """Both stages for one image: stage-1 p and mask logits (Eq. 1), CLIP's p_hat (Eq. 2).
+
+        ``flip_test``: the same for the image mirrored left to right, kept as ``mirrored`` (see
+        :meth:`segment`); the timings are those of both passes together."""
         if not labels:
             raise ValueError("no labels given: pass at least one class name")
         cfg = self.config
         stage2_mode = stage2_mode or cfg.stage2_mode
         if stage2_mode not in STAGE2_MODES:
             raise ValueError(f"stage2_mode must be one of {', '.join(STAGE2_MODES)}, got {stage2_mode!r}")
+        if flip_test:
+            pil = load_image(image)
+            stages = self.run_stages(pil, labels, stage2_mode=stage2_mode, image_size=image_size)
+            mirrored = self.run_stages(ImageOps.mirror(pil), labels, stage2_mode=stage2_mode, image_size=image_size)
+            timings = {key: seconds + mirrored.timings[key] for key, seconds in stages.timings.items()}
+            return replace(stages, timings=timings, mirrored=mirrored)
         timings: dict[str, float] = {}
 
         start = time.perf_counter()
@@ -387,7 +410,10 @@ class Segmenter(nn.Module):
         weights = prompt_clip_weights(stages.labels, clip_weight, clip_weight_unseen, cfg.training_names)  # (K,)
         scores = ensemble(stages.p, stages.p_hat, weights, cfg.ensemble)
         height, width = stages.image_size
-        semantic = semantic_map(scores, stages.mask_logits, (height, width))  # (H, W)
+        mirrored = stages.mirrored
+        if mirrored is not None:
+            mirrored = (ensemble(mirrored.p, mirrored.p_hat, weights, cfg.ensemble), mirrored.mask_logits)
+        semantic = semantic_map(scores, stages.mask_logits, (height, width), mirrored=mirrored)  # (H, W)
         if unclaimed_threshold is not None:
             best_mask = upsample(stages.mask_logits.amax(0)[None, None], (height, width))[0, 0].sigmoid()
             semantic = torch.where(best_mask >= unclaimed_threshold, semantic, torch.full_like(semantic, -1))

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from pmp.segmenter import Segmenter
 from train.configs import CLIPAdaptConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINTS = ROOT / "checkpoints"
+RECORD = ROOT / "docs" / "results.md"  # the full record of results; the README has the summary
 SUBSET = ROOT / "results" / "subset50.json"
 TOLERANCE = 0.005  # absolute, on metrics in [0, 1]: the CPU kernels are deterministic, this covers BLAS differences
 MB = 1024 * 1024
@@ -102,15 +106,16 @@ def test_subset_evaluation_reproduces_the_readme_numbers() -> None:
         "split_weights_odise/main.json",
     ],
 )
-def test_readme_tables_are_the_tables_generated_from_results(results: str) -> None:
-    """Table 1, the subset table and Eq. 3's other form in the README are what train.bundle writes from results/."""
+def test_record_tables_are_the_tables_generated_from_results(results: str) -> None:
+    """Table 1's seed 0, the subset table and Eq. 3's other forms in the record are what train.bundle writes
+    from results/."""
     from train.bundle import markdown_table
 
     table = markdown_table(json.loads((ROOT / "results" / results).read_text()))
-    assert table in (ROOT / "README.md").read_text(), f"README is out of date with results/{results}"
+    assert table in RECORD.read_text(), f"docs/results.md is out of date with results/{results}"
 
 
-def test_readme_split_weight_grid_is_generated_from_results() -> None:
+def test_record_split_weight_grid_is_generated_from_results() -> None:
     from train.bundle import MAIN_MODELS, choose_split_weights, split_weight_table
     from train.diagnose import ceilings_markdown
 
@@ -118,11 +123,11 @@ def test_readme_split_weight_grid_is_generated_from_results() -> None:
     dev, test = (json.loads((folder / name).read_text()) for name in ("dev.json", "main.json"))
     one_weight = json.loads((ROOT / "results" / "main.json").read_text())
     table = split_weight_table(dev, test, {name: one_weight[name] for name in MAIN_MODELS})
-    assert table == (folder / "grid.md").read_text() and table in (ROOT / "README.md").read_text()
-    readme = (ROOT / "README.md").read_text()
+    assert table == (folder / "grid.md").read_text() and table in RECORD.read_text()
+    record = RECORD.read_text()
     for benchmark in ("world_voc", "world_full"):  # what is left with the chosen pair
         ceiling = json.loads((folder / f"ceilings_{benchmark}.json").read_text())
-        assert ceilings_markdown(ceiling["ceilings"], ceiling["benchmark"], tuple(ceiling["clip_weights"])) in readme
+        assert ceilings_markdown(ceiling["ceilings"], ceiling["benchmark"], tuple(ceiling["clip_weights"])) in record
     seen, unseen = choose_split_weights(dev)
     assert tuple(ceiling["clip_weights"]) == (seen, unseen)
     for name in MAIN_MODELS:  # the test files' own evaluation is the pair chosen on the dev files
@@ -140,7 +145,18 @@ def test_readme_headline_table_is_generated_from_results() -> None:
 
     table = headline_table(ROOT / "results")
     assert table in (ROOT / "README.md").read_text()
-    assert table.count("\n") == 2 + 2 * 4 + 1  # header, two rows per benchmark, latency
+    assert table.count("\n") == 2 + 3 * 4 + 2  # header, three rows per benchmark, latency with one view and two
+
+
+def test_record_flip_test_table_is_generated_from_results() -> None:
+    from train.bundle import BENCHMARKS, FLIP_TEST, MAIN_MODELS, flip_test_table
+
+    assert flip_test_table(ROOT / "results") in RECORD.read_text()
+    for name in MAIN_MODELS:  # every file is the bundled model with the flip test on all of its benchmark
+        for benchmark in BENCHMARKS:
+            measured = json.loads((ROOT / "results" / FLIP_TEST / f"{name}_{benchmark}.json").read_text())
+            assert measured["options"]["flip_test"] is True and measured["options"]["limit"] is None
+            assert measured["num_images"] == 500 and measured["checkpoint"] == f"checkpoints/{name}"
 
 
 def test_every_example_runs_through_both_models() -> None:
@@ -193,6 +209,43 @@ def test_bundled_outputs_match_the_reference() -> None:
         np.testing.assert_allclose(out.p_out, expected["p_out"], rtol=1e-5, atol=1e-8, err_msg=name)
         assert float(out.mask_logits.double().sum()) == pytest.approx(expected["mask_logits_sum"], rel=1e-6), name
         assert out.semantic.flatten().tolist()[::7] == expected["semantic"], name
+
+
+def test_flip_test_makes_the_semantic_map_mirror_symmetric() -> None:
+    """With the flip test, segmenting the mirrored image gives the mirrored map: each image's class maps
+    are its own plus its mirror's mirrored back, the same two terms. One view alone does not."""
+    from train.world.demo import demo_scene
+
+    model = Segmenter.from_pretrained("pmp")
+    image = np.asarray(demo_scene(2).image)
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    plain, plain_mirrored = model.segment(image, REFERENCE_PROMPTS), model.segment(mirror, REFERENCE_PROMPTS)
+    assert (plain.semantic[:, ::-1] != plain_mirrored.semantic).mean() > 0.005
+    both = model.segment(image, REFERENCE_PROMPTS, flip_test=True)
+    both_mirrored = model.segment(mirror, REFERENCE_PROMPTS, flip_test=True)
+    assert (both.semantic[:, ::-1] == both_mirrored.semantic).mean() > 0.9999  # bilinear taps may round apart
+    assert not np.array_equal(both.semantic, plain.semantic)
+    # Everything but the semantic map is the unmirrored view's.
+    np.testing.assert_array_equal(both.p_out, plain.p_out)
+    assert both.selected == plain.selected and torch.equal(both.mask_logits, plain.mask_logits)
+
+
+def test_flip_test_adds_the_mirrored_class_maps_before_the_argmax() -> None:
+    from pmp.postprocess import semantic_inference
+    from pmp.stage2 import ensemble
+    from train.world.demo import demo_scene
+
+    model = Segmenter.from_pretrained("baseline")
+    image = demo_scene(3).image
+    stages = model.run_stages(image, REFERENCE_PROMPTS, flip_test=True)
+    mirrored = stages.mirrored
+    assert mirrored is not None and mirrored.mirrored is None and model.run_stages(image, ["sky"]).mirrored is None
+    maps = semantic_inference(ensemble(stages.p, stages.p_hat, 0.65), stages.mask_logits)  # (K, h, w)
+    maps = maps + semantic_inference(ensemble(mirrored.p, mirrored.p_hat, 0.65), mirrored.mask_logits).flip(-1)
+    expected = F.interpolate(maps[None], size=stages.image_size, mode="bilinear", align_corners=False)[0].argmax(0)
+    combined = model.combine(stages).semantic
+    assert (combined == expected.numpy()).mean() > 0.9999
+    assert not np.array_equal(combined, model.combine(replace(stages, mirrored=None)).semantic)
 
 
 def test_evaluate_models_can_replace_combine_settings(tmp_path: Path, monkeypatch) -> None:
@@ -306,13 +359,13 @@ def test_readme_seed_table_is_generated_from_results() -> None:
     from train.bundle import seed_tables, table1_files
 
     readme = (ROOT / "README.md").read_text()
-    assert seed_tables([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)]) in readme
+    assert seed_tables([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)]) in RECORD.read_text()
     main = table1_files(ROOT / "results")
     assert len(main) >= 2 and seed_tables(main) in readme  # Table 1: the bundled recipe, seeds 0 (the bundle), 1, 2
     assert len(table1_files(ROOT / "results" / "width64")) == 3  # and the previous pair's three
 
 
-def test_readme_adaptation_tables_are_generated_from_results() -> None:
+def test_record_adaptation_tables_are_generated_from_results() -> None:
     from train.bundle import ADAPTATION_PHASES, adaptation_table, stage2_history
 
     # The bundled CLIP is what train.bundle runs: the default schedule, then its last phase (recorded here).
@@ -320,12 +373,12 @@ def test_readme_adaptation_tables_are_generated_from_results() -> None:
     assert (first["steps"], first["lr"]) == (CLIPAdaptConfig().steps, CLIPAdaptConfig().lr)
     config = json.loads((ROOT / "results" / "tiny_clip_adapted.json").read_text())["config"]
     assert {key: config[key] for key in last} == last and config.get("proposal_segmenter") is None
-    readme = (ROOT / "README.md").read_text()
-    assert adaptation_table(ROOT / "results") in readme
-    assert stage2_history(ROOT / "results") in readme
+    record = RECORD.read_text()
+    assert adaptation_table(ROOT / "results") in record
+    assert stage2_history(ROOT / "results") in record
 
 
-def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_from_results() -> None:
+def test_record_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_from_results() -> None:
     from train.adapt_clip import crop_error_table
     from train.bundle import (
         head_width_table,
@@ -335,21 +388,21 @@ def test_readme_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_fr
         third_cycle_table,
     )
 
-    readme = (ROOT / "README.md").read_text()
-    assert third_cycle_table(ROOT / "results") in readme
+    record = RECORD.read_text()
+    assert third_cycle_table(ROOT / "results") in record
     deeper = json.loads((ROOT / "results" / "deeper_tower_on_proposals" / "main.json").read_text())
-    assert markdown_table(deeper) in readme
-    assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in readme
-    assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in readme
-    assert head_width_table(ROOT / "results") in readme
+    assert markdown_table(deeper) in record
+    assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in record
+    assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in record
+    assert head_width_table(ROOT / "results") in record
 
 
-def test_readme_candidate_clip_tables_are_generated_from_results() -> None:
+def test_record_candidate_clip_tables_are_generated_from_results() -> None:
     from train.bundle import candidate_accuracy_table, candidate_clip_table, candidate_test_table
 
-    readme = (ROOT / "README.md").read_text()
+    record = RECORD.read_text()
     for table in (candidate_accuracy_table, candidate_clip_table, candidate_test_table):
-        assert table(ROOT / "results") in readme, table.__name__
+        assert table(ROOT / "results") in record, table.__name__
 
 
 def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
@@ -432,21 +485,21 @@ def test_query_sweep_table_and_figure_from_per_seed_files(tmp_path: Path) -> Non
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
 
-def test_readme_sweep_ablation_and_diagnosis_tables_are_generated_from_results() -> None:
+def test_record_sweep_ablation_and_diagnosis_tables_are_generated_from_results() -> None:
     from train.bundle import markdown_table, query_sweep_table
     from train.diagnose import ceilings_markdown, markdown
 
-    readme = (ROOT / "README.md").read_text()
+    record = RECORD.read_text()
     sweeps = sorted((ROOT / "results").glob("query_sweep_seed*.json"))
-    assert sweeps and query_sweep_table(sweeps) in readme
-    assert markdown_table(json.loads((ROOT / "results" / "ablations.json").read_text())) in readme
+    assert sweeps and query_sweep_table(sweeps) in record
+    assert markdown_table(json.loads((ROOT / "results" / "ablations.json").read_text())) in record
     diagnosis = json.loads((ROOT / "results" / "diagnosis.json").read_text())
-    assert markdown(diagnosis) in readme and ceilings_markdown(diagnosis["ceilings"]) in readme
+    assert markdown(diagnosis) in record and ceilings_markdown(diagnosis["ceilings"]) in record
     previous = json.loads((ROOT / "results" / "width64" / "diagnosis.json").read_text())  # the previous pair's
-    assert ceilings_markdown(previous["ceilings"]) in readme
+    assert ceilings_markdown(previous["ceilings"]) in record
     voc = json.loads((ROOT / "results" / "ceilings_world_voc.json").read_text())  # a list item's table
     indented = "".join(f"  {line}\n" for line in ceilings_markdown(voc["ceilings"], voc["benchmark"]).splitlines())
-    assert voc["benchmark"] == "world-voc" and indented in readme
+    assert voc["benchmark"] == "world-voc" and indented in record
 
 
 def test_the_adaptation_phases_run_in_a_chain_with_their_settings_as_flags(monkeypatch, tmp_path: Path) -> None:

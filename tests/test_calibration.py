@@ -94,10 +94,10 @@ def test_calibration_needs_the_training_names() -> None:
         calibration_sweep(stub, CatDogScene(), [0.5], clip_weight=0.4, clip_weight_unseen=0.9)
 
 
-def test_readme_calibration_table_is_generated_from_results() -> None:
+def test_record_calibration_table_is_generated_from_results() -> None:
     from pathlib import Path
 
     from train.calibration import summary_table
 
     root = Path(__file__).resolve().parents[1]
-    assert summary_table(root / "results" / "calibration") in (root / "README.md").read_text()
+    assert summary_table(root / "results" / "calibration") in (root / "docs" / "results.md").read_text()

@@ -189,6 +189,28 @@ def test_cli_ensemble_replaces_the_checkpoints_form_and_is_recorded(capsys: pyte
     assert json.loads(capsys.readouterr().out)["options"]["ensemble"] == "odise"
 
 
+def test_flip_test_is_passed_on_only_when_asked_and_recorded(capsys: pytest.CaptureFixture[str]) -> None:
+    stub = StubSegmenter()
+    evaluate(stub, TinyDataset(), limit=2, show_progress=False)
+    assert all("flip_test" not in options for options in stub.options)  # stand-ins need not know it
+    result = evaluate(stub, TinyDataset(), limit=2, flip_test=True, show_progress=False)
+    assert [options["flip_test"] for options in stub.options[2:]] == [True, True]
+    assert result["options"]["flip_test"] is True
+    sweep = SweepStub()
+    evaluate(sweep, TinyDataset(), limit=2, clip_weight_sweep=(0.0,), flip_test=True, show_progress=False)
+    assert [options["flip_test"] for options in sweep.options] == [True, True]  # run_stages gets it too
+    made = []
+
+    def factory(checkpoint: str | None, device: torch.device) -> StubSegmenter:
+        made.append(StubSegmenter())
+        return made[-1]
+
+    argv = ["--benchmark", "world-voc", "--size", "48", "--limit", "1", "--json", "--no-recall", "--flip-test"]
+    assert main(argv, segmenter_factory=factory) == 0
+    assert made[-1].options == [{"flip_test": True}]
+    assert json.loads(capsys.readouterr().out)["options"]["flip_test"] is True
+
+
 def test_synthetic_benchmark_by_name() -> None:
     dataset = load_benchmark("world-full", size=48)
     result = evaluate(StubSegmenter(), dataset, limit=2, show_progress=False)

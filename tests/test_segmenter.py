@@ -388,6 +388,27 @@ def test_cli_writes_outputs(segmenter: Segmenter, image: np.ndarray, tmp_path: P
     )
 
 
+def test_cli_flip_test_reaches_the_segmenter(
+    segmenter: Segmenter, image: np.ndarray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pmp.cli import main
+
+    folder = segmenter.save_pretrained(tmp_path / "ckpt", max_shard_size="1GB")
+    Image.fromarray(image).save(tmp_path / "one.png")
+    asked = []
+    segment = Segmenter.segment
+
+    def recording(self: Segmenter, *args, **options):
+        asked.append(options["flip_test"])
+        return segment(self, *args, **options)
+
+    monkeypatch.setattr(Segmenter, "segment", recording)
+    argv = ["segment", str(tmp_path / "one.png"), "--prompts", "sky, car", "--checkpoint", str(folder)]
+    assert main([*argv, "--out", str(tmp_path / "a"), "--flip-test"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert asked == [True, False]
+
+
 def test_cli_gives_inputs_with_one_stem_their_own_outputs(
     segmenter: Segmenter, image: np.ndarray, tmp_path: Path, capsys
 ) -> None:

@@ -311,6 +311,25 @@ def test_the_allocator_comparison_interleaves_the_two_settings_and_ends_retained
     assert set(measured["speedup"]) == {"stage2", "total"} and all(v > 0 for v in measured["speedup"].values())
 
 
+def test_the_flip_test_comparison_interleaves_one_view_and_two(monkeypatch) -> None:
+    import numpy as np
+    import torch
+
+    import benchmarks.latency as latency
+    from pmp.segmenter import Segmenter
+    from train.recipes import world_model
+
+    torch.manual_seed(0)
+    model = Segmenter(world_model("pmp", num_queries=4, width=32)).eval()
+    asked = []
+    original = model.segment
+    monkeypatch.setattr(model, "segment", lambda *a, **k: asked.append(k.get("flip_test", False)) or original(*a, **k))
+    measured = latency.flip_test_comparison(model, np.zeros((64, 64, 3), dtype=np.uint8), 3, 2, None)
+    assert asked == [False, True] * 3  # a warm-up of each, then interleaved rounds
+    assert set(measured["warm_median"]) == {"one view", "flip test"} and measured["speedup_total"] > 0
+    assert measured["picked_proposals_equal"]  # the picks are the unmirrored view's
+
+
 def test_readme_speed_rows_are_the_measured_bundled_latency() -> None:
     import json
     from pathlib import Path

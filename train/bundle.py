@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -183,7 +183,7 @@ def train_segmenters(
 # The bundled adaptation (train.adapt_clip): a cosine schedule, then a warm restart at half the learning
 # rate on fresh scenes (seed 1). Measured on held-out crops, the second cycle raised every group of names;
 # learning from the baseline's proposals as well (--proposals-from) traded seen things for parts instead,
-# and so did a third cycle with a deeper tower (--vision-layers 2,2,2,2) on the benchmarks (README).
+# and so did a third cycle with a deeper tower (--vision-layers 2,2,2,2) on the benchmarks (docs/results.md).
 ADAPTATION_PHASES = ({"steps": 2400, "lr": 5e-4, "seed": 0}, {"steps": 2400, "lr": 2.5e-4, "seed": 1})
 
 
@@ -526,6 +526,10 @@ def seed_stats(runs: list[dict], name: str, benchmark: str, key: str) -> tuple[f
     return None if None in values else mean_and_std([100 * v for v in values])
 
 
+FLIP_TEST = "flip_test"  # results/<this>/<model>_<benchmark>.json: python -m train.evaluate --flip-test, all images
+# A later run of benchmarks.latency than latency_bundled.json's, which times each model's request with one
+# view and with the flip test side by side (benchmarks.latency.flip_test_comparison).
+FLIP_TEST_LATENCY = "latency_flip_test.json"
 # The README's headline rows: (benchmark, metric, target in %); the targets the project set itself.
 HEADLINE = (
     ("world-voc", "miou", 65.0),
@@ -537,10 +541,12 @@ HEADLINE = (
 
 def headline_table(results: Path) -> str:
     """Markdown: the bundled pair at a glance. Per benchmark, mIoU with the paper's Eq. 3 over the seeds of
-    Table 1 (mean ± std) and with FC-CLIP's two weights (seed 0, ``results/split_weights``), and the warm
-    latency of ``results/latency_bundled.json``; each beside its target."""
+    Table 1 (mean ± std), with FC-CLIP's two weights (seed 0, ``results/split_weights``) and with those and
+    the flip test (seed 0, :data:`FLIP_TEST`), and the warm latency of ``results/latency_bundled.json``
+    and with the flip test (:data:`FLIP_TEST_LATENCY`); each beside its target."""
     runs = [json.loads(path.read_text()) for path in table1_files(results)]
     split = json.loads((results / "split_weights" / "main.json").read_text())
+    flipped = _candidate_results(results / FLIP_TEST, BENCHMARKS)
     lines = ["| measured (mIoU in %, 500 images per benchmark) | baseline | PMP | target |", "|---|---|---|---|"]
     for benchmark, key, target in HEADLINE:
         title = f"{benchmark} {METRIC_TITLES[key]}"
@@ -552,11 +558,18 @@ def headline_table(results: Path) -> str:
         lines.append(f"| {title}, the paper's Eq. 3 ({len(runs)} seeds) | " + " | ".join(cells) + f" | {goal} |")
         cells = [f"{100 * split[name][benchmark][key]:.1f}" for name in MAIN_MODELS]
         lines.append(f"| {title}, FC-CLIP's two weights (seed 0) | " + " | ".join(cells) + f" | {goal} |")
+        cells = [f"{100 * chosen_split_row(results, flipped[name][benchmark])[key]:.1f}" for name in MAIN_MODELS]
+        lines.append(f"| {title}, two weights and the flip test (seed 0) | " + " | ".join(cells) + f" | {goal} |")
     latency = json.loads((results / "latency_bundled.json").read_text())["models"]["bundled"]
     side = latency["image_side"]
     cells = [f"{latency['results']['10'][name]['warm_median']['total']:.3f} s" for name in MAIN_MODELS]
     title = f"warm request, {side} px, 10 prompts, 2 CPU cores, float32"
     lines.append(f"| {title} | " + " | ".join(cells) + " | <= 0.1 s |")
+    flip = json.loads((results / FLIP_TEST_LATENCY).read_text())["models"]["bundled"]["flip_test"]
+    medians = [flip[name]["warm_median"] for name in MAIN_MODELS]
+    # With the same run's one view beside it: another day, another machine speed.
+    cells = [f"{m['flip test']['total']:.3f} s (one view {m['one view']['total']:.3f} s)" for m in medians]
+    lines.append(f"| {title}, the flip test (a later run) | " + " | ".join(cells) + " | <= 0.1 s |")
     return "\n".join(lines) + "\n"
 
 
@@ -720,24 +733,44 @@ def candidate_accuracy_table(results: Path) -> str:
     return accuracy_table({"bundled, read in both views": bundled, **runs})
 
 
-def _two_weight_table(results: Path, rows: dict[str, dict[str, dict[str, Any]]], benchmarks: tuple[str, ...]) -> str:
-    """Markdown: mIoU (seen / unseen) per benchmark with FC-CLIP's two weights as chosen on the dev scenes
-    (:func:`choose_split_weights` of ``results/split_weights/dev.json``), one row per stage-2 CLIP and model;
-    ``rows`` is {title: {model: {benchmark: train.evaluate result whose split-weight sweep has that pair}}}."""
+def chosen_split_row(results: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """The row of a ``train.evaluate`` result's split-weight sweep with FC-CLIP's two weights as chosen on
+    the dev scenes (:func:`choose_split_weights` of ``results/split_weights/dev.json``)."""
     chosen = choose_split_weights(json.loads((results / "split_weights" / "dev.json").read_text()))
+    return next(r for r in metrics["split_weight_sweep"] if (r["clip_weight"], r["clip_weight_unseen"]) == chosen)
+
+
+def _miou_table(
+    rows: dict[str, dict[str, dict[str, Any]]],
+    benchmarks: tuple[str, ...],
+    first_column: str,
+    scores: Callable[[dict[str, Any]], dict[str, Any]],
+) -> str:
+    """Markdown: mIoU (seen / unseen) per benchmark, one row per variant (``first_column``) and model;
+    ``rows`` is {title: {model: {benchmark: train.evaluate result}}} and ``scores`` picks the mIoU of a
+    result that the table reports (the result itself, or one row of its sweep)."""
     lines = [
-        "| stage-2 CLIP | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in benchmarks) + " |",
+        f"| {first_column} | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in benchmarks) + " |",
         "|---|---|" + "---|" * len(benchmarks),
     ]
     for title, per_model in rows.items():
         for name, per_benchmark in per_model.items():
             cells = []
             for benchmark in benchmarks:
-                sweep = per_benchmark[benchmark]["split_weight_sweep"]
-                row = next(r for r in sweep if (r["clip_weight"], r["clip_weight_unseen"]) == chosen)
+                row = scores(per_benchmark[benchmark])
                 cells.append(f"{_pct(row['miou'])} ({_pct(row['miou_seen'])} / {_pct(row['miou_unseen'])})")
             lines.append(f"| {title} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _two_weight_table(
+    results: Path,
+    rows: dict[str, dict[str, dict[str, Any]]],
+    benchmarks: tuple[str, ...],
+    first_column: str = "stage-2 CLIP",
+) -> str:
+    """:func:`_miou_table` with FC-CLIP's two weights as chosen on the dev scenes (:func:`chosen_split_row`)."""
+    return _miou_table(rows, benchmarks, first_column, lambda metrics: chosen_split_row(results, metrics))
 
 
 def _candidate_results(folder: Path, benchmarks: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -755,6 +788,30 @@ def candidate_clip_table(results: Path) -> str:
         for folder, title in CANDIDATE_CLIPS.items()
     }
     return _two_weight_table(results, rows, CANDIDATE_BENCHMARKS)
+
+
+def flip_test_table(results: Path) -> str:
+    """The bundled pair with one view and with the flip test (:data:`FLIP_TEST`) on all 500 images of every
+    benchmark: with the paper's Eq. 3 (one view: Table 1's seed 0, ``results/main.json``), then with the
+    two weights (one view: ``results/split_weights/main.json``)."""
+    flipped = _candidate_results(results / FLIP_TEST, BENCHMARKS)
+    one_view = {
+        form: json.loads((results / folder / "main.json").read_text())
+        for form, folder in (("eq3", "."), ("two", "split_weights"))
+    }
+    eq3 = {
+        "one view (Table 1, seed 0)": {name: one_view["eq3"][name] for name in MAIN_MODELS},
+        "the image and its mirror (the flip test)": flipped,
+    }
+    two = {
+        "one view": {name: one_view["two"][name] for name in MAIN_MODELS},
+        "the image and its mirror (the flip test)": flipped,
+    }
+    return (
+        _miou_table(eq3, BENCHMARKS, "inference, the paper's Eq. 3", lambda metrics: metrics)
+        + "\n"
+        + _two_weight_table(results, two, BENCHMARKS, first_column="inference, FC-CLIP's two weights")
+    )
 
 
 def candidate_test_table(results: Path) -> str:

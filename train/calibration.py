@@ -139,7 +139,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def summary_table(folder: Path, models: Sequence[str] = ("baseline", "pmp"), benchmarks: Sequence[str] = DEV) -> str:
     """Markdown from ``folder``'s ``<model>_<benchmark>.json`` (what ``--out`` writes): one row per model and
-    gamma, mIoU (all / seen / unseen) per benchmark; the README's table."""
+    gamma, mIoU (all / seen / unseen) per benchmark; the table in docs/results.md."""
     results = {
         (model, benchmark): json.loads((folder / f"{model}_{benchmark}.json").read_text())
         for model in models

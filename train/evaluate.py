@@ -101,6 +101,7 @@ def evaluate(
     split_weight_sweep: Sequence[tuple[float, float]] = (),
     stage2_mode: str | None = None,
     image_size: int | None = None,
+    flip_test: bool = False,
     proposal_recall: bool = True,
     show_progress: bool | None = None,
 ) -> dict[str, Any]:
@@ -109,7 +110,8 @@ def evaluate(
     ``segmenter`` is anything with ``segment(image, labels, **options) -> result`` where
     ``result.semantic`` is (H, W) ints indexing ``labels`` (-1 = nothing) and ``result.proposals`` is
     (N, H, W) in [0, 1]; ``clip_weight``, ``stage2_mode`` and ``image_size`` are passed on only when
-    given. ``clip_weight_sweep`` (needs a :class:`pmp.segmenter.Segmenter`: ``run_stages`` + ``combine``)
+    given, and ``flip_test`` (both stages on the mirrored image too, :meth:`pmp.segmenter.Segmenter.segment`)
+    only when True. ``clip_weight_sweep`` (needs a :class:`pmp.segmenter.Segmenter`: ``run_stages`` + ``combine``)
     also scores every listed weight on the same stage outputs, each for every prompt; ``split_weight_sweep``
     scores (clip_weight, clip_weight_unseen) pairs the same way. ``show_progress`` None = a tqdm bar on
     stderr when it is a terminal, on rank 0 only.
@@ -128,6 +130,8 @@ def evaluate(
         for key, value in (("clip_weight", clip_weight), ("stage2_mode", stage2_mode), ("image_size", image_size))
         if value is not None
     }
+    if flip_test:
+        options["flip_test"] = True
     # Each sweep row is Segmenter.combine's (clip_weight, clip_weight_unseen); a segmenter without a config
     # (a stand-in) takes one weight as clip_weight alone.
     config = getattr(segmenter, "config", None)
@@ -361,6 +365,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; one GPU per rank)")
     parser.add_argument("--no-recall", action="store_true", help="skip the proposal-recall metric (saves memory)")
     parser.add_argument(
+        "--flip-test",
+        action="store_true",
+        help="also segment each image mirrored left to right and add its class maps, mirrored back (twice the time)",
+    )
+    parser.add_argument(
         "--ensemble",
         choices=ENSEMBLES,
         default=None,
@@ -431,6 +440,7 @@ def main(
             split_weight_sweep=args.split_weight_sweep,
             stage2_mode=args.stage2,
             image_size=args.image_size,
+            flip_test=args.flip_test,
             proposal_recall=not args.no_recall,
         )
         result["checkpoint"] = args.checkpoint

@@ -49,14 +49,14 @@ def world_model(
     ``width`` is stage 1's head width (the FPN's and the mask embeddings' channels, the decoder's hidden
     size; feed-forward 4x, one attention head per 16 channels) and ``backbone`` its timm CNN. The bundled
     pair has 128 channels, chosen over the previous 64 (``PREVIOUS_WIDTH``) by the capacity pilots
-    (``STAGE1_PILOTS``) and then three seeds of both at the full schedule (README): the wider head
+    (``STAGE1_PILOTS``) and then three seeds of both at the full schedule (docs/results.md): the wider head
     proposes better masks (recall +2 to +5 on every benchmark) at 1.6x stage 1's parameters.
 
     Stage 1 has its own trainable CNN (timm's RegNetX-200MF, from scratch: nothing may be downloaded
     here) feeding MaskFormer's FPN and a 6-layer Mask2Former decoder; the frozen tiny CLIP encodes the
     prompts and classifies the proposals (stage 2) as OVSeg's does: a masked crop of every proposal,
     read by the mask-adapted image tower (:mod:`train.adapt_clip`). On the same proposals this beats
-    mask pooling of the unadapted tower's 4 x 4 dense grid (the README's ceilings table). Each proposal
+    mask pooling of the unadapted tower's 4 x 4 dense grid (the ceilings table of docs/results.md). Each proposal
     is also read in its box with the image kept, and the two views' probabilities are multiplied: half
     the proposals fit their region with IoU under 0.7, and their masked crops alone are misread.
     """
@@ -78,7 +78,7 @@ def world_model(
         pixel_std=CLIP_STD,
         stage2_mode="crop",
         crop_top_k=num_queries,  # every proposal: the lower-ranked ones still draw pixels of the map
-        crop_views=("masked", "box"),  # OVSeg's crop and its box with the image kept (README: imperfect masks)
+        crop_views=("masked", "box"),  # OVSeg's crop and its box with the image kept (docs/results.md: imperfect masks)
         max_prompts=50,
         name=world_name(text_mode),
         training_names=SEEN_NAMES,  # what the world's prompt sampler labels (train.batches.TrainingData)
@@ -92,7 +92,7 @@ def world_recipe(
 
     Departures, all because the model is tiny and trained from scratch: lr 3e-4 instead of 1e-4, the
     backbone at the full lr (Mask2Former's x0.1 is for an ImageNet-initialised backbone), and gradient
-    clipping at norm 1.0 instead of 0.01. The schedule comes from the learning curve in the README
+    clipping at norm 1.0 instead of 0.01. The schedule comes from the learning curve in docs/results.md
     (world-full seen mIoU still rising at the end of the shorter runs).
     """
     return SegTrainConfig(
