@@ -109,15 +109,15 @@ def test_subset_evaluation_reproduces_the_readme_numbers() -> None:
 def test_record_tables_are_the_tables_generated_from_results(results: str) -> None:
     """Table 1's seed 0, the subset table and Eq. 3's other forms in the record are what train.bundle writes
     from results/."""
-    from train.bundle import markdown_table
+    from train.report import markdown_table
 
     table = markdown_table(json.loads((ROOT / "results" / results).read_text()))
     assert table in RECORD.read_text(), f"docs/results.md is out of date with results/{results}"
 
 
 def test_record_split_weight_grid_is_generated_from_results() -> None:
-    from train.bundle import MAIN_MODELS, choose_split_weights, split_weight_table
     from train.diagnose import ceilings_markdown
+    from train.report import MAIN_MODELS, choose_split_weights, split_weight_table
 
     folder = ROOT / "results" / "split_weights"
     dev, test = (json.loads((folder / name).read_text()) for name in ("dev.json", "main.json"))
@@ -141,7 +141,7 @@ def test_record_split_weight_grid_is_generated_from_results() -> None:
 
 
 def test_readme_headline_table_is_generated_from_results() -> None:
-    from train.bundle import headline_table
+    from train.report import headline_table
 
     table = headline_table(ROOT / "results")
     assert table in (ROOT / "README.md").read_text()
@@ -149,7 +149,7 @@ def test_readme_headline_table_is_generated_from_results() -> None:
 
 
 def test_record_flip_test_table_is_generated_from_results() -> None:
-    from train.bundle import BENCHMARKS, FLIP_TEST, MAIN_MODELS, flip_test_table
+    from train.report import BENCHMARKS, FLIP_TEST, MAIN_MODELS, flip_test_table
 
     assert flip_test_table(ROOT / "results") in RECORD.read_text()
     for name in MAIN_MODELS:  # every file is the bundled model with the flip test on all of its benchmark
@@ -276,7 +276,7 @@ def test_evaluate_models_can_replace_combine_settings(tmp_path: Path, monkeypatc
 
 
 def test_split_weights_are_chosen_on_the_dev_mean_and_tabled_beside_one_weight() -> None:
-    from train.bundle import choose_split_weights, split_weight_table
+    from train.report import choose_split_weights, split_weight_table
 
     def run(scores: dict[tuple[float, float], float], own: float) -> dict:
         rows = [{"clip_weight": w, "clip_weight_unseen": u, "miou": m} for (w, u), m in scores.items()]
@@ -307,8 +307,9 @@ def test_split_weights_run_in_the_form_asked_for(tmp_path: Path, monkeypatch) ->
     """--split-weights --ensemble-form odise: dev and test in ODISE's form, beside that form's single weight."""
     from pmp.config import ENSEMBLES
     from train import bundle
+    from train.report import FORM_NAMES
 
-    assert set(bundle.FORM_NAMES) == set(ENSEMBLES)
+    assert set(FORM_NAMES) == set(ENSEMBLES)
     calls = []
 
     def fake_evaluate(dirs, out, limit, sweep=(), benchmarks=bundle.BENCHMARKS, config_changes=None, split_sweep=()):
@@ -333,7 +334,7 @@ def test_split_weights_run_in_the_form_asked_for(tmp_path: Path, monkeypatch) ->
 
 
 def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path: Path) -> None:
-    from train.bundle import BENCHMARKS, seed_table, seed_tables
+    from train.report import BENCHMARKS, seed_table, seed_tables
 
     files = []
     for seed, value in enumerate((0.30, 0.34)):
@@ -349,14 +350,14 @@ def test_seed_table_gives_mean_and_sample_std_per_model_and_calls_ties(tmp_path:
     assert "| base | n/a |" in seed_table(files, ("miou_seen",))
     assert seed_table(files[:1]).count("\n") == 4  # one seed: no spread, so no verdict row
     assert seed_tables(files).count("| new − base |") == 2
-    from train.bundle import plot_seed_results
+    from train.report import plot_seed_results
 
     plot_seed_results(files, tmp_path / "results.png")
     assert (tmp_path / "results.png").stat().st_size > 10_000
 
 
 def test_readme_seed_table_is_generated_from_results() -> None:
-    from train.bundle import seed_tables, table1_files
+    from train.report import seed_tables, table1_files
 
     readme = (ROOT / "README.md").read_text()
     assert seed_tables([ROOT / "results" / f"hierarchy_seed{seed}.json" for seed in range(3)]) in RECORD.read_text()
@@ -366,7 +367,8 @@ def test_readme_seed_table_is_generated_from_results() -> None:
 
 
 def test_record_adaptation_tables_are_generated_from_results() -> None:
-    from train.bundle import ADAPTATION_PHASES, adaptation_table, stage2_history
+    from train.bundle import ADAPTATION_PHASES
+    from train.report import adaptation_table, stage2_history
 
     # The bundled CLIP is what train.bundle runs: the default schedule, then its last phase (recorded here).
     first, last = ADAPTATION_PHASES[0], ADAPTATION_PHASES[-1]
@@ -380,13 +382,7 @@ def test_record_adaptation_tables_are_generated_from_results() -> None:
 
 def test_record_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_from_results() -> None:
     from train.adapt_clip import crop_error_table
-    from train.bundle import (
-        head_width_table,
-        markdown_table,
-        stage1_pilot_files,
-        stage1_pilot_table,
-        third_cycle_table,
-    )
+    from train.report import head_width_table, markdown_table, stage1_pilot_files, stage1_pilot_table, third_cycle_table
 
     record = RECORD.read_text()
     assert third_cycle_table(ROOT / "results") in record
@@ -398,7 +394,7 @@ def test_record_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_fr
 
 
 def test_record_candidate_clip_tables_are_generated_from_results() -> None:
-    from train.bundle import candidate_accuracy_table, candidate_clip_table, candidate_test_table
+    from train.report import candidate_accuracy_table, candidate_clip_table, candidate_test_table
 
     record = RECORD.read_text()
     for table in (candidate_accuracy_table, candidate_clip_table, candidate_test_table):
@@ -406,7 +402,7 @@ def test_record_candidate_clip_tables_are_generated_from_results() -> None:
 
 
 def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
-    from train.bundle import ADAPTATION_RUNS, SEED_FILES, STAGE2_HISTORY, adaptation_table, stage2_history
+    from train.report import ADAPTATION_RUNS, SEED_FILES, STAGE2_HISTORY, adaptation_table, stage2_history
 
     for index, folder in enumerate(STAGE2_HISTORY):
         (tmp_path / folder).mkdir(exist_ok=True)
@@ -428,7 +424,7 @@ def test_stage2_and_adaptation_tables_read_every_file(tmp_path: Path) -> None:
         "| masked crops of the baseline's matched proposals: seen things and stuff | 5.0 | 0.0 | 10.0 | 20.0 |" in table
     )
     assert table.count("\n") == 3  # header, rule, the one measured row
-    from train.bundle import THIRD_CYCLE_RUNS, third_cycle_table
+    from train.report import THIRD_CYCLE_RUNS, third_cycle_table
 
     for index, name in enumerate(THIRD_CYCLE_RUNS):
         (tmp_path / "adaptation_runs" / name).write_text(json.dumps({"proposal_top1": 0.5 + 0.1 * index}))
@@ -449,8 +445,9 @@ def test_a_planned_run_is_the_recipe_with_only_its_fields_changed() -> None:
 
 def test_the_sweep_and_the_ablations_keep_the_recipe_they_were_measured_with() -> None:
     """Their results are of the 64-channel head the bundled pair had then: re-running them reproduces that."""
-    from train.bundle import ABLATION_QUERIES, SHORT_STEPS, ablation_runs, query_sweep_runs
+    from train.bundle import ABLATION_QUERIES, ablation_runs, query_sweep_runs
     from train.recipes import get_recipe
+    from train.report import SHORT_STEPS
 
     sweep, ablations = query_sweep_runs(1), ablation_runs()
     assert {run.recipe for run in sweep} == {"world-baseline-width64", "world-pmp-width64"}
@@ -462,7 +459,7 @@ def test_the_sweep_and_the_ablations_keep_the_recipe_they_were_measured_with() -
 
 
 def test_query_sweep_table_and_figure_from_per_seed_files(tmp_path: Path) -> None:
-    from train.bundle import QUERY_BUDGETS, SWEEP_BENCHMARKS, plot_query_sweep, query_sweep_table
+    from train.report import QUERY_BUDGETS, SWEEP_BENCHMARKS, plot_query_sweep, query_sweep_table
 
     files = []
     for seed, offset in enumerate((0.0, 0.02)):
@@ -486,8 +483,8 @@ def test_query_sweep_table_and_figure_from_per_seed_files(tmp_path: Path) -> Non
 
 
 def test_record_sweep_ablation_and_diagnosis_tables_are_generated_from_results() -> None:
-    from train.bundle import markdown_table, query_sweep_table
     from train.diagnose import ceilings_markdown, markdown
+    from train.report import markdown_table, query_sweep_table
 
     record = RECORD.read_text()
     sweeps = sorted((ROOT / "results").glob("query_sweep_seed*.json"))
@@ -518,7 +515,8 @@ def test_the_adaptation_phases_run_in_a_chain_with_their_settings_as_flags(monke
 
 
 def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path) -> None:
-    from train.bundle import PILOT_STEPS, stage1_pilot_results, stage1_pilot_runs, stage1_pilot_table
+    from train.bundle import PILOT_STEPS, stage1_pilot_results, stage1_pilot_runs
+    from train.report import stage1_pilot_table
 
     planned = stage1_pilot_runs()
     assert [run.steps for run in planned] == [PILOT_STEPS] * len(planned)
@@ -553,29 +551,29 @@ def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path)
 
 
 def test_the_head_width_table_compares_both_pairs_and_skips_other_entries(tmp_path: Path) -> None:
-    import train.bundle as bundle
+    import train.report as report
 
     def result(miou: float) -> dict:
         rows = {"miou": miou, "proposal_recall": 0.5, "miou_seen": miou, "miou_unseen": 0.2}
-        return {b: {**rows, "miou_seen": None} if b == "world-parts" else rows for b in bundle.BENCHMARKS}
+        return {b: {**rows, "miou_seen": None} if b == "world-parts" else rows for b in report.BENCHMARKS}
 
-    for folder, base in ((tmp_path / bundle.PREVIOUS_PAIR, 0.40), (tmp_path, 0.50)):
+    for folder, base in ((tmp_path / report.PREVIOUS_PAIR, 0.40), (tmp_path, 0.50)):
         folder.mkdir(exist_ok=True)
-        for seed, name in enumerate(bundle.SEED_FILES):
+        for seed, name in enumerate(report.SEED_FILES):
             miou = base + 0.01 * seed
             rows = {"baseline": result(miou), "pmp": result(miou + 0.02), "train_minutes": {"baseline": 90.0}}
-            bundle.write_json(folder / name, rows)
-    table = bundle.head_width_table(tmp_path)
+            (folder / name).write_text(json.dumps(rows))
+    table = report.head_width_table(tmp_path)
     assert table.startswith("| stage-1 head | model |") and table.count("\n") == 2 + 2 * 2  # no train_minutes row
-    previous, bundled = bundle.HEAD_WIDTHS.values()
+    previous, bundled = report.HEAD_WIDTHS.values()
     assert f"| {previous} (3 seeds) | baseline | 41.0 ± 1.0 (41.0 / 20.0) |" in table
     assert f"| {bundled} (3 seeds) | pmp | 53.0 ± 1.0 (53.0 / 20.0) |" in table and "(n/a / 20.0)" in table
-    assert "train_minutes" not in bundle.seed_tables([tmp_path / name for name in bundle.SEED_FILES])
-    bundle.plot_seed_results(bundle.table1_files(tmp_path), tmp_path / "results.png")  # minutes are no model
-    assert bundle.markdown_table(json.loads((tmp_path / "main.json").read_text())).count("\n") == 4
+    assert "train_minutes" not in report.seed_tables([tmp_path / name for name in report.SEED_FILES])
+    report.plot_seed_results(report.table1_files(tmp_path), tmp_path / "results.png")  # minutes are no model
+    assert report.markdown_table(json.loads((tmp_path / "main.json").read_text())).count("\n") == 4
     (tmp_path / "main_seed2.json").unlink()  # a seed still training is left out, and the table says so
-    assert bundle.table1_files(tmp_path) == [tmp_path / "main.json", tmp_path / "main_seed1.json"]
-    assert f"| {bundled} (2 seeds) | pmp | 52.5 ± 0.7 (52.5 / 20.0) |" in bundle.head_width_table(tmp_path)
+    assert report.table1_files(tmp_path) == [tmp_path / "main.json", tmp_path / "main_seed1.json"]
+    assert f"| {bundled} (2 seeds) | pmp | 52.5 ± 0.7 (52.5 / 20.0) |" in report.head_width_table(tmp_path)
 
 
 def test_a_resumed_runs_minutes_add_each_process_time(tmp_path: Path) -> None:

@@ -10,12 +10,13 @@
     python -m train.bundle --seed-table results/main.json,results/main_seed1.json   # Table 1, mean ± std
     python -m train.bundle --split-weights      # Eq. 3 with FC-CLIP's two weights, chosen on the dev scenes
 
-The baseline and PMP are the same recipe (``train.recipes.world_recipe``) with one field changed,
-``decoder.text_mode``: same data indices, seeds, schedule and prompt scheme. On a 2-core machine the two
-segmenters train side by side, one core each, and the wall time of each part (CLIP, each segmenter, the
-evaluation) is written to ``results/bundle_times.json``. The tiny CLIP is stored once, in float16 (as it
-was trained), and both segmenters reference it instead of carrying a copy; weights are split into shards
-so that every file stays under 10 MB and the bundle under 60 MB.
+The tables and figures it writes from the results are :mod:`train.report`'s. The baseline and PMP are
+the same recipe (``train.recipes.world_recipe``) with one field changed, ``decoder.text_mode``: same
+data indices, seeds, schedule and prompt scheme. On a 2-core machine the two segmenters train side by
+side, one core each, and the wall time of each part (CLIP, each segmenter, the evaluation) is written to
+``results/bundle_times.json``. The tiny CLIP is stored once, in float16 (as it was trained), and both
+segmenters reference it instead of carrying a copy; weights are split into shards so that every file
+stays under 10 MB and the bundle under 60 MB.
 """
 
 from __future__ import annotations
@@ -30,18 +31,39 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from pmp.config import ENSEMBLES
 from train.recipes import previous_recipe, world_name
+from train.report import (
+    BENCHMARKS,
+    MAIN_MODELS,
+    QUERY_BUDGETS,
+    SHORT_STEPS,
+    SWEEP_BENCHMARKS,
+    choose_split_weights,
+    granularity_table,
+    headline_table,
+    learning_curve,
+    markdown_table,
+    model_names,
+    pct,
+    plot_clip_weight_sweep,
+    plot_learning_curves,
+    plot_query_sweep,
+    plot_seed_results,
+    query_sweep_table,
+    seed_tables,
+    split_weight_table,
+    stage1_pilot_files,
+    stage1_pilot_table,
+)
 from train.world.vocabulary import DEV_SUFFIX
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = ("world-voc", "world-full", "world-parts", "world-mixed")
 INVESTIGATED = ("world-voc", "world-full", "world-parts")  # the stage-2 investigation's benchmarks
-MAIN_MODELS = {"baseline": "none", "pmp": "pmp"}  # the bundled PMP is Eq. 5 as written
 ABLATIONS = {
     "pmp_residual": "pmp_residual",
     "concat": "concat",
@@ -54,14 +76,8 @@ CLIP_WEIGHT_SWEEP = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # Eq. 3's exponent of
 # over both models and the four dev benchmarks is then evaluated on the test benchmarks.
 SPLIT_WEIGHT_GRID = tuple((seen, unseen) for seen in (0.4, 0.5, 0.65) for unseen in (0.8, 0.85, 0.9, 0.95, 1.0))
 DEV_LIMIT = 200  # every held-out scene of each dev benchmark
-FORM_NAMES = {"ovseg": "OVSeg", "odise": "ODISE"}  # Eq. 3's forms (pmp.config.ENSEMBLES) as the papers write them
-# The query-budget sweep and the Fig. 5 ablations: the previous bundled recipe (its 64-channel head,
-# train.recipes.previous_recipe), shorter (the same for every run).
-SHORT_STEPS = 1500
 PILOT_STEPS = 3000  # the stage-1 capacity pilots and their control, each the bundled schedule this long
-QUERY_BUDGETS = (4, 8, 16, 32)
-SWEEP_BENCHMARKS = ("world-mixed", "world-full")
-ABLATION_QUERIES = 16
+ABLATION_QUERIES = 16  # the Fig. 5 ablations' budget; they run SHORT_STEPS on the previous recipe, as the sweep
 
 
 @dataclass(frozen=True)
@@ -388,56 +404,6 @@ STAGE2_VARIANTS = {  # name: (stage2_mode, clip_weight); clip_weight is Eq. 3's 
 }
 
 
-def split_weight_means(results: dict[str, dict[str, dict]]) -> dict[tuple[float, float], float]:
-    """Each (clip weight, clip weight for other names) pair of the split sweeps -> its mean mIoU over every
-    model and benchmark of ``results``."""
-    scores: dict[tuple[float, float], list[float]] = {}
-    for per_benchmark in results.values():
-        for metrics in per_benchmark.values():
-            for row in metrics["split_weight_sweep"]:
-                scores.setdefault((row["clip_weight"], row["clip_weight_unseen"]), []).append(row["miou"])
-    return {pair: sum(values) / len(values) for pair, values in scores.items()}
-
-
-def choose_split_weights(dev_results: dict[str, dict[str, dict]]) -> tuple[float, float]:
-    """The pair with the best mean mIoU on the dev scenes (the first of equals, in grid order)."""
-    means = split_weight_means(dev_results)
-    return max(means, key=lambda pair: means[pair])
-
-
-def split_weight_table(
-    dev_results: dict[str, dict[str, dict]],
-    test_results: dict[str, dict[str, dict]],
-    one_weight_test: dict[str, dict[str, dict]],
-    form: str | None = None,
-) -> str:
-    """Markdown: every pair's mean mIoU over both models and the four benchmarks, on the dev scenes and the
-    test benchmarks, below the models' own Eq. 3 (one weight, 0.65, for every prompt) in ``form`` (None:
-    the checkpoints' own, the paper's): the dev files' own evaluation and ``one_weight_test`` (Table 1's,
-    or that form's evaluation)."""
-    one_weight_title = (
-        "0.65 for every prompt (the paper's Eq. 3)"
-        if form is None
-        else f"0.65 for every prompt ({FORM_NAMES[form]}'s form)"
-    )
-
-    def mean_miou(results: dict[str, dict[str, dict]]) -> float:
-        values = [metrics["miou"] for per_benchmark in results.values() for metrics in per_benchmark.values()]
-        return sum(values) / len(values)
-
-    dev, test = split_weight_means(dev_results), split_weight_means(test_results)
-    chosen = choose_split_weights(dev_results)
-    lines = [
-        "| clip weight: training names / other names | mean mIoU, dev scenes | mean mIoU, test benchmarks |",
-        "|---|---|---|",
-        f"| {one_weight_title} | {_pct(mean_miou(dev_results))} | {_pct(mean_miou(one_weight_test))} |",
-    ]
-    for pair in dev:
-        mark = " (chosen)" if pair == chosen else ""
-        lines.append(f"| {pair[0]} / {pair[1]}{mark} | {_pct(dev[pair])} | {_pct(test.get(pair))} |")
-    return "\n".join(lines) + "\n"
-
-
 def investigate_stage2(model_dirs: dict[str, Path], out_json: Path, limit: int) -> str:
     """mIoU (all / unseen) of each model under each stage-2 variant; the proposals are the same in all."""
     from pmp.segmenter import Segmenter
@@ -466,429 +432,12 @@ def investigate_stage2(model_dirs: dict[str, Path], out_json: Path, limit: int) 
                     "miou": m["miou"],
                     "miou_unseen": m["miou_unseen"],
                 }
-                cells.append(f"{100 * m['miou']:.1f} / {_pct(m['miou_unseen'])}")
+                cells.append(f"{100 * m['miou']:.1f} / {pct(m['miou_unseen'])}")
             lines.append(f"| {name} | {variant} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(to_json(results) + "\n")
     return "\n".join(lines) + "\n"
-
-
-def markdown_table(results: dict[str, dict[str, dict]]) -> str:
-    """One row per model, mIoU all / seen / unseen and proposal recall per benchmark (in %)."""
-    header = "| model | " + " | ".join(f"{b} mIoU (all / seen / unseen) | {b} recall" for b in BENCHMARKS) + " |"
-    lines = [header, "|---|" + "---|---|" * len(BENCHMARKS)]
-    for name in model_names(results):
-        cells = []
-        for benchmark in BENCHMARKS:
-            m = results[name][benchmark]
-            cells.append(f"{100 * m['miou']:.1f} / {_pct(m['miou_seen'])} / {_pct(m['miou_unseen'])}")
-            cells.append(f"{100 * m['proposal_recall']:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def granularity_table(results: dict[str, dict[str, dict]], benchmark: str = "world-mixed") -> str:
-    """world-mixed per granularity: mIoU and proposal recall over the names of each granularity (in %)."""
-    from train.world.vocabulary import GRANULARITIES, GRANULARITY
-
-    header = "| model | " + " | ".join(f"{g} mIoU / recall" for g in GRANULARITIES) + " |"
-    lines = [header, "|---|" + "---|" * len(GRANULARITIES)]
-    for name in model_names(results):
-        m = results[name][benchmark]
-        cells = []
-        for level in GRANULARITIES:
-
-            def mean(values: dict, level: str = level) -> float | None:
-                kept = [v for k, v in values.items() if GRANULARITY[k] == level and v is not None and v == v]
-                return sum(kept) / len(kept) if kept else None
-
-            cells.append(f"{_pct(mean(m['per_class']))} / {_pct(mean(m.get('per_class_recall', {})))}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def mean_and_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation over seeds (0 for a single seed)."""
-    import statistics
-
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-METRIC_TITLES = {"miou": "mIoU", "proposal_recall": "recall", "miou_seen": "seen mIoU", "miou_unseen": "unseen mIoU"}
-SEED_TABLES = (("miou", "proposal_recall"), ("miou_seen", "miou_unseen"))  # Table 1's two halves
-
-
-def seed_stats(runs: list[dict], name: str, benchmark: str, key: str) -> tuple[float, float] | None:
-    """Mean and std in % of one model's metric on one benchmark over per-seed results; None where a
-    benchmark has no such classes (the metric is null)."""
-    values = [run[name][benchmark][key] for run in runs]
-    return None if None in values else mean_and_std([100 * v for v in values])
-
-
-FLIP_TEST = "flip_test"  # results/<this>/<model>_<benchmark>.json: python -m train.evaluate --flip-test, all images
-# A later run of benchmarks.latency than latency_bundled.json's, which times each model's request with one
-# view and with the flip test side by side (benchmarks.latency.flip_test_comparison).
-FLIP_TEST_LATENCY = "latency_flip_test.json"
-# The README's headline rows: (benchmark, metric, target in %); the targets the project set itself.
-HEADLINE = (
-    ("world-voc", "miou", 65.0),
-    ("world-full", "miou_seen", 70.0),
-    ("world-parts", "miou", None),
-    ("world-mixed", "miou", None),
-)
-
-
-def headline_table(results: Path) -> str:
-    """Markdown: the bundled pair at a glance. Per benchmark, mIoU with the paper's Eq. 3 over the seeds of
-    Table 1 (mean ± std), with FC-CLIP's two weights (seed 0, ``results/split_weights``) and with those and
-    the flip test (seed 0, :data:`FLIP_TEST`), and the warm latency of ``results/latency_bundled.json``
-    and with the flip test (:data:`FLIP_TEST_LATENCY`); each beside its target."""
-    runs = [json.loads(path.read_text()) for path in table1_files(results)]
-    split = json.loads((results / "split_weights" / "main.json").read_text())
-    flipped = _candidate_results(results / FLIP_TEST, BENCHMARKS)
-    lines = ["| measured (mIoU in %, 500 images per benchmark) | baseline | PMP | target |", "|---|---|---|---|"]
-    for benchmark, key, target in HEADLINE:
-        title = f"{benchmark} {METRIC_TITLES[key]}"
-        cells = []
-        for name in MAIN_MODELS:
-            mean, std = seed_stats(runs, name, benchmark, key)
-            cells.append(f"{mean:.1f} ± {std:.1f}")
-        goal = "-" if target is None else f">= {target:g}"
-        lines.append(f"| {title}, the paper's Eq. 3 ({len(runs)} seeds) | " + " | ".join(cells) + f" | {goal} |")
-        cells = [f"{100 * split[name][benchmark][key]:.1f}" for name in MAIN_MODELS]
-        lines.append(f"| {title}, FC-CLIP's two weights (seed 0) | " + " | ".join(cells) + f" | {goal} |")
-        cells = [f"{100 * chosen_split_row(results, flipped[name][benchmark])[key]:.1f}" for name in MAIN_MODELS]
-        lines.append(f"| {title}, two weights and the flip test (seed 0) | " + " | ".join(cells) + f" | {goal} |")
-    latency = json.loads((results / "latency_bundled.json").read_text())["models"]["bundled"]
-    side = latency["image_side"]
-    cells = [f"{latency['results']['10'][name]['warm_median']['total']:.3f} s" for name in MAIN_MODELS]
-    title = f"warm request, {side} px, 10 prompts, 2 CPU cores, float32"
-    lines.append(f"| {title} | " + " | ".join(cells) + " | <= 0.1 s |")
-    flip = json.loads((results / FLIP_TEST_LATENCY).read_text())["models"]["bundled"]["flip_test"]
-    medians = [flip[name]["warm_median"] for name in MAIN_MODELS]
-    # With the same run's one view beside it: another day, another machine speed.
-    cells = [f"{m['flip test']['total']:.3f} s (one view {m['one view']['total']:.3f} s)" for m in medians]
-    lines.append(f"| {title}, the flip test (a later run) | " + " | ".join(cells) + " | <= 0.1 s |")
-    return "\n".join(lines) + "\n"
-
-
-def model_names(results: dict) -> list[str]:
-    """The models of a results file, in order: not its other entries, such as training minutes."""
-    return [name for name, rows in results.items() if isinstance(rows, dict) and set(rows) & set(BENCHMARKS)]
-
-
-def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[0]) -> str:
-    """Per model, benchmark and metric the mean ± sample std over runs with different seeds (one results
-    JSON per seed, as :func:`evaluate_models` writes them), in %; "n/a" where a benchmark has no such classes.
-
-    With two or more seeds a last row compares the second model with the first: the difference of the
-    means, called a tie when it is no larger than the larger of the two spreads, else named after the
-    model ahead."""
-    runs = [json.loads(Path(f).read_text()) for f in result_files]
-    columns = [(b, key) for b in BENCHMARKS for key in metrics]
-    header = f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} {METRIC_TITLES[k]}" for b, k in columns)
-    lines = [header + " |", "|---|" + "---|" * len(columns)]
-    stats: dict[str, list[tuple[float, float] | None]] = {}
-    for name in model_names(runs[0]):
-        stats[name] = [seed_stats(runs, name, b, key) for b, key in columns]
-        cells = ["n/a" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}" for cell in stats[name]]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if len(runs) > 1 and len(stats) > 1:
-        (reference, first), (other, second) = list(stats.items())[:2]
-        cells = []
-        for a, b in zip(first, second):
-            if a is None or b is None:
-                cells.append("n/a")
-                continue
-            difference = b[0] - a[0]
-            verdict = "tie" if abs(difference) <= max(a[1], b[1]) else f"{other if difference > 0 else reference} ahead"
-            cells.append(f"{difference:+.1f} ({verdict})")
-        lines.append(f"| {other} − {reference} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def seed_tables(result_files: list[Path]) -> str:
-    """Both halves of Table 1 (:data:`SEED_TABLES`), one after the other."""
-    return "\n".join(seed_table(result_files, metrics) for metrics in SEED_TABLES)
-
-
-def variants_table(variants: dict[str, list[Path]], varied: str = "stage 2") -> str:
-    """Segmenters that differ in one part (``varied``: the stage-2 CLIP of the same seeds, or stage 1's
-    head): per variant (a title and its per-seed results files) and model, each benchmark's mIoU as
-    mean ± std over the seeds (seen / unseen means)."""
-
-    def cell(runs: list[dict], name: str, benchmark: str) -> str:
-        (mean, std), seen, unseen = (seed_stats(runs, name, benchmark, k) for k in ("miou", "miou_seen", "miou_unseen"))
-        return f"{mean:.1f} ± {std:.1f} ({'n/a' if seen is None else f'{seen[0]:.1f}'} / {unseen[0]:.1f})"
-
-    header = f"| {varied} | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in BENCHMARKS) + " |"
-    lines = [header, "|---|---|" + "---|" * len(BENCHMARKS)]
-    for title, files in variants.items():
-        runs = [json.loads(Path(f).read_text()) for f in files]
-        for name in model_names(runs[0]):
-            cells = [cell(runs, name, benchmark) for benchmark in BENCHMARKS]
-            lines.append(f"| {title} ({len(runs)} seeds) | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-SEED_FILES = ("main.json", "main_seed1.json", "main_seed2.json")  # Table 1's seeds 0 (the bundle), 1 and 2
-PREVIOUS_PAIR = "width64"  # results/width64/: Table 1 of the previous bundled pair (64-channel head), 3 seeds
-STAGE2_HISTORY = {  # results folder -> the stage 2 its Table 1 files were measured with (same stage-1 runs)
-    "before_adaptation": "mask pooling, the tiny CLIP as trained",
-    "adapted_on_regions": "masked crops, CLIP adapted on world regions, 2,400 steps",
-    "adapted_on_proposals": "masked crops, CLIP adapted on regions and proposals, 2,400 steps",
-    "masked_crops_only": "masked crops, CLIP adapted on world regions, 2,400 + 2,400 steps",
-    PREVIOUS_PAIR: "masked crops and their boxes (crop_views), the same CLIP, bundled",
-}
-HEAD_WIDTHS = {  # results folder -> stage 1's head: the previous bundled pair and today's, the same stage 2
-    PREVIOUS_PAIR: "64 channels, 3.1 M parameters, the previous bundled pair",
-    ".": "128 channels, 5.0 M parameters, bundled",
-}
-
-
-def table1_files(folder: Path) -> list[Path]:
-    """The per-seed Table 1 files (:data:`SEED_FILES`) that ``folder`` holds, seed 0 first: a seed still
-    training is left out, and the tables say how many seeds they average."""
-    return [folder / name for name in SEED_FILES if (folder / name).is_file()]
-
-
-def _seed_files(results: Path, folders: dict[str, str]) -> dict[str, list[Path]]:
-    """Each folder's :func:`table1_files` under its title."""
-    return {title: table1_files(results / folder) for folder, title in folders.items()}
-
-
-def stage2_history(results: Path) -> str:
-    """:func:`variants_table` of the :data:`STAGE2_HISTORY` folders under ``results``: the previous pair's
-    three seeds' stage 1 with each stage 2."""
-    return variants_table(_seed_files(results, STAGE2_HISTORY))
-
-
-def head_width_table(results: Path) -> str:
-    """:func:`variants_table` of the :data:`HEAD_WIDTHS`: the bundled stage 2 on both heads, three seeds each."""
-    return variants_table(_seed_files(results, HEAD_WIDTHS), varied="stage-1 head")
-
-
-ADAPTATION_RUNS = {  # results/adaptation_runs/<file> -> its column, all measured on the same held-out crops
-    "regions_2400.json": "world regions, 2,400 steps",
-    "proposals_2400.json": "regions and proposals, 2,400 steps",
-    "regions_4800.json": "world regions, 2,400 + 2,400 steps (bundled)",
-}
-THIRD_CYCLE_RUNS = {  # the bundled two-cycle CLIP continued for 2,400 steps (seed 2): the tiny tower or a deeper one
-    "regions_4800.json": "two cycles, tiny tower (the start)",
-    "pilot_bundled_plus_proposals.json": "tiny tower, + regions and proposals, lr 1.25e-4",
-    "deeper_regions.json": "deeper tower, + world regions, lr 2.5e-4",
-    "deeper_plus_proposals.json": "deeper tower, + regions and proposals, lr 5e-4",
-}
-
-
-def _adaptation_runs(results: Path, runs: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Each ``results/adaptation_runs/<file>``'s metrics under its title."""
-    return {title: json.loads((results / "adaptation_runs" / name).read_text()) for name, title in runs.items()}
-
-
-def adaptation_table(results: Path) -> str:
-    """The mask-adapted CLIPs' top-1 (:func:`train.adapt_clip.accuracy_table`): the tiny CLIP as trained
-    (what the proposals run started from) and each :data:`ADAPTATION_RUNS` file."""
-    from train.adapt_clip import accuracy_table, measured_before
-
-    runs = _adaptation_runs(results, ADAPTATION_RUNS)
-    return accuracy_table(
-        {"the tiny CLIP as trained": measured_before(runs[ADAPTATION_RUNS["proposals_2400.json"]]), **runs}
-    )
-
-
-def third_cycle_table(results: Path) -> str:
-    """:func:`train.adapt_clip.accuracy_table` of the :data:`THIRD_CYCLE_RUNS`: does a deeper image tower
-    hold what the tiny one traded away?"""
-    from train.adapt_clip import accuracy_table
-
-    return accuracy_table(_adaptation_runs(results, THIRD_CYCLE_RUNS))
-
-
-CANDIDATE_CLIPS = {  # results/candidate_clips/<folder> -> its row: the bundled CLIP continued in both views
-    "bundled": "bundled (masked crops, 2,400 + 2,400 steps)",
-    "two_views_2400": "+ 2,400 steps in both views, lr 2.5e-4",
-    "kinds_600": "+ 600 steps in both views, kinds balanced, lr 2.5e-4",
-}
-CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top-1, each file measured in both views
-    "pilot_two_views_400steps.json": "+ 400 steps in both views",
-    "two_views_2400.json": "+ 2,400 steps in both views",
-    "two_views_kinds_600.json": "+ 600 steps in both views, kinds balanced",
-}
-CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
-CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks -> its row
-    "two_views_2400_test": CANDIDATE_CLIPS["two_views_2400"],
-    "kinds_600_test": CANDIDATE_CLIPS["kinds_600"],
-}
-
-
-def candidate_accuracy_table(results: Path) -> str:
-    """:func:`train.adapt_clip.accuracy_table` of the bundled CLIP (read in both views, as the pilot
-    measured it before adapting) and each :data:`CANDIDATE_RUNS` file, all on the same held-out crops."""
-    from train.adapt_clip import accuracy_table, measured_before
-
-    runs = _adaptation_runs(results, CANDIDATE_RUNS)
-    bundled = measured_before(runs[CANDIDATE_RUNS["pilot_two_views_400steps.json"]])
-    return accuracy_table({"bundled, read in both views": bundled, **runs})
-
-
-def chosen_split_row(results: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The row of a ``train.evaluate`` result's split-weight sweep with FC-CLIP's two weights as chosen on
-    the dev scenes (:func:`choose_split_weights` of ``results/split_weights/dev.json``)."""
-    chosen = choose_split_weights(json.loads((results / "split_weights" / "dev.json").read_text()))
-    return next(r for r in metrics["split_weight_sweep"] if (r["clip_weight"], r["clip_weight_unseen"]) == chosen)
-
-
-def _miou_table(
-    rows: dict[str, dict[str, dict[str, Any]]],
-    benchmarks: tuple[str, ...],
-    first_column: str,
-    scores: Callable[[dict[str, Any]], dict[str, Any]],
-) -> str:
-    """Markdown: mIoU (seen / unseen) per benchmark, one row per variant (``first_column``) and model;
-    ``rows`` is {title: {model: {benchmark: train.evaluate result}}} and ``scores`` picks the mIoU of a
-    result that the table reports (the result itself, or one row of its sweep)."""
-    lines = [
-        f"| {first_column} | model | " + " | ".join(f"{b} mIoU (seen / unseen)" for b in benchmarks) + " |",
-        "|---|---|" + "---|" * len(benchmarks),
-    ]
-    for title, per_model in rows.items():
-        for name, per_benchmark in per_model.items():
-            cells = []
-            for benchmark in benchmarks:
-                row = scores(per_benchmark[benchmark])
-                cells.append(f"{_pct(row['miou'])} ({_pct(row['miou_seen'])} / {_pct(row['miou_unseen'])})")
-            lines.append(f"| {title} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _two_weight_table(
-    results: Path,
-    rows: dict[str, dict[str, dict[str, Any]]],
-    benchmarks: tuple[str, ...],
-    first_column: str = "stage-2 CLIP",
-) -> str:
-    """:func:`_miou_table` with FC-CLIP's two weights as chosen on the dev scenes (:func:`chosen_split_row`)."""
-    return _miou_table(rows, benchmarks, first_column, lambda metrics: chosen_split_row(results, metrics))
-
-
-def _candidate_results(folder: Path, benchmarks: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """{model: {benchmark: result}} from ``folder/<model>_<benchmark>.json`` (``train.evaluate --json``)."""
-    return {
-        name: {b: json.loads((folder / f"{name}_{b}.json").read_text()) for b in benchmarks} for name in MAIN_MODELS
-    }
-
-
-def candidate_clip_table(results: Path) -> str:
-    """Each model with each :data:`CANDIDATE_CLIPS` stage 2 on the first 100 dev scenes of
-    :data:`CANDIDATE_BENCHMARKS` (``python -m train.evaluate --adapted-clip``; stage 1 is the bundled one)."""
-    rows = {
-        title: _candidate_results(results / "candidate_clips" / folder, CANDIDATE_BENCHMARKS)
-        for folder, title in CANDIDATE_CLIPS.items()
-    }
-    return _two_weight_table(results, rows, CANDIDATE_BENCHMARKS)
-
-
-def flip_test_table(results: Path) -> str:
-    """The bundled pair with one view and with the flip test (:data:`FLIP_TEST`) on all 500 images of every
-    benchmark: with the paper's Eq. 3 (one view: Table 1's seed 0, ``results/main.json``), then with the
-    two weights (one view: ``results/split_weights/main.json``)."""
-    flipped = _candidate_results(results / FLIP_TEST, BENCHMARKS)
-    one_view = {
-        form: json.loads((results / folder / "main.json").read_text())
-        for form, folder in (("eq3", "."), ("two", "split_weights"))
-    }
-    eq3 = {
-        "one view (Table 1, seed 0)": {name: one_view["eq3"][name] for name in MAIN_MODELS},
-        "the image and its mirror (the flip test)": flipped,
-    }
-    two = {
-        "one view": {name: one_view["two"][name] for name in MAIN_MODELS},
-        "the image and its mirror (the flip test)": flipped,
-    }
-    return (
-        _miou_table(eq3, BENCHMARKS, "inference, the paper's Eq. 3", lambda metrics: metrics)
-        + "\n"
-        + _two_weight_table(results, two, BENCHMARKS, first_column="inference, FC-CLIP's two weights")
-    )
-
-
-def candidate_test_table(results: Path) -> str:
-    """The bundled stage 2 (``results/split_weights/main.json``) and :data:`CANDIDATE_ON_TEST` on all 500
-    images of every benchmark, with the two weights: the dev scenes' choice against the targets, and what
-    it trades on world-parts and world-mixed."""
-    bundled = json.loads((results / "split_weights" / "main.json").read_text())
-    rows = {CANDIDATE_CLIPS["bundled"]: {name: bundled[name] for name in MAIN_MODELS}}
-    for folder, title in CANDIDATE_ON_TEST.items():
-        rows[title] = _candidate_results(results / "candidate_clips" / folder, BENCHMARKS)
-    return _two_weight_table(results, rows, BENCHMARKS)
-
-
-def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
-    """mIoU and proposal recall per benchmark, one bar per model, error bars = sample std over the seeds."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [json.loads(Path(f).read_text()) for f in result_files]
-    names = model_names(runs[0])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    width = 0.8 / len(names)
-    for axis, key in zip(axes, ("miou", "proposal_recall")):
-        for index, name in enumerate(names):
-            values = [[100 * run[name][b][key] for run in runs] for b in BENCHMARKS]
-            means, spreads = zip(*(mean_and_std(v) for v in values))
-            positions = [b + (index - (len(names) - 1) / 2) * width for b in range(len(BENCHMARKS))]
-            axis.bar(positions, means, width, yerr=spreads, capsize=3, color=f"C{index}", label=name)
-        axis.set_xticks(range(len(BENCHMARKS)), BENCHMARKS, fontsize=8)
-        axis.set_title("mIoU" if key == "miou" else "proposal recall (mean best IoU)", fontsize=9)
-        axis.grid(alpha=0.3, axis="y")
-    axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title or f"{len(runs)} seed(s): mean, error bars = std over seeds", fontsize=9)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -> None:
-    """mIoU (all / seen / unseen) against Eq. 3's clip weight, one panel per benchmark, both models."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(3.6 * len(BENCHMARKS), 3.4), sharey=True)
-    styles = {"miou": "-", "miou_seen": "--", "miou_unseen": ":"}
-    for axis, benchmark in zip(axes, BENCHMARKS):
-        for index, name in enumerate(model_names(results)):
-            rows = results[name][benchmark].get("clip_weight_sweep", [])
-            weights = [row["clip_weight"] for row in rows]
-            for key, style in styles.items():
-                values = [100 * row[key] if row[key] is not None else float("nan") for row in rows]
-                axis.plot(
-                    weights,
-                    values,
-                    style,
-                    color=f"C{index}",
-                    marker="o",
-                    markersize=3,
-                    label=f"{name} {key.replace('miou', 'mIoU').replace('_', ' ')}",
-                )
-        axis.axvline(0.65, color="grey", linewidth=0.8)
-        axis.set_title(benchmark)
-        axis.set_xlabel("clip weight w (Eq. 3's lambda = 1 - w)")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("mIoU (%)")
-    axes[-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -898,25 +447,9 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(to_json(data) + "\n")
 
 
-def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[tuple[int, float, float]]]]]:
-    """{benchmark: {metric: {model: [(queries, mean %, std %), ...]}}} over the per-seed sweep files."""
-
-    runs = [json.loads(Path(f).read_text()) for f in files]
-    points: dict = {}
-    for benchmark in SWEEP_BENCHMARKS:
-        for metric in ("miou", "proposal_recall"):
-            for name in MAIN_MODELS:
-                row = []
-                for q in QUERY_BUDGETS:
-                    values = [100 * run[str(q)][name][benchmark][metric] for run in runs if str(q) in run]
-                    if values:
-                        row.append((q, *mean_and_std(values)))
-                points.setdefault(benchmark, {}).setdefault(metric, {})[name] = row
-    return points
-
-
 def query_sweep_runs(seed: int) -> list[Run]:
-    """Baseline and PMP at each of :data:`QUERY_BUDGETS`, :data:`SHORT_STEPS` each, on the previous recipe."""
+    """Baseline and PMP at each of :data:`train.report.QUERY_BUDGETS`, :data:`train.report.SHORT_STEPS`
+    each, on the previous recipe."""
     return [
         Run(f"q{q}-{name}-seed{seed}", mode, SHORT_STEPS, q, seed, previous_recipe(mode))
         for q in QUERY_BUDGETS
@@ -968,7 +501,7 @@ def train_minutes(log: Path) -> float:
 
 def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
     """Per pilot run that has trained: its recipe, stage 1's parameter count, training minutes and its
-    evaluation rows (:func:`learning_curve`: world-full, the recipe's first ``eval_limit`` images)."""
+    evaluation rows (:func:`train.report.learning_curve`: world-full, the recipe's first ``eval_limit`` images)."""
     from pmp.segmenter import Segmenter
     from train.recipes import get_recipe
 
@@ -988,137 +521,6 @@ def stage1_pilot_results(planned: list[Run], runs: Path) -> dict[str, dict]:
             "curve": learning_curve(runs / run.name),
         }
     return results
-
-
-def stage1_pilot_table(results_files: list[Path]) -> str:
-    """Markdown: each pilot's size and time, and its last evaluation (world-full recall, mIoU all and
-    seen) over the seeds of ``results_files`` (one :func:`stage1_pilot_results` file per seed)."""
-    seeds = [json.loads(f.read_text()) for f in results_files]
-    lines = [
-        "| recipe | stage-1 parameters | steps | seeds | minutes (1 core) | world-full recall | world-full mIoU "
-        "| world-full seen mIoU |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for recipe, first in seeds[0].items():
-        pilots = [seed[recipe] for seed in seeds if recipe in seed]
-        cells = []
-        for key in ("proposal_recall", "miou", "miou_seen"):
-            mean, std = mean_and_std([100 * pilot["curve"][-1][key] for pilot in pilots])
-            cells.append(f"{mean:.1f} ± {std:.1f}" if len(pilots) > 1 else f"{mean:.1f}")
-        minutes = mean_and_std([pilot["train_minutes"] for pilot in pilots])[0]
-        lines.append(
-            f"| {recipe} | {first['stage1_parameters'] / 1e6:.2f} M | {first['curve'][-1]['step']} | {len(pilots)} "
-            f"| {minutes:.1f} | " + " | ".join(cells) + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def stage1_pilot_files(results: Path) -> list[Path]:
-    """The per-seed pilot files: ``stage1_pilots.json`` (seed 0), then ``stage1_pilots_seed<k>.json``."""
-    return [results / "stage1_pilots.json", *sorted(results.glob("stage1_pilots_seed*.json"))]
-
-
-def query_sweep_table(files: list[Path]) -> str:
-    """The sweep as a table: per benchmark, metric and budget, baseline and PMP (mean ± std over seeds)."""
-    points = query_sweep_points(files)
-    header = "| benchmark | metric | " + " | ".join(f"{q} queries (baseline / PMP)" for q in QUERY_BUDGETS) + " |"
-    lines = [
-        f"{len(files)} seed(s); mean ± std in % where more than one.",
-        "",
-        header,
-        "|---|---|" + "---|" * len(QUERY_BUDGETS),
-    ]
-    for benchmark, metrics in points.items():
-        for metric, models in metrics.items():
-            cells = []
-            for index in range(len(QUERY_BUDGETS)):
-                pair = [models[name][index] if index < len(models[name]) else None for name in MAIN_MODELS]
-                cells.append(
-                    " / ".join(
-                        "n/a" if p is None else (f"{p[1]:.1f} ± {p[2]:.1f}" if len(files) > 1 else f"{p[1]:.1f}")
-                        for p in pair
-                    )
-                )
-            lines.append(f"| {benchmark} | {METRIC_TITLES[metric]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_query_sweep(files: list[Path], out_png: Path) -> None:
-    """mIoU and proposal recall against the number of queries, baseline vs PMP, error bars = seed std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = query_sweep_points(files)
-    fig, axes = plt.subplots(1, 2 * len(SWEEP_BENCHMARKS), figsize=(3.3 * 2 * len(SWEEP_BENCHMARKS), 3.2))
-    panels = [(benchmark, metric) for benchmark in SWEEP_BENCHMARKS for metric in ("miou", "proposal_recall")]
-    for axis, (benchmark, metric) in zip(axes, panels):
-        for index, (name, row) in enumerate(points[benchmark][metric].items()):
-            axis.errorbar(
-                [p[0] for p in row], [p[1] for p in row], yerr=[p[2] for p in row], marker="o", capsize=3,
-                color=f"C{index}", label=name,
-            )  # fmt: skip
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(list(QUERY_BUDGETS), [str(q) for q in QUERY_BUDGETS])
-        axis.set_title(f"{benchmark}: {'mIoU' if metric == 'miou' else 'proposal recall'}")
-        axis.set_xlabel("queries")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"query budget, {SHORT_STEPS} steps per run, {len(files)} seed(s)", fontsize=9)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-def learning_curve(run: Path, benchmark: str = "world-full") -> list[dict[str, float]]:
-    """The evaluation rows of one training log: step, training minutes so far, mIoU seen / all, recall."""
-    points, minutes = [], 0.0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "seconds" in row:
-            minutes = row["seconds"] / 60
-        if f"eval/{benchmark}/miou" in row:
-            points.append(
-                {
-                    "step": row["step"],
-                    "minutes": round(minutes, 2),
-                    **{key: row[f"eval/{benchmark}/{key}"] for key in ("miou", "miou_seen", "proposal_recall")},
-                }
-            )
-    return points
-
-
-def plot_learning_curves(curves: dict[str, list[dict[str, float]]], out_png: Path) -> None:
-    """world-full seen mIoU and proposal recall against training minutes on one core, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for index, (label, points) in enumerate(curves.items()):
-        for axis, key in zip(axes, ("miou_seen", "proposal_recall")):
-            axis.plot(
-                [p["minutes"] for p in points], [100 * p[key] for p in points], "o-", color=f"C{index}", label=label
-            )
-    for axis, title in zip(axes, ("world-full seen mIoU (100 images)", "world-full proposal recall")):
-        axis.set_title(title, fontsize=9)
-        axis.set_xlabel("training minutes, one core")
-        axis.grid(alpha=0.3)
-    axes[0].axhline(70, color="grey", linewidth=0.8, linestyle="--")
-    axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:

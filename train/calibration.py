@@ -32,18 +32,14 @@ from pmp.postprocess import semantic_map
 from pmp.stage2 import ensemble, prompt_clip_weights, seen_prompts
 from train.evaluate import BenchmarkDataset, as_benchmark_classes, load_benchmark, to_json
 from train.metrics import SemSegMetric
+from train.report import pct
 
 TOP_SHARES = 4  # destinations listed per class
 DEV = ("world-voc-dev", "world-full-dev")  # the scenes for choices about the model
 
 
-def _pct(value: float | None) -> str:
-    """A metric in %, "n/a" where it is undefined (None in the JSON, NaN before it)."""
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}"
-
-
 def _miou_cell(row: dict[str, Any]) -> str:
-    return f"{_pct(row['miou'])} / {_pct(row['miou_seen'])} / {_pct(row['miou_unseen'])}"
+    return f"{pct(row['miou'])} / {pct(row['miou_seen'])} / {pct(row['miou_unseen'])}"
 
 
 def calibrate(scores: Tensor, seen: Tensor, gamma: float) -> Tensor:

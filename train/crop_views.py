@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from train.bundle import BENCHMARKS, MAIN_MODELS, ROOT, write_json
+from train.bundle import ROOT, write_json
+from train.report import BENCHMARKS, MAIN_MODELS
 from train.world.vocabulary import DEV_IMAGES, DEV_SUFFIX, get_benchmark
 
 # (crop_views, crop_top_k or None = every proposal): OVSeg's crop, the box alone, both; both for fewer
