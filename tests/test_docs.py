@@ -1,0 +1,46 @@
+"""The documentation's own links: every relative link names a file that exists, and every #anchor a heading."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = ("README.md", "docs/results.md", "benchmarks/README.md")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation but hyphens dropped,
+    spaces as hyphens (what the rendered README's section links use)."""
+    anchors = set()
+    for line in text.splitlines():
+        match = re.match(r"#+ (.+)", line)
+        if match:
+            anchors.add(re.sub(r"[^\w\- ]", "", match.group(1).strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_heading_anchors_follow_githubs_rule() -> None:
+    assert heading_anchors("## Eq. 3's weight\n### Table 1, seed 0\nnot # a heading") == {
+        "eq-3s-weight",
+        "table-1-seed-0",
+    }
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_relative_link_and_anchor_resolves(document: str) -> None:
+    source = ROOT / document
+    broken = []
+    for target in LINK.findall(source.read_text()):
+        if re.match(r"[a-z]+:", target):  # https:, mailto: ...
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (source.parent / path).resolve() if path else source
+        if not linked.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text()):
+            broken.append(f"{target}: no heading with that anchor")
+    assert not broken, f"{document}: {broken}"
