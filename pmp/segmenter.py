@@ -11,6 +11,8 @@ The pieces live where the paper puts them, and this module only orchestrates the
   gives prompts outside stage 1's ``training_names`` their own w, as FC-CLIP does (off by default).
 * Mask2Former's semantic inference: :mod:`pmp.postprocess` - argmax at every pixel; the
   ``unclaimed_threshold`` display option marks pixels no proposal covers (off for reported numbers).
+* Not the paper's: the flip test (``flip_test=True``, off by default) runs both stages on the mirrored
+  image too and adds its class maps, mirrored back, before the argmax.
 
 :meth:`Segmenter.segment` is :meth:`Segmenter.run_stages` (both stages: p, p_hat, mask logits) followed
 by :meth:`Segmenter.combine` (Eq. 3 and post-processing), so a sweep over ``clip_weight`` reuses one
