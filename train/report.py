@@ -318,12 +318,14 @@ CANDIDATE_CLIPS = {  # results/candidate_clips/<folder> -> its row: the bundled 
     "bundled": "bundled (masked crops, 2,400 + 2,400 steps)",
     "two_views_2400": "+ 2,400 steps in both views, lr 2.5e-4",
     "kinds_600": "+ 600 steps in both views, kinds balanced, lr 2.5e-4",
+    "kinds_2400": "+ 2,400 steps in both views, kinds balanced, lr 2.5e-4",
 }
 
 CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top-1, each file measured in both views
     "pilot_two_views_400steps.json": "+ 400 steps in both views",
     "two_views_2400.json": "+ 2,400 steps in both views",
     "two_views_kinds_600.json": "+ 600 steps in both views, kinds balanced",
+    "two_views_kinds_2400.json": "+ 2,400 steps in both views, kinds balanced",
 }
 
 CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
@@ -331,6 +333,7 @@ CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
 CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks -> its row
     "two_views_2400_test": CANDIDATE_CLIPS["two_views_2400"],
     "kinds_600_test": CANDIDATE_CLIPS["kinds_600"],
+    "kinds_2400_test": CANDIDATE_CLIPS["kinds_2400"],
 }
 
 
