@@ -149,7 +149,7 @@ def test_readme_headline_table_is_generated_from_results() -> None:
 
 
 def test_record_flip_test_table_is_generated_from_results() -> None:
-    from train.report import BENCHMARKS, FLIP_TEST, MAIN_MODELS, flip_test_table
+    from train.report import BENCHMARKS, FLIP_TEST, FLIP_TEST_CANDIDATE, MAIN_MODELS, flip_test_table
 
     assert flip_test_table(ROOT / "results") in RECORD.read_text()
     for name in MAIN_MODELS:  # every file is the bundled model with the flip test on all of its benchmark
@@ -157,6 +157,11 @@ def test_record_flip_test_table_is_generated_from_results() -> None:
             measured = json.loads((ROOT / "results" / FLIP_TEST / f"{name}_{benchmark}.json").read_text())
             assert measured["options"]["flip_test"] is True and measured["options"]["limit"] is None
             assert measured["num_images"] == 500 and measured["checkpoint"] == f"checkpoints/{name}"
+            with_candidate = ROOT / "results" / FLIP_TEST / FLIP_TEST_CANDIDATE / f"{name}_{benchmark}.json"
+            measured = json.loads(with_candidate.read_text())
+            assert measured["options"]["flip_test"] is True and measured["num_images"] == 500
+            alone = ROOT / "results" / "candidate_clips" / f"{FLIP_TEST_CANDIDATE}_test" / f"{name}_{benchmark}.json"
+            assert measured["options"]["adapted_clip"] == json.loads(alone.read_text())["options"]["adapted_clip"]
 
 
 def test_every_example_runs_through_both_models() -> None:

@@ -132,6 +132,8 @@ FLIP_TEST = "flip_test"  # results/<this>/<model>_<benchmark>.json: python -m tr
 # A later run of benchmarks.latency than latency_bundled.json's, which times each model's request with one
 # view and with the flip test side by side (benchmarks.latency.flip_test_comparison).
 FLIP_TEST_LATENCY = "latency_flip_test.json"
+# The candidate stage-2 CLIP (a CANDIDATE_CLIPS key) also measured with the flip test, in results/<FLIP_TEST>/<it>/.
+FLIP_TEST_CANDIDATE = "kinds_2400"
 
 # The README's headline rows: (benchmark, metric, target in %); the targets the project set itself.
 HEADLINE = (
@@ -407,7 +409,8 @@ def candidate_clip_table(results: Path) -> str:
 def flip_test_table(results: Path) -> str:
     """The bundled pair with one view and with the flip test (:data:`FLIP_TEST`) on all 500 images of every
     benchmark: with the paper's Eq. 3 (one view: Table 1's seed 0, ``results/main.json``), then with the
-    two weights (one view: ``results/split_weights/main.json``)."""
+    two weights (one view: ``results/split_weights/main.json``), where the flip test is also shown with
+    the :data:`FLIP_TEST_CANDIDATE` stage-2 CLIP."""
     flipped = _candidate_results(results / FLIP_TEST, BENCHMARKS)
     one_view = {
         form: json.loads((results / folder / "main.json").read_text())
@@ -420,6 +423,9 @@ def flip_test_table(results: Path) -> str:
     two = {
         "one view": {name: one_view["two"][name] for name in MAIN_MODELS},
         "the image and its mirror (the flip test)": flipped,
+        "the flip test and the 2,400-step kinds-balanced CLIP (a candidate, not bundled)": _candidate_results(
+            results / FLIP_TEST / FLIP_TEST_CANDIDATE, BENCHMARKS
+        ),
     }
     return (
         _miou_table(eq3, BENCHMARKS, "inference, the paper's Eq. 3", lambda metrics: metrics)
