@@ -152,6 +152,7 @@ def headline_table(results: Path) -> str:
     runs = [json.loads(path.read_text()) for path in table1_files(results)]
     split = json.loads((results / "split_weights" / "main.json").read_text())
     flipped = _candidate_results(results / FLIP_TEST, BENCHMARKS)
+    chosen = chosen_split_pair(results)
     lines = ["| measured (mIoU in %, 500 images per benchmark) | baseline | PMP | target |", "|---|---|---|---|"]
     for benchmark, key, target in HEADLINE:
         title = f"{benchmark} {METRIC_TITLES[key]}"
@@ -163,7 +164,7 @@ def headline_table(results: Path) -> str:
         lines.append(f"| {title}, the paper's Eq. 3 ({len(runs)} seeds) | " + " | ".join(cells) + f" | {goal} |")
         cells = [f"{100 * split[name][benchmark][key]:.1f}" for name in MAIN_MODELS]
         lines.append(f"| {title}, FC-CLIP's two weights (seed 0) | " + " | ".join(cells) + f" | {goal} |")
-        cells = [f"{100 * chosen_split_row(results, flipped[name][benchmark])[key]:.1f}" for name in MAIN_MODELS]
+        cells = [f"{100 * split_row(flipped[name][benchmark], chosen)[key]:.1f}" for name in MAIN_MODELS]
         lines.append(f"| {title}, two weights and the flip test (seed 0) | " + " | ".join(cells) + f" | {goal} |")
     latency = json.loads((results / "latency_bundled.json").read_text())["models"]["bundled"]
     side = latency["image_side"]
@@ -349,11 +350,15 @@ def candidate_accuracy_table(results: Path) -> str:
     return accuracy_table({"bundled, read in both views": bundled, **runs})
 
 
-def chosen_split_row(results: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The row of a ``train.evaluate`` result's split-weight sweep with FC-CLIP's two weights as chosen on
-    the dev scenes (:func:`choose_split_weights` of ``results/split_weights/dev.json``)."""
-    chosen = choose_split_weights(json.loads((results / "split_weights" / "dev.json").read_text()))
-    return next(r for r in metrics["split_weight_sweep"] if (r["clip_weight"], r["clip_weight_unseen"]) == chosen)
+def chosen_split_pair(results: Path) -> tuple[float, float]:
+    """FC-CLIP's two weights as chosen on the dev scenes (:func:`choose_split_weights` of
+    ``results/split_weights/dev.json``)."""
+    return choose_split_weights(json.loads((results / "split_weights" / "dev.json").read_text()))
+
+
+def split_row(metrics: dict[str, Any], pair: tuple[float, float]) -> dict[str, Any]:
+    """The row of a ``train.evaluate`` result's split-weight sweep with the weights ``pair``."""
+    return next(r for r in metrics["split_weight_sweep"] if (r["clip_weight"], r["clip_weight_unseen"]) == pair)
 
 
 def _miou_table(
@@ -385,8 +390,9 @@ def _two_weight_table(
     benchmarks: tuple[str, ...],
     first_column: str = "stage-2 CLIP",
 ) -> str:
-    """:func:`_miou_table` with FC-CLIP's two weights as chosen on the dev scenes (:func:`chosen_split_row`)."""
-    return _miou_table(rows, benchmarks, first_column, lambda metrics: chosen_split_row(results, metrics))
+    """:func:`_miou_table` with FC-CLIP's two weights as chosen on the dev scenes (:func:`chosen_split_pair`)."""
+    chosen = chosen_split_pair(results)
+    return _miou_table(rows, benchmarks, first_column, lambda metrics: split_row(metrics, chosen))
 
 
 def _candidate_results(folder: Path, benchmarks: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -412,16 +418,14 @@ def flip_test_table(results: Path) -> str:
     two weights (one view: ``results/split_weights/main.json``), where the flip test is also shown with
     the :data:`FLIP_TEST_CANDIDATE` stage-2 CLIP."""
     flipped = _candidate_results(results / FLIP_TEST, BENCHMARKS)
-    one_view = {
-        form: json.loads((results / folder / "main.json").read_text())
-        for form, folder in (("eq3", "."), ("two", "split_weights"))
-    }
+    one_weight = json.loads((results / "main.json").read_text())
+    two_weights = json.loads((results / "split_weights" / "main.json").read_text())
     eq3 = {
-        "one view (Table 1, seed 0)": {name: one_view["eq3"][name] for name in MAIN_MODELS},
+        "one view (Table 1, seed 0)": {name: one_weight[name] for name in MAIN_MODELS},
         "the image and its mirror (the flip test)": flipped,
     }
     two = {
-        "one view": {name: one_view["two"][name] for name in MAIN_MODELS},
+        "one view": {name: two_weights[name] for name in MAIN_MODELS},
         "the image and its mirror (the flip test)": flipped,
         "the flip test and the 2,400-step kinds-balanced CLIP (a candidate, not bundled)": _candidate_results(
             results / FLIP_TEST / FLIP_TEST_CANDIDATE, BENCHMARKS
