@@ -299,11 +299,19 @@ def test_split_weights_are_chosen_on_the_dev_mean_and_tabled_beside_one_weight()
         },
     }
     assert choose_split_weights(dev) == (0.4, 0.8)
+    for model in dev.values():  # a weight below FC-CLIP's 0.4 for training names is scored, never chosen
+        for result in model.values():
+            result["split_weight_sweep"].append({"clip_weight": 0.3, "clip_weight_unseen": 0.9, "miou": 0.9})
+    assert choose_split_weights(dev) == (0.4, 0.8)
     test = {"a": {"voc": run({(0.4, 0.8): 0.70, (0.5, 0.9): 0.10}, 0.7)}}
     one_weight = {"a": {"voc": {"miou": 0.25}}, "b": {"voc": {"miou": 0.35}}}
     table = split_weight_table(dev, test, one_weight).splitlines()
     assert table[2] == "| 0.65 for every prompt (the paper's Eq. 3) | 40.0 | 30.0 |"
-    assert table[3:] == ["| 0.4 / 0.8 (chosen) | 50.0 | 70.0 |", "| 0.5 / 0.9 | 45.0 | 10.0 |"]
+    assert table[3:] == [
+        "| 0.4 / 0.8 (chosen) | 50.0 | 70.0 |",
+        "| 0.5 / 0.9 | 45.0 | 10.0 |",
+        "| 0.3 / 0.9 (not chosen from) | 90.0 | n/a |",
+    ]
     other_form = split_weight_table(dev, test, one_weight, "odise").splitlines()
     assert other_form[2].startswith("| 0.65 for every prompt (ODISE's form) | 40.0 |")
 
@@ -329,7 +337,7 @@ def test_split_weights_run_in_the_form_asked_for(tmp_path: Path, monkeypatch) ->
     (tmp_path / "ensemble_odise" / "main.json").write_text(json.dumps(one))
     (tmp_path / "split_weights_odise").mkdir()
     assert bundle.main(["--split-weights", "--ensemble-form", "odise", "--results", str(tmp_path)]) == 0
-    best = max(bundle.SPLIT_WEIGHT_GRID, key=sum)
+    best = max((pair for pair in bundle.SPLIT_WEIGHT_GRID if pair[0] >= 0.4), key=sum)
     assert calls == [
         ("dev.json", {"ensemble": "odise"}),
         ("main.json", {"ensemble": "odise", "clip_weight": best[0], "clip_weight_unseen": best[1]}),
@@ -395,6 +403,8 @@ def test_record_deeper_tower_crop_error_and_stage1_pilot_tables_are_generated_fr
     assert markdown_table(deeper) in record
     assert crop_error_table(json.loads((ROOT / "results" / "crop_errors_bundled.json").read_text())) in record
     assert stage1_pilot_table(stage1_pilot_files(ROOT / "results")) in record
+    pixel_decoders = stage1_pilot_table(stage1_pilot_files(ROOT / "results", "pixel_decoder_pilots"))
+    assert pixel_decoders == (ROOT / "results" / "pixel_decoder_pilots.md").read_text() and pixel_decoders in record
     assert head_width_table(ROOT / "results") in record
 
 
@@ -553,6 +563,49 @@ def test_the_stage1_pilots_are_measured_from_their_training_logs(tmp_path: Path)
     size = sizes["world-baseline-width64"] / 1e6
     control = f"| world-baseline-width64 | {size:.2f} M | {PILOT_STEPS} | 2 | 2.0 | 61.0 ± 1.4 |"
     assert control in table and f"| {PILOT_STEPS} | 1 | 2.0 | 60.0 | 40.0 | 50.0 |" in table
+
+
+@pytest.mark.parametrize("kind", ["stage1_pilots", "pixel_decoder_pilots"])
+def test_the_pilot_commands_train_only_missing_pilots_and_keep_recorded_rows(
+    tmp_path: Path, monkeypatch, kind: str
+) -> None:
+    import train.bundle as bundle
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    planned = getattr(bundle, kind[:-1] + "_runs")()
+    for run in planned[:-1]:  # every pilot but the last has its model folder here
+        (runs / run.name / "model").mkdir(parents=True)
+    recorded = {"world-baseline-regnetx004": {"steps": 3000, "curve": [{"step": 3000, "miou": 0.1}]}}
+    results.mkdir()
+    (results / f"{kind}.json").write_text(json.dumps(recorded))
+    trained: list[list[str]] = []
+    monkeypatch.setattr(bundle, "train_segmenters", lambda todo, *rest: trained.append([r.name for r in todo]))
+    new_row = {"steps": 3000, "seed": 0, "stage1_parameters": 1, "train_minutes": 2.0, "curve": [{"step": 3000}]}
+    monkeypatch.setattr(bundle, "stage1_pilot_results", lambda todo, folder: {planned[-1].recipe: new_row})
+    monkeypatch.setattr(bundle, "stage1_pilot_table", lambda files: "table\n")
+    flag = "--" + kind.replace("_", "-")
+    assert bundle.main([flag, "--runs", str(runs), "--results", str(results)]) in (0, None)
+    assert trained == [[planned[-1].name]]  # only the pilot without a model
+    written = json.loads((results / f"{kind}.json").read_text())
+    assert written == {**recorded, planned[-1].recipe: new_row}  # the recorded row survives the new one
+    assert (results / f"{kind}.md").read_text() == "table\n"
+
+
+def test_the_pixel_decoder_pilot_is_the_bundled_baseline_with_the_deformable_encoder() -> None:
+    import dataclasses
+
+    from train.bundle import PILOT_STEPS, pixel_decoder_pilot_runs
+    from train.recipes import get_recipe
+
+    control, pilot = pixel_decoder_pilot_runs()
+    assert control.recipe == "world-baseline" and control.name == "decoder-pilot-world-baseline"
+    assert pilot.steps == control.steps == PILOT_STEPS
+    bundled, deformable = get_recipe(control.recipe), get_recipe(pilot.recipe)
+    assert bundled.model.pixel_decoder.kind == "fpn" and deformable.model.pixel_decoder.kind == "msdeform"
+    width, decoder = bundled.model.decoder.hidden_dim, deformable.model.pixel_decoder
+    assert decoder.conv_dim == decoder.mask_dim == width and decoder.dim_feedforward == 4 * width
+    same = dataclasses.replace(deformable.model, pixel_decoder=bundled.model.pixel_decoder)
+    assert same == bundled.model and dataclasses.replace(deformable, model=same) == bundled
 
 
 def test_the_head_width_table_compares_both_pairs_and_skips_other_entries(tmp_path: Path) -> None:

@@ -42,12 +42,17 @@ def world_name(text_mode: str) -> str:
 
 
 def world_model(
-    text_mode: str, num_queries: int = 24, width: int = WORLD_WIDTH, backbone: str = WORLD_BACKBONE
+    text_mode: str,
+    num_queries: int = 24,
+    width: int = WORLD_WIDTH,
+    backbone: str = WORLD_BACKBONE,
+    pixel_decoder: str = "fpn",
 ) -> SegmenterConfig:
     """The bundled segmenter: OVSeg's design at toy scale, 128 px.
 
     ``width`` is stage 1's head width (the FPN's and the mask embeddings' channels, the decoder's hidden
-    size; feed-forward 4x, one attention head per 16 channels) and ``backbone`` its timm CNN. The bundled
+    size; feed-forward 4x, one attention head per 16 channels), ``backbone`` its timm CNN and
+    ``pixel_decoder`` :func:`world_pixel_decoder`'s kind. The bundled
     pair has 128 channels, chosen over the previous 64 (``PREVIOUS_WIDTH``) by the capacity pilots
     (``STAGE1_PILOTS``) and then three seeds of both at the full schedule (docs/results.md): the wider head
     proposes better masks (recall +2 to +5 on every benchmark) at 1.6x stage 1's parameters.
@@ -63,7 +68,7 @@ def world_model(
     return SegmenterConfig(
         clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg(), templates=WORLD_TEMPLATES),
         backbone=BackboneConfig(kind="timm", name=backbone),
-        pixel_decoder=PixelDecoderConfig(kind="fpn", conv_dim=width, mask_dim=width),
+        pixel_decoder=world_pixel_decoder(pixel_decoder, width),
         decoder=DecoderConfig(
             kind="mask2former",
             hidden_dim=width,
@@ -82,6 +87,16 @@ def world_model(
         max_prompts=50,
         name=world_name(text_mode),
         training_names=SEEN_NAMES,  # what the world's prompt sampler labels (train.batches.TrainingData)
+    )
+
+
+def world_pixel_decoder(kind: str, width: int) -> PixelDecoderConfig:
+    """MaskFormer's FPN (OVSeg's, the bundled pair's) or Mask2Former's deformable encoder scaled to ``width``:
+    six layers as Mask2Former's, its 4x feed-forward and one head per 16 channels (its 256 wide use 8)."""
+    if kind == "fpn":
+        return PixelDecoderConfig(kind="fpn", conv_dim=width, mask_dim=width)
+    return PixelDecoderConfig(
+        kind=kind, conv_dim=width, mask_dim=width, num_heads=width // 16, dim_feedforward=4 * width
     )
 
 
@@ -167,11 +182,16 @@ def previous_recipe(text_mode: str) -> str:
 # Stage-1 capacity pilots against the 64-channel recipe (baseline, the bundled schedule): is the mask gap a
 # matter of stage 1's size? The other pilot, the 128-channel head, won and is today's world-baseline.
 STAGE1_PILOTS = {"world-baseline-regnetx004": {"width": PREVIOUS_WIDTH, "backbone": "regnetx_004"}}
+# Mask2Former's deformable pixel decoder in place of OVSeg's FPN, the rest the bundled baseline's.
+PIXEL_DECODER_PILOTS = {"world-baseline-msdeform": {"pixel_decoder": "msdeform"}}
 
 RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
     **{world_name(m): (lambda m=m: world_recipe(m)) for m in TEXT_MODES},
     **{previous_recipe(m): (lambda m=m: world_recipe(m, width=PREVIOUS_WIDTH)) for m in TEXT_MODES},
-    **{name: (lambda s=changes: world_recipe("none", **s)) for name, changes in STAGE1_PILOTS.items()},
+    **{
+        name: (lambda s=changes: world_recipe("none", **s))
+        for name, changes in {**STAGE1_PILOTS, **PIXEL_DECODER_PILOTS}.items()
+    },
     **{
         f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
         for b in ("resnet101d", "swin_base_patch4_window12_384")
