@@ -92,7 +92,8 @@ def world_model(
 
 def world_pixel_decoder(kind: str, width: int) -> PixelDecoderConfig:
     """MaskFormer's FPN (OVSeg's, the bundled pair's) or Mask2Former's deformable encoder scaled to ``width``:
-    six layers as Mask2Former's, its 4x feed-forward and one head per 16 channels (its 256 wide use 8)."""
+    Mask2Former's six layers and 4x feed-forward, and one head per 16 channels (8 at the bundled 128, as
+    Mask2Former's 8 at 256)."""
     if kind == "fpn":
         return PixelDecoderConfig(kind="fpn", conv_dim=width, mask_dim=width)
     return PixelDecoderConfig(
