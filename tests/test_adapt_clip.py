@@ -154,6 +154,55 @@ def test_a_deeper_adapted_clip_is_installed_with_its_architecture(tmp_path: Path
     assert torch.equal(reloaded.p_hat, after.p_hat)
 
 
+def test_a_fresh_wider_tower_reads_smaller_crops_and_keeps_the_text_tower(tmp_path: Path) -> None:
+    from pmp.segmenter import Segmenter
+    from pmp.stage2 import masked_crops
+    from train.adapt_clip import fresh_image_tower
+    from train.bundle import with_adapted_clip
+    from train.configs import CLIPTrainConfig
+    from train.train_clip import save_open_clip_folder
+
+    segmenter = _timm_segmenter()
+    narrow = segmenter.clip.config.model_cfg["vision_cfg"]
+    fresh = fresh_image_tower(segmenter.clip, width=narrow["width"] * 2, image_size=32)
+    assert fresh.image_size == 32 and fresh.config.model_cfg["vision_cfg"]["width"] == narrow["width"] * 2
+    own, new = segmenter.clip.open_clip.state_dict(), fresh.open_clip.state_dict()
+    text_keys = [k for k in own if not k.startswith("visual.")]
+    assert text_keys and all(torch.equal(own[k], new[k]) for k in text_keys)
+    assert new["visual.conv1.weight"].shape[0] == 2 * own["visual.conv1.weight"].shape[0]  # twice as wide
+    image = torch.from_numpy(world.render_scene(5, 64).image).permute(2, 0, 1).float() / 255.0
+    crops, _ = masked_crops(fresh, image, torch.ones(2, 64, 64, dtype=torch.bool))
+    assert crops.shape[-2:] == (32, 32)  # stage 2 crops at the tower's own size
+    with pytest.raises(ValueError, match="multiple of 32"):
+        fresh_image_tower(segmenter.clip, width=16, image_size=48)
+
+    train_config = CLIPTrainConfig(model_cfg=fresh.config.model_cfg, image_size=64)  # the world's scale
+    save_open_clip_folder(fresh, train_config, tmp_path / "fresh", {}, "test")
+    saved = json.loads((tmp_path / "fresh" / "open_clip_config.json").read_text())
+    assert saved["preprocess_cfg"]["size"] == 32  # what the tower reads, not the world's scale
+    labels, scene = ["sky", "grass", "car", "tree"], world.render_scene(5, 64).image
+    before = segmenter.run_stages(scene, labels, stage2_mode="crop")
+    adapted = with_adapted_clip(segmenter, tmp_path / "fresh")
+    after = adapted.run_stages(scene, labels, stage2_mode="crop")
+    assert adapted.clip.image_size == 32
+    assert torch.equal(before.p, after.p)  # stage 1 untouched
+    adapted.save_pretrained(tmp_path / "segmenter")
+    reloaded = Segmenter.from_pretrained(tmp_path / "segmenter")
+    assert reloaded.clip.image_size == 32
+    assert torch.equal(reloaded.run_stages(scene, labels, stage2_mode="crop").p_hat, after.p_hat)
+
+
+def test_clip_pixels_are_resized_to_the_tower_only_when_asked() -> None:
+    from train.train_clip import to_clip_pixels
+
+    images = [np.full((64, 64, 3), 200, dtype=np.uint8), np.zeros((64, 64, 3), dtype=np.uint8)]
+    same = to_clip_pixels(images)
+    small = to_clip_pixels(images, 32)
+    assert same.shape == (2, 3, 64, 64) and small.shape == (2, 3, 32, 32)
+    assert torch.allclose(small, same[:, :, :32, :32])  # flat images stay flat: only the size changes
+    assert to_clip_pixels(images, 64).equal(same)
+
+
 def test_an_adapted_clip_with_another_text_tower_or_a_clip_backbone_is_refused(tmp_path: Path) -> None:
     import pytest
 

@@ -4,6 +4,7 @@ fine-tuned on masked crops of regions, the text tower stays frozen.
     python -m train.adapt_clip --clip checkpoints/tiny-clip --out runs/tiny-clip-adapted \
         [--steps 2400] [--lr 5e-4] [--seed 0] [--proposals-from checkpoints/baseline] [--results FILE.json] \
         [--vision-layers 2,2,2,2]                # a deeper image tower, grown from the given one
+        [--fresh-image-tower 32,64]              # a new tower, 32 wide, reading 64 px crops, from scratch
     python -m train.adapt_clip --clip runs/tiny-clip-adapted/model --proposals-from checkpoints/baseline \
         --measure-only [--crop-errors]          # its top-1 on held-out crops (or why they are misread)
 
@@ -31,6 +32,8 @@ Departures from OVSeg, and why:
   OVSeg trains on masked crops alone, the default, which is how the bundled CLIP was adapted.
 * ``--vision-layers`` grows the image tower before adapting it (:func:`deepen_image_tower`): a capacity
   the tiny CLIP never had, added without retraining the text tower or the segmenters.
+  ``--fresh-image-tower WIDTH,SIZE`` instead starts a wider tower that reads smaller crops from scratch
+  (:func:`fresh_image_tower`), trained by the same objective against the frozen text tower.
 """
 
 from __future__ import annotations
@@ -432,6 +435,27 @@ def load_proposal_segmenter(config: CLIPAdaptConfig) -> Segmenter | None:
     return segmenter
 
 
+def _modified_resnet_cfg(clip: CLIPModel, action: str) -> dict[str, Any]:
+    """A copy of ``clip``'s model_cfg, checked to describe a ModifiedResNet image tower (else ValueError)."""
+    from open_clip.modified_resnet import ModifiedResNet
+
+    model_cfg = copy.deepcopy(clip.config.model_cfg or {})
+    vision_cfg = model_cfg.get("vision_cfg", {})
+    if not isinstance(clip.open_clip.visual, ModifiedResNet) or not isinstance(vision_cfg.get("layers"), list):
+        raise ValueError(f"only a CLIP with a ModifiedResNet image tower given by model_cfg can be {action}")
+    return model_cfg
+
+
+def _rebuilt(clip: CLIPModel, model_cfg: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[CLIPModel, Any]:
+    """A CLIP built to ``model_cfg`` with ``state`` loaded non-strictly (returns the load result), in
+    ``clip``'s training mode."""
+    rebuilt = CLIPModel.build(dataclasses.replace(clip.config, model_cfg=model_cfg, pretrained=None))
+    result = rebuilt.open_clip.load_state_dict(state, strict=False)
+    rebuilt.train(clip.training)
+    rebuilt.open_clip.train(clip.open_clip.training)  # CLIPModel.build leaves the open_clip model in eval mode
+    return rebuilt, result
+
+
 def deepen_image_tower(clip: CLIPModel, layers: tuple[int, ...]) -> CLIPModel:
     """A copy of ``clip`` whose ModifiedResNet image tower has ``layers`` bottleneck blocks per stage.
 
@@ -441,29 +465,45 @@ def deepen_image_tower(clip: CLIPModel, layers: tuple[int, ...]) -> CLIPModel:
     BatchNorm scale, and a block's input is already non-negative), so the grown CLIP computes exactly
     what ``clip`` did until adaptation trains them. The text tower is copied unchanged.
     """
-    from open_clip.modified_resnet import ModifiedResNet
-
-    model_cfg = copy.deepcopy(clip.config.model_cfg or {})
-    vision_cfg = model_cfg.get("vision_cfg", {})
-    if not isinstance(clip.open_clip.visual, ModifiedResNet) or not isinstance(vision_cfg.get("layers"), list):
-        raise ValueError("only a CLIP with a ModifiedResNet image tower given by model_cfg can be deepened")
-    current = list(vision_cfg["layers"])
+    model_cfg = _modified_resnet_cfg(clip, "deepened")
+    current = list(model_cfg["vision_cfg"]["layers"])
     if len(layers) != len(current) or any(new < old for new, old in zip(layers, current)):
         raise ValueError(
             f"vision layers {list(layers)} must give each of the {len(current)} stages at least the blocks it "
             f"has ({current})"
         )
-    vision_cfg["layers"] = list(layers)
-    grown = CLIPModel.build(dataclasses.replace(clip.config, model_cfg=model_cfg, pretrained=None))
-    result = grown.open_clip.load_state_dict(clip.open_clip.state_dict(), strict=False)
+    model_cfg["vision_cfg"]["layers"] = list(layers)
+    grown, result = _rebuilt(clip, model_cfg, clip.open_clip.state_dict())
     new_blocks = tuple(
         f"visual.layer{stage + 1}.{block}." for stage, old in enumerate(current) for block in range(old, layers[stage])
     )
     if result.unexpected_keys or any(not key.startswith(new_blocks) for key in result.missing_keys):
         raise RuntimeError(f"growing the image tower lost weights: {result.unexpected_keys or result.missing_keys}")
-    grown.train(clip.training)
-    grown.open_clip.train(clip.open_clip.training)  # CLIPModel.build leaves the open_clip model in eval mode
     return grown
+
+
+def fresh_image_tower(clip: CLIPModel, width: int, image_size: int) -> CLIPModel:
+    """A copy of ``clip`` with a new, randomly initialised ModifiedResNet image tower ``width`` channels
+    wide that reads ``image_size`` px crops; the text tower (and logit scale) copied unchanged.
+
+    Why: the world's proposals are small (a wheel is a few pixels of a 128 px image), so a crop resized to
+    the tiny CLIP's 128 px shows CLIP little more than a 64 px one would, while the tower's cost grows
+    with its input's area. Halving the crop side pays for twice the width at about the same cost per
+    crop (``benchmarks/latency.py`` times stage 2). A wider tower cannot inherit the narrow one's weights,
+    so adaptation trains it from scratch against the frozen text tower.
+    """
+    model_cfg = _modified_resnet_cfg(clip, "given a new image tower")
+    if width < 1 or image_size < 32 or image_size % 32:
+        raise ValueError(
+            f"a ModifiedResNet tower needs a width >= 1 and an image size that is a multiple of 32 (>= 32); got "
+            f"width {width}, image size {image_size}"
+        )
+    model_cfg["vision_cfg"].update(width=width, image_size=image_size)
+    text_state = {k: v for k, v in clip.open_clip.state_dict().items() if not k.startswith("visual.")}
+    fresh, result = _rebuilt(clip, model_cfg, text_state)
+    if result.unexpected_keys or any(not key.startswith("visual.") for key in result.missing_keys):
+        raise RuntimeError(f"the new image tower lost text weights: {result.unexpected_keys or result.missing_keys}")
+    return fresh
 
 
 def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: str = "") -> dict[str, float]:
@@ -510,7 +550,8 @@ def adapt(clip: CLIPModel, config: CLIPAdaptConfig, out_dir: Path, *, command: s
         region_loss = region_view_loss(logit_scale * features @ region_text.T, targets)
         first_pair = _SCENE_SEED_BASE + config.seed * _SEED_STRIDE + step * config.pair_batch
         pairs = [make_pair(first_pair + i, clip_train) for i in range(config.pair_batch)]
-        images = F.normalize(clip.open_clip.encode_image(to_clip_pixels([p[0] for p in pairs])), dim=-1)
+        pixels = to_clip_pixels([p[0] for p in pairs], clip.image_size)  # (P, 3, S, S)
+        images = F.normalize(clip.open_clip.encode_image(pixels), dim=-1)
         with torch.no_grad():
             captions = F.normalize(clip.open_clip.encode_text(clip.tokenizer([p[1] for p in pairs])), dim=-1)
         pair_loss = contrastive(images, captions, logit_scale)
@@ -596,6 +637,14 @@ def _layers(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
     return layers
 
 
+def _fresh_tower(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    try:
+        width, size = (int(v) for v in text.split(","))
+    except ValueError:
+        parser.error(f"--fresh-image-tower takes WIDTH,SIZE as two integers, e.g. 32,64; got {text!r}")
+    return width, size
+
+
 def _kind_weights(text: str, parser: argparse.ArgumentParser) -> tuple[float, float, float]:
     """``--kind-weights`` as a tuple; a parser error (:func:`check_kind_weights`'s) says what is accepted."""
     try:
@@ -635,6 +684,13 @@ def main(argv: list[str] | None = None) -> int:
         help="grow the image tower to this many blocks per stage before adapting, e.g. 2,2,2,2 (deepen_image_tower)",
     )
     parser.add_argument(
+        "--fresh-image-tower",
+        default=None,
+        metavar="WIDTH,SIZE",
+        help="replace the image tower by a new one this wide reading crops of this size before adapting, e.g. "
+        "32,64 (fresh_image_tower)",
+    )
+    parser.add_argument(
         "--crop-views",
         default="masked",
         help="the views of each crop the tower learns from, and with --crop-errors the views stage 2 reads "
@@ -668,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         "proposal_segmenter": args.proposals_from,
         "proposal_regions": args.proposal_regions,
         "vision_layers": _layers(args.vision_layers, parser) if args.vision_layers else None,
+        "fresh_image_tower": _fresh_tower(args.fresh_image_tower, parser) if args.fresh_image_tower else None,
         "crop_views": views,
         "kind_weights": _kind_weights(args.kind_weights, parser) if args.kind_weights else None,
     }
@@ -678,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.crop_errors and not (args.measure_only and args.proposals_from):
         parser.error("--crop-errors needs --measure-only and --proposals-from")
     clip = load_clip_for_evaluation(args.clip)
+    if config.fresh_image_tower is not None:
+        clip = fresh_image_tower(clip, *config.fresh_image_tower)
     if config.vision_layers is not None:
         clip = deepen_image_tower(clip, config.vision_layers)
     if args.crop_errors:

@@ -88,6 +88,7 @@ class CLIPAdaptConfig:
     proposal_regions: int = 2  # of each scene's regions_per_scene, with a proposal_segmenter
     proposal_min_iou: float = 0.5  # a proposal is named after the region it overlaps best, from this IoU
     vision_layers: tuple[int, ...] | None = None  # grow the image tower to these blocks per stage first
+    fresh_image_tower: tuple[int, int] | None = None  # (width, crop size): a new image tower, from scratch
     # The views of each crop the tower learns from (pmp.config.CROP_VIEWS). With several, the region loss
     # is on their views' mean log-probabilities, the p_hat stage 2 computes from them at inference.
     crop_views: tuple[str, ...] = ("masked",)

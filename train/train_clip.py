@@ -67,8 +67,12 @@ def make_pair(index: int, config: CLIPTrainConfig) -> tuple[np.ndarray, str]:
     return scene.image, scene.captions[int(rng.integers(len(scene.captions)))]
 
 
-def to_clip_pixels(images: list[np.ndarray]) -> torch.Tensor:
+def to_clip_pixels(images: list[np.ndarray], size: int | None = None) -> torch.Tensor:
+    """(H, W, 3) uint8 images -> (B, 3, H, W) CLIP-normalised pixels, resized to ``size`` x ``size`` when
+    given and different (the world renders at its own scale; an image tower may read another size)."""
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
+    if size is not None and pixels.shape[-2:] != (size, size):
+        pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return (pixels - mean) / std
@@ -96,7 +100,8 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
         text = clip.encode_text(names)  # (V, C)
         predicted = []
         for start in range(0, len(images), 256):
-            feats = F.normalize(clip.open_clip.encode_image(to_clip_pixels(images[start : start + 256])), dim=-1)
+            pixels = to_clip_pixels(images[start : start + 256], clip.image_size)
+            feats = F.normalize(clip.open_clip.encode_image(pixels), dim=-1)
             predicted += [names[i] for i in (feats @ text.T).argmax(-1).tolist()]
         return predicted
 
@@ -159,7 +164,7 @@ def save_open_clip_folder(
     }
     save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})
     preprocess = {
-        "size": config.image_size,
+        "size": clip.image_size,  # what the image tower reads (the world may render at another scale)
         "mean": list(CLIP_MEAN),
         "std": list(CLIP_STD),
         "interpolation": "bicubic",
