@@ -329,6 +329,8 @@ CANDIDATE_CLIPS = {  # results/candidate_clips/<folder> -> its row: the bundled 
     "two_views_2400": "+ 2,400 steps in both views, lr 2.5e-4",
     "kinds_600": "+ 600 steps in both views, kinds balanced, lr 2.5e-4",
     "kinds_2400": "+ 2,400 steps in both views, kinds balanced, lr 2.5e-4",
+    "fresh_w32s64": "a new tower 32 wide at 64 px: 3,600 steps in both views, kinds balanced, lr 1e-3",
+    "fresh_w24s96": "a new tower 24 wide at 96 px: 3,600 steps in both views, kinds balanced, lr 1e-3",
 }
 
 CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top-1, each file measured in both views
@@ -336,6 +338,8 @@ CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top
     "two_views_2400.json": "+ 2,400 steps in both views",
     "two_views_kinds_600.json": "+ 600 steps in both views, kinds balanced",
     "two_views_kinds_2400.json": "+ 2,400 steps in both views, kinds balanced",
+    "fresh_tower_w32s64.json": "a new tower 32 wide at 64 px, 3,600 steps from scratch",
+    "fresh_tower_w24s96.json": "a new tower 24 wide at 96 px, 3,600 steps from scratch",
 }
 
 CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
@@ -344,6 +348,7 @@ CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks
     "two_views_2400_test": CANDIDATE_CLIPS["two_views_2400"],
     "kinds_600_test": CANDIDATE_CLIPS["kinds_600"],
     "kinds_2400_test": CANDIDATE_CLIPS["kinds_2400"],
+    "fresh_w24s96_test": CANDIDATE_CLIPS["fresh_w24s96"],
 }
 
 
