@@ -244,9 +244,13 @@ def test_save_load_gives_identical_outputs(segmenter: Segmenter, image: np.ndarr
         "model.safetensors",
     ]
     loaded = Segmenter.from_pretrained(tmp_path / "ckpt")
+    saved, reloaded = segmenter.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)  # bit for bit
     a, b = segmenter.segment(image, ["sky", "car"]), loaded.segment(image, ["sky", "car"])
     assert np.array_equal(a.semantic, b.semantic)
-    assert np.array_equal(a.p_out, b.p_out)
+    # The same weights in other tensors: the CPU kernels may sum in another order (seen: 1 ulp apart on a
+    # loaded machine), so the scores are compared to float32 rounding rather than bit for bit.
+    np.testing.assert_allclose(a.p_out, b.p_out, rtol=0, atol=1e-6)
 
 
 def test_half_precision_checkpoint_loads_as_float32(segmenter: Segmenter, tmp_path: Path) -> None:
