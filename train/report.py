@@ -331,6 +331,7 @@ CANDIDATE_CLIPS = {  # results/candidate_clips/<folder> -> its row: the bundled 
     "kinds_2400": "+ 2,400 steps in both views, kinds balanced, lr 2.5e-4",
     "fresh_w32s64": "a new tower 32 wide at 64 px: 3,600 steps in both views, kinds balanced, lr 1e-3",
     "fresh_w24s96": "a new tower 24 wide at 96 px: 3,600 steps in both views, kinds balanced, lr 1e-3",
+    "fresh_w24s96_more": "that 96 px tower + 2,000 steps in both views, kinds balanced, lr 2.5e-4",
 }
 
 CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top-1, each file measured in both views
@@ -340,6 +341,7 @@ CANDIDATE_RUNS = {  # results/adaptation_runs/<file> -> its column: held-out top
     "two_views_kinds_2400.json": "+ 2,400 steps in both views, kinds balanced",
     "fresh_tower_w32s64.json": "a new tower 32 wide at 64 px, 3,600 steps from scratch",
     "fresh_tower_w24s96.json": "a new tower 24 wide at 96 px, 3,600 steps from scratch",
+    "fresh_tower_w24s96_more.json": "that 96 px tower + 2,000 steps",
 }
 
 CANDIDATE_BENCHMARKS = ("world-voc-dev", "world-full-dev")
@@ -349,6 +351,7 @@ CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks
     "kinds_600_test": CANDIDATE_CLIPS["kinds_600"],
     "kinds_2400_test": CANDIDATE_CLIPS["kinds_2400"],
     "fresh_w24s96_test": CANDIDATE_CLIPS["fresh_w24s96"],
+    "fresh_w24s96_more_test": CANDIDATE_CLIPS["fresh_w24s96_more"],
 }
 
 
