@@ -170,7 +170,8 @@ def test_a_fresh_wider_tower_reads_smaller_crops_and_keeps_the_text_tower(tmp_pa
     text_keys = [k for k in own if not k.startswith("visual.")]
     assert text_keys and all(torch.equal(own[k], new[k]) for k in text_keys)
     assert new["visual.conv1.weight"].shape[0] == 2 * own["visual.conv1.weight"].shape[0]  # twice as wide
-    image = torch.from_numpy(world.render_scene(5, 64).image).permute(2, 0, 1).float() / 255.0
+    scene = world.render_scene(5, 64).image
+    image = torch.from_numpy(scene).permute(2, 0, 1).float() / 255.0
     crops, _ = masked_crops(fresh, image, torch.ones(2, 64, 64, dtype=torch.bool))
     assert crops.shape[-2:] == (32, 32)  # stage 2 crops at the tower's own size
     with pytest.raises(ValueError, match="multiple of 32"):
@@ -180,7 +181,7 @@ def test_a_fresh_wider_tower_reads_smaller_crops_and_keeps_the_text_tower(tmp_pa
     save_open_clip_folder(fresh, train_config, tmp_path / "fresh", {}, "test")
     saved = json.loads((tmp_path / "fresh" / "open_clip_config.json").read_text())
     assert saved["preprocess_cfg"]["size"] == 32  # what the tower reads, not the world's scale
-    labels, scene = ["sky", "grass", "car", "tree"], world.render_scene(5, 64).image
+    labels = ["sky", "grass", "car", "tree"]
     before = segmenter.run_stages(scene, labels, stage2_mode="crop")
     adapted = with_adapted_clip(segmenter, tmp_path / "fresh")
     after = adapted.run_stages(scene, labels, stage2_mode="crop")

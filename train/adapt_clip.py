@@ -638,6 +638,7 @@ def _layers(text: str, parser: argparse.ArgumentParser) -> tuple[int, ...]:
 
 
 def _fresh_tower(text: str, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    """``--fresh-image-tower`` as (width, size); a parser error says what is accepted."""
     try:
         width, size = (int(v) for v in text.split(","))
     except ValueError:

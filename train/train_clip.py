@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from pmp.clip import CLIPModel
 from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig
+from pmp.images import normalize_pixels
 from train.configs import CLIPTrainConfig
 from train.recipes import WORLD_TEMPLATES
 from train.runtime import (
@@ -73,9 +74,7 @@ def to_clip_pixels(images: list[np.ndarray], size: int | None = None) -> torch.T
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
     if size is not None and pixels.shape[-2:] != (size, size):
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (pixels - mean) / std
+    return normalize_pixels(pixels, CLIP_MEAN, CLIP_STD)
 
 
 @torch.no_grad()
