@@ -20,14 +20,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import atexit  # noqa: E402
+import contextlib  # noqa: E402
+import functools  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
-import tempfile  # noqa: E402
 import uuid  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -37,6 +37,17 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
 
+from demo.inputs import as_sent, clear_input_errors, guarded_image, list_prompts, user_error  # noqa: E402
+from demo.server import (  # noqa: E402
+    IDLE_TRIM_S,
+    MAX_REQUEST_BYTES,
+    DiskBudget,
+    IdleTrim,
+    RequestBodyLimit,
+    UploadGuard,
+    instance_folders,
+    remove_on_exit,
+)
 from pmp.allocator import retain_freed_memory  # noqa: E402
 from pmp.config import AUTOCAST_NAMES, parse_weight_pair  # noqa: E402
 from pmp.demo import (  # noqa: E402
@@ -58,7 +69,7 @@ from pmp.demo import (  # noqa: E402
     write_pictures,
     write_prompt_change_pictures,
 )
-from pmp.images import ACCEPTED, IMAGE_SUFFIXES, ImageError, check_image_header  # noqa: E402
+from pmp.images import IMAGE_SUFFIXES  # noqa: E402
 from pmp.visualize import overlay  # noqa: E402
 from train.world.canvas import IGNORE  # noqa: E402
 from train.world.demo import (  # noqa: E402
@@ -76,9 +87,6 @@ from train.world.demo import (  # noqa: E402
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_FILE_SIZE = "25mb"  # uploads above this are refused by Gradio before they reach the handler
-MAX_UPLOAD_BODY_BYTES = 26 * 1024 * 1024  # an upload request: the 25 MB file plus its multipart framing
-# Every other request is a small JSON event; an image sent inline as a data URL must fit in it too.
-MAX_API_BODY_BYTES = 2 * 1024 * 1024
 DEFAULT_QUEUE_SIZE = 16
 INTRO = """# What PMP changes: prompt-guided mask proposals, side by side with an OVSeg-style baseline
 Both models propose masks (stage 1) and let CLIP name them (stage 2). **PMP's proposals listen to your
@@ -123,6 +131,7 @@ TRUTH_NOTE = (
 # (pmp.demo builds the comparison; these functions turn it into component values and gr.Error)
 logger = logging.getLogger("app")
 STAGE2_DESCRIPTIONS = {"pool": "mask-pooled dense CLIP features", "crop": "OVSeg's masked crops"}
+BUSY = "The server is busy writing other visitors' results; try again in a minute."
 GENERIC_ERROR = "Something went wrong while segmenting (error id {}). Try another image or fewer prompts."
 
 
@@ -182,11 +191,6 @@ CHANGE_OUTPUTS = (
 SCENE_OUTPUTS = ("image", "prompts", "scene_seed", "scene_note")
 
 
-def user_error(message: str) -> gr.Error:
-    """gr.Error with the message HTML-escaped (gr.Error renders HTML; prompts are user text)."""
-    return gr.Error(html.escape(message, quote=False), print_exception=False)
-
-
 def _run(work: Any) -> Any:
     """Run ``work()``; bad input becomes its own gr.Error, anything else is logged and reported generically."""
     try:
@@ -199,6 +203,35 @@ def _run(work: Any) -> Any:
         raise user_error(GENERIC_ERROR.format(error_id)) from None
 
 
+def read_scene_seed(value: Any) -> int | None:
+    """The scene seed of a request, checked (:func:`train.world.demo.check_demo_seed`); None when empty."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return check_demo_seed(value)
+    except ValueError as error:
+        raise DemoInputError(str(error)) from None
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A checkbox's value as the API may send it: true or false (null: the default, true)."""
+    if value is None:
+        return True
+    if not isinstance(value, bool):
+        raise DemoInputError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
+@contextlib.contextmanager
+def removed_on_error(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` (a request's outputs) when the block fails: a refused request leaves nothing."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def scene_truths(
     models: DemoModels, scene_seed: Any, image: Any, *label_sets: list[str]
 ) -> list[tuple[GroundTruth | None, str]]:
@@ -209,12 +242,9 @@ def scene_truths(
     scene is drawn and compared once, whatever the number of prompt sets.
     """
     upload_note = UPLOAD_NOTICE if knows_the_world(models) else REAL_UPLOAD_NOTE
-    if scene_seed is None or (isinstance(scene_seed, str) and not scene_seed.strip()):
+    seed = read_scene_seed(scene_seed)
+    if seed is None:
         return [(None, upload_note)] * len(label_sets)
-    try:
-        seed = check_demo_seed(scene_seed)
-    except ValueError as error:
-        raise DemoInputError(str(error)) from None
     scene = demo_scene(seed)
     pixels = np.asarray(image.convert("RGB")) if image is not None else None
     if pixels is None or pixels.shape != scene.image.shape or not np.array_equal(pixels, scene.image):
@@ -256,14 +286,17 @@ def compare_for_ui(
     """
 
     def work() -> tuple:
+        read_scene_seed(scene_seed)  # checked before any work, so that a bad seed writes nothing
+        sorted_by_score = check_flag(sort_by_score, "sort by score")
         view = run_comparison(
             models, image, prompt_text, clip_weight, stage2_mode, mask_threshold, output_root=output_root
         )
-        [(truth, note)] = scene_truths(models, scene_seed, view.image, view.labels)
-        return view, write_pictures(view), truth, note
+        with removed_on_error(view.folder):
+            [(truth, note)] = scene_truths(models, scene_seed, view.image, view.labels)
+            return view, write_pictures(view), truth, note, sorted_by_score
 
-    view, pictures, truth, note = _run(work)
-    slot = 0 if sort_by_score else 1
+    view, pictures, truth, note, sorted_by_score = _run(work)
+    slot = 0 if sorted_by_score else 1
     truth_path = None
     if truth is not None:
         truth_path = str(view.folder / "ground_truth.png")
@@ -304,12 +337,14 @@ def prompt_change_for_ui(
     """The prompt-change view's (and the ``/prompt_change`` API's) handler: values in CHANGE_OUTPUTS order."""
 
     def work() -> tuple:
+        read_scene_seed(scene_seed)  # checked before any work, so that a bad seed writes nothing
         view = run_prompt_change(
             models, image, first_prompts, second_prompts, clip_weight, stage2_mode, mask_threshold,
             output_root=output_root,
         )  # fmt: skip
-        truths = scene_truths(models, scene_seed, view.image, *view.prompt_sets)
-        return view, write_prompt_change_pictures(view), truths
+        with removed_on_error(view.folder):
+            truths = scene_truths(models, scene_seed, view.image, *view.prompt_sets)
+            return view, write_prompt_change_pictures(view), truths
 
     view, pictures, truths = _run(work)
     values: list[Any] = [view.summary_markdown()]
@@ -434,153 +469,6 @@ def pick_grids(grids: Any, sort_by_score: Any) -> tuple:
     return tuple(paths)
 
 
-# --------------------------------------------------------------------------- the server's limits
-class RequestBodyLimit:
-    """ASGI middleware: refuse a request whose body is over its limit, before the body is read.
-
-    The declared Content-Length is checked first; a body sent without one (chunked) is counted as it
-    arrives and cut off at the limit, so memory stays flat whatever the client sends. Uploads
-    (``.../upload``) get :data:`MAX_UPLOAD_BODY_BYTES`, every other route :data:`MAX_API_BODY_BYTES`.
-    """
-
-    def __init__(
-        self, app: Any, api_limit: int = MAX_API_BODY_BYTES, upload_limit: int = MAX_UPLOAD_BODY_BYTES
-    ) -> None:
-        self.app = app
-        self.api_limit = api_limit
-        self.upload_limit = upload_limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.upload_limit if scope["path"].rstrip("/").endswith("/upload") else self.api_limit
-        declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await self._refuse(send, limit)
-        received = 0
-        started = refused = False
-
-        async def counted_receive() -> dict:
-            nonlocal received, refused, started
-            if refused:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:  # answer now; the app sees a client that went away
-                    refused = True
-                    if not started:
-                        started = True
-                        await self._refuse(send, limit)
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def tracked_send(message: dict) -> None:
-            nonlocal started
-            if refused:
-                return  # the 413 is the answer; whatever the app says after the disconnect is dropped
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        await self.app(scope, counted_receive, tracked_send)
-
-    @staticmethod
-    async def _refuse(send: Any, limit: int) -> None:
-        body = json.dumps(
-            {
-                "error": f"request body too large: at most {limit:,} bytes are accepted here; "
-                "send images as file uploads (gradio_client's handle_file does)"
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
-def data_url_to_file(url: str, folder: str | Path, max_pixels: int) -> str:
-    """An image sent inline as ``data:image/...;base64,...`` -> a file holding its bytes, checked first.
-
-    Gradio would decode such an image in full (and re-encode it) before any handler runs; here only its
-    header is read: a 27 KB PNG that claims 13000 x 13000 pixels is refused in milliseconds. The bytes
-    are written as they are, and the handler's own image intake decodes them.
-    """
-    import base64
-    import binascii
-    import io
-
-    header, _, data = url.partition(",")
-    if not header.startswith("data:") or not header.endswith(";base64"):
-        raise user_error(f"an inline image must be a base64 data URL (data:image/png;base64,...); {ACCEPTED}")
-    if len(data) > MAX_API_BODY_BYTES:
-        raise user_error(f"the inline image is over {MAX_API_BODY_BYTES:,} bytes; send it as a file upload")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise user_error(f"the inline image is not valid base64; {ACCEPTED}") from None
-    try:
-        check_image_header(io.BytesIO(raw), max_pixels=max_pixels, what="the inline image")
-    except ImageError as error:
-        raise user_error(str(error)) from None
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, prefix="inline-", suffix=".img", delete=False) as handle:
-        handle.write(raw)
-    return handle.name
-
-
-def with_clear_upload_errors(component: gr.Image, max_pixels: int) -> gr.Image:
-    """Make ``component``'s upload step turn unreadable files into a clear message, and check images
-    sent inline as data URLs from their header (:func:`data_url_to_file`) instead of decoding them.
-
-    Gradio opens an uploaded image with PIL before any handler runs; a non-image or corrupt file would
-    otherwise reach the user as a bare "Error". The instance's ``preprocess`` is wrapped rather than
-    gr.Image subclassed because Gradio writes a ``.pyi`` stub next to the module of every component
-    subclass at import time (which fails on a read-only deployment).
-    """
-    original = component.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        url = getattr(payload, "url", None)
-        if isinstance(url, str) and url.startswith("data:"):
-            return data_url_to_file(url, component.GRADIO_CACHE, max_pixels)
-        try:
-            return original(payload)
-        except gr.Error:
-            raise
-        except Exception as error:  # PIL's UnidentifiedImageError, DecompressionBombError, OSError...
-            raise user_error(
-                f"the uploaded file could not be read as an image ({type(error).__name__}); {ACCEPTED}"
-            ) from None
-
-    component.preprocess = preprocess  # type: ignore[method-assign]
-    return component
-
-
-def with_list_prompts(component: gr.Textbox) -> gr.Textbox:
-    """Let the prompts box take a list of strings through the API, as the library does.
-
-    Gradio's Textbox turns any payload into ``str(payload)``, so a list sent to ``/compare`` would
-    become the labels "['sky'" and "'car']". A list (or tuple) reaches the handler as it is and is
-    checked there; any other non-text payload is refused with a message.
-    """
-    original = component.preprocess
-
-    def preprocess(payload: Any) -> Any:
-        if isinstance(payload, (list, tuple)):
-            return list(payload)
-        if payload is not None and not isinstance(payload, str):
-            raise user_error(f"prompts must be text or a list of strings, got {type(payload).__name__}")
-        return original(payload)
-
-    component.preprocess = preprocess  # type: ignore[method-assign]
-    return component
-
-
 @dataclass(frozen=True)
 class Example:
     """One row of the page's examples: a world scene (``seed``) or an image file, with its prompts."""
@@ -639,7 +527,7 @@ def read_examples(folder: Path = EXAMPLES_DIR, scenes: Path | None = None) -> li
 
 def _prompt_box(models: DemoModels, label: str, placeholder: str, elem_id: str, **options: Any) -> gr.Textbox:
     """A prompt text box that also takes a list of strings through the API, bounded in length."""
-    return with_list_prompts(
+    return list_prompts(
         gr.Textbox(
             label=label,
             max_length=models.limits.max_text_chars,
@@ -688,20 +576,28 @@ CSS = """
 """
 
 
-def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Example] | None = None) -> gr.Blocks:
-    """The Blocks UI; queue limits are applied by :func:`launch`."""
+def build_app(
+    models: DemoModels,
+    *,
+    output_root: str | Path,
+    examples: list[Example] | None = None,
+    budget: DiskBudget | None = None,
+    idle_trim: IdleTrim | None = None,
+) -> gr.Blocks:
+    """The Blocks UI; queue limits are applied by :func:`launch`. With ``budget``, a request runs only when
+    the disk budget has room for what it writes; with ``idle_trim``, memory is returned once requests stop."""
     output_root = Path(output_root)
     examples = read_examples(scenes=output_root) if examples is None else examples
     world = knows_the_world(models)
     opening_stage2 = models.stage2_mode()  # the models' own: the radio's default, the titles, the first view
     columns: dict[str, dict[str, Any]] = {}
     change: dict[str, Any] = {}
-    with gr.Blocks(title="PMP vs OVSeg-style baseline", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    with gr.Blocks(title="PMP vs OVSeg-style baseline", analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=300):
                 # image_mode=None: the handler gets the file as uploaded (16-bit, RGBA, ...), not Gradio's RGB copy
-                image = with_clear_upload_errors(
+                image = guarded_image(
                     gr.Image(
                         label="Image",
                         type="filepath",
@@ -713,13 +609,15 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                     models.limits.max_pixels,
                 )
                 with gr.Row():
-                    scene_seed = gr.Number(
-                        label="World scene seed (empty: your own image)",
-                        precision=0,
-                        minimum=0,
-                        maximum=999_999_999,
-                        elem_id="scene-seed",
-                        scale=2,
+                    scene_seed = as_sent(
+                        gr.Number(
+                            label="World scene seed (empty: your own image)",
+                            precision=0,
+                            minimum=0,
+                            maximum=999_999_999,
+                            elem_id="scene-seed",
+                            scale=2,
+                        )
                     )
                     new_scene = gr.Button("New scene", elem_id="new-scene", scale=1)
                 scene_note = gr.Markdown(elem_id="scene-note")
@@ -754,23 +652,27 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                 with gr.Accordion("Settings", open=False):
                     opening_weight, unseen_weight = models.clip_weights()
                     gr.Markdown(scoring_text(unseen_weight))
-                    clip_weight = gr.Slider(
-                        0.0,
-                        1.0,
-                        value=opening_weight,
-                        step=0.05,
-                        label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)",
-                        elem_id="clip-weight",
+                    clip_weight = as_sent(
+                        gr.Slider(
+                            0.0,
+                            1.0,
+                            value=opening_weight,
+                            step=0.05,
+                            label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)",
+                            elem_id="clip-weight",
+                        )
                     )
-                    stage2_mode = gr.Radio(
-                        list(STAGE2_MODES),
-                        value=opening_stage2,
-                        label="Stage 2",
-                        info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops, "
-                        "with their boxes where a model's crop_views say so (the column titles name them)",
+                    stage2_mode = as_sent(
+                        gr.Radio(
+                            list(STAGE2_MODES),
+                            value=opening_stage2,
+                            label="Stage 2",
+                            info="pool: mask-pooled dense CLIP features; crop: OVSeg's masked crops, "
+                            "with their boxes where a model's crop_views say so (the column titles name them)",
+                        )
                     )
-                    mask_threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold")
-                    sort_by_score = gr.Checkbox(value=True, label="Sort proposals by score")
+                    mask_threshold = as_sent(gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Mask threshold"))
+                    sort_by_score = as_sent(gr.Checkbox(value=True, label="Sort proposals by score"))
                 world_examples = [example for example in examples if example.seed is not None]
                 photo_examples = [example for example in examples if example.seed is None]
             with gr.Column(scale=2, min_width=320):
@@ -880,8 +782,26 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
             for part in ("title", "overlay", "masks", "table", "grid", "timings"):
                 components[f"{name}_{part}"] = columns[name][part]
 
+        def check_room() -> None:
+            """Before any work: the disk budget must have room for what a request writes."""
+            if budget is not None and not budget.make_room(MAX_REQUEST_BYTES):
+                raise user_error(BUSY)
+
+        def counted(handler: Callable[..., Any]) -> Callable[..., Any]:
+            """``handler`` as one request of ``idle_trim`` (unchanged without it)."""
+            if idle_trim is None:
+                return handler
+
+            @functools.wraps(handler)
+            def run(*args: Any) -> Any:
+                with idle_trim.request():
+                    return handler(*args)
+
+            return run
+
         def compare(image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed=None):
             """Segment the image with both models; returns the views in UI_OUTPUTS order."""
+            check_room()
             return compare_for_ui(
                 models, image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed,
                 output_root=output_root,
@@ -889,6 +809,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
 
         def prompt_change(image, prompts, second_prompts, clip_weight, stage2_mode, mask_threshold, scene_seed=None):
             """Both models under two prompt sets; returns the views in CHANGE_OUTPUTS order."""
+            check_room()
             return prompt_change_for_ui(
                 models, image, prompts, second_prompts, clip_weight, stage2_mode, mask_threshold, scene_seed,
                 output_root=output_root,
@@ -896,19 +817,21 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
 
         def render_scene(scene_seed):
             """A world scene and its prompt set; returns the image, the prompts, the seed and a note."""
+            check_room()
             return scene_for_ui(models, scene_seed, output_root=output_root)
 
         def new_random_scene():
+            check_room()
             return scene_for_ui(models, None, output_root=output_root)
 
         def show_prompts(text):
             return preview_prompts(models, text)
 
         inputs = [image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed]
-        run.click(compare, inputs=inputs, outputs=[components[key] for key in UI_OUTPUTS], api_name="compare")
+        run.click(counted(compare), inputs=inputs, outputs=[components[key] for key in UI_OUTPUTS], api_name="compare")
         change_inputs = [image, prompts, second, clip_weight, stage2_mode, mask_threshold, scene_seed]
         change_outputs = [change[key] for key in CHANGE_OUTPUTS]
-        run_change.click(prompt_change, inputs=change_inputs, outputs=change_outputs, api_name="prompt_change")
+        run_change.click(counted(prompt_change), inputs=change_inputs, outputs=change_outputs, api_name="prompt_change")
         scene_outputs = [image, prompts, scene_seed, scene_note]
         new_scene.click(new_random_scene, outputs=scene_outputs, api_visibility="private")
         scene_seed.submit(render_scene, inputs=scene_seed, outputs=scene_outputs, api_name="render_scene")
@@ -919,6 +842,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
             first = world_examples[0]
 
             def first_view():
+                check_room()
                 values = prompt_change_for_ui(
                     models, first.image, first.prompts, first.second_prompts, 0.65, opening_stage2, 0.5, first.seed,
                     output_root=output_root,
@@ -927,7 +851,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
                 return (first.image, first.prompts, first.seed, first.second_prompts, note, *values)
 
             demo.load(
-                first_view,
+                counted(first_view),
                 outputs=[image, prompts, scene_seed, second, scene_note, *change_outputs],
                 api_visibility="private",
                 show_progress="hidden",
@@ -949,45 +873,7 @@ def build_app(models: DemoModels, *, output_root: str | Path, examples: list[Exa
             show_progress="hidden",
             concurrency_limit=4,
         )
-    return demo
-
-
-OUTPUT_PREFIX = "pmp-demo-"  # output folders are named pmp-demo-<pid>-<random>
-
-
-def make_output_root(base: str | Path | None = None) -> Path:
-    """A fresh folder for this instance's downloads, after removing those of instances that died
-    without cleaning up (killed, or the machine restarted): their PID no longer runs."""
-    base = Path(base or tempfile.gettempdir())
-    for folder in base.glob(f"{OUTPUT_PREFIX}*"):
-        pid = folder.name[len(OUTPUT_PREFIX) :].split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{OUTPUT_PREFIX}{os.getpid()}-", dir=base))
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def remove_on_exit(folder: Path) -> None:
-    """Remove ``folder`` at a normal exit and on SIGTERM / SIGINT (``atexit`` alone does not run when a
-    signal ends the process, which is how hosts stop a server)."""
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        shutil.rmtree(folder, ignore_errors=True)
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)  # end as the signal would have, with its exit status
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
+    return clear_input_errors(demo)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1021,11 +907,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Eq. 3 with FC-CLIP's two weights: W for prompts among the models' training names (the slider opens "
         "at it), U for the others, e.g. 0.4:0.9 (default: one weight, the paper's Eq. 3)",
     )
+    parser.add_argument(
+        "--idle-trim-s",
+        type=float,
+        default=IDLE_TRIM_S,
+        help="return freed memory to the system after this many seconds without a request (0: never; "
+        "docs/demo.md, Memory)",
+    )
     return parser.parse_args(argv)
 
 
-def launch(demo: gr.Blocks, *, host: str, port: int, concurrency: int, max_queue: int, block: bool = True) -> gr.Blocks:
-    """Bounded queue, bounded uploads, no share link, no SSR (which needs Node), API docs kept."""
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str,
+    port: int,
+    concurrency: int,
+    max_queue: int,
+    block: bool = True,
+    budget: DiskBudget | None = None,
+) -> gr.Blocks:
+    """Bounded queue, bounded request bodies and uploads, no share link, no SSR (which needs Node), API docs
+    kept. Uploads are refused when ``budget`` has no room for them."""
     demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
     demo.launch(
         server_name=host,
@@ -1038,7 +941,7 @@ def launch(demo: gr.Blocks, *, host: str, port: int, concurrency: int, max_queue
         prevent_thread_lock=not block,
         quiet=not block,
         footer_links=["api", "gradio"],
-        app_kwargs={"middleware": [Middleware(RequestBodyLimit)]},
+        app_kwargs={"middleware": [Middleware(RequestBodyLimit), Middleware(UploadGuard, budget=budget)]},
     )
     return demo
 
@@ -1053,10 +956,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as error:  # e.g. --clip-weights for a model whose config lists no training names
         raise SystemExit(f"app.py: error: {error}") from None
-    output_root = make_output_root()
+    output_root = instance_folders()  # also Gradio's cache, so that every file of the instance is in it
     remove_on_exit(output_root)
-    demo = build_app(models, output_root=output_root)
-    launch(demo, host=args.host, port=args.port, concurrency=args.concurrency, max_queue=args.max_queue)
+    budget = DiskBudget(output_root)
+    idle_trim = IdleTrim(args.idle_trim_s) if args.idle_trim_s > 0 else None
+    demo = build_app(models, output_root=output_root, budget=budget, idle_trim=idle_trim)
+    budget.protect_existing()  # the examples Gradio cached while the page was built
+    launch(demo, host=args.host, port=args.port, concurrency=args.concurrency, max_queue=args.max_queue, budget=budget)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,11 @@ def _set_thresholds(mmap_threshold: int, trim_threshold: int) -> bool:
     if libc is None:
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
+
+
+def trim_freed_memory() -> bool:
+    """Return what the heap holds freed to the system now, thresholds unchanged (glibc's ``malloc_trim``):
+    for a server that has gone idle, so that memory kept for the next request does not stay resident
+    for good. True when glibc released something."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

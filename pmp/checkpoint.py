@@ -99,6 +99,8 @@ def load_config(folder: Path) -> SegmenterConfig:
         raise CheckpointError(f"{config_path}: missing; a checkpoint folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
     try:
         return SegmenterConfig.from_dict(json.loads(config_path.read_text()))
+    except RecursionError:  # nested thousands deep: no config is
+        raise CheckpointError(f"{config_path}: not a valid segmenter config: nested too deeply") from None
     except (json.JSONDecodeError, TypeError, ValueError) as error:
         raise CheckpointError(f"{config_path}: not a valid segmenter config: {error}") from error
 
@@ -139,8 +141,9 @@ def load_weights(module: "nn.Module", folder: Path, without: str | None = None) 
     every other key must be there.
     """
     state: dict[str, torch.Tensor] = {}
-    verify_checksums(folder)
-    for weights_path in weight_files(folder):
+    weights = weight_files(folder)
+    verify_checksums(folder, weights)
+    for weights_path in weights:
         try:
             state.update(load_file(str(weights_path)))
         except (SafetensorError, OSError, ValueError) as error:
@@ -174,19 +177,34 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_checksums(folder: Path) -> None:
-    """Raise CheckpointError when a weight file's bytes differ from the checksum recorded at save time."""
+def verify_checksums(folder: Path, weights: list[Path]) -> None:
+    """Raise CheckpointError unless every file of ``weights`` has the bytes recorded at save time.
+
+    ``checksums.json`` may name only files of the folder itself (a name such as ``../x.bin`` would make
+    the loader read any file on the machine), and must name every weight file: a shard it leaves out
+    would load unverified.
+    """
     path = folder / CHECKSUMS_NAME
     if not path.is_file():
         return
     try:
         recorded = json.loads(path.read_text())
-        items = [(str(name), str(digest)) for name, digest in recorded.items()]
+        items = {str(name): str(digest) for name, digest in recorded.items()}
+    except RecursionError:
+        raise CheckpointError(f"{path}: not a valid checksum file: nested too deeply") from None
     except (json.JSONDecodeError, AttributeError) as error:
         raise CheckpointError(f"{path}: not a valid checksum file ({error})") from error
-    for name, digest in items:
-        weights_path = folder / name
-        if weights_path.is_file() and file_sha256(weights_path) != digest:
+    for name in items:
+        if Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{path}: names {name!r}, which is not a file of this folder; names must be bare")
+    for weights_path in weights:
+        digest = items.get(weights_path.name)
+        if digest is None:
+            raise CheckpointError(
+                f"{weights_path}: not in {CHECKSUMS_NAME}, so its bytes cannot be verified; every weight file "
+                "must be listed (save the checkpoint again, or remove checksums.json to load it unchecked)"
+            )
+        if file_sha256(weights_path) != digest:
             raise CheckpointError(
                 f"{weights_path}: corrupt: its bytes do not match the sha256 recorded in {CHECKSUMS_NAME} at save "
                 "time (a damaged download or disk); download or copy the checkpoint again"
@@ -199,8 +217,13 @@ def weight_files(folder: Path) -> list[Path]:
     if index_path.is_file():
         try:
             shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+        except RecursionError:
+            raise CheckpointError(f"{index_path}: not a valid shard index: nested too deeply") from None
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise CheckpointError(f"{index_path}: not a valid shard index ({error})") from error
+        outside = [name for name in shards if not isinstance(name, str) or Path(name).name != name]
+        if outside:
+            raise CheckpointError(f"{index_path}: lists {outside[0]!r}, which is not a file of this folder")
         missing = [name for name in shards if not (folder / name).is_file()]
         if missing:
             raise CheckpointError(f"{folder / missing[0]}: missing; {INDEX_NAME} lists it")

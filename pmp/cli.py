@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 from pmp.allocator import retain_freed_memory
@@ -58,6 +59,18 @@ def list_images(path: Path) -> list[Path]:
     return [path]
 
 
+def check_output_folder(folder: Path) -> None:
+    """Create ``folder`` if needed and check that files can be written in it; ValueError saying why not."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder}: exists and is not a folder; name a folder (it is created if missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {folder}: cannot write there ({error.strerror or error})") from None
+
+
 def output_stems(images: list[Path]) -> dict[Path, str]:
     """The name each input's outputs start with: its stem, or stem + suffix where stems collide
     (``a.png`` and ``a.jpg`` -> ``a_png`` and ``a_jpg``), so no input overwrites another's results."""
@@ -86,9 +99,9 @@ def run_segment(args: argparse.Namespace) -> int:
     from pmp.visualize import save_outputs
 
     images = list_images(args.input)
+    check_output_folder(args.out)  # before the model is loaded: a bad --out costs nothing
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     segmenter = Segmenter.from_pretrained(args.checkpoint, device=device)
-    args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     stems = output_stems(images)
     for path in tqdm(images, desc="segment", unit="image", disable=len(images) == 1 or not sys.stderr.isatty()):
@@ -106,7 +119,11 @@ def run_segment(args: argparse.Namespace) -> int:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
             continue
-        save_outputs(result, image, args.out, stems[path])
+        try:
+            save_outputs(result, image, args.out, stems[path])
+        except OSError as error:  # e.g. a name too long for the file system once suffixes are added
+            print(f"{path}: its results could not be written to {args.out}: {error.strerror or error}", file=sys.stderr)
+            failures += 1
     print(f"wrote results for {len(images) - failures} of {len(images)} image(s) to {args.out}")
     return 1 if failures else 0
 

@@ -168,6 +168,7 @@ class SegmenterConfig:
             )
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        check_sizes(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -213,6 +214,76 @@ class SegmenterConfig:
         config = cls(**kwargs)
         config.validate()
         return config
+
+
+# Every size a config sets, bounded before anything is built: a checkpoint from the Hub is untrusted
+# input, and a config.json that asks for 2,000,000 queries must be refused, not allocated. The bounds
+# are far above any published model (Mask2Former and FC-CLIP: 100-250 queries, 6-10 layers, 256-2048 wide).
+SIZE_LIMITS: dict[str, tuple[int, int]] = {
+    "image_size": (32, 4096),
+    "crop_top_k": (1, 1000),
+    "max_prompts": (1, 10_000),
+    "max_prompt_chars": (1, 10_000),
+    "clip.text_cache_size": (0, 1_000_000),
+    "pixel_decoder.conv_dim": (1, 4096),
+    "pixel_decoder.mask_dim": (1, 4096),
+    "pixel_decoder.num_layers": (1, 64),
+    "pixel_decoder.num_heads": (1, 64),
+    "pixel_decoder.num_points": (1, 64),
+    "pixel_decoder.dim_feedforward": (1, 65536),
+    "decoder.hidden_dim": (1, 4096),
+    "decoder.num_queries": (1, 1000),
+    "decoder.num_layers": (1, 64),
+    "decoder.num_heads": (1, 64),
+    "decoder.dim_feedforward": (1, 65536),
+}
+# clip.model_cfg (an open_clip config, nested) by key; any other whole number in it is bounded by OTHER_CLIP_SIZE.
+CLIP_CFG_LIMITS: dict[str, tuple[int, int]] = {
+    "embed_dim": (1, 4096),
+    "width": (1, 4096),
+    "layers": (1, 64),  # an int, or one int per stage (ModifiedResNet)
+    "heads": (1, 64),
+    "head_width": (1, 1024),
+    "image_size": (16, 1024),
+    "patch_size": (1, 64),
+    "context_length": (1, 1024),
+    "vocab_size": (1, 1_000_000),
+}
+OTHER_CLIP_SIZE = 100_000
+
+
+def check_sizes(config: "SegmenterConfig") -> None:
+    """Raise ValueError naming the first size of ``config`` outside :data:`SIZE_LIMITS` (and, in
+    ``clip.model_cfg``, :data:`CLIP_CFG_LIMITS`), or a width its attention heads do not divide."""
+    for name, (low, high) in SIZE_LIMITS.items():
+        value = config
+        for part in name.split("."):
+            value = getattr(value, part)
+        if not low <= value <= high:
+            raise ValueError(f"config field {name}={value!r} is out of range: accepted {low:,} to {high:,}")
+    heads = [("decoder.hidden_dim", config.decoder.hidden_dim, "decoder.num_heads", config.decoder.num_heads)]
+    if config.pixel_decoder.kind == "msdeform":  # the FPN has no attention
+        heads.append(
+            ("pixel_decoder.conv_dim", config.pixel_decoder.conv_dim, "pixel_decoder.num_heads",
+             config.pixel_decoder.num_heads)
+        )  # fmt: skip
+    for width_name, width, heads_name, count in heads:
+        if width % count:
+            raise ValueError(f"config field {width_name}={width} must be a multiple of {heads_name}={count}")
+    _check_clip_cfg(config.clip.model_cfg or {}, "clip.model_cfg")
+
+
+def _check_clip_cfg(section: dict[str, Any], prefix: str) -> None:
+    for key, value in section.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            _check_clip_cfg(value, name)
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        low, high = CLIP_CFG_LIMITS.get(key, (0, OTHER_CLIP_SIZE))
+        for item in values:
+            if isinstance(item, int) and not isinstance(item, bool) and not low <= item <= high:
+                raise ValueError(f"config field {name}={value!r} is out of range: accepted {low:,} to {high:,}")
 
 
 def name_synonyms(name: str) -> list[str]:

@@ -206,6 +206,8 @@ def markdown_safe(text: str) -> str:
 
 def check_number(value: Any, name: str, low: float, high: float, *, open_interval: bool = False) -> float:
     """A finite float within [low, high] (or (low, high)); the message says what is accepted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):  # true is not 1.0, a list not a number
+        raise DemoInputError(f"{name} must be a number between {low} and {high}, got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):

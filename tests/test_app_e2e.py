@@ -9,67 +9,22 @@ used); it is skipped, saying so, when either is missing.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.app_server import REPO, rss_bytes, running_app
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-SERVER_START_TIMEOUT_S = 90
 PROMPTS = "sky, house, red car"
 MAX_QUEUE = 6  # small, so that the load test also meets the queue's "full" answer
-
-
-def _tiny_config(text_mode: str):
-    from pmp.config import (
-        BackboneConfig,
-        CLIPConfig,
-        DecoderConfig,
-        PixelDecoderConfig,
-        SegmenterConfig,
-        tiny_clip_model_cfg,
-    )
-
-    return SegmenterConfig(
-        clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg()),  # the world's CLIP: world features on
-        backbone=BackboneConfig(kind="clip"),
-        pixel_decoder=PixelDecoderConfig(conv_dim=32, mask_dim=32),
-        decoder=DecoderConfig(
-            hidden_dim=32, num_queries=10, num_layers=3, num_heads=4, dim_feedforward=64, text_mode=text_mode
-        ),
-        image_size=128,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _rss_bytes(pid: int) -> int:
-    """Resident memory of a process: psutil when installed, else /proc/<pid>/status."""
-    try:
-        import psutil
-
-        return psutil.Process(pid).memory_info().rss
-    except ImportError:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 @pytest.fixture(scope="module")
@@ -98,42 +53,9 @@ def sample_image(workdir) -> Path:
 @pytest.fixture(scope="module")
 def server(workdir):
     """The app on a free localhost port, serving tiny random-weight baseline and PMP checkpoints."""
-    from pmp.segmenter import Segmenter
-
-    folders = {}
-    for name, text_mode in (("baseline", "none"), ("pmp", "pmp")):
-        folders[name] = workdir / name
-        Segmenter(_tiny_config(text_mode)).save_pretrained(folders[name])
-    port = _free_port()
-    log_path = workdir / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "GRADIO_TEMP_DIR": str(workdir / "gradio"), "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
-    command = [sys.executable, "app.py", "--baseline", str(folders["baseline"]), "--pmp", str(folders["pmp"]),
-               "--port", str(port), "--max-queue", str(MAX_QUEUE), "--concurrency", "1", "--device", "cpu"]  # fmt: skip
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield SimpleNamespace(url=url, pid=process.pid, log=log_path, downloads=workdir / "client")
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+    with running_app(workdir, "--max-queue", str(MAX_QUEUE), "--concurrency", "1") as running:
+        running.downloads = workdir / "client"
+        yield running
 
 
 def _client(server, download: bool = True):
@@ -185,7 +107,7 @@ def test_api_renders_a_scene_and_scores_both_models_on_it(server):
     assert "did **not move**" in change["baseline_change_title"]
     assert "mIoU on this image" in change["pmp_change_title"]
     assert Path(change["truth_set2"]).is_file()
-    with pytest.raises(Exception, match="less than minimum value 0"):  # Gradio's own Number check answers first
+    with pytest.raises(Exception, match="the scene seed must be a whole number from 0 to 999,999,999, got -3"):
         client.predict(-3, api_name="/render_scene")
 
 
@@ -240,9 +162,9 @@ def test_api_bad_input_gets_clear_messages(server, sample_image, workdir):
     cases = [
         ((sample_image, ""), "no prompts"),
         ((sample_image, ", ".join(f"c{i}" for i in range(40))), "too many prompts: 40 given"),
-        # Gradio's own component checks answer first for sliders and radios; both messages are clear.
-        ((sample_image, PROMPTS, 7.0), "greater than maximum value 1.0"),
-        ((sample_image, PROMPTS, 0.5, "slice"), "slice"),
+        # Sliders and radios hand their values to the handler as sent, which checks them.
+        ((sample_image, PROMPTS, 7.0), "CLIP weight must be between 0.0 and 1.0, got 7.0"),
+        ((sample_image, PROMPTS, 0.5, "slice"), "stage-2 mode must be one of pool, crop, got 'slice'"),
         ((not_an_image, PROMPTS), "could not be read as an image"),
         ((truncated, PROMPTS), "truncated or corrupt"),
     ]
@@ -280,7 +202,7 @@ def test_inline_pixel_bomb_is_refused_from_its_header(server):
     buffer = io.BytesIO()
     Image.new("1", (13000, 13000)).save(buffer, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    before = _rss_bytes(server.pid)
+    before = rss_bytes(server.pid)
     started = time.monotonic()
     message = _queue_event(
         server,
@@ -288,7 +210,7 @@ def test_inline_pixel_bomb_is_refused_from_its_header(server):
         "bomb",
     )
     seconds = time.monotonic() - started
-    grown = _rss_bytes(server.pid) - before
+    grown = rss_bytes(server.pid) - before
     print(f"pixel bomb refused in {seconds:.2f} s, server memory {grown / 2**20:+.0f} MB")
     assert message["success"] is False
     assert "13000x13000 = 169,000,000 pixels; at most 40,000,000" in json.dumps(message["output"])
@@ -309,12 +231,12 @@ def test_inline_image_within_the_limits_still_works(server, sample_image):
 
 def test_oversized_event_payload_is_refused_before_it_is_read(server):
     body = json.dumps({"data": ["x" * (41 * 1024 * 1024)], "fn_index": 0, "session_hash": "big"})
-    before = _rss_bytes(server.pid)
+    before = rss_bytes(server.pid)
     answer = httpx.post(
         server.url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"}, timeout=60
     )
     assert answer.status_code == 413 and "at most 2,097,152 bytes" in answer.text
-    assert _rss_bytes(server.pid) - before < 100 * 2**20
+    assert rss_bytes(server.pid) - before < 100 * 2**20
 
     def chunks():  # no Content-Length: counted as it arrives
         for _ in range(41):
@@ -343,7 +265,7 @@ def test_load_8_clients_x_5_requests(server, sample_image):
     clients = [_client(server, download=False) for _ in range(8)]  # the server's work, not file transfers
     for client in clients[:2]:  # warm up: first requests allocate caches, thread pools, CLIP text cache
         _compare(client, sample_image)
-    rss_after_first = _rss_bytes(server.pid)
+    rss_after_first = rss_bytes(server.pid)
     outcomes: list[str] = []
     lock = threading.Lock()
 
@@ -368,7 +290,7 @@ def test_load_8_clients_x_5_requests(server, sample_image):
     unexpected = [outcome for outcome in outcomes if outcome not in ("ok", "busy")]
     assert not unexpected, unexpected
     assert outcomes.count("ok") >= 8  # the queue serves while it is full for others
-    rss_after_load = _rss_bytes(server.pid)
+    rss_after_load = rss_bytes(server.pid)
     print(
         f"load: {outcomes.count('ok')} ok, {outcomes.count('busy')} busy; "
         f"RSS {rss_after_first / 2**20:.0f} -> {rss_after_load / 2**20:.0f} MiB"
@@ -485,9 +407,9 @@ def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
     assert not (REPO / "app.pyi").exists()  # Gradio writes one beside the module of any component subclass
 
 
-def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path):
+def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path, monkeypatch):
     """Gradio's default image_mode="RGB" would give the handler an RGB copy: a 16-bit grey PNG as all
-    white, an RGBA image with its hidden colours. The app passes the original file on."""
+    white, an RGBA image with its hidden colours. The app passes the original (uploaded) file on."""
     from gradio.data_classes import ImageData
 
     import app
@@ -495,81 +417,19 @@ def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path):
     from pmp.images import load_image
     from tests.test_demo import FakeSegmenter
 
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))  # where uploads land
     demo = app.build_app(DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)), output_root=tmp_path / "out", examples=[])
     image_box = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "image")
-    grey16 = tmp_path / "grey16.png"
+    uploads = tmp_path / "cache" / "0123abcd"
+    uploads.mkdir(parents=True)
+    grey16 = uploads / "grey16.png"
     Image.fromarray(np.full((10, 20), 40000, np.uint16)).save(grey16)
     rgba = np.zeros((10, 20, 4), np.uint8)
     rgba[..., :3] = (255, 0, 0)  # red under fully transparent pixels
-    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
-    for path in (grey16, tmp_path / "rgba.png"):
+    Image.fromarray(rgba, "RGBA").save(uploads / "rgba.png")
+    for path in (grey16, uploads / "rgba.png"):
         handed = image_box.preprocess(ImageData(path=str(path), orig_name=path.name))
         assert Path(handed) == path, "the handler must get the uploaded file itself"
     grey = np.asarray(load_image(grey16))
     assert grey.max() < 200  # 40000 / 65535 of full scale, not the all-white 8-bit copy
-    assert (np.asarray(load_image(tmp_path / "rgba.png")) == 255).all()  # transparent over white, not the hidden red
-
-
-def test_sigterm_removes_the_output_folder_and_start_removes_dead_instances_folders(tmp_path, sample_image):
-    """A host stops the server with SIGTERM: its downloads must not stay behind (atexit does not run),
-    and folders left by instances that died anyway are removed when the next one starts."""
-    import signal
-
-    from gradio_client import Client, handle_file
-
-    from pmp.segmenter import Segmenter
-
-    base = tmp_path / "tmp"
-    stale = base / "pmp-demo-999999999-dead"  # no such PID
-    stale.mkdir(parents=True)
-    (stale / "labels.png").write_bytes(b"old")
-    folders = {}
-    for name, text_mode in (("baseline", "none"), ("pmp", "pmp")):
-        folders[name] = tmp_path / name
-        Segmenter(_tiny_config(text_mode)).save_pretrained(folders[name])
-    port = _free_port()
-    env = {
-        **os.environ,
-        "TMPDIR": str(base),
-        "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-    }
-    command = [
-        sys.executable,
-        "app.py",
-        "--baseline",
-        str(folders["baseline"]),
-        "--pmp",
-        str(folders["pmp"]),
-        "--port",
-        str(port),
-    ]
-    log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            assert process.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the app did not start"
-            time.sleep(0.3)
-        assert not stale.exists()
-        Client(url, verbose=False).predict(
-            handle_file(str(sample_image)), PROMPTS, 0.65, "pool", 0.5, True, api_name="/compare"
-        )
-        ours = [p for p in base.glob("pmp-demo-*") if p.is_dir()]
-        assert len(ours) == 1 and any(ours[0].rglob("*.png"))  # the request's downloads are there
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=20)
-        assert process.returncode == -signal.SIGTERM
-        assert not ours[0].exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        log.close()
+    assert (np.asarray(load_image(uploads / "rgba.png")) == 255).all()  # transparent over white, not the hidden red

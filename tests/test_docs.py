@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ("README.md", "docs/results.md", "benchmarks/README.md")
+DOCUMENTS = ("README.md", "docs/results.md", "docs/demo.md", "benchmarks/README.md")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -44,3 +44,12 @@ def test_every_relative_link_and_anchor_resolves(document: str) -> None:
         elif anchor and linked.suffix == ".md" and anchor not in heading_anchors(linked.read_text()):
             broken.append(f"{target}: no heading with that anchor")
     assert not broken, f"{document}: {broken}"
+
+
+def test_the_demo_memory_table_is_the_one_its_results_file_gives() -> None:
+    import json
+
+    from benchmarks.app_memory import memory_table
+
+    results = json.loads((ROOT / "results" / "app_memory.json").read_text())
+    assert memory_table(results) in (ROOT / "docs" / "demo.md").read_text()

@@ -524,8 +524,8 @@ def test_a_config_value_of_the_wrong_type_names_the_field(segmenter: Segmenter, 
 
 
 def test_bundled_checkpoints_carry_matching_checksums() -> None:
-    from pmp.checkpoint import BUNDLED_DIR, verify_checksums
+    from pmp.checkpoint import BUNDLED_DIR, verify_checksums, weight_files
 
     for name in ("baseline", "pmp"):
         assert (BUNDLED_DIR / name / "checksums.json").is_file()
-        verify_checksums(BUNDLED_DIR / name)
+        verify_checksums(BUNDLED_DIR / name, weight_files(BUNDLED_DIR / name))

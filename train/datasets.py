@@ -212,14 +212,19 @@ def seen_counts() -> dict[str, tuple[int, int]]:
     return counts
 
 
+class SampleError(ValueError):
+    """One sample's file cannot be used (unreadable, a decompression bomb, a label of the wrong kind, size
+    or ids); the message names the file. Evaluation skips such samples or stops, as asked."""
+
+
 def read_image(path: Path) -> np.ndarray:
     """(H, W, 3) uint8 RGB; EXIF orientation applied like detectron2's ``read_image``."""
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+        raise SampleError(f"cannot read image {path}: {error}") from error
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -307,26 +312,26 @@ class SemSegDataset(Dataset):
         try:
             with Image.open(path) as file:
                 raw = np.asarray(file)
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"{self.name}: cannot read label {path}: {error}") from error
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+            raise SampleError(f"{self.name}: cannot read label {path}: {error}") from error
         expected_dtype = _LABEL_DTYPES[self.label_ext]
         if raw.ndim == 2 and raw.dtype.newbyteorder("=") == expected_dtype.newbyteorder("="):
             raw = raw.astype(expected_dtype, copy=False)  # any byte order (big-endian TIFFs), as detectron2 reads them
         if raw.ndim != 2 or raw.dtype != expected_dtype:
-            raise ValueError(
+            raise SampleError(
                 f"{self.name}: label {path} is {raw.dtype} with shape {raw.shape}; expected a single-channel "
                 f"{expected_dtype} map of class ids (8-bit PNG for png labels, 16-bit TIFF for tif labels)"
             )
         size = expected_size if expected_size is not None else image_size(image_path)
         if raw.shape != tuple(size):
-            raise ValueError(
+            raise SampleError(
                 f"{self.name}: label {path} is {raw.shape[0]}x{raw.shape[1]} but image {image_path} is "
                 f"{size[0]}x{size[1]} (H x W); label maps must match their image pixel for pixel"
             )
         bad = (raw >= self.num_classes) & (raw != self.raw_ignore_label)
         if bad.any():
             values = np.unique(raw[bad])[:10].tolist()
-            raise ValueError(
+            raise SampleError(
                 f"{self.name}: label {path} holds ids {values} outside 0..{self.num_classes - 1} "
                 f"(ignore = {self.raw_ignore_label})"
             )

@@ -10,7 +10,9 @@ confusion matrices and recall sums are all-reduced, so every rank ends with the 
 would compute (up to float summation order in the recall sums).
 
 Result (a dict, and ``--json``): fractions in [0, 1], NaN (``null`` in JSON) where undefined:
-``benchmark``, ``num_classes``, ``num_images``, ``seconds`` (wall time, slowest rank),
+``benchmark``, ``num_classes``, ``num_images`` (scored), ``num_skipped`` and ``skipped`` (images or labels that
+could not be used: each named once on stderr and skipped, or with ``--strict`` the run stops at the first with
+one line and exit status 2), ``seconds`` (wall time, slowest rank),
 ``miou``, ``miou_seen``, ``miou_unseen``, ``pixel_accuracy``, ``mean_accuracy``,
 ``proposal_recall`` (class-balanced mean best IoU of the first-stage proposals per ground-truth
 segment; NaN with ``--no-recall``), ``proposal_recall_seen``, ``proposal_recall_unseen``,
@@ -42,11 +44,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pmp.config import AUTOCAST_NAMES, ENSEMBLES, parse_weight_pair
-from train.datasets import REAL_DATASETS, SyntheticBenchmarkDataset, build_dataset, describe_layouts
+from train.datasets import REAL_DATASETS, SampleError, SyntheticBenchmarkDataset, build_dataset, describe_layouts
 from train.metrics import ProposalRecall, SemSegMetric
 from train.runtime import all_reduce, rank_and_world_size
 
 RECALL_THRESHOLDS = (0.5, 0.75)
+BAD_SAMPLE_POLICIES = ("skip", "stop")
 
 
 class BenchmarkDataset(Protocol):
@@ -104,6 +107,7 @@ def evaluate(
     flip_test: bool = False,
     proposal_recall: bool = True,
     show_progress: bool | None = None,
+    bad_samples: str = "skip",
 ) -> dict[str, Any]:
     """Segment the first ``limit`` images (all when None) of ``dataset`` and score them; see the module docstring.
 
@@ -114,8 +118,12 @@ def evaluate(
     only when True. ``clip_weight_sweep`` (needs a :class:`pmp.segmenter.Segmenter`: ``run_stages`` + ``combine``)
     also scores every listed weight on the same stage outputs, each for every prompt; ``split_weight_sweep``
     scores (clip_weight, clip_weight_unseen) pairs the same way. ``show_progress`` None = a tqdm bar on
-    stderr when it is a terminal, on rank 0 only.
+    stderr when it is a terminal, on rank 0 only. ``bad_samples``: what a sample whose image or label
+    cannot be used (:class:`train.datasets.SampleError`) does: "skip" (one line on stderr naming the file;
+    counted in ``num_skipped`` and listed in ``skipped``) or "stop" (the error is raised).
     """
+    if bad_samples not in BAD_SAMPLE_POLICIES:
+        raise ValueError(f"bad_samples must be one of {', '.join(BAD_SAMPLE_POLICIES)}, got {bad_samples!r}")
     rank, world_size = rank_and_world_size()
     class_names = list(dataset.class_names)
     if len(set(class_names)) != len(class_names):
@@ -149,8 +157,16 @@ def evaluate(
         show_progress = sys.stderr.isatty()
     indices = range(rank, count, world_size)
     started = time.perf_counter()
+    skipped: list[dict[str, Any]] = []
     for index in tqdm(indices, desc=f"eval {dataset.name}", file=sys.stderr, disable=not show_progress or rank != 0):
-        image, label = dataset[index]
+        try:
+            image, label = dataset[index]
+        except SampleError as error:
+            if bad_samples == "stop":
+                raise
+            print(f"skipped {dataset.name}[{index}]: {error}", file=sys.stderr)
+            skipped.append({"index": index, "problem": str(error)})
+            continue
         # Prompts: the benchmark's classes, or (world-mixed) this image's own set, whose indices are mapped
         # back onto the benchmark's classes so that one confusion matrix serves every image.
         labels = dataset.image_prompts(index) or class_names
@@ -180,7 +196,8 @@ def evaluate(
     for metric in swept:
         metric.load_state(_all_reduce(metric.state))
     recall.load_state(_all_reduce(recall.state))
-    num_images = int(_all_reduce(np.array([len(indices)], dtype=np.int64))[0])
+    num_skipped = int(_all_reduce(np.array([len(skipped)], dtype=np.int64))[0])
+    num_images = int(_all_reduce(np.array([len(indices)], dtype=np.int64))[0]) - num_skipped
     seconds = float(
         _all_reduce(np.array([seconds], dtype=np.float64), dist.ReduceOp.MAX if world_size > 1 else None)[0]
     )
@@ -191,6 +208,8 @@ def evaluate(
         "benchmark": dataset.name,
         "num_classes": len(class_names),
         "num_images": num_images,
+        "num_skipped": num_skipped,
+        "skipped": skipped,  # this rank's (all of them without torchrun)
         "seconds": seconds,
         "miou": scores.miou,
         "miou_seen": scores.miou_seen,
@@ -270,7 +289,8 @@ def format_table(result: dict[str, Any]) -> str:
         "",
         "summary (%)",
         f"benchmark          {result['benchmark']} ({result['num_classes']} classes, {result['num_images']} images, "
-        f"{result['seconds']:.1f} s)",
+        f"{result['seconds']:.1f} s)"
+        + (f"; {result['num_skipped']} skipped (files that could not be used)" if result.get("num_skipped") else ""),
         f"mIoU               {pct(result['miou'])}",
         f"mIoU seen          {pct(result['miou_seen'])}",
         f"mIoU unseen        {pct(result['miou_unseen'])}",
@@ -365,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; one GPU per rank)")
     parser.add_argument("--no-recall", action="store_true", help="skip the proposal-recall metric (saves memory)")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="stop at the first image or label that cannot be used (default: skip it, say so on stderr, and "
+        "count it in num_skipped)",
+    )
+    parser.add_argument(
         "--flip-test",
         action="store_true",
         help="also segment each image mirrored left to right and add its class maps, mirrored back (twice the time)",
@@ -442,6 +468,7 @@ def main(
             image_size=args.image_size,
             flip_test=args.flip_test,
             proposal_recall=not args.no_recall,
+            bad_samples="stop" if args.strict else "skip",
         )
         result["checkpoint"] = args.checkpoint
         if args.autocast != "none":
@@ -454,6 +481,9 @@ def main(
             result["options"]["adapted_clip"] = str(args.adapted_clip)
         if context.is_main:
             print(to_json(result) if args.json else format_table(result))
+    except SampleError as error:  # --strict
+        print(f"error: {error} (without --strict such a file is skipped and counted)", file=sys.stderr)
+        return 2
     finally:
         cleanup_distributed()
     return 0

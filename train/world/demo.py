@@ -57,7 +57,7 @@ def check_demo_seed(seed: object) -> int:
         raise ValueError(f"the scene seed must be a whole number from 0 to {MAX_DEMO_SEED:,}, got {seed!r}")
     if isinstance(seed, float) and seed.is_integer():
         seed = int(seed)
-    if isinstance(seed, str) and seed.strip().isdigit():
+    if isinstance(seed, str) and seed.strip().isascii() and seed.strip().isdigit():  # not "٥" or "²"
         seed = int(seed.strip())
     if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_DEMO_SEED:
         raise ValueError(f"the scene seed must be a whole number from 0 to {MAX_DEMO_SEED:,}, got {seed!r}")
