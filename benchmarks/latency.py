@@ -11,7 +11,7 @@ Models (``--models``, comma-separated):
     bundled  checkpoints/baseline and checkpoints/pmp; random-weight ``train.recipes.world_model`` when a
              checkpoint is missing (said in the output). Input image ``--image-size`` (default 512) px,
              resized by the model to its own 128 px.
-    r50      paper scale, random weights: ``paper_model("resnet50", "mask2former", ...)``, CLIP ViT-B/16,
+    r50      paper scale, random weights: ``recipes/m2f-r50-vitb16.json``'s model, CLIP ViT-B/16,
              100 queries, stage 1 at ``--image-size`` (default 640) px.
     swinb    the same with timm's ``swin_base_patch4_window12_384`` backbone.
 
@@ -71,6 +71,7 @@ from pmp.stage2 import classify_proposals, crop_sources, dense_input, masked_cro
 
 MODEL_KEYS = ("bundled", "r50", "swinb")
 PAPER_BACKBONES = {"r50": "resnet50", "swinb": "swin_base_patch4_window12_384"}
+PAPER_RECIPES = {"r50": "m2f-r50-vitb16", "swinb": "m2f-swinb-vitl14"}
 STAGES = ("text", "stage1", "stage2", "post", "total")
 COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "grey", "orange", "pink")
 PROFILE_ROWS = 12
@@ -111,10 +112,16 @@ def hardware(device: torch.device) -> dict[str, Any]:
 
 
 def paper_config(key: str, text_mode: str) -> SegmenterConfig:
-    from train.recipes import paper_model
+    """The Mask2Former-style recipe's model (``recipes/m2f-*.json``) with random weights, and with the CLIP
+    the recorded figures were measured with: ViT-B/16 and one template, for both backbones."""
+    from train.recipes import get_recipe
 
-    config = paper_model(PAPER_BACKBONES[key], "mask2former", text_mode)
-    config.clip.pretrained = None  # random CLIP weights: never read or download any
+    variant = "baseline" if text_mode == "none" else text_mode
+    config = get_recipe(f"{PAPER_RECIPES[key]}-{variant}").model
+    config.clip = dataclasses.replace(
+        config.clip, model_name="ViT-B-16", pretrained=None, templates=("a photo of a {}.",)
+    )
+    config.backbone = dataclasses.replace(config.backbone, pretrained_file=None)  # random: never read any
     return config
 
 
@@ -149,7 +156,7 @@ def build_pair(key: str, device: torch.device) -> tuple[dict[str, Segmenter], st
         pair[name] = Segmenter(paper_config(key, mode)).to(device).eval()
     return (
         pair,
-        f"random weights: train.recipes.paper_model({PAPER_BACKBONES[key]!r}, 'mask2former', ...), CLIP ViT-B-16",
+        f"random weights: recipes/{PAPER_RECIPES[key]}.json's model, CLIP ViT-B-16",
     )
 
 

@@ -1,6 +1,6 @@
 """Seconds per training iteration of the paper-scale models on this machine's CPU (random weights).
 
-    python -m benchmarks.train_step [--recipes ovseg-resnet101d-pmp,m2f-resnet50-pmp] [--batch 1] [--iters 2]
+    python -m benchmarks.train_step [--recipes ovseg-r101c-vitb16-pmp,m2f-r50-vitb16-pmp] [--batch 1] [--iters 2]
         [--json out.json]
 
 One iteration = forward + Hungarian matching + losses (with aux losses on every layer) + backward +
@@ -101,7 +101,8 @@ def time_recipe(name: str, batch: int, iters: int, num_prompts: int) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--recipes", default="ovseg-resnet101d-baseline,ovseg-resnet101d-pmp,m2f-resnet50-baseline,m2f-resnet50-pmp"
+        "--recipes",
+        default="ovseg-r101c-vitb16-baseline,ovseg-r101c-vitb16-pmp,m2f-r50-vitb16-baseline,m2f-r50-vitb16-pmp",
     )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--iters", type=int, default=2)

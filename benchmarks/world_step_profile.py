@@ -22,8 +22,9 @@ import torch
 from train.batches import TrainingData, build_batch
 from train.losses import SetCriterion
 from train.matcher import HungarianMatcher
+from train.optimizer import parameter_groups
 from train.recipes import get_recipe
-from train.train_segmenter import build_segmenter, parameter_groups
+from train.train_segmenter import build_segmenter
 
 PHASES = ("render", "prompts+targets", "forward", "match+losses", "backward", "optimizer")
 

@@ -64,6 +64,7 @@ class BackboneConfig:
     name: str = "resnet50"  # timm model name (kind == "timm")
     pretrained_file: str | None = None  # local weights file or a Hub id already in the cache; never downloads
     freeze: bool = False  # kind == "clip" is always frozen
+    drop_path_rate: float = 0.0  # stochastic depth in training (timm's drop_path_rate; Swin in OVSeg: 0.3)
 
 
 @dataclass

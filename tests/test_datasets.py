@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from train import class_names
+from train.augment import SemSegTrainTransform
 from train.datasets import (
     IGNORE_LABEL,
     REAL_DATASETS,
-    SemSegTrainTransform,
     build_dataset,
     coco_seen_mask,
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ("README.md", "docs/results.md", "docs/demo.md", "benchmarks/README.md")
+DOCUMENTS = ("README.md", "docs/results.md", "docs/demo.md", "docs/training.md", "benchmarks/README.md")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 

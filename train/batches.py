@@ -10,6 +10,11 @@ prompts and targets:
   (:func:`train.world.hierarchy.prompt_target`: the finest prompted name of each pixel wins, pixels with
   no prompted name get no target);
 * real datasets (:func:`sample_prompt_ids`): the present classes plus random absent ones.
+
+With ``training_prompts="all"`` (the paper-scale recipes) every image is prompted with every training
+class instead, in the vocabulary's order: the paper's "C = C_train during the training stage", as OVSeg
+classifies against all 171 COCO-Stuff names. The text tokens PMP reads in training are then the class
+embeddings of the whole training vocabulary.
 """
 
 from __future__ import annotations
@@ -52,12 +57,18 @@ class TrainingData:
             self._world = world
             self._dataset = None
         else:
-            from train.datasets import SemSegTrainTransform, build_dataset
+            from train.augment import SemSegTrainTransform
+            from train.datasets import build_dataset
 
             if config.data_root is None:
                 raise ValueError(f"--data-root is required for dataset {config.data!r}")
             self._dataset = build_dataset(config.data, config.data_root, "train")
-            self._transform = SemSegTrainTransform(config.crop_size)
+            self._transform = SemSegTrainTransform(
+                config.crop_size,
+                min_sizes=config.min_size_train,
+                max_size=config.max_size_train,
+                color_aug_ssd=config.color_aug_ssd,
+            )
             self.class_names = list(self._dataset.class_names)
 
     def sample(self, index: int) -> Sample:
@@ -142,7 +153,10 @@ def build_batch(
     vocabulary = {name: i for i, name in enumerate(SEEN_NAMES)}
     for sample in samples:
         if sample.parts is not None:  # the world: prompt-dependent targets
-            names = sample_world_prompts(sample.label, sample.parts, rng, config.negative_prob, config.present_prob)
+            if config.training_prompts == "all":
+                names = list(SEEN_NAMES)
+            else:
+                names = sample_world_prompts(sample.label, sample.parts, rng, config.negative_prob, config.present_prob)
             target = prompt_target(sample.label, sample.parts, names)  # (H, W) index into names, 255 = none
             prompt_lists.append(np.array([vocabulary[name] for name in names], dtype=np.int64))
             claimed = [k for k in range(len(names)) if (target == k).any()]
@@ -155,7 +169,10 @@ def build_batch(
             )
             continue
         labelled = np.unique(sample.label[sample.label != 255])
-        prompt_ids = sample_prompt_ids(labelled, vocabulary_size, config.negative_prob, rng, config.present_prob)
+        if config.training_prompts == "all":  # the paper's C = C_train, in the vocabulary's order (OVSeg's)
+            prompt_ids = np.arange(vocabulary_size, dtype=np.int64)
+        else:
+            prompt_ids = sample_prompt_ids(labelled, vocabulary_size, config.negative_prob, rng, config.present_prob)
         prompt_lists.append(prompt_ids)
         present = labelled[np.isin(labelled, prompt_ids)]  # the labelled classes that were prompted get targets
         position = {int(c): i for i, c in enumerate(prompt_ids)}

@@ -13,22 +13,47 @@ from typing import Any
 
 from pmp.config import SegmenterConfig, tiny_clip_model_cfg
 
+LR_SCHEDULES = ("poly", "warmup_poly")
+WEIGHT_DECAY_GROUPS = ("names", "detectron2")
+TRAINING_PROMPTS = ("all", "sampled")
+
 
 @dataclass
 class SegTrainConfig:
     model: SegmenterConfig = field(default_factory=SegmenterConfig)
-    data: str = "world"  # "world" (synthetic, on the fly) or "coco-stuff-171" (needs data_root)
+    data: str = "world"  # "world" (synthetic, on the fly) or a real dataset key, "coco171" (needs data_root)
     data_root: str | None = None
     crop_size: int = 128
-    batch_size: int = 8  # per rank
+    batch_size: int = 8  # global, over all ranks: each takes batch_size / world size (refused unless it divides)
     steps: int = 2000
-    lr: float = 1e-4
+    lr: float = 1e-4  # for the global batch
+    # "poly": linear warm-up from lr / warmup_steps, then (1 - t/T)^0.9 over the rest (the world's runs);
+    # "warmup_poly": detectron2's WarmupPolyLR, (warmup_factor ramped linearly to 1) x (1 - step/steps)^0.9
+    lr_schedule: str = "poly"
+    warmup_factor: float = 1.0  # warmup_poly only: the factor at step 0 (detectron2's SOLVER.WARMUP_FACTOR)
     weight_decay: float = 0.05
+    # "names": no decay on parameters of ndim <= 1 and names with "embed" or "norm" (biases too: the world's runs);
+    # "detectron2": no decay on normalisation layers' parameters and embeddings, biases decayed
+    # (detectron2's get_default_optimizer_params with WEIGHT_DECAY_NORM = WEIGHT_DECAY_EMBED = 0)
+    weight_decay_groups: str = "names"
     backbone_lr_multiplier: float = 0.1
     warmup_steps: int = 100
+    # Real data's resizing (train.augment.SemSegTrainTransform): the short side is one of min_size_train
+    # (detectron2's ResizeShortestEdge, "choice"), the long side at most max_size_train; () and 0: the short
+    # side 0.5x-2x the crop, the long side at most 4x the crop.
+    min_size_train: tuple[int, ...] = ()
+    max_size_train: int = 0
+    color_aug_ssd: bool = False  # detectron2's ColorAugSSDTransform (Mask2Former's INPUT.COLOR_AUG_SSD)
+    # "all": every training class is a prompt of every image, the paper's C = C_train; "sampled": the
+    # present classes plus random absent ones (train.batches), this project's scheme for the world
+    training_prompts: str = "sampled"
+    from_scratch: bool = False  # a timm backbone without pretrained weights trains only when this says so
     clip_grad_norm: float = 0.01  # Mask2Former clips the full model's gradient norm at 0.01
     negative_prob: float = 0.5  # each absent training class is also prompted with this probability
     present_prob: float = 1.0  # each present class is prompted with this probability (1: always)
+    # "points_bce": Mask2Former's mask loss and matching cost on sampled points; "full_focal": MaskFormer's
+    # (OVSeg's) sigmoid focal loss and dice on every pixel (train.matcher.MASK_LOSSES)
+    mask_loss: str = "points_bce"
     no_object_weight: float = 0.1
     class_weight: float = 2.0
     mask_weight: float = 5.0
@@ -47,9 +72,40 @@ class SegTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SegTrainConfig":
+        """Build from a dict (missing fields take their defaults); unknown keys and unsupported values are errors."""
         data = dict(data)
-        model = SegmenterConfig.from_dict(data.pop("model"))
-        return cls(model=model, **data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; accepted: {sorted(known)}")
+        model = SegmenterConfig.from_dict(data.pop("model", {}))
+        if "min_size_train" in data:
+            data["min_size_train"] = tuple(data["min_size_train"])
+        config = cls(model=model, **data)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field that holds an unsupported value."""
+        for name, accepted in (
+            ("lr_schedule", LR_SCHEDULES),
+            ("weight_decay_groups", WEIGHT_DECAY_GROUPS),
+            ("training_prompts", TRAINING_PROMPTS),
+            ("mask_loss", ("points_bce", "full_focal")),
+        ):
+            if getattr(self, name) not in accepted:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported; accepted: {', '.join(accepted)}")
+        if self.batch_size < 1 or self.steps < 1 or self.crop_size < 1:
+            raise ValueError("batch_size, steps and crop_size must be positive")
+
+    def per_rank_batch(self, world_size: int) -> int:
+        """The batch each of ``world_size`` ranks takes: the global batch divided evenly, or ValueError."""
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"the global batch {self.batch_size} does not divide over {world_size} ranks; use a number of "
+                f"GPUs that divides it, or set --batch-size (the learning rate belongs to the global batch)"
+            )
+        return self.batch_size // world_size
 
 
 @dataclass

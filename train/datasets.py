@@ -43,7 +43,7 @@ VOC2010 holds ~10k images but only the 5k validation images have a Pascal Contex
 
 The class names are in :mod:`train.class_names`. :class:`SyntheticBenchmarkDataset` wraps the synthetic
 world benchmarks (``train.world`` / ``train.world.vocabulary``) behind the same interface, and
-:class:`SemSegTrainTransform` is Mask2Former's semantic-segmentation training augmentation.
+:class:`train.augment.SemSegTrainTransform` is Mask2Former's semantic-segmentation training augmentation.
 """
 
 from __future__ import annotations
@@ -425,111 +425,6 @@ class SyntheticBenchmarkDataset(Dataset):
         return benchmark_prompts(self.benchmark, index, size=self.size)
 
 
-def _nearest_indices(source: int, target: int) -> np.ndarray:
-    """PIL's NEAREST sampling grid: target pixel i reads source pixel floor((i + 0.5) * source / target)."""
-    return np.minimum(((np.arange(target) + 0.5) * (source / target)).astype(np.int64), source - 1)
-
-
-class SemSegTrainTransform:
-    """Mask2Former's semantic-segmentation training augmentation on numpy (image, label) pairs.
-
-    Mask2Former (``MaskFormerSemanticDatasetMapper`` with configs/ade20k/semantic-segmentation): resize
-    the short side to one of 0.5x..2.0x the crop size (``[int(x * 0.1 * 512) for x in range(5, 21)]``
-    for a 512 crop) capping the long side at 4x (``MAX_SIZE_TRAIN: 2048``), take a random
-    ``crop_size`` crop under ``RandomCrop_CategoryAreaConstraint`` (``SINGLE_CATEGORY_MAX_AREA``: 1.0 =
-    no constraint), flip horizontally with probability 0.5, and pad a crop that is smaller than
-    ``crop_size`` with 128 (image) and the ignore label (label) at the bottom/right. Here the short
-    side scale is drawn uniformly from ``scale_range`` instead of from Mask2Former's discrete list, and
-    ColorAugSSD (photometric jitter) is left out. Image resizing is bilinear (PIL, as detectron2's
-    ``ResizeTransform``), label resizing nearest.
-
-    All randomness comes from the ``numpy.random.Generator`` passed to each call, so a data loader that
-    seeds one generator per (epoch, sample) reproduces its crops exactly.
-    """
-
-    def __init__(
-        self,
-        crop_size: int,
-        *,
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        max_size_factor: float = 4.0,
-        single_category_max_area: float = 1.0,
-        flip_prob: float = 0.5,
-        ignore_label: int = IGNORE_LABEL,
-        pad_value: int = 128,
-    ) -> None:
-        if crop_size < 1:
-            raise ValueError(f"crop_size must be a positive number of pixels, got {crop_size}")
-        low, high = scale_range
-        if not 0 < low <= high:
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range}")
-        if not 0 < single_category_max_area <= 1.0:
-            raise ValueError(f"single_category_max_area must be in (0, 1], got {single_category_max_area}")
-        self.crop_size = int(crop_size)
-        self.scale_range = (float(low), float(high))
-        self.max_size_factor = float(max_size_factor)
-        self.single_category_max_area = float(single_category_max_area)
-        self.flip_prob = float(flip_prob)
-        self.ignore_label = int(ignore_label)
-        self.pad_value = int(pad_value)
-
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, 3) uint8 and (H, W) int labels -> (crop, crop, 3) uint8 and (crop, crop) int64."""
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"label shape {label.shape} does not match image {image.shape[:2]}")
-        image, label = self.resize(image, np.asarray(label, dtype=np.int64), rng)
-        image, label = self.crop(image, label, rng)
-        if rng.random() < self.flip_prob:
-            image, label = image[:, ::-1], label[:, ::-1]
-        return self.pad(np.ascontiguousarray(image), np.ascontiguousarray(label))
-
-    def resize(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        height, width = label.shape
-        short_side = rng.uniform(*self.scale_range) * self.crop_size
-        scale = short_side / min(height, width)
-        max_size = self.max_size_factor * self.crop_size
-        if max(height, width) * scale > max_size:
-            scale = max_size / max(height, width)
-        new_h, new_w = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
-        if (new_h, new_w) == (height, width):
-            return image, label
-        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-        rows, cols = _nearest_indices(height, new_h), _nearest_indices(width, new_w)
-        return resized, label[rows[:, None], cols[None, :]]
-
-    def crop(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        height, width = label.shape
-        crop_h, crop_w = min(self.crop_size, height), min(self.crop_size, width)
-
-        def draw() -> tuple[int, int]:
-            return int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
-
-        top, left = draw()
-        if self.single_category_max_area < 1.0:
-            # detectron2's RandomCrop_CategoryAreaConstraint: up to 10 tries for a crop where no single
-            # (non-ignored) class covers more than the allowed share; the last try is kept otherwise.
-            for _ in range(10):
-                window = label[top : top + crop_h, left : left + crop_w]
-                classes, counts = np.unique(window, return_counts=True)
-                counts = counts[classes != self.ignore_label]
-                if len(counts) > 1 and counts.max() < counts.sum() * self.single_category_max_area:
-                    break
-                top, left = draw()
-        return image[top : top + crop_h, left : left + crop_w], label[top : top + crop_h, left : left + crop_w]
-
-    def pad(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        height, width = label.shape
-        if (height, width) == (self.crop_size, self.crop_size):
-            return image, label
-        padded_image = np.full((self.crop_size, self.crop_size, 3), self.pad_value, dtype=np.uint8)
-        padded_label = np.full((self.crop_size, self.crop_size), self.ignore_label, dtype=np.int64)
-        padded_image[:height, :width] = image
-        padded_label[:height, :width] = label
-        return padded_image, padded_label
-
-
 def describe_layouts() -> str:
     """One line per real dataset: where its images and labels are expected (for --help texts)."""
     lines = []
@@ -544,7 +439,6 @@ __all__ = [
     "REAL_DATASETS",
     "RealDatasetSpec",
     "SemSegDataset",
-    "SemSegTrainTransform",
     "SyntheticBenchmarkDataset",
     "build_dataset",
     "coco_seen_mask",

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from train.matcher import (
+    MASK_LOSSES,
     Indices,
     Targets,
     point_sample,
@@ -54,6 +55,18 @@ def dice_loss(point_logits: Tensor, point_labels: Tensor, num_masks: float) -> T
     denominator = probs.sum(-1) + point_labels.sum(-1)
     loss = 1.0 - (numerator + 1.0) / (denominator + 1.0)
     return loss.sum() / num_masks
+
+
+def sigmoid_focal_loss(
+    logits: Tensor, labels: Tensor, num_masks: float, alpha: float = 0.25, gamma: float = 2.0
+) -> Tensor:
+    """MaskFormer's mask loss (mask_former/modeling/criterion.py ``sigmoid_focal_loss``): per-mask mean focal
+    loss over its pixels, summed over masks, divided by num_masks: (N, P), (N, P) -> ()."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    p_t = prob * labels + (1 - prob) * (1 - labels)
+    loss = ce * (1 - p_t) ** gamma * (alpha * labels + (1 - alpha) * (1 - labels))
+    return loss.mean(1).sum() / num_masks
 
 
 def uncertainty(logits: Tensor) -> Tensor:
@@ -134,8 +147,12 @@ class SetCriterion(nn.Module):
         num_points: int | None = None,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        mask_loss: str = "points_bce",
     ) -> None:
         super().__init__()
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss must be one of {', '.join(MASK_LOSSES)}, got {mask_loss!r}")
+        self.mask_loss = mask_loss
         if not no_object_weight > 0:
             raise ValueError(
                 f"no_object_weight must be > 0 (a batch without targets would divide by 0), got {no_object_weight}"
@@ -221,6 +238,8 @@ class SetCriterion(nn.Module):
             zero = masks.sum() * 0.0  # keeps the graph (and DDP's used-parameter bookkeeping) intact
             return {"loss_mask": zero, "loss_dice": zero.clone()}
         matched = masks[batch_idx, pred_idx][:, None]  # (N, 1, h, w)
+        if self.mask_loss == "full_focal":
+            return self._full_mask_losses(matched, targets, indices, num_masks)
         num_points = self.num_points or points_for_mask_size(*masks.shape[-2:])
         with torch.no_grad():
             coords = uncertain_point_coords(matched, num_points, self.oversample_ratio, self.importance_sample_ratio)
@@ -230,6 +249,23 @@ class SetCriterion(nn.Module):
             "loss_mask": sigmoid_ce_loss(point_logits, point_labels, num_masks),
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),
         }
+
+    @staticmethod
+    def _full_mask_losses(matched: Tensor, targets: Targets, indices: Indices, num_masks: float) -> dict[str, Tensor]:
+        """MaskFormer: each matched mask upsampled (bilinear) to its target's size, focal + dice on every pixel."""
+        focal, dice, start = [], [], 0
+        for (_, tgt_idx), target in zip(indices, targets):
+            count = tgt_idx.numel()
+            if count == 0:
+                continue
+            target_masks = target["masks"].to(matched.device)[tgt_idx.to(matched.device)].float()  # (n, H, W)
+            logits = F.interpolate(
+                matched[start : start + count], size=target_masks.shape[-2:], mode="bilinear", align_corners=False
+            )[:, 0]  # (n, H, W)
+            focal.append(sigmoid_focal_loss(logits.flatten(1), target_masks.flatten(1), num_masks))
+            dice.append(dice_loss(logits.flatten(1), target_masks.flatten(1), num_masks))
+            start += count
+        return {"loss_mask": torch.stack(focal).sum(), "loss_dice": torch.stack(dice).sum()}
 
     @staticmethod
     def _target_points(targets: Targets, indices: Indices, coords: Tensor) -> Tensor:

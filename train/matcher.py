@@ -38,6 +38,11 @@ Targets = Sequence[Mapping[str, Tensor]]
 Indices = list[tuple[Tensor, Tensor]]
 
 
+# "points_bce": Mask2Former's sigmoid BCE + dice on importance-sampled points; "full_focal": MaskFormer's
+# (OVSeg's) sigmoid focal loss + dice on every pixel of the mask upsampled to the target's size.
+MASK_LOSSES = ("points_bce", "full_focal")
+
+
 def points_for_mask_size(height: int, width: int) -> int:
     """How many points to sample per mask for predicted masks of ``height`` x ``width`` pixels.
 
@@ -136,6 +141,16 @@ def batch_dice_cost(pred_points: Tensor, target_points: Tensor) -> Tensor:
     return 1.0 - (numerator + 1.0) / (denominator + 1.0)
 
 
+def batch_sigmoid_focal_cost(pred: Tensor, target: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """MaskFormer's matching cost (mask_former/modeling/matcher.py ``batch_sigmoid_focal_loss``): the mean
+    sigmoid focal loss of every prediction against every target over all pixels: (Q, P), (K, P) -> (Q, K)."""
+    prob = pred.sigmoid()
+    positive = (1 - prob) ** gamma * F.binary_cross_entropy_with_logits(pred, torch.ones_like(pred), reduction="none")
+    negative = prob**gamma * F.binary_cross_entropy_with_logits(pred, torch.zeros_like(pred), reduction="none")
+    cost = alpha * positive @ target.T + (1 - alpha) * negative @ (1.0 - target).T
+    return cost / pred.shape[1]
+
+
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to target masks, Mask2Former's cost and weights.
 
@@ -146,9 +161,17 @@ class HungarianMatcher(nn.Module):
     """
 
     def __init__(
-        self, cost_class: float = 2.0, cost_mask: float = 5.0, cost_dice: float = 5.0, num_points: int | None = None
+        self,
+        cost_class: float = 2.0,
+        cost_mask: float = 5.0,
+        cost_dice: float = 5.0,
+        num_points: int | None = None,
+        mask_loss: str = "points_bce",
     ) -> None:
         super().__init__()
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss must be one of {', '.join(MASK_LOSSES)}, got {mask_loss!r}")
+        self.mask_loss = mask_loss
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("at least one of cost_class, cost_mask, cost_dice must be non-zero")
         if num_points is not None and num_points <= 0:
@@ -190,6 +213,12 @@ class HungarianMatcher(nn.Module):
         """(Q, K) cost of one image: probs (Q, M+1), pred_masks (Q, h, w), target_masks (K, H, W)."""
         cost_class = -probs[:, labels]  # (Q, K)
         target_masks = target_masks.to(device=pred_masks.device, dtype=torch.float32)
+        if self.mask_loss == "full_focal":  # MaskFormer: targets resized to the predictions (nearest), every pixel
+            target_pixels = F.interpolate(target_masks[None], size=pred_masks.shape[-2:], mode="nearest")[0]
+            pred_pixels, target_pixels = pred_masks.flatten(1), target_pixels.flatten(1)  # (Q, hw), (K, hw)
+            cost_mask = batch_sigmoid_focal_cost(pred_pixels, target_pixels)
+            cost_dice = batch_dice_cost(pred_pixels, target_pixels)
+            return self.cost_class * cost_class + self.cost_mask * cost_mask + self.cost_dice * cost_dice
         # One set of points for every mask of the image, so that the pairwise costs compare like with like.
         coords = torch.rand(1, num_points, 2, device=pred_masks.device)  # (1, P, 2)
         pred_points = point_sample(pred_masks[None], coords)[0]  # (1, Q, P) -> (Q, P)

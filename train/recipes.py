@@ -1,17 +1,23 @@
-"""Training recipes as plain functions returning configs: the bundled world models and the paper's runs.
+"""Training recipes: the paper-scale ones are files, ``recipes/<host>.json``; the world's are functions here.
 
-Paper-scale recipes follow OVSeg (MaskFormer FPN pixel decoder + a 6-layer MaskFormer decoder over the
-stride-32 features, 100 queries, CLIP ViT-B/16 or ViT-L/14 for stage 2 and text) and Mask2Former
-(multi-scale deformable pixel decoder + 9-layer masked-attention decoder), each with and without PMP,
-trained on COCO-Stuff-171 at 640 px crops with batch 32 (over all ranks) for 120k iterations.
-OVSeg's R101c is detectron2's ResNet-101 with a deep stem; timm's ``resnet101d`` is the same stem
-(plus average-pool downsampling) and is what we use.
+A paper-scale recipe is named ``<host>-<variant>``: the host's file (OVSeg's two, ``ovseg-swinb-vitl14`` and
+``ovseg-r101c-vitb16``; Mask2Former-style stage 1 with a pooled stage 2, ``m2f-r50-vitb16`` and
+``m2f-swinb-vitl14``) and a variant (``baseline``, ``pmp``, ``pmp_residual``) that sets only the decoder's text
+mode. Each file gives every value it sets with the reference it comes from (``sources``: file and key of
+OVSeg's or Mask2Former's config, "the paper", or "our choice" with the reason); docs/training.md shows them
+as a table generated from the files. ``python -m train.train_segmenter --recipe NAME --print-config``
+prints a recipe resolved, every field as a run would use it.
+
+The world's recipes (the bundled models, their ablations and pilots) stay functions: they are this
+project's record of how the bundled checkpoints were made, with many variants of one design.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+import json
+from pathlib import Path
+from typing import Any, Callable
 
 from pmp.config import (
     CLIP_MEAN,
@@ -125,53 +131,70 @@ def world_recipe(
         eval_every=2000,
         eval_limit=100,
         init_clip="checkpoints/tiny-clip",
+        from_scratch=True,  # nothing may be downloaded where the world is trained
     )
 
 
-def paper_model(backbone: str, decoder: str, text_mode: str, clip_name: str = "ViT-B-16") -> SegmenterConfig:
-    """A paper-scale model; CLIP weights from open_clip's ``openai`` tag (resolved from the local cache).
-
-    The OVSeg recipes (``decoder="maskformer"``) use OVSeg's own second stage: CLIP on the masked crop of
-    every proposal (``stage2_mode="crop"``, ``crop_top_k`` = all queries). The Mask2Former recipes use
-    mask pooling on dense CLIP features, which is far cheaper (see README, Speed).
-    """
-    ovseg = decoder == "maskformer"
-    return SegmenterConfig(
-        clip=CLIPConfig(model_name=clip_name, pretrained="openai", templates=("a photo of a {}.",)),
-        backbone=BackboneConfig(kind="timm", name=backbone),
-        pixel_decoder=PixelDecoderConfig(
-            kind="fpn" if decoder == "maskformer" else "msdeform", conv_dim=256, mask_dim=256
-        ),
-        decoder=DecoderConfig(
-            kind=decoder,
-            hidden_dim=256,
-            num_queries=100,
-            num_layers=6 if decoder == "maskformer" else 9,
-            num_heads=8,
-            dim_feedforward=2048,
-            text_mode=text_mode,
-        ),
-        image_size=640,
-        stage2_mode="crop" if ovseg else "pool",
-        crop_top_k=100,
-        name=f"{'ovseg' if ovseg else 'm2f'}-{backbone}-{'baseline' if text_mode == 'none' else text_mode}",
-    )
+# ------------------------------------------------------------------------ paper scale: recipes/*.json
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
-def paper_recipe(backbone: str, decoder: str, text_mode: str, clip_name: str = "ViT-B-16") -> SegTrainConfig:
-    return SegTrainConfig(
-        model=paper_model(backbone, decoder, text_mode, clip_name),
-        data="coco-stuff-171",
-        crop_size=640,
-        batch_size=4,
-        steps=120_000,
-        lr=1e-4,
-        warmup_steps=1500,
-        clip_grad_norm=0.01,
-        checkpoint_every=5000,
-        eval_every=0,
-        eval_limit=0,
-    )
+def recipe_files(folder: Path = RECIPES_DIR) -> dict[str, Path]:
+    """Host name -> its recipe file (``recipes/<host>.json``)."""
+    return {path.stem: path for path in sorted(folder.glob("*.json"))}
+
+
+def read_recipe_file(path: Path) -> dict[str, Any]:
+    """A recipe file: ``description``, ``variants`` (suffix -> decoder.text_mode), ``config`` (the values that
+    differ from SegTrainConfig's defaults, nested as ``train_config.json``) and ``sources`` (dotted key ->
+    the reference each value comes from)."""
+    recipe = json.loads(path.read_text())
+    missing = {"description", "variants", "config", "sources"} - set(recipe)
+    if missing:
+        raise ValueError(f"{path}: a recipe file needs {sorted(missing)}")
+    return recipe
+
+
+def flat_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"image_size": 640}} -> {"model.image_size": 640}: the keys ``sources`` names."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key in ("model", "clip", "backbone", "pixel_decoder", "decoder"):
+            flat.update(flat_values(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def file_recipe(path: Path, variant: str) -> SegTrainConfig:
+    """The training config of ``<host>-<variant>``: the file's values over the defaults, the variant's text mode."""
+    recipe = read_recipe_file(path)
+    if variant not in recipe["variants"]:
+        raise ValueError(f"{path.stem} has no variant {variant!r}; accepted: {', '.join(recipe['variants'])}")
+    config = json.loads(json.dumps(recipe["config"]))  # a deep copy
+    config["model"].setdefault("decoder", {})["text_mode"] = recipe["variants"][variant]
+    config["model"]["name"] = f"{path.stem}-{variant}"
+    return SegTrainConfig.from_dict(config)
+
+
+def recipe_table(host: str, folder: Path = RECIPES_DIR) -> str:
+    """docs/training.md's table of a recipe file: every value it sets and where it comes from (Markdown)."""
+    recipe = read_recipe_file(recipe_files(folder)[host])
+    lines = [f"**`{host}`**: {recipe['description']}", "", "| field | value | source |", "|---|---|---|"]
+    for key, value in flat_values(recipe["config"]).items():
+        shown = f"{len(value)} templates" if key == "model.clip.templates" else json.dumps(value)
+        lines.append(f"| `{key}` | `{shown}` | {recipe['sources'].get(key, '**no source**')} |")
+    variants = ", ".join(f"`-{name}`: `{mode}`" for name, mode in recipe["variants"].items())
+    lines += ["", f"Variants (`model.decoder.text_mode`): {variants}. {recipe['variant_source']}."]
+    return "\n".join(lines)
+
+
+def file_recipe_names(folder: Path = RECIPES_DIR) -> list[str]:
+    return [
+        f"{host}-{variant}"
+        for host, path in recipe_files(folder).items()
+        for variant in read_recipe_file(path)["variants"]
+    ]
 
 
 def previous_recipe(text_mode: str) -> str:
@@ -193,22 +216,22 @@ RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
         name: (lambda s=changes: world_recipe("none", **s))
         for name, changes in {**STAGE1_PILOTS, **PIXEL_DECODER_PILOTS}.items()
     },
-    **{
-        f"ovseg-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "maskformer", m))
-        for b in ("resnet101d", "swin_base_patch4_window12_384")
-        for tag, m in (("baseline", "none"), ("pmp", "pmp"))
-    },
-    **{
-        f"m2f-{b}-{tag}": (lambda b=b, m=m: paper_recipe(b, "mask2former", m))
-        for b in ("resnet50", "swin_base_patch4_window12_384")
-        for tag, m in (("baseline", "none"), ("pmp", "pmp"))
-    },
 }
 
 
+def recipe_names() -> list[str]:
+    """Every recipe :func:`get_recipe` knows: the world's (in code) and the paper-scale files'."""
+    return [*RECIPES, *file_recipe_names()]
+
+
 def get_recipe(name: str) -> SegTrainConfig:
-    if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; accepted: {', '.join(RECIPES)}")
-    config = RECIPES[name]()
-    config.model.validate()
-    return dataclasses.replace(config)
+    """A recipe by name: a world recipe, or ``<host>-<variant>`` of ``recipes/<host>.json``."""
+    if name in RECIPES:
+        config = RECIPES[name]()
+        config.model.validate()
+        return dataclasses.replace(config)
+    host, _, variant = name.rpartition("-")
+    files = recipe_files()
+    if host not in files:
+        raise ValueError(f"unknown recipe {name!r}; accepted: {', '.join(recipe_names())}")
+    return file_recipe(files[host], variant)

@@ -135,6 +135,19 @@ def poly_lr_factor(step: int, total_steps: int, warmup_steps: int, power: float 
     return (1.0 - progress) ** power
 
 
+def warmup_poly_lr_factor(
+    step: int, total_steps: int, warmup_steps: int, warmup_factor: float, power: float = 0.9
+) -> float:
+    """detectron2's WarmupPolyLR (solver/lr_scheduler.py; OVSeg's and Mask2Former's LR_SCHEDULER_NAME): a linear
+    warm-up from ``warmup_factor`` to 1 over ``warmup_steps`` times (1 - step / total_steps) ** power over the
+    whole run (the poly term is not restarted after the warm-up)."""
+    warmup = 1.0
+    if step < warmup_steps:
+        alpha = step / warmup_steps
+        warmup = warmup_factor * (1 - alpha) + alpha
+    return warmup * (1.0 - step / total_steps) ** power
+
+
 def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
     """Linear warm-up, then CLIP's cosine decay 0.5 (1 + cos(pi t/T)) (the tiny CLIP and its mask adaptation)."""
     if step < warmup_steps:

@@ -2,15 +2,14 @@
 
     python -m train.train_segmenter --recipe world-pmp --out runs/pmp
     torchrun --nproc_per_node 2 -m train.train_segmenter --recipe world-pmp --out runs/pmp     # DDP, same result
-    python -m train.train_segmenter --recipe ovseg-swinb-pmp --data-root datasets --out runs/ovseg-pmp
+    torchrun --nproc_per_node 8 -m train.train_segmenter --recipe ovseg-swinb-vitl14-pmp --data-root datasets --out r
+    python -m train.train_segmenter --recipe ovseg-swinb-vitl14-pmp --print-config     # the resolved config, as JSON
 
-Prompt scheme during training (the paper leaves it open; baseline and PMP always share it):
-every class present in the image is prompted (so every labelled segment has a target), plus a random
-subset of the other training classes as negatives (each kept with probability ``negative_prob``),
-shuffled so the position of a prompt carries no information. This is the paper's setting (OVSeg
-trains against the whole COCO vocabulary) with a random prompt count, so the model sees prompt sets
-of every size it will meet at test time, and the text conditioning can not learn "prompt i is in the
-image" from the count or order.
+Prompts during training (baseline and PMP always share them): the paper-scale recipes prompt every
+image with every training class, the paper's "C = C_train" (``training_prompts="all"``); the world's
+recipes prompt the present classes plus random absent ones (``"sampled"``, :mod:`train.batches`).
+The batch is global: each of W ranks takes ``batch_size / W`` samples, and sample indices run over the
+global batch, so a run on 1 or 8 GPUs sees the same samples in the same steps.
 """
 
 from __future__ import annotations
@@ -35,9 +34,11 @@ from pmp.segmenter import Segmenter
 from train.batches import TrainingData, build_batch
 from train.configs import SegTrainConfig
 from train.datasets import training_vocabulary
+from train.dry_run import dry_run
 from train.losses import SetCriterion
 from train.matcher import HungarianMatcher
-from train.recipes import RECIPES, get_recipe
+from train.optimizer import lr_factor, parameter_groups
+from train.recipes import get_recipe, read_recipe_file, recipe_names
 from train.runtime import (
     DistributedContext,
     MetricsLog,
@@ -49,7 +50,6 @@ from train.runtime import (
     latest_valid_checkpoint,
     list_checkpoints,
     load_training_state,
-    poly_lr_factor,
     predictions_are_finite,
     remove_partial_writes,
     save_training_state,
@@ -79,26 +79,6 @@ def build_segmenter(config: SegTrainConfig) -> Segmenter:
     # The checkpoint stores the CLIP weights itself; pretrained only says where they first came from.
     segmenter.config = dataclasses.replace(model_config, clip=dataclasses.replace(model_config.clip, pretrained=None))
     return segmenter
-
-
-def parameter_groups(model: torch.nn.Module, config: SegTrainConfig) -> list[dict[str, Any]]:
-    """AdamW groups: backbone at lr x 0.1; no weight decay on norms, biases and embeddings (Mask2Former)."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_backbone = name.startswith("backbone.")
-        no_decay = param.ndim <= 1 or "embed" in name or "norm" in name
-        groups.setdefault((is_backbone, no_decay), []).append(param)
-    return [
-        {
-            "params": params,
-            "lr": config.lr * (config.backbone_lr_multiplier if is_backbone else 1.0),
-            "base_lr": config.lr * (config.backbone_lr_multiplier if is_backbone else 1.0),
-            "weight_decay": 0.0 if no_decay else config.weight_decay,
-        }
-        for (is_backbone, no_decay), params in sorted(groups.items())
-    ]
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -171,6 +151,10 @@ def _resume_point(
         with safe_open(str(latest), framework="pt") as handle:
             saved = json.loads((handle.metadata() or {}).get("extra", "{}")).get("train_config")
         if saved is not None:
+            try:  # a run saved before a field existed holds that field's default
+                saved = SegTrainConfig.from_dict(saved).to_dict()
+            except (ValueError, TypeError):
+                pass  # compared as saved: every difference is named below
             differences = [
                 d for d in config_differences(saved, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES
             ]
@@ -183,9 +167,32 @@ def _resume_point(
     return latest
 
 
+TRAINED_SHARD_SIZE = "5GB"  # Hugging Face's default shard size
+
+
+def rank_sample_indices(step: int, rank: int, per_rank: int, global_batch: int) -> range:
+    """The global sample indices rank ``rank`` trains on at ``step``: its slice of the step's global batch,
+    so that the ranks together take samples ``step * global_batch`` onwards, whatever their number."""
+    first = step * global_batch + rank * per_rank
+    return range(first, first + per_rank)
+
+
+def check_backbone_weights(config: SegTrainConfig) -> None:
+    """Never from scratch by accident: a timm backbone needs pretrained weights unless ``from_scratch``."""
+    backbone = config.model.backbone
+    if backbone.kind == "timm" and not backbone.pretrained_file and not config.from_scratch:
+        raise ValueError(
+            f"the backbone {backbone.name!r} has no pretrained weights (model.backbone.pretrained_file is empty): it "
+            "would train from random weights. Give a weights file or a Hub id in the local cache, or pass "
+            "--from-scratch if that is what you want"
+        )
+
+
 def _train(
     config: SegTrainConfig, out_dir: Path, ctx: DistributedContext, *, resume: bool, restart: bool, command: str
 ) -> dict[str, Any]:
+    per_rank = config.per_rank_batch(ctx.world_size)
+    check_backbone_weights(config)
     seed_everything(config.seed)
     segmenter = build_segmenter(config).to(ctx.device)
     data = TrainingData(config)
@@ -199,7 +206,13 @@ def _train(
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     # num_points=None: train.matcher.points_for_mask_size keeps Mask2Former's point density at any crop size.
     criterion = SetCriterion(
-        HungarianMatcher(cost_class=config.class_weight, cost_mask=config.mask_weight, cost_dice=config.dice_weight),
+        HungarianMatcher(
+            cost_class=config.class_weight,
+            cost_mask=config.mask_weight,
+            cost_dice=config.dice_weight,
+            mask_loss=config.mask_loss,
+        ),
+        mask_loss=config.mask_loss,
         no_object_weight=config.no_object_weight,
         weight_ce=config.class_weight,
         weight_mask=config.mask_weight,
@@ -230,11 +243,11 @@ def _train(
     )
     started = time.perf_counter()
     for step in progress:
-        factor = poly_lr_factor(step, config.steps, config.warmup_steps)
+        factor = lr_factor(step, config)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        first = (step * ctx.world_size + ctx.rank) * config.batch_size
-        samples = [data.sample(first + i) for i in range(config.batch_size)]
+        samples = [data.sample(i) for i in rank_sample_indices(step, ctx.rank, per_rank, config.batch_size)]
+        first = step * config.batch_size + ctx.rank * per_rank
         images, text, text_mask, targets = build_batch(
             samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device
         )
@@ -282,7 +295,10 @@ def _train(
     if ctx.is_main:
         log.write({"step": config.steps, **metrics})
         log.plot(out_dir / "loss.png", keys=("loss", "loss_ce", "loss_mask", "loss_dice"))
-        segmenter.save_pretrained(out_dir / "model", model_card=training_card(config, metrics, command))
+        # Few large shards: the 9 MB shards are for the bundled world models, which a Space serves without LFS.
+        segmenter.save_pretrained(
+            out_dir / "model", model_card=training_card(config, metrics, command), max_shard_size=TRAINED_SHARD_SIZE
+        )
         (out_dir / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -338,6 +354,14 @@ def _evaluate(segmenter: Segmenter, config: SegTrainConfig, ctx: DistributedCont
     }
 
 
+def read_config(path: Path) -> SegTrainConfig:
+    """A ``train_config.json``, or a recipe file of one's own (its ``config``, text mode as written)."""
+    data = json.loads(path.read_text())
+    if "config" in data and "sources" in data:
+        data = read_recipe_file(path)["config"]
+    return SegTrainConfig.from_dict(data)
+
+
 def portable_arguments(argv: list[str], root: Path | None = None) -> list[str]:
     """Command-line arguments as a model card may record them: no path of the machine they ran on.
 
@@ -360,7 +384,7 @@ def training_card(config: SegTrainConfig, metrics: dict[str, Any], command: str)
     training = (
         "Trained with this project's `train.train_segmenter` (Mask2Former recipe: Hungarian matching, CE + BCE + dice "
         f"with weights 2/5/5, AdamW) on `{config.data}`, crop {config.crop_size} px, "
-        f"batch {config.batch_size} per rank, "
+        f"global batch {config.batch_size}, "
         f"{config.steps} steps, seed {config.seed}."
     )
     return model_card(
@@ -374,9 +398,26 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--recipe", default="world-pmp", help=f"one of: {', '.join(RECIPES)}")
-    parser.add_argument("--config", type=Path, default=None, help="a train_config.json instead of a recipe")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--recipe", default="world-pmp", help=f"one of: {', '.join(recipe_names())}")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="a train_config.json (or a recipe file of one's own) instead"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="the run's folder (required unless --print-config)")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the resolved training config as JSON and exit"
+    )
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="train a timm backbone from random weights (refused otherwise)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="run the recipe for STEPS steps on generated data in the real layout, random weights where real ones "
+        "are absent, and report seconds per step, peak memory and the losses (train.dry_run)",
+    )
+    parser.add_argument("--crop-size", type=int, default=None, help="override the training crop (a reduced dry run)")
     parser.add_argument(
         "--text-mode", default=None, help="override decoder.text_mode (none, pmp, concat, concat_drop, text_queries)"
     )
@@ -400,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
         "--push-to-hub", default=None, metavar="REPO_ID", help="upload the final model folder to this Hub repo"
     )
     args = parser.parse_args(argv)
-    config = SegTrainConfig.from_dict(json.loads(args.config.read_text())) if args.config else get_recipe(args.recipe)
+    try:
+        config = read_config(args.config) if args.config else get_recipe(args.recipe)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
     overrides = {
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -409,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "init_clip": args.init_clip,
         "eval_limit": args.eval_limit,
         "present_prob": args.present_prob,
+        "crop_size": args.crop_size,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     decoder_overrides = {"text_mode": args.text_mode, "num_queries": args.num_queries}
@@ -418,12 +463,30 @@ def main(argv: list[str] | None = None) -> int:
             config.model, decoder=dataclasses.replace(config.model.decoder, **decoder_overrides)
         )
         config.model.validate()
+    if args.from_scratch:
+        config.from_scratch = True
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    if args.out is None:
+        parser.error("--out is required to train (the run's folder)")
+    if args.dry_run is not None:
+        try:
+            report = dry_run(config, args.dry_run, args.out, train)
+        except (ValueError, FileNotFoundError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(json.dumps(report, indent=2))
+        return 0
     command = "python -m train.train_segmenter " + " ".join(portable_arguments(sys.argv[1:] if argv is None else argv))
     try:
         metrics = train(config, args.out, resume=not args.no_resume, restart=args.restart, command=command)
     except (ResumeError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as error:  # the batch over the ranks, missing backbone or CLIP weights
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(metrics, indent=2))
     if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
         url = Segmenter.from_pretrained(args.out / "model").push_to_hub(args.push_to_hub)

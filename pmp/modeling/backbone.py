@@ -40,7 +40,13 @@ def build_backbone(
     cfg = config.backbone
     if cfg.kind == "timm":
         pretrained = cfg.pretrained_file if load_weights else None
-        return TimmBackbone(cfg.name, image_size=config.image_size, pretrained_file=pretrained, freeze=cfg.freeze)
+        return TimmBackbone(
+            cfg.name,
+            image_size=config.image_size,
+            pretrained_file=pretrained,
+            freeze=cfg.freeze,
+            drop_path_rate=cfg.drop_path_rate,
+        )
     if cfg.kind == "clip":
         if clip_visual is None:
             raise ValueError(
@@ -91,7 +97,14 @@ class TimmBackbone(nn.Module):
     timm returns Swin features channels-last; they are permuted to (B, C, H, W) here.
     """
 
-    def __init__(self, name: str, image_size: int = 640, pretrained_file: str | None = None, freeze: bool = False):
+    def __init__(
+        self,
+        name: str,
+        image_size: int = 640,
+        pretrained_file: str | None = None,
+        freeze: bool = False,
+        drop_path_rate: float = 0.0,
+    ):
         super().__init__()
         import timm
 
@@ -112,9 +125,11 @@ class TimmBackbone(nn.Module):
                 )
             out_indices.append(matches[-1])  # the deepest feature at that stride
         load_kwargs: dict = {"pretrained": False}
+        if drop_path_rate:  # stochastic depth; timm turns it off in eval mode
+            size_kwargs["drop_path_rate"] = drop_path_rate
         if weights is not None:  # timm's own loader (head dropped, checkpoint filters applied), from a file only
             load_kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": weights}}
-        if out_indices == list(range(len(reductions))) and weights is None:
+        if out_indices == list(range(len(reductions))) and weights is None and not drop_path_rate:
             self.body = probe
         else:
             try:

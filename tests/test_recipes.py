@@ -1,0 +1,194 @@
+"""The paper-scale recipes as files, and the training pieces they switch on (OVSeg's and Mask2Former's values)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from train.augment import color_aug_ssd
+from train.configs import SegTrainConfig
+from train.optimizer import exempt_from_decay
+from train.recipes import RECIPES_DIR, flat_values, get_recipe, read_recipe_file, recipe_files, recipe_table
+from train.runtime import warmup_poly_lr_factor
+from train.train_segmenter import check_backbone_weights, rank_sample_indices
+
+REPO = Path(__file__).resolve().parent.parent
+HOSTS = ("ovseg-swinb-vitl14", "ovseg-r101c-vitb16", "m2f-r50-vitb16", "m2f-swinb-vitl14")
+
+
+def test_every_host_has_its_file_and_three_variants():
+    assert sorted(recipe_files()) == sorted(HOSTS)
+    for host in HOSTS:
+        for variant, mode in (("baseline", "none"), ("pmp", "pmp"), ("pmp_residual", "pmp_residual")):
+            config = get_recipe(f"{host}-{variant}")
+            assert config.model.decoder.text_mode == mode and config.model.name == f"{host}-{variant}"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_every_value_has_a_source_and_the_resolved_config_holds_it(host):
+    recipe = read_recipe_file(RECIPES_DIR / f"{host}.json")
+    values = flat_values(recipe["config"])
+    assert set(values) == set(recipe["sources"]), set(values) ^ set(recipe["sources"])
+    resolved = flat_values(json.loads(json.dumps(get_recipe(f"{host}-pmp").to_dict())))  # tuples as JSON lists
+    for key, value in values.items():
+        assert resolved[key] == value, key
+    assert recipe_table(host) in (REPO / "docs" / "training.md").read_text()
+
+
+def test_ovsegs_values_as_its_configs_give_them():
+    """configs/ovseg_swinB_vitL_bs32_120k.yaml and configs/ovseg_R101c_vitB_bs32_120k.yaml, read by hand."""
+    swin, r101 = get_recipe("ovseg-swinb-vitl14-pmp"), get_recipe("ovseg-r101c-vitb16-pmp")
+    assert (swin.batch_size, swin.steps, swin.lr, swin.weight_decay, swin.backbone_lr_multiplier) == (
+        32, 120_000, 6e-5, 0.01, 1.0
+    )  # fmt: skip
+    assert (r101.lr, r101.weight_decay, r101.backbone_lr_multiplier, r101.crop_size) == (2e-4, 1e-4, 0.1, 512)
+    assert swin.warmup_steps == 1500 and swin.warmup_factor == 1e-6 and swin.clip_grad_norm == 0.01
+    assert swin.min_size_train == tuple(range(320, 1281, 64)) and swin.max_size_train == 2560
+    assert swin.model.backbone.drop_path_rate == 0.3 and swin.color_aug_ssd and swin.crop_size == 640
+    assert swin.model.backbone.pretrained_file == "timm/swin_base_patch4_window12_384.ms_in22k"
+    assert (swin.class_weight, swin.mask_weight, swin.dice_weight, swin.no_object_weight) == (1.0, 20.0, 1.0, 0.1)
+    assert swin.mask_loss == "full_focal" and swin.training_prompts == "all"
+    assert len(swin.model.clip.templates) == 14 and swin.model.clip.model_name == "ViT-L-14"
+    assert swin.data == "coco171"
+
+
+def test_print_config_prints_the_resolved_recipe_without_an_out_folder():
+    done = subprocess.run(
+        [sys.executable, "-m", "train.train_segmenter", "--recipe", "ovseg-r101c-vitb16-pmp", "--print-config"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert SegTrainConfig.from_dict(json.loads(done.stdout)) == get_recipe("ovseg-r101c-vitb16-pmp")
+
+
+def test_a_recipe_file_of_ones_own_still_works(tmp_path):
+    from train.train_segmenter import read_config
+
+    recipe = read_recipe_file(RECIPES_DIR / "m2f-r50-vitb16.json")
+    recipe["config"]["steps"] = 7
+    (tmp_path / "mine.json").write_text(json.dumps(recipe))
+    assert read_config(tmp_path / "mine.json").steps == 7
+
+
+@pytest.mark.parametrize(("ranks", "per_rank"), [(1, 32), (2, 16), (4, 8), (8, 4)])
+def test_the_global_batch_is_divided_over_the_ranks(ranks, per_rank):
+    config = get_recipe("ovseg-swinb-vitl14-pmp")
+    assert config.per_rank_batch(ranks) == per_rank
+    step = 5
+    taken = [i for rank in range(ranks) for i in rank_sample_indices(step, rank, per_rank, config.batch_size)]
+    assert taken == list(range(5 * 32, 6 * 32))  # the same samples whatever the number of ranks
+
+
+def test_a_global_batch_that_does_not_divide_is_refused():
+    with pytest.raises(ValueError, match="the global batch 32 does not divide over 3 ranks"):
+        get_recipe("ovseg-swinb-vitl14-pmp").per_rank_batch(3)
+
+
+def test_a_backbone_without_weights_is_refused_unless_from_scratch():
+    import dataclasses
+
+    config = get_recipe("m2f-r50-vitb16-pmp")
+    check_backbone_weights(config)  # the recipe names its weights
+    bare = dataclasses.replace(config.model, backbone=dataclasses.replace(config.model.backbone, pretrained_file=None))
+    with pytest.raises(ValueError, match="would train from random weights.*--from-scratch"):
+        check_backbone_weights(dataclasses.replace(config, model=bare))
+    check_backbone_weights(dataclasses.replace(config, model=bare, from_scratch=True))
+    assert get_recipe("world-pmp").from_scratch  # the world's backbone is trained from scratch on purpose
+
+
+def test_detectron2s_warmup_poly_schedule_by_hand():
+    assert warmup_poly_lr_factor(0, 120_000, 1500, 1e-6) == pytest.approx(1e-6)
+    # half-way through the warm-up: 1e-6 * 0.5 + 0.5, times the poly term of step 750 over the whole run
+    assert warmup_poly_lr_factor(750, 120_000, 1500, 1e-6) == pytest.approx(0.5000005 * (1 - 750 / 120_000) ** 0.9)
+    assert warmup_poly_lr_factor(60_000, 120_000, 1500, 1e-6) == pytest.approx(0.5**0.9)
+    assert warmup_poly_lr_factor(100, 1000, 0, 1.0) == pytest.approx(0.9**0.9)  # Mask2Former: no warm-up
+
+
+def test_detectron2_decay_groups_on_a_tiny_swin():
+    """Norm layers and Swin's position tables get no decay; biases of linear layers do (detectron2's rule)."""
+    import timm
+
+    swin = timm.create_model("swin_tiny_patch4_window7_224", embed_dim=8, depths=(1, 1), num_heads=(1, 1),
+                             num_classes=0, img_size=56)  # fmt: skip
+    exempt = exempt_from_decay(swin, "detectron2")
+    expected = {
+        "patch_embed.norm.weight", "patch_embed.norm.bias",
+        "layers.0.blocks.0.norm1.weight", "layers.0.blocks.0.norm1.bias",
+        "layers.0.blocks.0.attn.relative_position_bias_table",
+        "layers.0.blocks.0.norm2.weight", "layers.0.blocks.0.norm2.bias",
+        "layers.1.downsample.norm.weight", "layers.1.downsample.norm.bias",
+        "layers.1.blocks.0.norm1.weight", "layers.1.blocks.0.norm1.bias",
+        "layers.1.blocks.0.attn.relative_position_bias_table",
+        "layers.1.blocks.0.norm2.weight", "layers.1.blocks.0.norm2.bias",
+        "norm.weight", "norm.bias",
+    }  # fmt: skip
+    assert exempt == expected
+    assert "layers.0.blocks.0.attn.qkv.bias" not in exempt  # biases are decayed
+    names = exempt_from_decay(swin, "names")
+    assert "layers.0.blocks.0.attn.qkv.bias" in names  # the world's rule exempts every 1-d parameter
+
+
+def test_color_aug_ssd_is_a_function_of_its_seed():
+    image = np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8)
+    first = color_aug_ssd(image, np.random.default_rng(3))
+    assert np.array_equal(first, color_aug_ssd(image, np.random.default_rng(3)))
+    outputs = [color_aug_ssd(image, np.random.default_rng(seed)) for seed in range(20)]
+    assert any(not np.array_equal(output, image) for output in outputs)
+    assert all(output.dtype == np.uint8 and output.shape == image.shape for output in outputs)
+
+
+def test_color_aug_ssd_keeps_a_grey_image_grey():
+    """Saturation and hue do not move a grey pixel; brightness and contrast move every pixel alike."""
+    grey = np.full((8, 8, 3), 120, np.uint8)
+    for seed in range(20):
+        out = color_aug_ssd(grey, np.random.default_rng(seed))
+        assert (out == out[0, 0, 0]).all()
+
+
+def test_the_papers_training_prompts_are_every_class():
+    from train.batches import Sample, build_batch
+
+    config = get_recipe("ovseg-r101c-vitb16-pmp")
+    label = np.full((8, 8), 255, np.int64)
+    label[:4] = 3
+    label[4:, :4] = 170
+    embeddings = torch.eye(171)
+    samples = [Sample(np.zeros((8, 8, 3), np.uint8), label), Sample(np.zeros((8, 8, 3), np.uint8), label * 0 + 7)]
+    _, text, text_mask, targets = build_batch(samples, 0, embeddings, config, torch.device("cpu"))
+    assert text.shape == (2, 171, 171) and text_mask.all()
+    assert torch.equal(text[0], embeddings)  # in the vocabulary's order
+    assert targets[0]["labels"].tolist() == [3, 170] and targets[1]["labels"].tolist() == [7]
+    assert math.isclose(float(targets[0]["masks"][0].float().mean()), 0.5)
+
+
+def test_maskformers_focal_mask_loss_by_hand():
+    """Logit 0 everywhere, 4 of the target's 16 pixels on: a positive pixel costs ln2 * 0.5^2 * 0.25, a negative
+    one ln2 * 0.5^2 * 0.75 (alpha 0.25, gamma 2); dice with p = 0.5: 1 - (2 * 2 + 1) / (8 + 4 + 1)."""
+    from train.losses import SetCriterion
+    from train.matcher import HungarianMatcher, batch_sigmoid_focal_cost
+
+    target = torch.zeros(1, 4, 4, dtype=torch.bool)
+    target[0, 0] = True
+    outputs = {"pred_logits": torch.tensor([[[5.0, 0.0]]]), "pred_masks": torch.zeros(1, 1, 2, 2)}
+    targets = [{"labels": torch.tensor([0]), "masks": target}]
+    criterion = SetCriterion(HungarianMatcher(mask_loss="full_focal"), mask_loss="full_focal")
+    losses = criterion(outputs, targets)
+    positive, negative = math.log(2) * 0.25 * 0.25, math.log(2) * 0.25 * 0.75
+    assert float(losses["loss_mask"]) == pytest.approx((4 * positive + 12 * negative) / 16)
+    assert float(losses["loss_dice"]) == pytest.approx(1 - 5 / 13)
+    cost = batch_sigmoid_focal_cost(torch.zeros(1, 4), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    assert float(cost) == pytest.approx((positive + 3 * negative) / 4)
+
+
+def test_the_dry_run_figures_in_the_docs_are_the_results_files():
+    from train.dry_run import dry_run_sentence
+
+    report = json.loads((REPO / "results" / "dry_run_ovseg-swinb-vitl14-pmp.json").read_text())
+    assert dry_run_sentence(report) in (REPO / "docs" / "training.md").read_text()
