@@ -9,6 +9,7 @@ builder takes it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class BackboneConfig:
     pretrained_file: str | None = None  # local weights file or a Hub id already in the cache; never downloads
     freeze: bool = False  # kind == "clip" is always frozen
     drop_path_rate: float = 0.0  # stochastic depth in training (timm's drop_path_rate; Swin in OVSeg: 0.3)
+    # BatchNorm layers frozen (statistics and affine parameters fixed, timm's FrozenBatchNorm2d), as
+    # detectron2's ResNets train by default (MODEL.RESNETS.NORM "FrozenBN"): OVSeg's R101c, Mask2Former's R50
+    frozen_batch_norm: bool = False
 
 
 @dataclass
@@ -88,6 +92,13 @@ class DecoderConfig:
     dim_feedforward: int = 2048
     text_mode: str = "none"  # "none" = baseline, "pmp" = Eq. 5, or a variant / Fig. 5 ablation (see TEXT_MODES)
     pre_norm: bool = False
+    dropout: float = 0.0  # the decoder layers' dropout in training (Mask2Former 0.0; MaskFormer / OVSeg 0.1)
+    # Eq. 1's class embedding e_q: a linear projection (1 layer) or OVSeg's MLP (EMBED_LAYERS = 2, hidden
+    # EMBED_HIDDEN_DIM = 1024) to the CLIP text space; its cosine with the text embeddings is scaled by a
+    # learned temperature (None, CLIP's initial 1/0.07) or a fixed one (OVSeg's get_sim_logits: 100).
+    class_head_layers: int = 1
+    class_head_hidden_dim: int = 1024
+    class_logit_scale: float | None = None
 
 
 @dataclass
@@ -169,6 +180,11 @@ class SegmenterConfig:
             )
         if self.image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {self.image_size}")
+        if not 0.0 <= self.decoder.dropout < 1.0:
+            raise ValueError(f"decoder.dropout must be in [0, 1), got {self.decoder.dropout}")
+        scale = self.decoder.class_logit_scale
+        if scale is not None and not (math.isfinite(scale) and 0 < scale <= 1000):
+            raise ValueError(f"decoder.class_logit_scale must be None (learned) or in (0, 1000], got {scale}")
         check_sizes(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -237,6 +253,8 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "decoder.num_layers": (1, 64),
     "decoder.num_heads": (1, 64),
     "decoder.dim_feedforward": (1, 65536),
+    "decoder.class_head_layers": (1, 8),
+    "decoder.class_head_hidden_dim": (1, 8192),
 }
 # clip.model_cfg (an open_clip config, nested) by key; any other whole number in it is bounded by OTHER_CLIP_SIZE.
 CLIP_CFG_LIMITS: dict[str, tuple[int, int]] = {

@@ -39,7 +39,7 @@ def test_every_value_has_a_source_and_the_resolved_config_holds_it(host):
     resolved = flat_values(json.loads(json.dumps(get_recipe(f"{host}-pmp").to_dict())))  # tuples as JSON lists
     for key, value in values.items():
         assert resolved[key] == value, key
-    assert recipe_table(host) in (REPO / "docs" / "training.md").read_text()
+    assert recipe_table(host) in (REPO / "docs" / "training.md").read_text()  # python -m train.recipes --write-docs
 
 
 def test_ovsegs_values_as_its_configs_give_them():
@@ -192,3 +192,165 @@ def test_the_dry_run_figures_in_the_docs_are_the_results_files():
 
     report = json.loads((REPO / "results" / "dry_run_ovseg-swinb-vitl14-pmp.json").read_text())
     assert dry_run_sentence(report) in (REPO / "docs" / "training.md").read_text()
+
+
+def test_ovsegs_class_head_is_an_mlp_at_a_fixed_temperature_of_100():
+    """Hand-set weights: the MLP is relu(identity) then identity, so e_q = normalise(relu(q))."""
+    from pmp.modeling.heads import OpenVocabClassHead
+
+    head = OpenVocabClassHead(2, 2, layers=2, hidden=2, fixed_scale=100.0)
+    with torch.no_grad():
+        for layer in head.proj.layers:
+            layer.weight.copy_(torch.eye(2))
+            layer.bias.zero_()
+        head.no_object_embed.copy_(torch.tensor([0.0, 3.0]))
+    assert not any("logit_scale" in name for name, _ in head.named_parameters())  # nothing learns the scale
+    queries = torch.tensor([[[3.0, 4.0], [-1.0, 2.0]]])  # (B=1, P=2, hidden)
+    logits = head(queries, torch.tensor([[[2.0, 0.0]]]), torch.tensor([[True]]))
+    assert logits[0].flatten().tolist() == pytest.approx([60.0, 80.0, 0.0, 100.0])
+    recipe = get_recipe("ovseg-swinb-vitl14-pmp").model.decoder
+    assert (recipe.class_head_layers, recipe.class_head_hidden_dim, recipe.class_logit_scale) == (2, 1024, 100.0)
+
+
+def test_decoder_dropout_acts_in_training_only():
+    import dataclasses
+
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+
+    for kind, dropout, differ in (("maskformer", 0.1, True), ("mask2former", 0.1, True), ("maskformer", 0.0, False)):
+        config = tiny_segmenter_config("pmp")
+        config.decoder = dataclasses.replace(config.decoder, kind=kind, dropout=dropout)
+        torch.manual_seed(0)
+        model = Segmenter(config).proposal_model.train()
+        images, text = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 128)
+        mask = torch.ones(1, 3, dtype=torch.bool)
+        first, second = (model(images, text, mask)["pred_masks"] for _ in range(2))
+        assert (not torch.equal(first, second)) == differ, (kind, dropout)
+        model.eval()
+        assert torch.equal(model(images, text, mask)["pred_masks"], model(images, text, mask)["pred_masks"])
+
+
+def test_frozen_batch_norm_keeps_its_statistics_in_training():
+    from pmp.modeling.backbone import TimmBackbone
+
+    backbone = TimmBackbone("resnet18", image_size=64, frozen_batch_norm=True).train()
+    assert not any(isinstance(module, torch.nn.BatchNorm2d) for module in backbone.modules())
+    before = {name: value.clone() for name, value in backbone.state_dict().items()}
+    backbone(torch.randn(2, 3, 64, 64) * 5 + 3)
+    assert all(torch.equal(before[name], value) for name, value in backbone.state_dict().items())
+    assert get_recipe("ovseg-r101c-vitb16-pmp").model.backbone.frozen_batch_norm
+    assert not get_recipe("ovseg-swinb-vitl14-pmp").model.backbone.frozen_batch_norm  # Swin has LayerNorm only
+
+
+def test_each_rank_resumes_its_own_random_streams(tmp_path):
+    import random
+
+    from train.runtime import load_training_state, rng_state, save_training_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    states = []
+    for seed in (11, 22):  # what two ranks would hold
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        states.append(rng_state())
+    path = save_training_state(tmp_path, 5, model, optimizer, {}, rng_states=states)
+    for rank, seed in ((0, 11), (1, 22), (3, 22)):  # rank 3 of a larger resumed run reuses rank 3 % 2's
+        load_training_state(path, model, optimizer, rank=rank)
+        drawn = (torch.rand(1).item(), np.random.rand(), random.random())
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        assert drawn == (torch.rand(1).item(), np.random.rand(), random.random()), rank
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resume_restores_the_cuda_generator(tmp_path):
+    from train.runtime import load_training_state, save_training_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    torch.cuda.manual_seed(7)
+    path = save_training_state(tmp_path, 1, model, optimizer, {})
+    expected = torch.rand(3, device="cuda")
+    torch.cuda.manual_seed(8)
+    load_training_state(path, model, optimizer)
+    assert torch.equal(torch.rand(3, device="cuda"), expected)
+
+
+def test_init_from_loads_a_baseline_into_pmp_and_leaves_the_text_layers_new(tmp_path):
+    import dataclasses
+
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.init_from import load_baseline_weights
+
+    torch.manual_seed(0)
+    folder = Segmenter(tiny_segmenter_config("none")).save_pretrained(tmp_path / "baseline")
+    baseline = Segmenter.from_pretrained(folder).proposal_model.state_dict()
+    torch.manual_seed(1)
+    pmp = Segmenter(tiny_segmenter_config("pmp")).proposal_model
+    text_before = {k: v.clone() for k, v in pmp.state_dict().items() if k.startswith("decoder.text.")}
+    fresh = load_baseline_weights(pmp, folder)
+    assert fresh == sorted(text_before) and len(fresh) == 16  # 3 layers' attention + the rest of the text stack
+    after = pmp.state_dict()
+    assert all(torch.equal(after[key], value) for key, value in baseline.items())
+    assert all(torch.equal(after[key], value) for key, value in text_before.items())
+    other = tiny_segmenter_config("pmp")
+    other.decoder = dataclasses.replace(other.decoder, num_queries=5)
+    with pytest.raises(ValueError, match="not a baseline of this recipe's model.*of another shape"):
+        load_baseline_weights(Segmenter(other).proposal_model, folder)
+
+
+def test_validation_during_training_reads_the_held_out_split_of_a_real_benchmark(tmp_path):
+    import dataclasses
+
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.dry_run import write_sample_dataset
+    from train.runtime import setup_distributed
+    from train.train_segmenter import _evaluate
+
+    write_sample_dataset(tmp_path, "ade150", count=2, split="val")
+    config = dataclasses.replace(
+        get_recipe("ovseg-r101c-vitb16-pmp"), data_root=str(tmp_path), eval_limit=2, eval_benchmark="ade150"
+    )
+    torch.manual_seed(0)
+    metrics = _evaluate(Segmenter(tiny_segmenter_config("pmp")), config, setup_distributed("cpu"))
+    assert set(metrics) == {f"eval/ade150/{key}" for key in ("miou", "miou_seen", "miou_unseen", "proposal_recall")}
+    assert 0.0 <= metrics["eval/ade150/miou"] <= 1.0
+    assert get_recipe("ovseg-swinb-vitl14-pmp").eval_every == 5000  # OVSeg's TEST.EVAL_PERIOD
+
+
+def test_a_run_saves_its_grad_scaler_beside_the_weights(tmp_path):
+    """On CPU autocast is off and the scaler is disabled (its state empty); the run is the same as before."""
+    from safetensors import safe_open
+
+    from tests.test_train_seg import tiny_train_config
+    from train.train_segmenter import train
+
+    train(tiny_train_config(steps=2, checkpoint_every=2, amp_dtype="float16"), tmp_path, resume=False)
+    [checkpoint] = (tmp_path / "checkpoints").glob("step-*.safetensors")
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        extra = json.loads(handle.metadata()["extra"])
+    assert "grad_scaler" in extra
+    if not torch.cuda.is_available():
+        assert extra["grad_scaler"] == {}
+    with pytest.raises(ValueError, match="amp_dtype='float32' is not supported"):
+        SegTrainConfig.from_dict({"amp_dtype": "float32"})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_training_scales_the_loss_and_resumes_the_scale(tmp_path):
+    from safetensors import safe_open
+
+    from tests.test_train_seg import tiny_train_config
+    from train.train_segmenter import train
+
+    train(tiny_train_config(steps=2, checkpoint_every=2, amp_dtype="float16"), tmp_path, resume=False)
+    [checkpoint] = (tmp_path / "checkpoints").glob("step-*.safetensors")
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        scaler = json.loads(handle.metadata()["extra"])["grad_scaler"]
+    assert scaler["scale"] > 1.0  # GradScaler starts at 2**16 and halves on overflow

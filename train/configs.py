@@ -48,6 +48,8 @@ class SegTrainConfig:
     # present classes plus random absent ones (train.batches), this project's scheme for the world
     training_prompts: str = "sampled"
     from_scratch: bool = False  # a timm backbone without pretrained weights trains only when this says so
+    # A trained baseline's folder: stage 1 starts from its weights, only the text layers new (train.init_from)
+    init_from: str | None = None
     clip_grad_norm: float = 0.01  # Mask2Former clips the full model's gradient norm at 0.01
     negative_prob: float = 0.5  # each absent training class is also prompted with this probability
     present_prob: float = 1.0  # each present class is prompted with this probability (1: always)
@@ -59,7 +61,8 @@ class SegTrainConfig:
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     seed: int = 0
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # autocast on CUDA in amp_dtype; ignored on CPU
+    amp_dtype: str = "bfloat16"  # or "float16", with a GradScaler (GPUs without bf16, e.g. V100)
     checkpoint_every: int = 200
     log_every: int = 10
     eval_every: int = 0  # 0: only at the end
@@ -92,6 +95,7 @@ class SegTrainConfig:
             ("weight_decay_groups", WEIGHT_DECAY_GROUPS),
             ("training_prompts", TRAINING_PROMPTS),
             ("mask_loss", ("points_bce", "full_focal")),
+            ("amp_dtype", ("bfloat16", "float16")),
         ):
             if getattr(self, name) not in accepted:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported; accepted: {', '.join(accepted)}")

@@ -35,10 +35,12 @@ DRY_RUN_IMAGES = 8
 DRY_RUN_IMAGE_SIZE = (480, 640)  # (H, W): COCO's typical landscape image
 
 
-def write_sample_dataset(root: Path, name: str, count: int = DRY_RUN_IMAGES, seed: int = 0) -> Path:
-    """``count`` images with blob labels in dataset ``name``'s training layout under ``root``; returns root."""
+def write_sample_dataset(
+    root: Path, name: str, count: int = DRY_RUN_IMAGES, seed: int = 0, split: str = "train"
+) -> Path:
+    """``count`` images with blob labels in dataset ``name``'s ``split`` layout under ``root``; returns root."""
     spec = REAL_DATASETS[name]
-    images, labels = (root / spec.base / folder for folder in spec.splits["train"])
+    images, labels = (root / spec.base / folder for folder in spec.splits[split])
     images.mkdir(parents=True, exist_ok=True)
     labels.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

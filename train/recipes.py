@@ -235,3 +235,32 @@ def get_recipe(name: str) -> SegTrainConfig:
     if host not in files:
         raise ValueError(f"unknown recipe {name!r}; accepted: {', '.join(recipe_names())}")
     return file_recipe(files[host], variant)
+
+
+DOCS_PAGE = RECIPES_DIR.parent / "docs" / "training.md"
+TABLES_START = "<!-- recipe tables: python -m train.recipes --write-docs -->"
+TABLES_END = "<!-- end of recipe tables -->"
+
+
+def recipe_tables() -> str:
+    """Every recipe file's table (:func:`recipe_table`), as docs/training.md holds them."""
+    return "\n\n".join(recipe_table(host) for host in recipe_files())
+
+
+def write_docs_tables(page: Path = DOCS_PAGE) -> None:
+    """Rewrite the tables between docs/training.md's markers from the recipe files."""
+    text = page.read_text()
+    head, _, rest = text.partition(TABLES_START)
+    _, _, tail = rest.partition(TABLES_END)
+    page.write_text(f"{head}{TABLES_START}\n{recipe_tables()}\n{TABLES_END}{tail}")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m train.recipes", description="the recipes, listed or documented")
+    parser.add_argument("--write-docs", action="store_true", help="rewrite docs/training.md's tables from recipes/")
+    if parser.parse_args().write_docs:
+        write_docs_tables()
+    else:
+        print("\n".join(recipe_names()))

@@ -163,8 +163,12 @@ def save_training_state(
     optimizer: torch.optim.Optimizer,
     extra_metadata: dict[str, Any],
     keep: int = 2,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Atomically write ``step-XXXXXXXX.safetensors`` and prune older ones (keeping ``keep``)."""
+    """Atomically write ``step-XXXXXXXX.safetensors`` and prune older ones (keeping ``keep``).
+
+    ``rng_states``: every rank's :func:`rng_state` (:func:`gathered_rng_states`), so that each rank resumes
+    its own random streams (CPU, CUDA, numpy, Python); None: this process's alone."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
@@ -174,15 +178,21 @@ def save_training_state(
         for name, value in state.items():
             value = value if torch.is_tensor(value) else torch.tensor(value)
             tensors[f"optim.{param_id}.{name}"] = value.detach().cpu().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
-    np_state = np.random.get_state()
-    tensors["rng.numpy_keys"] = torch.from_numpy(np_state[1].astype(np.int64))
+    states = rng_states if rng_states is not None else [rng_state()]
+    positions, python_states = [], []
+    for rank, state in enumerate(states):
+        tensors[f"rng.{rank}.torch"] = state["torch"]
+        tensors[f"rng.{rank}.numpy_keys"] = state["numpy_keys"]
+        if state.get("cuda") is not None:
+            tensors[f"rng.{rank}.cuda"] = state["cuda"]
+        positions.append(state["numpy_pos"])
+        python_states.append(state["python"])
     metadata = {
         "complete": "1",
         "step": str(step),
         "param_groups": json.dumps(optim_state["param_groups"]),
-        "numpy_pos": str(np_state[2]),
-        "python_rng": json.dumps(_python_rng_state()),
+        "numpy_pos": json.dumps(positions),
+        "python_rng": json.dumps(python_states),
         "extra": json.dumps(extra_metadata),
     }
     target = folder / f"step-{step:08d}.safetensors"
@@ -207,6 +217,27 @@ def remove_partial_writes(folder: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random streams: torch's CPU and (where CUDA exists) CUDA generators, numpy's, Python's."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": _python_rng_state(),
+    }
+
+
+def gathered_rng_states(ctx: "DistributedContext") -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_state`, in rank order (a collective: every rank must call it)."""
+    if not ctx.enabled:
+        return [rng_state()]
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
 
 
 def _python_rng_state() -> list:
@@ -268,9 +299,10 @@ def latest_valid_checkpoint(folder: Path) -> Path | None:
 
 
 def load_training_state(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int = 0
 ) -> tuple[int, dict[str, Any]]:
-    """Restore model, optimizer and RNG states; returns (step, extra metadata)."""
+    """Restore model, optimizer and rank ``rank``'s RNG states (CUDA's too where CUDA exists); returns
+    (step, extra metadata)."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
@@ -282,11 +314,20 @@ def load_training_state(
             _, param_id, name = key.split(".", 2)
             state.setdefault(int(param_id), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    torch.set_rng_state(tensors["rng.torch"])
+    if "rng.torch" in tensors:  # written before every rank's state was kept: one state for all
+        positions, python_states = [int(metadata["numpy_pos"])], [json.loads(metadata["python_rng"])]
+        prefix = "rng."
+    else:
+        positions, python_states = json.loads(metadata["numpy_pos"]), json.loads(metadata["python_rng"])
+        prefix = f"rng.{rank % len(positions)}."  # a run resumed on fewer or more ranks reuses the saved ones
+    index = 0 if prefix == "rng." else rank % len(positions)
+    torch.set_rng_state(tensors[prefix + "torch"])
+    if torch.cuda.is_available() and prefix + "cuda" in tensors:
+        torch.cuda.set_rng_state(tensors[prefix + "cuda"])
     np.random.set_state(
-        ("MT19937", tensors["rng.numpy_keys"].numpy().astype(np.uint32), int(metadata["numpy_pos"]), 0, 0.0)
+        ("MT19937", tensors[prefix + "numpy_keys"].numpy().astype(np.uint32), int(positions[index]), 0, 0.0)
     )
-    version, internal, gauss = json.loads(metadata["python_rng"])
+    version, internal, gauss = python_states[index]
     random.setstate((version, tuple(internal), gauss))
     return int(metadata["step"]), json.loads(metadata["extra"])
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
@@ -35,23 +34,22 @@ from train.batches import TrainingData, build_batch
 from train.configs import SegTrainConfig
 from train.datasets import training_vocabulary
 from train.dry_run import dry_run
+from train.init_from import load_baseline_weights
 from train.losses import SetCriterion
 from train.matcher import HungarianMatcher
 from train.optimizer import lr_factor, parameter_groups
 from train.recipes import get_recipe, read_recipe_file, recipe_names
+from train.resume import ResumeError, resume_point
 from train.runtime import (
     DistributedContext,
     MetricsLog,
     NonFiniteLossError,
     all_reduce,
     check_finite,
-    checkpoint_problem,
     cleanup_distributed,
-    latest_valid_checkpoint,
-    list_checkpoints,
+    gathered_rng_states,
     load_training_state,
     predictions_are_finite,
-    remove_partial_writes,
     save_training_state,
     seed_everything,
     setup_distributed,
@@ -98,75 +96,7 @@ def train(
         cleanup_distributed()
 
 
-class ResumeError(RuntimeError):
-    """An output folder that cannot be resumed as asked; the message says why and what to do."""
-
-
-# Fields that may change between a run and its resumption: they do not change what a step computes. The
-# model's stage-2 fields are among them: a training step is stage 1 alone (Eq. 1's losses), so a run begun
-# before its recipe's stage 2 changed resumes, and only the evaluations it logs read the new stage 2.
-STAGE2_FIELDS = ("clip_weight", "stage2_mode", "crop_top_k", "crop_views")
-RESUMABLE_CHANGES = frozenset(
-    {"steps", "log_every", "checkpoint_every", "eval_every", "eval_limit", *(f"model.{f}" for f in STAGE2_FIELDS)}
-)
-
-
-def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
-    """'field: saved -> current' for every (nested) field that differs."""
-    differences = []
-    for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        if isinstance(old, dict) and isinstance(new, dict):
-            differences += config_differences(old, new, f"{prefix}{key}.")
-        elif old != new and not (
-            isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and list(old) == list(new)
-        ):
-            differences.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return differences
-
-
-def _resume_point(
-    checkpoint_dir: Path, log: MetricsLog, config: SegTrainConfig, resume: bool, restart: bool
-) -> Path | None:
-    """The checkpoint to resume from (None: start at step 0), or ResumeError when the folder holds a run
-    that cannot be continued as asked."""
-    remove_partial_writes(checkpoint_dir)
-    if restart or not resume:
-        for _, path in list_checkpoints(checkpoint_dir):  # else the old run's later steps would outrank the new ones
-            path.unlink(missing_ok=True)
-            path.with_name(path.name + ".sha256").unlink(missing_ok=True)
-        return None
-    latest = latest_valid_checkpoint(checkpoint_dir)
-    found = list_checkpoints(checkpoint_dir)
-    if latest is None and (found or log.records()):
-        reasons = (
-            "; ".join(f"{path.name}: {checkpoint_problem(path)}" for _, path in found) or "no checkpoint was written"
-        )
-        raise ResumeError(
-            f"{checkpoint_dir.parent} holds a training run ({len(log.records())} logged rows) but no valid "
-            f"checkpoint to resume from ({reasons}). Starting again from step 0 would overwrite it: "
-            "pass --restart to do so, or choose another --out"
-        )
-    if latest is not None:
-        with safe_open(str(latest), framework="pt") as handle:
-            saved = json.loads((handle.metadata() or {}).get("extra", "{}")).get("train_config")
-        if saved is not None:
-            try:  # a run saved before a field existed holds that field's default
-                saved = SegTrainConfig.from_dict(saved).to_dict()
-            except (ValueError, TypeError):
-                pass  # compared as saved: every difference is named below
-            differences = [
-                d for d in config_differences(saved, config.to_dict()) if d.split(":")[0] not in RESUMABLE_CHANGES
-            ]
-            if differences:
-                raise ResumeError(
-                    f"{latest} was written with another training config; resuming would mix two runs. Differences: "
-                    + "; ".join(differences)
-                    + ". Use the same config, pass --restart, or choose another --out"
-                )
-    return latest
-
-
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 TRAINED_SHARD_SIZE = "5GB"  # Hugging Face's default shard size
 
 
@@ -201,7 +131,17 @@ def _train(
     segmenter.config.training_names = training_vocabulary(data.class_names)
     with torch.no_grad():
         class_embeddings = segmenter.clip.encode_text(data.class_names).to(ctx.device)  # (V, C), CLIP is frozen
+    # Per-rank random streams (dropout, drop path, the matcher's points) from base seed + rank, after the model
+    # is built alike on every rank; rank 0 keeps the single-process stream, so 1 GPU and rank 0 of 8 agree.
+    if ctx.rank:
+        seed_everything(config.seed + ctx.rank)
     model = segmenter.proposal_model
+    if config.init_from:
+        fresh = load_baseline_weights(model, config.init_from)
+        if ctx.is_main:
+            print(
+                f"--init-from {config.init_from}: {len(fresh)} text-layer weights new, the rest loaded", file=sys.stderr
+            )
     model.train()
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     # num_points=None: train.matcher.points_for_mask_size keeps Mask2Former's point density at any crop size.
@@ -221,9 +161,14 @@ def _train(
     checkpoint_dir = out_dir / "checkpoints"
     log = MetricsLog(out_dir / "metrics.jsonl", enabled=ctx.is_main)
     start_step = 0
-    latest = _resume_point(checkpoint_dir, log, config, resume, restart)
+    latest = resume_point(checkpoint_dir, log, config, resume, restart)
+    use_amp = config.amp and ctx.device.type == "cuda"
+    # fp16 needs loss scaling (V100s have no bf16); bf16 does not. Disabled, the scaler passes everything through.
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=use_amp and config.amp_dtype == "float16")
     if latest is not None:
-        start_step, _ = load_training_state(latest, model, optimizer)
+        start_step, extra = load_training_state(latest, model, optimizer, rank=ctx.rank)
+        if "grad_scaler" in extra and scaler.is_enabled():
+            scaler.load_state_dict(extra["grad_scaler"])
         if ctx.is_main:
             print(f"resumed from {latest} at step {start_step}", file=sys.stderr)
     elif restart and ctx.is_main and log.records():
@@ -232,7 +177,6 @@ def _train(
     if ctx.is_main:
         (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
-    use_amp = config.amp and ctx.device.type == "cuda"
     progress = tqdm(
         range(start_step, config.steps),
         initial=start_step,
@@ -251,7 +195,7 @@ def _train(
         images, text, text_mask, targets = build_batch(
             samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device
         )
-        with torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device_type=ctx.device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=use_amp):
             outputs = ddp_model(images, text, text_mask)
         # Diverged weights give NaN predictions; the matcher would fail on them with no step in the message.
         stop_unless_finite(predictions_are_finite(outputs), ctx, step, "predictions")
@@ -259,13 +203,15 @@ def _train(
         loss = criterion.total_loss(losses)
         check_finite(loss, ctx, step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # the clip acts on true gradients
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             if config.clip_grad_norm > 0
             else torch.tensor(0.0)
         )
-        optimizer.step()
+        scaler.step(optimizer)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        scaler.update()
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             record = {
@@ -282,8 +228,10 @@ def _train(
             progress.set_postfix(loss=f"{record['loss']:.3f}")
         if done % config.checkpoint_every == 0 or done == config.steps:
             stop_unless_finite(weights_are_finite(model), ctx, done, "weights")  # never save a diverged model
+            rng_states = gathered_rng_states(ctx)  # every rank's, so each resumes its own streams
             if ctx.is_main:
-                save_training_state(checkpoint_dir, done, model, optimizer, {"train_config": config.to_dict()})
+                extra = {"train_config": config.to_dict(), "grad_scaler": scaler.state_dict()}
+                save_training_state(checkpoint_dir, done, model, optimizer, extra, rng_states=rng_states)
             if ctx.enabled:
                 dist.barrier()
         if config.eval_every and done % config.eval_every == 0 and done != config.steps:
@@ -335,17 +283,21 @@ def _to_float(outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _evaluate(segmenter: Segmenter, config: SegTrainConfig, ctx: DistributedContext) -> dict[str, Any]:
-    """The evaluator on the first ``eval_limit`` images of ``eval_benchmark`` (synthetic world only)."""
-    if config.data != "world" or config.eval_limit <= 0:
+    """Validation: the evaluator on the first ``eval_limit`` images of ``eval_benchmark``, every rank its
+    share (all-reduced). The world's benchmarks are drawn at the crop size; a real one (a held-out split under
+    ``data_root``, e.g. ADE20K-150 validation as OVSeg's TEST period evaluates) at the model's own size."""
+    if config.eval_limit <= 0:
         return {}
     from train.evaluate import evaluate, load_benchmark
 
+    world = config.data == "world"
+    benchmark = load_benchmark(config.eval_benchmark, None if world else config.data_root, "val")
     segmenter.eval()
     result = evaluate(
         segmenter,
-        load_benchmark(config.eval_benchmark),
+        benchmark,
         limit=config.eval_limit,
-        image_size=config.crop_size,
+        image_size=config.crop_size if world else None,
         show_progress=False,
     )
     return {
@@ -419,6 +371,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--crop-size", type=int, default=None, help="override the training crop (a reduced dry run)")
     parser.add_argument(
+        "--amp-dtype",
+        choices=("bfloat16", "float16"),
+        default=None,
+        help="autocast dtype on CUDA (default: the recipe's, bfloat16); float16 trains with a GradScaler (V100s)",
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="FOLDER",
+        help="start from a trained baseline of the same recipe: every weight but the text layers (train.init_from)",
+    )
+    parser.add_argument(
         "--text-mode", default=None, help="override decoder.text_mode (none, pmp, concat, concat_drop, text_queries)"
     )
     parser.add_argument("--steps", type=int, default=None)
@@ -454,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         "eval_limit": args.eval_limit,
         "present_prob": args.present_prob,
         "crop_size": args.crop_size,
+        "init_from": args.init_from,
+        "amp_dtype": args.amp_dtype,
     }
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     decoder_overrides = {"text_mode": args.text_mode, "num_queries": args.num_queries}

@@ -46,6 +46,7 @@ def build_backbone(
             pretrained_file=pretrained,
             freeze=cfg.freeze,
             drop_path_rate=cfg.drop_path_rate,
+            frozen_batch_norm=cfg.frozen_batch_norm,
         )
     if cfg.kind == "clip":
         if clip_visual is None:
@@ -104,6 +105,7 @@ class TimmBackbone(nn.Module):
         pretrained_file: str | None = None,
         freeze: bool = False,
         drop_path_rate: float = 0.0,
+        frozen_batch_norm: bool = False,
     ):
         super().__init__()
         import timm
@@ -138,6 +140,10 @@ class TimmBackbone(nn.Module):
                 )
             except RuntimeError as error:  # timm's strict load_state_dict: wrong file for this architecture
                 raise ValueError(f"weights {pretrained_file!r} do not fit timm model {name!r}: {error}") from error
+        if frozen_batch_norm:  # after the weights are loaded: the frozen layers copy their statistics
+            from timm.layers import freeze_batch_norm_2d
+
+            self.body = freeze_batch_norm_2d(self.body)
         self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         self.out_channels: list[int] = list(self.body.feature_info.channels())
         self.frozen = freeze

@@ -23,18 +23,25 @@ MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: logits are at most 100 * cosi
 
 
 class OpenVocabClassHead(nn.Module):
-    """p(class m | query q) logits = cos(e_q, t_m) * exp(logit_scale), with t_{M} = the no-object embedding.
+    """p(class m | query q) logits = cos(e_q, t_m) * scale, with t_{M} = the no-object embedding.
 
-    e_q = normalise(Linear(LN(x_q))) in the CLIP joint space (text_dim). The no-object embedding is a
-    learnable text_dim vector, L2-normalised like a text embedding and appended as the last column.
-    Padded prompts (``text_mask`` False) get -inf, so they take no probability mass in a softmax.
+    e_q = normalise(proj(LN(x_q))) in the CLIP joint space (text_dim); ``proj`` is one linear layer, or with
+    ``layers`` > 1 OVSeg's MLP (``class_embed``: ``EMBED_LAYERS`` layers through ``hidden`` channels). The
+    scale is exp(logit_scale), learned from CLIP's 1/0.07 and clamped at 100, or with ``fixed_scale`` that
+    number (OVSeg's ``get_sim_logits`` temperature 100). The no-object embedding is a learnable text_dim
+    vector, L2-normalised like a text embedding and appended as the last column. Padded prompts
+    (``text_mask`` False) get -inf, so they take no probability mass in a softmax.
     """
 
-    def __init__(self, hidden_dim: int, text_dim: int):
+    def __init__(
+        self, hidden_dim: int, text_dim: int, layers: int = 1, hidden: int = 1024, fixed_scale: float | None = None
+    ):
         super().__init__()
-        self.proj = nn.Linear(hidden_dim, text_dim)
+        self.proj = nn.Linear(hidden_dim, text_dim) if layers == 1 else MLP(hidden_dim, hidden, text_dim, layers)
         self.no_object_embed = nn.Parameter(torch.randn(text_dim) * text_dim**-0.5)
-        self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
+        self.fixed_scale = fixed_scale
+        if fixed_scale is None:
+            self.logit_scale = nn.Parameter(torch.tensor(INITIAL_LOGIT_SCALE))
 
     def forward(self, queries: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """queries (B, P, hidden), text_embeds (B, M, text_dim), text_mask (B, M) -> logits (B, P, M+1)."""
@@ -42,7 +49,7 @@ class OpenVocabClassHead(nn.Module):
         batch = text_embeds.shape[0]
         no_object = F.normalize(self.no_object_embed, dim=-1).expand(batch, 1, -1)
         classes = torch.cat([F.normalize(text_embeds, dim=-1), no_object.to(text_embeds.dtype)], dim=1)  # (B, M+1, C)
-        scale = self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
+        scale = self.fixed_scale if self.fixed_scale is not None else self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
         logits = scale * torch.einsum("bpc,bmc->bpm", query_embeds, classes)
         padded = torch.cat(
             [~text_mask, torch.zeros_like(text_mask[:, :1])], dim=1

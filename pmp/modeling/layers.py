@@ -2,7 +2,8 @@
 
 They follow Mask2Former's ``transformer_decoder/mask2former_transformer_decoder.py`` and
 ``position_encoding.py`` (the DETR lineage): post-norm residual sub-layers by default, pre-norm when
-``pre_norm`` is set, dropout 0 (Mask2Former's setting; it also keeps tests deterministic). Unlike the
+``pre_norm`` is set, dropout 0 by default (Mask2Former's setting; MaskFormer's and OVSeg's decoder uses
+0.1, placed as DETR places it: on the attention weights and on each residual branch, and inside the FFN). Unlike the
 original they are batch-first: every sequence here is (B, N, C).
 """
 
@@ -95,10 +96,11 @@ def with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
 class SelfAttentionLayer(nn.Module):
     """Residual self-attention among the queries: x = LN(x + MHA(x+pos, x+pos, x)) (post-norm)."""
 
-    def __init__(self, dim: int, num_heads: int, pre_norm: bool = False):
+    def __init__(self, dim: int, num_heads: int, pre_norm: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
         xavier_init(self)
 
@@ -109,9 +111,11 @@ class SelfAttentionLayer(nn.Module):
         if self.pre_norm:
             normed = self.norm(x)
             q = k = with_pos(normed, pos)
-            return x + self.self_attn(q, k, normed, key_padding_mask=key_padding_mask, need_weights=False)[0]
+            attended = self.self_attn(q, k, normed, key_padding_mask=key_padding_mask, need_weights=False)[0]
+            return x + self.dropout(attended)
         q = k = with_pos(x, pos)
-        return self.norm(x + self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0])
+        attended = self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        return self.norm(x + self.dropout(attended))
 
 
 class CrossAttentionLayer(nn.Module):
@@ -122,10 +126,11 @@ class CrossAttentionLayer(nn.Module):
     (:class:`pmp.modeling.text_conditioning.TextCrossAttention`).
     """
 
-    def __init__(self, dim: int, num_heads: int, pre_norm: bool = False):
+    def __init__(self, dim: int, num_heads: int, pre_norm: bool = False, dropout: float = 0.0):
         super().__init__()
-        self.multihead_attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
         self.norm: nn.LayerNorm | None = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
         xavier_init(self)
 
@@ -149,6 +154,7 @@ class CrossAttentionLayer(nn.Module):
         )[0]
 
     def add_residual(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        attended = self.dropout(attended)
         return x + attended if self.pre_norm else self.norm(x + attended)
 
     def forward(
@@ -174,18 +180,20 @@ class CrossAttentionLayer(nn.Module):
 class FFNLayer(nn.Module):
     """Residual feed-forward block: x = LN(x + W2 relu(W1 x))."""
 
-    def __init__(self, dim: int, dim_feedforward: int, pre_norm: bool = False):
+    def __init__(self, dim: int, dim_feedforward: int, pre_norm: bool = False, dropout: float = 0.0):
         super().__init__()
         self.linear1 = nn.Linear(dim, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, dim)
         self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
         xavier_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre_norm:
-            return x + self.linear2(F.relu(self.linear1(self.norm(x))))
-        return self.norm(x + self.linear2(F.relu(self.linear1(x))))
+        """DETR's FFN: x + dropout(W2 dropout(relu(W1 x))), then LN (post-norm) or LN first (pre-norm)."""
+        inner = self.norm(x) if self.pre_norm else x
+        branch = self.dropout(self.linear2(self.dropout(F.relu(self.linear1(inner)))))
+        return x + branch if self.pre_norm else self.norm(x + branch)
 
 
 def xavier_init(module: nn.Module) -> None:

@@ -37,7 +37,14 @@ def build_mask_proposal_model(
     decoder = build_transformer_decoder(
         config.decoder, config.pixel_decoder.conv_dim, config.pixel_decoder.mask_dim, text_dim
     )
-    return MaskProposalModel(backbone, pixel_decoder, decoder, OpenVocabClassHead(config.decoder.hidden_dim, text_dim))
+    head = OpenVocabClassHead(
+        config.decoder.hidden_dim,
+        text_dim,
+        layers=config.decoder.class_head_layers,
+        hidden=config.decoder.class_head_hidden_dim,
+        fixed_scale=config.decoder.class_logit_scale,
+    )
+    return MaskProposalModel(backbone, pixel_decoder, decoder, head)
 
 
 class MaskProposalModel(nn.Module):

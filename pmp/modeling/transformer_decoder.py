@@ -82,14 +82,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.num_heads = num_heads
         self.num_layers = num_layers
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
+        dropout = config.dropout
         self.self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, num_heads, pre_norm) for _ in range(num_layers)
+            SelfAttentionLayer(hidden_dim, num_heads, pre_norm, dropout) for _ in range(num_layers)
         )
         self.cross_attention_layers = nn.ModuleList(
-            CrossAttentionLayer(hidden_dim, num_heads, pre_norm) for _ in range(num_layers)
+            CrossAttentionLayer(hidden_dim, num_heads, pre_norm, dropout) for _ in range(num_layers)
         )
         self.ffn_layers = nn.ModuleList(
-            FFNLayer(hidden_dim, config.dim_feedforward, pre_norm) for _ in range(num_layers)
+            FFNLayer(hidden_dim, config.dim_feedforward, pre_norm, dropout) for _ in range(num_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         if text_mode != "text_queries":  # Fig. 5c has no learnable queries; the side stream keeps other inits equal
@@ -177,18 +178,21 @@ def _per_head(attn_mask: torch.Tensor, extra_tokens: int, num_heads: int) -> tor
 class DetrDecoderLayer(nn.Module):
     """DETR's decoder layer as used by MaskFormer: self-attention, cross-attention, FFN."""
 
-    def __init__(self, hidden_dim: int, num_heads: int, dim_feedforward: int, pre_norm: bool = False):
+    def __init__(
+        self, hidden_dim: int, num_heads: int, dim_feedforward: int, pre_norm: bool = False, dropout: float = 0.0
+    ):
         super().__init__()
-        self.self_attn = SelfAttentionLayer(hidden_dim, num_heads, pre_norm)
-        self.cross_attn = CrossAttentionLayer(hidden_dim, num_heads, pre_norm)
-        self.ffn = FFNLayer(hidden_dim, dim_feedforward, pre_norm)
+        self.self_attn = SelfAttentionLayer(hidden_dim, num_heads, pre_norm, dropout)
+        self.cross_attn = CrossAttentionLayer(hidden_dim, num_heads, pre_norm, dropout)
+        self.ffn = FFNLayer(hidden_dim, dim_feedforward, pre_norm, dropout)
 
 
 class StandardTransformerDecoder(nn.Module):
     """MaskFormer's transformer predictor (OVSeg's stage 1): a DETR decoder over the stride-32 map.
 
     The memory is the pixel decoder's stride-32 output (``multi_scale_features[0]``) with a sine position
-    embedding. No encoder layers (MaskFormer's default ``ENC_LAYERS=0``) and no dropout.
+    embedding. No encoder layers (MaskFormer's default ``ENC_LAYERS=0``); dropout as ``config.dropout`` says
+    (MaskFormer's and OVSeg's ``MODEL.MASK_FORMER.DROPOUT: 0.1``).
     """
 
     def __init__(self, config: DecoderConfig, in_channels: int, mask_dim: int, text_dim: int):
@@ -201,7 +205,8 @@ class StandardTransformerDecoder(nn.Module):
             with side_stream("learnable_queries"):
                 self.query_embed = nn.Embedding(config.num_queries, hidden_dim)
         self.layers = nn.ModuleList(
-            DetrDecoderLayer(hidden_dim, num_heads, config.dim_feedforward, pre_norm) for _ in range(num_layers)
+            DetrDecoderLayer(hidden_dim, num_heads, config.dim_feedforward, pre_norm, config.dropout)
+            for _ in range(num_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.mask_head = MaskHead(hidden_dim, mask_dim)
