@@ -55,6 +55,10 @@ class CLIPConfig:
     text_cache_size: int = 4096  # bounded LRU of per-prompt text embeddings
     checkpoint: str | None = None  # the open_clip folder whose weights this CLIP is (see above), or None
     checkpoint_sha256: str | None = None  # the sha256 of that folder's weights file, checked on load
+    # The towers' activation: OpenAI's CLIPs were trained with QuickGELU. None: as the pretrained tag says
+    # (open_clip's registry; plain GELU for a file or random weights); True / False: always, so that OpenAI
+    # weights loaded from a file, or a trained segmenter that stores its CLIP, keep QuickGELU.
+    quick_gelu: bool | None = None
 
 
 @dataclass

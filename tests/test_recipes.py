@@ -13,11 +13,12 @@ import pytest
 import torch
 
 from train.augment import color_aug_ssd
+from train.batches import rank_sample_indices
 from train.configs import SegTrainConfig
 from train.optimizer import exempt_from_decay
 from train.recipes import RECIPES_DIR, flat_values, get_recipe, read_recipe_file, recipe_files, recipe_table
 from train.runtime import warmup_poly_lr_factor
-from train.train_segmenter import check_backbone_weights, rank_sample_indices
+from train.train_segmenter import check_backbone_weights
 
 REPO = Path(__file__).resolve().parent.parent
 HOSTS = ("ovseg-swinb-vitl14", "ovseg-r101c-vitb16", "m2f-r50-vitb16", "m2f-swinb-vitl14")
@@ -212,6 +213,20 @@ def test_ovsegs_class_head_is_an_mlp_at_a_fixed_temperature_of_100():
     assert (recipe.class_head_layers, recipe.class_head_hidden_dim, recipe.class_logit_scale) == (2, 1024, 100.0)
 
 
+def test_a_segmenter_with_ovsegs_class_head_segments():
+    import dataclasses
+
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+
+    config = tiny_segmenter_config("pmp")
+    config.decoder = dataclasses.replace(
+        config.decoder, class_head_layers=2, class_head_hidden_dim=16, class_logit_scale=100.0
+    )
+    result = Segmenter(config).segment(np.zeros((40, 56, 3), np.uint8), ["sky", "car"])
+    assert result.semantic.shape == (40, 56)
+
+
 def test_decoder_dropout_acts_in_training_only():
     import dataclasses
 
@@ -354,3 +369,48 @@ def test_fp16_training_scales_the_loss_and_resumes_the_scale(tmp_path):
     with safe_open(str(checkpoint), framework="pt") as handle:
         scaler = json.loads(handle.metadata()["extra"])["grad_scaler"]
     assert scaler["scale"] > 1.0  # GradScaler starts at 2**16 and halves on overflow
+
+
+def test_the_data_loader_gives_the_batches_of_the_synchronous_path():
+    import dataclasses
+
+    from tests.test_train_seg import tiny_train_config
+    from train.batches import TrainingData, build_batch, step_batches
+
+    config = tiny_train_config(steps=4, batch_size=4)
+    data = TrainingData(config)
+    embeddings = torch.randn(len(data.class_names), 128)
+    built = {}
+    for workers in (0, 2):
+        run = dataclasses.replace(config, num_workers=workers)
+        built[workers] = [
+            build_batch(samples, 7 + step, embeddings, run, torch.device("cpu"), pixels)
+            for step, (samples, pixels) in enumerate(step_batches(data, run, 1, 1, 2, pin_memory=False), start=1)
+        ]
+    assert len(built[0]) == len(built[2]) == 3  # steps 1..3 of rank 1's two samples
+    for sync, loaded in zip(built[0], built[2]):
+        images, text, mask, targets = sync
+        assert torch.equal(images, loaded[0]) and torch.equal(text, loaded[1]) and torch.equal(mask, loaded[2])
+        for mine, theirs in zip(targets, loaded[3]):
+            assert torch.equal(mine["labels"], theirs["labels"]) and torch.equal(mine["masks"], theirs["masks"])
+    assert get_recipe("ovseg-swinb-vitl14-pmp").num_workers == 4  # OVSeg's DATALOADER.NUM_WORKERS
+
+
+def test_openai_clip_keeps_quick_gelu_whether_loaded_by_tag_or_by_file(tmp_path):
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from pmp.clip.loading import load_open_clip, tag_quick_gelu
+    from pmp.config import CLIPConfig, tiny_clip_model_cfg
+
+    assert tag_quick_gelu(CLIPConfig(model_name="ViT-L-14", pretrained="openai"))  # open_clip's registry says so
+    assert not tag_quick_gelu(CLIPConfig(model_name="ViT-L-14", pretrained=str(tmp_path / "w.safetensors")))
+    tiny = CLIPConfig(model_name="tiny", model_cfg=tiny_clip_model_cfg())
+    model = load_open_clip(tiny)[0]
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    for quick, expected in ((None, "GELU"), (True, "QuickGELU")):
+        cfg = dataclasses.replace(tiny, pretrained=str(tmp_path / "w.safetensors"), quick_gelu=quick)
+        loaded = load_open_clip(cfg)[0]
+        assert type(loaded.transformer.resblocks[0].mlp.gelu).__name__ == expected
+    assert all(get_recipe(f"{host}-pmp").model.clip.quick_gelu for host in HOSTS)

@@ -20,6 +20,7 @@ embeddings of the whole training vocabulary.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,10 +52,7 @@ class TrainingData:
     def __init__(self, config: SegTrainConfig) -> None:
         self.config = config
         if config.data == "world":
-            from train import world
-
             self.class_names = list(SEEN_NAMES)  # classes, seen parts and seen groups
-            self._world = world
             self._dataset = None
         else:
             from train.augment import SemSegTrainTransform
@@ -74,7 +72,9 @@ class TrainingData:
     def sample(self, index: int) -> Sample:
         seed = self.config.seed * 1_000_003 + index
         if self._dataset is None:
-            scene = self._world.render_training_scene(seed, self.config.crop_size)
+            from train import world  # the renderer, only for world data (real data never draws a scene)
+
+            scene = world.render_training_scene(seed, self.config.crop_size)
             return Sample(scene.image, scene.semantic.astype(np.int64), scene.parts.astype(np.int64))
         rng = np.random.default_rng(seed)
         permutation_seed, position = divmod(index, len(self._dataset))
@@ -139,14 +139,61 @@ def sample_prompt_ids(
     return rng.permutation(prompt_ids)
 
 
+def rank_sample_indices(step: int, rank: int, per_rank: int, global_batch: int) -> range:
+    """The global sample indices rank ``rank`` trains on at ``step``: its slice of the step's global batch,
+    so that the ranks together take samples ``step * global_batch`` onwards, whatever their number."""
+    first = step * global_batch + rank * per_rank
+    return range(first, first + per_rank)
+
+
+class StepSamples(torch.utils.data.Dataset):
+    """Item k: the samples rank ``rank`` trains on at step ``start_step + k``, and their pixels stacked
+    (B, H, W, 3) uint8, which a DataLoader can pin. A loader over it with workers gives exactly the batches
+    the synchronous path builds, because every sample is a function of its global index."""
+
+    def __init__(self, data: TrainingData, start_step: int, steps: int, rank: int, per_rank: int, global_batch: int):
+        self.data, self.start_step, self.steps = data, start_step, steps
+        self.rank, self.per_rank, self.global_batch = rank, per_rank, global_batch
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step)
+
+    def __getitem__(self, k: int) -> tuple[list[Sample], torch.Tensor]:
+        indices = rank_sample_indices(self.start_step + k, self.rank, self.per_rank, self.global_batch)
+        samples = [self.data.sample(i) for i in indices]
+        return samples, torch.from_numpy(np.stack([sample.image for sample in samples]))
+
+
+def step_batches(
+    data: TrainingData, config: SegTrainConfig, start_step: int, rank: int, per_rank: int, pin_memory: bool
+) -> Any:
+    """(samples, pixels) per step from ``start_step``: built in ``config.num_workers`` worker processes with
+    ``config.prefetch_factor`` steps prefetched each and pinned pixels, or in this process when 0 workers."""
+    steps = StepSamples(data, start_step, config.steps, rank, per_rank, config.batch_size)
+    if config.num_workers == 0:
+        return (steps[k] for k in range(len(steps)))
+    return torch.utils.data.DataLoader(
+        steps,
+        batch_size=None,  # an item is already one step's batch
+        shuffle=False,
+        num_workers=config.num_workers,
+        prefetch_factor=config.prefetch_factor,
+        pin_memory=pin_memory,
+    )
+
+
 def build_batch(
     samples: list[Sample],
     step_seed: int,
     class_embeddings: torch.Tensor,
     config: SegTrainConfig,
     device: torch.device,
+    pixels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, torch.Tensor]]]:
-    """Images (B,3,H,W) normalised, text (B,M,C) padded, text_mask (B,M), and per-image targets."""
+    """Images (B,3,H,W) normalised, text (B,M,C) padded, text_mask (B,M), and per-image targets.
+
+    ``pixels``: the samples' images already stacked (B, H, W, 3) uint8 (pinned by a DataLoader), moved to
+    ``device`` before they are normalised."""
     rng = np.random.default_rng(step_seed)
     vocabulary_size = class_embeddings.shape[0]
     prompt_lists, targets = [], []
@@ -189,6 +236,8 @@ def build_batch(
     for b, prompt_ids in enumerate(prompt_lists):
         text[b, : len(prompt_ids)] = class_embeddings[torch.from_numpy(prompt_ids)]
         text_mask[b, : len(prompt_ids)] = True
-    pixels = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
-    images = normalize_pixels(pixels, config.model.pixel_mean, config.model.pixel_std).to(device)
+    if pixels is None:
+        pixels = torch.from_numpy(np.stack([s.image for s in samples]))
+    pixels = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)  # (B,3,H,W)
+    images = normalize_pixels(pixels, config.model.pixel_mean, config.model.pixel_std)
     return images, text.to(device), text_mask.to(device), targets

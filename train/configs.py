@@ -47,6 +47,8 @@ class SegTrainConfig:
     # "all": every training class is a prompt of every image, the paper's C = C_train; "sampled": the
     # present classes plus random absent ones (train.batches), this project's scheme for the world
     training_prompts: str = "sampled"
+    num_workers: int = 0  # DataLoader worker processes building samples ahead (0: in the training step)
+    prefetch_factor: int = 2  # steps each worker builds ahead
     from_scratch: bool = False  # a timm backbone without pretrained weights trains only when this says so
     # A trained baseline's folder: stage 1 starts from its weights, only the text layers new (train.init_from)
     init_from: str | None = None

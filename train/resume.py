@@ -33,7 +33,8 @@ class ResumeError(RuntimeError):
 STAGE2_FIELDS = ("clip_weight", "stage2_mode", "crop_top_k", "crop_views")
 RESUMABLE_CHANGES = frozenset(
     {
-        "steps", "log_every", "checkpoint_every", "eval_every", "eval_limit", "amp_dtype",
+        "steps", "log_every", "checkpoint_every", "eval_every", "eval_limit", "amp_dtype", "num_workers",
+        "prefetch_factor",
         *(f"model.{f}" for f in STAGE2_FIELDS),
     }
 )  # fmt: skip

@@ -29,8 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pmp.checkpoint import model_card
+from pmp.clip.loading import tag_quick_gelu
 from pmp.segmenter import Segmenter
-from train.batches import TrainingData, build_batch
+from train.batches import TrainingData, build_batch, step_batches
 from train.configs import SegTrainConfig
 from train.datasets import training_vocabulary
 from train.dry_run import dry_run
@@ -74,8 +75,10 @@ def build_segmenter(config: SegTrainConfig) -> Segmenter:
             ),
         )
     segmenter = Segmenter(model_config)
-    # The checkpoint stores the CLIP weights itself; pretrained only says where they first came from.
-    segmenter.config = dataclasses.replace(model_config, clip=dataclasses.replace(model_config.clip, pretrained=None))
+    # The checkpoint stores the CLIP weights itself; pretrained only says where they first came from. The
+    # activation the tag implied is written down, or a reload would build OpenAI's towers with plain GELU.
+    clip = dataclasses.replace(model_config.clip, pretrained=None, quick_gelu=tag_quick_gelu(model_config.clip))
+    segmenter.config = dataclasses.replace(model_config, clip=clip)
     return segmenter
 
 
@@ -98,13 +101,6 @@ def train(
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 TRAINED_SHARD_SIZE = "5GB"  # Hugging Face's default shard size
-
-
-def rank_sample_indices(step: int, rank: int, per_rank: int, global_batch: int) -> range:
-    """The global sample indices rank ``rank`` trains on at ``step``: its slice of the step's global batch,
-    so that the ranks together take samples ``step * global_batch`` onwards, whatever their number."""
-    first = step * global_batch + rank * per_rank
-    return range(first, first + per_rank)
 
 
 def check_backbone_weights(config: SegTrainConfig) -> None:
@@ -186,14 +182,14 @@ def _train(
         dynamic_ncols=True,
     )
     started = time.perf_counter()
-    for step in progress:
+    batches = step_batches(data, config, start_step, ctx.rank, per_rank, pin_memory=ctx.device.type == "cuda")
+    for step, (samples, pixels) in zip(progress, batches):
         factor = lr_factor(step, config)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        samples = [data.sample(i) for i in rank_sample_indices(step, ctx.rank, per_rank, config.batch_size)]
         first = step * config.batch_size + ctx.rank * per_rank
         images, text, text_mask, targets = build_batch(
-            samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device
+            samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device, pixels
         )
         with torch.autocast(device_type=ctx.device.type, dtype=AMP_DTYPES[config.amp_dtype], enabled=use_amp):
             outputs = ddp_model(images, text, text_mask)

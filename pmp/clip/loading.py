@@ -78,6 +78,16 @@ def read_weights_file(path: str | Path) -> dict[str, Tensor]:
     return state
 
 
+def tag_quick_gelu(cfg: CLIPConfig) -> bool:
+    """Whether ``cfg``'s CLIP runs QuickGELU: its own setting, else what open_clip's registry says of its
+    pretrained tag (no file is read), else no."""
+    if cfg.quick_gelu is not None:
+        return cfg.quick_gelu
+    if cfg.pretrained and cfg.model_cfg is None and not _looks_like_path(cfg.pretrained):
+        return bool((open_clip.pretrained.get_pretrained_cfg(cfg.model_name, cfg.pretrained) or {}).get("quick_gelu"))
+    return False
+
+
 def resolve_pretrained_tag(model_name: str, tag: str) -> tuple[str, dict[str, Any]]:
     """Local path of an open_clip pretrained tag's weights, looked up in the HF cache only.
 
@@ -228,7 +238,9 @@ def load_open_clip(cfg: CLIPConfig) -> tuple[nn.Module, SimpleTokenizer, int, tu
         model_cfg = copy.deepcopy(dict(cfg.model_cfg))
     else:
         model_cfg = _named_model_cfg(cfg.model_name)
-    if pretrained_cfg.get("quick_gelu"):
+    if cfg.quick_gelu is not None:
+        model_cfg["quick_gelu"] = cfg.quick_gelu
+    elif pretrained_cfg.get("quick_gelu"):
         model_cfg["quick_gelu"] = True  # OpenAI weights were trained with QuickGELU
     model = _instantiate(model_cfg)
     if weights_path is not None:

@@ -37,6 +37,7 @@ class OpenVocabClassHead(nn.Module):
         self, hidden_dim: int, text_dim: int, layers: int = 1, hidden: int = 1024, fixed_scale: float | None = None
     ):
         super().__init__()
+        self.text_dim = text_dim
         self.proj = nn.Linear(hidden_dim, text_dim) if layers == 1 else MLP(hidden_dim, hidden, text_dim, layers)
         self.no_object_embed = nn.Parameter(torch.randn(text_dim) * text_dim**-0.5)
         self.fixed_scale = fixed_scale

@@ -79,7 +79,7 @@ class MaskProposalModel(nn.Module):
 
     @property
     def text_dim(self) -> int:
-        return self.class_head.proj.out_features
+        return self.class_head.text_dim
 
     @property
     def text_mode(self) -> str:
@@ -130,7 +130,7 @@ class MaskProposalModel(nn.Module):
         self, text_embeds: torch.Tensor, text_mask: torch.Tensor | None, batch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> text_embeds (B, M, C) and text_mask (B, M) bool, checked against the image batch."""
-        text_embeds = text_embeds.to(self.class_head.proj.weight.dtype)  # e.g. a half-precision CLIP's output
+        text_embeds = text_embeds.to(self.class_head.no_object_embed.dtype)  # e.g. a half-precision CLIP's output
         if text_embeds.dim() == 2:
             text_embeds = text_embeds.unsqueeze(0).expand(batch, -1, -1)
         if text_embeds.dim() != 3 or text_embeds.shape[0] != batch or text_embeds.shape[2] != self.text_dim:
