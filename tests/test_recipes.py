@@ -25,14 +25,14 @@ HOSTS = ("ovseg-swinb-vitl14", "ovseg-r101c-vitb16", "m2f-r50-vitb16", "m2f-swin
 
 
 def test_every_host_has_its_file_and_three_variants():
-    assert sorted(recipe_files()) == sorted(HOSTS)
+    assert sorted(recipe_files()) == sorted([*HOSTS, "world"])
     for host in HOSTS:
         for variant, mode in (("baseline", "none"), ("pmp", "pmp"), ("pmp_residual", "pmp_residual")):
             config = get_recipe(f"{host}-{variant}")
             assert config.model.decoder.text_mode == mode and config.model.name == f"{host}-{variant}"
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", [*HOSTS, "world"])
 def test_every_value_has_a_source_and_the_resolved_config_holds_it(host):
     recipe = read_recipe_file(RECIPES_DIR / f"{host}.json")
     values = flat_values(recipe["config"])
@@ -192,7 +192,8 @@ def test_the_dry_run_figures_in_the_docs_are_the_results_files():
     from train.dry_run import dry_run_sentence
 
     report = json.loads((REPO / "results" / "dry_run_ovseg-swinb-vitl14-pmp.json").read_text())
-    assert dry_run_sentence(report) in (REPO / "docs" / "training.md").read_text()
+    for page in ("docs/training.md", "README.md"):
+        assert dry_run_sentence(report) in (REPO / page).read_text(), page
 
 
 def test_ovsegs_class_head_is_an_mlp_at_a_fixed_temperature_of_100():
@@ -414,3 +415,29 @@ def test_openai_clip_keeps_quick_gelu_whether_loaded_by_tag_or_by_file(tmp_path)
         loaded = load_open_clip(cfg)[0]
         assert type(loaded.transformer.resblocks[0].mlp.gelu).__name__ == expected
     assert all(get_recipe(f"{host}-pmp").model.clip.quick_gelu for host in HOSTS)
+
+
+@pytest.mark.parametrize(("recipe", "folder"), [("world-pmp", "pmp"), ("world-baseline", "baseline")])
+def test_the_world_recipe_file_is_the_shipped_models_config(recipe, folder):
+    """checkpoints/*/config.json, up to the CLIP the bundle installs by reference (and fields the checkpoint
+    predates, which take their defaults): the file reproduces what was shipped."""
+    import dataclasses
+
+    from pmp.config import SegmenterConfig
+
+    shipped = SegmenterConfig.from_dict(json.loads((REPO / "checkpoints" / folder / "config.json").read_text()))
+    shipped.clip = dataclasses.replace(shipped.clip, checkpoint=None, checkpoint_sha256=None)
+    assert shipped == get_recipe(recipe).model
+
+
+def test_the_world_studies_change_only_what_they_say():
+    from train.recipes import recipe_names
+
+    world = [name for name in recipe_names() if name.startswith("world-")]
+    assert len(world) == 6 + 6 + 2  # every text mode, each at the 64-channel head, and the two pilots
+    narrow = get_recipe("world-concat-width64").model
+    assert (narrow.decoder.hidden_dim, narrow.decoder.num_heads, narrow.decoder.dim_feedforward) == (64, 4, 256)
+    assert narrow.decoder.text_mode == "concat" and narrow.pixel_decoder.conv_dim == 64
+    assert get_recipe("world-baseline-msdeform").model.pixel_decoder.kind == "msdeform"
+    with pytest.raises(ValueError, match="unknown recipe 'world-pmp-msdeform'"):
+        get_recipe("world-pmp-msdeform")  # the pixel-decoder pilot exists for the baseline only

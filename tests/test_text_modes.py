@@ -141,9 +141,9 @@ def test_two_models_built_after_one_seed_get_different_text_weights() -> None:
 
 def test_ovseg_recipes_run_ovsegs_own_second_stage_and_the_demo_says_which_ran() -> None:
     from app import column_title
-    from train.recipes import RECIPES, get_recipe
+    from train.recipes import get_recipe, recipe_names
 
-    for name in RECIPES:
+    for name in recipe_names():
         model = get_recipe(name).model
         if name.startswith("ovseg-"):
             assert model.stage2_mode == "crop" and model.crop_top_k >= model.decoder.num_queries, name

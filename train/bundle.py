@@ -12,7 +12,7 @@
     python -m train.bundle --pixel-decoder-pilots   # OVSeg's FPN against Mask2Former's deformable encoder
 
 The tables and figures it writes from the results are :mod:`train.report`'s. The baseline and PMP are
-the same recipe (``train.recipes.world_recipe``) with one field changed, ``decoder.text_mode``: same
+the same recipe (``recipes/world.json``) with one field changed, ``decoder.text_mode``: same
 data indices, seeds, schedule and prompt scheme. On a 2-core machine the two segmenters train side by
 side, one core each, and the wall time of each part (CLIP, each segmenter, the evaluation) is written to
 ``results/bundle_times.json``. The tiny CLIP is stored once, in float16 (as it was trained), and both

@@ -2,7 +2,7 @@
 
 :class:`SegTrainConfig` is what :mod:`train.train_segmenter` runs (the segmenter's own
 :class:`pmp.config.SegmenterConfig` inside it); :class:`CLIPTrainConfig` is what :mod:`train.train_clip`
-runs. The recipes (:mod:`train.recipes`) are plain functions returning these.
+runs. The recipes are files (``recipes/*.json``, read by :mod:`train.recipes`) holding these as data.
 """
 
 from __future__ import annotations

@@ -1,15 +1,15 @@
-"""Training recipes: the paper-scale ones are files, ``recipes/<host>.json``; the world's are functions here.
+"""Training recipes are files, ``recipes/<host>.json``, each value with the reference it comes from.
 
-A paper-scale recipe is named ``<host>-<variant>``: the host's file (OVSeg's two, ``ovseg-swinb-vitl14`` and
-``ovseg-r101c-vitb16``; Mask2Former-style stage 1 with a pooled stage 2, ``m2f-r50-vitb16`` and
-``m2f-swinb-vitl14``) and a variant (``baseline``, ``pmp``, ``pmp_residual``) that sets only the decoder's text
-mode. Each file gives every value it sets with the reference it comes from (``sources``: file and key of
-OVSeg's or Mask2Former's config, "the paper", or "our choice" with the reason); docs/training.md shows them
-as a table generated from the files. ``python -m train.train_segmenter --recipe NAME --print-config``
-prints a recipe resolved, every field as a run would use it.
-
-The world's recipes (the bundled models, their ablations and pilots) stay functions: they are this
-project's record of how the bundled checkpoints were made, with many variants of one design.
+A recipe is named ``<host>-<variant>``: the host's file and a variant that sets only the decoder's text
+mode. The paper-scale hosts are OVSeg's two (``ovseg-swinb-vitl14``, ``ovseg-r101c-vitb16``) and
+Mask2Former-style stage 1 with a pooled stage 2 (``m2f-r50-vitb16``, ``m2f-swinb-vitl14``), each as
+``-baseline``, ``-pmp`` and ``-pmp_residual``; ``world`` is the bundled models' recipe, with every text mode
+of Fig. 5 as a variant and its studies (the 64-channel head the sweeps ran with, the stage-1 and pixel
+decoder pilots) as ``world-<variant>-<study>``. A file gives every value it sets with its source (file and
+key of OVSeg's or Mask2Former's config, "the paper", or "our choice" with the reason); docs/training.md
+shows them as tables generated from the files (``python -m train.recipes --write-docs``).
+``python -m train.train_segmenter --recipe NAME --print-config`` prints a recipe resolved, every field as
+a run would use it. :func:`world_model` turns the bundled model's stage-1 knobs for the sweeps.
 """
 
 from __future__ import annotations
@@ -17,27 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from pmp.config import (
-    CLIP_MEAN,
-    CLIP_STD,
-    TEXT_MODES,
-    BackboneConfig,
-    CLIPConfig,
-    DecoderConfig,
-    PixelDecoderConfig,
-    SegmenterConfig,
-    tiny_clip_model_cfg,
-)
+from pmp.config import PixelDecoderConfig, SegmenterConfig
 from train.configs import SegTrainConfig
-from train.world.vocabulary import SEEN_NAMES
 
-WORLD_TEMPLATES = ("a photo of a {}.", "a {} in the scene.", "there is a {}.")
-
-
-WORLD_BACKBONE = "regnetx_002"  # timm RegNetX-200MF, trained from scratch (see world_recipe)
-WORLD_STEPS = 10_000
+WORLD_BACKBONE = "regnetx_002"  # timm RegNetX-200MF, trained from scratch (recipes/world.json)
 WORLD_WIDTH = 128  # stage 1's head width: the stage-1 pilots' winner, then three seeds at the full schedule
 PREVIOUS_WIDTH = 64  # the head the bundled pair had before; the query sweep and the ablations ran with it
 
@@ -54,46 +39,24 @@ def world_model(
     backbone: str = WORLD_BACKBONE,
     pixel_decoder: str = "fpn",
 ) -> SegmenterConfig:
-    """The bundled segmenter: OVSeg's design at toy scale, 128 px.
+    """The bundled segmenter (``recipes/world.json``'s model) with stage 1's knobs turned.
 
-    ``width`` is stage 1's head width (the FPN's and the mask embeddings' channels, the decoder's hidden
-    size; feed-forward 4x, one attention head per 16 channels), ``backbone`` its timm CNN and
-    ``pixel_decoder`` :func:`world_pixel_decoder`'s kind. The bundled
-    pair has 128 channels, chosen over the previous 64 (``PREVIOUS_WIDTH``) by the capacity pilots
-    (``STAGE1_PILOTS``) and then three seeds of both at the full schedule (docs/results.md): the wider head
-    proposes better masks (recall +2 to +5 on every benchmark) at 1.6x stage 1's parameters.
-
-    Stage 1 has its own trainable CNN (timm's RegNetX-200MF, from scratch: nothing may be downloaded
-    here) feeding MaskFormer's FPN and a 6-layer Mask2Former decoder; the frozen tiny CLIP encodes the
-    prompts and classifies the proposals (stage 2) as OVSeg's does: a masked crop of every proposal,
-    read by the mask-adapted image tower (:mod:`train.adapt_clip`). On the same proposals this beats
-    mask pooling of the unadapted tower's 4 x 4 dense grid (the ceilings table of docs/results.md). Each proposal
-    is also read in its box with the image kept, and the two views' probabilities are multiplied: half
-    the proposals fit their region with IoU under 0.7, and their masked crops alone are misread.
+    ``num_queries`` (every proposal is cropped, so ``crop_top_k`` follows it), ``width`` (the FPN's and the
+    mask embeddings' channels, the decoder's hidden size; feed-forward 4x, one attention head per 16
+    channels), ``backbone`` (a timm CNN) and ``pixel_decoder`` (:func:`world_pixel_decoder`'s kind). With
+    the defaults it is the file's model itself: OVSeg's design at toy scale (a RegNetX-200MF from scratch,
+    MaskFormer's FPN, a 6-layer Mask2Former decoder, the tiny CLIP's masked crops and their boxes), whose
+    choices and their reasons the file gives. The sweeps and pilots of docs/results.md turn the knobs.
     """
-    return SegmenterConfig(
-        clip=CLIPConfig(model_name="tiny-clip", model_cfg=tiny_clip_model_cfg(), templates=WORLD_TEMPLATES),
-        backbone=BackboneConfig(kind="timm", name=backbone),
-        pixel_decoder=world_pixel_decoder(pixel_decoder, width),
-        decoder=DecoderConfig(
-            kind="mask2former",
-            hidden_dim=width,
-            num_queries=num_queries,
-            num_layers=6,
-            num_heads=width // 16,
-            dim_feedforward=4 * width,
-            text_mode=text_mode,
-        ),
-        image_size=128,
-        pixel_mean=CLIP_MEAN,
-        pixel_std=CLIP_STD,
-        stage2_mode="crop",
-        crop_top_k=num_queries,  # every proposal: the lower-ranked ones still draw pixels of the map
-        crop_views=("masked", "box"),  # OVSeg's crop and its box with the image kept (docs/results.md: imperfect masks)
-        max_prompts=50,
-        name=world_name(text_mode),
-        training_names=SEEN_NAMES,  # what the world's prompt sampler labels (train.batches.TrainingData)
+    config = file_recipe(recipe_files()["world"], "baseline" if text_mode == "none" else text_mode).model
+    config.decoder = dataclasses.replace(
+        config.decoder, num_queries=num_queries, hidden_dim=width, num_heads=width // 16, dim_feedforward=4 * width
     )
+    config.pixel_decoder = world_pixel_decoder(pixel_decoder, width)
+    config.backbone = dataclasses.replace(config.backbone, name=backbone)
+    config.crop_top_k = num_queries
+    config.validate()
+    return config
 
 
 def world_pixel_decoder(kind: str, width: int) -> PixelDecoderConfig:
@@ -107,35 +70,7 @@ def world_pixel_decoder(kind: str, width: int) -> PixelDecoderConfig:
     )
 
 
-def world_recipe(
-    text_mode: str, num_queries: int = 24, steps: int = WORLD_STEPS, **stage1: int | str
-) -> SegTrainConfig:
-    """Mask2Former's recipe scaled to one CPU core for about 100 minutes (0.55-0.6 s per step).
-
-    Departures, all because the model is tiny and trained from scratch: lr 3e-4 instead of 1e-4, the
-    backbone at the full lr (Mask2Former's x0.1 is for an ImageNet-initialised backbone), and gradient
-    clipping at norm 1.0 instead of 0.01. The schedule comes from the learning curve in docs/results.md
-    (world-full seen mIoU still rising at the end of the shorter runs).
-    """
-    return SegTrainConfig(
-        model=world_model(text_mode, num_queries, **stage1),
-        data="world",
-        crop_size=128,
-        batch_size=8,
-        steps=steps,
-        lr=3e-4,
-        backbone_lr_multiplier=1.0,
-        warmup_steps=100,
-        clip_grad_norm=1.0,
-        checkpoint_every=500,
-        eval_every=2000,
-        eval_limit=100,
-        init_clip="checkpoints/tiny-clip",
-        from_scratch=True,  # nothing may be downloaded where the world is trained
-    )
-
-
-# ------------------------------------------------------------------------ paper scale: recipes/*.json
+# ------------------------------------------------------------------------------- recipes/*.json
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -166,15 +101,32 @@ def flat_values(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def file_recipe(path: Path, variant: str) -> SegTrainConfig:
-    """The training config of ``<host>-<variant>``: the file's values over the defaults, the variant's text mode."""
+def file_recipe(path: Path, variant: str, study: str = "") -> SegTrainConfig:
+    """The training config of ``<host>-<variant>[-<study>]``: the file's values over the defaults, the variant's
+    text mode, and a study's changes (a file's ``studies``: the world's sweeps and pilots) over them."""
     recipe = read_recipe_file(path)
     if variant not in recipe["variants"]:
         raise ValueError(f"{path.stem} has no variant {variant!r}; accepted: {', '.join(recipe['variants'])}")
     config = json.loads(json.dumps(recipe["config"]))  # a deep copy
+    name = f"{path.stem}-{variant}"
+    if study:
+        studies = recipe.get("studies", {})
+        if study not in studies or variant not in studies[study]["variants"]:
+            raise ValueError(f"{path.stem} has no study {study!r} of variant {variant!r}")
+        config = _merged(config, studies[study]["config"])
     config["model"].setdefault("decoder", {})["text_mode"] = recipe["variants"][variant]
-    config["model"]["name"] = f"{path.stem}-{variant}"
+    config["model"]["name"] = name  # a study's models carry their variant's name, as they were trained
     return SegTrainConfig.from_dict(config)
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` written over it, nested dicts merged key by key."""
+    merged = dict(base)
+    for key, value in changes.items():
+        merged[key] = (
+            _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
+    return merged
 
 
 def recipe_table(host: str, folder: Path = RECIPES_DIR) -> str:
@@ -186,15 +138,21 @@ def recipe_table(host: str, folder: Path = RECIPES_DIR) -> str:
         lines.append(f"| `{key}` | `{shown}` | {recipe['sources'].get(key, '**no source**')} |")
     variants = ", ".join(f"`-{name}`: `{mode}`" for name, mode in recipe["variants"].items())
     lines += ["", f"Variants (`model.decoder.text_mode`): {variants}. {recipe['variant_source']}."]
+    for study, spec in recipe.get("studies", {}).items():
+        changes = ", ".join(f"`{key}` = `{json.dumps(value)}`" for key, value in flat_values(spec["config"]).items())
+        which = ", ".join(f"`{host}-{variant}-{study}`" for variant in spec["variants"])
+        lines += ["", f"Study `-{study}` ({which}): {spec['why']}; {changes}."]
     return "\n".join(lines)
 
 
 def file_recipe_names(folder: Path = RECIPES_DIR) -> list[str]:
-    return [
-        f"{host}-{variant}"
-        for host, path in recipe_files(folder).items()
-        for variant in read_recipe_file(path)["variants"]
-    ]
+    names = []
+    for host, path in recipe_files(folder).items():
+        recipe = read_recipe_file(path)
+        names += [f"{host}-{variant}" for variant in recipe["variants"]]
+        for study, spec in recipe.get("studies", {}).items():
+            names += [f"{host}-{variant}-{study}" for variant in spec["variants"]]
+    return names
 
 
 def previous_recipe(text_mode: str) -> str:
@@ -205,36 +163,26 @@ def previous_recipe(text_mode: str) -> str:
 
 # Stage-1 capacity pilots against the 64-channel recipe (baseline, the bundled schedule): is the mask gap a
 # matter of stage 1's size? The other pilot, the 128-channel head, won and is today's world-baseline.
-STAGE1_PILOTS = {"world-baseline-regnetx004": {"width": PREVIOUS_WIDTH, "backbone": "regnetx_004"}}
+STAGE1_PILOTS = ("world-baseline-regnetx004",)
 # Mask2Former's deformable pixel decoder in place of OVSeg's FPN, the rest the bundled baseline's.
-PIXEL_DECODER_PILOTS = {"world-baseline-msdeform": {"pixel_decoder": "msdeform"}}
-
-RECIPES: dict[str, Callable[[], SegTrainConfig]] = {
-    **{world_name(m): (lambda m=m: world_recipe(m)) for m in TEXT_MODES},
-    **{previous_recipe(m): (lambda m=m: world_recipe(m, width=PREVIOUS_WIDTH)) for m in TEXT_MODES},
-    **{
-        name: (lambda s=changes: world_recipe("none", **s))
-        for name, changes in {**STAGE1_PILOTS, **PIXEL_DECODER_PILOTS}.items()
-    },
-}
+PIXEL_DECODER_PILOTS = ("world-baseline-msdeform",)
 
 
 def recipe_names() -> list[str]:
-    """Every recipe :func:`get_recipe` knows: the world's (in code) and the paper-scale files'."""
-    return [*RECIPES, *file_recipe_names()]
+    """Every recipe :func:`get_recipe` knows: ``<host>-<variant>[-<study>]`` of every file in recipes/."""
+    return file_recipe_names()
 
 
 def get_recipe(name: str) -> SegTrainConfig:
-    """A recipe by name: a world recipe, or ``<host>-<variant>`` of ``recipes/<host>.json``."""
-    if name in RECIPES:
-        config = RECIPES[name]()
-        config.model.validate()
-        return dataclasses.replace(config)
-    host, _, variant = name.rpartition("-")
-    files = recipe_files()
-    if host not in files:
-        raise ValueError(f"unknown recipe {name!r}; accepted: {', '.join(recipe_names())}")
-    return file_recipe(files[host], variant)
+    """A recipe by name: ``<host>-<variant>`` of ``recipes/<host>.json``, or ``<host>-<variant>-<study>``."""
+    for host, path in sorted(recipe_files().items(), key=lambda item: -len(item[0])):
+        if name.startswith(f"{host}-"):
+            variant, _, study = name[len(host) + 1 :].partition("-")
+            try:
+                return file_recipe(path, variant, study)
+            except ValueError:
+                break
+    raise ValueError(f"unknown recipe {name!r}; accepted: {', '.join(recipe_names())}")
 
 
 DOCS_PAGE = RECIPES_DIR.parent / "docs" / "training.md"

@@ -36,7 +36,7 @@ from pmp.clip import CLIPModel
 from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig
 from pmp.images import normalize_pixels
 from train.configs import CLIPTrainConfig
-from train.recipes import WORLD_TEMPLATES
+from train.recipes import world_model
 from train.runtime import (
     MetricsLog,
     check_finite,
@@ -282,7 +282,7 @@ def load_clip_for_evaluation(source: str) -> CLIPModel:
         config = CLIPConfig(
             model_name=folder.name, model_cfg=model_cfg, pretrained=str(folder / "open_clip_model.safetensors")
         )
-        return CLIPModel.build(dataclasses.replace(config, templates=WORLD_TEMPLATES))
+        return CLIPModel.build(dataclasses.replace(config, templates=world_model("none").clip.templates))
     from pmp.segmenter import Segmenter
 
     return Segmenter.from_pretrained(source).clip
