@@ -64,8 +64,8 @@ def time_recipe(name: str, batch: int, iters: int, num_prompts: int) -> dict[str
     config = get_recipe(name)
     model_config = dataclasses.replace(config.model, clip=dataclasses.replace(config.model.clip, pretrained=None))
     text_dim = 512 if "B-16" in model_config.clip.model_name or "B-32" in model_config.clip.model_name else 768
-    model = build_mask_proposal_model(model_config, text_dim=text_dim).train()
-    criterion = SetCriterion(HungarianMatcher())
+    model = build_mask_proposal_model(model_config, text_dim=text_dim, load_backbone_weights=False).train()
+    criterion = SetCriterion(HungarianMatcher(mask_loss=config.mask_loss), mask_loss=config.mask_loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
     size = config.crop_size
     rng = np.random.default_rng(0)
@@ -96,6 +96,28 @@ def time_recipe(name: str, batch: int, iters: int, num_prompts: int) -> dict[str
         "params_m": round(params, 1),
         "tflops_per_iter": round(flops / 1e12, 3),
     }
+
+
+A100_BF16_PEAK_TFLOPS = 312.0  # NVIDIA's A100 datasheet: dense bf16 tensor-core peak
+PAPER_IMAGE_ITERATIONS = 120_000 * 32  # OVSeg's SOLVER.MAX_ITER x IMS_PER_BATCH
+UTILISATIONS = (0.30, 0.10, 0.03)  # the share of the peak a run reaches: unmeasured here (no GPU was lent)
+
+
+def cost_table(results: dict) -> str:
+    """docs/training.md's cost table from a ``--json`` file: measured FLOPs per image-iteration, and the
+    A100-hours of the paper's schedule (120k x 32 image-iterations) at three shares of the bf16 peak."""
+    shares = " | ".join(f"A100-hours at {share:.0%} of peak" for share in UTILISATIONS)
+    lines = [
+        f"| recipe | params | TFLOP per image-iteration (fwd + bwd) | {shares} |",
+        "|---" * (3 + len(UTILISATIONS)) + "|",
+    ]
+    for row in results["rows"]:
+        flop = row["tflops_per_iter"] / row["batch"] * 1e12 * PAPER_IMAGE_ITERATIONS
+        hours = " | ".join(f"{flop / (A100_BF16_PEAK_TFLOPS * 1e12 * share) / 3600:.0f}" for share in UTILISATIONS)
+        lines.append(
+            f"| `{row['recipe']}` ({row['crop']} px) | {row['params_m']} M | {row['tflops_per_iter']:.3f} | {hours} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

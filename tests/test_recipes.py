@@ -441,3 +441,41 @@ def test_the_world_studies_change_only_what_they_say():
     assert get_recipe("world-baseline-msdeform").model.pixel_decoder.kind == "msdeform"
     with pytest.raises(ValueError, match="unknown recipe 'world-pmp-msdeform'"):
         get_recipe("world-pmp-msdeform")  # the pixel-decoder pilot exists for the baseline only
+
+
+@pytest.mark.parametrize("kind", ["mask2former", "maskformer"])
+def test_every_trainable_parameter_gets_a_gradient_in_every_text_mode(kind):
+    """What lets DDP run without find_unused_parameters: a parameter without gradient would hang the ranks."""
+    import dataclasses
+
+    from pmp.config import TEXT_MODES
+    from pmp.segmenter import Segmenter
+    from tests.tiny import tiny_segmenter_config
+    from train.losses import SetCriterion
+    from train.matcher import HungarianMatcher
+    from train.train_segmenter import _to_float
+
+    for mode in TEXT_MODES:
+        config = tiny_segmenter_config(mode)
+        config.decoder = dataclasses.replace(config.decoder, kind=kind, class_head_layers=2, class_head_hidden_dim=16)
+        torch.manual_seed(0)
+        model = Segmenter(config).proposal_model.train()
+        text, mask = torch.randn(2, 3, 128), torch.tensor([[True, True, True], [True, True, False]])
+        outputs = model(torch.randn(2, 3, 64, 64), text, mask)
+        targets = [
+            {"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 64, 64) > 0.5},
+            {"labels": torch.tensor([], dtype=torch.int64), "masks": torch.zeros(0, 64, 64, dtype=torch.bool)},
+        ]
+        criterion = SetCriterion(HungarianMatcher())
+        criterion.total_loss(criterion(_to_float(outputs), targets)).backward()
+        unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not unused, (mode, unused[:5])
+
+
+def test_the_cost_table_is_the_one_its_results_file_gives():
+    from benchmarks.train_step import cost_table
+
+    results = json.loads((REPO / "results" / "train_step_ovseg.json").read_text())
+    assert cost_table(results) in (REPO / "docs" / "training.md").read_text()
+    # 3.84 M image-iterations x 1.153 TFLOP at 30% of 312 TFLOP/s, by hand: 13.1 hours
+    assert "| 13 | 39 | 131 |" in cost_table(results)

@@ -172,7 +172,9 @@ def _train(
     log.truncate_after(start_step)  # no step is ever logged twice
     if ctx.is_main:
         (out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-    ddp_model = DistributedDataParallel(model, find_unused_parameters=True) if ctx.enabled else model
+    # Every trainable parameter gets a gradient in every step, in every text mode and decoder (tested), so DDP
+    # needs no search for unused ones (find_unused_parameters would walk the graph after each backward).
+    ddp_model = DistributedDataParallel(model) if ctx.enabled else model
     progress = tqdm(
         range(start_step, config.steps),
         initial=start_step,
