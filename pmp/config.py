@@ -17,6 +17,7 @@ from typing import Any
 
 # "none" = baseline; "pmp" = Eq. 5 as written; "pmp_residual" = Eq. 5 with a residual around Q';
 # "concat", "concat_drop", "text_queries" = the Fig. 5 ablations (a), (b), (c). See pmp.modeling.text_conditioning.
+CROP_BOXES: tuple[str, ...] = ("square", "tight")
 TEXT_MODES: tuple[str, ...] = ("none", "pmp", "pmp_residual", "concat", "concat_drop", "text_queries")
 PIXEL_DECODERS: tuple[str, ...] = ("fpn", "msdeform")
 DECODERS: tuple[str, ...] = ("mask2former", "maskformer")
@@ -141,6 +142,11 @@ class SegmenterConfig:
     # departure for imperfect masks: a proposal that misses half its object still shows CLIP the object
     # in its box (docs/results.md, "Reading imperfect masks"); it doubles the crops' cost.
     crop_views: tuple[str, ...] = ("masked",)
+    # Crop mode's geometry: "square" (this project's: the tight box grown to a square about its centre, as
+    # padding it would, resampled with roi_align) or "tight" (OVSeg's REGION_RESIZED: the tight box stretched
+    # to the tower's size, bicubic); the mask is binarised at crop_mask_threshold (OVSeg's MASK_THR).
+    crop_box: str = "square"
+    crop_mask_threshold: float = 0.5
     mask_threshold: float = 0.5
     max_prompts: int = 100
     max_prompt_chars: int = 120
@@ -176,6 +182,11 @@ class SegmenterConfig:
                     "every prompt would count as unseen"
                 )
         check_crop_views(self.crop_views)
+        if self.crop_box not in CROP_BOXES or not 0.0 < self.crop_mask_threshold < 1.0:
+            raise ValueError(
+                f"crop_box must be one of {', '.join(CROP_BOXES)} and crop_mask_threshold in (0, 1), got "
+                f"{self.crop_box!r} and {self.crop_mask_threshold}"
+            )
         if bool(self.clip.checkpoint) != bool(self.clip.checkpoint_sha256):
             raise ValueError(
                 "clip.checkpoint and clip.checkpoint_sha256 go together: a referenced CLIP is pinned by the "

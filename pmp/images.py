@@ -280,3 +280,22 @@ def _limit_side(image: Image.Image, max_side: int) -> Image.Image:
     scale = max_side / max(width, height)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+RESIZE_MODES = ("long", "short")
+
+
+def model_input_size(width: int, height: int, size: int, resize: str = "long") -> tuple[int, int]:
+    """(width, height) an image enters stage 1 at. ``"long"``: the longer side is ``size`` (this project's
+    fast default, the demo's). ``"short"``: the shorter side is ``size`` with the longer at most ``4 * size``,
+    detectron2's ResizeShortestEdge as OVSeg evaluates (MIN_SIZE_TEST 640 / MAX_SIZE_TEST 2560 for Swin-B,
+    512 / 2048 for R101c: the cap is 4x in both)."""
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+    if resize == "long":
+        scale = size / max(width, height)
+    else:
+        scale = size / min(width, height)
+        if max(width, height) * scale > 4 * size:
+            scale = 4 * size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))

@@ -55,7 +55,7 @@ from pmp.checkpoint import (
 from pmp.clip import CLIPModel
 from pmp.clip.loading import read_weights_file
 from pmp.config import AUTOCAST_NAMES, STAGE2_MODES, SegmenterConfig
-from pmp.images import load_image, normalize_pixels
+from pmp.images import load_image, model_input_size, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
 from pmp.postprocess import semantic_map, upsample
 from pmp.prompts import parse_prompts
@@ -288,6 +288,7 @@ class Segmenter(nn.Module):
         unclaimed_threshold: float | None = None,
         image_size: int | None = None,
         flip_test: bool = False,
+        resize: str = "long",
         _parse_seconds: float = 0.0,
     ) -> SegmentationResult:
         """Segment ``image`` with ``labels`` used as given (no parsing, no prompt-count limit).
@@ -302,9 +303,12 @@ class Segmenter(nn.Module):
         mirrored back, before the argmax (:func:`pmp.postprocess.semantic_map`): twice the time, for a
         semantic map that no longer depends on the image's handedness. The proposals, p, p_hat and the
         picks stay the unmirrored view's. Off by default, and for every reported number unless said.
+        ``resize``: which side ``image_size`` sets (:func:`pmp.images.model_input_size`; "short" is OVSeg's).
         """
         self._check_combine_options(clip_weight, mask_threshold, unclaimed_threshold, clip_weight_unseen)
-        stages = self.run_stages(image, labels, stage2_mode=stage2_mode, image_size=image_size, flip_test=flip_test)
+        stages = self.run_stages(
+            image, labels, stage2_mode=stage2_mode, image_size=image_size, flip_test=flip_test, resize=resize
+        )
         stages.timings["text"] += _parse_seconds
         return self.combine(
             stages,
@@ -323,6 +327,7 @@ class Segmenter(nn.Module):
         stage2_mode: str | None = None,
         image_size: int | None = None,
         flip_test: bool = False,
+        resize: str = "long",
     ) -> "StageOutputs":
         """Both stages for one image: stage-1 p and mask logits (Eq. 1), CLIP's p_hat (Eq. 2).
 
@@ -336,8 +341,9 @@ class Segmenter(nn.Module):
             raise ValueError(f"stage2_mode must be one of {', '.join(STAGE2_MODES)}, got {stage2_mode!r}")
         if flip_test:
             pil = load_image(image)
-            stages = self.run_stages(pil, labels, stage2_mode=stage2_mode, image_size=image_size)
-            mirrored = self.run_stages(ImageOps.mirror(pil), labels, stage2_mode=stage2_mode, image_size=image_size)
+            options = {"stage2_mode": stage2_mode, "image_size": image_size, "resize": resize}
+            stages = self.run_stages(pil, labels, **options)
+            mirrored = self.run_stages(ImageOps.mirror(pil), labels, **options)
             timings = {key: seconds + mirrored.timings[key] for key, seconds in stages.timings.items()}
             return replace(stages, timings=timings, mirrored=mirrored)
         timings: dict[str, float] = {}
@@ -348,7 +354,7 @@ class Segmenter(nn.Module):
 
         start = time.perf_counter()
         pil = load_image(image)
-        pixels, valid_hw = self.preprocess(pil, image_size or cfg.image_size)  # (1, 3, Hp, Wp) in [0, 1]
+        pixels, valid_hw = self.preprocess(pil, image_size or cfg.image_size, resize)  # (1, 3, Hp, Wp) in [0, 1]
         reuse_trunk = stage2_mode == "pool" and self.can_reuse_trunk(pixels, valid_hw)
         with self._autocast():
             outputs = self.proposal_model(
@@ -378,6 +384,7 @@ class Segmenter(nn.Module):
                 stage2_mode,
                 crop_top_k=cfg.crop_top_k,
                 crop_views=cfg.crop_views,
+                crop_geometry=(cfg.crop_box, cfg.crop_mask_threshold),
                 vit_dense_scale=self.vit_dense_scale,
                 trunk=trunk,
             )
@@ -479,13 +486,12 @@ class Segmenter(nn.Module):
         dtype = self.autocast_dtype
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    def preprocess(self, image: Image.Image, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Resize so the longer side is ``size``, to [0, 1] float, pad bottom/right to a multiple of 32.
+    def preprocess(self, image: Image.Image, size: int, resize: str = "long") -> tuple[torch.Tensor, tuple[int, int]]:
+        """Resize to :func:`pmp.images.model_input_size`, to [0, 1] float, pad bottom/right to a multiple of 32.
 
         Returns (1, 3, Hp, Wp) and the (H, W) of the image inside the padding.
         """
-        scale = size / max(image.width, image.height)
-        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        width, height = model_input_size(image.width, image.height, size, resize)
         resized = image.resize((width, height), Image.BILINEAR) if (width, height) != image.size else image
         array = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy())  # (H, W, 3)
         pixels = array.permute(2, 0, 1).float().div_(255.0)[None]  # (1, 3, H, W)

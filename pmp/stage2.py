@@ -101,6 +101,7 @@ def classify_proposals(
     *,
     crop_top_k: int,
     crop_views: Sequence[str] = ("masked",),
+    crop_geometry: tuple[str, float] = ("square", 0.5),
     vit_dense_scale: float = VIT_DENSE_SCALE,
     trunk: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -109,8 +110,9 @@ def classify_proposals(
     ``pool`` runs CLIP's image tower once and mask-pools its dense features; ``trunk`` (the CLIP
     ResNet's layer-4 map that stage 1 already computed on the same pixels) replaces that pass.
     ``crop`` (OVSeg) runs the tower once per proposal crop, so only the ``crop_top_k`` proposals with
-    the highest stage-1 score are upsampled and cropped, in each of ``crop_views``; the rest keep
-    p_hat = p, which leaves their ensemble score equal to p.
+    the highest stage-1 score are upsampled and cropped, in each of ``crop_views``, with ``crop_geometry``
+    (box, mask threshold: :func:`masked_crops`); the rest keep p_hat = p, which leaves their ensemble score
+    equal to p.
     """
     image = pixels[..., : valid_hw[0], : valid_hw[1]]  # (1, 3, H, W) in [0, 1]
     if stage2_mode == "pool":
@@ -124,7 +126,7 @@ def classify_proposals(
     indices = p.max(1).values.topk(top_k).indices
     masks = upsample(mask_logits[indices][None], valid_hw)[0].sigmoid()  # (top_k, H, W)
     p_hat = p.clone()
-    p_hat[indices] = crop_classify(clip, image[0], masks, text, views=crop_views).to(p.dtype)
+    p_hat[indices] = crop_classify(clip, image[0], masks, text, views=crop_views, geometry=crop_geometry).to(p.dtype)
     return p_hat
 
 
@@ -206,6 +208,7 @@ def crop_classify(
     top_k_indices: Sequence[int] | Tensor | None = None,
     *,
     views: Sequence[str] = ("masked",),
+    geometry: tuple[str, float] = ("square", 0.5),
 ) -> Tensor:
     """OVSeg's masked-crop classification -> (N,M) probabilities, or (K,M) for ``top_k_indices``.
 
@@ -229,7 +232,7 @@ def crop_classify(
         masks = masks[index]
     num, num_classes = masks.shape[0], text.shape[0]
     probs = torch.full((num, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
-    crops, nonempty = masked_crops(clip, image, masks, views=views)  # (V*K, 3, S, S) view-major, (K,)
+    crops, nonempty = masked_crops(clip, image, masks, views=views, geometry=geometry)  # (V*K, 3, S, S), (K,)
     if nonempty.numel() == 0 or num_classes == 0:
         return probs
     crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
@@ -247,7 +250,12 @@ def view_log_probs(logits: Tensor, num_views: int) -> Tensor:
 
 
 def masked_crops(
-    clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor, *, views: Sequence[str] = ("masked",)
+    clip: CLIPModel,
+    image: np.ndarray | Tensor,
+    masks: np.ndarray | Tensor,
+    *,
+    views: Sequence[str] = ("masked",),
+    geometry: tuple[str, float] = ("square", 0.5),
 ) -> tuple[Tensor, Tensor]:
     """OVSeg's masked crops: what CLIP's image tower sees of each proposal, at inference and in
     mask-adapted fine-tuning (:mod:`train.adapt_clip`) alike.
@@ -261,12 +269,17 @@ def masked_crops(
     :data:`pmp.config.CROP_VIEWS`) is the same square with only what lies outside the image filled. Both
     come from one box and one resampling of the image. Returns the CLIP-normalised crops (V*K, 3, S, S)
     of the K non-empty masks in each of the V views, view-major (channels-last), and their indices (K,)
-    among the N.
+    among the N. ``geometry`` (box, threshold): the masks are binarised at the threshold (OVSeg's MASK_THR),
+    and a "tight" box is OVSeg's instead of the square (:func:`tight_box_crops`).
     """
     check_crop_views(tuple(views))
-    normalised, inside, boxes, nonempty = crop_sources(clip, image, masks)
+    box, threshold = geometry
+    normalised, inside, boxes, nonempty = crop_sources(clip, image, masks, threshold)
     if nonempty.numel() == 0:
         return normalised.new_zeros((0, 3, clip.image_size, clip.image_size)), nonempty  # (0 = V*K, 3, S, S)
+    if box == "tight":
+        shown = tight_box_crops(normalised[..., 1:-1, 1:-1], inside[..., 1:-1, 1:-1] > 0, clip.image_size)
+        return torch.cat([shown[view] for view in views]).contiguous(memory_format=torch.channels_last), nonempty
     crops = square_box_samples(normalised, boxes, clip.image_size)  # (K, 3, S, S)
     shown = {"box": crops}  # view -> (K, 3, S, S)
     if "masked" in views:
@@ -278,7 +291,7 @@ def masked_crops(
 
 
 def crop_sources(
-    clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor
+    clip: CLIPModel, image: np.ndarray | Tensor, masks: np.ndarray | Tensor, threshold: float = 0.5
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """What :func:`masked_crops` resamples, for (H,W,3) uint8 or (3,H,W) [0,1] ``image`` and (N,H,W) [0,1]
     ``masks`` (resized to the image if their size differs, binarised at 0.5): the CLIP-normalised image
@@ -292,7 +305,7 @@ def crop_sources(
     height, width = img.shape[-2:]
     if masks.shape[-2:] != (height, width) and masks.shape[0]:
         masks = F.interpolate(masks[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-    binary = masks > 0.5  # (N, H, W)
+    binary = masks > threshold  # (N, H, W)
     nonempty = torch.nonzero(binary.flatten(1).any(dim=1)).flatten()
     binary = binary[nonempty]
     # A zero border (zero = the mean colour after normalisation) stops the resampling from repeating the
@@ -301,6 +314,22 @@ def crop_sources(
     inside = F.pad(binary.float(), (1, 1, 1, 1))[:, None]  # (K, 1, H+2, W+2)
     boxes = square_boxes(binary) + 1.0  # (K, 4)
     return normalised, inside, boxes, nonempty
+
+
+def tight_box_crops(normalised: Tensor, binary: Tensor, size: int) -> dict[str, Tensor]:
+    """OVSeg's crops (clip_adapter/adapter.py ``_preprocess_image`` with REGION_RESIZED, MASK_FILL "mean",
+    MASK_EXPAND_RATIO 1.0): each mask's tight box cut from the CLIP-normalised image (1, 3, H, W), the pixels
+    outside the mask set to the mean colour (zero after normalisation) for the "masked" view, and the box
+    stretched to ``size`` x ``size`` bicubically, its aspect not kept. binary (K, 1, H, W) non-empty masks ->
+    {"masked": (K, 3, S, S), "box": (K, 3, S, S)}."""
+    crops: dict[str, list[Tensor]] = {"masked": [], "box": []}
+    for mask in binary[:, 0]:
+        rows, cols = torch.nonzero(mask.any(dim=1)).flatten(), torch.nonzero(mask.any(dim=0)).flatten()
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        region = normalised[..., y0:y1, x0:x1]  # (1, 3, h, w)
+        for view, pixels in (("box", region), ("masked", region * mask[y0:y1, x0:x1])):
+            crops[view].append(F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False))
+    return {view: torch.cat(parts) for view, parts in crops.items()}
 
 
 def square_boxes(binary: Tensor) -> Tensor:

@@ -76,7 +76,7 @@ def test_evaluate_reports_the_documented_fields() -> None:
     assert 0.3 < result["miou"] < 1.0 and 0.0 < result["pixel_accuracy"] < 1.0
     assert result["miou_seen"] == pytest.approx(np.mean([result["per_class"]["sky"], result["per_class"]["grass"]]))
     assert 0.0 < result["proposal_recall"] <= 1.0 and result["proposal_recall@0.5"] >= result["proposal_recall@0.75"]
-    assert stub.options == [{"clip_weight": 0.65, "stage2_mode": "crop"}] * 5
+    assert stub.options == [{"clip_weight": 0.65, "stage2_mode": "crop", "resize": "short"}] * 5  # OVSeg's protocol
     assert json.loads(to_json(result))["miou"] == pytest.approx(result["miou"])
     table = format_table(result)
     assert "zebra" in table and "mIoU unseen" in table
@@ -95,13 +95,23 @@ def test_evaluate_without_recall_and_undefined_values_become_null() -> None:
     assert decoded["miou_unseen"] is None and decoded["per_class"]["kite"] is None
 
 
-def test_evaluate_rejects_a_wrongly_sized_prediction() -> None:
-    class Shrinking(StubSegmenter):
-        def segment(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
-            return super().segment(image[:-1], labels)
+def test_a_prediction_of_another_size_is_scored_at_the_labels_size() -> None:
+    """As OVSeg resizes its prediction to the label (detectron2's sem_seg_postprocess), by nearest neighbour:
+    a map at half the size scores as the full-size map that repeats each of its pixels 2 x 2."""
 
-    with pytest.raises(ValueError, match=r"tiny\[0\]"):
-        evaluate(Shrinking(), TinyDataset(), limit=1, show_progress=False)
+    class Halving(StubSegmenter):
+        def segment(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
+            return super().segment(image[::2, ::2], labels)
+
+    class Doubled(Halving):
+        def segment(self, image: np.ndarray, labels: list[str], **options: Any) -> SimpleNamespace:
+            small = super().segment(image, labels)
+            return SimpleNamespace(semantic=small.semantic.repeat(2, axis=0).repeat(2, axis=1), proposals=None)
+
+    halved = evaluate(Halving(), TinyDataset(), limit=3, proposal_recall=False, show_progress=False)
+    doubled = evaluate(Doubled(), TinyDataset(), limit=3, proposal_recall=False, show_progress=False)
+    assert halved["per_class"] == pytest.approx(doubled["per_class"], nan_ok=True) and halved["num_images"] == 3
+    assert halved["pixel_accuracy"] == doubled["pixel_accuracy"]
 
 
 def _rank_worker(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
@@ -207,7 +217,7 @@ def test_flip_test_is_passed_on_only_when_asked_and_recorded(capsys: pytest.Capt
 
     argv = ["--benchmark", "world-voc", "--size", "48", "--limit", "1", "--json", "--no-recall", "--flip-test"]
     assert main(argv, segmenter_factory=factory) == 0
-    assert made[-1].options == [{"flip_test": True}]
+    assert made[-1].options == [{"flip_test": True, "resize": "short"}]
     assert json.loads(capsys.readouterr().out)["options"]["flip_test"] is True
 
 

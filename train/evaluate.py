@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +43,9 @@ from tqdm import tqdm
 
 from pmp.config import AUTOCAST_NAMES, ENSEMBLES, parse_weight_pair
 from train.datasets import REAL_DATASETS, SampleError, SyntheticBenchmarkDataset, build_dataset, describe_layouts
+from train.eval_output import format_table, to_json
 from train.metrics import ProposalRecall, SemSegMetric
+from train.protocol import PROTOCOLS, ovseg_clip_weight, to_label_size
 from train.runtime import all_reduce, rank_and_world_size
 
 RECALL_THRESHOLDS = (0.5, 0.75)
@@ -108,6 +108,7 @@ def evaluate(
     proposal_recall: bool = True,
     show_progress: bool | None = None,
     bad_samples: str = "skip",
+    protocol: str = "ovseg",
 ) -> dict[str, Any]:
     """Segment the first ``limit`` images (all when None) of ``dataset`` and score them; see the module docstring.
 
@@ -120,8 +121,12 @@ def evaluate(
     scores (clip_weight, clip_weight_unseen) pairs the same way. ``show_progress`` None = a tqdm bar on
     stderr when it is a terminal, on rank 0 only. ``bad_samples``: what a sample whose image or label
     cannot be used (:class:`train.datasets.SampleError`) does: "skip" (one line on stderr naming the file;
-    counted in ``num_skipped`` and listed in ``skipped``) or "stop" (the error is raised).
+    counted in ``num_skipped`` and listed in ``skipped``) or "stop" (the error is raised). ``protocol``:
+    how an image enters the model (:mod:`train.protocol`: "ovseg", the shorter side at ``image_size``, the
+    default; "long_side", the longer); a prediction of another size is resized to the label's.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if bad_samples not in BAD_SAMPLE_POLICIES:
         raise ValueError(f"bad_samples must be one of {', '.join(BAD_SAMPLE_POLICIES)}, got {bad_samples!r}")
     rank, world_size = rank_and_world_size()
@@ -140,6 +145,7 @@ def evaluate(
     }
     if flip_test:
         options["flip_test"] = True
+    options["resize"] = PROTOCOLS[protocol]
     # Each sweep row is Segmenter.combine's (clip_weight, clip_weight_unseen); a segmenter without a config
     # (a stand-in) takes one weight as clip_weight alone.
     config = getattr(segmenter, "config", None)
@@ -182,14 +188,14 @@ def evaluate(
                 metric.update(as_classes(np.asarray(combined.semantic)), label)
         else:
             result = segmenter.segment(image, labels, **options)
-        semantic = as_classes(np.asarray(result.semantic))
-        if semantic.shape != label.shape:
-            raise ValueError(
-                f"segmenter returned a {semantic.shape} map for a {label.shape} image ({dataset.name}[{index}])"
-            )
+        semantic, proposals = to_label_size(
+            as_classes(np.asarray(result.semantic)),
+            np.asarray(result.proposals) if proposal_recall else None,
+            label.shape,
+        )
         semseg.update(semantic, label)
         if proposal_recall:
-            recall.update(np.asarray(result.proposals), label)
+            recall.update(proposals, label)
     seconds = time.perf_counter() - started
 
     semseg.load_state(_all_reduce(semseg.state))
@@ -223,7 +229,13 @@ def evaluate(
         "num_segments": 0,
         "per_class": {name: float(iou) for name, iou in zip(class_names, scores.iou)},
         "seen_classes": [name for name, flag in zip(class_names, seen) if flag],
-        "options": {"limit": limit, "world_size": world_size, "proposal_recall": proposal_recall, **options},
+        "options": {
+            "limit": limit,
+            "world_size": world_size,
+            "proposal_recall": proposal_recall,
+            "protocol": protocol,
+            **options,
+        },
     }
     rows = [
         {
@@ -257,58 +269,6 @@ def evaluate(
             }
         )
     return result_dict
-
-
-def to_json(result: dict[str, Any]) -> str:
-    """Strict JSON: NaN (undefined metrics) becomes null."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {key: clean(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [clean(item) for item in value]
-        return value
-
-    return json.dumps(clean(result), indent=2, allow_nan=False)
-
-
-def format_table(result: dict[str, Any]) -> str:
-    """Per-class IoU sorted best first (classes without ground truth last), then the summary, in %."""
-
-    def pct(value: float) -> str:
-        return "   n/a" if value is None or math.isnan(value) else f"{100 * value:6.2f}"
-
-    seen = set(result["seen_classes"])
-    rows = sorted(result["per_class"].items(), key=lambda item: (math.isnan(item[1]), -np.nan_to_num(item[1], nan=0.0)))
-    width = max((len(name) for name, _ in rows), default=5)
-    lines = [f"{'class':<{width}}  IoU %   seen", "-" * (width + 15)]
-    lines += [f"{name:<{width}}  {pct(iou)}  {'yes' if name in seen else 'no'}" for name, iou in rows]
-    lines += [
-        "",
-        "summary (%)",
-        f"benchmark          {result['benchmark']} ({result['num_classes']} classes, {result['num_images']} images, "
-        f"{result['seconds']:.1f} s)"
-        + (f"; {result['num_skipped']} skipped (files that could not be used)" if result.get("num_skipped") else ""),
-        f"mIoU               {pct(result['miou'])}",
-        f"mIoU seen          {pct(result['miou_seen'])}",
-        f"mIoU unseen        {pct(result['miou_unseen'])}",
-        f"pixel accuracy     {pct(result['pixel_accuracy'])}",
-        f"proposal recall    {pct(result['proposal_recall'])}  (mean best IoU; "
-        f"@0.5 {pct(result['proposal_recall@0.5']).strip()}, @0.75 {pct(result['proposal_recall@0.75']).strip()})",
-    ]
-    for row in result.get("clip_weight_sweep", []):
-        lines.append(
-            f"clip weight {row['clip_weight']:.2f}   mIoU {pct(row['miou'])}  seen {pct(row['miou_seen'])}  "
-            f"unseen {pct(row['miou_unseen'])}"
-        )
-    for row in result.get("split_weight_sweep", []):
-        lines.append(
-            f"clip weights {row['clip_weight']:.2f} / {row['clip_weight_unseen']:.2f} (training names / others)   "
-            f"mIoU {pct(row['miou'])}  seen {pct(row['miou_seen'])}  unseen {pct(row['miou_unseen'])}"
-        )
-    return "\n".join(lines)
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -385,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available; one GPU per rank)")
     parser.add_argument("--no-recall", action="store_true", help="skip the proposal-recall metric (saves memory)")
     parser.add_argument(
+        "--protocol",
+        choices=tuple(PROTOCOLS),
+        default="ovseg",
+        help="ovseg: the shorter side at the model's image_size, the longer at most 4x (OVSeg's; default); "
+        "long_side: the longer side at image_size (the demo's, faster)",
+    )
+    parser.add_argument(
+        "--ovseg-clip-weights",
+        action="store_true",
+        help="Eq. 3's weight as OVSeg publishes it per benchmark (0.7 ADE, 0.6 Pascal Context, 0.45 VOC) instead "
+        "of the checkpoint's (the paper's 0.65)",
+    )
+    parser.add_argument(
         "--strict",
         action="store_true",
         help="stop at the first image or label that cannot be used (default: skip it, say so on stderr, and "
@@ -457,6 +430,13 @@ def main(
                 segmenter.config.validate()
             except ValueError as error:
                 parser.error(f"--clip-weight-unseen: {error}")
+        if args.ovseg_clip_weights:
+            if args.clip_weight is not None:
+                parser.error("--ovseg-clip-weights sets the CLIP weight: leave out --clip-weight")
+            try:
+                args.clip_weight = ovseg_clip_weight(args.benchmark)
+            except ValueError as error:
+                parser.error(str(error))
         result = evaluate(
             segmenter,
             dataset,
@@ -469,6 +449,7 @@ def main(
             flip_test=args.flip_test,
             proposal_recall=not args.no_recall,
             bad_samples="stop" if args.strict else "skip",
+            protocol=args.protocol,
         )
         result["checkpoint"] = args.checkpoint
         if args.autocast != "none":
