@@ -14,7 +14,7 @@ from pmp.images import model_input_size
 from pmp.segmenter import Segmenter
 from tests.test_evaluate import StubSegmenter
 from tests.tiny import tiny_segmenter_config
-from train.evaluate import evaluate, main
+from train.evaluate import evaluate, format_table, main
 
 
 @pytest.mark.parametrize(
@@ -66,6 +66,9 @@ def test_an_image_of_any_size_is_scored_at_its_labels_size():
     result = evaluate(segmenter, WideImage(), show_progress=False)  # raised on the size mismatch before
     assert result["num_images"] == 1 and result["options"]["protocol"] == "ovseg"
     assert result["options"]["resize"] == "short" and 0.0 <= result["pixel_accuracy"] <= 1.0
+    assert "protocol           ovseg, CLIP weight the checkpoint's" in format_table(
+        result
+    )  # printed, not only recorded
 
 
 def _voc(root: Path) -> Path:

@@ -41,6 +41,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"benchmark          {result['benchmark']} ({result['num_classes']} classes, {result['num_images']} images, "
         f"{result['seconds']:.1f} s)"
         + (f"; {result['num_skipped']} skipped (files that could not be used)" if result.get("num_skipped") else ""),
+        f"protocol           {result['options'].get('protocol', '-')}, CLIP weight "
+        f"{result['options'].get('clip_weight', 'the checkpoint' + chr(39) + 's')}",
         f"mIoU               {pct(result['miou'])}",
         f"mIoU seen          {pct(result['miou_seen'])}",
         f"mIoU unseen        {pct(result['miou_unseen'])}",
