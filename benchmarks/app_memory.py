@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from demo.server import folder_bytes
 from tests.app_server import REPO, instance_folder, rss_bytes, running_app
 
 MIB = 2**20
@@ -60,10 +61,10 @@ def measure(idle_trim_s: float, requests: int, workdir: Path) -> dict:
         client = Client(server.url, verbose=False, download_files=False)
         rss = {"after_start_mib": rss_bytes(server.pid) / MIB, "after_each_request_mib": []}
         folder = instance_folder(server)
-        before = _size(folder)
+        before = folder_bytes(folder)
         client.predict(handle_file(str(image)), first, 0.65, "crop", 0.5, True, None, api_name="/compare")
         time.sleep(1.0)  # Gradio copies the outputs into its cache as it sends them
-        rss["largest_compare_writes_mib"] = (_size(folder) - before) / MIB
+        rss["largest_compare_writes_mib"] = (folder_bytes(folder) - before) / MIB
         seconds = []
         for _ in range(requests):
             started = time.perf_counter()
@@ -76,10 +77,6 @@ def measure(idle_trim_s: float, requests: int, workdir: Path) -> dict:
         rss["idle_wait_s"] = wait
         rss["seconds_per_request"] = float(np.median(seconds))
     return rss
-
-
-def _size(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def memory_table(results: dict) -> str:

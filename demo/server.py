@@ -80,7 +80,7 @@ class DiskBudget:
         self.protected = set(self.entries())
 
     def used(self) -> int:
-        return _size(self.root)
+        return folder_bytes(self.root)
 
     def make_room(self, needed: int) -> bool:
         """Remove what is stale, then the oldest entries, until ``needed`` more bytes fit; whether they do."""
@@ -100,12 +100,12 @@ class DiskBudget:
             for mtime, entry in sorted(aged):
                 if used + needed <= self.max_bytes or now - mtime < self.min_age_s:
                     break
-                used -= _size(entry)
+                used -= folder_bytes(entry)
                 _remove(entry)
             return used + needed <= self.max_bytes
 
 
-def _size(path: Path) -> int:
+def folder_bytes(path: Path) -> int:
     """Bytes under ``path`` (a file or a folder); what vanishes while counting counts as 0."""
     try:
         if not path.is_dir():
@@ -360,6 +360,9 @@ class UploadGuard:
         declared = headers.get(b"content-length", b"")
         if not declared.isdigit():
             return await _answer(send, 411, "an upload must declare its size (Content-Length)")
+        boundary = _boundary(headers.get(b"content-type", b""))
+        if boundary is None:
+            return await _answer(send, 400, "an upload must be multipart/form-data")
         size = int(declared)
         client, now = client_key(scope), time.monotonic()
         if size > self._quota_left(client, now):
@@ -374,9 +377,6 @@ class UploadGuard:
         if self.budget is not None and not self.budget.make_room(size):
             return await _answer(send, 507, "the server's upload space is full; try again in a few minutes")
         self.sent.setdefault(client, deque()).append((now, size))
-        boundary = _boundary(headers.get(b"content-type", b""))
-        if boundary is None:
-            return await _answer(send, 400, "an upload must be multipart/form-data")
         self.active += 1
         try:
             body = await _whole_body(receive)  # at most MAX_UPLOAD_BODY_BYTES: RequestBodyLimit runs first

@@ -27,20 +27,27 @@ def color_aug_ssd(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     [0, 255] and cast to uint8 after each step, as detectron2's ``convert`` does. HSV comes from PIL (256
     hue steps per turn; the shift is scaled to it) instead of OpenCV, which is not a dependency here.
     (H, W, 3) uint8 RGB -> the same."""
-    image = _maybe(image, rng, lambda x: _convert(x, beta=rng.uniform(-SSD_BRIGHTNESS_DELTA, SSD_BRIGHTNESS_DELTA)))
-    contrast = lambda x: _maybe(x, rng, lambda y: _convert(y, alpha=rng.uniform(*SSD_CONTRAST)))  # noqa: E731
-    order = (contrast, _saturation, _hue) if rng.integers(2) else (_saturation, _hue, contrast)
+    image = _brightness(image, rng)
+    order = (_contrast, _saturation, _hue) if rng.integers(2) else (_saturation, _hue, _contrast)
     for step in order:
-        image = step(image) if step is contrast else step(image, rng)
+        image = step(image, rng)
     return image
-
-
-def _maybe(image: np.ndarray, rng: np.random.Generator, change) -> np.ndarray:
-    return change(image) if rng.integers(2) else image
 
 
 def _convert(image: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def _brightness(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if not rng.integers(2):
+        return image
+    return _convert(image, beta=rng.uniform(-SSD_BRIGHTNESS_DELTA, SSD_BRIGHTNESS_DELTA))
+
+
+def _contrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if not rng.integers(2):
+        return image
+    return _convert(image, alpha=rng.uniform(*SSD_CONTRAST))
 
 
 def _saturation(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -60,7 +67,7 @@ def _hue(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
 
 
-def _nearest_indices(source: int, target: int) -> np.ndarray:
+def nearest_indices(source: int, target: int) -> np.ndarray:
     """PIL's NEAREST sampling grid: target pixel i reads source pixel floor((i + 0.5) * source / target)."""
     return np.minimum(((np.arange(target) + 0.5) * (source / target)).astype(np.int64), source - 1)
 
@@ -146,7 +153,7 @@ class SemSegTrainTransform:
         if (new_h, new_w) == (height, width):
             return image, label
         resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
-        rows, cols = _nearest_indices(height, new_h), _nearest_indices(width, new_w)
+        rows, cols = nearest_indices(height, new_h), nearest_indices(width, new_w)
         return resized, label[rows[:, None], cols[None, :]]
 
     def crop(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

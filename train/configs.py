@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pmp.config import SegmenterConfig, tiny_clip_model_cfg
+from train.matcher import MASK_LOSSES
 
 LR_SCHEDULES = ("poly", "warmup_poly")
 WEIGHT_DECAY_GROUPS = ("names", "detectron2")
@@ -96,7 +97,7 @@ class SegTrainConfig:
             ("lr_schedule", LR_SCHEDULES),
             ("weight_decay_groups", WEIGHT_DECAY_GROUPS),
             ("training_prompts", TRAINING_PROMPTS),
-            ("mask_loss", ("points_bce", "full_focal")),
+            ("mask_loss", MASK_LOSSES),
             ("amp_dtype", ("bfloat16", "float16")),
         ):
             if getattr(self, name) not in accepted:

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from train.augment import nearest_indices
+
 PROTOCOLS = {"ovseg": "short", "long_side": "long"}  # protocol -> pmp.images.model_input_size's resize
 # OVSeg GETTING_STARTED.md, "Evaluation with pre-trained weights": the configs' CLIP_ENSEMBLE_WEIGHT 0.7 for
 # ADE20K-150 and -847, `MODEL.CLIP_ADAPTER.CLIP_ENSEMBLE_WEIGHT 0.6` for Pascal Context-59 and -459, 0.45 for VOC-20.
@@ -36,12 +38,7 @@ def to_label_size(
     by nearest neighbour, the proposals (N, h, w) bilinearly."""
     if semantic.shape == tuple(shape):
         return semantic, proposals
-    rows = np.minimum(
-        ((np.arange(shape[0]) + 0.5) * semantic.shape[0] / shape[0]).astype(np.int64), semantic.shape[0] - 1
-    )
-    cols = np.minimum(
-        ((np.arange(shape[1]) + 0.5) * semantic.shape[1] / shape[1]).astype(np.int64), semantic.shape[1] - 1
-    )
+    rows, cols = nearest_indices(semantic.shape[0], shape[0]), nearest_indices(semantic.shape[1], shape[1])
     resized = semantic[rows[:, None], cols[None, :]]
     if proposals is not None and len(proposals):
         proposals = F.interpolate(

@@ -316,11 +316,11 @@ def load_training_state(
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
     if "rng.torch" in tensors:  # written before every rank's state was kept: one state for all
         positions, python_states = [int(metadata["numpy_pos"])], [json.loads(metadata["python_rng"])]
-        prefix = "rng."
+        index, prefix = 0, "rng."
     else:
         positions, python_states = json.loads(metadata["numpy_pos"]), json.loads(metadata["python_rng"])
-        prefix = f"rng.{rank % len(positions)}."  # a run resumed on fewer or more ranks reuses the saved ones
-    index = 0 if prefix == "rng." else rank % len(positions)
+        index = rank % len(positions)  # a run resumed on fewer or more ranks reuses the saved ones
+        prefix = f"rng.{index}."
     torch.set_rng_state(tensors[prefix + "torch"])
     if torch.cuda.is_available() and prefix + "cuda" in tensors:
         torch.cuda.set_rng_state(tensors[prefix + "cuda"])

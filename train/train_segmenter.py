@@ -31,7 +31,7 @@ from tqdm import tqdm
 from pmp.checkpoint import model_card
 from pmp.clip.loading import tag_quick_gelu
 from pmp.segmenter import Segmenter
-from train.batches import TrainingData, build_batch, step_batches
+from train.batches import TrainingData, build_batch, rank_sample_indices, step_batches
 from train.configs import SegTrainConfig
 from train.datasets import training_vocabulary
 from train.dry_run import dry_run
@@ -189,7 +189,7 @@ def _train(
         factor = lr_factor(step, config)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        first = step * config.batch_size + ctx.rank * per_rank
+        first = rank_sample_indices(step, ctx.rank, per_rank, config.batch_size).start
         images, text, text_mask, targets = build_batch(
             samples, config.seed * 7_919 + first, class_embeddings, config, ctx.device, pixels
         )
