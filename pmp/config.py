@@ -60,6 +60,10 @@ class CLIPConfig:
     # (open_clip's registry; plain GELU for a file or random weights); True / False: always, so that OpenAI
     # weights loaded from a file, or a trained segmenter that stores its CLIP, keep QuickGELU.
     quick_gelu: bool | None = None
+    # OVSeg's mask prompt tuning (pmp.clip.mask_prompts): learned tokens replace the patches outside a
+    # masked crop's mask in the first this-many blocks of a ViT image tower (OVSeg's MASK_PROMPT_DEPTH, 3);
+    # 0: off. Used by crop stage 2 with tight boxes, as OVSeg's MASK_PROMPT_FWD.
+    mask_prompt_depth: int = 0
 
 
 @dataclass
@@ -187,6 +191,11 @@ class SegmenterConfig:
                 f"crop_box must be one of {', '.join(CROP_BOXES)} and crop_mask_threshold in (0, 1), got "
                 f"{self.crop_box!r} and {self.crop_mask_threshold}"
             )
+        if self.clip.mask_prompt_depth and (self.stage2_mode, self.crop_box) != ("crop", "tight"):
+            raise ValueError(
+                "clip.mask_prompt_depth > 0 (OVSeg's mask prompts) needs OVSeg's crops: stage2_mode 'crop' and "
+                f"crop_box 'tight', got {self.stage2_mode!r} and {self.crop_box!r}"
+            )
         if bool(self.clip.checkpoint) != bool(self.clip.checkpoint_sha256):
             raise ValueError(
                 "clip.checkpoint and clip.checkpoint_sha256 go together: a referenced CLIP is pinned by the "
@@ -257,6 +266,7 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "max_prompts": (1, 10_000),
     "max_prompt_chars": (1, 10_000),
     "clip.text_cache_size": (0, 1_000_000),
+    "clip.mask_prompt_depth": (0, 64),
     "pixel_decoder.conv_dim": (1, 4096),
     "pixel_decoder.mask_dim": (1, 4096),
     "pixel_decoder.num_layers": (1, 64),

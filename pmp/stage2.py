@@ -19,6 +19,7 @@ FC-CLIP weights CLIP differently for names stage 1 was and was not trained on (`
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import Sequence
 
 import numpy as np
@@ -232,11 +233,14 @@ def crop_classify(
         masks = masks[index]
     num, num_classes = masks.shape[0], text.shape[0]
     probs = torch.full((num, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
-    crops, nonempty = masked_crops(clip, image, masks, views=views, geometry=geometry)  # (V*K, 3, S, S), (K,)
+    crops, regions, nonempty = crops_and_regions(clip, image, masks, views, geometry)  # (V*K, 3, S, S), ., (K,)
     if nonempty.numel() == 0 or num_classes == 0:
         return probs
     crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
-    feats = torch.cat([F.normalize(clip.encode_crops(batch), dim=-1) for batch in crops.split(CROP_BATCH)])
+    if not clip.config.mask_prompt_depth:
+        regions = None
+    batches = zip(crops.split(CROP_BATCH), regions.split(CROP_BATCH) if regions is not None else repeat(None))
+    feats = torch.cat([F.normalize(clip.encode_crops(batch, region), dim=-1) for batch, region in batches])
     logits = clip.logit_scale * feats @ text.to(feats).T  # (V*K, M)
     probs[nonempty.to(probs.device)] = view_log_probs(logits, len(views)).softmax(dim=-1).to(probs.dtype)
     return probs
@@ -272,22 +276,40 @@ def masked_crops(
     among the N. ``geometry`` (box, threshold): the masks are binarised at the threshold (OVSeg's MASK_THR),
     and a "tight" box is OVSeg's instead of the square (:func:`tight_box_crops`).
     """
+    crops, _, nonempty = crops_and_regions(clip, image, masks, views, geometry)
+    return crops, nonempty
+
+
+def crops_and_regions(
+    clip: CLIPModel,
+    image: np.ndarray | Tensor,
+    masks: np.ndarray | Tensor,
+    views: Sequence[str] = ("masked",),
+    geometry: tuple[str, float] = ("square", 0.5),
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """:func:`masked_crops`' crops and K indices, with what mask prompts need beside them: each crop's mask
+    as the crop shows it (V*K, 1, S, S) for tight boxes (OVSeg's ``region_masks``; all ones for the "box"
+    view, which blanks nothing out), None for square ones."""
     check_crop_views(tuple(views))
     box, threshold = geometry
     normalised, inside, boxes, nonempty = crop_sources(clip, image, masks, threshold)
     if nonempty.numel() == 0:
-        return normalised.new_zeros((0, 3, clip.image_size, clip.image_size)), nonempty  # (0 = V*K, 3, S, S)
+        return normalised.new_zeros((0, 3, clip.image_size, clip.image_size)), None, nonempty  # (0 = V*K, 3, S, S)
+    regions = None
     if box == "tight":
         shown = tight_box_crops(normalised[..., 1:-1, 1:-1], inside[..., 1:-1, 1:-1] > 0, clip.image_size)
-        return torch.cat([shown[view] for view in views]).contiguous(memory_format=torch.channels_last), nonempty
-    crops = square_box_samples(normalised, boxes, clip.image_size)  # (K, 3, S, S)
-    shown = {"box": crops}  # view -> (K, 3, S, S)
-    if "masked" in views:
-        fill = square_box_samples(inside, boxes, clip.image_size)  # (K, 1, S, S) mask share
-        shown["masked"] = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
+        region, everything = shown["region"], torch.ones_like(shown["region"])
+        regions = torch.cat([region if view == "masked" else everything for view in views])
+    else:
+        crops = square_box_samples(normalised, boxes, clip.image_size)  # (K, 3, S, S)
+        shown = {"box": crops}  # view -> (K, 3, S, S)
+        if "masked" in views:
+            fill = square_box_samples(inside, boxes, clip.image_size)  # (K, 1, S, S) mask share
+            shown["masked"] = crops * fill  # outside the mask -> 0 == the mean colour after normalisation
     # Channels-last: the towers' convolutions run about 1.8x faster on CPU in this layout (measured on
     # the tiny CLIP's ResNet, 24 crops); the values are the same.
-    return torch.cat([shown[view] for view in views]).contiguous(memory_format=torch.channels_last), nonempty
+    crops = torch.cat([shown[view] for view in views]).contiguous(memory_format=torch.channels_last)
+    return crops, regions, nonempty
 
 
 def crop_sources(
@@ -320,15 +342,18 @@ def tight_box_crops(normalised: Tensor, binary: Tensor, size: int) -> dict[str, 
     """OVSeg's crops (clip_adapter/adapter.py ``_preprocess_image`` with REGION_RESIZED, MASK_FILL "mean",
     MASK_EXPAND_RATIO 1.0): each mask's tight box cut from the CLIP-normalised image (1, 3, H, W), the pixels
     outside the mask set to the mean colour (zero after normalisation) for the "masked" view, and the box
-    stretched to ``size`` x ``size`` bicubically, its aspect not kept. binary (K, 1, H, W) non-empty masks ->
-    {"masked": (K, 3, S, S), "box": (K, 3, S, S)}."""
-    crops: dict[str, list[Tensor]] = {"masked": [], "box": []}
+    stretched to ``size`` x ``size`` bicubically, its aspect not kept; "region" is the mask cut from the same
+    box and resized by nearest neighbour, as OVSeg hands it to mask prompts. binary (K, 1, H, W) non-empty
+    masks -> {"masked": (K, 3, S, S), "box": (K, 3, S, S), "region": (K, 1, S, S)}."""
+    crops: dict[str, list[Tensor]] = {"masked": [], "box": [], "region": []}
     for mask in binary[:, 0]:
         rows, cols = torch.nonzero(mask.any(dim=1)).flatten(), torch.nonzero(mask.any(dim=0)).flatten()
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         region = normalised[..., y0:y1, x0:x1]  # (1, 3, h, w)
         for view, pixels in (("box", region), ("masked", region * mask[y0:y1, x0:x1])):
             crops[view].append(F.interpolate(pixels, size=(size, size), mode="bicubic", align_corners=False))
+        inside = mask[y0:y1, x0:x1][None, None].to(normalised.dtype)  # (1, 1, h, w)
+        crops["region"].append(F.interpolate(inside, size=(size, size), mode="nearest"))
     return {view: torch.cat(parts) for view, parts in crops.items()}
 
 

@@ -58,6 +58,8 @@ def test_ovsegs_values_as_its_configs_give_them():
     assert swin.mask_loss == "full_focal" and swin.training_prompts == "all"
     assert len(swin.model.clip.templates) == 14 and swin.model.clip.model_name == "ViT-L-14"
     assert swin.data == "coco171"
+    assert (swin.model.clip.mask_prompt_depth, r101.model.clip.mask_prompt_depth) == (3, 3)  # MASK_PROMPT_DEPTH
+    assert (swin.model.crop_box, swin.model.crop_mask_threshold, r101.model.crop_mask_threshold) == ("tight", 0.4, 0.5)
 
 
 def test_print_config_prints_the_resolved_recipe_without_an_out_folder():

@@ -18,6 +18,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
+from pmp.clip.mask_prompts import add_mask_prompts
 from pmp.config import CLIPConfig
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -134,7 +135,10 @@ def resolve_pretrained_tag(model_name: str, tag: str) -> tuple[str, dict[str, An
 
 
 def _load_into(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """open_clip's checkpoint fix-ups (third-party layouts, position-embedding resizing), then strict load."""
+    """open_clip's checkpoint fix-ups (third-party layouts, position-embedding resizing), then strict load.
+
+    Mask prompts (``visual.mask_embedding``) may be missing: a CLIP file from before mask prompt tuning
+    starts them at OVSeg's zeros."""
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
@@ -151,10 +155,17 @@ def _load_into(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
         result = model.load_state_dict(state, strict=False)
     except (AssertionError, RuntimeError) as error:  # open_clip asserts on widths; torch on shapes
         raise ValueError(f"CLIP weights {source!r} do not fit the configured model: {error}") from error
-    if result.missing_keys or result.unexpected_keys:
+    missing = [key for key in result.missing_keys if key != "visual.mask_embedding"]
+    if "visual.mask_embedding" in result.unexpected_keys:
+        depth = len(state["visual.mask_embedding"])
+        raise ValueError(
+            f"CLIP weights {source!r} hold OVSeg's mask prompts (visual.mask_embedding, depth {depth}): set "
+            f"CLIPConfig.mask_prompt_depth to {depth} to use them"
+        )
+    if missing or result.unexpected_keys:
         raise ValueError(
             f"CLIP weights {source!r} do not fit the configured model: missing keys "
-            f"{result.missing_keys[:8]}{'...' if len(result.missing_keys) > 8 else ''}, unexpected keys "
+            f"{missing[:8]}{'...' if len(missing) > 8 else ''}, unexpected keys "
             f"{result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
         )
 
@@ -243,6 +254,8 @@ def load_open_clip(cfg: CLIPConfig) -> tuple[nn.Module, SimpleTokenizer, int, tu
     elif pretrained_cfg.get("quick_gelu"):
         model_cfg["quick_gelu"] = True  # OpenAI weights were trained with QuickGELU
     model = _instantiate(model_cfg)
+    if cfg.mask_prompt_depth:
+        add_mask_prompts(model.visual, cfg.mask_prompt_depth)
     if weights_path is not None:
         _load_into(model, read_weights_file(weights_path), weights_path)
     tokenizer = _tokenizer_for(model_cfg, cfg.model_name if cfg.model_cfg is None else "")

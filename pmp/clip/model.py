@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from pmp.clip.dense import DenseFeatures
 from pmp.clip.inference_tower import can_speed_up, inference_tower
 from pmp.clip.loading import load_open_clip
+from pmp.clip.mask_prompts import mask_prompted_image_features
 from pmp.clip.text import EmbeddingCache, TextEmbeddings
 from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig
 from pmp.images import normalize_pixels
@@ -94,8 +95,12 @@ class CLIPModel(TextEmbeddings, DenseFeatures, nn.Module):
         """(B,3,H,W) RGB in [0, 1] -> normalised with this CLIP's mean/std."""
         return normalize_pixels(images, self.mean, self.std)
 
-    def encode_crops(self, crops: Tensor) -> Tensor:
+    def encode_crops(self, crops: Tensor, region_masks: Tensor | None = None) -> Tensor:
         """(B, 3, S, S) CLIP-normalised crops -> (B, C) unnormalised image embeddings, as ``encode_image``.
+
+        With mask prompts (``config.mask_prompt_depth``) and the crops' (B, 1, S, S) ``region_masks``, the
+        tokens outside each mask are the learned prompts (:mod:`pmp.clip.mask_prompts`, OVSeg's
+        MASK_PROMPT_FWD); without masks the tower runs as it is.
 
         For inference (image tower in eval mode, no gradient wanted) a ModifiedResNet tower runs as
         :func:`pmp.clip.inference_tower.inference_tower`'s copy: the same embeddings to float rounding,
@@ -103,6 +108,8 @@ class CLIPModel(TextEmbeddings, DenseFeatures, nn.Module):
         (a weights key like the text cache's, over the image tower's tensors).
         """
         visual = self.open_clip.visual
+        if region_masks is not None and self.config.mask_prompt_depth:
+            return mask_prompted_image_features(visual, crops, region_masks)
         wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in visual.parameters())
         if visual.training or wants_grad or not can_speed_up(visual):
             return self.open_clip.encode_image(crops)
