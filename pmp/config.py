@@ -21,8 +21,9 @@ CROP_BOXES: tuple[str, ...] = ("square", "tight")
 TEXT_MODES: tuple[str, ...] = ("none", "pmp", "pmp_residual", "concat", "concat_drop", "text_queries")
 PIXEL_DECODERS: tuple[str, ...] = ("fpn", "msdeform")
 DECODERS: tuple[str, ...] = ("mask2former", "maskformer")
-BACKBONES: tuple[str, ...] = ("timm", "clip")
+BACKBONES: tuple[str, ...] = ("timm", "swin", "clip")
 STAGE2_MODES: tuple[str, ...] = ("pool", "crop")
+POOL_FORMS: tuple[str, ...] = ("maskclip", "fcclip")
 # Segmenter.autocast_dtype by name (pmp.segmenter.AUTOCAST_DTYPES), for command lines; "none" = float32.
 AUTOCAST_NAMES: tuple[str, ...] = ("none", "bfloat16", "float16")
 ENSEMBLES: tuple[str, ...] = ("ovseg", "odise")  # Eq. 3's form: OVSeg's (the paper's baseline) or ODISE's
@@ -70,7 +71,9 @@ class CLIPConfig:
 class BackboneConfig:
     """Stage-1 image features at strides 4, 8, 16, 32."""
 
-    kind: str = "timm"  # "timm": a timm features_only model; "clip": the frozen CLIP image tower (FC-CLIP)
+    # "timm": a timm features_only model; "swin": Swin as OVSeg/Mask2Former build it (pmp.modeling.swin);
+    # "clip": the frozen CLIP image tower (FC-CLIP)
+    kind: str = "timm"
     name: str = "resnet50"  # timm model name (kind == "timm")
     pretrained_file: str | None = None  # local weights file or a Hub id already in the cache; never downloads
     freeze: bool = False  # kind == "clip" is always frozen
@@ -78,6 +81,13 @@ class BackboneConfig:
     # BatchNorm layers frozen (statistics and affine parameters fixed, timm's FrozenBatchNorm2d), as
     # detectron2's ResNets train by default (MODEL.RESNETS.NORM "FrozenBN"): OVSeg's R101c, Mask2Former's R50
     frozen_batch_norm: bool = False
+    # Constructor sizes beside the name: timm.create_model's (e.g. {"stem_width": 64}) or, for kind "swin",
+    # pmp.modeling.swin.SwinTransformer's (embed_dim, depths, num_heads, window_size). Numbers and lists of
+    # numbers only, each within BACKBONE_KWARG_LIMIT.
+    model_kwargs: dict[str, Any] | None = None
+    # DeepLab's multi-grid (detectron2 MODEL.RESNETS.RES5_MULTI_GRID): the last ResNet stage's 3x3 convs
+    # dilated block by block by these rates (OVSeg's R101c: [1, 2, 4]); None: undilated.
+    res5_multi_grid: list[int] | None = None
 
 
 @dataclass
@@ -108,6 +118,9 @@ class DecoderConfig:
     class_head_layers: int = 1
     class_head_hidden_dim: int = 1024
     class_logit_scale: float | None = None
+    # FC-CLIP's in-vocabulary classifier: e_q is taken of the query plus its mask's mean pixel-decoder feature
+    # (pmp.modeling.heads.binary_mask_pool, through LayerNorm and a linear map to hidden_dim).
+    class_head_mask_pooling: bool = False
 
 
 @dataclass
@@ -140,6 +153,10 @@ class SegmenterConfig:
     # prompt is one of them when any of its comma-separated synonyms is, compared case-insensitively.
     training_names: tuple[str, ...] = ()
     stage2_mode: str = "pool"  # "pool": mask-pooled dense CLIP features; "crop": OVSeg's masked crops
+    # Pool mode (POOL_FORMS): "maskclip" pools per-pixel joint-space embeddings (pmp.clip.dense) with the
+    # soft masks; "fcclip" is FC-CLIP's: a ConvNeXt tower's last-stage map pooled over each mask's logit > 0
+    # cells, then the tower's head on each pooled vector.
+    pool_form: str = "maskclip"
     crop_top_k: int = 20  # crop mode: only the top-k proposals by stage-1 score are cropped
     # Crop mode: the views of each proposal CLIP reads (CROP_VIEWS); with several, p_hat is the geometric
     # mean of their probabilities. ("masked",) is OVSeg's stage 2. Adding "box" is this project's
@@ -171,6 +188,7 @@ class SegmenterConfig:
             ("decoder.text_mode", self.decoder.text_mode, TEXT_MODES),
             ("stage2_mode", self.stage2_mode, STAGE2_MODES),
             ("ensemble", self.ensemble, ENSEMBLES),
+            ("pool_form", self.pool_form, POOL_FORMS),
         ]
         for name, value, accepted in checks:
             if value not in accepted:
@@ -294,6 +312,7 @@ CLIP_CFG_LIMITS: dict[str, tuple[int, int]] = {
     "vocab_size": (1, 1_000_000),
 }
 OTHER_CLIP_SIZE = 100_000
+BACKBONE_KWARG_LIMIT = (0, 4096)  # every number in backbone.model_kwargs and res5_multi_grid
 
 
 def check_sizes(config: "SegmenterConfig") -> None:
@@ -315,6 +334,24 @@ def check_sizes(config: "SegmenterConfig") -> None:
         if width % count:
             raise ValueError(f"config field {width_name}={width} must be a multiple of {heads_name}={count}")
     _check_clip_cfg(config.clip.model_cfg or {}, "clip.model_cfg")
+    _check_backbone_numbers(config.backbone)
+
+
+def _check_backbone_numbers(backbone: "BackboneConfig") -> None:
+    """backbone.model_kwargs and res5_multi_grid: numbers (or short lists of them) within
+    :data:`BACKBONE_KWARG_LIMIT`; no strings, so a config can never hand a constructor a path."""
+    low, high = BACKBONE_KWARG_LIMIT
+    named = {f"backbone.model_kwargs.{key}": value for key, value in (backbone.model_kwargs or {}).items()}
+    named["backbone.res5_multi_grid"] = backbone.res5_multi_grid or []
+    for name, value in named.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if len(values) > 16 or not all(
+            isinstance(item, (int, float)) and not isinstance(item, bool) and low <= item <= high for item in values
+        ):
+            raise ValueError(
+                f"config field {name}={value!r} is not accepted: numbers from {low} to {high:,}, or lists of at most "
+                "16 of them"
+            )
 
 
 def _check_clip_cfg(section: dict[str, Any], prefix: str) -> None:

@@ -282,20 +282,24 @@ def _limit_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-RESIZE_MODES = ("long", "short")
+RESIZE_MODES = ("long", "short", "detectron2")
+# detectron2's default test resizing (INPUT.MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333), which FC-CLIP's configs keep
+DETECTRON2_MAX_RATIO = 1333 / 800
 
 
 def model_input_size(width: int, height: int, size: int, resize: str = "long") -> tuple[int, int]:
     """(width, height) an image enters stage 1 at. ``"long"``: the longer side is ``size`` (this project's
     fast default, the demo's). ``"short"``: the shorter side is ``size`` with the longer at most ``4 * size``,
     detectron2's ResizeShortestEdge as OVSeg evaluates (MIN_SIZE_TEST 640 / MAX_SIZE_TEST 2560 for Swin-B,
-    512 / 2048 for R101c: the cap is 4x in both)."""
+    512 / 2048 for R101c: the cap is 4x in both). ``"detectron2"``: the same with detectron2's default cap,
+    1333 for 800 (FC-CLIP's evaluation)."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
     if resize == "long":
         scale = size / max(width, height)
     else:
+        cap = 4 * size if resize == "short" else round(size * DETECTRON2_MAX_RATIO)
         scale = size / min(width, height)
-        if max(width, height) * scale > 4 * size:
-            scale = 4 * size / max(width, height)
+        if max(width, height) * scale > cap:
+            scale = cap / max(width, height)
     return max(1, round(width * scale)), max(1, round(height * scale))

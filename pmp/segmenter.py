@@ -18,12 +18,10 @@ The pieces live where the paper puts them, and this module only orchestrates the
 by :meth:`Segmenter.combine` (Eq. 3 and post-processing), so a sweep over ``clip_weight`` reuses one
 pass of both stages.
 
-Speed (benchmarks/latency.py measures each stage; benchmarks/README.md has the figures): text
-embeddings are cached by :class:`pmp.clip.CLIPModel` (and cached prompts skip the token-limit check);
-stage 2 ``pool`` runs one dense CLIP pass - none when stage 1's backbone is the same CLIP ResNet on the
-same pixels (its trunk is reused) - and a ViT tower sees the image at ``vit_dense_scale``; ``crop``
-upsamples and crops only the ``crop_top_k`` proposals, one tower forward per crop and view;
-``autocast_dtype`` opts into bfloat16/float16.
+Speed (benchmarks/latency.py; figures in benchmarks/README.md): text embeddings are cached by the CLIP;
+stage 2 ``pool`` runs one dense CLIP pass (none when stage 1's backbone is that CLIP tower on the same
+pixels: its trunk is reused; a ViT sees the image at ``vit_dense_scale``); ``crop`` crops only the
+``crop_top_k`` proposals; ``autocast_dtype`` opts into bfloat16/float16.
 """
 
 from __future__ import annotations
@@ -387,6 +385,7 @@ class Segmenter(nn.Module):
                 crop_geometry=(cfg.crop_box, cfg.crop_mask_threshold),
                 vit_dense_scale=self.vit_dense_scale,
                 trunk=trunk,
+                pool_form=cfg.pool_form,
             )
         timings["stage2"] = self._elapsed(start)
         return StageOutputs(
@@ -465,11 +464,11 @@ class Segmenter(nn.Module):
             raise ValueError(f"unclaimed_threshold must be None or in (0, 1), got {unclaimed_threshold}")
 
     def can_reuse_trunk(self, pixels: torch.Tensor, valid_hw: tuple[int, int]) -> bool:
-        """True when stage 1's backbone is this CLIP's ResNet tower run on exactly the pixels (no padding,
-        same normalisation) that the dense stage-2 pass would see, so its layer-4 map can be reused."""
+        """Whether stage 1's backbone is this CLIP's ResNet (or ConvNeXt pooled FC-CLIP's way) run on exactly the
+        pixels (no padding, same normalisation) that stage 2 would see, so its last-stage map can be reused."""
         return (
             self.config.backbone.kind == "clip"
-            and isinstance(self.clip.open_clip.visual, ModifiedResNet)
+            and (isinstance(self.clip.open_clip.visual, ModifiedResNet) or self.config.pool_form == "fcclip")
             and tuple(pixels.shape[-2:]) == tuple(valid_hw)
             and tuple(self.config.pixel_mean) == tuple(self.clip.mean)
             and tuple(self.config.pixel_std) == tuple(self.clip.std)

@@ -105,17 +105,23 @@ def classify_proposals(
     crop_geometry: tuple[str, float] = ("square", 0.5),
     vit_dense_scale: float = VIT_DENSE_SCALE,
     trunk: torch.Tensor | None = None,
+    pool_form: str = "maskclip",
 ) -> torch.Tensor:
     """Eq. 2: p_hat (N, K) from CLIP, for the proposals' ``mask_logits`` (N, h, w) on ``pixels`` (1, 3, Hp, Wp).
 
     ``pool`` runs CLIP's image tower once and mask-pools its dense features; ``trunk`` (the CLIP
-    ResNet's layer-4 map that stage 1 already computed on the same pixels) replaces that pass.
+    tower's last-stage map that stage 1 already computed on the same pixels) replaces that pass.
+    ``pool_form`` "fcclip" pools a ConvNeXt tower's map FC-CLIP's way (:meth:`pmp.clip.CLIPModel.fcclip_pooled`).
     ``crop`` (OVSeg) runs the tower once per proposal crop, so only the ``crop_top_k`` proposals with
     the highest stage-1 score are upsampled and cropped, in each of ``crop_views``, with ``crop_geometry``
     (box, mask threshold: :func:`masked_crops`); the rest keep p_hat = p, which leaves their ensemble score
     equal to p.
     """
     image = pixels[..., : valid_hw[0], : valid_hw[1]]  # (1, 3, H, W) in [0, 1]
+    if stage2_mode == "pool" and pool_form == "fcclip":
+        trunk = trunk if trunk is not None else clip.convnext_trunk(clip.normalize(image))  # (1, D, h, w)
+        embeds = F.normalize(clip.fcclip_pooled(trunk, mask_logits), dim=-1)  # (N, C)
+        return (clip.logit_scale * embeds @ text.to(embeds).T).softmax(dim=-1).to(p.dtype)
     if stage2_mode == "pool":
         if trunk is not None:
             dense = clip.dense_features_from_trunk(trunk)  # (1, C, h, w)

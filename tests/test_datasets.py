@@ -31,13 +31,18 @@ def write_sample(
 
 
 def test_class_lists_match_their_benchmarks() -> None:
-    sizes = {"coco171": 171, "ade150": 150, "ade847": 847, "pc59": 59, "pc459": 459, "voc20": 20}
+    sizes = {"coco171": 171, "coco133": 133, "ade150": 150, "ade847": 847, "pc59": 59, "pc459": 459, "voc20": 20}
     for name, size in sizes.items():
         names = REAL_DATASETS[name].class_names
         assert len(names) == size and len(set(names)) == size, name
     assert class_names.ADE20K_847_NAMES[846] == "adding machine, totalizer, totaliser"
     assert class_names.ADE20K_150_NAMES[149] == "flag"
     assert class_names.COCO_STUFF_171_NAMES[80] == "banner"  # first stuff class after the 80 things
+    # panoptic id 92 (banner) is the first stuff class, contiguous id 80; id 200 (rug) the last, 132
+    assert class_names.COCO_PANOPTIC_133_NAMES[80] == "banner,banners"
+    assert class_names.COCO_PANOPTIC_133_NAMES[132] == "rug" and class_names.COCO_PANOPTIC_133_NAMES[0].startswith(
+        "person,"
+    )
     assert set(class_names.PASCAL_CONTEXT_59_NAMES) <= set(class_names.PASCAL_CONTEXT_459_NAMES)
     assert list(class_names.PASCAL_CONTEXT_459_NAMES) == sorted(class_names.PASCAL_CONTEXT_459_NAMES)
 
@@ -46,6 +51,7 @@ def test_class_lists_match_their_benchmarks() -> None:
     "dataset, split, raw_ignore, dtype",
     [
         ("coco171", "train", 255, np.uint8),
+        ("coco133", "train", 255, np.uint8),
         ("ade150", "val", 255, np.uint8),
         ("ade847", "val", 65535, np.uint16),
         ("pc59", "val", 255, np.uint8),

@@ -21,7 +21,7 @@ from train.runtime import warmup_poly_lr_factor
 from train.train_segmenter import check_backbone_weights
 
 REPO = Path(__file__).resolve().parent.parent
-HOSTS = ("ovseg-swinb-vitl14", "ovseg-r101c-vitb16", "m2f-r50-vitb16", "m2f-swinb-vitl14")
+HOSTS = ("ovseg-swinb-vitl14", "ovseg-r101c-vitb16", "m2f-r50-vitb16", "m2f-swinb-vitl14", "fcclip-convnextl")
 
 
 def test_every_host_has_its_file_and_three_variants():
@@ -416,7 +416,9 @@ def test_openai_clip_keeps_quick_gelu_whether_loaded_by_tag_or_by_file(tmp_path)
         cfg = dataclasses.replace(tiny, pretrained=str(tmp_path / "w.safetensors"), quick_gelu=quick)
         loaded = load_open_clip(cfg)[0]
         assert type(loaded.transformer.resblocks[0].mlp.gelu).__name__ == expected
-    assert all(get_recipe(f"{host}-pmp").model.clip.quick_gelu for host in HOSTS)
+    openai = [host for host in HOSTS if get_recipe(f"{host}-pmp").model.clip.pretrained == "openai"]
+    assert len(openai) == 4 and all(get_recipe(f"{host}-pmp").model.clip.quick_gelu for host in openai)
+    assert get_recipe("fcclip-convnextl-pmp").model.clip.quick_gelu is False  # LAION's ConvNeXt: plain GELU
 
 
 @pytest.mark.parametrize(("recipe", "folder"), [("world-pmp", "pmp"), ("world-baseline", "baseline")])

@@ -185,3 +185,41 @@ class SemSegTrainTransform:
         padded_image[:height, :width] = image
         padded_label[:height, :width] = label
         return padded_image, padded_label
+
+
+class LargeScaleJitter(SemSegTrainTransform):
+    """Large-scale jitter, Mask2Former's and FC-CLIP's COCO augmentation (``coco_panoptic_new_baseline_dataset_mapper``
+    ``build_transform_gen``): flip horizontally with probability 0.5, resize by detectron2's ``ResizeScale``
+    (a scale drawn uniformly from ``scale_range`` times ``crop_size``, the image fitted inside that square,
+    aspect kept), take detectron2's ``FixedSizeCrop`` (a random ``crop_size`` window, the offset a uniform
+    fraction of the slack) and pad the rest with 128 and the ignore label. INPUT.IMAGE_SIZE 1024,
+    MIN_SCALE 0.1, MAX_SCALE 2.0 in FC-CLIP's configs."""
+
+    def __init__(self, crop_size: int, *, scale_range: tuple[float, float] = (0.1, 2.0), **kwargs) -> None:
+        super().__init__(crop_size, scale_range=scale_range, **kwargs)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or label.shape != image.shape[:2]:
+            raise ValueError(f"image must be (H, W, 3) uint8 with an (H, W) label, got {image.shape} and {label.shape}")
+        label = np.asarray(label, dtype=np.int64)
+        if rng.random() < self.flip_prob:
+            image, label = image[:, ::-1], label[:, ::-1]
+        image, label = self.resize(np.ascontiguousarray(image), np.ascontiguousarray(label), rng)
+        image, label = self.crop(image, label, rng)
+        return self.pad(np.ascontiguousarray(image), np.ascontiguousarray(label))
+
+    def resize(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        height, width = label.shape
+        target = rng.uniform(*self.scale_range) * self.crop_size
+        scale = min(target / height, target / width)
+        new_h, new_w = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+        resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+        rows, cols = nearest_indices(height, new_h), nearest_indices(width, new_w)
+        return resized, label[rows[:, None], cols[None, :]]
+
+    def crop(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        height, width = label.shape
+        slack_h, slack_w = max(height - self.crop_size, 0), max(width - self.crop_size, 0)
+        top, left = int(round(slack_h * rng.uniform())), int(round(slack_w * rng.uniform()))
+        bottom, right = top + min(self.crop_size, height), left + min(self.crop_size, width)
+        return image[top:bottom, left:right], label[top:bottom, left:right]

@@ -55,18 +55,21 @@ class TrainingData:
             self.class_names = list(SEEN_NAMES)  # classes, seen parts and seen groups
             self._dataset = None
         else:
-            from train.augment import SemSegTrainTransform
+            from train.augment import LargeScaleJitter, SemSegTrainTransform
             from train.datasets import build_dataset
 
             if config.data_root is None:
                 raise ValueError(f"--data-root is required for dataset {config.data!r}")
             self._dataset = build_dataset(config.data, config.data_root, "train")
-            self._transform = SemSegTrainTransform(
-                config.crop_size,
-                min_sizes=config.min_size_train,
-                max_size=config.max_size_train,
-                color_aug_ssd=config.color_aug_ssd,
-            )
+            if config.augmentation == "lsj":
+                self._transform = LargeScaleJitter(config.crop_size, scale_range=config.lsj_scale)
+            else:
+                self._transform = SemSegTrainTransform(
+                    config.crop_size,
+                    min_sizes=config.min_size_train,
+                    max_size=config.max_size_train,
+                    color_aug_ssd=config.color_aug_ssd,
+                )
             self.class_names = list(self._dataset.class_names)
 
     def sample(self, index: int) -> Sample:

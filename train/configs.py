@@ -14,7 +14,8 @@ from typing import Any
 from pmp.config import SegmenterConfig, tiny_clip_model_cfg
 from train.matcher import MASK_LOSSES
 
-LR_SCHEDULES = ("poly", "warmup_poly")
+LR_SCHEDULES = ("poly", "warmup_poly", "warmup_multistep")
+AUGMENTATIONS = ("resize_crop", "lsj")
 WEIGHT_DECAY_GROUPS = ("names", "detectron2")
 TRAINING_PROMPTS = ("all", "sampled")
 
@@ -31,7 +32,11 @@ class SegTrainConfig:
     # "poly": linear warm-up from lr / warmup_steps, then (1 - t/T)^0.9 over the rest (the world's runs);
     # "warmup_poly": detectron2's WarmupPolyLR, (warmup_factor ramped linearly to 1) x (1 - step/steps)^0.9
     lr_schedule: str = "poly"
-    warmup_factor: float = 1.0  # warmup_poly only: the factor at step 0 (detectron2's SOLVER.WARMUP_FACTOR)
+    # "warmup_multistep": detectron2's WarmupMultiStepLR, the warm-up as above times lr_gamma for each of
+    # lr_steps passed (SOLVER.STEPS, SOLVER.GAMMA)
+    warmup_factor: float = 1.0  # the warm-up's factor at step 0 (detectron2's SOLVER.WARMUP_FACTOR)
+    lr_steps: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
     weight_decay: float = 0.05
     # "names": no decay on parameters of ndim <= 1 and names with "embed" or "norm" (biases too: the world's runs);
     # "detectron2": no decay on normalisation layers' parameters and embeddings, biases decayed
@@ -45,6 +50,10 @@ class SegTrainConfig:
     min_size_train: tuple[int, ...] = ()
     max_size_train: int = 0
     color_aug_ssd: bool = False  # detectron2's ColorAugSSDTransform (Mask2Former's INPUT.COLOR_AUG_SSD)
+    # "resize_crop": the resizing above then a crop (Mask2Former's semantic mapper, OVSeg's); "lsj":
+    # large-scale jitter at lsj_scale x crop_size (Mask2Former's COCO mapper, FC-CLIP's; train.augment)
+    augmentation: str = "resize_crop"
+    lsj_scale: tuple[float, float] = (0.1, 2.0)
     # "all": every training class is a prompt of every image, the paper's C = C_train; "sampled": the
     # present classes plus random absent ones (train.batches), this project's scheme for the world
     training_prompts: str = "sampled"
@@ -85,8 +94,9 @@ class SegTrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys {unknown}; accepted: {sorted(known)}")
         model = SegmenterConfig.from_dict(data.pop("model", {}))
-        if "min_size_train" in data:
-            data["min_size_train"] = tuple(data["min_size_train"])
+        for key in ("min_size_train", "lr_steps", "lsj_scale"):
+            if key in data:
+                data[key] = tuple(data[key])
         config = cls(model=model, **data)
         config.validate()
         return config
@@ -95,6 +105,7 @@ class SegTrainConfig:
         """Raise ValueError naming the first field that holds an unsupported value."""
         for name, accepted in (
             ("lr_schedule", LR_SCHEDULES),
+            ("augmentation", AUGMENTATIONS),
             ("weight_decay_groups", WEIGHT_DECAY_GROUPS),
             ("training_prompts", TRAINING_PROMPTS),
             ("mask_loss", MASK_LOSSES),

@@ -18,6 +18,9 @@ name       images / labels (label ids, ignore value in the file)
 coco171    ``coco/{train2017,val2017}/*.jpg`` / ``coco/stuffthingmaps_detectron2/{train2017,val2017}/*.png``
            (0..170, 255). Made by OVSeg ``datasets/prepare_coco_stuff_sem_seg.py``; registered in
            OVSeg ``register_coco_stuff.py`` (``coco_2017_train_stuff_sem_seg``).
+coco133    ``coco/{train2017,val2017}/*.jpg`` / ``coco/panoptic_semseg_{train2017,val2017}/*.png`` (0..132, 255):
+           COCO panoptic's categories as semantic labels (FC-CLIP's training set without its instances).
+           Made by Mask2Former ``datasets/prepare_coco_semantic_annos_from_panoptic_annos.py``.
 ade150     ``ADEChallengeData2016/images/{training,validation}/*.jpg`` /
            ``ADEChallengeData2016/annotations_detectron2/{training,validation}/*.png`` (0..149, 255).
            Made by ``datasets/prepare_ade20k_sem_seg.py`` (detectron2/Mask2Former; OVSeg's copy makes
@@ -61,6 +64,7 @@ from pmp.config import name_synonyms
 from train.class_names import (
     ADE20K_150_NAMES,
     ADE20K_847_NAMES,
+    COCO_PANOPTIC_133_NAMES,
     COCO_STUFF_171_NAMES,
     COCO_SYNONYMS,
     PASCAL_CONTEXT_59_NAMES,
@@ -103,6 +107,19 @@ REAL_DATASETS: dict[str, RealDatasetSpec] = {
             255,
             COCO_STUFF_171_NAMES,
             "datasets/prepare_coco_stuff_sem_seg.py",
+        ),
+        RealDatasetSpec(
+            "coco133",
+            "COCO panoptic-133 (semantic)",
+            "coco",
+            {
+                "train": ("train2017", "panoptic_semseg_train2017"),
+                "val": ("val2017", "panoptic_semseg_val2017"),
+            },
+            "png",
+            255,
+            COCO_PANOPTIC_133_NAMES,
+            "Mask2Former datasets/prepare_coco_semantic_annos_from_panoptic_annos.py",
         ),
         RealDatasetSpec(
             "ade150",

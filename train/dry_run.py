@@ -67,7 +67,7 @@ def with_available_weights(config: SegTrainConfig) -> tuple[SegTrainConfig, list
     notes = []
     model = config.model
     backbone = model.backbone
-    if backbone.kind == "timm" and backbone.pretrained_file:
+    if backbone.kind in ("timm", "swin") and backbone.pretrained_file:
         try:
             resolve_weights_file(backbone.pretrained_file)
         except FileNotFoundError:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from train.configs import SegTrainConfig
-from train.runtime import poly_lr_factor, warmup_poly_lr_factor
+from train.runtime import poly_lr_factor, warmup_multistep_lr_factor, warmup_poly_lr_factor
 
 # detectron2 solver/build.py get_default_optimizer_params's norm_module_types
 NORM_LAYERS = (
@@ -69,4 +69,8 @@ def lr_factor(step: int, config: SegTrainConfig) -> float:
     """The learning-rate factor of ``step`` under ``config.lr_schedule`` (see SegTrainConfig)."""
     if config.lr_schedule == "warmup_poly":
         return warmup_poly_lr_factor(step, config.steps, config.warmup_steps, config.warmup_factor)
+    if config.lr_schedule == "warmup_multistep":
+        return warmup_multistep_lr_factor(
+            step, config.lr_steps, config.lr_gamma, config.warmup_steps, config.warmup_factor
+        )
     return poly_lr_factor(step, config.steps, config.warmup_steps)

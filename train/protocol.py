@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from train.augment import nearest_indices
 
-PROTOCOLS = {"ovseg": "short", "long_side": "long"}  # protocol -> pmp.images.model_input_size's resize
+# protocol -> pmp.images.model_input_size's resize; "fcclip": detectron2's default test size, which FC-CLIP keeps
+PROTOCOLS = {"ovseg": "short", "fcclip": "detectron2", "long_side": "long"}
 # OVSeg GETTING_STARTED.md, "Evaluation with pre-trained weights": the configs' CLIP_ENSEMBLE_WEIGHT 0.7 for
 # ADE20K-150 and -847, `MODEL.CLIP_ADAPTER.CLIP_ENSEMBLE_WEIGHT 0.6` for Pascal Context-59 and -459, 0.45 for VOC-20.
 OVSEG_CLIP_WEIGHTS = {"ade150": 0.7, "ade847": 0.7, "pc59": 0.6, "pc459": 0.6, "voc20": 0.45}

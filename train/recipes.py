@@ -21,6 +21,7 @@ from typing import Any
 
 from pmp.config import PixelDecoderConfig, SegmenterConfig
 from train.configs import SegTrainConfig
+from train.datasets import REAL_DATASETS, training_vocabulary
 
 WORLD_BACKBONE = "regnetx_002"  # timm RegNetX-200MF, trained from scratch (recipes/world.json)
 WORLD_WIDTH = 128  # stage 1's head width: the stage-1 pilots' winner, then three seeds at the full schedule
@@ -116,6 +117,14 @@ def file_recipe(path: Path, variant: str, study: str = "") -> SegTrainConfig:
         config = _merged(config, studies[study]["config"])
     config["model"].setdefault("decoder", {})["text_mode"] = recipe["variants"][variant]
     config["model"]["name"] = name  # a study's models carry their variant's name, as they were trained
+    model = config["model"]
+    if (
+        model.get("clip_weight_unseen") is not None
+        and not model.get("training_names")
+        and config["data"] in REAL_DATASETS
+    ):
+        # Eq. 3's second weight needs the training vocabulary, which training writes from the data anyway
+        model["training_names"] = list(training_vocabulary(REAL_DATASETS[config["data"]].class_names))
     return SegTrainConfig.from_dict(config)
 
 

@@ -141,11 +141,23 @@ def warmup_poly_lr_factor(
     """detectron2's WarmupPolyLR (solver/lr_scheduler.py; OVSeg's and Mask2Former's LR_SCHEDULER_NAME): a linear
     warm-up from ``warmup_factor`` to 1 over ``warmup_steps`` times (1 - step / total_steps) ** power over the
     whole run (the poly term is not restarted after the warm-up)."""
-    warmup = 1.0
-    if step < warmup_steps:
-        alpha = step / warmup_steps
-        warmup = warmup_factor * (1 - alpha) + alpha
-    return warmup * (1.0 - step / total_steps) ** power
+    return linear_warmup(step, warmup_steps, warmup_factor) * (1.0 - step / total_steps) ** power
+
+
+def linear_warmup(step: int, warmup_steps: int, warmup_factor: float) -> float:
+    """detectron2's "linear" warm-up factor: ``warmup_factor`` at step 0 rising to 1 at ``warmup_steps``."""
+    if step >= warmup_steps:
+        return 1.0
+    alpha = step / warmup_steps
+    return warmup_factor * (1 - alpha) + alpha
+
+
+def warmup_multistep_lr_factor(
+    step: int, milestones: tuple[int, ...], gamma: float, warmup_steps: int, warmup_factor: float
+) -> float:
+    """detectron2's WarmupMultiStepLR (solver/lr_scheduler.py; Mask2Former's and FC-CLIP's COCO configs): the
+    linear warm-up times ``gamma`` for every milestone at or before ``step`` (bisect_right, as detectron2)."""
+    return linear_warmup(step, warmup_steps, warmup_factor) * gamma ** sum(1 for m in milestones if m <= step)
 
 
 def cosine_lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:

@@ -104,9 +104,9 @@ TRAINED_SHARD_SIZE = "5GB"  # Hugging Face's default shard size
 
 
 def check_backbone_weights(config: SegTrainConfig) -> None:
-    """Never from scratch by accident: a timm backbone needs pretrained weights unless ``from_scratch``."""
+    """Never from scratch by accident: a timm or Swin backbone needs pretrained weights unless ``from_scratch``."""
     backbone = config.model.backbone
-    if backbone.kind == "timm" and not backbone.pretrained_file and not config.from_scratch:
+    if backbone.kind in ("timm", "swin") and not backbone.pretrained_file and not config.from_scratch:
         raise ValueError(
             f"the backbone {backbone.name!r} has no pretrained weights (model.backbone.pretrained_file is empty): it "
             "would train from random weights. Give a weights file or a Hub id in the local cache, or pass "

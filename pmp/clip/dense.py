@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
-from torch import Tensor
+from torch import Tensor, nn
+
+from pmp.modeling.heads import binary_mask_pool
 
 
 class DenseFeatures:
@@ -62,6 +64,33 @@ class DenseFeatures:
         return F.normalize(
             self._maskclip_head(visual, trunk.to(device=self.device, dtype=visual.conv1.weight.dtype)), dim=1
         )
+
+    def convnext_trunk(self, images: Tensor) -> Tensor:
+        """(B,3,H,W) CLIP-normalised images -> (B,D,H/32,W/32): a timm ConvNeXt tower's last stage, the map
+        FC-CLIP pools (``extract_features_convnext``'s ``clip_vis_dense``, before ``norm_pre``)."""
+        trunk = self._convnext(self.open_clip.visual).trunk
+        x = trunk.stem(images.to(device=self.device, dtype=next(trunk.parameters()).dtype))
+        for stage in trunk.stages:
+            x = stage(x)
+        return x
+
+    def fcclip_pooled(self, trunk_map: Tensor, mask_logits: Tensor) -> Tensor:
+        """FC-CLIP's out-of-vocabulary embeddings (``fcclip.py``, ``visual_prediction_forward_convnext``): the
+        (1, D, h, w) trunk map through ``norm_pre``, pooled over each of the (N, H', W') masks where its logit
+        (bilinearly resized to h x w) is above 0, then the tower's own head (norm, MLP projection) on each
+        pooled vector -> (N, C), unnormalised. Pooling comes before the head, which is not linear."""
+        visual = self._convnext(self.open_clip.visual)
+        x = visual.trunk.norm_pre(trunk_map.to(device=self.device))
+        pooled = binary_mask_pool(x, mask_logits[None].to(x))[0]  # (N, D)
+        return visual.head(visual.trunk.head(pooled[:, :, None, None]))
+
+    @staticmethod
+    def _convnext(visual: nn.Module) -> nn.Module:
+        if not hasattr(getattr(visual, "trunk", None), "stages") or not hasattr(visual, "head"):
+            raise NotImplementedError(
+                f"FC-CLIP's pooling needs an open_clip timm ConvNeXt image tower, not {type(visual).__name__}"
+            )
+        return visual
 
     @classmethod
     def _dense_resnet(cls, visual: ModifiedResNet, images: Tensor) -> Tensor:

@@ -1,13 +1,12 @@
 """Stage-1 image backbones: a list of four feature maps at strides 4, 8, 16 and 32.
 
-Two kinds, picked by ``config.backbone.kind``:
+Three kinds, picked by ``config.backbone.kind``:
 
-* ``"timm"`` (OVSeg / Mask2Former style): any timm ``features_only`` model whose feature pyramid
-  reaches strides 4-32 (ResNets, ConvNeXts, Swins). Trained with the rest of stage 1 unless ``freeze``.
-* ``"clip"`` (FC-CLIP style): the frozen image tower of the CLIP used in stage 2. Its parameters belong
-  to :class:`pmp.clip.CLIPModel` (the Segmenter saves them under ``clip.*``), so the backbone holds it
-  in a plain attribute: it is not a registered submodule, it is absent from ``state_dict()``, it is not
-  moved by ``.to()`` and it runs under ``torch.no_grad``.
+* ``"timm"`` (Mask2Former style): any timm ``features_only`` model whose feature pyramid reaches
+  strides 4-32 (ResNets, ConvNeXts, Swins). Trained with the rest of stage 1 unless ``freeze``.
+* ``"swin"`` (OVSeg's and Mask2Former's own Swin, :mod:`pmp.modeling.swin`).
+* ``"clip"`` (FC-CLIP style): the frozen image tower of the CLIP used in stage 2
+  (:mod:`pmp.modeling.clip_backbone`).
 
 Every backbone exposes ``out_channels`` (one int per stride 4, 8, 16, 32) and maps a normalised
 (B, 3, H, W) batch to ``[f4, f8, f16, f32]`` with f_s of shape (B, out_channels[i], H/s, W/s).
@@ -15,18 +14,16 @@ Every backbone exposes ``out_channels`` (one int per stride 4, 8, 16, 32) and ma
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from pmp.config import SegmenterConfig
-from pmp.modeling.layers import group_norm
+from pmp.config import BackboneConfig, SegmenterConfig
+from pmp.modeling.clip_backbone import STRIDES, CLIPConvNeXtBackbone, CLIPResNetBackbone, CLIPViTBackbone
+from pmp.modeling.swin import SwinTransformer, swin_state_dict
 
-STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 _HUB_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -47,7 +44,11 @@ def build_backbone(
             freeze=cfg.freeze,
             drop_path_rate=cfg.drop_path_rate,
             frozen_batch_norm=cfg.frozen_batch_norm,
+            model_kwargs=cfg.model_kwargs,
+            res5_multi_grid=cfg.res5_multi_grid,
         )
+    if cfg.kind == "swin":
+        return build_swin(cfg, config.backbone.pretrained_file if load_weights else None)
     if cfg.kind == "clip":
         if clip_visual is None:
             raise ValueError(
@@ -57,11 +58,55 @@ def build_backbone(
             return CLIPResNetBackbone(clip_visual)
         if hasattr(clip_visual, "conv1") and hasattr(clip_visual, "transformer"):
             return CLIPViTBackbone(clip_visual)
+        if hasattr(getattr(clip_visual, "trunk", None), "stages") and len(clip_visual.trunk.stages) == 4:
+            return CLIPConvNeXtBackbone(clip_visual)
         raise ValueError(
             f"unsupported CLIP image tower {type(clip_visual).__name__}; "
-            "accepted: open_clip ModifiedResNet or VisionTransformer"
+            "accepted: open_clip ModifiedResNet, VisionTransformer or a timm ConvNeXt tower"
         )
-    raise ValueError(f"config field backbone.kind={cfg.kind!r} is not supported; accepted: timm, clip")
+    raise ValueError(f"config field backbone.kind={cfg.kind!r} is not supported; accepted: timm, swin, clip")
+
+
+def build_swin(cfg: BackboneConfig, pretrained_file: str | None) -> SwinTransformer:
+    """OVSeg's Swin (:mod:`pmp.modeling.swin`) sized by ``cfg.model_kwargs``, its weights from
+    ``pretrained_file`` in any published layout (:func:`pmp.modeling.swin.swin_state_dict`): only the
+    per-stage output norms may be missing, as they are from a classification checkpoint."""
+    kwargs = dict(cfg.model_kwargs or {})
+    try:
+        swin = SwinTransformer(drop_path_rate=cfg.drop_path_rate, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"backbone.model_kwargs {kwargs} do not fit pmp.modeling.swin's Swin: {error}") from None
+    if pretrained_file is not None:
+        state = swin_state_dict(read_state_dict(resolve_weights_file(pretrained_file)))
+        try:
+            result = swin.load_state_dict(state, strict=False)
+        except RuntimeError as error:
+            raise ValueError(f"weights {pretrained_file!r} do not fit this Swin ({kwargs}): {error}") from None
+        missing = [key for key in result.missing_keys if not re.fullmatch(r"norm\d\.(weight|bias)", key)]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"weights {pretrained_file!r} are not a Swin of this size: missing {missing[:6]}, unexpected "
+                f"{result.unexpected_keys[:6]}"
+            )
+    if cfg.freeze:
+        swin.requires_grad_(False)
+    return swin
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, or of a torch file read with ``weights_only=True`` (a ``model`` or
+    ``state_dict`` wrapper unwrapped)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    return state
 
 
 def resolve_weights_file(source: str) -> Path:
@@ -106,6 +151,8 @@ class TimmBackbone(nn.Module):
         freeze: bool = False,
         drop_path_rate: float = 0.0,
         frozen_batch_norm: bool = False,
+        model_kwargs: dict | None = None,
+        res5_multi_grid: list[int] | None = None,
     ):
         super().__init__()
         import timm
@@ -116,7 +163,11 @@ class TimmBackbone(nn.Module):
             )
         weights = str(resolve_weights_file(pretrained_file)) if pretrained_file is not None else None
         size_kwargs = {"img_size": image_size, "strict_img_size": False} if name.startswith("swin") else {}
-        probe = timm.create_model(name, features_only=True, pretrained=False, **size_kwargs)
+        size_kwargs.update(model_kwargs or {})
+        try:
+            probe = timm.create_model(name, features_only=True, pretrained=False, **size_kwargs)
+        except TypeError as error:
+            raise ValueError(f"backbone.model_kwargs {model_kwargs} do not fit timm model {name!r}: {error}") from None
         reductions = probe.feature_info.reduction()
         out_indices = []
         for stride in STRIDES:
@@ -140,6 +191,8 @@ class TimmBackbone(nn.Module):
                 )
             except RuntimeError as error:  # timm's strict load_state_dict: wrong file for this architecture
                 raise ValueError(f"weights {pretrained_file!r} do not fit timm model {name!r}: {error}") from error
+        if res5_multi_grid:
+            dilate_last_stage(self.body, res5_multi_grid)
         if frozen_batch_norm:  # after the weights are loaded: the frozen layers copy their statistics
             from timm.layers import freeze_batch_norm_2d
 
@@ -165,129 +218,15 @@ class TimmBackbone(nn.Module):
         return list(features)
 
 
-class _FrozenCLIPTower(nn.Module):
-    """Holds a CLIP image tower without registering it, and keeps it in eval mode."""
-
-    def __init__(self, clip_visual: nn.Module):
-        super().__init__()
-        self._clip_visual = [clip_visual]  # a list hides it from nn.Module: not in state_dict / parameters / .to()
-        clip_visual.requires_grad_(False)
-        clip_visual.eval()
-
-    @property
-    def clip_visual(self) -> nn.Module:
-        return self._clip_visual[0]
-
-    def train(self, mode: bool = True) -> "_FrozenCLIPTower":
-        super().train(mode)
-        self.clip_visual.eval()  # frozen BatchNorm / no dropout, whatever the stage-1 mode
-        return self
-
-    def _input(self, images: torch.Tensor) -> torch.Tensor:
-        weight = next(self.clip_visual.parameters())
-        if images.device != weight.device:
-            raise ValueError(
-                f"images are on {images.device} but the CLIP image tower is on {weight.device}: the tower is "
-                "owned by the CLIP model and is not moved with MaskProposalModel.to(); move both"
-            )
-        return images.to(weight.dtype)
-
-
-class CLIPResNetBackbone(_FrozenCLIPTower):
-    """FC-CLIP's backbone: the frozen CLIP ModifiedResNet's layer1..layer4 (strides 4, 8, 16, 32).
-
-    The stem (three convs + avg-pool) brings the image to stride 4; layer1 keeps that stride and each
-    later layer halves it.
-    """
-
-    def __init__(self, clip_visual: nn.Module):
-        super().__init__(clip_visual)
-        self.out_channels: list[int] = [_last_out_channels(getattr(clip_visual, f"layer{i}")) for i in range(1, 5)]
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        visual = self.clip_visual
-        x = self._input(images)
-        x = visual.stem(x)
-        features = []
-        for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-            x = layer(x)
-            features.append(x.to(images.dtype))
-        return features
-
-
-def _last_out_channels(layer: nn.Module) -> int:
-    convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
-    return convs[-1].out_channels
-
-
-class CLIPViTBackbone(_FrozenCLIPTower):
-    """A frozen open_clip ViT tower turned into a 4-scale pyramid (a simplified ViTDet neck).
-
-    The patch tokens of the last transformer block (before ``ln_post``) form one map at stride
-    ``patch_size``; its position embedding is bicubically resized to the input's token grid. The trainable
-    neck makes strides 4-32 from it: 2x transposed convs to go finer, max-pooling to go coarser, then a
-    1x1 conv + GroupNorm. The patch size must be a power of two between 8 and 32.
-    Channels: stride 4 -> width/4, stride 8 -> width/2, strides 16 and 32 -> width.
-    """
-
-    def __init__(self, clip_visual: nn.Module):
-        super().__init__(clip_visual)
-        patch = clip_visual.patch_size
-        patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
-        if patch not in (8, 16, 32):
-            raise ValueError(
-                f"CLIP ViT backbone needs a patch size of 8, 16 or 32 (image sizes are multiples of 32), got {patch}"
-            )
-        self.patch_size = patch
-        width = clip_visual.conv1.out_channels
-        self.out_channels = [max(width // 4, 1), max(width // 2, 1), width, width]
-        self.neck = nn.ModuleList(
-            self._level(width, patch, stride, out) for stride, out in zip(STRIDES, self.out_channels)
+def dilate_last_stage(body: nn.Module, rates: list[int]) -> None:
+    """DeepLab's multi-grid (detectron2 ``build_resnet_deeplab_backbone`` with RES5_DILATION 1): block i of
+    the last ResNet stage gets its 3x3 conv dilated by ``rates[i]`` (padding alike, so sizes are kept); the
+    first block keeps its stride 2."""
+    blocks = list(getattr(body, "layer4", []))
+    if not blocks or not all(hasattr(block, "conv2") for block in blocks) or len(rates) != len(blocks):
+        raise ValueError(
+            f"backbone.res5_multi_grid {rates} needs a ResNet whose last stage has {len(rates)} bottleneck blocks "
+            f"(this one has {len(blocks)})"
         )
-
-    @staticmethod
-    def _level(width: int, patch: int, stride: int, out_channels: int) -> nn.Sequential:
-        layers: list[nn.Module] = []
-        channels = width
-        if stride < patch:
-            steps = int(math.log2(patch // stride))
-            for step in range(steps):
-                next_channels = max(channels // 2, 1)
-                layers.append(nn.ConvTranspose2d(channels, next_channels, 2, stride=2))
-                if step < steps - 1:
-                    layers += [group_norm(next_channels), nn.GELU()]
-                channels = next_channels
-        elif stride > patch:
-            layers.append(nn.MaxPool2d(stride // patch))
-        layers += [nn.Conv2d(channels, out_channels, 1, bias=False), group_norm(out_channels)]
-        return nn.Sequential(*layers)
-
-    @torch.no_grad()
-    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, width, H/patch, W/patch) patch tokens of the last block."""
-        visual = self.clip_visual
-        x = visual.conv1(self._input(images))  # (B, width, gh, gw)
-        batch, width, grid_h, grid_w = x.shape
-        x = x.flatten(2).transpose(1, 2)  # (B, gh*gw, width)
-        pos = visual.positional_embedding.to(x.dtype)
-        cls_pos, grid_pos = pos[:1], pos[1:]
-        side = int(round(math.sqrt(grid_pos.shape[0])))
-        grid_pos = grid_pos.reshape(1, side, side, width).permute(0, 3, 1, 2)
-        if (side, side) != (grid_h, grid_w):
-            grid_pos = F.interpolate(grid_pos.float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False)
-            grid_pos = grid_pos.to(x.dtype)
-        grid_pos = grid_pos.flatten(2).transpose(1, 2)  # (1, gh*gw, width)
-        cls = visual.class_embedding.to(x.dtype).expand(batch, 1, width) + cls_pos
-        x = torch.cat([cls, x + grid_pos], dim=1)
-        x = visual.ln_pre(x)
-        transformer = visual.transformer
-        if getattr(transformer, "batch_first", True):
-            x = transformer(x)
-        else:
-            x = transformer(x.transpose(0, 1)).transpose(0, 1)
-        return x[:, 1:].transpose(1, 2).reshape(batch, width, grid_h, grid_w).to(images.dtype)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        tokens = self._tokens(images)
-        return [level(tokens) for level in self.neck]
+    for block, rate in zip(blocks, rates):
+        block.conv2.dilation, block.conv2.padding = (rate, rate), (rate, rate)

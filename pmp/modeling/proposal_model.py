@@ -15,7 +15,7 @@ from pmp.config import SegmenterConfig
 from pmp.modeling.backbone import build_backbone
 from pmp.modeling.heads import OpenVocabClassHead
 from pmp.modeling.pixel_decoder import build_pixel_decoder
-from pmp.modeling.transformer_decoder import build_transformer_decoder
+from pmp.modeling.transformer_decoder import StandardTransformerDecoder, build_transformer_decoder
 
 
 def build_mask_proposal_model(
@@ -34,15 +34,18 @@ def build_mask_proposal_model(
     config.validate()
     backbone = build_backbone(config, clip_visual, load_weights=load_backbone_weights)
     pixel_decoder = build_pixel_decoder(config.pixel_decoder, backbone.out_channels)
-    decoder = build_transformer_decoder(
-        config.decoder, config.pixel_decoder.conv_dim, config.pixel_decoder.mask_dim, text_dim
-    )
+    # MaskFormer's decoder attends to the backbone's stride-32 map (TRANSFORMER_IN_FEATURE "res5" in OVSeg's
+    # configs); Mask2Former's to the pixel decoder's three scales.
+    maskformer = config.decoder.kind == "maskformer"
+    memory_channels = backbone.out_channels[-1] if maskformer else config.pixel_decoder.conv_dim
+    decoder = build_transformer_decoder(config.decoder, memory_channels, config.pixel_decoder.mask_dim, text_dim)
     head = OpenVocabClassHead(
         config.decoder.hidden_dim,
         text_dim,
         layers=config.decoder.class_head_layers,
         hidden=config.decoder.class_head_hidden_dim,
         fixed_scale=config.decoder.class_logit_scale,
+        mask_pooling_dim=config.pixel_decoder.mask_dim if config.decoder.class_head_mask_pooling else None,
     )
     return MaskProposalModel(backbone, pixel_decoder, decoder, head)
 
@@ -103,9 +106,14 @@ class MaskProposalModel(nn.Module):
         text_embeds, text_mask = self._batch_text(text_embeds, text_mask, images.shape[0])
         features = self.backbone(images)
         mask_features, multi_scale_features = self.pixel_decoder(features)
+        if isinstance(self.decoder, StandardTransformerDecoder):
+            multi_scale_features = [features[-1]]  # MaskFormer: TRANSFORMER_IN_FEATURE "res5"
         decoded = self.decoder(multi_scale_features, mask_features, text_embeds, text_mask)
         predictions = [
-            {"pred_logits": self.class_head(p.queries, text_embeds, text_mask), "pred_masks": p.masks}
+            {
+                "pred_logits": self.class_head(p.queries, text_embeds, text_mask, p.masks, mask_features),
+                "pred_masks": p.masks,
+            }
             for p in (decoded.predictions if return_aux else decoded.predictions[-1:])
         ]
         output = dict(predictions[-1])

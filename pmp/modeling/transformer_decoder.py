@@ -49,7 +49,8 @@ class DecoderOutput:
 
 
 def build_transformer_decoder(config: DecoderConfig, in_channels: int, mask_dim: int, text_dim: int) -> nn.Module:
-    """``in_channels``: channels of the pixel decoder's multi-scale features (its conv_dim)."""
+    """``in_channels``: channels of the maps the decoder attends to (the pixel decoder's conv_dim; for
+    "maskformer" the backbone's stride-32 channels)."""
     if config.kind == "mask2former":
         return MultiScaleMaskedTransformerDecoder(config, in_channels, mask_dim, text_dim)
     if config.kind == "maskformer":
@@ -190,8 +191,10 @@ class DetrDecoderLayer(nn.Module):
 class StandardTransformerDecoder(nn.Module):
     """MaskFormer's transformer predictor (OVSeg's stage 1): a DETR decoder over the stride-32 map.
 
-    The memory is the pixel decoder's stride-32 output (``multi_scale_features[0]``) with a sine position
-    embedding. No encoder layers (MaskFormer's default ``ENC_LAYERS=0``); dropout as ``config.dropout`` says
+    The memory (``multi_scale_features[0]``) is the backbone's stride-32 map, as MaskFormer's
+    ``TRANSFORMER_IN_FEATURE: "res5"`` in OVSeg's configs gives it (:class:`MaskProposalModel` passes it),
+    through a 1x1 projection to ``hidden_dim`` (``input_proj``) and with a sine position embedding. No
+    encoder layers (MaskFormer's default ``ENC_LAYERS=0``); dropout as ``config.dropout`` says
     (MaskFormer's and OVSeg's ``MODEL.MASK_FORMER.DROPOUT: 0.1``).
     """
 
