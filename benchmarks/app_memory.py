@@ -44,7 +44,7 @@ def heavy_image(folder: Path) -> Path:
 
 def prompt_sets() -> tuple[str, str]:
     """Two sets of the most prompts a request may carry, from the bundled models' vocabulary."""
-    from pmp.demo import DemoLimits
+    from demo.comparison import DemoLimits
     from train.world.demo import vocabulary
 
     names = [name for entries in vocabulary().values() for name, _ in entries]

@@ -38,7 +38,9 @@ CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
 CLIP_FILES = (CLIP_CONFIG_NAME, CLIP_WEIGHTS_NAME, CARD_NAME)
 CLIP_PREFIX = "clip."  # a Segmenter's CLIP weights in its state dict
 MAX_SHARD_SIZE = "9MB"  # a Space refuses files over 10 MB without LFS
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
+# The bundled models: pmp/checkpoints in an installed wheel, checkpoints/ beside the package in the repository.
+_INSTALLED_DIR = Path(__file__).resolve().parent / "checkpoints"
+BUNDLED_DIR = _INSTALLED_DIR if _INSTALLED_DIR.is_dir() else Path(__file__).resolve().parent.parent / "checkpoints"
 
 
 class CheckpointError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pmp segment IMAGE_OR_FOLDER --prompts "..." --out DIR``.
+"""Command line: ``pmp segment IMAGE_OR_FOLDER --prompts "..." --out DIR`` (or ``python -m pmp ...``).
 
 Per image it writes the overlay PNG, the label-map PNG, one PNG mask per label and a JSON of labels,
 selected proposals and scores (see :func:`pmp.visualize.save_outputs`).
@@ -17,7 +17,7 @@ from pmp.images import IMAGE_SUFFIXES
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pmp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="pmp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
     segment = commands.add_parser("segment", help="segment an image or every image in a folder")

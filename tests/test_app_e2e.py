@@ -92,7 +92,7 @@ def test_api_lists_the_three_named_endpoints(server):
 def test_api_renders_a_scene_and_scores_both_models_on_it(server):
     from gradio_client import handle_file
 
-    from app import CHANGE_OUTPUTS, UI_OUTPUTS
+    from demo.handlers import CHANGE_OUTPUTS, UI_OUTPUTS
 
     client = _client(server)
     image, prompts, seed, note = client.predict(12, api_name="/render_scene")
@@ -113,7 +113,7 @@ def test_api_renders_a_scene_and_scores_both_models_on_it(server):
 
 def test_api_compare_still_takes_its_earlier_six_inputs(server, sample_image):
     """Clients written before the scene seed existed send six inputs: the seed defaults to none."""
-    from app import UI_OUTPUTS
+    from demo.handlers import UI_OUTPUTS
 
     values = _compare(_client(server), sample_image)
     named = dict(zip([key for key in UI_OUTPUTS if key != "grids_state"], values))
@@ -121,8 +121,8 @@ def test_api_compare_still_takes_its_earlier_six_inputs(server, sample_image):
 
 
 def test_api_compare_returns_both_models_views(server, sample_image):
-    from app import UI_OUTPUTS
-    from pmp.demo import TABLE_HEADERS
+    from demo.comparison import TABLE_HEADERS
+    from demo.handlers import UI_OUTPUTS
 
     values = _compare(_client(server), sample_image)
     named = dict(zip([key for key in UI_OUTPUTS if key != "grids_state"], values))
@@ -330,9 +330,9 @@ def test_browser_new_scene_vocabulary_run_prompt_change_and_upload(server, workd
 
 
 def _world_examples(workdir: Path) -> list:
-    import app
+    from demo import examples as example_files
 
-    examples = app.read_examples(REPO / "examples", scenes=workdir / "scenes")
+    examples = example_files.read_examples(REPO / "examples", scenes=workdir / "scenes")
     return [example for example in examples if example.seed is not None]
 
 
@@ -354,7 +354,7 @@ def test_server_log_has_no_unexpected_errors(server, sample_image):
 
 
 def test_examples_are_read_from_json_and_bad_files_skipped(tmp_path):
-    import app
+    from demo import examples as example_files
     from train.world.demo import demo_scene
 
     Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
@@ -371,7 +371,7 @@ def test_examples_are_read_from_json_and_bad_files_skipped(tmp_path):
         )
     )
     (tmp_path / "c.json").write_text("{not json")
-    examples = app.read_examples(tmp_path, scenes=tmp_path / "scenes")
+    examples = example_files.read_examples(tmp_path, scenes=tmp_path / "scenes")
     assert [example.row()[1:] for example in examples] == [
         ["sky, road", None, ""],
         ["car", None, ""],
@@ -379,27 +379,28 @@ def test_examples_are_read_from_json_and_bad_files_skipped(tmp_path):
     ]
     assert examples[0].image == str(tmp_path / "street.png") and examples[2].caption == "look at the wheels"
     assert np.array_equal(np.asarray(Image.open(examples[2].image)), demo_scene(4).image)  # the scene, drawn
-    assert [example.seed for example in app.read_examples(tmp_path, scenes=None)] == [None, None]
-    assert app.read_examples(tmp_path / "absent") == []
+    assert [example.seed for example in example_files.read_examples(tmp_path, scenes=None)] == [None, None]
+    assert example_files.read_examples(tmp_path / "absent") == []
     images_only = tmp_path / "images_only"
     images_only.mkdir()
     Image.new("RGB", (8, 8)).save(images_only / "cat.jpg")
     (images_only / "notes.txt").write_text("not an example")
-    assert [example.row() for example in app.read_examples(images_only)] == [
+    assert [example.row() for example in example_files.read_examples(images_only)] == [
         [str(images_only / "cat.jpg"), "", None, ""]
     ]
 
 
 def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
-    import app
-    from pmp.demo import DemoModels
+    from demo import examples as example_files
+    from demo.comparison import DemoModels
+    from demo.layout import build_app
     from tests.test_demo import FakeSegmenter
 
     Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
-    demo = app.build_app(
+    demo = build_app(
         DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)),
         output_root=tmp_path / "out",
-        examples=[app.Example(str(tmp_path / "street.png"), "sky")],
+        examples=[example_files.Example(str(tmp_path / "street.png"), "sky")],
     )
     config = demo.get_config_file()
     public = [dep["api_name"] for dep in config["dependencies"] if dep.get("api_visibility", "public") == "public"]
@@ -412,13 +413,13 @@ def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path, m
     white, an RGBA image with its hidden colours. The app passes the original (uploaded) file on."""
     from gradio.data_classes import ImageData
 
-    import app
-    from pmp.demo import DemoModels
+    from demo.comparison import DemoModels
+    from demo.layout import build_app
     from pmp.images import load_image
     from tests.test_demo import FakeSegmenter
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))  # where uploads land
-    demo = app.build_app(DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)), output_root=tmp_path / "out", examples=[])
+    demo = build_app(DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)), output_root=tmp_path / "out", examples=[])
     image_box = next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == "image")
     uploads = tmp_path / "cache" / "0123abcd"
     uploads.mkdir(parents=True)

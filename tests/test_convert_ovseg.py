@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pmp.demo import DemoModels, run_comparison
+from demo.comparison import DemoModels, run_comparison
 from pmp.segmenter import Segmenter
 from tests.ovseg_reference import EMBED, deeplab_resnet, ovseg_stage1, ovseg_state_dict
 from train.convert_ovseg import ConversionError, convert, main

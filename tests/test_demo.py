@@ -1,4 +1,4 @@
-"""pmp.demo: the comparison handler on good and bad input (a clear gr.Error, never a crash).
+"""demo.comparison: the comparison handler on good and bad input (a clear gr.Error, never a crash).
 
 Most tests use a small fake segmenter with the Segmenter's interface (fast, deterministic masks);
 one test runs the real code path with tiny random-weight Segmenters.
@@ -24,8 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app import UI_OUTPUTS, compare_for_ui, pick_grids
-from pmp.demo import (
+from demo.comparison import (
     DIFF_HEADERS,
     TABLE_HEADERS,
     DemoInputError,
@@ -33,11 +32,11 @@ from pmp.demo import (
     DemoModels,
     mask_iou,
     proposal_shift,
-    prune_outputs,
     run_comparison,
     run_prompt_change,
-    write_prompt_change_pictures,
 )
+from demo.handlers import UI_OUTPUTS, compare_for_ui, pick_grids, write_prompt_change_pictures
+from demo.outputs import prune_outputs
 from pmp.prompts import PromptError
 from pmp.segmenter import SegmentationResult
 
@@ -380,7 +379,7 @@ def test_bad_settings(models, tmp_path, settings, message):
 
 def test_unexpected_failure_is_logged_and_reported_generically(tmp_path, caplog):
     models = DemoModels(baseline=FakeSegmenter(), pmp=FakeSegmenter(fail=True))
-    with caplog.at_level(logging.ERROR, logger="pmp.demo"):
+    with caplog.at_level(logging.ERROR, logger="demo.comparison"):
         message = _error_message(models, Image.new("RGB", (8, 8)), "sky", tmp_path)
     assert message.startswith("Something went wrong while segmenting (error id ")
     assert "CUDA" not in message and "Traceback" not in message
@@ -584,7 +583,8 @@ def test_demo_models_load_with_autocast_sets_both_models_and_refuses_unknown_nam
 def test_demo_models_load_with_two_clip_weights_sets_both_configs_and_the_opening_slider(
     capsys: pytest.CaptureFixture[str],
 ):
-    from app import SCORING, parse_args, scoring_text
+    from app import parse_args
+    from demo.handlers import SCORING, scoring_text
 
     assert parse_args(["--clip-weights", "0.4:0.9"]).clip_weights == (0.4, 0.9) and parse_args([]).clip_weights is None
     for bad in ("0.4", "0.4:1.5", "a:b"):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from train.metrics import ProposalRecall, SemSegMetric
+from pmp.metrics import ProposalRecall, SemSegMetric
 
 # 3 classes; -1 = ignore in gt, -1 = nothing in the prediction.
 GT = np.array([[0, 0, 1], [1, 2, -1]])

@@ -140,7 +140,7 @@ def test_two_models_built_after_one_seed_get_different_text_weights() -> None:
 
 
 def test_ovseg_recipes_run_ovsegs_own_second_stage_and_the_demo_says_which_ran() -> None:
-    from app import column_title
+    from demo.handlers import column_title
     from train.recipes import get_recipe, recipe_names
 
     for name in recipe_names():

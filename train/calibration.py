@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pmp.metrics import SemSegMetric
 from pmp.postprocess import semantic_map
 from pmp.stage2 import ensemble, prompt_clip_weights, seen_prompts
 from train.evaluate import BenchmarkDataset, as_benchmark_classes, load_benchmark, to_json
-from train.metrics import SemSegMetric
 from train.report import pct
 
 TOP_SHARES = 4  # destinations listed per class
@@ -49,7 +49,7 @@ def calibrate(scores: Tensor, seen: Tensor, gamma: float) -> Tensor:
 
 
 def pixel_shares(confusion: np.ndarray, class_names: Sequence[str], top: int = TOP_SHARES) -> dict[str, Any]:
-    """A :class:`train.metrics.SemSegMetric` confusion ((K + 1, K): prediction, ground truth; row K =
+    """A :class:`pmp.metrics.SemSegMetric` confusion ((K + 1, K): prediction, ground truth; row K =
     nothing predicted) -> per class with pixels, its pixel count and the ``top`` predictions taking the
     largest shares of them, largest first ("nothing" for row K)."""
     destinations = list(class_names) + ["nothing"]

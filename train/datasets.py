@@ -6,7 +6,7 @@ Every dataset here yields ``label`` as an ``int64`` (H, W) array whose ignored p
 :data:`IGNORE_LABEL` ``= -1``. The prepared files use 255 (8-bit PNG) or 65535 (16-bit TIFF: ADE-847 and
 Pascal Context-459, which have more than 255 classes, so 255 is a real class id there); both become -1
 when a label is loaded. -1 can never be a class id, whatever the number of classes, so the training
-loss, the transforms and :mod:`train.metrics` all take ``ignore_label=-1`` and never need to know which
+loss, the transforms and :mod:`pmp.metrics` all take ``ignore_label=-1`` and never need to know which
 file format a label came from. ``dataset.ignore_label`` (always -1) and ``dataset.raw_ignore_label``
 (255 / 65535, what the files hold) say it explicitly.
 

@@ -14,7 +14,7 @@ parts of its things). Every proposal is assigned to the ground-truth segment it 
 thing or part, over the scene's own maps, whatever was prompted) when that IoU reaches 0.5, else to
 none. A prompt-agnostic generator (the baseline) makes the same proposals under both sets by
 construction; if PMP's prompts steer its proposals, PARTS should give it more part-shaped proposals
-and a higher part recall than WHOLES. The proposal shift (:func:`pmp.demo.proposal_shift`) says how far
+and a higher part recall than WHOLES. The proposal shift (:func:`demo.comparison.proposal_shift`) says how far
 its masks moved at all.
 """
 
@@ -33,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pmp.demo import mask_iou_matrix, proposal_shift
+from demo.comparison import mask_iou_matrix, proposal_shift
 from pmp.postprocess import semantic_map, upsample
 from pmp.stage2 import classify_proposals
 from train.world.benchmarks import benchmark_scene
+from train.world.demo import prompt_sets
 from train.world.hierarchy import names_present
 from train.world.scene import Scene
 from train.world.vocabulary import CLASS_ID, PART_ID, STUFF_CLASSES
@@ -58,12 +59,6 @@ def scene_segments(scene: Scene) -> tuple[np.ndarray, list[str]]:
         masks.append(things & (scene.parts == PART_ID[name]))
         levels.append("part")
     return np.stack(masks), levels
-
-
-def prompt_sets(scene: Scene) -> dict[str, list[str]]:
-    present = names_present(scene.semantic, scene.parts)
-    stuff = list(present["stuff"])
-    return {"wholes": stuff + list(present["thing"]), "parts": stuff + list(present["part"])}
 
 
 def proposal_levels(proposals: np.ndarray, segments: np.ndarray, levels: list[str]) -> tuple[list[str], np.ndarray]:
@@ -154,7 +149,7 @@ def confusions(
     """Where the pixels of each seen world-full thing go: per clip weight (0 = stage 1 alone), per class
     the ``top`` predicted names with their share of its pixels ("none" = no label). Every weight is
     combined from the same outputs of both stages."""
-    from train.metrics import SemSegMetric
+    from pmp.metrics import SemSegMetric
     from train.world.vocabulary import SEEN_THINGS
 
     dataset = world_full.dataset
@@ -217,7 +212,7 @@ def ceilings(model: Any, passed: BenchmarkPass, unadapted_clip: Any = None) -> d
     the evaluator's metric. The two ``_unadapted`` rows re-run stage 2 on the same proposals with
     ``unadapted_clip`` (a :class:`pmp.clip.CLIPModel`: the tiny CLIP before :mod:`train.adapt_clip`) and
     are left out without it."""
-    from train.metrics import SemSegMetric
+    from pmp.metrics import SemSegMetric
 
     dataset = passed.dataset
     num_classes = len(dataset.class_names)

@@ -22,7 +22,7 @@ threshold), ``num_segments``, ``per_class`` ({name: IoU}), ``seen_classes`` (nam
 weight (one for every prompt) scored on the same pass of both stages per image (Eq. 3 is the only thing
 that changes), and with ``--split-weight-sweep`` ``split_weight_sweep``: the same rows with
 ``clip_weight_unseen``, FC-CLIP's two weights (prompts inside / outside stage 1's training names).
-Definitions are in :mod:`train.metrics`. Seen classes: the synthetic benchmark's own flags; for real
+Definitions are in :mod:`pmp.metrics`. Seen classes: the synthetic benchmark's own flags; for real
 benchmarks, classes that are in COCO-Stuff-171 by name or documented synonym (:func:`train.datasets.coco_seen_mask`).
 """
 
@@ -42,9 +42,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from pmp.config import AUTOCAST_NAMES, ENSEMBLES, parse_weight_pair
+from pmp.metrics import ProposalRecall, SemSegMetric
 from train.datasets import REAL_DATASETS, SampleError, SyntheticBenchmarkDataset, build_dataset, describe_layouts
 from train.eval_output import format_table, to_json
-from train.metrics import ProposalRecall, SemSegMetric
 from train.protocol import PROTOCOLS, ovseg_clip_weight, to_label_size
 from train.runtime import all_reduce, rank_and_world_size
 

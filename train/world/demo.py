@@ -5,7 +5,7 @@ The bundled segmenters and their tiny CLIP were trained on this world only, so o
 demo can say what is right: the ground truth of a scene under a prompt set is the world's
 prompt-dependent target (:func:`train.world.hierarchy.prompt_target`, the rule training and
 world-mixed use), and each model's mIoU and proposal recall on that one image are measured against it
-with the evaluator's own metrics. The demo (``app.py``) calls these functions; :mod:`pmp.demo` stays
+with the evaluator's own metrics. The demo (``app.py``) calls these functions; :mod:`demo.comparison` stays
 free of the world.
 
 Demo scenes are ``render_scene(DEMO_SEED_OFFSET + seed, DEMO_SCENE_SIZE)``: every class may appear,
@@ -20,10 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from train.metrics import ProposalRecall, SemSegMetric
+from pmp.metrics import ProposalRecall, SemSegMetric
 from train.world.benchmarks import mixed_prompts
 from train.world.canvas import IGNORE
-from train.world.hierarchy import is_seen, prompt_target
+from train.world.hierarchy import is_seen, names_present, prompt_target
 from train.world.scene import Scene, render_scene
 from train.world.vocabulary import ALL_NAMES, COLOUR_NAMES, GRANULARITIES, GRANULARITY, plural
 
@@ -87,6 +87,14 @@ class GroundTruth:
         """The prompts with at least one ground-truth pixel."""
         indices = np.unique(self.target[self.target != IGNORE])
         return [self.prompts[int(i)] for i in indices]
+
+
+def prompt_sets(scene: Scene) -> dict[str, list[str]]:
+    """The scene's two prompt sets of the prompt-change view: its stuff with its things whole ("wholes"),
+    and its stuff with its things by their parts ("parts")."""
+    present = names_present(scene.semantic, scene.parts)
+    stuff = list(present["stuff"])
+    return {"wholes": stuff + list(present["thing"]), "parts": stuff + list(present["part"])}
 
 
 def ground_truth(scene: Scene, prompts: list[str]) -> GroundTruth:

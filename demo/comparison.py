@@ -11,13 +11,8 @@ writes any shared state except the files of its own output folder.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import shutil
-import tempfile
-import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,18 +21,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from demo.outputs import request_folder, write_downloads
 from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import ImageError, load_image
 from pmp.prompts import PromptError, parse_prompts
 from pmp.visualize import (
     colour_for,
-    label_map_png,
     mask_overlay,
-    mask_png,
     overlay,
     proposal_grid,
-    result_summary,
-    slug,
 )
 
 logger = logging.getLogger(__name__)
@@ -378,60 +370,6 @@ def compare_results(
     return rows, agreement
 
 
-def write_downloads(
-    folder: Path, labels: list[str], results: dict[str, Any], views: dict[str, ModelView], settings: dict[str, Any]
-) -> list[Path]:
-    """Label maps (8-bit PNG, 255 = none), a zip of per-prompt masks, and a JSON of all scores."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = []
-    for name, result in results.items():
-        path = folder / f"{name}_labels.png"
-        label_map_png(np.asarray(result.semantic), len(labels)).save(path)
-        files.append(path)
-    zip_path = folder / "masks.zip"
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for name, result in results.items():
-            semantic = np.asarray(result.semantic)
-            for k, label in enumerate(labels):
-                stem = f"{k:02d}_{slug(label)}"
-                for kind, mask in (("picked", views[name].picked[k]), ("region", semantic == k)):
-                    buffer = _png_bytes(mask_png(mask))
-                    archive.writestr(f"{name}/{kind}_{stem}.png", buffer)
-    files.append(zip_path)
-    summary: dict[str, Any] = {"prompts": labels, "settings": settings, "label_map_no_label_value": 255}
-    for name, result in results.items():
-        entry = result_summary(result)
-        entry["scores"] = {
-            "p": np.round(np.asarray(result.p, dtype=np.float64), 5).tolist(),
-            "p_hat": np.round(np.asarray(result.p_hat, dtype=np.float64), 5).tolist(),
-            "p_out": np.round(np.asarray(result.p_out, dtype=np.float64), 5).tolist(),
-        }
-        summary[name] = entry
-    json_path = folder / "scores.json"
-    json_path.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    files.append(json_path)
-    return files
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def prune_outputs(root: Path, max_age_s: float) -> None:
-    """Delete request folders under ``root`` older than ``max_age_s`` (downloads are short-lived)."""
-    cutoff = time.time() - max_age_s
-    for folder in root.glob("request-*"):
-        try:
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
-                shutil.rmtree(folder, ignore_errors=True)
-        except OSError:  # another request removed it first
-            continue
-
-
 def read_settings(clip_weight: Any, stage2_mode: Any, mask_threshold: Any) -> dict[str, Any]:
     """The comparison's settings, checked: {"clip_weight", "stage2_mode", "mask_threshold"}."""
     return {
@@ -462,14 +400,6 @@ def segment_all(
     return results
 
 
-def request_folder(models: DemoModels, output_root: str | Path | None) -> Path:
-    """A fresh ``request-*`` folder under ``output_root`` (default: the system temp dir); old ones pruned."""
-    root = Path(output_root) if output_root is not None else Path(tempfile.gettempdir()) / "pmp-demo"
-    root.mkdir(parents=True, exist_ok=True)
-    prune_outputs(root, models.limits.output_max_age_s)
-    return Path(tempfile.mkdtemp(prefix="request-", dir=root))
-
-
 def run_comparison(
     models: DemoModels,
     image: Any,
@@ -492,8 +422,8 @@ def run_comparison(
     results = segment_all(models, picture, labels, settings)
     views = {name: model_view(result, picture) for name, result in results.items()}
     differences, agreement = compare_results(labels, results, views)
-    folder = request_folder(models, output_root)
-    downloads = write_downloads(folder, labels, results, views, settings)
+    folder = request_folder(models.limits.output_max_age_s, output_root)
+    downloads = write_downloads(folder, labels, results, {name: view.picked for name, view in views.items()}, settings)
     return ComparisonView(labels, views, differences, agreement, downloads, settings, folder, results, picture)
 
 
@@ -546,40 +476,6 @@ def run_prompt_change(
         shifts[name] = proposal_shift(
             first[name].mask_logits.float().sigmoid().numpy(), second[name].mask_logits.float().sigmoid().numpy()
         )
-    return PromptChangeView(sets, views, shifts, settings, request_folder(models, output_root), results, picture)
-
-
-def save_column_pictures(folder: Path, column: ModelView, prefix: str, *, grids: bool = True) -> dict[str, Any]:
-    """Save one column's pictures as ``<prefix>_*.png`` in ``folder``: overlay, picked masks, grids."""
-
-    def save(picture: Image.Image, stem: str) -> str:
-        path = folder / f"{prefix}_{stem}.png"
-        picture.save(path, compress_level=1)  # speed over size: these are served once
-        return str(path)
-
-    pictures: dict[str, Any] = {
-        "overlay": save(column.overlay, "overlay"),
-        "masks": [save(picture, f"picked_{k:02d}") for k, (picture, _) in enumerate(column.masks)],
-    }
-    if grids:
-        pictures["grids"] = (
-            save(column.grid_by_score, "proposals_by_score"),
-            save(column.grid_by_index, "proposals_by_index"),
-        )
-    return pictures
-
-
-def write_pictures(view: ComparisonView) -> dict[str, dict[str, Any]]:
-    """Save every picture of ``view`` as PNG in its request folder; per model: overlay, masks, grids."""
-    return {name: save_column_pictures(view.folder, column, name) for name, column in view.views.items()}
-
-
-def write_prompt_change_pictures(view: PromptChangeView) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """Per model, the overlay and picked masks under the first and the second prompt set, as PNG files."""
-    return {
-        name: tuple(
-            save_column_pictures(view.folder, column, f"{name}_set{k + 1}", grids=False)
-            for k, column in enumerate(columns)
-        )
-        for name, columns in view.views.items()
-    }
+    return PromptChangeView(
+        sets, views, shifts, settings, request_folder(models.limits.output_max_age_s, output_root), results, picture
+    )
