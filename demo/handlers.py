@@ -64,8 +64,7 @@ prompts; the baseline's never do.** The first tab shows it: the same image under
 model's proposals moved. On a world scene (**New scene**) the page also shows the ground truth and scores each model.
 """
 SCORING = """For each prompt the proposal with the highest **p_out = p^(1-w) · p_hat^w** is picked, where **p** is the
-stage-1 probability, **p_hat** CLIP's and w the CLIP weight (0.65, as OVSeg and ODISE weight CLIP; Eq. 3 writes
-λ = 1 - w)."""
+stage-1 probability, **p_hat** CLIP's and w the CLIP weight (0.65, as OVSeg and ODISE weight CLIP)."""
 SPLIT_SCORING = """ Prompts the models were not trained to name get their own CLIP weight, {weight} (FC-CLIP's
 geometric ensemble; the paper has one weight): the slider sets the weight of the names they were trained on."""
 

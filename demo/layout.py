@@ -176,7 +176,7 @@ def build_app(
                             1.0,
                             value=opening_weight,
                             step=0.05,
-                            label="CLIP weight w: p_out = p^(1-w) · p_hat^w (Eq. 3's λ = 1 - w)",
+                            label="CLIP weight w: p_out = p^(1-w) · p_hat^w",
                             elem_id="clip-weight",
                         )
                     )

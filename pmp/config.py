@@ -135,8 +135,7 @@ class SegmenterConfig:
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN  # stage-1 normalisation (0-1 RGB)
     pixel_std: tuple[float, float, float] = IMAGENET_STD
     # Eq. 3's ensemble as OVSeg (CLIP_ENSEMBLE_WEIGHT) and ODISE (beta) use the paper's 0.65: the exponent
-    # of the CLIP probability p_hat, p_out = p^(1 - clip_weight) * p_hat^clip_weight. In Eq. 3's own
-    # typography (p_out = p^lambda * p_hat^(1 - lambda)) this is lambda = 1 - clip_weight.
+    # of the CLIP probability p_hat, p_out = p^(1 - clip_weight) * p_hat^clip_weight (docs/method.md).
     clip_weight: float = 0.65
     # Eq. 3's form (ENSEMBLES): "ovseg" is OVSeg's, the paper's baseline: stage 1's p (no-object left
     # out) against p_hat as above. "odise" is ODISE's and FC-CLIP's: the same on stage 1's class

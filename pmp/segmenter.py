@@ -7,7 +7,7 @@ The pieces live where the paper puts them, and this module only orchestrates the
 * Eq. 2 (stage 2): :func:`pmp.stage2.classify_proposals` - CLIP's ``p_hat`` for each proposal, by mask
   pooling (``pool``) or OVSeg's masked crops (``crop``; ``crop_views`` can add each crop's box).
 * Eq. 3: :func:`pmp.stage2.ensemble` - p_out = p^(1 - w) * p_hat^w, w = ``clip_weight`` = 0.65 on the
-  CLIP term as OVSeg and ODISE apply the paper's value (Eq. 3's lambda is 1 - w); ``clip_weight_unseen``
+  CLIP term as OVSeg and ODISE apply the paper's value (docs/method.md); ``clip_weight_unseen``
   gives prompts outside stage 1's ``training_names`` their own w, as FC-CLIP does (off by default).
 * Mask2Former's semantic inference: :mod:`pmp.postprocess` - argmax at every pixel; the
   ``unclaimed_threshold`` display option marks pixels no proposal covers (off for reported numbers).

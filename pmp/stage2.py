@@ -10,7 +10,7 @@ Eq. 2 has two implementations, because the paper's stage 2 and its OVSeg baselin
   their object (:data:`pmp.config.CROP_VIEWS`).
 
 Eq. 3 (:func:`ensemble`) is p_out = p^(1 - w) * p_hat^w, with w = ``clip_weight`` = 0.65 on the CLIP
-term, as OVSeg (``CLIP_ENSEMBLE_WEIGHT``) and ODISE apply the paper's value; Eq. 3's lambda is 1 - w.
+term, as OVSeg (``CLIP_ENSEMBLE_WEIGHT``) and ODISE apply the paper's value (docs/method.md).
 OVSeg applies it to stage 1's p as is; ODISE to p without no-object, keeping no-object out of the
 result (``ensemble="odise"`` in the config). The paper does not say which; OVSeg's is the default.
 FC-CLIP weights CLIP differently for names stage 1 was and was not trained on (``clip_weight_unseen``,
@@ -66,7 +66,7 @@ def seen_prompts(labels: Sequence[str], training_names: Sequence[str]) -> Tensor
 
 def ensemble(p: Tensor, p_hat: Tensor, clip_weight: float | Tensor, form: str = "ovseg") -> Tensor:
     """Eq. 3: (N, K) stage-1 p (no-object left out, so a row sums to 1 - p(no-object)) and CLIP's p_hat
-    -> (N, K) scores, in log space, with ``clip_weight`` the exponent of p_hat (Eq. 3's lambda is 1 - it):
+    -> (N, K) scores, in log space, with ``clip_weight`` the exponent of p_hat:
     one number, or (K,) one per prompt (:func:`prompt_clip_weights`).
 
     ``form`` (:data:`pmp.config.ENSEMBLES`):

@@ -258,11 +258,11 @@ def test_a_coco_trained_segmenter_weighs_exactly_the_benchmarks_seen_classes_as_
     assert training_vocabulary(SEEN_NAMES) == SEEN_NAMES  # the world's names have no other forms
 
 
-def test_readme_lists_the_seen_counts_of_every_benchmark() -> None:
+def test_the_training_docs_list_the_seen_counts_of_every_benchmark() -> None:
     from train.datasets import seen_counts_table
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    assert seen_counts_table() in readme
+    training = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    assert seen_counts_table() in training
 
 
 # ------------------------------------------------------------------------------ label files and layouts

@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ("README.md", "docs/results.md", "docs/demo.md", "docs/training.md", "benchmarks/README.md")
+DOCUMENTS = (
+    "README.md",
+    "docs/checkpoints.md",
+    "docs/demo.md",
+    "docs/method.md",
+    "docs/results.md",
+    "docs/speed.md",
+    "docs/training.md",
+    "docs/world.md",
+    "benchmarks/README.md",
+)
+README_MAX_LINES = 200  # below the Space's front matter
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
@@ -53,3 +64,17 @@ def test_the_demo_memory_table_is_the_one_its_results_file_gives() -> None:
 
     results = json.loads((ROOT / "results" / "app_memory.json").read_text())
     assert memory_table(results) in (ROOT / "docs" / "demo.md").read_text()
+
+
+def test_the_readme_is_a_front_door() -> None:
+    """At most 200 lines below the front matter, the prompt-change picture in its first screen, the two
+    commands, and a link to every page of docs/."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split("\n---\n", 1)[1] if text.startswith("---\n") else text
+    lines = body.splitlines()
+    assert len(lines) <= README_MAX_LINES, len(lines)
+    first_screen = "\n".join(lines[:40])
+    assert "](docs/app_change.png)" in first_screen
+    assert "python app.py" in body and "python -m pytest" in body
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{page.name})" in body, page.name

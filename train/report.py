@@ -520,7 +520,7 @@ def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -
                 )
         axis.axvline(0.65, color="grey", linewidth=0.8)
         axis.set_title(benchmark)
-        axis.set_xlabel("clip weight w (Eq. 3's lambda = 1 - w)")
+        axis.set_xlabel("clip weight w (CLIP's exponent in Eq. 3)")
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("mIoU (%)")
     axes[-1].legend(fontsize=7, loc="best")
