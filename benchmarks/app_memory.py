@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from demo.comparison import DemoLimits
 from demo.server import folder_bytes
 from tests.app_server import REPO, instance_folder, rss_bytes, running_app
+from train.world.demo import vocabulary
 
 MIB = 2**20
 
@@ -44,8 +46,6 @@ def heavy_image(folder: Path) -> Path:
 
 def prompt_sets() -> tuple[str, str]:
     """Two sets of the most prompts a request may carry, from the bundled models' vocabulary."""
-    from demo.comparison import DemoLimits
-    from train.world.demo import vocabulary
 
     names = [name for entries in vocabulary().values() for name, _ in entries]
     count = DemoLimits().max_prompts

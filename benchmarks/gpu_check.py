@@ -106,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         python,
         "-m",
         "benchmarks.latency",
-        "--no-extras",
         "--no-profile",
         "--json",
         str(args.out / "latency.json"),

@@ -44,37 +44,32 @@ of 30 ms). On a quiet machine leave it unset (the default, active waiting, is th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
-import platform
-import resource
-import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from torchvision.ops import roi_align
 
-from pmp.allocator import release_freed_memory, retain_freed_memory
-from pmp.config import AUTOCAST_NAMES, SegmenterConfig
-from pmp.images import load_image, normalize_pixels
-from pmp.postprocess import upsample
-from pmp.prompts import parse_prompts
+from benchmarks.latency_parts import profile_request, stage1_overhead, stage2_pool_vs_crop, text_cache
+from benchmarks.latency_setup import (
+    MODEL_KEYS,
+    STAGES,
+    Series,
+    build_pair,
+    hardware,
+    measure_pair,
+    ms,
+    prompt_text,
+    test_image,
+)
+from pmp.allocator import retain_freed_memory
+from pmp.config import AUTOCAST_NAMES
 from pmp.segmenter import AUTOCAST_DTYPES, Segmenter
-from pmp.stage2 import classify_proposals, crop_sources, dense_input, masked_crops, square_box_samples
-
-MODEL_KEYS = ("bundled", "r50", "swinb")
-PAPER_BACKBONES = {"r50": "resnet50", "swinb": "swin_base_patch4_window12_384"}
-PAPER_RECIPES = {"r50": "m2f-r50-vitb16", "swinb": "m2f-swinb-vitl14"}
-STAGES = ("text", "stage1", "stage2", "post", "total")
-COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "grey", "orange", "pink")
-PROFILE_ROWS = 12
 
 OVERHEAD_LIMIT = 0.03
 POOL_SPEEDUP = 10.0
@@ -83,310 +78,6 @@ BUNDLED_LIMIT_S = 0.1
 R50_LIMIT_S = 2.0
 GPU_LIMIT_S = 0.10
 GPU_PROMPTS = 20
-
-
-# ----------------------------------------------------------------------------------------- set-up
-def hardware(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on (the JSON and the header of the printout)."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "env": {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")},
-    }
-    return info
-
-
-def paper_config(key: str, text_mode: str) -> SegmenterConfig:
-    """The Mask2Former-style recipe's model (``recipes/m2f-*.json``) with random weights, and with the CLIP
-    the recorded figures were measured with: ViT-B/16 and one template, for both backbones."""
-    from train.recipes import get_recipe
-
-    variant = "baseline" if text_mode == "none" else text_mode
-    config = get_recipe(f"{PAPER_RECIPES[key]}-{variant}").model
-    config.clip = dataclasses.replace(
-        config.clip, model_name="ViT-B-16", pretrained=None, templates=("a photo of a {}.",)
-    )
-    config.backbone = dataclasses.replace(config.backbone, pretrained_file=None)  # random: never read any
-    return config
-
-
-def _repo_relative(path: Path) -> str:
-    """A path as the results files may record it: relative to the repository, never the machine's."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(__file__).resolve().parent.parent))
-    except ValueError:
-        return Path(path).name
-
-
-def build_pair(key: str, device: torch.device) -> tuple[dict[str, Segmenter], str]:
-    """The baseline and PMP segmenters of one model key, and a note on where their weights came from."""
-    if key == "bundled":
-        from pmp.checkpoint import BUNDLED_DIR
-        from train.recipes import world_model
-
-        pair, notes = {}, []
-        for name, mode in (("baseline", "none"), ("pmp", "pmp")):
-            folder = BUNDLED_DIR / name
-            if (folder / "config.json").is_file():  # weights may be one file or shards
-                pair[name] = Segmenter.from_pretrained(folder, device=device)
-                notes.append(f"{name}: {_repo_relative(folder)}")
-            else:
-                torch.manual_seed(0)
-                pair[name] = Segmenter(world_model(mode)).to(device).eval()
-                notes.append(f"{name}: RANDOM weights (train.recipes.world_model; {_repo_relative(folder)} missing)")
-        return pair, "; ".join(notes)
-    pair = {}
-    for name, mode in (("baseline", "none"), ("pmp", "pmp")):
-        torch.manual_seed(0)
-        pair[name] = Segmenter(paper_config(key, mode)).to(device).eval()
-    return (
-        pair,
-        f"random weights: recipes/{PAPER_RECIPES[key]}.json's model, CLIP ViT-B-16",
-    )
-
-
-def test_image(side: int) -> np.ndarray:
-    """A synthetic-world street scene, side x side uint8 RGB (the same for every model)."""
-    from train.world import benchmark_sample
-
-    image, _ = benchmark_sample("world-full", 0, side)
-    return image
-
-
-def prompt_text(count: int) -> str:
-    """``count`` distinct class names as the comma list a user would type."""
-    from train.world.vocabulary import CLASS_NAMES, PART_NAMES
-
-    names = list(dict.fromkeys(CLASS_NAMES + PART_NAMES))
-    names += [f"{colour} {name}" for colour in COLOURS for name in CLASS_NAMES]
-    if count > len(names):
-        raise ValueError(f"at most {len(names)} distinct prompts are available, got --prompts {count}")
-    return ", ".join(names[:count])
-
-
-# ------------------------------------------------------------------------------------ measurement
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class PeakMemory:
-    """Peak memory of one block: RSS high-water mark (reset through /proc/self/clear_refs on Linux,
-    else the process-wide ``ru_maxrss``), and CUDA ``max_memory_allocated``."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.resettable = self._reset_rss()
-
-    @staticmethod
-    def _reset_rss() -> bool:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            return True
-        except OSError:
-            return False
-
-    @staticmethod
-    def _status_mb(field_name: str) -> float | None:
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
-
-    def __enter__(self) -> "PeakMemory":
-        self.resettable = self._reset_rss()
-        self.rss_before_mb = self._status_mb("VmRSS")
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        hwm = self._status_mb("VmHWM") if self.resettable else None
-        self.peak_rss_mb = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        self.cuda_peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
-
-
-def request(segmenter: Segmenter, image: np.ndarray, text: str, **options: Any) -> tuple[dict[str, float], Any]:
-    """One app/CLI request: parse + token check + segment. Returns the stage timings (seconds) and the result.
-
-    ``Segmenter.forward`` would refuse more prompts than the model's ``max_prompts``; the benchmark
-    measures 100 prompts on every model, so it parses with the limit raised and calls ``segment``.
-    """
-    device = segmenter.device
-    synchronize(device)
-    start = time.perf_counter()
-    labels = parse_prompts(
-        text,
-        max_prompts=max(segmenter.config.max_prompts, text.count(",") + 1),
-        max_chars=segmenter.config.max_prompt_chars,
-    )
-    segmenter.check_token_limit(labels)
-    parse_seconds = time.perf_counter() - start
-    result = segmenter.segment(image, labels, **options)
-    synchronize(device)
-    timings = {stage: result.timings[stage] for stage in ("stage1", "stage2", "post")}
-    timings["text"] = result.timings["text"] + parse_seconds
-    timings["total"] = time.perf_counter() - start
-    return timings, result
-
-
-@dataclass
-class Series:
-    """All measured requests of one (model, variant, prompt count)."""
-
-    cold: dict[str, float] = field(default_factory=dict)
-    first_call_after_construction: bool = False
-    warm: list[dict[str, float]] = field(default_factory=list)
-    peak_rss_mb: float = 0.0
-    cuda_peak_mb: float | None = None
-
-    def warm_median(self) -> dict[str, float]:
-        return {stage: statistics.median(t[stage] for t in self.warm) for stage in STAGES} if self.warm else {}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "cold": self.cold,
-            "cold_is_first_call_after_construction": self.first_call_after_construction,
-            "warm_median": self.warm_median(),
-            "warm": self.warm,
-            "peak_rss_mb": round(self.peak_rss_mb, 1),
-            "cuda_peak_mb": None if self.cuda_peak_mb is None else round(self.cuda_peak_mb, 1),
-        }
-
-
-def measured(series: Series, memory: PeakMemory) -> None:
-    series.peak_rss_mb = max(series.peak_rss_mb, memory.peak_rss_mb)
-    if memory.cuda_peak_mb is not None:
-        series.cuda_peak_mb = max(series.cuda_peak_mb or 0.0, memory.cuda_peak_mb)
-
-
-def measure_pair(
-    pair: dict[str, Segmenter],
-    image: np.ndarray,
-    prompt_counts: list[int],
-    repeats: int,
-    image_size: int | None,
-    first: bool,
-) -> dict[int, dict[str, Series]]:
-    """Cold then warm requests for each prompt count, baseline and PMP interleaved."""
-    device = next(iter(pair.values())).device
-    results: dict[int, dict[str, Series]] = {}
-    for index, count in enumerate(prompt_counts):
-        text = prompt_text(count)
-        series = {name: Series() for name in pair}
-        for name, segmenter in pair.items():
-            segmenter.clip.clear_cache()
-            with PeakMemory(device) as memory:
-                series[name].cold, _ = request(segmenter, image, text, image_size=image_size)
-            series[name].first_call_after_construction = first and index == 0
-            measured(series[name], memory)
-        for _ in range(repeats):
-            for name, segmenter in pair.items():
-                with PeakMemory(device) as memory:
-                    timings, _ = request(segmenter, image, text, image_size=image_size)
-                series[name].warm.append(timings)
-                measured(series[name], memory)
-        results[count] = series
-    return results
-
-
-def stage1_inputs(
-    segmenter: Segmenter, image: np.ndarray, count: int, image_size: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalised pixel batch and text embeddings stage 1 sees in a request."""
-    config = segmenter.config
-    pixels, _ = segmenter.preprocess(load_image(image), image_size or config.image_size)
-    labels = parse_prompts(prompt_text(count), max_prompts=count)
-    with torch.inference_mode():
-        text = segmenter.clip.encode_text(labels).to(segmenter.device)
-    return normalize_pixels(pixels, config.pixel_mean, config.pixel_std), text[None]
-
-
-def stage1_overhead(
-    pair: dict[str, Segmenter], image: np.ndarray, count: int, repeats: int, image_size: int | None
-) -> dict[str, Any]:
-    """PMP's stage-1 cost over the baseline's: interleaved forwards of both on identical inputs."""
-    pixels, text = stage1_inputs(pair["baseline"], image, count, image_size)
-    device = pixels.device
-    times: dict[str, list[float]] = {name: [] for name in pair}
-    with torch.inference_mode():
-        for segmenter in pair.values():  # warm-up
-            with segmenter._autocast():
-                segmenter.proposal_model(pixels, text, return_aux=False)
-        for _ in range(repeats):
-            for name, segmenter in pair.items():
-                synchronize(device)
-                start = time.perf_counter()
-                with segmenter._autocast():
-                    segmenter.proposal_model(pixels, text, return_aux=False)
-                synchronize(device)
-                times[name].append(time.perf_counter() - start)
-    baseline, pmp = statistics.median(times["baseline"]), statistics.median(times["pmp"])
-    pair_ratios = [p / b for p, b in zip(times["pmp"], times["baseline"])]
-    text_s, total_s = text_path_time(pair["pmp"], pixels, text)
-    return {
-        "prompts": count,
-        "repeats": repeats,
-        "baseline_s": baseline,
-        "pmp_s": pmp,
-        "overhead": statistics.median(pair_ratios) - 1.0,  # adjacent runs share the machine's load: robust
-        "overhead_of_medians": pmp / baseline - 1.0,
-        "baseline_all_s": times["baseline"],
-        "pmp_all_s": times["pmp"],
-        "pmp_text_path_s": text_s,
-        "pmp_forward_s": total_s,
-    }
-
-
-def text_path_time(segmenter: Segmenter, pixels: torch.Tensor, text: torch.Tensor) -> tuple[float, float]:
-    """Seconds one PMP forward spends in its text path (projection + text cross-attentions), and in all.
-
-    This is where PMP's stage-1 overhead goes; timed with forward hooks on those modules.
-    """
-    from pmp.modeling.text_conditioning import TextCrossAttention, TextProjection
-
-    modules = [m for m in segmenter.proposal_model.modules() if isinstance(m, (TextCrossAttention, TextProjection))]
-    starts: dict[int, float] = {}
-    spent: list[float] = []
-
-    def before(module: torch.nn.Module, _: Any) -> None:
-        synchronize(pixels.device)
-        starts[id(module)] = time.perf_counter()
-
-    def after(module: torch.nn.Module, _: Any, __: Any) -> None:
-        synchronize(pixels.device)
-        spent.append(time.perf_counter() - starts[id(module)])
-
-    handles = [h for m in modules for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
-    try:
-        with torch.inference_mode(), segmenter._autocast():
-            synchronize(pixels.device)
-            start = time.perf_counter()
-            segmenter.proposal_model(pixels, text, return_aux=False)
-            synchronize(pixels.device)
-            total = time.perf_counter() - start
-    finally:
-        for handle in handles:
-            handle.remove()
-    return sum(spent), total
 
 
 def readme_rows(results: dict[str, Any]) -> str:
@@ -400,304 +91,6 @@ def readme_rows(results: dict[str, Any]) -> str:
         cells = " | ".join(f"{1000 * t[stage]:.1f}" for stage in STAGES)
         lines.append(f"| bundled {title}, {side} px image | {cells} |")
     return "\n".join(lines) + "\n"
-
-
-def reference_comparison(
-    segmenter: Segmenter, reference: Segmenter, image: np.ndarray, count: int, repeats: int
-) -> dict[str, Any]:
-    """Whole warm requests of ``segmenter`` and another checkpoint of the same kind (``--reference``, say a
-    previous bundled model), interleaved on one image and prompt set: what a change of model costs, measured
-    side by side so that the machine's speed that day cancels out of the ratio."""
-    text = prompt_text(count)
-    for model in (segmenter, reference):
-        request(model, image, text)  # warm both
-    pairs = [(request(segmenter, image, text)[0], request(reference, image, text)[0]) for _ in range(repeats)]
-    ratios = [mine["total"] / theirs["total"] for mine, theirs in pairs]
-    return {
-        "prompts": count,
-        "pairs": repeats,
-        "bundled": {stage: statistics.median(m[stage] for m, _ in pairs) for stage in STAGES},
-        "reference": {stage: statistics.median(r[stage] for _, r in pairs) for stage in STAGES},
-        "ratio": statistics.median(ratios),
-    }
-
-
-def allocator_comparison(segmenter: Segmenter, image: np.ndarray, count: int, repeats: int) -> dict[str, Any]:
-    """Whole warm requests with glibc keeping freed blocks (:func:`pmp.allocator.retain_freed_memory`) and
-    with its initial thresholds (:func:`pmp.allocator.release_freed_memory`; fixed there, where glibc as it
-    starts would move its mmap threshold up as blocks are freed), interleaved: the setting is switched
-    before each request pair, and each measured request follows an unmeasured one under the same setting.
-    Ends with freed blocks retained, the setting it is run under."""
-    text = prompt_text(count)
-
-    def under(retain: bool) -> dict[str, float]:
-        retain_freed_memory() if retain else release_freed_memory()
-        request(segmenter, image, text)
-        return request(segmenter, image, text)[0]
-
-    try:
-        pairs = [(under(False), under(True)) for _ in range(repeats)]
-    finally:
-        retain_freed_memory()
-    return {
-        "prompts": count,
-        "pairs": repeats,
-        "system": {stage: statistics.median(a[stage] for a, _ in pairs) for stage in STAGES},
-        "retain": {stage: statistics.median(b[stage] for _, b in pairs) for stage in STAGES},
-        "speedup": {stage: statistics.median(a[stage] / b[stage] for a, b in pairs) for stage in ("stage2", "total")},
-    }
-
-
-def stage2_pool_vs_crop(
-    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, image_size: int | None
-) -> dict[str, Any]:
-    """Stage 2 alone on one set of stage-1 proposals: mask pooling vs OVSeg crops of every proposal, and
-    those crops read in the model's own ``crop_views`` (when it has more than OVSeg's masked crop)."""
-    _, result = request(segmenter, image, prompt_text(count), image_size=image_size)
-    pixels, valid_hw = segmenter.preprocess(load_image(image), image_size or segmenter.config.image_size)
-    mask_logits = result.mask_logits.to(segmenter.device)
-    text = segmenter.clip.encode_text(result.labels).to(segmenter.device)
-    p = torch.from_numpy(result.p).to(segmenter.device)
-    num = mask_logits.shape[0]
-
-    def stage2(mode: str, views: tuple[str, ...] = ("masked",)) -> float:
-        synchronize(segmenter.device)
-        start = time.perf_counter()
-        with torch.inference_mode(), segmenter._autocast():
-            classify_proposals(
-                segmenter.clip,
-                pixels,
-                valid_hw,
-                mask_logits,
-                text,
-                p,
-                mode,
-                crop_top_k=segmenter.config.crop_top_k,
-                crop_views=views,
-                vit_dense_scale=segmenter.vit_dense_scale,
-            )
-        synchronize(segmenter.device)
-        return time.perf_counter() - start
-
-    original = segmenter.config
-    segmenter.config = dataclasses.replace(original, crop_top_k=num)  # crop every proposal
-    try:
-        stage2("pool")
-        pool = statistics.median(stage2("pool") for _ in range(max(repeats, 3)))
-        crop = stage2("crop")  # one forward per proposal: expensive, measured once (after the pool warm-up)
-        views = tuple(original.crop_views)
-        # the model's views, median of interleaved pairs with OVSeg's crop (the ratio is the cost of the views)
-        pairs = (
-            [(stage2("crop"), stage2("crop", views)) for _ in range(max(repeats, 3))] if views != ("masked",) else []
-        )
-    finally:
-        segmenter.config = original
-    result = {"proposals": num, "prompts": count, "pool_s": pool, "crop_s": crop, "speedup": crop / pool}
-    if pairs:
-        result.update(
-            crop_views="+".join(views),
-            crop_masked_s=statistics.median(a for a, _ in pairs),
-            crop_views_s=statistics.median(b for _, b in pairs),
-            crop_views_ratio=statistics.median(b / a for a, b in pairs),
-        )
-    return result
-
-
-def crop_fast_paths(segmenter: Segmenter, image: np.ndarray, count: int, repeats: int) -> dict[str, Any]:
-    """Stage 2's two crop fast paths against the library calls they replace, interleaved, on the crops of
-    one request's proposals: the resampling (:func:`pmp.stage2.square_box_samples` against torchvision's
-    ``roi_align``, the same samples) and the image tower (:meth:`pmp.clip.CLIPModel.encode_crops`, the
-    :mod:`pmp.clip.inference_tower` copy, against open_clip's ``encode_image``)."""
-    clip = segmenter.clip
-    _, result = request(segmenter, image, prompt_text(count))
-    pixels, valid_hw = segmenter.preprocess(load_image(image), segmenter.config.image_size)
-    picture = pixels[0, :, : valid_hw[0], : valid_hw[1]]  # (3, H, W)
-    masks = upsample(result.mask_logits[None].to(segmenter.device), valid_hw)[0].sigmoid()  # (N, H, W)
-    normalised, inside, boxes, _ = crop_sources(clip, picture, masks)
-    own = torch.arange(len(boxes), dtype=boxes.dtype)[:, None]
-    size = clip.image_size
-
-    def timed(fn: Any) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            fn()
-        return time.perf_counter() - start
-
-    def by_roi_align() -> None:
-        roi_align(normalised, torch.cat([torch.zeros_like(own), boxes], 1), size, 1.0, -1, True)
-        roi_align(inside, torch.cat([own, boxes], 1), size, 1.0, -1, True)
-
-    def by_grid_sample() -> None:
-        square_box_samples(normalised, boxes, size)
-        square_box_samples(inside, boxes, size)
-
-    crops, _ = masked_crops(clip, picture, masks, views=tuple(segmenter.config.crop_views))
-    rounds = max(repeats, 10)
-    paths = {
-        "resampling": (by_roi_align, by_grid_sample),
-        "image_tower": (lambda: clip.open_clip.encode_image(crops), lambda: clip.encode_crops(crops)),
-    }
-    out: dict[str, Any] = {"crops": len(crops), "boxes": len(boxes), "pairs": rounds}
-    for name, (library, ours) in paths.items():
-        library(), ours()  # warm-up (builds the inference tower once)
-        pairs = [(timed(library), timed(ours)) for _ in range(rounds)]
-        out[name] = {
-            "library_s": statistics.median(a for a, _ in pairs),
-            "ours_s": statistics.median(b for _, b in pairs),
-            "speedup": statistics.median(a / b for a, b in pairs),
-        }
-    return out
-
-
-def text_cache(segmenter: Segmenter, count: int, repeats: int) -> dict[str, Any]:
-    """encode_text of ``count`` prompts: encoded (cache emptied first) vs served from the cache."""
-    labels = parse_prompts(prompt_text(count), max_prompts=count)
-    clip = segmenter.clip
-
-    def encode(clear: bool) -> float:
-        if clear:
-            clip.clear_cache()
-        synchronize(segmenter.device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            clip.encode_text(labels)
-        synchronize(segmenter.device)
-        return time.perf_counter() - start
-
-    encode(True)  # warm the text tower's kernels
-    encoded = statistics.median(encode(True) for _ in range(max(repeats, 3)))
-    cached = statistics.median(encode(False) for _ in range(20))
-    return {
-        "prompts": count,
-        "templates": len(clip.config.templates),
-        "encode_s": encoded,
-        "cached_s": cached,
-        "speedup": encoded / cached,
-    }
-
-
-def dense_resolution_tradeoff(segmenter: Segmenter, image: np.ndarray, image_size: int | None) -> list[dict[str, Any]]:
-    """Stage 2 (pool) time with a ViT CLIP's dense pass at several input sides (``vit_dense_scale``).
-
-    Time only: with random CLIP weights, how the scores change says nothing about accuracy.
-    """
-    if not hasattr(segmenter.clip.open_clip.visual, "patch_size"):
-        return []
-    _, result = request(segmenter, image, prompt_text(10), image_size=image_size)
-    pixels, valid_hw = segmenter.preprocess(load_image(image), image_size or segmenter.config.image_size)
-    mask_logits = result.mask_logits.to(segmenter.device)
-    text = segmenter.clip.encode_text(result.labels).to(segmenter.device)
-    p = torch.from_numpy(result.p).to(segmenter.device)
-    full = max(valid_hw)
-    default_side = max(
-        dense_input(segmenter.clip, pixels[..., : valid_hw[0], : valid_hw[1]], segmenter.vit_dense_scale).shape[-2:]
-    )
-    sides = sorted({side for side in (segmenter.clip.image_size, 320, 448, default_side, full) if side <= full})
-    patch = segmenter.clip.open_clip.visual.patch_size
-    patch = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
-    rows = []
-    original = segmenter.vit_dense_scale
-    try:
-        for side in sides:
-            segmenter.vit_dense_scale = side / full
-            synchronize(segmenter.device)
-            start = time.perf_counter()
-            with torch.inference_mode(), segmenter._autocast():
-                classify_proposals(
-                    segmenter.clip,
-                    pixels,
-                    valid_hw,
-                    mask_logits,
-                    text,
-                    p,
-                    "pool",
-                    crop_top_k=segmenter.config.crop_top_k,
-                    vit_dense_scale=segmenter.vit_dense_scale,
-                )
-            synchronize(segmenter.device)
-            rows.append(
-                {
-                    "side": side,
-                    "tokens": (side // patch) ** 2,
-                    "stage2_s": time.perf_counter() - start,
-                    "default": side == default_side,
-                }
-            )
-    finally:
-        segmenter.vit_dense_scale = original
-    return rows
-
-
-def interleaved_comparison(
-    segmenter: Segmenter,
-    image: np.ndarray,
-    count: int,
-    repeats: int,
-    settings: dict[str, tuple[torch.dtype | None, dict[str, Any]]],
-    image_size: int | None,
-) -> dict[str, Any]:
-    """One model under two settings, each (autocast dtype, request options), interleaved (one request in
-    each per round, after a warm-up of each): warm stage timings and how much the outputs move."""
-    text = prompt_text(count)
-    original = segmenter.autocast_dtype
-    runs: dict[str, list[dict[str, float]]] = {label: [] for label in settings}
-    outputs = {}
-    try:
-        for dtype, options in settings.values():
-            segmenter.autocast_dtype = dtype
-            request(segmenter, image, text, image_size=image_size, **options)  # warm-up of this setting
-        for _ in range(repeats):
-            for label, (dtype, options) in settings.items():
-                segmenter.autocast_dtype = dtype
-                timings, outputs[label] = request(segmenter, image, text, image_size=image_size, **options)
-                runs[label].append(timings)
-    finally:
-        segmenter.autocast_dtype = original
-    (name_a, a), (name_b, b) = outputs.items()
-    return {
-        "prompts": count,
-        "warm_median": {label: {s: statistics.median(t[s] for t in ts) for s in STAGES} for label, ts in runs.items()},
-        "speedup_total": statistics.median(
-            x["total"] / y["total"] for x, y in zip(*runs.values())
-        ),  # median of the rounds' first / second setting ratios
-        "semantic_pixel_agreement": float((a.semantic == b.semantic).mean()),
-        "max_abs_diff_p_out": float(np.abs(a.p_out - b.p_out).max()),
-        "picked_proposals_equal": [i for i, _ in a.selected] == [i for i, _ in b.selected],
-    }
-
-
-def autocast_comparison(
-    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, dtype: torch.dtype, image_size: int | None
-) -> dict[str, Any]:
-    """One model in float32 and under autocast in ``dtype`` (:func:`interleaved_comparison`)."""
-    settings = {"float32": (None, {}), str(dtype).replace("torch.", ""): (dtype, {})}
-    return interleaved_comparison(segmenter, image, count, repeats, settings, image_size)
-
-
-def flip_test_comparison(
-    segmenter: Segmenter, image: np.ndarray, count: int, repeats: int, image_size: int | None
-) -> dict[str, Any]:
-    """One model with one view and with the flip test (``Segmenter.segment(flip_test=True)``), in its own
-    precision (:func:`interleaved_comparison`): what the second view costs per request."""
-    dtype = segmenter.autocast_dtype
-    settings = {"one view": (dtype, {}), "flip test": (dtype, {"flip_test": True})}
-    return interleaved_comparison(segmenter, image, count, repeats, settings, image_size)
-
-
-def profile_request(segmenter: Segmenter, image: np.ndarray, text: str, image_size: int | None) -> str:
-    """torch.profiler's top operators of one warm request (printed where a target is missed)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if segmenter.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        request(segmenter, image, text, image_size=image_size)
-    sort = "self_device_time_total" if segmenter.device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=sort, row_limit=PROFILE_ROWS, max_name_column_width=48)
-
-
-# -------------------------------------------------------------------------------------- reporting
-def ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:9.1f}"
 
 
 def print_table(
@@ -734,7 +127,9 @@ def target_line(name: str, status: str, detail: str) -> dict[str, str]:
     return {"target": name, "status": status, "detail": detail}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -762,16 +157,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="interleaved stage-1 forward pairs (default 20 bundled, 4 paper scale)",
     )
     parser.add_argument(
-        "--no-extras", action="store_true", help="skip the ViT dense-resolution, bfloat16 and flip-test comparisons"
-    )
-    parser.add_argument(
-        "--reference",
-        type=Path,
-        default=None,
-        metavar="FOLDER",
-        help="with the bundled models: also time this checkpoint against the bundled baseline, interleaved",
-    )
-    parser.add_argument(
         "--allocator",
         choices=("retain", "system"),
         default="retain",
@@ -780,6 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-profile", action="store_true", help="do not profile missed targets")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this JSON file")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in args.models if m not in MODEL_KEYS]
@@ -888,6 +275,7 @@ def benchmark_model(
     first: bool,
     measure_clip: bool,
     hw: dict[str, Any],
+    studies: Callable[..., None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Everything measured on one model pair; returns its JSON entry and its target lines."""
     side = args.image_size or (512 if key == "bundled" else 640)
@@ -935,27 +323,6 @@ def benchmark_model(
         + ("  <- where the overhead goes" if status == "MISS" else "")
     )
 
-    if key == "bundled" and args.reference is not None:
-        reference = Segmenter.from_pretrained(args.reference, device=device)
-        r = entry["reference"] = reference_comparison(pair["baseline"], reference, image, count, max(repeats, 10))
-        r["folder"] = str(args.reference)
-        print(
-            f"   bundled baseline against --reference {args.reference}, {r['pairs']} interleaved requests at "
-            f"{count} prompts: {ms(r['bundled']['total']).strip()} vs {ms(r['reference']['total']).strip()} ms "
-            f"(stage 1 {ms(r['bundled']['stage1']).strip()} vs {ms(r['reference']['stage1']).strip()}, stage 2 "
-            f"{ms(r['bundled']['stage2']).strip()} vs {ms(r['reference']['stage2']).strip()}) -> {r['ratio']:.2f}x"
-        )
-
-    if key == "bundled" and args.allocator_applied:
-        a = entry["allocator"] = allocator_comparison(pair["pmp"], image, count, max(repeats, 10))
-        print(
-            f"   allocator, {a['pairs']} interleaved request pairs at {count} prompts (PMP): glibc's initial "
-            f"thresholds {ms(a['system']['total']).strip()} vs freed blocks retained "
-            f"{ms(a['retain']['total']).strip()} ms "
-            f"(stage 2 {ms(a['system']['stage2']).strip()} vs {ms(a['retain']['stage2']).strip()}) -> "
-            f"{a['speedup']['total']:.2f}x (stage 2 {a['speedup']['stage2']:.2f}x)"
-        )
-
     if measure_clip:  # stage 2 and the text cache depend on the CLIP only: r50 and swinb share theirs
         c = entry["stage2_pool_vs_crop"] = stage2_pool_vs_crop(pair["pmp"], image, count, args.repeats, stage1_size)
         print(
@@ -967,15 +334,6 @@ def benchmark_model(
                 f"   the model's crop views ({c['crop_views']}) against masked crops alone, interleaved: "
                 f"{ms(c['crop_views_s']).strip()} vs {ms(c['crop_masked_s']).strip()} ms -> "
                 f"{c['crop_views_ratio']:.2f}x"
-            )
-        if pair["pmp"].config.stage2_mode == "crop":
-            f = entry["crop_fast_paths"] = crop_fast_paths(pair["pmp"], image, count, args.repeats)
-            print(
-                f"   crop fast paths, {f['pairs']} interleaved pairs on {f['crops']} crops of {f['boxes']} proposals: "
-                f"resampling roi_align {ms(f['resampling']['library_s']).strip()} vs grid_sample "
-                f"{ms(f['resampling']['ours_s']).strip()} ms -> {f['resampling']['speedup']:.1f}x; image tower "
-                f"open_clip's {ms(f['image_tower']['library_s']).strip()} vs the inference tower "
-                f"{ms(f['image_tower']['ours_s']).strip()} ms -> {f['image_tower']['speedup']:.2f}x"
             )
         name = f"pooled stage 2 >= 10x faster than crops of all proposals ({key}, {c['proposals']} proposals)"
         lines.append(
@@ -998,47 +356,21 @@ def benchmark_model(
             )
         )
 
-    if key != "bundled" and not args.no_extras and measure_clip:
-        rows = entry["vit_dense_resolution"] = dense_resolution_tradeoff(pair["pmp"], image, stage1_size)
-        for row in rows:
-            print(
-                f"   ViT dense pass at {row['side']:>4} px ({row['tokens']:>4} tokens): "
-                f"stage 2 {ms(row['stage2_s']).strip()} ms"
-                f"{'  <- default (Segmenter.vit_dense_scale)' if row['default'] else ''}"
-            )
-    if key in ("bundled", "r50") and autocast is None and not args.no_extras:
-        b = entry["bfloat16"] = autocast_comparison(pair["pmp"], image, 10, args.repeats, torch.bfloat16, stage1_size)
-        f32, bf16 = b["warm_median"]["float32"], b["warm_median"]["bfloat16"]
-        print(
-            f"   PMP 10 prompts, float32 vs bfloat16 autocast, {args.repeats} interleaved rounds "
-            f"({b['speedup_total']:.2f}x): "
-            f"total {ms(f32['total']).strip()} vs {ms(bf16['total']).strip()} ms "
-            f"(stage 1 {ms(f32['stage1']).strip()} vs {ms(bf16['stage1']).strip()}, "
-            f"stage 2 {ms(f32['stage2']).strip()} vs "
-            f"{ms(bf16['stage2']).strip()}); semantic agreement {b['semantic_pixel_agreement']:.2%}, "
-            f"max |d p_out| {b['max_abs_diff_p_out']:.3g}, same picks: {b['picked_proposals_equal']}"
-        )
-
-    if key == "bundled" and not args.no_extras:
-        rounds = max(args.repeats, 10)
-        entry["flip_test"] = {}
-        for name, model in pair.items():
-            f = entry["flip_test"][name] = flip_test_comparison(model, image, 10, rounds, stage1_size)
-            one, both = f["warm_median"]["one view"], f["warm_median"]["flip test"]
-            print(
-                f"   {name} 10 prompts, one view vs the flip test, {rounds} interleaved rounds "
-                f"({1 / f['speedup_total']:.2f}x the time): total {ms(one['total']).strip()} vs "
-                f"{ms(both['total']).strip()} ms; semantic agreement {f['semantic_pixel_agreement']:.2%}"
-            )
-
+    if studies is not None:  # experiments.latency_studies: the side studies, on the same pair and image
+        studies(key, args, entry, pair, image, stage1_size, autocast, count, repeats, measure_clip)
     lines += end_to_end_targets(key, entry, pair, image, stage1_size, device, args)
     if key == "r50" and device.type == "cuda":
         lines += gpu_target(pair, image, side, args, entry, hw["gpu"])
     return entry, lines
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(
+    argv: list[str] | None = None,
+    studies: Callable[..., None] | None = None,
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> int:
+    """The harness; ``studies`` and ``add_arguments`` are :mod:`experiments.latency_studies`' hooks."""
+    args = parse_args(argv, add_arguments)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1077,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     clip_measured = False
     for index, key in enumerate(args.models):
         measure_clip = key == "bundled" or not clip_measured
-        entry, lines = benchmark_model(key, args, device, autocast, index == 0, measure_clip, hw)
+        entry, lines = benchmark_model(key, args, device, autocast, index == 0, measure_clip, hw, studies)
         clip_measured = clip_measured or key != "bundled"
         report["models"][key] = entry
         report["targets"] += lines

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from pmp.modeling import build_mask_proposal_model
+from train import world
 from train.losses import SetCriterion
 from train.matcher import HungarianMatcher
 from train.recipes import get_recipe
@@ -43,7 +44,6 @@ def cpu_name() -> str:
 
 
 def make_targets(batch: int, size: int, num_prompts: int, rng: np.random.Generator) -> list[dict[str, torch.Tensor]]:
-    from train import world
 
     targets = []
     for b in range(batch):

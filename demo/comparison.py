@@ -25,6 +25,7 @@ from demo.outputs import request_folder, write_downloads
 from pmp.config import STAGE2_MODES, SegmenterConfig
 from pmp.images import ImageError, load_image
 from pmp.prompts import PromptError, parse_prompts
+from pmp.segmenter import AUTOCAST_DTYPES, Segmenter
 from pmp.visualize import (
     colour_for,
     mask_overlay,
@@ -87,7 +88,6 @@ class DemoModels:
         them (``clip_weight``, ``clip_weight_unseen``; ValueError for a model whose config does not list
         its training names, or for a weight outside [0, 1])
         """
-        from pmp.segmenter import AUTOCAST_DTYPES, Segmenter
 
         if autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {autocast!r}")

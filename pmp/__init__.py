@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     # Importing torch, open_clip and spaCy takes seconds; `import pmp.config` should not pay for it.
     if name in ("Segmenter", "SegmentationResult"):
-        from pmp import segmenter
+        from pmp import segmenter  # here: torch, open_clip and spaCy load only when a model is asked for
 
         return getattr(segmenter, name)
     raise AttributeError(f"module 'pmp' has no attribute {name!r}")

@@ -91,12 +91,13 @@ def output_stems(images: list[Path]) -> dict[Path, str]:
 
 
 def run_segment(args: argparse.Namespace) -> int:
+    # Imported here: torch and the models load only to segment, so that `pmp --help` answers at once.
     import torch
     from tqdm import tqdm
 
-    from pmp.images import load_image
-    from pmp.segmenter import Segmenter
-    from pmp.visualize import save_outputs
+    from pmp.images import load_image  # here: see above
+    from pmp.segmenter import Segmenter  # here: see above
+    from pmp.visualize import save_outputs  # here: see above
 
     images = list_images(args.input)
     check_output_folder(args.out)  # before the model is loaded: a bad --out costs nothing

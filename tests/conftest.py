@@ -7,6 +7,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["tests.segmenter_fixtures", "tests.demo_fixtures"]  # shared fixtures: tiny segmenter, demo models
+
 try:
     import torch  # noqa: E402
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from demo import handlers
 from demo.comparison import DemoInputError, DemoModels
-from tests.test_demo import FakeSegmenter
+from tests.demo_fixtures import FakeSegmenter
 from train.world.demo import demo_scene
 
 

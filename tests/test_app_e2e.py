@@ -394,7 +394,7 @@ def test_app_builds_with_examples_and_writes_nothing_beside_itself(tmp_path):
     from demo import examples as example_files
     from demo.comparison import DemoModels
     from demo.layout import build_app
-    from tests.test_demo import FakeSegmenter
+    from tests.demo_fixtures import FakeSegmenter
 
     Image.new("RGB", (8, 8)).save(tmp_path / "street.png")
     demo = build_app(
@@ -416,7 +416,7 @@ def test_the_ui_hands_16_bit_and_rgba_files_to_the_handler_unchanged(tmp_path, m
     from demo.comparison import DemoModels
     from demo.layout import build_app
     from pmp.images import load_image
-    from tests.test_demo import FakeSegmenter
+    from tests.demo_fixtures import FakeSegmenter
 
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))  # where uploads land
     demo = build_app(DemoModels(FakeSegmenter(), FakeSegmenter(shift=1)), output_root=tmp_path / "out", examples=[])

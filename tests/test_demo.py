@@ -6,17 +6,13 @@ one test runs the real code path with tiny random-weight Segmenters.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
-import struct
 import threading
 import time
 import zipfile
-import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -35,110 +31,13 @@ from demo.comparison import (
     run_comparison,
     run_prompt_change,
 )
-from demo.handlers import UI_OUTPUTS, compare_for_ui, pick_grids, write_prompt_change_pictures
+from demo.handlers import UI_OUTPUTS, pick_grids, write_prompt_change_pictures
 from demo.outputs import prune_outputs
-from pmp.prompts import PromptError
-from pmp.segmenter import SegmentationResult
-
-
-class FakeSegmenter:
-    """The Segmenter interface with deterministic output: N horizontal-band proposals, returned as a real
-    :class:`SegmentationResult`. Prompts count one token per word plus start and end (like the real
-    tokenizer for simple words) against a ``context_length`` of 32 with the template "a photo of a {}.".
-
-    ``shift`` moves the bands so that the baseline and PMP fakes pick different masks.
-    """
-
-    template = "a photo of a {}."
-
-    def __init__(
-        self,
-        shift: int = 0,
-        num_proposals: int = 6,
-        fail: bool = False,
-        context_length: int = 32,
-        follows_prompts: bool = False,
-        stage2_mode: str = "pool",
-    ) -> None:
-        self.shift, self.num_proposals, self.fail = shift, num_proposals, fail
-        self.follows_prompts = follows_prompts  # True: one more band per prompt, so the masks move with the prompts
-        self.config = SimpleNamespace(
-            max_prompts=100, max_prompt_chars=120, stage2_mode=stage2_mode, clip_weight=0.65, clip_weight_unseen=None
-        )
-        self.context_length = context_length
-        self.calls: list[dict] = []
-
-    def check_token_limit(self, labels: list[str]) -> None:
-        for label in labels:
-            tokens = len(self.template.replace("{}", label).split()) + 2
-            if tokens > self.context_length:
-                raise PromptError(
-                    f"prompt {label!r} is too long for CLIP: {tokens} tokens with its template, "
-                    f"at most {self.context_length} fit; shorten it"
-                )
-
-    def segment(self, image, labels, *, clip_weight=0.65, stage2_mode="pool", mask_threshold=0.5) -> SegmentationResult:
-        if self.fail:
-            raise RuntimeError("CUDA out of memory (simulated)")
-        assert isinstance(image, Image.Image) and image.mode == "RGB"
-        self.calls.append({"size": image.size, "labels": list(labels), "clip_weight": clip_weight, "mode": stage2_mode})
-        width, height = image.size
-        n, k = self.num_proposals + (len(labels) if self.follows_prompts else 0), len(labels)
-        rows = (np.arange(height)[:, None] * n // max(height, 1) + self.shift) % n  # (H, 1) band index
-        bands = np.arange(n)[:, None, None] == np.broadcast_to(rows, (height, width))[None]  # (N, H, W)
-        rng = np.random.default_rng(len(labels) + self.shift)
-        p, p_hat = rng.random((n, k)), rng.random((n, k))
-        p_out = p ** (1 - clip_weight) * p_hat**clip_weight
-        best = p_out.argmax(0)
-        selected = [(int(best[j]), float(p_out[best[j], j])) for j in range(k)]
-        semantic = np.full((height, width), -1, np.int64)
-        for j, (index, _) in enumerate(selected):
-            semantic[bands[index]] = j
-        timings = {"text": 0.001, "stage1": 0.02, "stage2": 0.01, "post": 0.002}
-        return SegmentationResult(
-            labels=list(labels), semantic=semantic, p=p, p_hat=p_hat, p_out=p_out, selected=selected,
-            timings={**timings, "total": sum(timings.values())}, clip_weight=clip_weight, stage2_mode=stage2_mode,
-            mask_threshold=mask_threshold, no_object=np.zeros(n), image_size=(height, width),
-            mask_logits=torch.from_numpy(np.where(bands, 10.0, -10.0).astype(np.float32)),
-        )  # fmt: skip
-
-
-@pytest.fixture()
-def models() -> DemoModels:
-    return DemoModels(baseline=FakeSegmenter(shift=0), pmp=FakeSegmenter(shift=2))
-
-
-def _compare(models, image, prompts="sky, house", tmp_path=None, **settings):
-    options = {"clip_weight": 0.65, "stage2_mode": "pool", "mask_threshold": 0.5, **settings}
-    return compare_for_ui(
-        models,
-        image,
-        prompts,
-        options["clip_weight"],
-        options["stage2_mode"],
-        options["mask_threshold"],
-        True,
-        output_root=tmp_path,
-    )
-
-
-def _error_message(models, image, prompts="sky, house", tmp_path=None, **settings) -> str:
-    with pytest.raises(gr.Error) as caught:
-        _compare(models, image, prompts, tmp_path, **settings)
-    return caught.value.message
-
-
-def _png(image: Image.Image, **params) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", **params)
-    return buffer.getvalue()
-
-
-def _write(tmp_path, name: str, data: bytes) -> str:
-    path = tmp_path / name
-    path.write_bytes(data)
-    return str(path)
-
+from tests.demo_fixtures import (
+    FakeSegmenter,
+    _compare,
+    _error_message,
+)
 
 # ---------------------------------------------------------------- a good request
 
@@ -227,154 +126,7 @@ def test_mask_iou():
 # ---------------------------------------------------------------- images
 
 
-@pytest.mark.parametrize("image", [None, "", "   "])
-def test_no_image(models, tmp_path, image):
-    assert "no image: upload an image" in _error_message(models, image, tmp_path=tmp_path)
-
-
-def test_truncated_and_non_image_files(models, tmp_path):
-    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    data = _png(Image.fromarray(noise))
-    assert "truncated or corrupt" in _error_message(
-        models, _write(tmp_path, "cut.png", data[: len(data) // 2]), tmp_path=tmp_path
-    )
-    assert "not an image file" in _error_message(models, _write(tmp_path, "x.png", b"hello" * 100), tmp_path=tmp_path)
-
-
-def test_huge_image_is_rejected_before_decoding(models, tmp_path):
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", 9000, 9000, 8, 2, 0, 0, 0)
-    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"junk") + chunk(b"IEND", b"")
-    message = _error_message(models, _write(tmp_path, "huge.png", data), tmp_path=tmp_path)
-    assert "81,000,000 pixels; at most 40,000,000" in message
-
-
-def test_large_image_is_downscaled_for_display(models, tmp_path):
-    run_comparison(models, Image.new("RGB", (3000, 1500)), "sky", output_root=tmp_path)
-    assert models.pmp.calls[0]["size"] == (1024, 512)
-
-
-def _animated_gif() -> bytes:
-    frames = [Image.new("RGB", (20, 10), colour) for colour in ((255, 0, 0), (0, 0, 255))]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    return buffer.getvalue()
-
-
-def _exif_rotated_jpeg() -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees to view
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 20), (0, 200, 0)).save(buffer, "JPEG", exif=exif)
-    return buffer.getvalue()
-
-
-def _cmyk_jpeg() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("CMYK", (20, 10), (0, 255, 255, 0)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def _palette_png() -> bytes:
-    palette = Image.new("P", (20, 10))
-    palette.putpalette([0, 0, 255, 0, 255, 0] + [0, 0, 0] * 254)
-    return _png(palette, transparency=0)
-
-
-@pytest.mark.parametrize(
-    "name, data, size",
-    [
-        ("grey.png", lambda: _png(Image.new("L", (20, 10), 99)), (20, 10)),
-        ("rgba.png", lambda: _png(Image.new("RGBA", (20, 10), (255, 0, 0, 0))), (20, 10)),
-        ("cmyk.jpg", _cmyk_jpeg, (20, 10)),
-        ("grey16.png", lambda: _png(Image.fromarray(np.full((10, 20), 40000, np.uint16))), (20, 10)),
-        ("palette.png", _palette_png, (20, 10)),
-        ("animated.gif", _animated_gif, (20, 10)),
-        ("rotated.jpg", _exif_rotated_jpeg, (20, 40)),
-        ("dot.png", lambda: _png(Image.new("RGB", (1, 1))), (1, 1)),
-        ("strip.png", lambda: _png(Image.new("RGB", (50, 1))), (50, 1)),
-    ],
-)
-def test_unusual_images_are_segmented(models, tmp_path, name, data, size):
-    values = _compare(models, _write(tmp_path, name, data()), "sky, house", tmp_path)
-    assert models.pmp.calls[0]["size"] == size
-    assert Image.open(values[UI_OUTPUTS.index("pmp_overlay")]).width >= 256  # drawn, legend included
-
-
-def test_extreme_aspect_ratio_is_rejected_clearly(models, tmp_path):
-    message = _error_message(models, _write(tmp_path, "line.png", _png(Image.new("RGB", (5000, 1)))), tmp_path=tmp_path)
-    assert "aspect ratio of 5000:1; at most 50:1" in message
-
-
 # ---------------------------------------------------------------- prompts and settings
-
-
-@pytest.mark.parametrize("prompts", ["", "   ", ", ;\n", None])
-def test_empty_prompts(models, tmp_path, prompts):
-    assert "no prompts" in _error_message(models, Image.new("RGB", (8, 8)), prompts, tmp_path)
-
-
-def test_too_many_and_too_long_prompts(models, tmp_path):
-    image = Image.new("RGB", (8, 8))
-    many = ", ".join(f"class {i}" for i in range(31))
-    assert "too many prompts: 31 given, at most 30" in _error_message(models, image, many, tmp_path)
-    assert "at most 80 are accepted" in _error_message(models, image, "x" * 81, tmp_path)
-
-
-def test_huge_prompt_text_is_rejected_before_parsing(models, tmp_path):
-    caption = "a red car parked on a road under a blue sky " * 200  # a caption: would go to spaCy
-    message = _error_message(models, Image.new("RGB", (8, 8)), caption, tmp_path)
-    assert "8,800 characters long; at most 4,000" in message
-    assert "prompts must be text or a list of strings, got int" in _error_message(
-        models, Image.new("RGB", (8, 8)), 5, tmp_path
-    )
-
-
-def test_prompt_limits_follow_the_stricter_model_config(tmp_path):
-    strict = FakeSegmenter()
-    strict.config = SimpleNamespace(max_prompts=2, max_prompt_chars=10)
-    models = DemoModels(baseline=FakeSegmenter(), pmp=strict)
-    assert "at most 2 are accepted" in _error_message(models, Image.new("RGB", (8, 8)), "a, b, c", tmp_path)
-
-
-def test_clip_token_limit(models, tmp_path):
-    models.pmp.context_length = 8
-    message = _error_message(models, Image.new("RGB", (8, 8)), "one two three four five, sky", tmp_path)
-    assert "too long for CLIP: 11 tokens" in message and "at most 8" in message
-
-
-def test_emoji_other_scripts_and_duplicates(models, tmp_path):
-    values = _compare(
-        models, Image.new("RGB", (16, 16)), "\u732b, \U0001f697 car, \u0434\u043e\u043c, Sky, sky, SKY", tmp_path
-    )
-    assert models.pmp.calls[0]["labels"] == ["\u732b", "\U0001f697 car", "\u0434\u043e\u043c", "Sky"]
-    assert "**4 prompt(s):**" in values[0]
-
-
-def test_html_in_prompts_is_escaped(models, tmp_path):
-    values = _compare(models, Image.new("RGB", (16, 16)), "<b>sky</b>, `tick`", tmp_path)
-    # inside a code span Markdown shows the text literally: escaping it again would show "&lt;b&gt;"
-    assert "`<b>sky</b>`" in values[0] and "&lt;" not in values[0] and "`'tick'`" in values[0]
-    message = _error_message(models, Image.new("RGB", (8, 8)), "<script>" + "x" * 90, tmp_path)
-    assert "<script>" not in message and "&lt;script&gt;" in message
-
-
-@pytest.mark.parametrize(
-    "settings, message",
-    [
-        ({"clip_weight": 1.5}, "CLIP weight must be between 0.0 and 1.0"),
-        ({"clip_weight": float("nan")}, "CLIP weight must be between"),
-        ({"clip_weight": "abc"}, "CLIP weight must be a number"),
-        ({"clip_weight": None}, "CLIP weight must be a number"),
-        ({"stage2_mode": "slice"}, "stage-2 mode must be one of pool, crop"),
-        ({"mask_threshold": 0.0}, "mask threshold must be strictly between 0.0 and 1.0"),
-        ({"mask_threshold": 1}, "mask threshold must be strictly between"),
-    ],
-)
-def test_bad_settings(models, tmp_path, settings, message):
-    assert message in _error_message(models, Image.new("RGB", (8, 8)), "sky", tmp_path, **settings)
 
 
 def test_unexpected_failure_is_logged_and_reported_generically(tmp_path, caplog):
@@ -484,24 +236,6 @@ def test_real_clip_token_limit(tiny_models, tmp_path):
     message = _error_message(tiny_models, Image.new("RGB", (8, 8)), f"sky, {too_many_tokens}", tmp_path)
     assert "too long for CLIP" in message and "at most 32 fit" in message
     assert _compare(tiny_models, Image.new("RGB", (8, 8)), "sky, red car", tmp_path)[0].startswith("**2 prompt(s)")
-
-
-def test_prompt_text_attacks_are_refused_or_cleaned_before_any_model_runs(models, tmp_path):
-    message = _error_message(models, Image.new("RGB", (8, 8)), "sky, car\ud800", tmp_path)
-    assert "lone surrogate" in message and not models.baseline.calls and not models.pmp.calls
-    _compare(models, Image.new("RGB", (16, 16)), "\u200bsky, \u202ecar, \u200b\u2066, \u200d", tmp_path)
-    assert models.pmp.calls[-1]["labels"] == ["sky", "car"]  # invisible-only prompts are gone
-
-
-def test_prompts_as_a_list_of_strings(models, tmp_path):
-    _compare(models, Image.new("RGB", (16, 16)), ["sky", "red car"], tmp_path)
-    assert models.pmp.calls[-1]["labels"] == ["sky", "red car"]
-    assert "a list of prompts must hold strings only" in _error_message(
-        models, Image.new("RGB", (8, 8)), ["sky", 3], tmp_path
-    )
-    assert "prompts must be text or a list of strings" in _error_message(
-        models, Image.new("RGB", (8, 8)), {"a": 1}, tmp_path
-    )
 
 
 # ---------------------------------------------------------------- the prompt-change view

@@ -18,6 +18,7 @@ DOCUMENTS = (
     "docs/training.md",
     "docs/world.md",
     "benchmarks/README.md",
+    "experiments/README.md",
 )
 README_MAX_LINES = 200  # below the Space's front matter
 LINK = re.compile(r"\]\(([^)\s]+)\)")

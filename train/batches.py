@@ -26,7 +26,10 @@ import numpy as np
 import torch
 
 from pmp.images import normalize_pixels
+from train import world
+from train.augment import LargeScaleJitter, SemSegTrainTransform
 from train.configs import SegTrainConfig
+from train.datasets import build_dataset
 from train.world.hierarchy import (
     GROUP_OF,
     SEEN_GROUPS,
@@ -55,9 +58,6 @@ class TrainingData:
             self.class_names = list(SEEN_NAMES)  # classes, seen parts and seen groups
             self._dataset = None
         else:
-            from train.augment import LargeScaleJitter, SemSegTrainTransform
-            from train.datasets import build_dataset
-
             if config.data_root is None:
                 raise ValueError(f"--data-root is required for dataset {config.data!r}")
             self._dataset = build_dataset(config.data, config.data_root, "train")
@@ -75,8 +75,6 @@ class TrainingData:
     def sample(self, index: int) -> Sample:
         seed = self.config.seed * 1_000_003 + index
         if self._dataset is None:
-            from train import world  # the renderer, only for world data (real data never draws a scene)
-
             scene = world.render_training_scene(seed, self.config.crop_size)
             return Sample(scene.image, scene.semantic.astype(np.int64), scene.parts.astype(np.int64))
         rng = np.random.default_rng(seed)

@@ -71,6 +71,8 @@ from train.class_names import (
     PASCAL_CONTEXT_459_NAMES,
     PASCAL_VOC_20_NAMES,
 )
+from train.world import benchmark_prompts, benchmark_sample
+from train.world.vocabulary import get_benchmark
 
 IGNORE_LABEL = -1  # the ignore value of every label array this module returns (see the module docstring)
 
@@ -403,7 +405,6 @@ class SyntheticBenchmarkDataset(Dataset):
     raw_ignore_label: int = 255
 
     def __init__(self, name: str, size: int = 128) -> None:
-        from train.world.vocabulary import get_benchmark  # lazy: the world is only needed for synthetic benchmarks
 
         self.benchmark = get_benchmark(name)  # a clear error lists the accepted names
         self.name = name
@@ -423,7 +424,6 @@ class SyntheticBenchmarkDataset(Dataset):
         return int(self.benchmark.num_images)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        from train.world import benchmark_sample
 
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {self.name} ({len(self)} images)")
@@ -437,7 +437,6 @@ class SyntheticBenchmarkDataset(Dataset):
         names); None for the fixed-vocabulary benchmarks, whose every image is asked for every class."""
         if self.benchmark.granularity != "mixed":
             return None
-        from train.world import benchmark_prompts
 
         return benchmark_prompts(self.benchmark, index, size=self.size)
 

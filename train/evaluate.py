@@ -43,10 +43,12 @@ from tqdm import tqdm
 
 from pmp.config import AUTOCAST_NAMES, ENSEMBLES, parse_weight_pair
 from pmp.metrics import ProposalRecall, SemSegMetric
+from pmp.segmenter import AUTOCAST_DTYPES, Segmenter
+from train.adapt_clip import with_adapted_clip
 from train.datasets import REAL_DATASETS, SampleError, SyntheticBenchmarkDataset, build_dataset, describe_layouts
 from train.eval_output import format_table, to_json
 from train.protocol import PROTOCOLS, ovseg_clip_weight, to_label_size
-from train.runtime import all_reduce, rank_and_world_size
+from train.runtime import all_reduce, cleanup_distributed, rank_and_world_size, setup_distributed
 
 RECALL_THRESHOLDS = (0.5, 0.75)
 BAD_SAMPLE_POLICIES = ("skip", "stop")
@@ -385,14 +387,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FOLDER",
-        help="stage 2 reads this mask-adapted CLIP's image tower (train.bundle.with_adapted_clip): a candidate "
+        help="stage 2 reads this mask-adapted CLIP's image tower (train.adapt_clip.with_adapted_clip): a candidate "
         "from python -m train.adapt_clip measured on a trained world segmenter without installing it",
     )
     return parser
 
 
 def _load_segmenter(checkpoint: str | None, device: torch.device) -> Any:
-    from pmp.segmenter import Segmenter
 
     return Segmenter.from_pretrained(checkpoint, device=device)
 
@@ -401,7 +402,6 @@ def main(
     argv: list[str] | None = None, segmenter_factory: Callable[[str | None, torch.device], Any] | None = None
 ) -> int:
     """CLI entry; ``segmenter_factory(checkpoint, device)`` replaces ``Segmenter.from_pretrained`` (tests)."""
-    from train.runtime import cleanup_distributed, setup_distributed
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -412,12 +412,9 @@ def main(
     context = setup_distributed(args.device)
     try:
         segmenter = (segmenter_factory or _load_segmenter)(args.checkpoint, context.device)
-        from pmp.segmenter import AUTOCAST_DTYPES
 
         segmenter.autocast_dtype = AUTOCAST_DTYPES[args.autocast]
         if args.adapted_clip is not None:
-            from train.bundle import with_adapted_clip
-
             try:  # another text tower, or a stage 1 that runs the CLIP tower, would change the proposals
                 segmenter = with_adapted_clip(segmenter, args.adapted_clip)
             except (ValueError, FileNotFoundError) as error:

@@ -35,6 +35,8 @@ from tqdm import tqdm
 from pmp.clip import CLIPModel
 from pmp.config import CLIP_MEAN, CLIP_STD, CLIPConfig
 from pmp.images import normalize_pixels
+from pmp.segmenter import Segmenter
+from train import world
 from train.configs import CLIPTrainConfig
 from train.recipes import world_model
 from train.runtime import (
@@ -48,12 +50,12 @@ from train.runtime import (
     seed_everything,
     setup_distributed,
 )
+from train.world import vocabulary as vocab
 from train.world.vocabulary import PART_NAMES
 
 
 def make_pair(index: int, config: CLIPTrainConfig) -> tuple[np.ndarray, str]:
     """One (image, caption) pair, deterministic by index: a scene with a caption or an object crop."""
-    from train import world
 
     seed = config.seed * 1_000_003 + index
     rng = np.random.default_rng(seed)
@@ -88,8 +90,6 @@ def zero_shot_accuracy(clip: CLIPModel, config: CLIPTrainConfig, per_class: int 
     Seen / unseen is segmentation training's split (:mod:`train.world.vocabulary`). Crops come from seeds
     far from every training index, so none was seen in training.
     """
-    from train import world
-    from train.world import vocabulary as vocab
 
     per_class = per_class or config.eval_crops_per_class
     was_training = clip.training
@@ -283,7 +283,6 @@ def load_clip_for_evaluation(source: str) -> CLIPModel:
             model_name=folder.name, model_cfg=model_cfg, pretrained=str(folder / "open_clip_model.safetensors")
         )
         return CLIPModel.build(dataclasses.replace(config, templates=world_model("none").clip.templates))
-    from pmp.segmenter import Segmenter
 
     return Segmenter.from_pretrained(source).clip
 

@@ -35,6 +35,7 @@ from train.batches import TrainingData, build_batch, rank_sample_indices, step_b
 from train.configs import SegTrainConfig
 from train.datasets import training_vocabulary
 from train.dry_run import dry_run
+from train.evaluate import evaluate, load_benchmark
 from train.init_from import load_baseline_weights
 from train.losses import SetCriterion
 from train.matcher import HungarianMatcher
@@ -286,7 +287,6 @@ def _evaluate(segmenter: Segmenter, config: SegTrainConfig, ctx: DistributedCont
     ``data_root``, e.g. ADE20K-150 validation as OVSeg's TEST period evaluates) at the model's own size."""
     if config.eval_limit <= 0:
         return {}
-    from train.evaluate import evaluate, load_benchmark
 
     world = config.data == "world"
     benchmark = load_benchmark(config.eval_benchmark, None if world else config.data_root, "val")

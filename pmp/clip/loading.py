@@ -18,6 +18,7 @@ import torch
 from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
+from pmp.checkpoint import referenced_clip_weights
 from pmp.clip.mask_prompts import add_mask_prompts
 from pmp.config import CLIPConfig
 
@@ -229,8 +230,6 @@ def load_open_clip(cfg: CLIPConfig) -> tuple[nn.Module, SimpleTokenizer, int, tu
     pretrained_cfg: dict[str, Any] = {}
     weights_path: str | None = None
     if cfg.checkpoint and not cfg.pretrained:
-        from pmp.checkpoint import referenced_clip_weights
-
         weights_path = str(referenced_clip_weights(cfg.checkpoint, cfg.checkpoint_sha256 or ""))
     elif cfg.pretrained:
         if _looks_like_path(cfg.pretrained):

@@ -4,15 +4,12 @@ only if that part is visible, so every class a caption names is in the semantic 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from train.world.scene_types import Scene, SceneObject
 from train.world.stuff import _PREPOSITION, _Layout
 from train.world.vocabulary import CLASS_ID, GROUP_OF, STUFF_CLASSES, plural
-
-if TYPE_CHECKING:
-    from train.world.scene import Scene, SceneObject
 
 _NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 
 from train.world.canvas import IGNORE, MAX_SIZE, MIN_SIZE, _Canvas
 from train.world.captions import _captions
+from train.world.drawings import _Drawn
+from train.world.scene_types import Scene, SceneObject
 from train.world.stuff import _Layout, _layout
-from train.world.things import _CLASS_WEIGHT, _DRAW, SKY_THINGS, SURFACES, _Drawn, _place, _Placed
+from train.world.things import _CLASS_WEIGHT, _DRAW, SKY_THINGS, SURFACES, _place, _Placed
 from train.world.vocabulary import (
     CLASS_ID,
     CLASS_NAMES,
@@ -22,41 +23,6 @@ from train.world.vocabulary import (
 
 # Generator salts keep the streams of scenes, crops and benchmark images apart even for equal seeds.
 _SALT_SCENE = 11
-
-
-@dataclass
-class SceneObject:
-    """One visible thing: ``bbox`` = (x0, y0, x1, y1) of its visible pixels, x1/y1 exclusive."""
-
-    instance_id: int
-    class_name: str
-    colour: str
-    bbox: tuple[int, int, int, int]
-    area: int
-    part_colours: dict[str, str]
-    visible_parts: tuple[str, ...]
-    surface: str | None
-    kind: str = ""
-
-
-@dataclass
-class Scene:
-    """One rendered scene; every map is (H, W) with H = W = size."""
-
-    seed: int
-    size: int
-    image: np.ndarray  # (H, W, 3) uint8
-    semantic: np.ndarray  # int32 global class id (train.world.vocabulary.CLASS_NAMES), 255 = unlabelled
-    parts: np.ndarray  # int32 global part id (train.world.vocabulary.PART_NAMES), 255 = not a part
-    instances: np.ndarray  # int32, 0 = stuff, 1..K = objects[k-1]
-    objects: list[SceneObject]
-    captions: list[str]
-    layout: str  # "outdoor", "indoor" or "bands"
-
-    def present_classes(self) -> tuple[str, ...]:
-        """Names of the classes with at least one pixel, in CLASS_NAMES order."""
-        ids = np.unique(self.semantic)
-        return tuple(CLASS_NAMES[i] for i in ids if i != IGNORE)
 
 
 _THING_COUNTS = np.array([0.05, 0.2, 0.25, 0.22, 0.16, 0.12])

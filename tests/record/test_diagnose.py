@@ -1,12 +1,12 @@
-"""train.diagnose: proposals assigned to the granularity they match, under two prompt sets."""
+"""experiments.diagnose: proposals assigned to the granularity they match, under two prompt sets."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from tests.test_demo import FakeSegmenter
-from train.diagnose import diagnose, markdown, prompt_sets, proposal_levels, scene_segments
+from experiments.diagnose import diagnose, markdown, prompt_sets, proposal_levels, scene_segments
+from tests.demo_fixtures import FakeSegmenter
 from train.world.benchmarks import benchmark_scene
 from train.world.vocabulary import GRANULARITY
 
@@ -45,9 +45,9 @@ def test_a_prompt_agnostic_generator_does_not_move_and_one_that_follows_prompts_
 
 
 def test_confusions_say_where_each_seen_things_pixels_go():
+    from experiments.diagnose import benchmark_pass, confusions, confusions_markdown
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import benchmark_pass, confusions, confusions_markdown
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
     result = confusions(model, benchmark_pass(model, limit=2), clip_weights=(0.0, 1.0), top=2)
@@ -61,7 +61,7 @@ def test_confusions_say_where_each_seen_things_pixels_go():
 
 def test_oracle_classes_give_each_proposal_the_class_under_most_of_its_pixels():
 
-    from train.diagnose import one_hot_labels, oracle_class_scores
+    from experiments.diagnose import one_hot_labels, oracle_class_scores
 
     label = np.full((4, 4), -1)
     label[:2], label[2:, :3] = 0, 2  # class 1 absent; pixels (2..3, 3) ignored
@@ -76,7 +76,7 @@ def test_oracle_classes_give_each_proposal_the_class_under_most_of_its_pixels():
 
 
 def test_the_grid_ceiling_is_exact_on_grid_aligned_labels_and_loses_finer_detail():
-    from train.diagnose import grid_labels, one_hot_labels
+    from experiments.diagnose import grid_labels, one_hot_labels
 
     label = np.zeros((16, 16), np.int64)
     label[:, 8:] = 1
@@ -87,9 +87,9 @@ def test_the_grid_ceiling_is_exact_on_grid_aligned_labels_and_loses_finer_detail
 
 
 def test_ceilings_score_every_row_on_the_same_images():
+    from experiments.diagnose import CEILINGS, benchmark_pass, ceilings, ceilings_markdown, stage2_p_hat
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import CEILINGS, benchmark_pass, ceilings, ceilings_markdown, stage2_p_hat
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
     world_full = benchmark_pass(model, limit=2)
@@ -111,9 +111,9 @@ def test_ceilings_score_every_row_on_the_same_images():
 def test_ceilings_on_another_benchmark_use_its_classes_and_refuse_per_image_prompts():
     import pytest
 
+    from experiments.diagnose import benchmark_pass, ceilings, ceilings_markdown
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import benchmark_pass, ceilings, ceilings_markdown
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
     voc = benchmark_pass(model, limit=2, benchmark="world-voc")
@@ -127,9 +127,9 @@ def test_ceilings_on_another_benchmark_use_its_classes_and_refuse_per_image_prom
 def test_stage1_alone_gives_every_prompt_weight_zero_whatever_the_models_eq3():
     import dataclasses
 
+    from experiments.diagnose import benchmark_pass, stage1_alone
     from pmp.segmenter import Segmenter
     from tests.tiny import tiny_segmenter_config
-    from train.diagnose import benchmark_pass, stage1_alone
 
     model = Segmenter(tiny_segmenter_config("none")).eval()
     _, stages = benchmark_pass(model, limit=1, benchmark="world-voc").outputs[0]
@@ -139,7 +139,7 @@ def test_stage1_alone_gives_every_prompt_weight_zero_whatever_the_models_eq3():
 
 
 def test_the_eq3_row_is_named_after_the_models_weights():
-    from train.diagnose import CEILINGS, ceilings_markdown, eq3_title
+    from experiments.diagnose import CEILINGS, ceilings_markdown, eq3_title
 
     assert eq3_title((0.65, None)) == CEILINGS["eq3"] and eq3_title((0.8, None)).startswith("Eq. 3 (clip weight 0.8)")
     assert eq3_title((0.4, 0.9)) == "Eq. 3 (clip weights 0.4 / 0.9: training names / other names), as reported"

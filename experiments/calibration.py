@@ -1,6 +1,6 @@
 """Is what remains of the error a bias toward the names stage 1 was trained on? Calibrated stacking, measured.
 
-    python -m train.calibration --checkpoint checkpoints/baseline --benchmark world-voc-dev --limit 200 \\
+    python -m experiments.calibration --checkpoint checkpoints/baseline --benchmark world-voc-dev --limit 200 \\
         --gammas -0.3,0,0.5,1,2 --out results/calibration/baseline_world-voc-dev.json
 
 A segmenter trained on seen names tends to give an unseen thing the seen name it resembles (a cat read as
@@ -30,9 +30,10 @@ from torch import Tensor
 
 from pmp.metrics import SemSegMetric
 from pmp.postprocess import semantic_map
+from pmp.segmenter import Segmenter
 from pmp.stage2 import ensemble, prompt_clip_weights, seen_prompts
 from train.evaluate import BenchmarkDataset, as_benchmark_classes, load_benchmark, to_json
-from train.report import pct
+from train.table1 import pct
 
 TOP_SHARES = 4  # destinations listed per class
 DEV = ("world-voc-dev", "world-full-dev")  # the scenes for choices about the model
@@ -153,7 +154,7 @@ def summary_table(folder: Path, models: Sequence[str] = ("baseline", "pmp"), ben
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m train.calibration", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m experiments.calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a segmenter folder or Hub repo")
     parser.add_argument("--benchmark", default="world-voc-dev")
     parser.add_argument("--limit", type=int, default=200)
@@ -165,7 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pmp.segmenter import Segmenter
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """Which views of each proposal stage 2 should read: OVSeg's masked crop, its box with the image kept, or both.
 
-    python -m train.crop_views [--limit 100] [--out results/crop_views.json]
-    python -m train.crop_views --dev --limit 200 --out results/crop_views_dev.json   # held-out scenes
+    python -m experiments.crop_views [--limit 100] [--out results/crop_views.json]
+    python -m experiments.crop_views --dev --limit 200 --out results/crop_views_dev.json   # held-out scenes
 
 Why: half of the bundled baseline's matched proposals fit their region with IoU under 0.7, and masked
 crops of those are misread most of the time (``python -m train.adapt_clip --measure-only --crop-errors``).
@@ -24,8 +24,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pmp.segmenter import Segmenter
 from train.bundle import ROOT, write_json
-from train.report import BENCHMARKS, MAIN_MODELS
+from train.evaluate import evaluate, load_benchmark
+from train.table1 import BENCHMARKS, MAIN_MODELS
 from train.world.vocabulary import DEV_IMAGES, DEV_SUFFIX, get_benchmark
 
 # (crop_views, crop_top_k or None = every proposal): OVSeg's crop, the box alone, both; both for fewer
@@ -49,8 +51,6 @@ def compare_crop_views(
     model_dirs: dict[str, Path], limit: int, benchmarks: tuple[str, ...] = BENCHMARKS
 ) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
     """{model: {row_name: {benchmark: {miou, miou_seen, miou_unseen}}}} on each benchmark's first ``limit`` images."""
-    from pmp.segmenter import Segmenter
-    from train.evaluate import evaluate, load_benchmark
 
     results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for name, folder in model_dirs.items():
@@ -97,7 +97,9 @@ def crop_views_table(results: dict[str, dict[str, dict[str, dict[str, float]]]])
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m train.crop_views", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m experiments.crop_views",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoints", type=Path, default=ROOT / "checkpoints")
     parser.add_argument("--limit", type=int, default=100, help="images per benchmark (its first N)")

@@ -1,9 +1,9 @@
 """Where prompt guidance does and does not act: the granularity of each model's proposals under two prompt
 sets, and how far the proposals move between them.
 
-    python -m train.diagnose [--baseline checkpoints/baseline] [--pmp checkpoints/pmp] [--limit 200]
+    python -m experiments.diagnose [--baseline checkpoints/baseline] [--pmp checkpoints/pmp] [--limit 200]
                              [--out results/diagnosis.json]
-    python -m train.diagnose --ceilings-only world-voc --limit 100 --out results/ceilings_world_voc.json
+    python -m experiments.diagnose --ceilings-only world-voc --limit 100 --out results/ceilings_world_voc.json
 
 Also, on world-full, what limits seen-class mIoU: where the pixels of each seen thing go, with stage 1
 alone and with Eq. 3's ensemble (:func:`confusions`), and how far a perfect stage 2 or perfect masks at
@@ -34,13 +34,17 @@ import torch.nn.functional as F
 from PIL import Image
 
 from demo.comparison import mask_iou_matrix, proposal_shift
+from pmp.metrics import SemSegMetric
 from pmp.postprocess import semantic_map, upsample
+from pmp.segmenter import Segmenter
 from pmp.stage2 import classify_proposals
+from train.evaluate import load_benchmark
+from train.train_clip import load_clip_for_evaluation
 from train.world.benchmarks import benchmark_scene
 from train.world.demo import prompt_sets
 from train.world.hierarchy import names_present
 from train.world.scene import Scene
-from train.world.vocabulary import CLASS_ID, PART_ID, STUFF_CLASSES
+from train.world.vocabulary import CLASS_ID, PART_ID, SEEN_THINGS, STUFF_CLASSES
 
 LEVELS = ("stuff", "thing", "part")
 PROMPT_SETS = ("wholes", "parts")
@@ -122,7 +126,6 @@ class BenchmarkPass:
 def benchmark_pass(model: Any, limit: int, benchmark: str = "world-full") -> BenchmarkPass:
     """Run both stages on the first ``limit`` images of ``benchmark``, prompted with every class name
     (benchmarks with per-image prompt sets, world-mixed, are not taken)."""
-    from train.evaluate import load_benchmark
 
     if benchmark == "world-mixed":
         raise ValueError("benchmark_pass prompts every class name; world-mixed gives each image its own prompts")
@@ -149,8 +152,6 @@ def confusions(
     """Where the pixels of each seen world-full thing go: per clip weight (0 = stage 1 alone), per class
     the ``top`` predicted names with their share of its pixels ("none" = no label). Every weight is
     combined from the same outputs of both stages."""
-    from pmp.metrics import SemSegMetric
-    from train.world.vocabulary import SEEN_THINGS
 
     dataset = world_full.dataset
     names = list(dataset.class_names)
@@ -212,7 +213,6 @@ def ceilings(model: Any, passed: BenchmarkPass, unadapted_clip: Any = None) -> d
     the evaluator's metric. The two ``_unadapted`` rows re-run stage 2 on the same proposals with
     ``unadapted_clip`` (a :class:`pmp.clip.CLIPModel`: the tiny CLIP before :mod:`train.adapt_clip`) and
     are left out without it."""
-    from pmp.metrics import SemSegMetric
 
     dataset = passed.dataset
     num_classes = len(dataset.class_names)
@@ -316,7 +316,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m train.diagnose", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m experiments.diagnose", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--baseline", default="checkpoints/baseline")
     parser.add_argument("--pmp", default="checkpoints/pmp")
@@ -338,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.limit <= 500:
         parser.error(f"--limit must be in [1, 500], got {args.limit}")
-    from pmp.segmenter import Segmenter
 
     models = {name: Segmenter.from_pretrained(path) for name, path in (("baseline", args.baseline), ("pmp", args.pmp))}
     weights = {(model.config.clip_weight, model.config.clip_weight_unseen) for model in models.values()}
@@ -367,8 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     unadapted = None
     if args.unadapted_clip:
-        from train.train_clip import load_clip_for_evaluation
-
         unadapted = load_clip_for_evaluation(args.unadapted_clip)
     result["ceilings"] = {name: ceilings(model, passes[name], unadapted) for name, model in models.items()}
     table = (

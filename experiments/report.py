@@ -1,11 +1,11 @@
-"""The tables and figures of the README and ``docs/results.md``, generated from the files in ``results/``.
+"""The tables and figures of ``docs/results.md`` (the research record), generated from the files in ``results/``.
 
-Nothing here trains or evaluates: every function reads what :mod:`train.bundle`, :mod:`train.evaluate`,
-:mod:`train.adapt_clip` and the benchmarks wrote, and returns Markdown or draws a PNG, so a table can be
-regenerated, and checked by a test against the text that shows it, without running anything again.
+Nothing here trains or evaluates: every function reads what the studies (:mod:`experiments.studies`),
+:mod:`train.evaluate`, :mod:`train.adapt_clip` and the benchmarks wrote, and returns Markdown or draws a PNG,
+so a table can be regenerated, and checked by a test against the text that shows it, without running anything
+again. Table 1 itself is :mod:`train.table1`'s.
 
-    python -m train.bundle --headline           # the README's at-a-glance table
-    python -m train.bundle --seed-table results/main.json,results/main_seed1.json,results/main_seed2.json
+    python -m experiments.studies --headline    # the record's at-a-glance table
 """
 
 from __future__ import annotations
@@ -14,14 +14,19 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-BENCHMARKS = ("world-voc", "world-full", "world-parts", "world-mixed")
-MAIN_MODELS = {"baseline": "none", "pmp": "pmp"}  # the bundled PMP is Eq. 5 as written
+from train.adapt_clip import accuracy_table, measured_before
+from train.table1 import (
+    BENCHMARKS,
+    MAIN_MODELS,
+    METRIC_TITLES,
+    mean_and_std,
+    model_names,
+    pct,
+    seed_stats,
+    table1_files,
+)
+
 FORM_NAMES = {"ovseg": "OVSeg", "odise": "ODISE"}  # Eq. 3's forms (pmp.config.ENSEMBLES) as the papers write them
-# The query-budget sweep and the Fig. 5 ablations: the previous bundled recipe (its 64-channel head,
-# train.recipes.previous_recipe), shorter (the same for every run).
-SHORT_STEPS = 1500
-QUERY_BUDGETS = (4, 8, 16, 32)
-SWEEP_BENCHMARKS = ("world-mixed", "world-full")
 
 
 def split_weight_means(results: dict[str, dict[str, dict]]) -> dict[tuple[float, float], float]:
@@ -81,59 +86,6 @@ def split_weight_table(
     return "\n".join(lines) + "\n"
 
 
-def markdown_table(results: dict[str, dict[str, dict]]) -> str:
-    """One row per model, mIoU all / seen / unseen and proposal recall per benchmark (in %)."""
-    header = "| model | " + " | ".join(f"{b} mIoU (all / seen / unseen) | {b} recall" for b in BENCHMARKS) + " |"
-    lines = [header, "|---|" + "---|---|" * len(BENCHMARKS)]
-    for name in model_names(results):
-        cells = []
-        for benchmark in BENCHMARKS:
-            m = results[name][benchmark]
-            cells.append(f"{100 * m['miou']:.1f} / {pct(m['miou_seen'])} / {pct(m['miou_unseen'])}")
-            cells.append(f"{100 * m['proposal_recall']:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def granularity_table(results: dict[str, dict[str, dict]], benchmark: str = "world-mixed") -> str:
-    """world-mixed per granularity: mIoU and proposal recall over the names of each granularity (in %)."""
-    from train.world.vocabulary import GRANULARITIES, GRANULARITY
-
-    header = "| model | " + " | ".join(f"{g} mIoU / recall" for g in GRANULARITIES) + " |"
-    lines = [header, "|---|" + "---|" * len(GRANULARITIES)]
-    for name in model_names(results):
-        m = results[name][benchmark]
-        cells = []
-        for level in GRANULARITIES:
-
-            def mean(values: dict, level: str = level) -> float | None:
-                kept = [v for k, v in values.items() if GRANULARITY[k] == level and v is not None and v == v]
-                return sum(kept) / len(kept) if kept else None
-
-            cells.append(f"{pct(mean(m['per_class']))} / {pct(mean(m.get('per_class_recall', {})))}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def mean_and_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation over seeds (0 for a single seed)."""
-    import statistics
-
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-METRIC_TITLES = {"miou": "mIoU", "proposal_recall": "recall", "miou_seen": "seen mIoU", "miou_unseen": "unseen mIoU"}
-
-SEED_TABLES = (("miou", "proposal_recall"), ("miou_seen", "miou_unseen"))  # Table 1's two halves
-
-
-def seed_stats(runs: list[dict], name: str, benchmark: str, key: str) -> tuple[float, float] | None:
-    """Mean and std in % of one model's metric on one benchmark over per-seed results; None where a
-    benchmark has no such classes (the metric is null)."""
-    values = [run[name][benchmark][key] for run in runs]
-    return None if None in values else mean_and_std([100 * v for v in values])
-
-
 FLIP_TEST = "flip_test"  # results/<this>/<model>_<benchmark>.json: python -m train.evaluate --flip-test, all images
 
 # A later run of benchmarks.latency than latency_bundled.json's, which times each model's request with one
@@ -186,47 +138,6 @@ def headline_table(results: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_names(results: dict) -> list[str]:
-    """The models of a results file, in order: not its other entries, such as training minutes."""
-    return [name for name, rows in results.items() if isinstance(rows, dict) and set(rows) & set(BENCHMARKS)]
-
-
-def seed_table(result_files: list[Path], metrics: tuple[str, ...] = SEED_TABLES[0]) -> str:
-    """Per model, benchmark and metric the mean ± sample std over runs with different seeds (one results
-    JSON per seed, as :func:`train.bundle.evaluate_models` writes them), in %; "n/a" where a benchmark has
-    no such classes.
-
-    With two or more seeds a last row compares the second model with the first: the difference of the
-    means, called a tie when it is no larger than the larger of the two spreads, else named after the
-    model ahead."""
-    runs = [json.loads(Path(f).read_text()) for f in result_files]
-    columns = [(b, key) for b in BENCHMARKS for key in metrics]
-    header = f"| model ({len(runs)} seeds: mean ± std) | " + " | ".join(f"{b} {METRIC_TITLES[k]}" for b, k in columns)
-    lines = [header + " |", "|---|" + "---|" * len(columns)]
-    stats: dict[str, list[tuple[float, float] | None]] = {}
-    for name in model_names(runs[0]):
-        stats[name] = [seed_stats(runs, name, b, key) for b, key in columns]
-        cells = ["n/a" if cell is None else f"{cell[0]:.1f} ± {cell[1]:.1f}" for cell in stats[name]]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if len(runs) > 1 and len(stats) > 1:
-        (reference, first), (other, second) = list(stats.items())[:2]
-        cells = []
-        for a, b in zip(first, second):
-            if a is None or b is None:
-                cells.append("n/a")
-                continue
-            difference = b[0] - a[0]
-            verdict = "tie" if abs(difference) <= max(a[1], b[1]) else f"{other if difference > 0 else reference} ahead"
-            cells.append(f"{difference:+.1f} ({verdict})")
-        lines.append(f"| {other} − {reference} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def seed_tables(result_files: list[Path]) -> str:
-    """Both halves of Table 1 (:data:`SEED_TABLES`), one after the other."""
-    return "\n".join(seed_table(result_files, metrics) for metrics in SEED_TABLES)
-
-
 def variants_table(variants: dict[str, list[Path]], varied: str = "stage 2") -> str:
     """Segmenters that differ in one part (``varied``: the stage-2 CLIP of the same seeds, or stage 1's
     head): per variant (a title and its per-seed results files) and model, each benchmark's mIoU as
@@ -246,8 +157,6 @@ def variants_table(variants: dict[str, list[Path]], varied: str = "stage 2") -> 
     return "\n".join(lines) + "\n"
 
 
-SEED_FILES = ("main.json", "main_seed1.json", "main_seed2.json")  # Table 1's seeds 0 (the bundle), 1 and 2
-
 PREVIOUS_PAIR = "width64"  # results/width64/: Table 1 of the previous bundled pair (64-channel head), 3 seeds
 
 STAGE2_HISTORY = {  # results folder -> the stage 2 its Table 1 files were measured with (same stage-1 runs)
@@ -262,12 +171,6 @@ HEAD_WIDTHS = {  # results folder -> stage 1's head: the previous bundled pair a
     PREVIOUS_PAIR: "64 channels, 3.1 M parameters, the previous bundled pair",
     ".": "128 channels, 5.0 M parameters, bundled",
 }
-
-
-def table1_files(folder: Path) -> list[Path]:
-    """The per-seed Table 1 files (:data:`SEED_FILES`) that ``folder`` holds, seed 0 first: a seed still
-    training is left out, and the tables say how many seeds they average."""
-    return [folder / name for name in SEED_FILES if (folder / name).is_file()]
 
 
 def _seed_files(results: Path, folders: dict[str, str]) -> dict[str, list[Path]]:
@@ -308,7 +211,6 @@ def _adaptation_runs(results: Path, runs: dict[str, str]) -> dict[str, dict[str,
 def adaptation_table(results: Path) -> str:
     """The mask-adapted CLIPs' top-1 (:func:`train.adapt_clip.accuracy_table`): the tiny CLIP as trained
     (what the proposals run started from) and each :data:`ADAPTATION_RUNS` file."""
-    from train.adapt_clip import accuracy_table, measured_before
 
     runs = _adaptation_runs(results, ADAPTATION_RUNS)
     return accuracy_table(
@@ -319,7 +221,6 @@ def adaptation_table(results: Path) -> str:
 def third_cycle_table(results: Path) -> str:
     """:func:`train.adapt_clip.accuracy_table` of the :data:`THIRD_CYCLE_RUNS`: does a deeper image tower
     hold what the tiny one traded away?"""
-    from train.adapt_clip import accuracy_table
 
     return accuracy_table(_adaptation_runs(results, THIRD_CYCLE_RUNS))
 
@@ -358,7 +259,6 @@ CANDIDATE_ON_TEST = {  # results/candidate_clips/<folder> on the full benchmarks
 def candidate_accuracy_table(results: Path) -> str:
     """:func:`train.adapt_clip.accuracy_table` of the bundled CLIP (read in both views, as the pilot
     measured it before adapting) and each :data:`CANDIDATE_RUNS` file, all on the same held-out crops."""
-    from train.adapt_clip import accuracy_table, measured_before
 
     runs = _adaptation_runs(results, CANDIDATE_RUNS)
     bundled = measured_before(runs[CANDIDATE_RUNS["pilot_two_views_400steps.json"]])
@@ -464,89 +364,6 @@ def candidate_test_table(results: Path) -> str:
     return _two_weight_table(results, rows, BENCHMARKS)
 
 
-def plot_seed_results(result_files: list[Path], out_png: Path, title: str = "") -> None:
-    """mIoU and proposal recall per benchmark, one bar per model, error bars = sample std over the seeds."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [json.loads(Path(f).read_text()) for f in result_files]
-    names = model_names(runs[0])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    width = 0.8 / len(names)
-    for axis, key in zip(axes, ("miou", "proposal_recall")):
-        for index, name in enumerate(names):
-            values = [[100 * run[name][b][key] for run in runs] for b in BENCHMARKS]
-            means, spreads = zip(*(mean_and_std(v) for v in values))
-            positions = [b + (index - (len(names) - 1) / 2) * width for b in range(len(BENCHMARKS))]
-            axis.bar(positions, means, width, yerr=spreads, capsize=3, color=f"C{index}", label=name)
-        axis.set_xticks(range(len(BENCHMARKS)), BENCHMARKS, fontsize=8)
-        axis.set_title("mIoU" if key == "miou" else "proposal recall (mean best IoU)", fontsize=9)
-        axis.grid(alpha=0.3, axis="y")
-    axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title or f"{len(runs)} seed(s): mean, error bars = std over seeds", fontsize=9)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-def plot_clip_weight_sweep(results: dict[str, dict[str, dict]], out_png: Path) -> None:
-    """mIoU (all / seen / unseen) against Eq. 3's clip weight, one panel per benchmark, both models."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(3.6 * len(BENCHMARKS), 3.4), sharey=True)
-    styles = {"miou": "-", "miou_seen": "--", "miou_unseen": ":"}
-    for axis, benchmark in zip(axes, BENCHMARKS):
-        for index, name in enumerate(model_names(results)):
-            rows = results[name][benchmark].get("clip_weight_sweep", [])
-            weights = [row["clip_weight"] for row in rows]
-            for key, style in styles.items():
-                values = [100 * row[key] if row[key] is not None else float("nan") for row in rows]
-                axis.plot(
-                    weights,
-                    values,
-                    style,
-                    color=f"C{index}",
-                    marker="o",
-                    markersize=3,
-                    label=f"{name} {key.replace('miou', 'mIoU').replace('_', ' ')}",
-                )
-        axis.axvline(0.65, color="grey", linewidth=0.8)
-        axis.set_title(benchmark)
-        axis.set_xlabel("clip weight w (CLIP's exponent in Eq. 3)")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("mIoU (%)")
-    axes[-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-def query_sweep_points(files: list[Path]) -> dict[str, dict[str, dict[str, list[tuple[int, float, float]]]]]:
-    """{benchmark: {metric: {model: [(queries, mean %, std %), ...]}}} over the per-seed sweep files."""
-
-    runs = [json.loads(Path(f).read_text()) for f in files]
-    points: dict = {}
-    for benchmark in SWEEP_BENCHMARKS:
-        for metric in ("miou", "proposal_recall"):
-            for name in MAIN_MODELS:
-                row = []
-                for q in QUERY_BUDGETS:
-                    values = [100 * run[str(q)][name][benchmark][metric] for run in runs if str(q) in run]
-                    if values:
-                        row.append((q, *mean_and_std(values)))
-                points.setdefault(benchmark, {}).setdefault(metric, {})[name] = row
-    return points
-
-
 def stage1_pilot_table(results_files: list[Path]) -> str:
     """Markdown: each pilot's size and time, and its last evaluation (world-full recall, mIoU all and
     seen) over the seeds of ``results_files`` (one :func:`stage1_pilot_results` file per seed)."""
@@ -574,107 +391,3 @@ def stage1_pilot_files(results: Path, kind: str = "stage1_pilots") -> list[Path]
     """The per-seed pilot files: ``<kind>.json`` (seed 0), then ``<kind>_seed<k>.json``; ``kind`` is
     ``stage1_pilots`` or ``pixel_decoder_pilots``."""
     return [results / f"{kind}.json", *sorted(results.glob(f"{kind}_seed*.json"))]
-
-
-def query_sweep_table(files: list[Path]) -> str:
-    """The sweep as a table: per benchmark, metric and budget, baseline and PMP (mean ± std over seeds)."""
-    points = query_sweep_points(files)
-    header = "| benchmark | metric | " + " | ".join(f"{q} queries (baseline / PMP)" for q in QUERY_BUDGETS) + " |"
-    lines = [
-        f"{len(files)} seed(s); mean ± std in % where more than one.",
-        "",
-        header,
-        "|---|---|" + "---|" * len(QUERY_BUDGETS),
-    ]
-    for benchmark, metrics in points.items():
-        for metric, models in metrics.items():
-            cells = []
-            for index in range(len(QUERY_BUDGETS)):
-                pair = [models[name][index] if index < len(models[name]) else None for name in MAIN_MODELS]
-                cells.append(
-                    " / ".join(
-                        "n/a" if p is None else (f"{p[1]:.1f} ± {p[2]:.1f}" if len(files) > 1 else f"{p[1]:.1f}")
-                        for p in pair
-                    )
-                )
-            lines.append(f"| {benchmark} | {METRIC_TITLES[metric]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_query_sweep(files: list[Path], out_png: Path) -> None:
-    """mIoU and proposal recall against the number of queries, baseline vs PMP, error bars = seed std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = query_sweep_points(files)
-    fig, axes = plt.subplots(1, 2 * len(SWEEP_BENCHMARKS), figsize=(3.3 * 2 * len(SWEEP_BENCHMARKS), 3.2))
-    panels = [(benchmark, metric) for benchmark in SWEEP_BENCHMARKS for metric in ("miou", "proposal_recall")]
-    for axis, (benchmark, metric) in zip(axes, panels):
-        for index, (name, row) in enumerate(points[benchmark][metric].items()):
-            axis.errorbar(
-                [p[0] for p in row], [p[1] for p in row], yerr=[p[2] for p in row], marker="o", capsize=3,
-                color=f"C{index}", label=name,
-            )  # fmt: skip
-        axis.set_xscale("log", base=2)
-        axis.set_xticks(list(QUERY_BUDGETS), [str(q) for q in QUERY_BUDGETS])
-        axis.set_title(f"{benchmark}: {'mIoU' if metric == 'miou' else 'proposal recall'}")
-        axis.set_xlabel("queries")
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"query budget, {SHORT_STEPS} steps per run, {len(files)} seed(s)", fontsize=9)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-def learning_curve(run: Path, benchmark: str = "world-full") -> list[dict[str, float]]:
-    """The evaluation rows of one training log: step, training minutes so far, mIoU seen / all, recall."""
-    points, minutes = [], 0.0
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "seconds" in row:
-            minutes = row["seconds"] / 60
-        if f"eval/{benchmark}/miou" in row:
-            points.append(
-                {
-                    "step": row["step"],
-                    "minutes": round(minutes, 2),
-                    **{key: row[f"eval/{benchmark}/{key}"] for key in ("miou", "miou_seen", "proposal_recall")},
-                }
-            )
-    return points
-
-
-def plot_learning_curves(curves: dict[str, list[dict[str, float]]], out_png: Path) -> None:
-    """world-full seen mIoU and proposal recall against training minutes on one core, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for index, (label, points) in enumerate(curves.items()):
-        for axis, key in zip(axes, ("miou_seen", "proposal_recall")):
-            axis.plot(
-                [p["minutes"] for p in points], [100 * p[key] for p in points], "o-", color=f"C{index}", label=label
-            )
-    for axis, title in zip(axes, ("world-full seen mIoU (100 images)", "world-full proposal recall")):
-        axis.set_title(title, fontsize=9)
-        axis.set_xlabel("training minutes, one core")
-        axis.grid(alpha=0.3)
-    axes[0].axhline(70, color="grey", linewidth=0.8, linestyle="--")
-    axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-
-
-def pct(value: float | None) -> str:
-    """A metric in %, "n/a" where it is undefined (None in the JSON, NaN before it)."""
-    return "n/a" if value is None or value != value else f"{100 * value:.1f}"

@@ -1,4 +1,4 @@
-"""Calibrated stacking (train.calibration): the calibration, the sweep on stand-in stage outputs, the shares."""
+"""Calibrated stacking (experiments.calibration): the calibration, the sweep on stand-in stage outputs, the shares."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.calibration import calibrate, calibration_sweep, format_table, pixel_shares
 from pmp.stage2 import prompt_clip_weights, seen_prompts
-from train.calibration import calibrate, calibration_sweep, format_table, pixel_shares
 
 HEIGHT, WIDTH = 4, 8
 
@@ -97,7 +97,7 @@ def test_calibration_needs_the_training_names() -> None:
 def test_record_calibration_table_is_generated_from_results() -> None:
     from pathlib import Path
 
-    from train.calibration import summary_table
+    from experiments.calibration import summary_table
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert summary_table(root / "results" / "calibration") in (root / "docs" / "results.md").read_text()

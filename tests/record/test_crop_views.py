@@ -11,11 +11,11 @@ import pytest
 import torch
 from tiny import tiny_segmenter_config
 
+from experiments import crop_views
 from pmp.segmenter import Segmenter
-from train import crop_views
 from train.evaluate import evaluate, load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _saved(tmp_path: Path, stage2_mode: str = "crop") -> Path:
@@ -33,7 +33,7 @@ def test_each_view_set_is_the_model_with_only_its_views_changed(tmp_path: Path, 
         seen.append(segmenter.config)
         return evaluate(segmenter, dataset, limit, **options)
 
-    monkeypatch.setattr("train.evaluate.evaluate", recording)
+    monkeypatch.setattr("experiments.crop_views.evaluate", recording)
     results = crop_views.compare_crop_views({"baseline": folder}, 2, ("world-full",))
     every = bundled.decoder.num_queries
     assert [(c.crop_views, c.crop_top_k) for c in seen] == [(v, k or every) for v, k in crop_views.ROWS]
