@@ -379,22 +379,28 @@ def read_settings(clip_weight: Any, stage2_mode: Any, mask_threshold: Any) -> di
     }
 
 
-def read_request_prompts(models: DemoModels, prompt_text: Any) -> list[str]:
-    """Parsed prompts that both models accept (count, length, and their CLIPs' token limits)."""
-    labels = read_prompts(prompt_text, models.effective_limits())
-    check_token_limit(models, labels)
+def read_request_prompts(models: DemoModels, prompt_text: Any, box: str | None = None) -> list[str]:
+    """Parsed prompts that both models accept (count, length, and their CLIPs' token limits); an error names
+    the ``box`` the text came from when the page has several."""
+    try:
+        labels = read_prompts(prompt_text, models.effective_limits())
+        check_token_limit(models, labels)
+    except DemoInputError as error:
+        raise DemoInputError(f"{box}: {error}" if box else str(error)) from None
     return labels
 
 
 def segment_all(
-    models: DemoModels, picture: Image.Image, labels: list[str], settings: dict[str, Any]
+    models: DemoModels, picture: Image.Image | dict[str, Any], labels: list[str], settings: dict[str, Any]
 ) -> dict[str, Any]:
-    """Both models' results on one image and prompt list, in MODEL_NAMES order."""
+    """Both models' results on one image (or each model's prepared :meth:`Segmenter.set_image` state) and one
+    prompt list, in MODEL_NAMES order."""
     results: dict[str, Any] = {}
     with torch.inference_mode():
         for name, model in models.items():
             try:
-                results[name] = model.segment(picture, labels, **settings)
+                image = picture[name] if isinstance(picture, dict) else picture
+                results[name] = model.segment(image, labels, **settings)
             except ValueError as error:  # the Segmenter's own input checks
                 raise DemoInputError(str(error)) from None
     return results
@@ -465,9 +471,15 @@ def run_prompt_change(
     """
     stage2_mode = models.stage2_mode() if stage2_mode is None else stage2_mode
     settings = read_settings(clip_weight, stage2_mode, mask_threshold)
-    sets = (read_request_prompts(models, first_prompts), read_request_prompts(models, second_prompts))
+    sets = (
+        read_request_prompts(models, first_prompts, box="Prompts (the first set)"),
+        read_request_prompts(models, second_prompts, box="Second prompt set"),
+    )
     picture = read_image(image, models.limits)
-    first, second = (segment_all(models, picture, labels, settings) for labels in sets)
+    # The image's half of both stages once per model; only what the prompts change runs per set.
+    with torch.inference_mode():
+        states = {name: model.set_image(picture) for name, model in models.items()}
+    first, second = (segment_all(models, states, labels, settings) for labels in sets)
     views, shifts, results = {}, {}, {}
     for name in MODEL_NAMES:
         results[name] = (first[name], second[name])

@@ -36,6 +36,7 @@ from demo.comparison import (
     code_list,
     markdown_safe,
     prompts_markdown,
+    read_image,
     read_prompts,
     run_comparison,
     run_prompt_change,
@@ -53,7 +54,7 @@ from train.world.demo import (
     demo_scene,
     ground_truth,
     image_scores,
-    scene_prompts,
+    prompt_sets,
     unknown_words,
     vocabulary,
 )
@@ -157,7 +158,7 @@ CHANGE_OUTPUTS = (
     "pmp_change_title", "pmp_set1", "pmp_set2", "pmp_masks1", "pmp_masks2",
     "truth_set1", "truth_set2", "change_truth_note",
 )  # fmt: skip
-SCENE_OUTPUTS = ("image", "prompts", "scene_seed", "scene_note")
+SCENE_OUTPUTS = ("image", "prompts", "scene_seed", "scene_note", "second_prompts")
 
 
 def _run(work: Any) -> Any:
@@ -358,7 +359,8 @@ def scene_png(seed: int, scene: Any, folder: Path) -> str:
 
 def scene_for_ui(models: DemoModels, scene_seed: Any, *, output_root: str | Path) -> tuple:
     """The ``/render_scene`` API and the New scene button: a world scene (a random one when ``scene_seed``
-    is empty), its prompt set, its seed and a note; values in SCENE_OUTPUTS order. The picture goes into
+    is empty), its two prompt sets (its things whole, and by their parts), its seed and a note; values in
+    SCENE_OUTPUTS order. The picture goes into
     a request folder of its own, pruned by age like every other output."""
     if scene_seed is None or (isinstance(scene_seed, str) and not scene_seed.strip()):
         scene_seed = int(np.random.default_rng().integers(0, 1_000_000))
@@ -369,11 +371,30 @@ def scene_for_ui(models: DemoModels, scene_seed: Any, *, output_root: str | Path
     scene = demo_scene(seed)
     path = scene_png(seed, scene, request_folder(models.limits.output_max_age_s, output_root))
     note = (
-        f"World scene **{seed}** ({DEMO_SCENE_SIZE} px; share it by its seed). Its prompts name each thing as "
-        "itself, by its parts, or by its group: press **Run** or **Compare the two sets** to see the ground truth "
-        "and the scores."
+        f"World scene **{seed}** ({DEMO_SCENE_SIZE} px; share it by its seed). The first prompt set names its things "
+        "whole, the second by their parts: press **Compare the two sets** (or **Run** for the first set alone) to "
+        "see the ground truth and the scores."
     )
-    return path, ", ".join(scene_prompts(scene)), seed, note
+    sets = prompt_sets(scene)
+    return path, ", ".join(sets["wholes"]), seed, note, ", ".join(sets["parts"])
+
+
+def checked_upload(models: DemoModels, path: Any) -> tuple:
+    """An upload read at once, not at the next Run: a file that is not an image (or is too large) is removed
+    from the image box with a message saying what is accepted. Values for (image, scene seed, scene note)."""
+    try:
+        read_image(path, models.limits)
+    except DemoInputError as error:
+        if isinstance(path, str):
+            Path(path).unlink(missing_ok=True)  # an upload of this app (the image box checked it): of no use now
+        gr.Warning(str(error))
+        return None, None, ""
+    return gr.update(), None, ""
+
+
+def cleared_results(count: int) -> tuple:
+    """After a new image: every result of the previous one emptied, so that none is read as this image's."""
+    return (None,) * count
 
 
 def prompts_with_flags(models: DemoModels, labels: list[str]) -> str:

@@ -18,12 +18,15 @@ from demo.comparison import (
     DemoModels,
 )
 from demo.examples import Example, read_examples
+from demo.gpu import on_gpu
 from demo.handlers import (
     BUSY,
     CHANGE_OUTPUTS,
     INTRO,
     UI_OUTPUTS,
     add_word,
+    checked_upload,
+    cleared_results,
     column_title,
     compare_for_ui,
     crop_views,
@@ -44,11 +47,12 @@ from demo.server import (
 
 
 def _prompt_box(models: DemoModels, label: str, placeholder: str, elem_id: str, **options: Any) -> gr.Textbox:
-    """A prompt text box that also takes a list of strings through the API, bounded in length."""
+    """A prompt text box that also takes a list of strings through the API. Not cut in the browser (a cut
+    paste would be read as something else): the handler refuses text over the limit with its real length,
+    and the server bounds every request body."""
     return list_prompts(
         gr.Textbox(
             label=label,
-            max_length=models.limits.max_text_chars,
             placeholder=placeholder,
             elem_id=elem_id,
             **options,
@@ -67,11 +71,13 @@ def _model_column(
     """One model's column of the detail tab: title with its scores, label map, picked masks, table, grid."""
     short = "PMP" if name == "pmp" else "Baseline"
     col = columns[name] = {}
-    col["title"] = gr.Markdown(column_title(name, stage2_mode, crop_views=views), elem_id=f"{name}-title")
-    col["overlay"] = _picture(f"{short}: label map", f"{name}-overlay")
+    col["title"] = gr.Markdown(
+        column_title(name, stage2_mode, crop_views=views), label=f"{short} summary", elem_id=f"{name}-title"
+    )
+    col["overlay"] = _picture(f"{short} label map", f"{name}-overlay")
     col["timings"] = gr.Markdown(label=f"{short} timings", elem_id=f"{name}-timings")
     col["masks"] = gr.Gallery(
-        label=f"{short}: picked proposal per prompt (prompt · proposal # · p · p_hat · p_out)",
+        label=f"{short} picked masks",
         columns=2,
         height=360,
         object_fit="contain",
@@ -79,12 +85,12 @@ def _model_column(
     )
     col["table"] = gr.Dataframe(
         headers=TABLE_HEADERS,
-        label=f"{short}: scores of the picked proposals",
+        label=f"{short} scores",
         interactive=False,
         wrap=True,
         elem_id=f"{name}-table",
     )
-    col["grid"] = _picture(f"{short}: every proposal (# · best label · p_out)", f"{name}-grid", height=520)
+    col["grid"] = _picture(f"{short} proposals", f"{name}-grid", height=520)
 
 
 CSS = """
@@ -138,7 +144,7 @@ def build_app(
                         )
                     )
                     new_scene = gr.Button("New scene", elem_id="new-scene", scale=1)
-                scene_note = gr.Markdown(elem_id="scene-note")
+                scene_note = gr.Markdown(label="Scene note", elem_id="scene-note")
                 prompts = _prompt_box(models, "Prompts (the first set)", "sky, house, red car", "prompts", lines=2)
                 parsed = gr.Markdown(preview_prompts(models, ""), label="Parsed prompts", elem_id="parsed-prompts")
                 if world:
@@ -199,7 +205,7 @@ def build_app(
                         with gr.Row():
                             second = _prompt_box(
                                 models,
-                                "Second prompt set (the first is the Prompts box)",
+                                "Second prompt set",
                                 "car, wheel, window",
                                 "second-prompts",
                                 scale=3,
@@ -207,28 +213,30 @@ def build_app(
                             run_change = gr.Button(
                                 "Compare the two sets", variant="primary", elem_id="run-change", scale=1
                             )
-                        change["change_summary"] = gr.Markdown(elem_id="change-summary")
+                        change["change_summary"] = gr.Markdown(label="Summary", elem_id="change-summary")
                         for name in MODEL_NAMES:
                             short = "PMP" if name == "pmp" else "Baseline"
                             change[f"{name}_change_title"] = gr.Markdown(
-                                f"### {MODEL_TITLES[name]}", elem_id=f"{name}-change-title"
+                                f"### {MODEL_TITLES[name]}", label=f"{short} summary", elem_id=f"{name}-change-title"
                             )
                             with gr.Row():
                                 for k in (1, 2):
                                     with gr.Column(min_width=240):
                                         change[f"{name}_set{k}"] = _picture(
-                                            f"{short}, {'first' if k == 1 else 'second'} set: label map",
+                                            f"{short} label map, {'first' if k == 1 else 'second'} set",
                                             f"{name}-set{k}",
                                         )
                                         change[f"{name}_masks{k}"] = gr.Gallery(
-                                            label=f"{short}, {'first' if k == 1 else 'second'} set: picked proposals",
+                                            label=f"{short} picked masks, {'first' if k == 1 else 'second'} set",
                                             columns=2,
                                             height=260,
                                             object_fit="contain",
                                             elem_id=f"{name}-masks{k}",
                                         )
                         gr.Markdown("### Ground truth under each set")
-                        change["change_truth_note"] = gr.Markdown(elem_id="change-truth-note")
+                        change["change_truth_note"] = gr.Markdown(
+                            label="Ground truth note", elem_id="change-truth-note"
+                        )
                         with gr.Row():
                             for k in (1, 2):
                                 change[f"truth_set{k}"] = _picture(
@@ -240,10 +248,10 @@ def build_app(
                         run = gr.Button("Run", variant="primary", elem_id="run")
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=1, min_width=240):
-                                truth = _picture("Ground truth under these prompts", "truth", height=300)
+                                truth = _picture("Ground truth", "truth", height=300)
                             with gr.Column(scale=2, min_width=240):
                                 gr.Markdown("## Ground truth")
-                                truth_note = gr.Markdown(elem_id="truth-note")
+                                truth_note = gr.Markdown(label="Ground truth note", elem_id="truth-note")
                         with gr.Row(equal_height=False):
                             for name in MODEL_NAMES:
                                 with gr.Column(min_width=280, elem_id=f"column-{name}"):
@@ -254,7 +262,7 @@ def build_app(
                                 differences_text = gr.Markdown(label="Differences", elem_id="differences")
                                 differences_table = gr.Dataframe(
                                     headers=DIFF_HEADERS,
-                                    label="Picked masks per prompt: IoU between the models",
+                                    label="Picked-mask IoU",
                                     interactive=False,
                                     elem_id="differences-table",
                                 )
@@ -346,16 +354,27 @@ def build_app(
             return preview_prompts(models, text)
 
         inputs = [image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed]
+        compare, prompt_change = on_gpu(compare), on_gpu(prompt_change)  # ZeroGPU lends a GPU per call
         run.click(counted(compare), inputs=inputs, outputs=[components[key] for key in UI_OUTPUTS], api_name="compare")
         change_inputs = [image, prompts, second, clip_weight, stage2_mode, mask_threshold, scene_seed]
         change_outputs = [change[key] for key in CHANGE_OUTPUTS]
         run_change.click(counted(prompt_change), inputs=change_inputs, outputs=change_outputs, api_name="prompt_change")
-        scene_outputs = [image, prompts, scene_seed, scene_note]
-        new_scene.click(new_random_scene, outputs=scene_outputs, api_visibility="private")
-        scene_seed.submit(render_scene, inputs=scene_seed, outputs=scene_outputs, api_name="render_scene")
-        image.upload(
-            lambda: (None, ""), outputs=[scene_seed, scene_note], api_visibility="private", show_progress="hidden"
+        scene_outputs = [image, prompts, scene_seed, scene_note, second]
+        results = [components[key] for key in UI_OUTPUTS if key != "grids_state"] + change_outputs
+
+        def clear_results():
+            return cleared_results(len(results))
+
+        hidden = {"api_visibility": "private", "show_progress": "hidden"}
+        new_scene.click(new_random_scene, outputs=scene_outputs, api_visibility="private").then(
+            clear_results, outputs=results, **hidden
         )
+        scene_seed.submit(render_scene, inputs=scene_seed, outputs=scene_outputs, api_name="render_scene").then(
+            clear_results, outputs=results, **hidden
+        )
+        image.upload(
+            lambda path: checked_upload(models, path), inputs=image, outputs=[image, scene_seed, scene_note], **hidden
+        ).then(clear_results, outputs=results, **hidden)
         if world_examples:  # on load: the first example, already compared under its two prompt sets
             first = world_examples[0]
 
@@ -369,7 +388,7 @@ def build_app(
                 return (first.image, first.prompts, first.seed, first.second_prompts, note, *values)
 
             demo.load(
-                counted(first_view),
+                counted(on_gpu(first_view)),
                 outputs=[image, prompts, scene_seed, second, scene_note, *change_outputs],
                 api_visibility="private",
                 show_progress="hidden",

@@ -55,9 +55,11 @@ from pmp.clip.loading import read_weights_file
 from pmp.config import AUTOCAST_NAMES, STAGE2_MODES, SegmenterConfig
 from pmp.images import load_image, model_input_size, normalize_pixels
 from pmp.modeling import build_mask_proposal_model
+from pmp.modeling.proposal_model import ImageFeatures
 from pmp.postprocess import semantic_map, upsample
 from pmp.prompts import parse_prompts
-from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, ensemble, prompt_clip_weights
+from pmp.results import SegmentationResult, StageOutputs
+from pmp.stage2 import VIT_DENSE_SCALE, classify_proposals, dense_map, ensemble, prompt_clip_weights
 
 # Segmenter.autocast_dtype by name (pmp.config.AUTOCAST_NAMES): app.py, benchmarks.latency, train.evaluate.
 AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
@@ -66,81 +68,38 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {
 
 
 @dataclass
-class SegmentationResult:
-    """Everything both stages computed for one image, at the image's own size.
+class ImageState:
+    """One image prepared by :meth:`Segmenter.set_image`: its input pixels, stage 1's prompt-independent
+    features, and (at first use) CLIP's dense features for pooled stage 2 and the mirrored image's state."""
 
-    ``proposals`` are upsampled lazily from the mask-resolution logits: most callers only need the
-    semantic map and the picked masks, and N full-size float masks are large (100 x 512 x 512 x 4 B).
-    """
+    image: Image.Image
+    pixels: torch.Tensor  # (1, 3, Hp, Wp) in [0, 1], padded to a multiple of 32
+    valid_hw: tuple[int, int]  # (H, W) inside the padding
+    features: ImageFeatures
+    options: tuple[int | None, str]  # (image_size, resize) it was prepared with
+    _dense: dict[float, torch.Tensor] = field(default_factory=dict, repr=False)  # per vit_dense_scale
+    _mirrored: "ImageState | None" = field(default=None, repr=False)
+    # pmp.stage2.classify_proposals' crops of the last proposals, reused while they stay the same
+    crop_cache: dict = field(default_factory=dict, repr=False)
 
-    labels: list[str]
-    semantic: np.ndarray  # (H, W) int64 index into labels (-1 only for unclaimed pixels, when asked for)
-    p: np.ndarray  # (N, K) stage-1 probabilities, Eq. 1 (no-object column dropped)
-    p_hat: np.ndarray  # (N, K) CLIP probabilities, Eq. 2
-    p_out: np.ndarray  # (N, K) Eq. 3: p^(1 - w) * p_hat^w, w = clip_weight (or clip_weight_unseen per prompt)
-    selected: list[tuple[int, float]]  # per label: (proposal index with the highest p_out, that p_out)
-    timings: dict[str, float]
-    clip_weight: float
-    stage2_mode: str
-    mask_threshold: float
-    no_object: np.ndarray  # (N,) stage-1 probability of "no object" per proposal
-    mask_logits: torch.Tensor = field(repr=False)  # (N, h, w) at mask resolution, padding removed
-    image_size: tuple[int, int] = (0, 0)  # (H, W)
-    clip_weight_unseen: float | None = None  # Eq. 3's weight for prompts outside stage 1's training names
-    _proposals: np.ndarray | None = field(default=None, repr=False)
+    def trunk(self, segmenter: "Segmenter") -> torch.Tensor | None:
+        """Stage 1's last backbone map when it is the CLIP tower's own on these pixels (pooled stage 2 reuses it)."""
+        return self.features.backbone[-1] if segmenter.can_reuse_trunk(self.pixels, self.valid_hw) else None
 
-    @property
-    def proposals(self) -> np.ndarray:
-        """(N, H, W) float32 first-stage masks in [0, 1] at image size."""
-        if self._proposals is None:
-            self._proposals = upsample(self.mask_logits[None], self.image_size)[0].sigmoid().numpy()
-        return self._proposals
+    def dense(self, segmenter: "Segmenter") -> torch.Tensor:
+        """(1, C, h, w) CLIP's per-pixel embeddings of this image, computed once per ``vit_dense_scale``."""
+        scale = segmenter.vit_dense_scale
+        if scale not in self._dense:
+            image = self.pixels[..., : self.valid_hw[0], : self.valid_hw[1]]
+            self._dense[scale] = dense_map(segmenter.clip, image, scale, self.trunk(segmenter))
+        return self._dense[scale]
 
-    def picked_mask(self, label_index: int) -> np.ndarray:
-        """(H, W) bool: the proposal picked for one label, binarised at ``mask_threshold``."""
-        index = self.selected[label_index][0]
-        return (
-            upsample(self.mask_logits[index][None, None], self.image_size)[0, 0].sigmoid().numpy()
-            >= self.mask_threshold
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready summary: labels, the picked proposal per label with p, p_hat, p_out, and timings."""
-        return {
-            "labels": self.labels,
-            "clip_weight": self.clip_weight,
-            "clip_weight_unseen": self.clip_weight_unseen,
-            "stage2_mode": self.stage2_mode,
-            "selected": [
-                {
-                    "label": label,
-                    "proposal": index,
-                    "p": float(self.p[index, k]),
-                    "p_hat": float(self.p_hat[index, k]),
-                    "p_out": float(score),
-                    "pixels": int((self.semantic == k).sum()),
-                }
-                for k, (label, (index, score)) in enumerate(zip(self.labels, self.selected))
-            ],
-            "timings": self.timings,
-        }
-
-
-@dataclass
-class StageOutputs:
-    """What both stages computed for one image, before Eq. 3: the input of :meth:`Segmenter.combine`."""
-
-    labels: list[str]
-    p: torch.Tensor  # (N, K) stage-1 probabilities (Eq. 1), no-object column dropped
-    p_hat: torch.Tensor  # (N, K) CLIP probabilities (Eq. 2)
-    no_object: torch.Tensor  # (N,)
-    mask_logits: torch.Tensor  # (N, h, w) at mask resolution, padding removed
-    image_size: tuple[int, int]  # (H, W) of the input image
-    stage2_mode: str
-    timings: dict[str, float]
-    # The flip test (run_stages(flip_test=True)): both stages on the image mirrored left to right, whose
-    # class maps combine mirrors back and adds to these. None: one view, as every reported number.
-    mirrored: "StageOutputs | None" = None
+    def mirrored(self, segmenter: "Segmenter") -> "ImageState":
+        """The state of this image mirrored left to right (the flip test), prepared once."""
+        if self._mirrored is None:
+            image_size, resize = self.options
+            self._mirrored = segmenter.set_image(ImageOps.mirror(self.image), image_size=image_size, resize=resize)
+        return self._mirrored
 
 
 class Segmenter(nn.Module):
@@ -338,10 +297,9 @@ class Segmenter(nn.Module):
         if stage2_mode not in STAGE2_MODES:
             raise ValueError(f"stage2_mode must be one of {', '.join(STAGE2_MODES)}, got {stage2_mode!r}")
         if flip_test:
-            pil = load_image(image)
-            options = {"stage2_mode": stage2_mode, "image_size": image_size, "resize": resize}
-            stages = self.run_stages(pil, labels, **options)
-            mirrored = self.run_stages(ImageOps.mirror(pil), labels, **options)
+            state = self._state(image, image_size, resize)
+            stages = self.run_stages(state, labels, stage2_mode=stage2_mode)
+            mirrored = self.run_stages(state.mirrored(self), labels, stage2_mode=stage2_mode)
             timings = {key: seconds + mirrored.timings[key] for key, seconds in stages.timings.items()}
             return replace(stages, timings=timings, mirrored=mirrored)
         timings: dict[str, float] = {}
@@ -351,16 +309,10 @@ class Segmenter(nn.Module):
         timings["text"] = self._elapsed(start)
 
         start = time.perf_counter()
-        pil = load_image(image)
-        pixels, valid_hw = self.preprocess(pil, image_size or cfg.image_size, resize)  # (1, 3, Hp, Wp) in [0, 1]
-        reuse_trunk = stage2_mode == "pool" and self.can_reuse_trunk(pixels, valid_hw)
+        state = self._state(image, image_size, resize)  # stage 1's image half: once per image
+        pixels, valid_hw = state.pixels, state.valid_hw
         with self._autocast():
-            outputs = self.proposal_model(
-                normalize_pixels(pixels, cfg.pixel_mean, cfg.pixel_std),
-                text[None],
-                return_features=reuse_trunk,
-                return_aux=False,
-            )
+            outputs = self.proposal_model.decode(state.features, text[None], return_aux=False)
         probs = outputs["pred_logits"][0].float().softmax(-1)  # (N, K + 1)
         p, no_object = probs[:, :-1], probs[:, -1]
         mask_logits = outputs["pred_masks"][0].float()  # (N, Hp/4, Wp/4)
@@ -370,8 +322,8 @@ class Segmenter(nn.Module):
         timings["stage1"] = self._elapsed(start)
 
         start = time.perf_counter()
-        trunk = outputs["backbone_features"][-1] if reuse_trunk else None
         with self._autocast():
+            dense = state.dense(self) if stage2_mode == "pool" and cfg.pool_form == "maskclip" else None
             p_hat = classify_proposals(
                 self.clip,
                 pixels,
@@ -384,13 +336,33 @@ class Segmenter(nn.Module):
                 crop_views=cfg.crop_views,
                 crop_geometry=(cfg.crop_box, cfg.crop_mask_threshold),
                 vit_dense_scale=self.vit_dense_scale,
-                trunk=trunk,
+                trunk=state.trunk(self) if stage2_mode == "pool" else None,
                 pool_form=cfg.pool_form,
+                dense=dense,
+                crop_cache=state.crop_cache,
             )
         timings["stage2"] = self._elapsed(start)
-        return StageOutputs(
-            list(labels), p, p_hat.float(), no_object, mask_logits, (pil.height, pil.width), stage2_mode, timings
-        )
+        size = (state.image.height, state.image.width)
+        return StageOutputs(list(labels), p, p_hat.float(), no_object, mask_logits, size, stage2_mode, timings)
+
+    @torch.inference_mode()
+    def set_image(self, image: Any, *, image_size: int | None = None, resize: str = "long") -> ImageState:
+        """Prepare ``image`` for any number of prompt sets, as segment-anything's ``set_image``: the parts of
+        both stages that do not read the prompts (backbone, pixel decoder, and CLIP's dense features at first
+        use) run once here; :meth:`segment` and :meth:`run_stages` take the returned state in place of the
+        image and run only what the prompts change. Outputs equal those of the image itself."""
+        pil = load_image(image)
+        pixels, valid_hw = self.preprocess(pil, image_size or self.config.image_size, resize)
+        with self._autocast():
+            features = self.proposal_model.encode_image(
+                normalize_pixels(pixels, self.config.pixel_mean, self.config.pixel_std)
+            )
+        return ImageState(pil, pixels, valid_hw, features, (image_size, resize))
+
+    def _state(self, image: Any, image_size: int | None, resize: str) -> ImageState:
+        if isinstance(image, ImageState):
+            return image
+        return self.set_image(image, image_size=image_size, resize=resize)
 
     @torch.inference_mode()
     def combine(

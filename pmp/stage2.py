@@ -106,12 +106,17 @@ def classify_proposals(
     vit_dense_scale: float = VIT_DENSE_SCALE,
     trunk: torch.Tensor | None = None,
     pool_form: str = "maskclip",
+    dense: torch.Tensor | None = None,
+    crop_cache: dict | None = None,
 ) -> torch.Tensor:
     """Eq. 2: p_hat (N, K) from CLIP, for the proposals' ``mask_logits`` (N, h, w) on ``pixels`` (1, 3, Hp, Wp).
 
     ``pool`` runs CLIP's image tower once and mask-pools its dense features; ``trunk`` (the CLIP
     tower's last-stage map that stage 1 already computed on the same pixels) replaces that pass.
     ``pool_form`` "fcclip" pools a ConvNeXt tower's map FC-CLIP's way (:meth:`pmp.clip.CLIPModel.fcclip_pooled`).
+    ``dense``: :func:`dense_map` of this image, when the caller already has it (one image, several prompt sets);
+    ``crop_cache``: a dict kept with the image, in which the crops' embeddings (:func:`crop_embeddings`) are
+    reused while the proposals stay the same (a baseline's, under any prompts).
     ``crop`` (OVSeg) runs the tower once per proposal crop, so only the ``crop_top_k`` proposals with
     the highest stage-1 score are upsampled and cropped, in each of ``crop_views``, with ``crop_geometry``
     (box, mask threshold: :func:`masked_crops`); the rest keep p_hat = p, which leaves their ensemble score
@@ -123,18 +128,34 @@ def classify_proposals(
         embeds = F.normalize(clip.fcclip_pooled(trunk, mask_logits), dim=-1)  # (N, C)
         return (clip.logit_scale * embeds @ text.to(embeds).T).softmax(dim=-1).to(p.dtype)
     if stage2_mode == "pool":
-        if trunk is not None:
-            dense = clip.dense_features_from_trunk(trunk)  # (1, C, h, w)
-        else:
-            dense = clip.dense_features(clip.normalize(dense_input(clip, image, vit_dense_scale)))
+        if dense is None:
+            dense = dense_map(clip, image, vit_dense_scale, trunk)  # (1, C, h, w)
         masks = soft_masks_on_grid(mask_logits, valid_hw, tuple(dense.shape[-2:]))  # (N, h, w)
         return pool_classify(clip, dense, masks[None], text)[0].to(p.dtype)
     top_k = min(crop_top_k, mask_logits.shape[0])
-    indices = p.max(1).values.topk(top_k).indices
-    masks = upsample(mask_logits[indices][None], valid_hw)[0].sigmoid()  # (top_k, H, W)
+    indices = p.max(1).values.topk(top_k).indices.sort().values  # in proposal order: the same set, the same key
+    key = (mask_logits[indices].float().cpu().numpy().tobytes(), tuple(crop_views), tuple(crop_geometry))
+    embedded = crop_cache.get(key) if crop_cache is not None else None
+    if embedded is None:
+        masks = upsample(mask_logits[indices][None], valid_hw)[0].sigmoid()  # (top_k, H, W)
+        embedded = crop_embeddings(clip, image[0], masks, crop_views, crop_geometry)
+        if crop_cache is not None:
+            crop_cache.clear()  # one entry: the last proposals' crops (a baseline's stay the same)
+            crop_cache[key] = embedded
     p_hat = p.clone()
-    p_hat[indices] = crop_classify(clip, image[0], masks, text, views=crop_views, geometry=crop_geometry).to(p.dtype)
+    p_hat[indices] = crop_probabilities(clip, embedded, text, top_k, len(crop_views)).to(p.dtype)
     return p_hat
+
+
+def dense_map(
+    clip: CLIPModel, image: torch.Tensor, vit_dense_scale: float = VIT_DENSE_SCALE, trunk: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(1, 3, H, W) image in [0, 1] -> (1, C, h, w) CLIP's per-pixel embeddings for mask pooling; from ``trunk``
+    (the CLIP ResNet's layer-4 map stage 1 already computed on the same pixels) when given. It does not depend
+    on the prompts."""
+    if trunk is not None:
+        return clip.dense_features_from_trunk(trunk)
+    return clip.dense_features(clip.normalize(dense_input(clip, image, vit_dense_scale)))
 
 
 def soft_masks_on_grid(mask_logits: torch.Tensor, valid_hw: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
@@ -237,18 +258,41 @@ def crop_classify(
         if index.numel() and (index.min() < 0 or index.max() >= masks.shape[0]):
             raise ValueError(f"top_k_indices must lie in [0, {masks.shape[0]}), got {index.tolist()}")
         masks = masks[index]
-    num, num_classes = masks.shape[0], text.shape[0]
-    probs = torch.full((num, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
+    embedded = crop_embeddings(clip, image, masks, views, geometry)
+    return crop_probabilities(clip, embedded, text, masks.shape[0], len(views))
+
+
+def crop_embeddings(
+    clip: CLIPModel,
+    image: np.ndarray | Tensor,
+    masks: Tensor,
+    views: Sequence[str] = ("masked",),
+    geometry: tuple[str, float] = ("square", 0.5),
+) -> tuple[Tensor, Tensor]:
+    """The image half of :func:`crop_classify`, which does not read the prompts: each non-empty mask's crops
+    through the image tower -> (V*K, C) normalised embeddings, view-major, and the K masks' indices."""
     crops, regions, nonempty = crops_and_regions(clip, image, masks, views, geometry)  # (V*K, 3, S, S), ., (K,)
-    if nonempty.numel() == 0 or num_classes == 0:
-        return probs
+    if nonempty.numel() == 0:
+        return crops.new_zeros((0, clip.embed_dim)), nonempty
     crops = crops.to(device=clip.device, dtype=clip.open_clip.logit_scale.dtype)
     if not clip.config.mask_prompt_depth:
         regions = None
     batches = zip(crops.split(CROP_BATCH), regions.split(CROP_BATCH) if regions is not None else repeat(None))
-    feats = torch.cat([F.normalize(clip.encode_crops(batch, region), dim=-1) for batch, region in batches])
+    return torch.cat([F.normalize(clip.encode_crops(batch, region), dim=-1) for batch, region in batches]), nonempty
+
+
+def crop_probabilities(
+    clip: CLIPModel, embedded: tuple[Tensor, Tensor], text: Tensor, num_masks: int, num_views: int
+) -> Tensor:
+    """The prompts' half of :func:`crop_classify`: :func:`crop_embeddings`' output against the (M, C) text ->
+    (num_masks, M) probabilities, uniform for the empty masks."""
+    feats, nonempty = embedded
+    num_classes = text.shape[0]
+    probs = torch.full((num_masks, num_classes), 1.0 / max(num_classes, 1), device=clip.device)
+    if nonempty.numel() == 0 or num_classes == 0:
+        return probs
     logits = clip.logit_scale * feats @ text.to(feats).T  # (V*K, M)
-    probs[nonempty.to(probs.device)] = view_log_probs(logits, len(views)).softmax(dim=-1).to(probs.dtype)
+    probs[nonempty.to(probs.device)] = view_log_probs(logits, num_views).softmax(dim=-1).to(probs.dtype)
     return probs
 
 

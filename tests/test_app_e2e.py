@@ -95,7 +95,7 @@ def test_api_renders_a_scene_and_scores_both_models_on_it(server):
     from demo.handlers import CHANGE_OUTPUTS, UI_OUTPUTS
 
     client = _client(server)
-    image, prompts, seed, note = client.predict(12, api_name="/render_scene")
+    image, prompts, seed, note, second = client.predict(12, api_name="/render_scene")
     assert seed == 12 and "World scene **12**" in note and prompts
     values = client.predict(handle_file(image), prompts, 0.65, "pool", 0.5, True, seed, api_name="/compare")
     named = dict(zip([key for key in UI_OUTPUTS if key != "grids_state"], values))

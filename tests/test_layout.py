@@ -145,6 +145,7 @@ def test_the_product_runs_without_the_research_record() -> None:
         "benchmarks.app_memory",
         "benchmarks.gpu_check",
         "benchmarks.world_step_profile",
+        "benchmarks.prompt_change",
         "train.bundle",
         "demo.pick_examples",
     ],

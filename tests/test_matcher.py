@@ -142,3 +142,20 @@ def test_matcher_is_float32_under_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         pred_idx, tgt_idx = HungarianMatcher(num_points=300)(low_precision, targets)[0]
     assert perm[tgt_idx].tolist() == pred_idx.tolist()
+
+
+@pytest.mark.parametrize("mask_loss", ["points_bce", "full_focal"])
+def test_the_class_cost_alone_decides_between_queries_with_the_same_mask(mask_loss: str) -> None:
+    """Two queries with one mask: the target goes to the query that gives its class the higher probability
+    (cost -p), whatever the mask costs, which are equal for both."""
+    masks = torch.zeros(1, 2, 16, 16)
+    masks[:, :, 4:12, 4:12] = 3.0  # the same mask logits for both queries
+    logits = torch.tensor([[[0.0, 4.0, 0.0], [4.0, 0.0, 0.0]]])  # query 0 says class 1, query 1 says class 0
+    target = [{"labels": torch.tensor([1]), "masks": torch.zeros(1, 16, 16, dtype=torch.bool)}]
+    target[0]["masks"][0, 4:12, 4:12] = True
+    matcher = HungarianMatcher(mask_loss=mask_loss)
+    [(queries, targets)] = matcher({"pred_logits": logits, "pred_masks": masks}, target)
+    assert queries.tolist() == [0] and targets.tolist() == [0]
+    target[0]["labels"] = torch.tensor([0])
+    [(queries, _)] = matcher({"pred_logits": logits, "pred_masks": masks}, target)
+    assert queries.tolist() == [1]

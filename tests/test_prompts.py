@@ -119,3 +119,11 @@ def test_a_list_of_strings_is_taken_as_the_prompts() -> None:
         parse_prompts([f"c{i}" for i in range(5)], max_prompts=4)
     with pytest.raises(PromptError, match="text or a list of strings"):
         parse_prompts(42)
+
+
+def test_stacked_determiners_pronouns_and_numerals_are_all_stripped() -> None:
+    """Every leading DET / PRON / NUM goes, not the first alone: "his two dogs" is "dogs"."""
+    from pmp.prompts import noun_phrases
+
+    assert noun_phrases("his two dogs chase these three red cars") == ["dogs", "red cars"]
+    assert noun_phrases("my two cats sleep on the sofa") == ["cats", "sofa"]

@@ -8,6 +8,8 @@ mask_decoder)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -48,6 +50,15 @@ def build_mask_proposal_model(
         mask_pooling_dim=config.pixel_decoder.mask_dim if config.decoder.class_head_mask_pooling else None,
     )
     return MaskProposalModel(backbone, pixel_decoder, decoder, head)
+
+
+@dataclass
+class ImageFeatures:
+    """Stage 1's prompt-independent features of a batch of images (:meth:`MaskProposalModel.encode_image`)."""
+
+    backbone: list[torch.Tensor]  # [f4, f8, f16, f32]
+    mask_features: torch.Tensor  # (B, mask_dim, H/4, W/4)
+    multi_scale: list[torch.Tensor]  # what the transformer decoder attends to
 
 
 class MaskProposalModel(nn.Module):
@@ -102,12 +113,31 @@ class MaskProposalModel(nn.Module):
         the backbone's feature maps to the output. ``return_aux=False`` (inference) leaves out the earlier
         layers' predictions, which only the auxiliary losses read: their masks are still computed (each
         layer's masked attention needs the previous layer's), their class logits are not."""
+        return self.decode(self.encode_image(images), text_embeds, text_mask, return_features=return_features,
+                           return_aux=return_aux)  # fmt: skip
+
+    def encode_image(self, images: torch.Tensor) -> "ImageFeatures":
+        """The prompt-independent half of stage 1: backbone and pixel decoder. Reused by :meth:`decode` for any
+        number of prompt sets (only the transformer decoder and the class head read the prompts)."""
         self._check_images(images)
-        text_embeds, text_mask = self._batch_text(text_embeds, text_mask, images.shape[0])
         features = self.backbone(images)
         mask_features, multi_scale_features = self.pixel_decoder(features)
         if isinstance(self.decoder, StandardTransformerDecoder):
             multi_scale_features = [features[-1]]  # MaskFormer: TRANSFORMER_IN_FEATURE "res5"
+        return ImageFeatures(features, mask_features, multi_scale_features)
+
+    def decode(
+        self,
+        image: "ImageFeatures",
+        text_embeds: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        *,
+        return_features: bool = False,
+        return_aux: bool = True,
+    ) -> dict:
+        """The prompt-dependent half of stage 1 on :meth:`encode_image`'s output: :meth:`forward`'s dict."""
+        features, mask_features, multi_scale_features = image.backbone, image.mask_features, image.multi_scale
+        text_embeds, text_mask = self._batch_text(text_embeds, text_mask, mask_features.shape[0])
         decoded = self.decoder(multi_scale_features, mask_features, text_embeds, text_mask)
         predictions = [
             {
