@@ -68,12 +68,8 @@ JOINERS = "\u200c\u200d"
 def clean_text(text: str) -> str:
     """NFC-normalise, drop control and invisible characters, collapse whitespace; emoji and any script stay."""
     text = unicodedata.normalize("NFC", text)
-    # Whitespace controls (tab, newline) become spaces; other control characters (category Cc) go.
-    text = "".join(
-        " " if ch.isspace() else ch
-        for ch in text
-        if ch.isspace() or (unicodedata.category(ch) != "Cc" and ch not in INVISIBLE)
-    )
+    # Whitespace controls (tab, newline) stay for split() to collapse; other control characters (category Cc) go.
+    text = "".join(ch for ch in text if ch.isspace() or (unicodedata.category(ch) != "Cc" and ch not in INVISIBLE))
     return " ".join(word.strip(JOINERS) for word in text.split() if word.strip(JOINERS))
 
 

@@ -258,8 +258,9 @@ def test_api_takes_prompts_as_a_list_of_strings(server, sample_image):
 # ---------------------------------------------------------------- load
 
 
-def test_load_8_clients_x_5_requests(server, sample_image):
-    """Every request succeeds or gets the queue's busy answer; memory stays flat; no outside connections."""
+@pytest.fixture(scope="module")
+def load_run(server, sample_image) -> dict:
+    """8 clients x 5 requests against the queue, once per module; the RSS before and after, for the bound below."""
     from gradio_client.exceptions import AppError
 
     clients = [_client(server, download=False) for _ in range(8)]  # the server's work, not file transfers
@@ -286,22 +287,30 @@ def test_load_8_clients_x_5_requests(server, sample_image):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    return {"outcomes": outcomes, "rss_after_first": rss_after_first, "rss_after_load": rss_bytes(server.pid)}
+
+
+def test_load_8_clients_x_5_requests(server, load_run):
+    """Every request succeeds or gets the queue's busy answer; no outside connections."""
+    outcomes = load_run["outcomes"]
     assert len(outcomes) == 40
     unexpected = [outcome for outcome in outcomes if outcome not in ("ok", "busy")]
     assert not unexpected, unexpected
     assert outcomes.count("ok") >= 8  # the queue serves while it is full for others
-    rss_after_load = rss_bytes(server.pid)
-    print(
-        f"load: {outcomes.count('ok')} ok, {outcomes.count('busy')} busy; "
-        f"RSS {rss_after_first / 2**20:.0f} -> {rss_after_load / 2**20:.0f} MiB"
-    )
-    assert rss_after_load <= 1.10 * rss_after_first, (rss_after_first / 2**20, rss_after_load / 2**20)
     try:
         import psutil
     except ImportError:
         return
     remote = {conn.raddr.ip for conn in psutil.Process(server.pid).net_connections() if conn.raddr}
     assert remote <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, remote
+
+
+def test_memory_stays_flat_under_load(load_run):
+    """The one memory bound here: 40 requests after warm-up grow the server's RSS by at most 10% (measured growth
+    is a few percent; benchmarks.app_memory measures the rest of the memory story)."""
+    before, after = load_run["rss_after_first"], load_run["rss_after_load"]
+    print(f"RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")
+    assert after <= 1.10 * before, (before / 2**20, after / 2**20)
 
 
 # ---------------------------------------------------------------- browser
@@ -342,10 +351,13 @@ def test_server_log_has_no_unexpected_errors(server, sample_image):
     from gradio_client.exceptions import AppError
 
     client = _client(server)
+    start = server.log.stat().st_size  # judge only what this test's requests write, not earlier tests'
     assert "**3 prompt(s):**" in _compare(client, sample_image)[0]
     with pytest.raises(AppError, match="no prompts"):
         _compare(client, sample_image, "")
-    text = server.log.read_text()
+    with server.log.open("rb") as log:
+        log.seek(start)
+        text = log.read().decode(errors="replace")
     for marker in ("comparison failed", "Exception in ASGI application", "LocalProtocolError"):
         assert marker not in text, text[-3000:]
 

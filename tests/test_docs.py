@@ -15,6 +15,7 @@ DOCUMENTS = (
     "docs/method.md",
     "docs/results.md",
     "docs/speed.md",
+    "docs/testing.md",
     "docs/training.md",
     "docs/world.md",
     "benchmarks/README.md",
@@ -79,3 +80,15 @@ def test_the_readme_is_a_front_door() -> None:
     assert "python app.py" in body and "python -m pytest" in body
     for page in sorted((ROOT / "docs").glob("*.md")):
         assert f"](docs/{page.name})" in body, page.name
+
+
+def test_the_mutation_table_is_generated_from_its_results_file() -> None:
+    import json
+
+    from tests.mutation_score import DOCS_PAGE, RESULTS, TABLE_END, TABLE_START, mutation_table
+
+    page = DOCS_PAGE.read_text()
+    table = page.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
+    summary = json.loads(RESULTS.read_text())
+    assert table == mutation_table(summary)
+    assert set(summary["modules"]) >= {"pmp/prompts.py", "train/matcher.py", "pmp/metrics.py"}

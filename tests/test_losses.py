@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from train.losses import (
@@ -235,13 +237,23 @@ def test_losses_are_float32_under_bfloat16_autocast() -> None:
     assert all(value.dtype == torch.float32 and torch.isfinite(value) for value in losses.values())
 
 
-def test_mask_count_is_all_reduced_under_torch_distributed(tmp_path) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+def _count_on_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
+    """Rank 0 holds 4 target masks, rank 1 holds 1: both must divide by the global mean, (4 + 1) / 2."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
-        targets = [{"labels": torch.tensor([0, 1, 0])}, {"labels": torch.tensor([1])}]
-        assert count_target_masks(targets, torch.device("cpu")) == 4.0
+        per_rank = [
+            [{"labels": torch.tensor([0, 1, 0])}, {"labels": torch.tensor([1])}],
+            [{"labels": torch.tensor([2])}, {"labels": torch.tensor([], dtype=torch.long)}],
+        ]
+        count = count_target_masks(per_rank[rank], torch.device("cpu"))
+        (Path(out_dir) / f"rank{rank}.txt").write_text(repr(count))
     finally:
         dist.destroy_process_group()
+
+
+def test_mask_count_is_all_reduced_over_two_gloo_processes(tmp_path) -> None:
+    mp.spawn(_count_on_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    assert [float((tmp_path / f"rank{rank}.txt").read_text()) for rank in (0, 1)] == [2.5, 2.5]
 
 
 def test_criterion_rejects_bad_arguments_and_inputs() -> None:

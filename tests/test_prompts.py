@@ -127,3 +127,91 @@ def test_stacked_determiners_pronouns_and_numerals_are_all_stripped() -> None:
 
     assert noun_phrases("his two dogs chase these three red cars") == ["dogs", "red cars"]
     assert noun_phrases("my two cats sleep on the sofa") == ["cats", "sofa"]
+
+
+# ---------------------------------------------------------------- limits at their edges, exact messages
+
+
+def test_default_limits_are_100_prompts_of_120_characters() -> None:
+    assert len(parse_prompts([f"thing {i}" for i in range(100)])) == 100
+    with pytest.raises(PromptError, match=r"^too many prompts: 101 given, at most 100 are accepted$"):
+        parse_prompts([f"thing {i}" for i in range(101)])
+    assert parse_prompts(["x" * 120]) == ["x" * 120]
+    with pytest.raises(PromptError, match=r" is 121 characters long; at most 120 are accepted$"):
+        parse_prompts(["x" * 121])
+
+
+def test_text_length_limit_is_inclusive_and_names_the_real_length() -> None:
+    assert parse_prompts("y" * 50, max_text_chars=50, max_chars=50) == ["y" * 50]
+    with pytest.raises(PromptError, match=r"^the prompt text is 51 characters long; at most 50 are accepted$"):
+        parse_prompts("y" * 51, max_text_chars=50, max_chars=60)
+    assert parse_prompts(["ab", "cd"], max_text_chars=4) == ["ab", "cd"]
+    with pytest.raises(PromptError, match=r"^the prompts are 5 characters long in all; at most 4 are accepted$"):
+        parse_prompts(["ab", "cde"], max_text_chars=4)
+
+
+def test_a_long_prompt_is_shown_cut_at_60_characters() -> None:
+    with pytest.raises(PromptError) as error:
+        parse_prompts(["b" * 60], max_chars=59)
+    assert str(error.value) == f"prompt '{'b' * 60}' is 60 characters long; at most 59 are accepted"
+    with pytest.raises(PromptError) as error:
+        parse_prompts(["c" * 61], max_chars=60)
+    assert str(error.value) == f"prompt '{'c' * 60}...' is 61 characters long; at most 60 are accepted"
+
+
+def test_wrong_types_and_surrogates_get_their_exact_messages() -> None:
+    with pytest.raises(PromptError) as error:
+        parse_prompts(5)  # type: ignore[arg-type]
+    assert str(error.value) == "prompts must be given as text or a list of strings, got int"
+    with pytest.raises(PromptError) as error:
+        parse_prompts(["sky", 3])  # type: ignore[list-item]
+    assert str(error.value) == "a list of prompts must hold strings only, got int: 3"
+    with pytest.raises(PromptError) as error:
+        parse_prompts("a\ud800b")
+    assert str(error.value) == (
+        "the prompt text holds U+D800 at position 1, a lone surrogate that is not a character; "
+        "send the text as valid Unicode (UTF-8)"
+    )
+    with pytest.raises(PromptError) as error:
+        parse_prompts(" ;, ")
+    assert str(error.value) == "no prompts: type class names separated by commas, or a caption"
+
+
+def test_a_word_of_joiners_only_leaves_no_double_space() -> None:
+    assert clean_text("sky \u200d grass\u200c") == "sky grass"
+
+
+class _Token:
+    def __init__(self, text: str, pos: str) -> None:
+        self.text, self.pos_, self.text_with_ws = text, pos, text + " "
+
+
+class _ChunkParser:
+    """A stand-in for spaCy with the chunks given: checks what noun_phrases does with each, parse aside."""
+
+    def __init__(self, *chunks: list[tuple[str, str]]) -> None:
+        self.chunks = [[_Token(text, pos) for text, pos in chunk] for chunk in chunks]
+        self.calls: list[str] = []
+
+    def __call__(self, text: str):
+        self.calls.append(text)
+        return type("Doc", (), {"noun_chunks": self.chunks})()
+
+
+def test_the_parser_passed_in_is_used_and_chunks_ending_in_a_pronoun_are_skipped() -> None:
+    parser = _ChunkParser(
+        [("the", "DET"), ("old", "ADJ"), ("boat", "NOUN")],
+        [("poor", "ADJ"), ("me", "PRON")],  # ends in a pronoun: names nothing
+        [("his", "PRON"), ("two", "NUM"), ("dogs", "NOUN")],  # after a skipped chunk: still read
+    )
+    assert parse_prompts("the old boat saw poor me and his two dogs", nlp=parser) == ["old boat", "dogs"]
+    assert parser.calls == ["the old boat saw poor me and his two dogs"]
+
+
+def test_a_caption_without_nouns_gets_the_exact_message() -> None:
+    with pytest.raises(PromptError) as error:
+        parse_prompts("ran very quickly away.", nlp=_ChunkParser())
+    assert str(error.value) == (
+        "no nouns found in 'ran very quickly away.': type class names separated by commas, or a caption "
+        "that names things"
+    )

@@ -45,6 +45,9 @@ def test_odise_ensemble_keeps_no_object_out_and_equals_fc_clips_formula() -> Non
     expected = ((in_vocab ** (1 - w) * p_hat**w).log().softmax(-1)) * (1 - void)
     out = ensemble(p, p_hat, w, "odise")
     torch.testing.assert_close(out, expected)
+    # Row 0 by hand: p_in = (0.8808, 0.1192); 0.8808^0.35 0.1^0.65 : 0.1192^0.35 0.9^0.65 -> (0.3256, 0.6744);
+    # times 1 - p_void = 1 - e / (e^2 + 1 + e) = 0.7553.
+    torch.testing.assert_close(out[0], torch.tensor([0.2459, 0.5094]), atol=1e-4, rtol=0)
     assert torch.allclose(out.sum(1), 1 - void[:, 0])  # a mostly-void proposal keeps its small mass ...
     assert ensemble(p, p_hat, w)[1].sum() > 3 * out[1].sum()  # ... which OVSeg's form inflates
     with pytest.raises(ValueError, match="ensemble form must be one of ovseg, odise"):

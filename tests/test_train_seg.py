@@ -263,7 +263,6 @@ def test_the_world_step_profile_times_every_phase_of_a_real_step() -> None:
 
     result = profile("world-pmp", steps=1, batch_size=2)
     assert set(result["phases_s"]) == set(PHASES) and all(v > 0 for v in result["phases_s"].values())
-    assert abs(sum(result["phases_s"].values()) - result["seconds_per_step"]) < 1e-9
 
 
 def test_readme_speed_rows_are_the_measured_bundled_latency() -> None:
