@@ -22,14 +22,32 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomllib
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "mutation.json"
 
 # module -> the tests that exercise it (mutmut runs, per mutant, only those of them that reach the mutated function)
 MODULES: dict[str, list[str]] = {
-    "pmp/modeling/heads.py": ["tests/test_modeling.py", "tests/test_fcclip.py"],  # Eq. 1
-    "pmp/modeling/text_conditioning.py": ["tests/test_modeling.py", "tests/test_text_modes.py"],  # Eq. 5, Fig. 5
-    "pmp/modeling/transformer_decoder.py": ["tests/test_modeling.py", "tests/test_text_modes.py"],
+    "pmp/modeling/heads.py": [
+        "tests/test_modeling.py",
+        "tests/test_heads.py",
+        "tests/test_fcclip.py",
+        "tests/test_convert_ovseg.py",
+    ],  # Eq. 1
+    "pmp/modeling/text_conditioning.py": [
+        "tests/test_modeling.py",
+        "tests/test_text_modes.py",
+        "tests/test_text_hooks.py",
+        "tests/test_mask2former_reference.py",
+    ],  # Eq. 5, Fig. 5
+    "pmp/modeling/transformer_decoder.py": [
+        "tests/test_modeling.py",
+        "tests/test_text_modes.py",
+        "tests/test_text_hooks.py",
+        "tests/test_mask2former_reference.py",
+        "tests/test_convert_ovseg.py",
+    ],
     "pmp/stage2.py": [
         "tests/test_segmenter.py",
         "tests/test_clip.py",
@@ -37,46 +55,63 @@ MODULES: dict[str, list[str]] = {
         "tests/test_image_state.py",
         "tests/test_mask_prompts.py",
         "tests/test_fcclip.py",
-    ],  # fmt: skip
-    "pmp/postprocess.py": ["tests/test_segmenter.py", "tests/test_fast_paths.py"],
+    ],
+    "pmp/postprocess.py": ["tests/test_segmenter.py", "tests/test_fast_paths.py", "tests/test_postprocess_edges.py"],
     "train/matcher.py": ["tests/test_matcher.py", "tests/test_matcher_costs.py", "tests/test_losses.py"],
     "train/losses.py": ["tests/test_losses.py", "tests/test_fcclip_training.py"],
-    "pmp/metrics.py": ["tests/test_metrics.py", "tests/test_evaluate.py"],
+    "pmp/metrics.py": ["tests/test_metrics.py", "tests/test_metrics_edges.py", "tests/test_evaluate.py"],
     "pmp/prompts.py": ["tests/test_prompts.py", "tests/test_fast_paths.py"],
     "pmp/checkpoint.py": ["tests/test_checkpoints.py", "tests/test_untrusted_checkpoints.py"],
 }
-# Surviving mutants that change nothing a caller can observe, keyed by module and the mutant's added line(s), with
-# the reason. A survivor not listed here is a gap in the tests.
-EQUIVALENT: dict[tuple[str, str], str] = {
-    ("pmp/prompts.py", 'text.encode("UTF-8")'): "Python's codec names are case-insensitive",
-    **{
-        ("train/matcher.py", line): "the tensors are 2-D (Q, P) and (K, P): dim +1 is dim -1"
-        for line in (
-            "denominator = probs.sum(+1)[:, None] + target_points.sum(-1)[None, :]",
-            "denominator = probs.sum(-1)[:, None] + target_points.sum(+1)[None, :]",
-        )
-    },
-    **{
-        ("train/matcher.py", line): "an argument dropped or None where torch's default is the value written out"
-        for line in (
-            'sampled = F.grid_sample(inputs, grid, mode="bilinear", padding_mode="zeros", align_corners=None)',
-            'sampled = F.grid_sample(inputs, grid, padding_mode="zeros", align_corners=False)',
-            'sampled = F.grid_sample(inputs, grid, mode="bilinear", align_corners=False)',
-            'sampled = F.grid_sample(inputs, grid, mode="bilinear", padding_mode="zeros", )',
-            "target_pixels = F.interpolate(target_masks[None], size=pred_masks.shape[-2:], )[0]",
-        )
-    },
-    **{
-        ("train/matcher.py", line): "a device dropped: the tests run on one device (CPU), where it is a no-op"
-        for line in (
-            "padded = torch.isneginf(logits[b][:, labels.to(None)]).all(dim=0)  # (K,)",
-            "target_masks = target_masks.to(device=None, dtype=torch.float32)",
-            "target_masks = target_masks.to(dtype=torch.float32)",
-            "coords = torch.rand(1, num_points, 2, device=None)  # (1, P, 2)",
-            "coords = torch.rand(1, num_points, 2, )  # (1, P, 2)",
-        )
-    },
-}
+ON_ONE_DEVICE = "a device dropped: the tests run on one device (CPU), where placing a tensor is a no-op"
+EQUIVALENTS_FILE = Path(__file__).with_name("equivalent_mutants.toml")
+
+
+def load_equivalents(path: Path = EQUIVALENTS_FILE) -> dict[tuple[str, ...], str]:
+    """(module, the mutant's added line(s)) or, where that alone is ambiguous, (module, removed, added) -> why that
+    mutant changes nothing a caller can observe."""
+    with path.open("rb") as file:
+        groups = tomllib.load(file)["equivalent"]
+    return {
+        (group["module"], *([line] if isinstance(line, str) else line)): group["reason"]
+        for group in groups
+        for line in group["lines"]
+    }
+
+
+EQUIVALENT = load_equivalents()
+# Single-token changes that are the same call wherever they appear: (original, mutated, reason).
+SAME_EVERYWHERE: list[tuple[str, str, str]] = [
+    ("dtype=np.float64", "dtype=None", "numpy's default dtype is float64"),
+    ("dtype=np.float64", "", "numpy's default dtype is float64"),
+    (".astype(np.float64)", ".astype(None)", "numpy's astype(None) is float64"),
+    ('float("nan")', 'float("NAN")', "float() reads 'nan' in any case"),
+    ('float("-inf")', 'float("-INF")', "float() reads 'inf' in any case"),
+    ("align_corners=False", "align_corners=None", "torch reads align_corners=None as False"),
+    ("align_corners=False", "", "torch's align_corners defaults to False"),
+]
+DEVICE_ARGUMENT = re.compile(r"device=[\w.]+(, )?")
+
+
+def equivalent_reason(module: str, removed: str, added: str) -> str | None:
+    """Why a surviving mutant changes nothing a caller can observe, or None when it is a gap in the tests."""
+    for key in ((module, removed, added), (module, added)):
+        if key in EQUIVALENT:
+            return EQUIVALENT[key]
+    for original, mutated, reason in SAME_EVERYWHERE:
+        if original in removed and removed.replace(original, mutated, 1) == added:
+            return reason
+    for argument in DEVICE_ARGUMENT.finditer(removed):
+        before, after = removed[: argument.start()], removed[argument.end() :]
+        as_none = before + "device=None" + (argument.group(1) or "") + after
+        if added in (as_none, before + after):
+            return ON_ONE_DEVICE
+    einsum = re.search(r'einsum\("([a-z,>-]+)"', removed)
+    if einsum and removed.replace(einsum.group(1), einsum.group(1).upper(), 1) == added:
+        return "torch.einsum takes upper-case subscripts as well"
+    return None
+
+
 COPIED = ["pmp", "train", "demo", "tests", "recipes", "checkpoints", "examples", "pytest.ini"]
 STATUS_LINE = re.compile(r"^\s*(\S+__mutmut_\d+): (.+)$")
 
@@ -114,7 +149,7 @@ def score_module(module: str, tests: list[str], workers: int) -> dict:
             [sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=folder, capture_output=True, text=True
         )
         statuses = {m.group(1): m.group(2).strip() for m in map(STATUS_LINE.match, listed.stdout.splitlines()) if m}
-        if not statuses:
+        if not statuses or set(statuses.values()) == {"not checked"}:
             raise RuntimeError(f"mutmut gave no results for {module}:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
         counts: dict[str, int] = {}
         for status in statuses.values():
@@ -126,21 +161,35 @@ def score_module(module: str, tests: list[str], workers: int) -> dict:
                     [sys.executable, "-m", "mutmut", "show", name], cwd=folder, capture_output=True, text=True
                 ).stdout
                 changed = [line for line in shown.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-                added = " ".join(line[1:].strip() for line in changed if line.startswith("+"))
-                reason = EQUIVALENT.get((module, added))
-                survivors.append({"mutant": name, "status": status, "diff": changed, "equivalent": reason})
-    killed = counts.get("killed", 0)
-    equivalent = sum(1 for survivor in survivors if survivor["equivalent"])
-    return {
+                survivors.append({"mutant": name, "status": status, "diff": changed, "equivalent": None})
+    result = {
         "tests": tests,
         "mutants": len(statuses),
         "counts": counts,
-        "equivalent": equivalent,
-        "killed_share": round(killed / len(statuses), 4),
-        "killed_share_of_non_equivalent": round(killed / max(len(statuses) - equivalent, 1), 4),
+        "killed_share": round(counts.get("killed", 0) / len(statuses), 4),
         "seconds": round(seconds, 1),
+        "open": survivors,
+        "equivalent_mutants": [],
+    }
+    return reclassify(module, result)
+
+
+def reclassify(module: str, result: dict) -> dict:
+    """The same result with every survivor's equivalence decided again by the current EQUIVALENT."""
+    survivors = result["open"] + result["equivalent_mutants"]
+    for survivor in survivors:
+        added = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("+"))
+        removed = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("-"))
+        survivor["equivalent"] = equivalent_reason(module, removed, added)
+    survivors.sort(key=lambda survivor: survivor["mutant"])
+    equivalent = [survivor for survivor in survivors if survivor["equivalent"]]
+    killed = result["counts"].get("killed", 0)
+    return {
+        **result,
+        "equivalent": len(equivalent),
+        "killed_share_of_non_equivalent": round(killed / max(result["mutants"] - len(equivalent), 1), 4),
         "open": [survivor for survivor in survivors if not survivor["equivalent"]],
-        "equivalent_mutants": [survivor for survivor in survivors if survivor["equivalent"]],
+        "equivalent_mutants": equivalent,
     }
 
 
@@ -177,7 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--module", action="append", choices=sorted(MODULES), help="default: all of them")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--reclassify", action="store_true", help="only apply EQUIVALENT again to the stored survivors (no mutmut run)"
+    )
     args = parser.parse_args(argv)
+    if args.reclassify:
+        summary = json.loads(RESULTS.read_text())
+        for module, result in summary["modules"].items():
+            summary["modules"][module] = reclassify(module, result)
+        RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
+        write_docs_table(summary)
+        return 0
     for module in args.module or list(MODULES):
         result = score_module(module, MODULES[module], args.workers)
         # Read again just before writing: another run may have written other modules meanwhile.
