@@ -283,9 +283,16 @@ class ProposalShift:
         if self.moved == 0 and self.shift < 1e-6:
             return f"proposals did **not move**: all {self.total} masks are the same under both prompt sets"
         return (
-            f"proposals moved: **shift {100 * self.shift:.1f}%** (1 - mean best IoU), "
-            f"**{self.moved} of {self.total}** masks changed (best IoU < {DIFFERENT_IOU})"
+            f"proposals **moved** with the prompts: **{self.moved} of {self.total}** masks changed (overlap with "
+            f"their closest match under the other set below {DIFFERENT_IOU} IoU); on average a mask overlaps its "
+            f"closest match by {100 * (1 - self.shift):.0f}%"
         )
+
+    def sentence(self, name: str) -> str:
+        """One plain sentence for the summary's first line."""
+        if self.moved == 0 and self.shift < 1e-6:
+            return f"{name} proposed the same {self.total} masks under both sets"
+        return f"{name} changed {self.moved} of its {self.total} masks"
 
 
 def proposal_shift(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> ProposalShift:
@@ -323,7 +330,7 @@ def model_view(result: Any, image: Image.Image) -> ModelView:
         caption = f"{label} · #{index} · p={p:.2f} · p_hat={p_hat:.2f} · p_out={float(score):.2f}"
         masks.append((mask_overlay(small, picked[k], colour_for(k)), caption))
         table.append(
-            [label, int(index), round(p, 4), round(p_hat, 4), round(float(score), 4), round(100 * float(area[k]), 1)]
+            [label, int(index), round(p, 2), round(p_hat, 2), round(float(score), 2), round(100 * float(area[k]), 1)]
         )
     scores = np.asarray(result.p_out)  # (N, K)
     best = scores.argmax(1) if scores.size else np.zeros(0, int)
@@ -358,11 +365,11 @@ def compare_results(
         rows.append(
             [
                 label,
-                round(iou, 3),
+                round(iou, 2),
                 int(base_index),
                 int(pmp_index),
-                round(float(base_score), 4),
-                round(float(pmp_score), 4),
+                round(float(base_score), 2),
+                round(float(pmp_score), 2),
             ]
         )
     rows.sort(key=lambda row: row[1])
@@ -446,10 +453,15 @@ class PromptChangeView:
     image: Image.Image | None = field(repr=False, default=None)  # the decoded image both models saw
 
     def summary_markdown(self) -> str:
+        """What to look at in plain words, then the two sets (each model's measure is in its own title)."""
         first, second = (code_list(labels) for labels in self.prompt_sets)
-        lines = [f"**First set:** {first} · **second set:** {second}"]
-        for name in MODEL_NAMES:
-            lines.append(f"- **{MODEL_TITLES[name]}**: {self.shifts[name].markdown()}")
+        said = [self.shifts[name].sentence(MODEL_TITLES[name]) for name in MODEL_NAMES]
+        lines = [
+            f"**What to look at:** only the prompts changed. {'; '.join(said)}. Compare each model's two label "
+            "maps below: masks that follow the prompts are PMP's point.",
+            "",
+            f"**First set:** {first} · **second set:** {second}",
+        ]
         return "\n".join(lines)
 
 

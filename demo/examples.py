@@ -30,6 +30,11 @@ class Example:
     second_prompts: str = ""
     caption: str = ""
 
+    @property
+    def label(self) -> str:
+        """The example's button: the caption's headline (before its colon), whole words, never cut mid-sentence."""
+        return self.caption.split(":")[0].strip() or self.prompts
+
     def row(self) -> list[Any]:
         return [self.image, self.prompts, self.seed, self.second_prompts]
 

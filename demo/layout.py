@@ -38,7 +38,7 @@ from demo.handlers import (
     scoring_text,
     vocabulary_samples,
 )
-from demo.inputs import as_sent, clear_input_errors, guarded_image, list_prompts, user_error
+from demo.inputs import as_sent, clear_input_errors, guarded_image, list_prompts, uploaded_path, user_error
 from demo.server import (
     MAX_REQUEST_BYTES,
     DiskBudget,
@@ -79,7 +79,7 @@ def _model_column(
     col["masks"] = gr.Gallery(
         label=f"{short} picked masks",
         columns=2,
-        height=360,
+        height="auto",
         object_fit="contain",
         elem_id=f"{name}-masks",
     )
@@ -88,15 +88,22 @@ def _model_column(
         label=f"{short} scores",
         interactive=False,
         wrap=True,
+        column_widths=TABLE_WIDTHS,  # shares of the column: every column in view at phone width too
         elem_id=f"{name}-table",
     )
     col["grid"] = _picture(f"{short} proposals", f"{name}-grid", height=520)
 
 
+TABLE_WIDTHS = ["24%", "14%", "14%", "16%", "16%", "16%"]  # the six columns of TABLE_HEADERS and DIFF_HEADERS
+
 CSS = """
 #parsed-prompts { min-height: 2em; }
 .vocabulary button { font-size: 0.85em; }
-@media (max-width: 640px) { .gradio-container { padding: 4px !important; } }
+.caption-label { white-space: normal !important; max-width: 100% !important; }
+@media (max-width: 640px) {
+  .gradio-container { padding: 4px !important; }
+  .table-wrap table { font-size: 0.75em; }
+}
 """
 
 
@@ -201,7 +208,7 @@ def build_app(
                 photo_examples = [example for example in examples if example.seed is None]
             with gr.Column(scale=2, min_width=320):
                 with gr.Tabs(elem_id="views"):
-                    with gr.Tab("What changes with the prompts", id="change", elem_id="tab-change"):
+                    with gr.Tab("Two prompt sets", id="change", elem_id="tab-change"):
                         with gr.Row():
                             second = _prompt_box(
                                 models,
@@ -221,17 +228,21 @@ def build_app(
                             )
                             with gr.Row():
                                 for k in (1, 2):
-                                    with gr.Column(min_width=240):
-                                        change[f"{name}_set{k}"] = _picture(
-                                            f"{short} label map, {'first' if k == 1 else 'second'} set",
-                                            f"{name}-set{k}",
-                                        )
+                                    change[f"{name}_set{k}"] = _picture(
+                                        f"{short} label map, {'first' if k == 1 else 'second'} set",
+                                        f"{name}-set{k}",
+                                        min_width=240,
+                                    )
+                            with gr.Accordion(f"{short}: the mask picked for each prompt", open=False):
+                                with gr.Row():
+                                    for k in (1, 2):
                                         change[f"{name}_masks{k}"] = gr.Gallery(
                                             label=f"{short} picked masks, {'first' if k == 1 else 'second'} set",
                                             columns=2,
-                                            height=260,
+                                            height="auto",
                                             object_fit="contain",
                                             elem_id=f"{name}-masks{k}",
+                                            min_width=240,
                                         )
                         gr.Markdown("### Ground truth under each set")
                         change["change_truth_note"] = gr.Markdown(
@@ -244,7 +255,7 @@ def build_app(
                                     f"truth-set{k}",
                                     min_width=240,
                                 )
-                    with gr.Tab("One prompt set in detail", id="detail", elem_id="tab-detail"):
+                    with gr.Tab("One set in detail", id="detail", elem_id="tab-detail"):
                         run = gr.Button("Run", variant="primary", elem_id="run")
                         with gr.Row(equal_height=False):
                             with gr.Column(scale=1, min_width=240):
@@ -264,6 +275,8 @@ def build_app(
                                     headers=DIFF_HEADERS,
                                     label="Picked-mask IoU",
                                     interactive=False,
+                                    wrap=True,
+                                    column_widths=TABLE_WIDTHS,
                                     elem_id="differences-table",
                                 )
                             with gr.Column(min_width=300):
@@ -275,24 +288,6 @@ def build_app(
                                 downloads = gr.File(
                                     label="Downloads", file_count="multiple", interactive=False, elem_id="downloads"
                                 )
-        example_inputs = [image, prompts, scene_seed, second]
-        if world_examples:
-            gr.Examples(
-                examples=[example.row() for example in world_examples],
-                inputs=example_inputs,
-                example_labels=[example.caption or example.prompts for example in world_examples],
-                cache_examples=False,
-                label="World scenes where the two models differ (measured): pick one, then compare",
-                elem_id="world-examples",
-            )
-        if photo_examples:
-            gr.Examples(
-                examples=[example.row() for example in photo_examples],
-                inputs=example_inputs,
-                cache_examples=False,
-                label="Outside the bundled world: photos (the bundled models have never seen one)",
-                elem_id="photo-examples",
-            )
         grids_state = gr.State(None, time_to_live=int(models.limits.output_max_age_s))  # paths into the request folder
 
         components = {
@@ -307,6 +302,41 @@ def build_app(
         for name in MODEL_NAMES:
             for part in ("title", "overlay", "masks", "table", "grid", "timings"):
                 components[f"{name}_{part}"] = columns[name][part]
+
+        change_outputs = [change[key] for key in CHANGE_OUTPUTS]
+        results = [components[key] for key in UI_OUTPUTS if key != "grids_state"] + change_outputs
+
+        example_inputs = [image, prompts, scene_seed, second]
+        notes = {example.seed: example.caption for example in world_examples}
+
+        def example_chosen(image: Any, prompts: Any, seed: Any, second: Any) -> tuple:
+            """After an example fills the inputs: its note under the seed box, the previous image's results cleared."""
+            if seed in notes:
+                note = f"**World example**, world scene {seed}: {notes[seed] or 'two prompt sets'}."
+            else:
+                note = "**Photo example**: no ground truth; the bundled models have never seen a photo."
+            return (note, *cleared_results(len(results)))
+
+        chosen = {"fn": example_chosen, "outputs": [scene_note, *results], "run_on_click": True,
+                  "cache_examples": False, "api_visibility": "private"}  # fmt: skip
+        if world_examples:
+            gr.Examples(
+                examples=[example.row() for example in world_examples],
+                inputs=example_inputs,
+                example_labels=[example.label for example in world_examples],
+                label="World scenes where the two models differ (measured): pick one, then compare",
+                elem_id="world-examples",
+                **chosen,
+            )
+        if photo_examples:
+            gr.Examples(
+                examples=[example.row() for example in photo_examples],
+                inputs=example_inputs,
+                example_labels=[example.label for example in photo_examples],
+                label="Outside the bundled world: photos (the bundled models have never seen one)",
+                elem_id="photo-examples",
+                **chosen,
+            )
 
         def check_room() -> None:
             """Before any work: the disk budget must have room for what a request writes."""
@@ -355,12 +385,24 @@ def build_app(
 
         inputs = [image, prompts, clip_weight, stage2_mode, mask_threshold, sort_by_score, scene_seed]
         compare, prompt_change = on_gpu(compare), on_gpu(prompt_change)  # ZeroGPU lends a GPU per call
-        run.click(counted(compare), inputs=inputs, outputs=[components[key] for key in UI_OUTPUTS], api_name="compare")
+        # Progress, and an error's badge, on one output next to the button: an error (its message in the toast)
+        # leaves every earlier result on the page as it was, readable, instead of a badge over each output.
+        run.click(
+            counted(compare),
+            inputs=inputs,
+            outputs=[components[key] for key in UI_OUTPUTS],
+            api_name="compare",
+            show_progress_on=[truth_note],
+        )
         change_inputs = [image, prompts, second, clip_weight, stage2_mode, mask_threshold, scene_seed]
-        change_outputs = [change[key] for key in CHANGE_OUTPUTS]
-        run_change.click(counted(prompt_change), inputs=change_inputs, outputs=change_outputs, api_name="prompt_change")
+        run_change.click(
+            counted(prompt_change),
+            inputs=change_inputs,
+            outputs=change_outputs,
+            api_name="prompt_change",
+            show_progress_on=[change["change_summary"]],
+        )
         scene_outputs = [image, prompts, scene_seed, scene_note, second]
-        results = [components[key] for key in UI_OUTPUTS if key != "grids_state"] + change_outputs
 
         def clear_results():
             return cleared_results(len(results))
@@ -372,8 +414,18 @@ def build_app(
         scene_seed.submit(render_scene, inputs=scene_seed, outputs=scene_outputs, api_name="render_scene").then(
             clear_results, outputs=results, **hidden
         )
+
+        def upload_checked(payload: Any) -> tuple:
+            """The upload as sent (preprocess=False): a refused file must not fail the event, or the box would
+            keep it as a broken image; checked_upload refuses it with a message and empties the box instead."""
+            try:
+                path = uploaded_path(payload.get("path") if isinstance(payload, dict) else None, image.GRADIO_CACHE)
+            except gr.Error:
+                return gr.update(), None, ""  # not a file of this app's upload cache: nothing to check or remove
+            return checked_upload(models, path)
+
         image.upload(
-            lambda path: checked_upload(models, path), inputs=image, outputs=[image, scene_seed, scene_note], **hidden
+            upload_checked, inputs=image, outputs=[image, scene_seed, scene_note], preprocess=False, **hidden
         ).then(clear_results, outputs=results, **hidden)
         if world_examples:  # on load: the first example, already compared under its two prompt sets
             first = world_examples[0]

@@ -17,6 +17,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,16 +42,22 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             page.goto(url, wait_until="domcontentloaded")
             page.locator("#run-change").wait_for(timeout=timeout_ms)
             if world_examples:  # the first view is filled on load: the two sets of the first example
-                expect(page.locator("#change-summary")).to_contain_text("did not move", timeout=timeout_ms)
+                expect(page.locator("#change-summary")).to_contain_text("What to look at", timeout=timeout_ms)
+                expect(page.locator("#baseline-change-title")).to_contain_text("did not move", timeout=timeout_ms)
                 page.locator("#pmp-set2 img").first.wait_for(timeout=timeout_ms)
                 expect(page.locator("#change-truth-note")).to_contain_text("Ground truth", timeout=timeout_ms)
                 expect(page.locator("#scene-note")).to_contain_text("Opening example", timeout=timeout_ms)
                 load_lazy_images(page)
                 page.screenshot(path=str(out / "app_change.png"), full_page=True)
-            # New scene: a world scene with its prompts and seed
+            # New scene: a world scene with its prompts and seed; both prompt sets follow it, old results go
+            opening_second = page.locator("#second-prompts textarea").input_value()
             page.locator("#new-scene").click()
             expect(page.locator("#scene-note")).to_contain_text("World scene", timeout=timeout_ms)
             expect(page.locator("#parsed-prompts")).to_contain_text("prompt(s)", timeout=timeout_ms)
+            expect(page.locator("#second-prompts textarea")).not_to_have_value(opening_second, timeout=timeout_ms)
+            expect(page.locator("#second-prompts textarea")).not_to_have_value("", timeout=timeout_ms)
+            expect(page.locator("#pmp-set2 img")).to_have_count(0, timeout=timeout_ms)
+            expect(page.locator("#change-summary")).not_to_contain_text("What to look at", timeout=timeout_ms)
             # a vocabulary click adds the word to the prompts
             page.locator("#vocabulary").get_by_text("Vocabulary of the bundled models").click()
             present = [name.strip() for name in page.locator("#prompts textarea").input_value().split(",")]
@@ -70,11 +77,12 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             )
             page.locator("#truth-set2 img").first.wait_for(timeout=timeout_ms)
             seen["pmp_change_title"] = page.locator("#pmp-change-title").inner_text()
+            check_errors_keep_the_page(page, timeout_ms)
             if not world_examples:
                 load_lazy_images(page)
                 page.screenshot(path=str(out / "app_change.png"), full_page=True)
             # the detail view: ground truth and per-image scores by the titles
-            page.get_by_role("tab", name="One prompt set in detail").click()
+            page.get_by_role("tab", name="One set in detail").click()
             page.locator("#run").click()
             expect(page.locator("#truth-note")).to_contain_text("Ground truth of world scene", timeout=timeout_ms)
             for name in ("baseline", "pmp"):
@@ -84,6 +92,13 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             page.locator("#truth img").first.wait_for(timeout=timeout_ms)
             load_lazy_images(page)
             page.screenshot(path=str(out / "app_detail.png"), full_page=True)
+            # a text file named .png is refused when it is uploaded, not at the next Run
+            fake = Path(tempfile.mkdtemp(prefix="pmp-browser-")) / "not_an_image.png"  # not beside the screenshots
+            fake.write_text("this is text, not a picture")
+            page.locator("#image input[type=file]").set_input_files(str(fake))
+            expect(page.locator(".toast-body").last).to_contain_text("not an image file", timeout=timeout_ms)
+            expect(page.locator("#image img")).to_have_count(0, timeout=timeout_ms)  # emptied, not a broken image
+            close_toasts(page)
             # an uploaded photo with a word outside the vocabulary: the flag and the notice
             page.locator("#image input[type=file]").set_input_files(str(photo))
             expect(page.locator("#scene-seed input")).to_have_value("", timeout=timeout_ms)
@@ -97,28 +112,83 @@ def visit(url: str, photo: Path, out: Path, *, timeout_ms: int = 60_000, world_e
             )
             seen["truth_note"] = page.locator("#truth-note").inner_text()
             page.screenshot(path=str(out / "app_upload.png"), full_page=True)
-            # bad input in the browser: a clear message, not a crash
-            page.locator("#prompts textarea").fill("")
-            page.locator("#run").click()
-            page.get_by_text("no prompts: type class names").first.wait_for(timeout=timeout_ms)
+            # a photo example on the opening tab: both prompt sets filled, compared without a word of error
+            page.get_by_role("tab", name="Two prompt sets").click()
+            page.locator("#photo-examples button").first.click()
+            expect(page.locator("#scene-note")).to_contain_text("Photo example", timeout=timeout_ms)
+            expect(page.locator("#second-prompts textarea")).not_to_have_value("", timeout=timeout_ms)
+            page.locator("#run-change").click()
+            expect(page.locator("#change-summary")).to_contain_text("What to look at", timeout=timeout_ms)
+            expect(page.locator(".toast-body")).to_have_count(0)
             # phone width: the columns stack and stay usable
             page.set_viewport_size({"width": 390, "height": 844})
             page.reload(wait_until="domcontentloaded")
             page.locator("#run-change").wait_for(timeout=timeout_ms)
             if world_examples:
-                expect(page.locator("#change-summary")).to_contain_text("did not move", timeout=timeout_ms)
+                expect(page.locator("#change-summary")).to_contain_text("What to look at", timeout=timeout_ms)
             load_lazy_images(page)
             width = page.evaluate("document.documentElement.scrollWidth")
             seen["phone_scroll_width"] = str(width)
             if width > 390 + 16:
                 raise AssertionError(f"at phone width the page scrolls sideways: {width} px wide")
             page.screenshot(path=str(out / "app_phone.png"), full_page=True)
+            # the detail view's tables at phone width: every column in view, no sideways scroll
+            page.get_by_role("tab", name="One set in detail").click()
+            page.locator("#run").click()
+            expect(page.locator("#pmp-title")).to_contain_text("mIoU", timeout=timeout_ms)
+            page.locator("#pmp-table td").first.wait_for(state="attached", timeout=timeout_ms)
+            wide = page.evaluate(WIDE_TABLES)
+            if wide:
+                raise AssertionError(f"at phone width these tables scroll sideways: {wide}")
         except Exception:
             page.screenshot(path=str(out / "app_failure.png"), full_page=True)
             raise
         finally:
             browser.close()
     return seen
+
+
+WIDE_TABLES = """() => [...document.querySelectorAll('[id$="-table"] .table-wrap, [id$="-table"] table')]
+    .filter(e => e.scrollWidth > e.clientWidth + 2)
+    .map(e => e.closest('[id$="-table"]').id + ' ' + e.scrollWidth + '/' + e.clientWidth)"""
+
+
+ERROR_BADGES = """() => [...document.querySelectorAll('.error')]
+    .filter(e => !e.closest('.toast-body') && e.offsetParent !== null && e.textContent.trim() === 'Error').length"""
+
+
+def check_errors_keep_the_page(page, timeout_ms: int) -> None:  # noqa: ANN001 - a playwright Page
+    """Bad input after a result: one message naming the box, no error badge over the results, which stay; a
+    10,000-character paste is neither cut nor read: refused with its real length."""
+    from playwright.sync_api import expect  # optional, as in visit
+
+    first = page.locator("#prompts textarea").input_value()
+    page.locator("#prompts textarea").fill("")
+    page.locator("#run-change").click()
+    expect(page.locator(".toast-body").last).to_contain_text("Prompts (the first set): no prompts", timeout=timeout_ms)
+    expect(page.locator("#pmp-set2 img")).to_have_count(1)
+    badges = page.evaluate(ERROR_BADGES)
+    if badges > 1:
+        raise AssertionError(f"one error puts {badges} 'Error' badges on the page")
+    close_toasts(page)
+    page.locator("#prompts textarea").fill(first)
+    second = page.locator("#second-prompts textarea").input_value()
+    page.locator("#second-prompts textarea").fill("a" * 10_000)
+    expect(page.locator("#second-prompts textarea")).to_have_value("a" * 10_000)
+    page.locator("#run-change").click()
+    expect(page.locator(".toast-body").last).to_contain_text(
+        "Second prompt set: the prompt text is 10,000 characters long", timeout=timeout_ms
+    )
+    close_toasts(page)
+    page.locator("#second-prompts textarea").fill(second)
+
+
+def close_toasts(page) -> None:  # noqa: ANN001 - a playwright Page
+    from playwright.sync_api import expect  # optional, as in visit
+
+    for button in page.locator(".toast-close").all():
+        button.click()
+    expect(page.locator(".toast-body")).to_have_count(0)
 
 
 def load_lazy_images(page) -> None:  # noqa: ANN001 - a playwright Page

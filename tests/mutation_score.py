@@ -58,10 +58,14 @@ MODULES: dict[str, list[str]] = {
     ],
     "pmp/postprocess.py": ["tests/test_segmenter.py", "tests/test_fast_paths.py", "tests/test_postprocess_edges.py"],
     "train/matcher.py": ["tests/test_matcher.py", "tests/test_matcher_costs.py", "tests/test_losses.py"],
-    "train/losses.py": ["tests/test_losses.py", "tests/test_fcclip_training.py"],
+    "train/losses.py": ["tests/test_losses.py", "tests/test_loss_terms.py", "tests/test_fcclip_training.py"],
     "pmp/metrics.py": ["tests/test_metrics.py", "tests/test_metrics_edges.py", "tests/test_evaluate.py"],
     "pmp/prompts.py": ["tests/test_prompts.py", "tests/test_fast_paths.py"],
-    "pmp/checkpoint.py": ["tests/test_checkpoints.py", "tests/test_untrusted_checkpoints.py"],
+    "pmp/checkpoint.py": [
+        "tests/test_checkpoints.py",
+        "tests/test_checkpoint_edges.py",
+        "tests/test_untrusted_checkpoints.py",
+    ],
 }
 ON_ONE_DEVICE = "a device dropped: the tests run on one device (CPU), where placing a tensor is a no-op"
 EQUIVALENTS_FILE = Path(__file__).with_name("equivalent_mutants.toml")
@@ -91,6 +95,7 @@ SAME_EVERYWHERE: list[tuple[str, str, str]] = [
     ("align_corners=False", "", "torch's align_corners defaults to False"),
 ]
 DEVICE_ARGUMENT = re.compile(r"device=[\w.]+(, )?")
+TO_DEVICE = re.compile(r"\.to\([\w.\[\]\"']*device\)")
 
 
 def equivalent_reason(module: str, removed: str, added: str) -> str | None:
@@ -106,13 +111,28 @@ def equivalent_reason(module: str, removed: str, added: str) -> str | None:
         as_none = before + "device=None" + (argument.group(1) or "") + after
         if added in (as_none, before + after):
             return ON_ONE_DEVICE
+    for moved in TO_DEVICE.finditer(removed):
+        if removed[: moved.start()] + ".to(None)" + removed[moved.end() :] == added:
+            return ON_ONE_DEVICE
     einsum = re.search(r'einsum\("([a-z,>-]+)"', removed)
     if einsum and removed.replace(einsum.group(1), einsum.group(1).upper(), 1) == added:
         return "torch.einsum takes upper-case subscripts as well"
     return None
 
 
-COPIED = ["pmp", "train", "demo", "tests", "recipes", "checkpoints", "examples", "pytest.ini"]
+COPIED = [
+    "pmp",
+    "train",
+    "demo",
+    "tests",
+    "recipes",
+    "checkpoints",
+    "examples",
+    "benchmarks",
+    "docs",
+    "results",
+    "pytest.ini",
+]
 STATUS_LINE = re.compile(r"^\s*(\S+__mutmut_\d+): (.+)$")
 
 
@@ -156,7 +176,7 @@ def score_module(module: str, tests: list[str], workers: int) -> dict:
             counts[status] = counts.get(status, 0) + 1
         survivors = []
         for name, status in sorted(statuses.items()):
-            if status != "killed":
+            if status not in ("killed", "timeout"):
                 shown = subprocess.run(
                     [sys.executable, "-m", "mutmut", "show", name], cwd=folder, capture_output=True, text=True
                 ).stdout
@@ -166,7 +186,6 @@ def score_module(module: str, tests: list[str], workers: int) -> dict:
         "tests": tests,
         "mutants": len(statuses),
         "counts": counts,
-        "killed_share": round(counts.get("killed", 0) / len(statuses), 4),
         "seconds": round(seconds, 1),
         "open": survivors,
         "equivalent_mutants": [],
@@ -176,18 +195,23 @@ def score_module(module: str, tests: list[str], workers: int) -> dict:
 
 def reclassify(module: str, result: dict) -> dict:
     """The same result with every survivor's equivalence decided again by the current EQUIVALENT."""
-    survivors = result["open"] + result["equivalent_mutants"]
+    survivors = [s for s in result["open"] + result["equivalent_mutants"] if s["status"] != "timeout"]
     for survivor in survivors:
         added = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("+"))
         removed = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("-"))
         survivor["equivalent"] = equivalent_reason(module, removed, added)
     survivors.sort(key=lambda survivor: survivor["mutant"])
     equivalent = [survivor for survivor in survivors if survivor["equivalent"]]
-    killed = result["counts"].get("killed", 0)
+    # A mutant that makes the tests hang (timeout) is caught too: the suite would never pass.
+    caught = result["counts"].get("killed", 0) + result["counts"].get("timeout", 0)
     return {
-        **result,
+        "tests": result["tests"],
+        "mutants": result["mutants"],
+        "counts": result["counts"],
+        "seconds": result["seconds"],
         "equivalent": len(equivalent),
-        "killed_share_of_non_equivalent": round(killed / max(result["mutants"] - len(equivalent), 1), 4),
+        "caught_share": round(caught / result["mutants"], 4),
+        "caught_share_of_non_equivalent": round(caught / max(result["mutants"] - len(equivalent), 1), 4),
         "open": [survivor for survivor in survivors if not survivor["equivalent"]],
         "equivalent_mutants": equivalent,
     }
@@ -201,16 +225,16 @@ TABLE_END = "<!-- end of mutation table -->"
 def mutation_table(summary: dict) -> str:
     """docs/testing.md's table: one row per module, from results/mutation.json."""
     rows = [
-        "| module | mutants | killed | survived | no tests / timeout | equivalent | killed | of the non-equivalent |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| module | mutants | killed | timeout | survived | not run | equivalent | caught | of the non-equivalent |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for module, result in summary["modules"].items():
         counts = result["counts"]
-        other = result["mutants"] - counts.get("killed", 0) - counts.get("survived", 0)
+        killed, timeout, survived = (counts.get(status, 0) for status in ("killed", "timeout", "survived"))
         rows.append(
-            f"| `{module}` | {result['mutants']} | {counts.get('killed', 0)} | {counts.get('survived', 0)} | {other} "
-            f"| {result['equivalent']} | {result['killed_share']:.1%} "
-            f"| {result['killed_share_of_non_equivalent']:.1%} |"
+            f"| `{module}` | {result['mutants']} | {killed} | {timeout} | {survived} "
+            f"| {result['mutants'] - killed - timeout - survived} | {result['equivalent']} "
+            f"| {result['caught_share']:.1%} | {result['caught_share_of_non_equivalent']:.1%} |"
         )
     return "\n".join(rows)
 
@@ -245,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["modules"] = {**summary.get("modules", {}), module: result}
         summary["modules"] = {name: summary["modules"][name] for name in MODULES if name in summary["modules"]}
         print(
-            f"{module}: {result['killed_share']:.1%} of {result['mutants']} killed "
-            f"({result['killed_share_of_non_equivalent']:.1%} of the non-equivalent), {len(result['open'])} open",
+            f"{module}: {result['caught_share']:.1%} of {result['mutants']} caught "
+            f"({result['caught_share_of_non_equivalent']:.1%} of the non-equivalent), {len(result['open'])} open",
             flush=True,
         )
         RESULTS.write_text(json.dumps(summary, indent=1) + "\n")  # after each module: a long run keeps its part

@@ -92,7 +92,7 @@ def test_prompt_change_values_follow_change_outputs(world_models, tmp_path):
     )
     named = dict(zip(handlers.CHANGE_OUTPUTS, values))
     assert len(values) == len(handlers.CHANGE_OUTPUTS)
-    assert "did **not move**" in named["baseline_change_title"] and "shift" in named["pmp_change_title"]
+    assert "did **not move**" in named["baseline_change_title"] and "**moved**" in named["pmp_change_title"]
     assert "mIoU on this image" in named["pmp_change_title"]
     assert all(Path(named[key]).is_file() for key in ("baseline_set1", "pmp_set2", "truth_set1", "truth_set2"))
     assert [caption.split(" · ")[0] for _, caption in named["pmp_masks2"]] == ["car", "wheel"]

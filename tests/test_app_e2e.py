@@ -331,7 +331,7 @@ def test_browser_new_scene_vocabulary_run_prompt_change_and_upload(server, workd
     photo = workdir / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(photo)
     seen = visit(server.url, photo, workdir / "screens", world_examples=bool(_world_examples(workdir)))
-    assert "shift" in seen["pmp_change_title"] or "did not move" in seen["pmp_change_title"]
+    assert "moved" in seen["pmp_change_title"] or "did not move" in seen["pmp_change_title"]
     assert "mIoU" in seen["baseline_title"] and "mIoU" in seen["pmp_title"]
     assert "--baseline" in seen["truth_note"] and "synthetic world only" in seen["truth_note"]
     for name in SCREENSHOTS:

@@ -252,7 +252,15 @@ def test_proposal_shift_measures_how_far_masks_moved():
     moved[2, :, 3] = 1  # the third mask jumps to a column none of the first set covers
     shifted = proposal_shift(masks, moved)
     assert shifted.moved == 1 and 0 < shifted.shift < 1
-    assert "1 of 3" in shifted.markdown()
+    # best IoUs, both ways: 1, 1, 1/3 (the old third mask vs either half) and 1, 1, 1/5 (the new column vs
+    # the half it crosses): mean 0.756, a shift of 0.244
+    assert shifted.shift == pytest.approx(1 - (1 + 1 + 1 / 3 + 1 + 1 + 1 / 5) / 6)
+    assert shifted.markdown() == (
+        "proposals **moved** with the prompts: **1 of 3** masks changed (overlap with their closest match under "
+        "the other set below 0.5 IoU); on average a mask overlaps its closest match by 76%"
+    )
+    assert shifted.sentence("PMP") == "PMP changed 1 of its 3 masks"
+    assert same.sentence("Baseline") == "Baseline proposed the same 3 masks under both sets"
     # the order of the proposals does not matter, and the count may change (text proposals of Fig. 5)
     assert proposal_shift(masks, masks[::-1]).shift == 0.0
     assert proposal_shift(masks, np.concatenate([masks, masks[:1]])).shift == 0.0
@@ -269,7 +277,12 @@ def test_prompt_change_view_shows_both_sets_and_the_shift(tmp_path):
     assert view.shifts["pmp"].moved > 0
     assert [row[0] for row in view.views["pmp"][1].table] == ["car", "wheel", "window"]
     summary = view.summary_markdown()
-    assert "did **not move**" in summary and "shift" in summary and "`wheel`" in summary
+    assert "`wheel`" in summary and "not move" not in summary  # each model's measure is in its own title
+    pmp = view.shifts["pmp"]
+    assert summary.startswith(
+        "**What to look at:** only the prompts changed. Baseline (OVSeg-style) proposed the same "
+        f"{view.shifts['baseline'].total} masks under both sets; PMP changed {pmp.moved} of its {pmp.total} masks."
+    )
     pictures = write_prompt_change_pictures(view)
     assert all(Path(pictures[name][k]["overlay"]).is_file() for name in ("baseline", "pmp") for k in (0, 1))
     assert len(pictures["pmp"][1]["masks"]) == 3

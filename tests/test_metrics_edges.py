@@ -74,6 +74,8 @@ def test_counts_are_integers_before_and_after_a_restore() -> None:
 def test_a_restored_confusion_is_a_copy_of_the_callers_array() -> None:
     state = np.zeros((3, 2), dtype=np.int64)
     metric = SemSegMetric(2)
+    metric.load_state(state.astype(np.float64))
+    assert metric.confusion.dtype == np.int64  # counts, whatever the all-reduced buffer's type
     metric.load_state(state)
     metric.update(np.array([[0]]), np.array([[0]]))
     assert state.sum() == 0 and metric.confusion.sum() == 1
@@ -130,3 +132,9 @@ def test_a_recall_state_of_integers_still_accumulates_fractional_ious() -> None:
     recall.load_state([0, 0, 0])  # K (2 + T) = 3 integers, as a zero-filled buffer may come
     recall.update(np.array([[[1.0, 1.0, 0.0, 0.0]]]), np.zeros((1, 4), dtype=np.int64))  # IoU 1/2
     assert recall.compute().mean_best_iou == 0.5
+
+
+def test_one_pixel_has_a_pixel_accuracy() -> None:
+    metric = SemSegMetric(2)
+    metric.update(np.array([[1]]), np.array([[1]]))
+    assert metric.compute().pixel_accuracy == 1.0
