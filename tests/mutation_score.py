@@ -55,6 +55,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_image_state.py",
         "tests/test_mask_prompts.py",
         "tests/test_fcclip.py",
+        "tests/test_stage2_pooling.py",
+        "tests/test_stage2_paths.py",
     ],
     "pmp/postprocess.py": ["tests/test_segmenter.py", "tests/test_fast_paths.py", "tests/test_postprocess_edges.py"],
     "train/matcher.py": ["tests/test_matcher.py", "tests/test_matcher_costs.py", "tests/test_losses.py"],
@@ -71,19 +73,23 @@ ON_ONE_DEVICE = "a device dropped: the tests run on one device (CPU), where plac
 EQUIVALENTS_FILE = Path(__file__).with_name("equivalent_mutants.toml")
 
 
-def load_equivalents(path: Path = EQUIVALENTS_FILE) -> dict[tuple[str, ...], str]:
-    """(module, the mutant's added line(s)) or, where that alone is ambiguous, (module, removed, added) -> why that
-    mutant changes nothing a caller can observe."""
+def load_equivalents(path: Path = EQUIVALENTS_FILE, table: str = "equivalent") -> dict[tuple[str, ...], str]:
+    """(module, the mutant's added line(s)) or, where that alone is ambiguous, (module, removed, added) -> the
+    reason: why that mutant changes nothing a caller can observe ("equivalent"), or which test fails on it
+    where mutmut cannot see it fail ("caught_outside_mutmut")."""
     with path.open("rb") as file:
-        groups = tomllib.load(file)["equivalent"]
+        groups = tomllib.load(file).get(table, [])
     return {
-        (group["module"], *([line] if isinstance(line, str) else line)): group["reason"]
+        (group["module"], *(" ".join(part.split()) for part in ([line] if isinstance(line, str) else line))): (
+            group["reason"]
+        )
         for group in groups
         for line in group["lines"]
     }
 
 
 EQUIVALENT = load_equivalents()
+CAUGHT_OUTSIDE_MUTMUT = load_equivalents(table="caught_outside_mutmut")
 # Single-token changes that are the same call wherever they appear: (original, mutated, reason).
 SAME_EVERYWHERE: list[tuple[str, str, str]] = [
     ("dtype=np.float64", "dtype=None", "numpy's default dtype is float64"),
@@ -96,10 +102,16 @@ SAME_EVERYWHERE: list[tuple[str, str, str]] = [
 ]
 DEVICE_ARGUMENT = re.compile(r"device=[\w.]+(, )?")
 TO_DEVICE = re.compile(r"\.to\([\w.\[\]\"']*device\)")
+# A cast or move to match another tensor (x.to(y), x.to(y.dtype)), or a dtype copied from one: no-ops in the
+# tests, which run in float32 on the CPU throughout. Casts to a named dtype (torch.int64, ...) are not this.
+ON_ONE_DTYPE = "a cast to match another tensor dropped: the tests run in float32 on the CPU, where it is a no-op"
+TO_MATCH = re.compile(r"\.to\((?!torch\.)[\w.]+\)")
+DTYPE_ARGUMENT = re.compile(r"dtype=[\w.]+\.dtype(, )?")
 
 
 def equivalent_reason(module: str, removed: str, added: str) -> str | None:
     """Why a surviving mutant changes nothing a caller can observe, or None when it is a gap in the tests."""
+    removed, added = " ".join(removed.split()), " ".join(added.split())  # joined lines: one space apart
     for key in ((module, removed, added), (module, added)):
         if key in EQUIVALENT:
             return EQUIVALENT[key]
@@ -114,6 +126,13 @@ def equivalent_reason(module: str, removed: str, added: str) -> str | None:
     for moved in TO_DEVICE.finditer(removed):
         if removed[: moved.start()] + ".to(None)" + removed[moved.end() :] == added:
             return ON_ONE_DEVICE
+    for cast in TO_MATCH.finditer(removed):
+        if removed[: cast.start()] + ".to(None)" + removed[cast.end() :] == added:
+            return ON_ONE_DTYPE
+    for argument in DTYPE_ARGUMENT.finditer(removed):
+        before, after = removed[: argument.start()], removed[argument.end() :]
+        if added in (before + "dtype=None" + (argument.group(1) or "") + after, before + after):
+            return ON_ONE_DTYPE
     einsum = re.search(r'einsum\("([a-z,>-]+)"', removed)
     if einsum and removed.replace(einsum.group(1), einsum.group(1).upper(), 1) == added:
         return "torch.einsum takes upper-case subscripts as well"
@@ -195,15 +214,24 @@ def score_module(module: str, tests: list[str], workers: int) -> dict:
 
 def reclassify(module: str, result: dict) -> dict:
     """The same result with every survivor's equivalence decided again by the current EQUIVALENT."""
-    survivors = [s for s in result["open"] + result["equivalent_mutants"] if s["status"] != "timeout"]
+    stored = result["open"] + result["equivalent_mutants"] + result.get("caught_outside_mutmut", [])
+    survivors = [survivor for survivor in stored if survivor["status"] != "timeout"]
+    outside = []
     for survivor in survivors:
         added = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("+"))
         removed = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("-"))
         survivor["equivalent"] = equivalent_reason(module, removed, added)
+        survivor.pop("caught_by", None)
+        removed, added = " ".join(removed.split()), " ".join(added.split())
+        for key in ((module, removed, added), (module, added)):
+            if key in CAUGHT_OUTSIDE_MUTMUT:
+                survivor["caught_by"] = CAUGHT_OUTSIDE_MUTMUT[key]
+                outside.append(survivor)
+                break
     survivors.sort(key=lambda survivor: survivor["mutant"])
     equivalent = [survivor for survivor in survivors if survivor["equivalent"]]
     # A mutant that makes the tests hang (timeout) is caught too: the suite would never pass.
-    caught = result["counts"].get("killed", 0) + result["counts"].get("timeout", 0)
+    caught = result["counts"].get("killed", 0) + result["counts"].get("timeout", 0) + len(outside)
     return {
         "tests": result["tests"],
         "mutants": result["mutants"],
@@ -212,8 +240,9 @@ def reclassify(module: str, result: dict) -> dict:
         "equivalent": len(equivalent),
         "caught_share": round(caught / result["mutants"], 4),
         "caught_share_of_non_equivalent": round(caught / max(result["mutants"] - len(equivalent), 1), 4),
-        "open": [survivor for survivor in survivors if not survivor["equivalent"]],
+        "open": [survivor for survivor in survivors if not survivor["equivalent"] and survivor not in outside],
         "equivalent_mutants": equivalent,
+        "caught_outside_mutmut": outside,
     }
 
 

@@ -44,6 +44,17 @@ def _maskformer_focal(inputs, targets, num_masks, alpha=0.25, gamma=2.0):
     return (alpha_t * loss).mean(1).sum() / num_masks
 
 
+def test_focal_loss_is_maskformers_for_any_gamma_and_alpha() -> None:
+    # gamma = 2 squares away the sign of (1 - p_t): an odd gamma checks p_t itself
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    labels = (torch.rand(3, 5, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+    for alpha, gamma in ((0.25, 2.0), (0.5, 1.0), (0.75, 3.0)):
+        torch.testing.assert_close(
+            sigmoid_focal_loss(logits, labels, 2.0, alpha=alpha, gamma=gamma),
+            _maskformer_focal(logits, labels, 2.0, alpha=alpha, gamma=gamma),
+        )
+
+
 def _maskformer_dice(inputs, targets, num_masks):
     inputs = inputs.sigmoid()
     numerator = 2 * (inputs * targets).sum(-1)
@@ -53,17 +64,18 @@ def _maskformer_dice(inputs, targets, num_masks):
 
 def test_full_mask_losses_follow_maskformer_across_images_of_different_sizes() -> None:
     torch.manual_seed(0)
-    pred_masks = torch.randn(3, 4, 4, 4)  # (B, Q, h, w)
+    pred_masks = torch.randn(4, 4, 4, 4)  # (B, Q, h, w)
     targets = [
         {"labels": torch.tensor([0]), "masks": torch.rand(1, 8, 8) > 0.5},
         {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 8, 8, dtype=torch.bool)},
         {"labels": torch.tensor([1, 0]), "masks": torch.rand(2, 12, 16) > 0.5},
+        {"labels": torch.tensor([0]), "masks": torch.rand(1, 4, 4) > 0.5},
     ]
-    indices = [_pair([2], [0]), _pair([], []), _pair([3, 0], [1, 0])]
+    indices = [_pair([2], [0]), _pair([], []), _pair([3, 0], [1, 0]), _pair([1], [0])]
     criterion = SetCriterion(_fixed_matcher(indices), mask_loss="full_focal")
     got = criterion.loss_masks(pred_masks, targets, indices, num_masks=3.0)
     focal = dice = 0.0
-    for b, (pred, tgt) in ((0, indices[0]), (2, indices[2])):
+    for b, (pred, tgt) in ((0, indices[0]), (2, indices[2]), (3, indices[3])):
         logits = F.interpolate(pred_masks[b, pred][:, None], size=targets[b]["masks"].shape[-2:], mode="bilinear",
                                align_corners=False)[:, 0].flatten(1)  # fmt: skip
         target = targets[b]["masks"][tgt].float().flatten(1)

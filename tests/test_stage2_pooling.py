@@ -1,0 +1,163 @@
+"""Stage 2's mask pooling (pmp/stage2.py ``pool_classify``) on inputs small enough to follow by hand: how masks
+of each size reach the dense grid, the softmax over prompts, the messages."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from pmp.stage2 import (
+    crop_sources,
+    crops_and_regions,
+    pool_classify,
+    soft_masks_on_grid,
+    square_box_samples,
+    square_boxes,
+    tight_box_crops,
+)
+
+CLIP = SimpleNamespace(logit_scale=torch.tensor(10.0))  # all pool_classify reads of the CLIP model
+DENSE = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 1.0]]]])  # (B=1, C=2, 2, 2): no symmetry
+TEXT = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), dim=-1)  # (M=3, C=2)
+
+
+def _expected(grid_masks: torch.Tensor) -> torch.Tensor:
+    """Mean dense feature under each mask on the dense grid, normalised, softmax(10 cos) over the prompts."""
+    pooled = torch.stack([(DENSE[0] * mask).sum(dim=(1, 2)) / mask.sum() for mask in grid_masks[0]])
+    return (10.0 * F.normalize(pooled, dim=-1) @ TEXT.T).softmax(dim=-1)[None]
+
+
+def test_larger_masks_are_area_averaged_onto_the_grid() -> None:
+    masks = torch.zeros(1, 2, 4, 4)
+    masks[0, 0, :2, :2] = 1.0  # exactly the top-left cell
+    masks[0, 1, :, :1] = 1.0  # half of each left cell
+    grid = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[0.5, 0.0], [0.5, 0.0]]]])
+    torch.testing.assert_close(pool_classify(CLIP, DENSE, masks, TEXT), _expected(grid))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 4), (4, 1)])
+def test_masks_that_must_grow_are_resized_bilinearly(size: tuple[int, int]) -> None:
+    masks = torch.rand(1, 2, *size, generator=torch.Generator().manual_seed(0))
+    grid = F.interpolate(masks, size=(2, 2), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(pool_classify(CLIP, DENSE, masks, TEXT), _expected(grid))
+    if size == (1, 4):  # the grid's width is already passed: averaged the other way would differ
+        assert not torch.allclose(grid, F.adaptive_avg_pool2d(masks, (2, 2)))
+
+
+def test_soft_masks_above_one_count_as_one_and_an_empty_mask_is_uniform() -> None:
+    masks = torch.zeros(1, 2, 2, 2)
+    masks[0, 0, 0, 0], masks[0, 0, 1, 1] = 3.0, 1.0  # 3 counts as 1: the two cells weigh the same
+    grid = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]])
+    got = pool_classify(CLIP, DENSE, masks, TEXT)
+    torch.testing.assert_close(got[:, :1], _expected(grid[:, :1]))
+    torch.testing.assert_close(got[0, 1], torch.full((3,), 1 / 3))
+
+
+def test_pooling_messages() -> None:
+    message = "pool_classify takes dense (B,C,h,w), masks (B,N,H,W), text (M,C); got (1, 2, 2, 2), (2, 2, 2), (3, 2)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        pool_classify(CLIP, DENSE, torch.zeros(2, 2, 2), TEXT)
+    message = "pool_classify shapes disagree: dense (1, 2, 2, 2), masks (1, 1, 2, 2), text (3, 4)"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        pool_classify(CLIP, DENSE, torch.zeros(1, 1, 2, 2), torch.zeros(3, 4))
+    for masks, text in ((torch.zeros(2, 1, 2, 2), TEXT), (torch.zeros(1, 1, 2, 2), torch.zeros(3, 4)),
+                        (torch.zeros(1, 2, 2), TEXT), (torch.zeros(1, 1, 2, 2), torch.zeros(3))):  # fmt: skip
+        with pytest.raises(ValueError):
+            pool_classify(CLIP, DENSE, masks, text)
+
+
+# ---------------------------------------------------------------- what the crops and the pooled masks start from
+
+CROP_CLIP = SimpleNamespace(device=torch.device("cpu"), normalize=lambda pixels: pixels * 2 - 1)  # all it reads
+
+
+def test_masks_of_another_size_are_resized_bilinearly_before_binarising() -> None:
+    image = torch.rand(3, 6, 8, generator=torch.Generator().manual_seed(1))
+    small = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(2))
+    full = F.interpolate(small[:, None], size=(6, 8), mode="bilinear", align_corners=False)[:, 0]
+    resized, given = crop_sources(CROP_CLIP, image, small), crop_sources(CROP_CLIP, image, full)
+    for mine, reference in zip(resized, given):
+        assert torch.equal(mine, reference)
+    normalised, inside, boxes, nonempty = given
+    assert normalised.shape == (1, 3, 8, 10) and inside.shape == (len(nonempty), 1, 8, 10)  # one-pixel zero border
+    assert normalised[..., 0, :].abs().sum() == 0 and normalised[..., :, -1].abs().sum() == 0
+    assert inside[..., -1, :].sum() == 0 and inside[..., :, -1].sum() == 0
+
+
+def test_a_mask_at_exactly_the_threshold_is_empty_and_no_masks_is_fine() -> None:
+    image = torch.rand(3, 4, 4)
+    masks = torch.full((2, 4, 4), 0.5)
+    masks[1, 0, 0] = 0.75
+    assert crop_sources(CROP_CLIP, image, masks)[3].tolist() == [1]
+    assert crop_sources(CROP_CLIP, image, torch.zeros(0, 2, 2))[3].numel() == 0
+
+
+def test_images_crop_stage_2_accepts_and_refuses() -> None:
+    masks = torch.ones(1, 2, 2)
+    pixels = np.full((2, 2, 3), 255, dtype=np.uint8)
+    assert torch.equal(crop_sources(CROP_CLIP, pixels, masks)[0][0, :, 1:-1, 1:-1], torch.ones(3, 2, 2))
+    assert crop_sources(CROP_CLIP, torch.ones(3, 2, 2), masks)[0].shape == (1, 3, 4, 4)
+    start = "crop_classify takes an (H,W,3) uint8 image or a (3,H,W) float tensor in [0,1]; got "
+    for image, got in (
+        (np.zeros((2, 2, 3), dtype=np.float32), "a numpy array (2, 2, 3) float32"),
+        (np.zeros((2, 2, 4), dtype=np.uint8), "a numpy array (2, 2, 4) uint8"),
+        (np.zeros((2, 2), dtype=np.uint8), "a numpy array (2, 2) uint8"),
+        (torch.zeros(3, 2, 2, dtype=torch.uint8), "Tensor (3, 2, 2)"),
+        (torch.zeros(4, 2, 2), "Tensor (4, 2, 2)"),
+        (torch.zeros(1, 3, 2, 2), "Tensor (1, 3, 2, 2)"),
+        ([[0.0]], "list ()"),
+    ):
+        with pytest.raises(ValueError, match=f"^{re.escape(start + got)}$"):
+            crop_sources(CROP_CLIP, image, masks)
+
+
+@pytest.mark.parametrize("grid", [(10, 3), (3, 10)])
+def test_a_grid_finer_than_the_image_gets_the_full_size_soft_masks(grid: tuple[int, int]) -> None:
+    logits = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(3))
+    full = F.interpolate(logits[None], size=(8, 6), mode="bilinear", align_corners=False)[0].sigmoid()
+    torch.testing.assert_close(soft_masks_on_grid(logits, (8, 6), grid), full)
+    coarse = F.adaptive_avg_pool2d(full[None], (4, 3))[0]
+    torch.testing.assert_close(soft_masks_on_grid(logits, (8, 6), (4, 3)), coarse)
+
+
+def test_square_box_samples_are_torchvisions_roi_align() -> None:
+    images = F.pad(torch.rand(2, 3, 18, 18, generator=torch.Generator().manual_seed(4)), (1, 1, 1, 1))  # zero border
+    boxes = torch.tensor([[1.0, 3.0, 9.0, 11.0], [2.0, 1.0, 18.0, 17.0]])  # sides 8 and 16: 2 and 4 samples a bin
+    rois = torch.cat([torch.arange(2.0)[:, None], boxes], dim=1)
+    expected = roi_align(images, rois, 4, 1.0, sampling_ratio=-1, aligned=True)
+    torch.testing.assert_close(square_box_samples(images, boxes, 4), expected)
+    one = images[:1]  # one image for every box
+    expected = roi_align(one, torch.cat([torch.zeros(2, 1), boxes], dim=1), 4, 1.0, sampling_ratio=-1, aligned=True)
+    torch.testing.assert_close(square_box_samples(one, boxes, 4), expected)
+    message = "square_box_samples takes images (K or 1, C, H, W) and boxes (K, 4), got images "
+    for bad_images, bad_boxes in ((images[0], boxes), (images, boxes[:, :3]), (images, boxes[0]),
+                                  (torch.zeros(3, 3, 20, 20), boxes)):  # fmt: skip
+        got = f"{tuple(bad_images.shape)} and boxes {tuple(bad_boxes.shape)}"
+        with pytest.raises(ValueError, match=f"^{re.escape(message + got)}$"):
+            square_box_samples(bad_images, bad_boxes, 4)
+
+
+def test_tight_crops_are_cut_from_the_image_without_the_square_crops_border() -> None:
+    clip = SimpleNamespace(**vars(CROP_CLIP), image_size=8)
+    image = torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(5))
+    masks = torch.zeros(2, 12, 10)
+    masks[0, 0:5, 0:4] = 1.0  # touches the top-left corner
+    masks[1, 6:12, 3:10] = 1.0  # touches the bottom-right corner
+    crops, regions, nonempty = crops_and_regions(clip, image, masks, views=("masked", "box"), geometry=("tight", 0.5))
+    reference = tight_box_crops(clip.normalize(image[None]), masks[:, None] > 0.5, 8)
+    torch.testing.assert_close(crops, torch.cat([reference["masked"], reference["box"]]))
+    torch.testing.assert_close(regions, torch.cat([reference["region"], torch.ones_like(reference["region"])]))
+    assert nonempty.tolist() == [0, 1]
+
+
+def test_square_boxes_by_hand() -> None:
+    masks = torch.zeros(2, 10, 8, dtype=torch.bool)
+    masks[0, 5:7, 1:4] = True  # tight box x 1..4, y 5..7: wider than tall, centred at (2.5, 6)
+    masks[1, 2:9, 6:7] = True  # x 6..7, y 2..9: taller than wide, centred at (6.5, 5.5)
+    assert square_boxes(masks).tolist() == [[1.0, 4.5, 4.0, 7.5], [3.0, 2.0, 10.0, 9.0]]
