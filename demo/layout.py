@@ -304,7 +304,8 @@ def build_app(
                 components[f"{name}_{part}"] = columns[name][part]
 
         change_outputs = [change[key] for key in CHANGE_OUTPUTS]
-        results = [components[key] for key in UI_OUTPUTS if key != "grids_state"] + change_outputs
+        # every result of an image, to empty when the image changes (not the parsed prompts: they follow the box)
+        results = [components[key] for key in UI_OUTPUTS if key not in ("grids_state", "prompts")] + change_outputs
 
         example_inputs = [image, prompts, scene_seed, second]
         notes = {example.seed: example.caption for example in world_examples}
