@@ -99,6 +99,7 @@ SAME_EVERYWHERE: list[tuple[str, str, str]] = [
     ('float("-inf")', 'float("-INF")', "float() reads 'inf' in any case"),
     ("align_corners=False", "align_corners=None", "torch reads align_corners=None as False"),
     ("align_corners=False", "", "torch's align_corners defaults to False"),
+    ("align_corners=False, ", "", "torch's align_corners defaults to False"),
 ]
 DEVICE_ARGUMENT = re.compile(r"device=[\w.]+(, )?")
 TO_DEVICE = re.compile(r"\.to\([\w.\[\]\"']*device\)")
@@ -116,7 +117,7 @@ def equivalent_reason(module: str, removed: str, added: str) -> str | None:
         if key in EQUIVALENT:
             return EQUIVALENT[key]
     for original, mutated, reason in SAME_EVERYWHERE:
-        if original in removed and removed.replace(original, mutated, 1) == added:
+        if original in removed and " ".join(removed.replace(original, mutated, 1).split()) == added:
             return reason
     for argument in DEVICE_ARGUMENT.finditer(removed):
         before, after = removed[: argument.start()], removed[argument.end() :]

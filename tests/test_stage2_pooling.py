@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from pmp.stage2 import (
+    crop_classify,
+    crop_probabilities,
     crop_sources,
     crops_and_regions,
     pool_classify,
@@ -161,3 +163,35 @@ def test_square_boxes_by_hand() -> None:
     masks[0, 5:7, 1:4] = True  # tight box x 1..4, y 5..7: wider than tall, centred at (2.5, 6)
     masks[1, 2:9, 6:7] = True  # x 6..7, y 2..9: taller than wide, centred at (6.5, 5.5)
     assert square_boxes(masks).tolist() == [[1.0, 4.5, 4.0, 7.5], [3.0, 2.0, 10.0, 9.0]]
+
+
+@pytest.mark.parametrize("size", [(2, 4), (4, 2)])
+def test_masks_larger_along_one_side_only_are_area_averaged(size: tuple[int, int]) -> None:
+    masks = torch.rand(1, 2, *size, generator=torch.Generator().manual_seed(6))
+    grid = F.adaptive_avg_pool2d(masks, (2, 2))  # a plain mean of the two values in each cell
+    torch.testing.assert_close(pool_classify(CLIP, DENSE, masks, TEXT), _expected(grid))
+
+
+def test_a_grid_coarser_than_the_image_only_in_height_is_area_averaged() -> None:
+    logits = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(7))
+    full = F.interpolate(logits[None], size=(8, 6), mode="bilinear", align_corners=False)[0].sigmoid()
+    torch.testing.assert_close(soft_masks_on_grid(logits, (8, 6), (7, 3)), F.adaptive_avg_pool2d(full[None], (7, 3))[0])
+    torch.testing.assert_close(soft_masks_on_grid(logits, (8, 6), (8, 6)), full)  # the grid is the image
+
+
+def test_crop_classify_messages_and_empty_crops() -> None:
+    clip = SimpleNamespace(device=torch.device("cpu"))
+    masks, text = torch.ones(2, 4, 4), torch.ones(3, 8)
+    for args, message in (
+        ((masks, torch.ones(8)), "crop_classify takes text (M,C), got shape (8,)"),
+        ((torch.ones(4, 4), text), "crop_classify takes masks (N,H,W), got shape (4, 4)"),
+        ((masks, text, [0, 2]), "top_k_indices must lie in [0, 2), got [0, 2]"),
+        ((masks, text, [-1]), "top_k_indices must lie in [0, 2), got [-1]"),
+    ):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            crop_classify(clip, torch.ones(3, 4, 4), *args)
+    for num_classes, uniform in ((1, 1.0), (4, 0.25)):  # no crop (every mask empty): p_hat uniform
+        nothing = (torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))
+        probs = crop_probabilities(clip, nothing, torch.ones(num_classes, 8), 2, 1)
+        assert torch.equal(probs, torch.full((2, num_classes), uniform))
+    assert crop_probabilities(clip, (torch.ones(1, 8), torch.tensor([0])), torch.ones(0, 8), 2, 1).shape == (2, 0)
