@@ -88,7 +88,6 @@ class DemoModels:
         them (``clip_weight``, ``clip_weight_unseen``; ValueError for a model whose config does not list
         its training names, or for a weight outside [0, 1])
         """
-
         if autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {autocast!r}")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -290,9 +289,12 @@ class ProposalShift:
 
     def sentence(self, name: str) -> str:
         """One plain sentence for the summary's first line."""
-        if self.moved == 0 and self.shift < 1e-6:
-            return f"{name} proposed the same {self.total} masks under both sets"
-        return f"{name} changed {self.moved} of its {self.total} masks"
+        same = self.moved == 0 and self.shift < 1e-6
+        return f"{name} " + (
+            f"proposed the same {self.total} masks under both sets"
+            if same
+            else f"changed {self.moved} of its {self.total} masks"
+        )
 
 
 def proposal_shift(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> ProposalShift:
@@ -428,8 +430,7 @@ def run_comparison(
     Raises DemoInputError for bad input (message for the user). Downloads are written to a fresh
     ``request-*`` folder under ``output_root`` (default: the system temp dir).
     """
-    stage2_mode = models.stage2_mode() if stage2_mode is None else stage2_mode
-    settings = read_settings(clip_weight, stage2_mode, mask_threshold)
+    settings = read_settings(clip_weight, models.stage2_mode() if stage2_mode is None else stage2_mode, mask_threshold)
     labels = read_request_prompts(models, prompt_text)
     picture = read_image(image, models.limits)
     results = segment_all(models, picture, labels, settings)
@@ -455,14 +456,11 @@ class PromptChangeView:
     def summary_markdown(self) -> str:
         """What to look at in plain words, then the two sets (each model's measure is in its own title)."""
         first, second = (code_list(labels) for labels in self.prompt_sets)
-        said = [self.shifts[name].sentence(MODEL_TITLES[name]) for name in MODEL_NAMES]
-        lines = [
-            f"**What to look at:** only the prompts changed. {'; '.join(said)}. Compare each model's two label "
-            "maps below: masks that follow the prompts are PMP's point.",
-            "",
-            f"**First set:** {first} · **second set:** {second}",
-        ]
-        return "\n".join(lines)
+        said = "; ".join(self.shifts[name].sentence(MODEL_TITLES[name]) for name in MODEL_NAMES)
+        return (
+            f"**What to look at:** only the prompts changed. {said}. Compare each model's two label maps below: "
+            f"masks that follow the prompts are PMP's point.\n\n**First set:** {first} · **second set:** {second}"
+        )
 
 
 def run_prompt_change(
@@ -481,8 +479,7 @@ def run_prompt_change(
     The baseline's proposals cannot move (its stage 1 never sees the prompts); PMP's can, because every
     decoder layer attends to the prompts' text (Eq. 5). Same checks as :func:`run_comparison`.
     """
-    stage2_mode = models.stage2_mode() if stage2_mode is None else stage2_mode
-    settings = read_settings(clip_weight, stage2_mode, mask_threshold)
+    settings = read_settings(clip_weight, models.stage2_mode() if stage2_mode is None else stage2_mode, mask_threshold)
     sets = (
         read_request_prompts(models, first_prompts, box="Prompts (the first set)"),
         read_request_prompts(models, second_prompts, box="Second prompt set"),
@@ -496,10 +493,8 @@ def run_prompt_change(
     for name in MODEL_NAMES:
         results[name] = (first[name], second[name])
         views[name] = (model_view(first[name], picture), model_view(second[name], picture))
-        # at mask resolution: the shift is a property of the proposals, not of the drawing size
-        shifts[name] = proposal_shift(
-            first[name].mask_logits.float().sigmoid().numpy(), second[name].mask_logits.float().sigmoid().numpy()
-        )
+        masks = [result.mask_logits.float().sigmoid().numpy() for result in results[name]]
+        shifts[name] = proposal_shift(*masks)  # at mask resolution: a property of the proposals, not the drawing
     return PromptChangeView(
         sets, views, shifts, settings, request_folder(models.limits.output_max_age_s, output_root), results, picture
     )
