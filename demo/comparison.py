@@ -278,8 +278,12 @@ class ProposalShift:
     moved: int  # proposals of the first set whose best match in the second has IoU < DIFFERENT_IOU
     total: int  # proposals in the first set
 
+    @property
+    def unmoved(self) -> bool:
+        return self.moved == 0 and self.shift < 1e-6
+
     def markdown(self) -> str:
-        if self.moved == 0 and self.shift < 1e-6:
+        if self.unmoved:
             return f"proposals did **not move**: all {self.total} masks are the same under both prompt sets"
         return (
             f"proposals **moved** with the prompts: **{self.moved} of {self.total}** masks changed (overlap with "
@@ -289,12 +293,9 @@ class ProposalShift:
 
     def sentence(self, name: str) -> str:
         """One plain sentence for the summary's first line."""
-        same = self.moved == 0 and self.shift < 1e-6
-        return f"{name} " + (
-            f"proposed the same {self.total} masks under both sets"
-            if same
-            else f"changed {self.moved} of its {self.total} masks"
-        )
+        if self.unmoved:
+            return f"{name} proposed the same {self.total} masks under both sets"
+        return f"{name} changed {self.moved} of its {self.total} masks"
 
 
 def proposal_shift(first: np.ndarray, second: np.ndarray, threshold: float = 0.5) -> ProposalShift:
@@ -306,8 +307,7 @@ def proposal_shift(first: np.ndarray, second: np.ndarray, threshold: float = 0.5
     (the Fig. 5 modes that add text proposals). A prompt-agnostic generator (the baseline) gives exactly
     0: its masks do not depend on the prompts at all.
     """
-    a = np.asarray(first) >= threshold
-    b = np.asarray(second) >= threshold
+    a, b = (np.asarray(masks) >= threshold for masks in (first, second))
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(f"proposal sets must share their mask size, got {a.shape[1:]} and {b.shape[1:]}")
     if not len(a) or not len(b):
@@ -379,11 +379,11 @@ def compare_results(
     return rows, agreement
 
 
-def read_settings(clip_weight: Any, stage2_mode: Any, mask_threshold: Any) -> dict[str, Any]:
-    """The comparison's settings, checked: {"clip_weight", "stage2_mode", "mask_threshold"}."""
+def read_settings(models: DemoModels, clip_weight: Any, stage2_mode: Any, mask_threshold: Any) -> dict[str, Any]:
+    """The request's settings, checked: {"clip_weight", "stage2_mode" (None: the models' own), "mask_threshold"}."""
     return {
         "clip_weight": check_number(clip_weight, "CLIP weight", 0.0, 1.0),
-        "stage2_mode": check_stage2_mode(stage2_mode),
+        "stage2_mode": check_stage2_mode(models.stage2_mode() if stage2_mode is None else stage2_mode),
         "mask_threshold": check_number(mask_threshold, "mask threshold", 0.0, 1.0, open_interval=True),
     }
 
@@ -430,7 +430,7 @@ def run_comparison(
     Raises DemoInputError for bad input (message for the user). Downloads are written to a fresh
     ``request-*`` folder under ``output_root`` (default: the system temp dir).
     """
-    settings = read_settings(clip_weight, models.stage2_mode() if stage2_mode is None else stage2_mode, mask_threshold)
+    settings = read_settings(models, clip_weight, stage2_mode, mask_threshold)
     labels = read_request_prompts(models, prompt_text)
     picture = read_image(image, models.limits)
     results = segment_all(models, picture, labels, settings)
@@ -479,7 +479,7 @@ def run_prompt_change(
     The baseline's proposals cannot move (its stage 1 never sees the prompts); PMP's can, because every
     decoder layer attends to the prompts' text (Eq. 5). Same checks as :func:`run_comparison`.
     """
-    settings = read_settings(clip_weight, models.stage2_mode() if stage2_mode is None else stage2_mode, mask_threshold)
+    settings = read_settings(models, clip_weight, stage2_mode, mask_threshold)
     sets = (
         read_request_prompts(models, first_prompts, box="Prompts (the first set)"),
         read_request_prompts(models, second_prompts, box="Second prompt set"),

@@ -307,6 +307,9 @@ def build_app(
         # every result of an image, to empty when the image changes (not the parsed prompts: they follow the box)
         results = [components[key] for key in UI_OUTPUTS if key not in ("grids_state", "prompts")] + change_outputs
 
+        def clear_results():
+            return cleared_results(len(results))
+
         example_inputs = [image, prompts, scene_seed, second]
         notes = {example.seed: example.caption for example in world_examples}
 
@@ -316,7 +319,7 @@ def build_app(
                 note = f"**World example**, world scene {seed}: {notes[seed] or 'two prompt sets'}."
             else:
                 note = "**Photo example**: no ground truth; the bundled models have never seen a photo."
-            return (note, *cleared_results(len(results)))
+            return (note, *clear_results())
 
         chosen = {"fn": example_chosen, "outputs": [scene_note, *results], "run_on_click": True,
                   "cache_examples": False, "api_visibility": "private"}  # fmt: skip
@@ -404,9 +407,6 @@ def build_app(
             show_progress_on=[change["change_summary"]],
         )
         scene_outputs = [image, prompts, scene_seed, scene_note, second]
-
-        def clear_results():
-            return cleared_results(len(results))
 
         hidden = {"api_visibility": "private", "show_progress": "hidden"}
         new_scene.click(new_random_scene, outputs=scene_outputs, api_visibility="private").then(

@@ -101,39 +101,45 @@ SAME_EVERYWHERE: list[tuple[str, str, str]] = [
     ("align_corners=False", "", "torch's align_corners defaults to False"),
     ("align_corners=False, ", "", "torch's align_corners defaults to False"),
 ]
-DEVICE_ARGUMENT = re.compile(r"device=[\w.]+(, )?")
-TO_DEVICE = re.compile(r"\.to\([\w.\[\]\"']*device\)")
 # A cast or move to match another tensor (x.to(y), x.to(y.dtype)), or a dtype copied from one: no-ops in the
 # tests, which run in float32 on the CPU throughout. Casts to a named dtype (torch.int64, ...) are not this.
 ON_ONE_DTYPE = "a cast to match another tensor dropped: the tests run in float32 on the CPU, where it is a no-op"
-TO_MATCH = re.compile(r"\.to\((?!torch\.)[\w.]+\)")
-DTYPE_ARGUMENT = re.compile(r"dtype=[\w.]+\.dtype(, )?")
+# A keyword argument set to None or dropped, and a .to(...) made .to(None): pattern -> reason.
+ARGUMENTS = {re.compile(r"device=[\w.]+(, )?"): ON_ONE_DEVICE, re.compile(r"dtype=[\w.]+\.dtype(, )?"): ON_ONE_DTYPE}
+CASTS = {
+    re.compile(r"\.to\([\w.\[\]\"']*device\)"): ON_ONE_DEVICE,
+    re.compile(r"\.to\((?!torch\.)[\w.]+\)"): ON_ONE_DTYPE,
+}
+
+
+def changed_lines(diff: list[str]) -> tuple[str, str]:
+    """A mutant's removed and added line(s), each joined by one space, spacing normalised."""
+    return tuple(" ".join(" ".join(line[1:] for line in diff if line.startswith(sign)).split()) for sign in "-+")
+
+
+def listed(table: dict[tuple[str, ...], str], module: str, removed: str, added: str) -> str | None:
+    """The reason ``table`` gives for this mutant: keyed by (module, removed, added) or by (module, added)."""
+    return table.get((module, removed, added)) or table.get((module, added))
 
 
 def equivalent_reason(module: str, removed: str, added: str) -> str | None:
-    """Why a surviving mutant changes nothing a caller can observe, or None when it is a gap in the tests."""
-    removed, added = " ".join(removed.split()), " ".join(added.split())  # joined lines: one space apart
-    for key in ((module, removed, added), (module, added)):
-        if key in EQUIVALENT:
-            return EQUIVALENT[key]
+    """Why a surviving mutant changes nothing a caller can observe, or None when it is a gap in the tests.
+    ``removed`` and ``added`` as :func:`changed_lines` gives them."""
+    if reason := listed(EQUIVALENT, module, removed, added):
+        return reason
     for original, mutated, reason in SAME_EVERYWHERE:
         if original in removed and " ".join(removed.replace(original, mutated, 1).split()) == added:
             return reason
-    for argument in DEVICE_ARGUMENT.finditer(removed):
-        before, after = removed[: argument.start()], removed[argument.end() :]
-        as_none = before + "device=None" + (argument.group(1) or "") + after
-        if added in (as_none, before + after):
-            return ON_ONE_DEVICE
-    for moved in TO_DEVICE.finditer(removed):
-        if removed[: moved.start()] + ".to(None)" + removed[moved.end() :] == added:
-            return ON_ONE_DEVICE
-    for cast in TO_MATCH.finditer(removed):
-        if removed[: cast.start()] + ".to(None)" + removed[cast.end() :] == added:
-            return ON_ONE_DTYPE
-    for argument in DTYPE_ARGUMENT.finditer(removed):
-        before, after = removed[: argument.start()], removed[argument.end() :]
-        if added in (before + "dtype=None" + (argument.group(1) or "") + after, before + after):
-            return ON_ONE_DTYPE
+    for pattern, reason in ARGUMENTS.items():
+        for argument in pattern.finditer(removed):
+            before, after = removed[: argument.start()], removed[argument.end() :]
+            as_none = before + argument.group(0).split("=")[0] + "=None" + (argument.group(1) or "") + after
+            if added in (as_none, before + after):
+                return reason
+    for pattern, reason in CASTS.items():
+        for cast in pattern.finditer(removed):
+            if removed[: cast.start()] + ".to(None)" + removed[cast.end() :] == added:
+                return reason
     einsum = re.search(r'einsum\("([a-z,>-]+)"', removed)
     if einsum and removed.replace(einsum.group(1), einsum.group(1).upper(), 1) == added:
         return "torch.einsum takes upper-case subscripts as well"
@@ -219,16 +225,12 @@ def reclassify(module: str, result: dict) -> dict:
     survivors = [survivor for survivor in stored if survivor["status"] != "timeout"]
     outside = []
     for survivor in survivors:
-        added = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("+"))
-        removed = " ".join(line[1:].strip() for line in survivor["diff"] if line.startswith("-"))
+        removed, added = changed_lines(survivor["diff"])
         survivor["equivalent"] = equivalent_reason(module, removed, added)
         survivor.pop("caught_by", None)
-        removed, added = " ".join(removed.split()), " ".join(added.split())
-        for key in ((module, removed, added), (module, added)):
-            if key in CAUGHT_OUTSIDE_MUTMUT:
-                survivor["caught_by"] = CAUGHT_OUTSIDE_MUTMUT[key]
-                outside.append(survivor)
-                break
+        if caught_by := listed(CAUGHT_OUTSIDE_MUTMUT, module, removed, added):
+            survivor["caught_by"] = caught_by
+            outside.append(survivor)
     survivors.sort(key=lambda survivor: survivor["mutant"])
     equivalent = [survivor for survivor in survivors if survivor["equivalent"]]
     # A mutant that makes the tests hang (timeout) is caught too: the suite would never pass.
@@ -241,7 +243,7 @@ def reclassify(module: str, result: dict) -> dict:
         "equivalent": len(equivalent),
         "caught_share": round(caught / result["mutants"], 4),
         "caught_share_of_non_equivalent": round(caught / max(result["mutants"] - len(equivalent), 1), 4),
-        "open": [survivor for survivor in survivors if not survivor["equivalent"] and survivor not in outside],
+        "open": [survivor for survivor in survivors if not survivor["equivalent"] and "caught_by" not in survivor],
         "equivalent_mutants": equivalent,
         "caught_outside_mutmut": outside,
     }
