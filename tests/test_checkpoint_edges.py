@@ -19,10 +19,11 @@ from torch import nn
 from pmp import checkpoint as ckpt
 from pmp.checkpoint import CheckpointError
 from pmp.config import SegmenterConfig
+from tests.messages import raises_exactly
 
 
 def _raises(message: str):
-    return pytest.raises(CheckpointError, match=f"^{re.escape(message)}$")
+    return raises_exactly(message, CheckpointError)
 
 
 def _module() -> nn.Module:

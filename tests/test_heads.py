@@ -1,11 +1,9 @@
 """Eq. 1's class head and the mask branch on inputs small enough to compute by hand (pmp/modeling/heads.py)."""
 
-import re
-
-import pytest
 import torch
 
 from pmp.modeling.heads import MaskHead, OpenVocabClassHead, binary_mask_pool
+from tests.messages import raises_exactly
 
 
 def test_a_fixed_temperature_multiplies_the_cosine() -> None:
@@ -39,7 +37,7 @@ def test_mask_pooling_needs_both_masks_and_features() -> None:
     head = OpenVocabClassHead(4, 4, mask_pooling_dim=4)
     message = "this class head pools the mask features: pass masks and mask_features"
     for masks, features in ((torch.zeros(1, 1, 2, 2), None), (None, torch.zeros(1, 4, 2, 2))):
-        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        with raises_exactly(message):
             head(torch.zeros(1, 1, 4), torch.ones(1, 1, 4), torch.ones(1, 1, dtype=torch.bool), masks, features)
 
 

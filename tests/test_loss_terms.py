@@ -5,12 +5,12 @@ settings' limits and Mask2Former's defaults, the messages."""
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.messages import raises_exactly
 from train import losses
 from train.losses import SetCriterion, sigmoid_focal_loss
 
@@ -108,7 +108,7 @@ def test_mask2formers_defaults_and_the_settings_limits() -> None:
         ({"num_points": 0}, "num_points must be positive or None (scaled to the mask size), got 0"),
         ({"oversample_ratio": 0.5}, "oversample_ratio must be >= 1, got 0.5"),
     ):
-        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        with raises_exactly(message):
             SetCriterion(_fixed_matcher([]), **setting)
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from pmp.config import DecoderConfig
 from pmp.modeling.transformer_decoder import DetrDecoderLayer, build_transformer_decoder
+from tests.messages import raises_exactly
 from tests.ovseg_reference import _sine
 
 HIDDEN, HEADS, QUERIES, LAYERS, TEXT_DIM, IN_CHANNELS = 16, 2, 4, 4, 12, 8
@@ -151,7 +152,7 @@ def test_pre_norm_and_dropout_reach_every_layer(kind: str) -> None:
 
 def test_an_unknown_decoder_kind_names_the_field_and_the_accepted_kinds() -> None:
     message = "config field decoder.kind='detr' is not supported; accepted: mask2former, maskformer"
-    with pytest.raises(ValueError, match=f"^{message}$"):
+    with raises_exactly(message):
         build_transformer_decoder(DecoderConfig(kind="detr"), IN_CHANNELS, HIDDEN, TEXT_DIM)
 
 

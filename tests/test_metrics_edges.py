@@ -2,42 +2,38 @@
 warnings. Expected values are written out by hand (pmp/metrics.py)."""
 
 import math
-import re
 import warnings
 
 import numpy as np
 import pytest
 
 from pmp.metrics import ProposalRecall, SemSegMetric
-
-
-def _raises(message: str):
-    return pytest.raises(ValueError, match=f"^{re.escape(message)}$")
+from tests.messages import raises_exactly
 
 
 def test_ground_truth_messages() -> None:
     metric = SemSegMetric(3)
-    with _raises("ground truth must be an (H, W) integer map, got int64 (1, 2, 2)"):
+    with raises_exactly("ground truth must be an (H, W) integer map, got int64 (1, 2, 2)"):
         metric.update(np.zeros((1, 2, 2), dtype=np.int64), np.zeros((1, 2, 2), dtype=np.int64))
-    with _raises("ground truth must be an (H, W) integer map, got float64 (2, 2)"):
+    with raises_exactly("ground truth must be an (H, W) integer map, got float64 (2, 2)"):
         metric.update(np.zeros((2, 2), dtype=np.int64), np.zeros((2, 2)))
     gt = np.arange(3, 15).reshape(3, 4)  # twelve ids outside 0..2: the message lists the first ten
-    with _raises(f"ground truth holds ids {list(range(3, 13))} outside 0..2 (ignore_label = -1)"):
+    with raises_exactly(f"ground truth holds ids {list(range(3, 13))} outside 0..2 (ignore_label = -1)"):
         metric.update(np.zeros((3, 4), dtype=np.int64), gt)
 
 
 def test_prediction_and_construction_messages() -> None:
-    with _raises("prediction ids must be in -1..2 (-1 = nothing), got range 0..5"):
+    with raises_exactly("prediction ids must be in -1..2 (-1 = nothing), got range 0..5"):
         SemSegMetric(3).update(np.array([[0, 5]]), np.array([[0, 1]]))
-    with _raises("num_classes must be >= 1, got 0"):
+    with raises_exactly("num_classes must be >= 1, got 0"):
         SemSegMetric(0)
-    with _raises("ignore_label 0 collides with class ids 0..2"):
+    with raises_exactly("ignore_label 0 collides with class ids 0..2"):
         SemSegMetric(3, ignore_label=0)
-    with _raises("seen_mask must have shape (3,), got (2,)"):
+    with raises_exactly("seen_mask must have shape (3,), got (2,)"):
         SemSegMetric(3, seen_mask=np.array([True, False]))
-    with _raises("cannot merge metrics with different numbers of classes"):
+    with raises_exactly("cannot merge metrics with different numbers of classes"):
         SemSegMetric(3).merge(SemSegMetric(2))
-    with _raises("state must have shape (4, 3), got (3, 3)"):
+    with raises_exactly("state must have shape (4, 3), got (3, 3)"):
         SemSegMetric(3).load_state(np.zeros((3, 3), dtype=np.int64))
 
 
@@ -104,7 +100,7 @@ def test_a_class_without_segments_is_left_out_without_a_warning() -> None:
 
 @pytest.mark.parametrize("thresholds", [(), (0.0,), (0.5, 1.5)])
 def test_recall_thresholds_must_be_ious_in_0_1(thresholds: tuple[float, ...]) -> None:
-    with _raises(f"thresholds must be IoUs in (0, 1], got {thresholds}"):
+    with raises_exactly(f"thresholds must be IoUs in (0, 1], got {thresholds}"):
         ProposalRecall(2, thresholds=thresholds)
 
 
@@ -117,13 +113,13 @@ def test_recall_at_an_iou_exactly_on_a_threshold_counts() -> None:
 
 
 def test_recall_messages() -> None:
-    with _raises("num_classes must be >= 1, got 0"):
+    with raises_exactly("num_classes must be >= 1, got 0"):
         ProposalRecall(0)
-    with _raises("instances shape (1, 3) does not match ground truth (1, 2)"):
+    with raises_exactly("instances shape (1, 3) does not match ground truth (1, 2)"):
         ProposalRecall(2).update(np.ones((1, 1, 2)), np.array([[0, 1]]), instances=np.zeros((1, 3)))
-    with _raises("cannot merge recalls with different classes or thresholds"):
+    with raises_exactly("cannot merge recalls with different classes or thresholds"):
         ProposalRecall(2).merge(ProposalRecall(2, thresholds=(0.5,)))
-    with _raises("state must have shape (12,), got (3,)"):  # K (2 + T) = 3 (2 + 2)
+    with raises_exactly("state must have shape (12,), got (3,)"):  # K (2 + T) = 3 (2 + 2)
         ProposalRecall(3).load_state(np.zeros(3))
 
 

@@ -3,7 +3,6 @@ of each size reach the dense grid, the softmax over prompts, the messages."""
 
 from __future__ import annotations
 
-import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +22,7 @@ from pmp.stage2 import (
     square_boxes,
     tight_box_crops,
 )
+from tests.messages import raises_exactly
 
 CLIP = SimpleNamespace(logit_scale=torch.tensor(10.0))  # all pool_classify reads of the CLIP model
 DENSE = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, 1.0]]]])  # (B=1, C=2, 2, 2): no symmetry
@@ -63,10 +63,10 @@ def test_soft_masks_above_one_count_as_one_and_an_empty_mask_is_uniform() -> Non
 
 def test_pooling_messages() -> None:
     message = "pool_classify takes dense (B,C,h,w), masks (B,N,H,W), text (M,C); got (1, 2, 2, 2), (2, 2, 2), (3, 2)"
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    with raises_exactly(message):
         pool_classify(CLIP, DENSE, torch.zeros(2, 2, 2), TEXT)
     message = "pool_classify shapes disagree: dense (1, 2, 2, 2), masks (1, 1, 2, 2), text (3, 4)"
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    with raises_exactly(message):
         pool_classify(CLIP, DENSE, torch.zeros(1, 1, 2, 2), torch.zeros(3, 4))
     for masks, text in ((torch.zeros(2, 1, 2, 2), TEXT), (torch.zeros(1, 1, 2, 2), torch.zeros(3, 4)),
                         (torch.zeros(1, 2, 2), TEXT), (torch.zeros(1, 1, 2, 2), torch.zeros(3))):  # fmt: skip
@@ -115,7 +115,7 @@ def test_images_crop_stage_2_accepts_and_refuses() -> None:
         (torch.zeros(1, 3, 2, 2), "Tensor (1, 3, 2, 2)"),
         ([[0.0]], "list ()"),
     ):
-        with pytest.raises(ValueError, match=f"^{re.escape(start + got)}$"):
+        with raises_exactly(start + got):
             crop_sources(CROP_CLIP, image, masks)
 
 
@@ -141,7 +141,7 @@ def test_square_box_samples_are_torchvisions_roi_align() -> None:
     for bad_images, bad_boxes in ((images[0], boxes), (images, boxes[:, :3]), (images, boxes[0]),
                                   (torch.zeros(3, 3, 20, 20), boxes)):  # fmt: skip
         got = f"{tuple(bad_images.shape)} and boxes {tuple(bad_boxes.shape)}"
-        with pytest.raises(ValueError, match=f"^{re.escape(message + got)}$"):
+        with raises_exactly(message + got):
             square_box_samples(bad_images, bad_boxes, 4)
 
 
@@ -188,7 +188,7 @@ def test_crop_classify_messages_and_empty_crops() -> None:
         ((masks, text, [0, 2]), "top_k_indices must lie in [0, 2), got [0, 2]"),
         ((masks, text, [-1]), "top_k_indices must lie in [0, 2), got [-1]"),
     ):
-        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        with raises_exactly(message):
             crop_classify(clip, torch.ones(3, 4, 4), *args)
     for num_classes, uniform in ((1, 1.0), (4, 0.25)):  # no crop (every mask empty): p_hat uniform
         nothing = (torch.zeros(0, 8), torch.zeros(0, dtype=torch.long))

@@ -1,14 +1,13 @@
 """The hooks through which the prompts reach the decoder (pmp/modeling/text_conditioning.py), one at a time:
 what sequence each Fig. 5 mode builds, which settings reach PMP's text layers, the modes' error message."""
 
-import re
-
 import pytest
 import torch
 
 from pmp.config import TEXT_MODES
 from pmp.modeling.layers import SelfAttentionLayer
 from pmp.modeling.text_conditioning import QuerySequence, TextConditioning, TextCrossAttention, TextTokens, self_attend
+from tests.messages import raises_exactly
 
 B, N, M, C = 2, 3, 2, 8
 TEXT_MASK = torch.tensor([[True, False], [True, True]])  # the first image's second prompt is padding
@@ -25,7 +24,7 @@ def _queries() -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_an_unknown_mode_names_the_field_and_the_accepted_modes() -> None:
     message = f"config field decoder.text_mode='fuse' is not supported; accepted: {', '.join(TEXT_MODES)}"
-    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+    with raises_exactly(message):
         _hooks("fuse")
 
 
