@@ -379,14 +379,14 @@ def scene_for_ui(models: DemoModels, scene_seed: Any, *, output_root: str | Path
     return path, ", ".join(sets["wholes"]), seed, note, ", ".join(sets["parts"])
 
 
-def checked_upload(models: DemoModels, path: Any) -> tuple:
+def checked_upload(models: DemoModels, path: str) -> tuple:
     """An upload read at once, not at the next Run: a file that is not an image (or is too large) is removed
-    from the image box with a message saying what is accepted. Values for (image, scene seed, scene note)."""
+    from the image box with a message saying what is accepted. ``path``: a file of the upload cache (the
+    caller checked it with demo.inputs.uploaded_path). Values for (image, scene seed, scene note)."""
     try:
         read_image(path, models.limits)
     except DemoInputError as error:
-        if isinstance(path, str):
-            Path(path).unlink(missing_ok=True)  # an upload of this app (the image box checked it): of no use now
+        Path(path).unlink(missing_ok=True)  # an upload of this app: of no use now
         gr.Warning(str(error))
         return None, None, ""
     return gr.update(), None, ""
