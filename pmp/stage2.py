@@ -29,7 +29,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor
 
 from pmp.clip import CLIPModel
-from pmp.config import ENSEMBLES, check_crop_views, name_synonyms
+from pmp.config import ENSEMBLES, POOL_FORMS, STAGE2_MODES, check_crop_views, name_synonyms
 from pmp.postprocess import upsample
 
 CROP_BATCH = 64  # masked crops per image-tower forward
@@ -122,6 +122,11 @@ def classify_proposals(
     (box, mask threshold: :func:`masked_crops`); the rest keep p_hat = p, which leaves their ensemble score
     equal to p.
     """
+    if stage2_mode not in STAGE2_MODES or pool_form not in POOL_FORMS:
+        raise ValueError(
+            f"classify_proposals takes a stage2_mode of {', '.join(STAGE2_MODES)} and a pool_form of "
+            f"{', '.join(POOL_FORMS)}; got {stage2_mode!r} and {pool_form!r}"
+        )
     image = pixels[..., : valid_hw[0], : valid_hw[1]]  # (1, 3, H, W) in [0, 1]
     if stage2_mode == "pool" and pool_form == "fcclip":
         trunk = trunk if trunk is not None else clip.convnext_trunk(clip.normalize(image))  # (1, D, h, w)
@@ -182,15 +187,18 @@ def dense_input(clip: CLIPModel, image: torch.Tensor, vit_dense_scale: float = V
     patch size.
     """
     visual = clip.open_clip.visual
-    if not isinstance(visual, VisionTransformer) or vit_dense_scale >= 1.0:
+    if not isinstance(visual, VisionTransformer):
         return image
-    patch = visual.patch_size[0] if isinstance(visual.patch_size, (tuple, list)) else int(visual.patch_size)
     height, width = image.shape[-2:]
     longer = max(height, width)
     target = max(clip.image_size, round(longer * vit_dense_scale))
-    if target >= longer:
+    if target >= longer:  # a scale of 1 or more, or an image already at most the native size
         return image
-    size = tuple(max(patch, round(side * target / longer / patch) * patch) for side in (height, width))
+    # open_clip keeps patch_size as (height, width)
+    size = tuple(
+        max(patch, round(side * target / longer / patch) * patch)
+        for side, patch in zip((height, width), visual.patch_size)
+    )
     return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 

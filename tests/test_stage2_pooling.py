@@ -13,9 +13,11 @@ from torchvision.ops import roi_align
 
 from pmp.stage2 import (
     crop_classify,
+    crop_embeddings,
     crop_probabilities,
     crop_sources,
     crops_and_regions,
+    masked_crops,
     pool_classify,
     soft_masks_on_grid,
     square_box_samples,
@@ -195,3 +197,72 @@ def test_crop_classify_messages_and_empty_crops() -> None:
         probs = crop_probabilities(clip, nothing, torch.ones(num_classes, 8), 2, 1)
         assert torch.equal(probs, torch.full((2, num_classes), uniform))
     assert crop_probabilities(clip, (torch.ones(1, 8), torch.tensor([0])), torch.ones(0, 8), 2, 1).shape == (2, 0)
+
+
+def test_no_non_empty_mask_gives_no_crops_and_no_embeddings() -> None:
+    clip = SimpleNamespace(**vars(CROP_CLIP), image_size=8, embed_dim=5)
+    image, empty = torch.rand(3, 4, 4), torch.zeros(2, 4, 4)
+    crops, regions, nonempty = crops_and_regions(clip, image, empty)
+    assert crops.shape == (0, 3, 8, 8) and regions is None and nonempty.numel() == 0
+    feats, nonempty = crop_embeddings(clip, image, empty)
+    assert feats.shape == (0, 5) and nonempty.numel() == 0
+    for indices in ([], np.zeros(0, dtype=np.int64)):  # no proposal chosen: no row
+        assert crop_classify(clip, image, torch.ones(2, 4, 4), torch.ones(3, 5), indices).shape == (0, 3)
+    with raises_exactly("masked_crops takes masks (N,H,W), got shape (4, 4)"):
+        masked_crops(clip, image, torch.ones(4, 4))
+
+
+def test_the_threshold_reaches_the_masks_and_square_crops_have_no_regions() -> None:
+    clip = SimpleNamespace(**vars(CROP_CLIP), image_size=4)
+    image, masks = torch.rand(3, 6, 6), torch.zeros(2, 6, 6)
+    masks[0, 1:3, 1:3] = 0.4  # non-empty only under a threshold below 0.4
+    masks[1, 2:5, 2:5] = 0.9
+    assert masked_crops(clip, image, masks)[1].tolist() == [1]
+    crops, regions, nonempty = crops_and_regions(clip, image, masks, geometry=("square", 0.3))
+    assert nonempty.tolist() == [0, 1] and crops.shape == (2, 3, 4, 4) and regions is None
+    assert masked_crops(clip, image, masks, geometry=("square", 0.3))[1].tolist() == [0, 1]
+
+
+def test_the_geometry_reaches_masked_crops() -> None:
+    """A tight box shows only the mask's rectangle, here one colour; the square about it shows more rows."""
+    clip = SimpleNamespace(**vars(CROP_CLIP), image_size=6)
+    image = torch.rand(3, 12, 10, generator=torch.Generator().manual_seed(6))
+    image[:, 2:5, 1:7] = torch.tensor([0.25, 0.5, 0.75])[:, None, None]
+    masks = torch.zeros(1, 12, 10)
+    masks[0, 2:5, 1:7] = 1.0  # 3 rows by 6 columns
+    colour = torch.tensor([-0.5, 0.0, 0.5])[:, None, None].expand(3, 6, 6)  # CROP_CLIP's normalisation: 2x - 1
+    tight, _ = masked_crops(clip, image, masks, views=("box",), geometry=("tight", 0.5))
+    torch.testing.assert_close(tight[0], colour)
+    square, _ = masked_crops(clip, image, masks, views=("box",))
+    assert (square[0] - colour).abs().max() > 0.1
+
+
+def bicubic_matrix(size_in: int, size_out: int, a: float = -0.75) -> torch.Tensor:
+    """(out, in) weights of PyTorch's bicubic resize with half-pixel centres (UpSample.h: source index
+    (i + 0.5) * in / out - 0.5, not clamped for cubic; Keys' kernel with A = -0.75; indices clamped to the
+    edge), written out from aten/src/ATen/native/UpSample.h, the resize OVSeg's adapter calls."""
+
+    def kernel(x: float) -> float:
+        x = abs(x)
+        if x <= 1:
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a if x < 2 else 0.0
+
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    for i in range(size_out):
+        source = (i + 0.5) * size_in / size_out - 0.5
+        first = int(np.floor(source))
+        for tap in range(first - 1, first + 3):
+            weights[i, min(max(tap, 0), size_in - 1)] += kernel(source - tap)
+    return weights
+
+
+def test_tight_crops_are_bicubic_with_half_pixel_centres() -> None:
+    normalised = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    binary = torch.zeros(1, 1, 9, 11, dtype=torch.bool)
+    binary[0, 0, 2:5, 3:8] = True  # a 3 x 5 box
+    crops = tight_box_crops(normalised, binary, 7)
+    rows, cols = bicubic_matrix(3, 7), bicubic_matrix(5, 7)
+    expected = rows @ normalised[0, :, 2:5, 3:8] @ cols.T  # (3, 7, 7)
+    torch.testing.assert_close(crops["box"][0], expected)
+    torch.testing.assert_close(crops["masked"][0], expected)  # the whole box lies inside the mask
