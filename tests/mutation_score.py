@@ -249,6 +249,19 @@ def reclassify(module: str, result: dict) -> dict:
     }
 
 
+def unmatched_entries(summary: dict) -> list[tuple[str, ...]]:
+    """Entries of equivalent_mutants.toml, for the modules in ``summary``, that no stored survivor matches: lines
+    the code no longer has, or mutants a test now kills. They are to be deleted, so the file stays a list of
+    what is true."""
+    seen = set()
+    for module, result in summary["modules"].items():
+        for survivor in result["open"] + result["equivalent_mutants"] + result.get("caught_outside_mutmut", []):
+            removed, added = changed_lines(survivor["diff"])
+            seen |= {(module, added), (module, removed, added)}
+    entries = {**EQUIVALENT, **CAUGHT_OUTSIDE_MUTMUT}
+    return sorted(key for key in entries if key[0] in summary["modules"] and key not in seen)
+
+
 DOCS_PAGE = REPO / "docs" / "testing.md"
 TABLE_START = "<!-- mutation table: python tests/mutation_score.py -->"
 TABLE_END = "<!-- end of mutation table -->"
@@ -292,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             summary["modules"][module] = reclassify(module, result)
         RESULTS.write_text(json.dumps(summary, indent=1) + "\n")
         write_docs_table(summary)
-        return 0
+        return report_unmatched(summary)
     for module in args.module or list(MODULES):
         result = score_module(module, MODULES[module], args.workers)
         # Read again just before writing: another run may have written other modules meanwhile.
@@ -307,7 +320,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         RESULTS.write_text(json.dumps(summary, indent=1) + "\n")  # after each module: a long run keeps its part
         write_docs_table(summary)
-    return 0
+    return report_unmatched(json.loads(RESULTS.read_text()))
+
+
+def report_unmatched(summary: dict) -> int:
+    """Print :func:`unmatched_entries`; 1 when there are any."""
+    for entry in unmatched_entries(summary):
+        print(f"{EQUIVALENTS_FILE.name} lists a mutant no survivor matches: {entry}", flush=True)
+    return int(bool(unmatched_entries(summary)))
 
 
 if __name__ == "__main__":
