@@ -52,7 +52,9 @@ def _bilinear_taps(
     ``F.interpolate(mode="bilinear", align_corners=False)`` computes them for a given output size."""
     scale = size_in / size_out
     source = ((torch.arange(size_out, device=device, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_min(0.0)
-    first = source.to(torch.int64).clamp_max(size_in - 1)  # truncation == floor for source >= 0
+    # Truncation is floor for source >= 0, and never past the last index: the last source position is
+    # size_in - (scale + 1) / 2, half a pixel or more below size_in.
+    first = source.to(torch.int64)
     second = (first + 1).clamp_max(size_in - 1)
     w1 = source - first
     return first, second, 1.0 - w1, w1
@@ -132,7 +134,7 @@ def upsampled_argmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     candidate = highest >= corner_values.amin(1).amax(0)  # reaches the cell's floor: may win somewhere in it
     counts = candidate.sum(0)  # (U,)
     ranked = highest.masked_fill(~candidate, float("-inf"))
-    slot = torch.full((height * width,), -1, dtype=torch.int64, device=maps.device)
+    slot = torch.empty(height * width, dtype=torch.int64, device=maps.device)  # read only at unresolved cells
     slot[cells] = torch.arange(cells.numel(), device=maps.device)
     ys, xs = torch.nonzero(boundary, as_tuple=True)
     pixel_cell = slot[y0[ys] * width + x0[xs]]  # (P,) index into the unresolved cells
@@ -150,7 +152,7 @@ def upsampled_argmax(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         # (C, cells) candidate classes, ascending so that argmax resolves ties like the reference; cells
         # with fewer candidates are padded with classes that cannot win
         cell_classes = ranked[:, bucket_cells].topk(num_candidates, dim=0).indices.sort(dim=0).values
-        position = torch.full_like(counts, -1)
+        position = torch.empty_like(counts)  # read only at this bucket's cells
         position[bucket_cells] = torch.arange(bucket_cells.numel(), device=maps.device)
         pixels = torch.nonzero(in_bucket[pixel_cell]).flatten()
         py, px = ys[pixels], xs[pixels]
