@@ -15,16 +15,9 @@ from safetensors.torch import save_file
 from pmp.clip import CLIPModel, resolve_pretrained_tag
 from pmp.config import CROP_VIEWS, CLIPConfig, tiny_clip_model_cfg
 from pmp.stage2 import crop_classify, masked_crops, pool_classify
+from tests.tiny import tiny_vit_model_cfg
 
 TEMPLATES = ("a photo of a {}.", "{} in the picture")
-
-
-def tiny_vit_model_cfg() -> dict:
-    return {
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }
 
 
 @pytest.fixture(scope="module")

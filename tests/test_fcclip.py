@@ -26,17 +26,8 @@ from pmp.images import normalize_pixels
 from pmp.modeling.heads import OpenVocabClassHead, binary_mask_pool
 from pmp.segmenter import Segmenter
 from pmp.stage2 import ensemble, prompt_clip_weights
+from tests.tiny import tiny_convnext_cfg
 from train.recipes import get_recipe
-
-
-def tiny_convnext_cfg() -> dict:
-    """open_clip's convnext_large_d_320 config with timm's smallest ConvNeXt in place of ConvNeXt-Large."""
-    return {
-        "embed_dim": 32,
-        "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "",
-                       "timm_proj": "mlp", "timm_drop": 0.0, "timm_drop_path": 0.1, "image_size": 64},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    }  # fmt: skip
 
 
 def test_binary_mask_pool_by_hand() -> None:

@@ -15,8 +15,7 @@ from pmp.config import CLIPConfig
 from pmp.segmenter import Segmenter
 from pmp.stage2 import classify_proposals, dense_input
 from tests.messages import raises_exactly
-from tests.test_clip import tiny_vit_model_cfg
-from tests.test_fcclip import tiny_convnext_cfg
+from tests.tiny import tiny_convnext_cfg, tiny_vit_model_cfg
 
 
 def _inputs(segmenter: Segmenter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

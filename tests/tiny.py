@@ -1,4 +1,5 @@
-"""The tiny random-weight segmenter config the tests share: the bundled architecture at toy width."""
+"""The tiny random-weight configs the tests share: the bundled segmenter at toy width, and a ViT and a ConvNeXt
+CLIP for the paths the bundled ResNet CLIP does not take."""
 
 from __future__ import annotations
 
@@ -42,3 +43,22 @@ def tiny_segmenter_config(
     )
     settings.update(overrides)
     return SegmenterConfig(**settings)
+
+
+def tiny_vit_model_cfg() -> dict:
+    """A two-layer ViT with 16 px patches at 64 px: a 4 x 4 token grid."""
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }
+
+
+def tiny_convnext_cfg() -> dict:
+    """open_clip's convnext_large_d_320 config with timm's smallest ConvNeXt in place of ConvNeXt-Large."""
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"timm_model_name": "convnext_atto", "timm_model_pretrained": False, "timm_pool": "",
+                       "timm_proj": "mlp", "timm_drop": 0.0, "timm_drop_path": 0.1, "image_size": 64},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    }  # fmt: skip
