@@ -131,7 +131,8 @@ def classify_proposals(
     if stage2_mode == "pool" and pool_form == "fcclip":
         trunk = trunk if trunk is not None else clip.convnext_trunk(clip.normalize(image))  # (1, D, h, w)
         embeds = F.normalize(clip.fcclip_pooled(trunk, mask_logits), dim=-1)  # (N, C)
-        return (clip.logit_scale * embeds @ text.to(embeds).T).softmax(dim=-1).to(p.dtype)
+        scale = clip.logit_scale.clamp(max=100.0)  # as FC-CLIP's get_classification_logits clamps it
+        return (scale * embeds @ text.to(embeds).T).softmax(dim=-1).to(p.dtype)
     if stage2_mode == "pool":
         if dense is None:
             dense = dense_map(clip, image, vit_dense_scale, trunk)  # (1, C, h, w)

@@ -133,8 +133,9 @@ def test_a_vits_dense_input_is_an_antialiased_bilinear_resize(vit_clip: CLIPMode
 
 
 def test_fcclips_pooled_form_is_its_out_of_vocabulary_classifier() -> None:
-    """fcclip.py get_classification_logits: the pooled embeddings normalised, times CLIP's logit scale, against
-    the text, softmax over the prompts; pooled from stage 1's trunk when given (FC-CLIP's frozen backbone)."""
+    """fcclip_transformer_decoder.py get_classification_logits: the pooled embeddings normalised, times CLIP's
+    logit scale clamped at 100, against the text, softmax over the prompts; pooled from stage 1's trunk when
+    given (FC-CLIP's frozen backbone)."""
     torch.manual_seed(0)
     clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_convnext_cfg())).eval()
     generator = torch.Generator().manual_seed(5)
@@ -144,14 +145,17 @@ def test_fcclips_pooled_form_is_its_out_of_vocabulary_classifier() -> None:
     other = torch.rand(1, 3, 96, 64, generator=generator)
     run = dict(crop_top_k=4, pool_form="fcclip")
     with torch.no_grad():
-        expected = []
+        cosines = []
         for pixels in (image, other):
             pooled = clip.fcclip_pooled(clip.convnext_trunk(clip.normalize(pixels)), mask_logits)  # (4, C)
-            logits = clip.logit_scale * pooled / pooled.norm(dim=1, keepdim=True) @ text.T
-            expected.append(logits.softmax(dim=1).double())
+            cosines.append((pooled / pooled.norm(dim=1, keepdim=True) @ text.T).double())
         own = classify_proposals(clip, image, (96, 64), mask_logits, text, p, "pool", **run)
         trunk = clip.convnext_trunk(clip.normalize(other))
         given = classify_proposals(clip, image, (96, 64), mask_logits, text, p, "pool", trunk=trunk, **run)
-    torch.testing.assert_close(own, expected[0])
-    torch.testing.assert_close(given, expected[1])
-    assert not torch.allclose(expected[0], expected[1], atol=1e-3)
+        clip.open_clip.logit_scale.fill_(np.log(200.0))  # a scale past FC-CLIP's clamp
+        clamped = classify_proposals(clip, image, (96, 64), mask_logits, text, p, "pool", **run)
+    scale = 1 / 0.07  # open_clip's initial logit scale
+    torch.testing.assert_close(own, (scale * cosines[0]).softmax(dim=1))
+    torch.testing.assert_close(given, (scale * cosines[1]).softmax(dim=1))
+    torch.testing.assert_close(clamped, (100 * cosines[0]).softmax(dim=1))
+    assert not torch.allclose(own, given, atol=1e-3)
