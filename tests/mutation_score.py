@@ -1,6 +1,6 @@
 """Mutation score of the core: how many one-token slips in each central module the tests catch.
 
-    python tests/mutation_score.py                       # every module below, ~30-60 min on 2 cores
+    python tests/mutation_score.py                       # every module below (docs/testing.md: how long)
     python tests/mutation_score.py --module pmp/prompts.py
 
 Not part of the test suite (it is slow). For each module, a copy of the checkout is made in a temporary folder
@@ -219,10 +219,14 @@ def score_module(module: str, tests: list[str], workers: int) -> dict:
     return reclassify(module, result)
 
 
+def stored_survivors(result: dict) -> list[dict]:
+    """Every mutant of a stored result that mutmut did not see killed, whichever list it was filed in."""
+    return result["open"] + result["equivalent_mutants"] + result.get("caught_outside_mutmut", [])
+
+
 def reclassify(module: str, result: dict) -> dict:
     """The same result with every survivor's equivalence decided again by the current EQUIVALENT."""
-    stored = result["open"] + result["equivalent_mutants"] + result.get("caught_outside_mutmut", [])
-    survivors = [survivor for survivor in stored if survivor["status"] != "timeout"]
+    survivors = [survivor for survivor in stored_survivors(result) if survivor["status"] != "timeout"]
     outside = []
     for survivor in survivors:
         removed, added = changed_lines(survivor["diff"])
@@ -255,7 +259,7 @@ def unmatched_entries(summary: dict) -> list[tuple[str, ...]]:
     what is true."""
     seen = set()
     for module, result in summary["modules"].items():
-        for survivor in result["open"] + result["equivalent_mutants"] + result.get("caught_outside_mutmut", []):
+        for survivor in stored_survivors(result):
             removed, added = changed_lines(survivor["diff"])
             seen |= {(module, added), (module, removed, added)}
     entries = {**EQUIVALENT, **CAUGHT_OUTSIDE_MUTMUT}
@@ -320,14 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         RESULTS.write_text(json.dumps(summary, indent=1) + "\n")  # after each module: a long run keeps its part
         write_docs_table(summary)
-    return report_unmatched(json.loads(RESULTS.read_text()))
+    return report_unmatched(summary)
 
 
 def report_unmatched(summary: dict) -> int:
     """Print :func:`unmatched_entries`; 1 when there are any."""
-    for entry in unmatched_entries(summary):
+    unmatched = unmatched_entries(summary)
+    for entry in unmatched:
         print(f"{EQUIVALENTS_FILE.name} lists a mutant no survivor matches: {entry}", flush=True)
-    return int(bool(unmatched_entries(summary)))
+    return int(bool(unmatched))
 
 
 if __name__ == "__main__":

@@ -26,12 +26,6 @@ def resnet_clip() -> CLIPModel:
     return CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), templates=TEMPLATES))
 
 
-@pytest.fixture(scope="module")
-def vit_clip() -> CLIPModel:
-    torch.manual_seed(2)
-    return CLIPModel.build(CLIPConfig(model_cfg=tiny_vit_model_cfg()))
-
-
 def fresh_resnet_clip(**overrides) -> CLIPModel:
     return CLIPModel.build(CLIPConfig(model_cfg=tiny_clip_model_cfg(), **overrides))
 

@@ -5,7 +5,6 @@ pooled form, the messages."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -15,7 +14,7 @@ from pmp.config import CLIPConfig
 from pmp.segmenter import Segmenter
 from pmp.stage2 import classify_proposals, dense_input
 from tests.messages import raises_exactly
-from tests.tiny import tiny_convnext_cfg, tiny_vit_model_cfg
+from tests.tiny import tiny_convnext_cfg
 
 
 def _inputs(segmenter: Segmenter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,12 +84,6 @@ def test_a_given_trunk_is_what_mask_pooling_reads(segmenter: Segmenter) -> None:
     assert not torch.allclose(given, without, atol=1e-2)
 
 
-@pytest.fixture(scope="module")
-def vit_clip() -> CLIPModel:
-    torch.manual_seed(2)
-    return CLIPModel.build(CLIPConfig(model_cfg=tiny_vit_model_cfg())).eval()  # 64 px, 16 px patches
-
-
 def test_a_vits_dense_pass_sees_the_image_at_the_given_scale(vit_clip: CLIPModel) -> None:
     generator = torch.Generator().manual_seed(3)
     image, mask_logits = torch.rand(1, 3, 128, 96, generator=generator), torch.randn(3, 32, 24, generator=generator)
@@ -137,7 +130,7 @@ def test_fcclips_pooled_form_is_its_out_of_vocabulary_classifier() -> None:
     logit scale clamped at 100, against the text, softmax over the prompts; pooled from stage 1's trunk when
     given (FC-CLIP's frozen backbone)."""
     torch.manual_seed(0)
-    clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_convnext_cfg())).eval()
+    clip = CLIPModel.build(CLIPConfig(model_cfg=tiny_convnext_cfg()))
     generator = torch.Generator().manual_seed(5)
     image, mask_logits = torch.rand(1, 3, 96, 64, generator=generator), torch.randn(4, 24, 16, generator=generator)
     text = F.normalize(torch.randn(3, 32, generator=generator), dim=-1)
